@@ -1,0 +1,365 @@
+//! The agent daemon: registers, long-polls, starts supervisors, reports results.
+//!
+//! **Invariant**: a result file is deleted only after the server has acknowledged it, and an
+//! attempt directory is never started twice, so a crash of the agent or the server at any point
+//! neither loses a result nor runs an attempt again.
+
+use crate::cgroup::CgroupPlan;
+use crate::rundir::{self, SupervisorSpec};
+use crate::{Error, Result};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tidepool_api::{
+    AttemptRef, Launch, PollRequest, PollResponse, RegisterRequest, RegisterResponse, ReportRequest,
+    ReportResponse, TaskResult,
+};
+use tokio::sync::mpsc;
+
+/// How the agent is started.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The server's base URL (`http://host:port`).
+    pub server_url: String,
+    /// The join token.
+    pub join_token: String,
+    /// Where attempt directories live.
+    pub run_dir: PathBuf,
+    /// This node's name.
+    pub name: String,
+    /// Its pool.
+    pub pool: String,
+    /// Cores offered, thousandths.
+    pub cpu_millis: u64,
+    /// Memory offered, bytes.
+    pub mem_bytes: u64,
+    /// GPUs offered.
+    pub gpus: u32,
+    /// The `tidepool` binary, run as `tidepool __supervise DIR`.
+    pub supervisor_program: PathBuf,
+    /// Seconds between SIGTERM and SIGKILL when a task is cancelled or times out.
+    pub kill_grace_s: u64,
+}
+
+impl AgentConfig {
+    /// This machine's cores and memory, offered whole.
+    pub fn local_capacity() -> (u64, u64) {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        let mem_kb = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        (cpus * 1000, mem_kb * 1024)
+    }
+}
+
+struct Agent {
+    config: AgentConfig,
+    client: reqwest::Client,
+    plan: CgroupPlan,
+    bin_dir: Option<String>,
+    tracked: Mutex<HashMap<AttemptRef, u32>>,
+    prekilled: Mutex<HashSet<AttemptRef>>,
+    results: mpsc::UnboundedSender<TaskResult>,
+    session: AtomicU64,
+}
+
+/// Runs the agent until the future is dropped.
+pub async fn run(config: AgentConfig) -> Result<()> {
+    std::fs::create_dir_all(&config.run_dir)
+        .map_err(|e| Error::Io(format!("creating {}: {e}", config.run_dir.display())))?;
+    let (plan, why) = CgroupPlan::detect();
+    tracing::info!(node = %config.name, "{why}");
+    let bin_dir = make_command_links(&config);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| Error::Server(e.to_string()))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let agent = Arc::new(Agent {
+        config,
+        client,
+        plan,
+        bin_dir,
+        tracked: Mutex::new(HashMap::new()),
+        prekilled: Mutex::new(HashSet::new()),
+        results: tx,
+        session: AtomicU64::new(0),
+    });
+    let reporter = tokio::spawn(report_loop(agent.clone(), rx));
+    let outcome = main_loop(agent).await;
+    reporter.abort();
+    outcome
+}
+
+/// Links named like Slurm's commands, so a task that calls `sbatch` finds it on its PATH.
+fn make_command_links(config: &AgentConfig) -> Option<String> {
+    let dir = config.run_dir.parent()?.join("bin");
+    std::fs::create_dir_all(&dir).ok()?;
+    for name in ["sbatch", "squeue", "scancel", "sacct", "sinfo"] {
+        let link = dir.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&config.supervisor_program, &link).ok()?;
+    }
+    Some(dir.display().to_string())
+}
+
+impl Agent {
+    fn lock_tracked(&self) -> std::sync::MutexGuard<'_, HashMap<AttemptRef, u32>> {
+        self.tracked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn post<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Req,
+    ) -> Result<Resp> {
+        let url = format!("{}/api/v1/agent/{path}", self.config.server_url.trim_end_matches('/'));
+        let resp = self
+            .client
+            .post(url)
+            .bearer_auth(&self.config.join_token)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| Error::Server(e.to_string()))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            return Err(Error::Server(format!("{status}: {text}")));
+        }
+        resp.json().await.map_err(|e| Error::Server(e.to_string()))
+    }
+
+    /// What the run directory holds: attempts still running, and results not yet acknowledged.
+    fn scan(&self) -> (Vec<AttemptRef>, Vec<TaskResult>) {
+        let mut running = Vec::new();
+        let mut finished = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.config.run_dir) else { return (running, finished) };
+        let tracked: HashSet<AttemptRef> = self.lock_tracked().keys().copied().collect();
+        for entry in entries.flatten() {
+            let Some(a) = entry.file_name().to_str().and_then(rundir::parse_attempt_dir) else { continue };
+            let dir = entry.path();
+            if let Some(result) = rundir::read_result(&dir) {
+                finished.push(result);
+            } else if tracked.contains(&a) {
+                running.push(a);
+            } else if rundir::supervisor_alive(&dir) {
+                running.push(a);
+                self.watch_orphan(a, dir);
+            } else {
+                // Never started, or its supervisor died without a word: the server requeues it.
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+        (running, finished)
+    }
+
+    /// Follows a supervisor started by an earlier agent process until it leaves its result.
+    fn watch_orphan(&self, a: AttemptRef, dir: PathBuf) {
+        self.lock_tracked().insert(a, read_pid(&dir).unwrap_or(0));
+        let tx = self.results.clone();
+        tokio::spawn(async move {
+            while rundir::supervisor_alive(&dir) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = tx.send(rundir::read_result(&dir).unwrap_or_else(|| lost(a, "supervisor ended without a result")));
+        });
+    }
+
+    fn forget(&self, acked: &[AttemptRef]) {
+        let mut tracked = self.lock_tracked();
+        for a in acked {
+            let dir = rundir::attempt_dir(&self.config.run_dir, a);
+            if rundir::read_result(&dir).is_some() {
+                let _ = std::fs::remove_dir_all(&dir);
+                tracked.remove(a);
+            }
+        }
+    }
+
+    fn start(&self, launch: Launch) {
+        let a = launch.attempt;
+        if self.prekilled.lock().unwrap_or_else(|p| p.into_inner()).remove(&a) {
+            let mut result = lost(a, "cancelled before it started");
+            result.outcome = "cancelled".into();
+            let _ = self.results.send(result);
+            return;
+        }
+        let dir = rundir::attempt_dir(&self.config.run_dir, &a);
+        if dir.exists() {
+            return;
+        }
+        let spec = SupervisorSpec {
+            launch,
+            cgroup: self.plan.clone(),
+            bin_dir: self.bin_dir.clone(),
+            kill_grace_s: self.config.kill_grace_s,
+        };
+        let written = std::fs::create_dir_all(&dir).and_then(|_| {
+            std::fs::write(dir.join(rundir::SPEC_FILE), serde_json::to_vec(&spec).map_err(std::io::Error::other)?)
+        });
+        if let Err(e) = written {
+            let _ = self.results.send(lost(a, &format!("cannot prepare {}: {e}", dir.display())));
+            return;
+        }
+        let child = tokio::process::Command::new(&self.config.supervisor_program)
+            .arg("__supervise")
+            .arg(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn();
+        let mut child = match child {
+            Ok(child) => child,
+            Err(e) => {
+                let result = lost(a, &format!("cannot start the supervisor: {e}"));
+                let _ = rundir::write_result(&dir, &result);
+                let _ = self.results.send(result);
+                return;
+            }
+        };
+        self.lock_tracked().insert(a, child.id().unwrap_or(0));
+        let tx = self.results.clone();
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+            let result = rundir::read_result(&dir).unwrap_or_else(|| {
+                let err = std::fs::read_to_string(dir.join("supervisor.err")).unwrap_or_default();
+                let result = lost(a, &format!("supervisor failed: {err}"));
+                let _ = rundir::write_result(&dir, &result);
+                result
+            });
+            let _ = tx.send(result);
+        });
+    }
+
+    fn kill(&self, a: AttemptRef) {
+        let pid = self.lock_tracked().get(&a).copied();
+        let dir = rundir::attempt_dir(&self.config.run_dir, &a);
+        let pid = pid.filter(|p| *p > 0).or_else(|| read_pid(&dir));
+        match pid {
+            Some(pid) if rundir::supervisor_alive(&dir) || self.lock_tracked().contains_key(&a) => {
+                // SAFETY: kill(2) on the supervisor we started; it forwards to the task's tree.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGTERM);
+                }
+            }
+            _ => {
+                if rundir::read_result(&dir).is_none() {
+                    self.prekilled.lock().unwrap_or_else(|p| p.into_inner()).insert(a);
+                }
+            }
+        }
+    }
+}
+
+fn read_pid(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join(rundir::PID_FILE)).ok()?.trim().parse().ok()
+}
+
+fn lost(a: AttemptRef, message: &str) -> TaskResult {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    TaskResult {
+        attempt: a,
+        outcome: "failed".into(),
+        exit_code: None,
+        signal: None,
+        started_ms: now,
+        ended_ms: now,
+        cpu_ms: 0,
+        peak_mem_bytes: 0,
+        message: Some(message.to_string()),
+    }
+}
+
+async fn main_loop(agent: Arc<Agent>) -> Result<()> {
+    let mut announced = false;
+    loop {
+        let (running, finished) = agent.scan();
+        let req = RegisterRequest {
+            name: agent.config.name.clone(),
+            pool: agent.config.pool.clone(),
+            cpu_millis: agent.config.cpu_millis,
+            mem_bytes: agent.config.mem_bytes,
+            gpus: agent.config.gpus,
+            running,
+            finished,
+        };
+        let resp: RegisterResponse = match agent.post("register", &req).await {
+            Ok(r) => r,
+            Err(e) => {
+                if !announced {
+                    tracing::warn!(error = %e, "cannot register with the server; retrying");
+                    announced = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        announced = false;
+        agent.session.store(resp.session, Ordering::SeqCst);
+        agent.forget(&resp.acked);
+        for a in resp.kill {
+            agent.kill(a);
+        }
+        loop {
+            let polled: Result<PollResponse> =
+                agent.post("poll", &PollRequest { session: resp.session }).await;
+            match polled {
+                Ok(work) if work.reregister => break,
+                Ok(work) => {
+                    for launch in work.launch {
+                        agent.start(launch);
+                    }
+                    for a in work.kill {
+                        agent.kill(a);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "lost the server; registering again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn report_loop(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<TaskResult>) {
+    let mut pending: Vec<TaskResult> = Vec::new();
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(r) => pending.push(r),
+                None => return,
+            }
+        }
+        while let Ok(r) = rx.try_recv() {
+            pending.push(r);
+        }
+        let session = agent.session.load(Ordering::SeqCst);
+        let req = ReportRequest { session, results: pending.clone() };
+        match agent.post::<_, ReportResponse>("report", &req).await {
+            Ok(resp) if !resp.reregister => {
+                agent.forget(&resp.acked);
+                let acked: HashSet<AttemptRef> = resp.acked.into_iter().collect();
+                pending.retain(|r| !acked.contains(&r.attempt));
+            }
+            _ => {
+                // The next registration carries every result still on disk; keep retrying in
+                // case the session is fine and only this request failed.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                pending.retain(|r| rundir::attempt_dir(&agent.config.run_dir, &r.attempt).exists());
+            }
+        }
+    }
+}

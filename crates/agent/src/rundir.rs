@@ -1,0 +1,66 @@
+//! One directory per attempt under `RUN_DIR/`, named `JOB.INDEX.ATTEMPT`, holding what the
+//! agent asked for (`launch.json`), the supervisor's lock and pid, and its `result.json`.
+
+use crate::cgroup::CgroupPlan;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tidepool_api::{AttemptRef, Launch, TaskResult};
+
+/// What the supervisor reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SupervisorSpec {
+    /// The attempt.
+    pub launch: Launch,
+    /// How to confine and measure it.
+    pub cgroup: CgroupPlan,
+    /// Directory prepended to the task's PATH (links to `sbatch` and friends).
+    pub bin_dir: Option<String>,
+    /// Seconds between the polite signal and SIGKILL.
+    pub kill_grace_s: u64,
+}
+
+/// The directory of one attempt.
+pub fn attempt_dir(run_dir: &Path, a: &AttemptRef) -> PathBuf {
+    run_dir.join(format!("{}.{}.{}", a.job_id, a.index, a.attempt))
+}
+
+/// Reads an attempt back from its directory name.
+pub fn parse_attempt_dir(name: &str) -> Option<AttemptRef> {
+    let mut parts = name.split('.');
+    let job_id = parts.next()?.parse().ok()?;
+    let index = parts.next()?.parse().ok()?;
+    let attempt = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some(AttemptRef { job_id, index, attempt })
+}
+
+/// The file names inside an attempt directory.
+pub const SPEC_FILE: &str = "launch.json";
+/// Held (flock) by the supervisor while it lives.
+pub const LOCK_FILE: &str = "lock";
+/// The supervisor's pid.
+pub const PID_FILE: &str = "pid";
+/// Written once, atomically, when the attempt has ended.
+pub const RESULT_FILE: &str = "result.json";
+
+/// Reads a finished attempt's result, if there is one.
+pub fn read_result(dir: &Path) -> Option<TaskResult> {
+    let text = std::fs::read(dir.join(RESULT_FILE)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// Writes the result atomically (temporary file, then rename).
+pub fn write_result(dir: &Path, result: &TaskResult) -> std::io::Result<()> {
+    let tmp = dir.join("result.json.tmp");
+    let text = serde_json::to_vec(result).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, dir.join(RESULT_FILE))
+}
+
+/// True while a supervisor holds the attempt's lock.
+pub fn supervisor_alive(dir: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::File::open(dir.join(LOCK_FILE)) else { return false };
+    // SAFETY: flock on a file descriptor we own; no memory is shared.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    rc != 0
+}

@@ -1,0 +1,135 @@
+//! The agent protocol. The agent dials out and never listens: it registers, long-polls for
+//! work and posts results; the server answers.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Names one attempt of one task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AttemptRef {
+    /// The job.
+    pub job_id: u64,
+    /// Array index.
+    pub index: u32,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+}
+
+/// `POST /api/v1/agent/register`: who the agent is and what it still holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// The node's name (stable across restarts).
+    pub name: String,
+    /// Its pool.
+    pub pool: String,
+    /// Cores offered, in thousandths.
+    pub cpu_millis: u64,
+    /// Memory offered, bytes.
+    pub mem_bytes: u64,
+    /// GPUs offered.
+    pub gpus: u32,
+    /// Attempts still running under their supervisors.
+    pub running: Vec<AttemptRef>,
+    /// Attempts that ended and were not yet acknowledged.
+    pub finished: Vec<TaskResult>,
+}
+
+/// The server's answer to a registration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// Quote it in every later request; a new registration makes older sessions stale.
+    pub session: u64,
+    /// Results the server has recorded: the agent may forget them.
+    pub acked: Vec<AttemptRef>,
+    /// Running attempts the server no longer wants: stop them.
+    pub kill: Vec<AttemptRef>,
+}
+
+/// `POST /api/v1/agent/poll`: waits until there is work, or a while.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollRequest {
+    /// From the registration.
+    pub session: u64,
+}
+
+/// Work for the agent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PollResponse {
+    /// Attempts to start.
+    pub launch: Vec<Launch>,
+    /// Attempts to stop (cancelled).
+    pub kill: Vec<AttemptRef>,
+    /// The session is no longer valid: register again.
+    pub reregister: bool,
+}
+
+/// Everything an agent needs to start one attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Launch {
+    /// Which attempt.
+    pub attempt: AttemptRef,
+    /// The program and its arguments; empty when `script` is set.
+    pub command: Vec<String>,
+    /// A batch script to write to a file and run.
+    pub script: Option<String>,
+    /// Environment, complete (the agent adds nothing but what it must).
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub workdir: String,
+    /// Where standard output goes (absolute).
+    pub stdout_path: String,
+    /// Where standard error goes (absolute; may equal `stdout_path`).
+    pub stderr_path: String,
+    /// Wall-clock limit.
+    pub time_limit_s: Option<u64>,
+    /// Cores, thousandths (for cgroup weights and `SLURM_CPUS_PER_TASK`).
+    pub cpu_millis: u64,
+    /// Memory limit in bytes (0: none).
+    pub mem_bytes: u64,
+    /// Delete the output files when the task wrote nothing to them.
+    pub discard_empty_output: bool,
+}
+
+/// How an attempt ended, as the agent saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    /// Which attempt.
+    pub attempt: AttemptRef,
+    /// `succeeded`, `failed`, `cancelled`, `timeout`, or `lost` (never started).
+    pub outcome: String,
+    /// Exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// Signal, when one killed it.
+    pub signal: Option<i32>,
+    /// When the process started (ms since the epoch).
+    pub started_ms: u64,
+    /// When it ended.
+    pub ended_ms: u64,
+    /// CPU time (user + system) of the whole process tree, ms.
+    pub cpu_ms: u64,
+    /// Peak memory of the process tree, bytes.
+    pub peak_mem_bytes: u64,
+    /// What went wrong starting it, if anything.
+    pub message: Option<String>,
+}
+
+/// `POST /api/v1/agent/report`: results as they happen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportRequest {
+    /// From the registration.
+    pub session: u64,
+    /// Ended attempts.
+    pub results: Vec<TaskResult>,
+}
+
+/// Results the server has journaled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportResponse {
+    /// The agent may forget these.
+    pub acked: Vec<AttemptRef>,
+    /// The session is no longer valid: register again.
+    pub reregister: bool,
+}

@@ -1,0 +1,196 @@
+//! Jobs, tasks and nodes as the REST API shows them.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `POST /api/v1/jobs`: a job to run. Sizes and durations are the strings users type
+/// (`4G`, `1:00:00`), read the way Slurm reads them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// A name for people; defaults to the command's first word.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The program and its arguments (empty when `script` is given).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// A batch script to run instead of `command`; must start with `#!`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    /// Array indices, e.g. `0-999`, `1-20%4`, `0-99:2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<String>,
+    /// Cores per task (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// Memory per task, e.g. `500M`, `4G` (a bare number is megabytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem: Option<String>,
+    /// GPUs per task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<u32>,
+    /// The project that pays (default `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Priority class (default `batch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// Wall-clock limit per task, e.g. `30`, `2:00:00`, `1-00:00:00`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_limit: Option<String>,
+    /// Jobs that must all succeed first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<u64>,
+    /// Standard output path pattern (`%A %a %j %x %%`), relative to `workdir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Standard error path pattern; defaults to the output's file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Absolute working directory of every task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Environment of every task.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Only nodes of this pool (Slurm's partition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+}
+
+/// The answer to a submission, sent only once it is journaled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitResponse {
+    /// The new job's id.
+    pub job_id: u64,
+}
+
+/// `POST /api/v1/jobs/{id}/cancel`: the whole job, or one task when `index` is set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {
+    /// One task's array index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+}
+
+/// The answer to a cancel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelResponse {
+    /// Pending tasks that ended at once.
+    pub n_cancelled: u32,
+    /// Running tasks told to stop.
+    pub n_signalled: u32,
+}
+
+/// Tasks per state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCountsView {
+    /// Waiting.
+    pub pending: u32,
+    /// On a node.
+    pub running: u32,
+    /// Exited 0.
+    pub succeeded: u32,
+    /// Exited non-zero or killed.
+    pub failed: u32,
+    /// Cancelled.
+    pub cancelled: u32,
+    /// Hit the time limit.
+    pub timeout: u32,
+}
+
+/// One job, as `GET /api/v1/jobs` and `GET /api/v1/jobs/{id}` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    /// The id.
+    pub id: u64,
+    /// The name.
+    pub name: String,
+    /// Who pays.
+    pub project: String,
+    /// Priority class.
+    pub tier: String,
+    /// Pool it is limited to.
+    pub pool: Option<String>,
+    /// `pending`, `running`, `succeeded`, `failed`, `cancelled` or `timeout`.
+    pub state: String,
+    /// The array spec, when the job is an array.
+    pub array: Option<String>,
+    /// How many tasks.
+    pub n_tasks: u32,
+    /// Tasks per state.
+    pub counts: TaskCountsView,
+    /// Cores per task.
+    pub cpus: f64,
+    /// Memory per task in bytes (0: not limited).
+    pub mem_bytes: u64,
+    /// GPUs per task.
+    pub gpus: u32,
+    /// Time limit per task.
+    pub time_limit_s: Option<u64>,
+    /// When it was accepted (ms since the epoch).
+    pub submitted_ms: u64,
+    /// When its last task ended.
+    pub ended_ms: Option<u64>,
+    /// Why its next task waits: Slurm's reason code.
+    pub pending_code: Option<String>,
+    /// Why its next task waits, in words.
+    pub pending_reason: Option<String>,
+    /// Indices still pending, as ranges (`5-99`).
+    pub pending_indices: String,
+    /// The command, or the script's path name.
+    pub command: Vec<String>,
+    /// Working directory.
+    pub workdir: String,
+    /// Running tasks, and with `?tasks=true` every task.
+    pub tasks: Vec<TaskView>,
+}
+
+/// One task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskView {
+    /// Array index.
+    pub index: u32,
+    /// `pending`, `running`, `succeeded`, `failed`, `cancelled` or `timeout`.
+    pub state: String,
+    /// Attempt number (0 before the first).
+    pub attempt: u32,
+    /// Node of the last attempt.
+    pub node: Option<String>,
+    /// When the last attempt started.
+    pub started_ms: Option<u64>,
+    /// When it ended.
+    pub ended_ms: Option<u64>,
+    /// Exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// Signal, when one killed it.
+    pub signal: Option<i32>,
+    /// CPU time used (user + system), ms.
+    pub cpu_ms: Option<u64>,
+    /// Peak memory, bytes.
+    pub peak_mem_bytes: Option<u64>,
+}
+
+/// One node, as `GET /api/v1/nodes` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// The name.
+    pub name: String,
+    /// The pool (Slurm's partition).
+    pub pool: String,
+    /// `idle`, `mixed`, `allocated` or `down`.
+    pub state: String,
+    /// Cores offered.
+    pub cpus: f64,
+    /// Cores held by running tasks.
+    pub cpus_allocated: f64,
+    /// Memory offered, bytes.
+    pub mem_bytes: u64,
+    /// Memory held by running tasks, bytes.
+    pub mem_allocated_bytes: u64,
+    /// GPUs offered.
+    pub gpus: u32,
+    /// Tasks running.
+    pub n_running: u32,
+}

@@ -1,0 +1,57 @@
+//! The OpenAPI document of the REST API, served at `/api/v1/openapi.json`.
+
+/// The OpenAPI 3.0 document, as JSON text.
+pub fn document() -> String {
+    let op = |summary: &str, body: Option<&str>, answer: &str| {
+        let mut o = serde_json::json!({
+            "summary": summary,
+            "security": [{"bearer": []}],
+            "responses": {
+                "200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{answer}")}}}},
+                "4XX": {"description": "Bad request, unauthorised or not found", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+            }
+        });
+        if let Some(body) = body {
+            o["requestBody"] = serde_json::json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{body}")}}}});
+        }
+        o
+    };
+    let string = serde_json::json!({"type": "string"});
+    let int = serde_json::json!({"type": "integer", "minimum": 0});
+    let doc = serde_json::json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Tidepool", "version": env!("CARGO_PKG_VERSION")},
+        "servers": [{"url": "/api/v1"}],
+        "paths": {
+            "/jobs": {
+                "get": op("List jobs", None, "JobList"),
+                "post": op("Submit a job (acknowledged once journaled)", Some("SubmitRequest"), "SubmitResponse"),
+            },
+            "/jobs/{id}": {"get": op("Show a job; ?tasks=true lists every task", None, "JobView")},
+            "/jobs/{id}/cancel": {"post": op("Cancel a job or one task", Some("CancelRequest"), "CancelResponse")},
+            "/jobs/{id}/tasks/{index}/log": {"get": {"summary": "A task's output; ?stream=stderr for its errors", "security": [{"bearer": []}], "responses": {"200": {"description": "text", "content": {"text/plain": {}}}}}},
+            "/nodes": {"get": op("List nodes", None, "NodeList")},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "ErrorBody": {"type": "object", "required": ["error"], "properties": {"error": string, "field": string}},
+                "SubmitRequest": {"type": "object", "additionalProperties": false, "properties": {
+                    "name": string, "command": {"type": "array", "items": string}, "script": string,
+                    "array": string, "cpus": int, "mem": string, "gpus": int, "project": string,
+                    "tier": {"type": "string", "enum": ["realtime", "interruptible", "batch", "offline", "filler", "preemptible"]},
+                    "time_limit": string, "after": {"type": "array", "items": int}, "output": string,
+                    "error": string, "workdir": string, "env": {"type": "object", "additionalProperties": string},
+                    "pool": string}},
+                "SubmitResponse": {"type": "object", "required": ["job_id"], "properties": {"job_id": int}},
+                "CancelRequest": {"type": "object", "properties": {"index": int}},
+                "CancelResponse": {"type": "object", "properties": {"n_cancelled": int, "n_signalled": int}},
+                "JobView": {"type": "object", "properties": {"id": int, "name": string, "state": string, "n_tasks": int}},
+                "JobList": {"type": "array", "items": {"$ref": "#/components/schemas/JobView"}},
+                "NodeView": {"type": "object", "properties": {"name": string, "pool": string, "state": string}},
+                "NodeList": {"type": "array", "items": {"$ref": "#/components/schemas/NodeView"}},
+            }
+        }
+    });
+    doc.to_string()
+}

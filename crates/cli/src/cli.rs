@@ -1,0 +1,122 @@
+//! Flags of `tidepool` and its subcommands; each subcommand calls one function.
+
+use crate::{commands, up};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Tidepool: one scheduler for a shared fleet of CPU and GPU nodes.
+#[derive(Parser, Debug)]
+#[command(name = "tidepool", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the control plane and a local agent in one process (SQLite in DATA_DIR).
+    Up(UpArgs),
+    /// Run the control plane alone.
+    Server(ServerArgs),
+    /// Run a node agent that dials out to a server.
+    Agent(AgentArgs),
+    /// Submit a job: `tidepool submit [OPTIONS] -- CMD [ARG...]`; prints the job id.
+    Submit(commands::SubmitArgs),
+    /// List jobs.
+    Jobs(commands::JobsArgs),
+    /// Show one job.
+    Show(commands::ShowArgs),
+    /// Cancel a job or one task (`JOB` or `JOB.INDEX`).
+    Cancel(commands::CancelArgs),
+    /// Print a task's output (`JOB.INDEX`).
+    Logs(commands::LogsArgs),
+    /// List nodes.
+    Nodes,
+    /// Wait until a job ends; exit 0 only if every task succeeded.
+    Wait(commands::WaitArgs),
+}
+
+/// Flags shared by `up` and `server`.
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Where the journal, tokens and logs live.
+    #[arg(long, default_value = "tidepool-data", env = "TIDEPOOL_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Address of the REST API.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub listen: String,
+    /// Largest array index accepted, plus one (Slurm's MaxArraySize).
+    #[arg(long, default_value_t = 1_000_001, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_array_size: u32,
+}
+
+/// Flags of `up`.
+#[derive(Args, Debug, Clone)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Cores the local agent offers (default: all).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cpus: Option<u32>,
+}
+
+/// Flags of `agent`.
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// The server's URL.
+    #[arg(long)]
+    pub server: String,
+    /// The join token (the server's DATA_DIR/join.token).
+    #[arg(long, env = "TIDEPOOL_JOIN_TOKEN")]
+    pub join_token: String,
+    /// Where this agent keeps its attempt directories.
+    #[arg(long, default_value = "tidepool-agent")]
+    pub data_dir: PathBuf,
+    /// The node's name (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The node's pool.
+    #[arg(long, default_value = "local")]
+    pub pool: String,
+    /// Cores offered (default: all).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cpus: Option<u32>,
+}
+
+/// Parses `args` (program name first) and runs the command.
+pub async fn run(args: Vec<String>) -> Result<u8, String> {
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+                let _ = e.print();
+                return Ok(if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { 2 } else { 0 });
+            }
+            return Err(first_line_of(&e.render().to_string()));
+        }
+    };
+    match cli.command {
+        Command::Up(a) => up::up(a).await,
+        Command::Server(a) => up::server(a).await,
+        Command::Agent(a) => up::agent(a).await,
+        Command::Submit(a) => commands::submit(a).await,
+        Command::Jobs(a) => commands::jobs(a).await,
+        Command::Show(a) => commands::show(a).await,
+        Command::Cancel(a) => commands::cancel(a).await,
+        Command::Logs(a) => commands::logs(a).await,
+        Command::Nodes => commands::nodes().await,
+        Command::Wait(a) => commands::wait(a).await,
+    }
+}
+
+/// clap's message without its "error:" prefix and usage block, plus its tip if any.
+fn first_line_of(rendered: &str) -> String {
+    let mut lines = rendered.lines().filter(|l| !l.trim().is_empty());
+    let first = lines.next().unwrap_or("invalid arguments").trim_start_matches("error: ").to_string();
+    let tip = rendered.lines().find_map(|l| l.trim().strip_prefix("tip: ")).map(str::to_string);
+    match tip {
+        Some(tip) => format!("{first} ({tip})"),
+        None => format!("{first} (see --help)"),
+    }
+}

@@ -1,0 +1,90 @@
+//! The HTTP client of the user's commands: finds the server and the token, and turns every
+//! failure into one readable line.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::PathBuf;
+use tidepool_api::ErrorBody;
+
+/// A connection to the server's REST API.
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+/// The default server URL.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:7878";
+
+impl Client {
+    /// From `TIDEPOOL_URL` and `TIDEPOOL_TOKEN`, else `$TIDEPOOL_DATA_DIR/admin.token`, else
+    /// `./tidepool-data/admin.token`.
+    pub fn from_env() -> Result<Client, String> {
+        let base = std::env::var("TIDEPOOL_URL").unwrap_or_else(|_| DEFAULT_URL.to_string());
+        let token = match std::env::var("TIDEPOOL_TOKEN") {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ => {
+                let dir = std::env::var("TIDEPOOL_DATA_DIR").unwrap_or_else(|_| "tidepool-data".into());
+                let path = PathBuf::from(dir).join("admin.token");
+                std::fs::read_to_string(&path)
+                    .map(|t| t.trim().to_string())
+                    .map_err(|_| {
+                        format!(
+                            "no API token: set TIDEPOOL_TOKEN, or TIDEPOOL_DATA_DIR to the server's data directory ({} not readable)",
+                            path.display()
+                        )
+                    })?
+            }
+        };
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(120))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Client { base: base.trim_end_matches('/').to_string(), token, http })
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, String> {
+        let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
+            if e.is_connect() {
+                format!("cannot reach the Tidepool server at {} (is `tidepool up` running? set TIDEPOOL_URL)", self.base)
+            } else if e.is_timeout() {
+                format!("the Tidepool server at {} did not answer in time", self.base)
+            } else {
+                format!("request to {} failed: {e}", self.base)
+            }
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            return Err("the server refused the API token (check TIDEPOOL_TOKEN)".into());
+        }
+        let text = resp.text().await.unwrap_or_default();
+        Err(match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(ErrorBody { error, field: Some(field) }) => format!("{field}: {error}"),
+            Ok(ErrorBody { error, field: None }) => error,
+            Err(_) => format!("server answered {status}"),
+        })
+    }
+
+    /// GET a JSON document.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, String> {
+        let resp = self.send(self.http.get(format!("{}/api/v1{path}", self.base))).await?;
+        resp.json().await.map_err(|e| format!("unreadable answer: {e}"))
+    }
+
+    /// GET text.
+    pub async fn get_text(&self, path: &str) -> Result<String, String> {
+        let resp = self.send(self.http.get(format!("{}/api/v1{path}", self.base))).await?;
+        resp.text().await.map_err(|e| format!("unreadable answer: {e}"))
+    }
+
+    /// POST JSON, read JSON.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, String> {
+        let resp = self
+            .send(self.http.post(format!("{}/api/v1{path}", self.base)).json(body))
+            .await?;
+        resp.json().await.map_err(|e| format!("unreadable answer: {e}"))
+    }
+}

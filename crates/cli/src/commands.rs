@@ -1,0 +1,390 @@
+//! The user's commands: submit, jobs, show, cancel, logs, nodes, wait.
+
+use crate::client::Client;
+use crate::output::{iso_time, line};
+use clap::Args;
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use tidepool_api::{CancelRequest, CancelResponse, JobView, NodeView, SubmitRequest, SubmitResponse};
+use tidepool_core::resources::{format_bytes, format_elapsed};
+
+/// Flags of `submit`.
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// Array indices: 0-99999[:STEP][%MAXRUNNING].
+    #[arg(long, short = 'a')]
+    array: Option<String>,
+    /// Cores per task.
+    #[arg(long, short = 'c')]
+    cpus: Option<u32>,
+    /// Memory per task (500M, 4G; a bare number is MB).
+    #[arg(long)]
+    mem: Option<String>,
+    /// GPUs per task.
+    #[arg(long)]
+    gpus: Option<u32>,
+    /// Job name.
+    #[arg(long, short = 'J')]
+    name: Option<String>,
+    /// Project that pays.
+    #[arg(long, short = 'A')]
+    project: Option<String>,
+    /// Priority class.
+    #[arg(long)]
+    tier: Option<String>,
+    /// Time limit per task (30, 2:00:00, 1-00:00:00).
+    #[arg(long, short = 't')]
+    time: Option<String>,
+    /// Start only after this job succeeded (repeatable).
+    #[arg(long)]
+    after: Vec<u64>,
+    /// Output path pattern (%A %a %j %x), relative to the working directory.
+    #[arg(long, short = 'o')]
+    output: Option<String>,
+    /// Error path pattern.
+    #[arg(long, short = 'e')]
+    error: Option<String>,
+    /// Working directory (default: the current one).
+    #[arg(long, short = 'D')]
+    workdir: Option<String>,
+    /// Pool (partition) to run in.
+    #[arg(long, short = 'p')]
+    pool: Option<String>,
+    /// Extra environment variable (repeatable); the submitting environment is passed too.
+    #[arg(long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// Pass none of the submitting environment, only --env values.
+    #[arg(long)]
+    no_inherit_env: bool,
+    /// The command and its arguments, after `--`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+/// The submitting process's environment, as sbatch's `--export=ALL` passes it.
+pub fn current_env() -> BTreeMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !k.starts_with(|c: char| c.is_ascii_digit()))
+        .collect()
+}
+
+/// The absolute current directory.
+pub fn current_dir() -> Result<String, String> {
+    std::env::current_dir()
+        .map(|d| d.display().to_string())
+        .map_err(|e| format!("cannot read the current directory: {e}"))
+}
+
+/// Makes a relative directory absolute against the current one.
+pub fn absolute(dir: &str) -> Result<String, String> {
+    if dir.starts_with('/') {
+        Ok(dir.to_string())
+    } else {
+        Ok(format!("{}/{}", current_dir()?, dir))
+    }
+}
+
+/// Submits a job; prints its id alone.
+pub async fn submit(a: SubmitArgs) -> Result<u8, String> {
+    let mut env = if a.no_inherit_env { BTreeMap::new() } else { current_env() };
+    for kv in &a.env {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("--env '{kv}' is not K=V"))?;
+        env.insert(k.to_string(), v.to_string());
+    }
+    let workdir = match &a.workdir {
+        Some(d) => absolute(d)?,
+        None => current_dir()?,
+    };
+    let req = SubmitRequest {
+        name: a.name,
+        command: a.command,
+        script: None,
+        array: a.array,
+        cpus: a.cpus,
+        mem: a.mem,
+        gpus: a.gpus,
+        project: a.project,
+        tier: a.tier,
+        time_limit: a.time,
+        after: a.after,
+        output: a.output,
+        error: a.error,
+        workdir: Some(workdir),
+        env,
+        pool: a.pool,
+    };
+    let client = Client::from_env()?;
+    let resp: SubmitResponse = client.post("/jobs", &req).await?;
+    line(&resp.job_id.to_string());
+    Ok(0)
+}
+
+/// A job or one of its tasks, as users type it: `12`, `12.3` or `12_3`.
+pub fn parse_target(text: &str) -> Result<(u64, Option<u32>), String> {
+    let bad = || format!("'{text}' is not a job id (examples: 12, 12.3, 12_3)");
+    let (job, index) = match text.split_once(['.', '_']) {
+        Some((j, i)) => (j, Some(i)),
+        None => (text, None),
+    };
+    let job = job.parse::<u64>().map_err(|_| bad())?;
+    let index = match index {
+        Some(i) => Some(i.parse::<u32>().map_err(|_| bad())?),
+        None => None,
+    };
+    Ok((job, index))
+}
+
+/// Flags of `jobs`.
+#[derive(Args, Debug)]
+pub struct JobsArgs {
+    /// Also list jobs that have ended.
+    #[arg(long)]
+    all: bool,
+    /// JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Lists jobs.
+pub async fn jobs(a: JobsArgs) -> Result<u8, String> {
+    let client = Client::from_env()?;
+    let path = if a.all { "/jobs" } else { "/jobs?active=true" };
+    let jobs: Vec<JobView> = client.get(path).await?;
+    if a.json {
+        line(&serde_json::to_string_pretty(&jobs).map_err(|e| e.to_string())?);
+        return Ok(0);
+    }
+    line(&format!(
+        "{:>8} {:<16} {:<10} {:>8} {:>8} {:>8} {:>9} {:>7}  REASON",
+        "JOB", "NAME", "STATE", "TASKS", "PENDING", "RUNNING", "SUCCEEDED", "FAILED"
+    ));
+    for j in jobs {
+        let c = j.counts;
+        line(&format!(
+            "{:>8} {:<16} {:<10} {:>8} {:>8} {:>8} {:>9} {:>7}  {}",
+            j.id,
+            truncate(&j.name, 16),
+            j.state,
+            j.n_tasks,
+            c.pending,
+            c.running,
+            c.succeeded,
+            c.failed + c.timeout + c.cancelled,
+            j.pending_reason.unwrap_or_default()
+        ));
+    }
+    Ok(0)
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+/// Flags of `show`.
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    /// The job.
+    job: String,
+    /// JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Every task's detail.
+    #[arg(long)]
+    tasks: bool,
+}
+
+/// Shows one job.
+pub async fn show(a: ShowArgs) -> Result<u8, String> {
+    let (job_id, _) = parse_target(&a.job)?;
+    let client = Client::from_env()?;
+    let suffix = if a.tasks { "?tasks=true" } else { "" };
+    let j: JobView = client.get(&format!("/jobs/{job_id}{suffix}")).await?;
+    if a.json {
+        line(&serde_json::to_string_pretty(&j).map_err(|e| e.to_string())?);
+        return Ok(0);
+    }
+    let c = j.counts;
+    line(&format!("job {}  {}  ({})", j.id, j.name, j.state));
+    line(&format!("  command:   {}", j.command.join(" ")));
+    line(&format!("  workdir:   {}", j.workdir));
+    line(&format!("  project:   {}   tier: {}   pool: {}", j.project, j.tier, j.pool.as_deref().unwrap_or("any")));
+    let mem = if j.mem_bytes > 0 { format_bytes(j.mem_bytes) } else { "-".into() };
+    line(&format!("  per task:  {} cores, memory {}, {} GPUs, time limit {}", j.cpus, mem, j.gpus,
+        j.time_limit_s.map(format_elapsed).unwrap_or_else(|| "none".into())));
+    if let Some(array) = &j.array {
+        line(&format!("  array:     {array} ({} tasks)", j.n_tasks));
+    }
+    line(&format!("  submitted: {}", iso_time(j.submitted_ms)));
+    if let Some(end) = j.ended_ms {
+        line(&format!("  ended:     {}", iso_time(end)));
+    }
+    line(&format!(
+        "  tasks:     {} pending, {} running, {} succeeded, {} failed, {} cancelled, {} timeout",
+        c.pending, c.running, c.succeeded, c.failed, c.cancelled, c.timeout
+    ));
+    if let Some(reason) = &j.pending_reason {
+        line(&format!("  pending:   {reason} [{}]", j.pending_code.as_deref().unwrap_or("")));
+    }
+    if a.tasks || !j.tasks.is_empty() {
+        line(&format!("  {:>8} {:<10} {:>7} {:<16} {:>6} {:>10} {:>9}", "INDEX", "STATE", "ATTEMPT", "NODE", "EXIT", "CPU", "MAXRSS"));
+        for t in &j.tasks {
+            let exit = match (t.exit_code, t.signal) {
+                (Some(code), _) => code.to_string(),
+                (None, Some(sig)) => format!("sig{sig}"),
+                _ => "-".into(),
+            };
+            line(&format!(
+                "  {:>8} {:<10} {:>7} {:<16} {:>6} {:>10} {:>9}",
+                t.index,
+                t.state,
+                t.attempt,
+                t.node.as_deref().unwrap_or("-"),
+                exit,
+                t.cpu_ms.map(|ms| format!("{:.3}s", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into()),
+                t.peak_mem_bytes.map(format_bytes).unwrap_or_else(|| "-".into()),
+            ));
+        }
+    }
+    Ok(0)
+}
+
+/// Flags of `cancel`.
+#[derive(Args, Debug)]
+pub struct CancelArgs {
+    /// `JOB` or `JOB.INDEX` (repeatable).
+    #[arg(required = true)]
+    targets: Vec<String>,
+}
+
+/// Cancels jobs or tasks.
+pub async fn cancel(a: CancelArgs) -> Result<u8, String> {
+    let client = Client::from_env()?;
+    let targets: Vec<(u64, Option<u32>)> = a.targets.iter().map(|t| parse_target(t)).collect::<Result<_, _>>()?;
+    for (job_id, index) in targets {
+        let _: CancelResponse = client.post(&format!("/jobs/{job_id}/cancel"), &CancelRequest { index }).await?;
+    }
+    Ok(0)
+}
+
+/// Flags of `logs`.
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// `JOB.INDEX` (or `JOB` for a single-task job).
+    task: String,
+    /// Standard error instead of standard output.
+    #[arg(long)]
+    stderr: bool,
+}
+
+/// Prints a task's output.
+pub async fn logs(a: LogsArgs) -> Result<u8, String> {
+    let (job_id, index) = parse_target(&a.task)?;
+    let client = Client::from_env()?;
+    let index = match index {
+        Some(i) => i,
+        None => {
+            let j: JobView = client.get(&format!("/jobs/{job_id}")).await?;
+            if j.n_tasks != 1 {
+                return Err(format!("job {job_id} has {} tasks: name one, e.g. {job_id}.0", j.n_tasks));
+            }
+            j.array.as_deref().and_then(|a| a.split(['-', ',', '%', ':']).next()?.parse().ok()).unwrap_or(0)
+        }
+    };
+    let stream = if a.stderr { "stderr" } else { "stdout" };
+    let text = client.get_text(&format!("/jobs/{job_id}/tasks/{index}/log?stream={stream}")).await?;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    Ok(0)
+}
+
+/// Lists nodes.
+pub async fn nodes() -> Result<u8, String> {
+    let client = Client::from_env()?;
+    let nodes: Vec<NodeView> = client.get("/nodes").await?;
+    line(&format!("{:<20} {:<10} {:<10} {:>11} {:>15} {:>5} {:>8}", "NODE", "POOL", "STATE", "CPUS(A/T)", "MEM(A/T)", "GPUS", "RUNNING"));
+    for n in nodes {
+        line(&format!(
+            "{:<20} {:<10} {:<10} {:>11} {:>15} {:>5} {:>8}",
+            n.name,
+            n.pool,
+            n.state,
+            format!("{}/{}", n.cpus_allocated, n.cpus),
+            format!("{}/{}", format_bytes(n.mem_allocated_bytes), format_bytes(n.mem_bytes)),
+            n.gpus,
+            n.n_running
+        ));
+    }
+    Ok(0)
+}
+
+/// Flags of `wait`.
+#[derive(Args, Debug)]
+pub struct WaitArgs {
+    /// The job.
+    job: String,
+}
+
+/// Waits for a job to end, with a progress bar on a terminal.
+pub async fn wait(a: WaitArgs) -> Result<u8, String> {
+    let (job_id, _) = parse_target(&a.job)?;
+    let client = Client::from_env()?;
+    let tty = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let mut last_plain = std::time::Instant::now() - std::time::Duration::from_secs(60);
+    loop {
+        let j: JobView = client.get(&format!("/jobs/{job_id}")).await?;
+        let c = j.counts;
+        let done = c.succeeded + c.failed + c.cancelled + c.timeout;
+        let finished = c.pending == 0 && c.running == 0;
+        let mut err = std::io::stderr().lock();
+        if tty {
+            let width = 30usize;
+            let filled = if j.n_tasks == 0 { width } else { (done as usize * width) / j.n_tasks as usize };
+            let _ = write!(
+                err,
+                "\r[{}{}] {done}/{} done, {} running, {} failed  {:>6.0}s ",
+                "#".repeat(filled),
+                " ".repeat(width - filled),
+                j.n_tasks,
+                c.running,
+                c.failed + c.timeout + c.cancelled,
+                started.elapsed().as_secs_f64()
+            );
+            if finished {
+                let _ = writeln!(err);
+            }
+        } else if finished || last_plain.elapsed().as_secs() >= 5 {
+            let _ = writeln!(err, "job {job_id}: {done}/{} done, {} running, {} failed", j.n_tasks, c.running, c.failed + c.timeout + c.cancelled);
+            last_plain = std::time::Instant::now();
+        }
+        drop(err);
+        if finished {
+            let ok = c.succeeded == j.n_tasks;
+            if !ok {
+                eprintln!(
+                    "job {job_id} {}: {} succeeded, {} failed, {} timeout, {} cancelled",
+                    j.state, c.succeeded, c.failed, c.timeout, c.cancelled
+                );
+            }
+            return Ok(if ok { 0 } else { 1 });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(if tty { 250 } else { 500 })).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!(parse_target("12"), Ok((12, None)));
+        assert_eq!(parse_target("12.3"), Ok((12, Some(3))));
+        assert_eq!(parse_target("12_3"), Ok((12, Some(3))));
+        assert!(parse_target("x").is_err());
+        assert!(parse_target("1.y").is_err());
+    }
+}

@@ -1,0 +1,52 @@
+//! The `tidepool` binary: parses the command line and calls into the crates. Called through a
+//! link named `sbatch`, `squeue`, `scancel`, `sacct` or `sinfo`, it behaves as that command.
+
+mod cli;
+mod client;
+mod commands;
+mod output;
+mod slurm;
+mod up;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    // The supervisor runs before anything else starts: no runtime, no threads.
+    if args.get(1).map(String::as_str) == Some("__supervise") {
+        let Some(dir) = args.get(2) else { return ExitCode::from(2) };
+        return ExitCode::from(tidepool_agent::supervisor::run(std::path::Path::new(dir)) as u8);
+    }
+    let program = args
+        .first()
+        .and_then(|a| a.rsplit('/').next())
+        .unwrap_or("tidepool")
+        .to_string();
+    let (command, rest): (String, Vec<String>) = match program.as_str() {
+        "sbatch" | "squeue" | "scancel" | "sacct" | "sinfo" => (program.clone(), args[1..].to_vec()),
+        _ => match args.get(1).map(String::as_str) {
+            Some(c @ ("sbatch" | "squeue" | "scancel" | "sacct" | "sinfo")) => (c.to_string(), args[2..].to_vec()),
+            _ => (String::new(), args),
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tidepool: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = if command.is_empty() {
+        runtime.block_on(cli::run(rest))
+    } else {
+        runtime.block_on(slurm::run(&command, rest))
+    };
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(message) => {
+            let name = if command.is_empty() { "tidepool" } else { command.as_str() };
+            eprintln!("{name}: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

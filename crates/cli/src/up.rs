@@ -1,0 +1,128 @@
+//! `tidepool up`, `server` and `agent`: bind, start, wait for Ctrl-C.
+
+use crate::cli::{AgentArgs, ServerArgs, UpArgs};
+use std::path::Path;
+use tidepool_agent::AgentConfig;
+use tidepool_server::Config;
+
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+async fn bind(args: &ServerArgs) -> Result<(tokio::net::TcpListener, Config), String> {
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let data_dir = std::path::absolute(&args.data_dir).map_err(|e| e.to_string())?;
+    let mut config = Config::new(data_dir, format!("http://{addr}"));
+    config.max_array_size = args.max_array_size;
+    config.known_pools = vec!["local".into()];
+    Ok((listener, config))
+}
+
+fn prepare_tokens(data_dir: &Path) -> Result<String, String> {
+    std::fs::create_dir_all(data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+    tidepool_server::tokens::load_or_create(&data_dir.join("admin.token"), "tpa_").map_err(|e| e.to_string())?;
+    let (join, _) = tidepool_server::tokens::load_or_create(&data_dir.join("join.token"), "tpj_").map_err(|e| e.to_string())?;
+    Ok(join)
+}
+
+/// Control plane and local agent in one process.
+pub async fn up(args: UpArgs) -> Result<u8, String> {
+    init_logging();
+    let (listener, config) = bind(&args.server).await?;
+    let join_token = prepare_tokens(&config.data_dir)?;
+    let (mut cpu_millis, mem_bytes) = AgentConfig::local_capacity();
+    if let Some(cpus) = args.cpus {
+        cpu_millis = u64::from(cpus) * 1000;
+    }
+    let agent = AgentConfig {
+        server_url: config.public_url.clone(),
+        join_token,
+        run_dir: config.data_dir.join("agent").join("run"),
+        name: host_name(),
+        pool: "local".into(),
+        cpu_millis,
+        mem_bytes,
+        gpus: 0,
+        supervisor_program: std::env::current_exe().map_err(|e| e.to_string())?,
+        kill_grace_s: 1,
+    };
+    tracing::info!(
+        "tidepool is up: API {}/api/v1, admin token in {}",
+        config.public_url,
+        config.data_dir.join("admin.token").display()
+    );
+    let server = tokio::spawn(tidepool_server::run(listener, config, shutdown_signal()));
+    let agent_task = tokio::spawn(tidepool_agent::run(agent));
+    let outcome = server.await;
+    agent_task.abort();
+    match outcome {
+        Ok(Ok(())) => Ok(0),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The control plane alone.
+pub async fn server(args: ServerArgs) -> Result<u8, String> {
+    init_logging();
+    let (listener, config) = bind(&args).await?;
+    prepare_tokens(&config.data_dir)?;
+    tracing::info!(
+        "tidepool server on {}/api/v1; admin token in {}, agents join with {}",
+        config.public_url,
+        config.data_dir.join("admin.token").display(),
+        config.data_dir.join("join.token").display()
+    );
+    tidepool_server::run(listener, config, shutdown_signal()).await.map_err(|e| e.to_string())?;
+    Ok(0)
+}
+
+/// A node agent.
+pub async fn agent(args: AgentArgs) -> Result<u8, String> {
+    init_logging();
+    let (mut cpu_millis, mem_bytes) = AgentConfig::local_capacity();
+    if let Some(cpus) = args.cpus {
+        cpu_millis = u64::from(cpus) * 1000;
+    }
+    let data_dir = std::path::absolute(&args.data_dir).map_err(|e| e.to_string())?;
+    let config = AgentConfig {
+        server_url: args.server,
+        join_token: args.join_token,
+        run_dir: data_dir.join("run"),
+        name: args.name.unwrap_or_else(host_name),
+        pool: args.pool,
+        cpu_millis,
+        mem_bytes,
+        gpus: 0,
+        supervisor_program: std::env::current_exe().map_err(|e| e.to_string())?,
+        kill_grace_s: 1,
+    };
+    tokio::select! {
+        r = tidepool_agent::run(config) => r.map_err(|e| e.to_string())?,
+        _ = shutdown_signal() => {}
+    }
+    Ok(0)
+}

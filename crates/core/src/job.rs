@@ -1,0 +1,61 @@
+//! What a user submits, as the scheduler sees it.
+
+use crate::array::ArraySpec;
+use crate::resources::Resources;
+use crate::tier::Tier;
+use std::fmt;
+
+/// A job's number, as users type it (`tidepool cancel 12`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobId(pub u64);
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The parts of a job that scheduling decisions depend on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSpec {
+    /// A name for people (`-J`).
+    pub name: String,
+    /// Who pays.
+    pub project: String,
+    /// Priority class.
+    pub tier: Tier,
+    /// What each task needs on one node.
+    pub per_task: Resources,
+    /// The task indices and throttle.
+    pub array: ArraySpec,
+    /// Wall-clock limit of each task, in seconds.
+    pub time_limit_s: Option<u64>,
+    /// Jobs that must all succeed before this one starts (`afterok`).
+    pub after_ok: Vec<JobId>,
+    /// Only nodes of this pool may run it (Slurm's partition).
+    pub pool: Option<String>,
+}
+
+/// A submission refused, with the field to blame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    /// The field of the request that is wrong.
+    pub field: &'static str,
+    /// What is wrong with it, for a person.
+    pub message: String,
+}
+
+impl SpecError {
+    /// A new error about `field`.
+    pub fn new(field: &'static str, message: impl Into<String>) -> SpecError {
+        SpecError { field, message: message.into() }
+    }
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for SpecError {}

@@ -1,0 +1,34 @@
+//! What the server is told at start.
+
+use std::path::PathBuf;
+
+/// Server settings; every field has a default that suits the embedded setup.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the journal, tokens and default logs live.
+    pub data_dir: PathBuf,
+    /// The URL agents and tasks use to reach this server.
+    pub public_url: String,
+    /// The largest array index accepted, plus one (Slurm's `MaxArraySize`).
+    pub max_array_size: u32,
+    /// Pools that exist even before any of their nodes joins.
+    pub known_pools: Vec<String>,
+    /// How long an agent's poll is held open when there is nothing to do.
+    pub poll_hold_ms: u64,
+    /// How long an agent may stay silent before it gets no new work.
+    pub agent_silence_ms: u64,
+}
+
+impl Config {
+    /// The defaults, with the given data directory and URL.
+    pub fn new(data_dir: PathBuf, public_url: String) -> Config {
+        Config {
+            data_dir,
+            public_url,
+            max_array_size: 1_000_001,
+            known_pools: Vec::new(),
+            poll_hold_ms: 20_000,
+            agent_silence_ms: 60_000,
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! The control plane: REST API, agent sessions, and the reactor that owns the in-memory state,
+//! journals every change before acknowledging it, and asks the core for decisions.
+//!
+//! Layout:
+//! - [`config`]: what the server is told at start.
+//! - [`error`]: the one error type and its HTTP mapping.
+//! - [`journal`]: the group-commit writer in front of the store.
+//! - [`state`]: the shared state, replay and the reactor's `on_*` functions.
+//! - [`routes`]: paths to handlers, and the handlers.
+//! - [`spec`]: validation of submissions and expansion of output patterns.
+
+pub mod config;
+pub mod error;
+pub mod journal;
+pub mod routes;
+pub mod spec;
+pub mod state;
+pub mod tokens;
+
+pub use config::Config;
+pub use error::{Error, Result};
+
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Runs the server on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let shared = state::Shared::open(config)?;
+    let shared = Arc::new(shared);
+    let reactor = tokio::spawn(state::reactor_loop(shared.clone()));
+    let app = routes::router(shared.clone());
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    reactor.abort();
+    served.map_err(|e| Error::Internal(format!("http server: {e}")))
+}

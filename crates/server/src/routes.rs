@@ -1,0 +1,187 @@
+//! Paths to handlers. Handlers only parse, check the token and call [`Shared`]'s `on_*`.
+
+use crate::error::{Error, Result};
+use crate::state::Shared;
+use crate::tokens;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tidepool_api::{
+    CancelRequest, PollRequest, RegisterRequest, ReportRequest, ReportResponse, SubmitRequest,
+    SubmitResponse,
+};
+
+type AppState = Arc<Shared>;
+
+/// The whole REST API.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/api/v1/jobs", get(list_jobs).post(submit))
+        .route("/api/v1/jobs/{id}", get(show_job))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel))
+        .route("/api/v1/jobs/{id}/tasks/{index}/log", get(task_log))
+        .route("/api/v1/nodes", get(list_nodes))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/agent/register", post(agent_register))
+        .route("/api/v1/agent/poll", post(agent_poll))
+        .route("/api/v1/agent/report", post(agent_report))
+        .fallback(not_found)
+        .with_state(shared)
+}
+
+async fn not_found() -> Error {
+    Error::NotFound("no such endpoint".into())
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+fn require_admin(shared: &Shared, headers: &HeaderMap) -> Result<()> {
+    match bearer(headers) {
+        Some(t) if tokens::same(t, &shared.admin_token) => Ok(()),
+        _ => Err(Error::Unauthorized),
+    }
+}
+
+fn require_agent(shared: &Shared, headers: &HeaderMap) -> Result<()> {
+    match bearer(headers) {
+        Some(t) if tokens::same(t, &shared.join_token) => Ok(()),
+        _ => Err(Error::Unauthorized),
+    }
+}
+
+/// Parses a JSON body, naming the offending field when serde can tell.
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| {
+        let text = e.to_string();
+        let field = text
+            .split('`')
+            .nth(1)
+            .filter(|_| text.starts_with("unknown field") || text.starts_with("missing field"))
+            .map(str::to_string);
+        Error::BadRequest { field, message: format!("invalid JSON body: {text}") }
+    })
+}
+
+fn parse_id(text: &str, what: &str) -> Result<u64> {
+    text.parse::<u64>()
+        .map_err(|_| Error::NotFound(format!("{what} '{text}' does not exist")))
+}
+
+async fn submit(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Json<SubmitResponse>> {
+    require_admin(&s, &headers)?;
+    let req: SubmitRequest = parse(&body)?;
+    let job_id = s.on_submit(req).await?;
+    Ok(Json(SubmitResponse { job_id }))
+}
+
+async fn list_jobs(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    require_admin(&s, &headers)?;
+    let active = q.get("active").is_some_and(|v| v == "true" || v == "1");
+    Ok(Json(s.job_views(active)).into_response())
+}
+
+async fn show_job(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    require_admin(&s, &headers)?;
+    let id = parse_id(&id, "job")?;
+    let with_tasks = q.get("tasks").is_some_and(|v| v == "true" || v == "1");
+    let shared = s.clone();
+    let view = tokio::task::spawn_blocking(move || shared.job_view(id, with_tasks))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+    Ok(Json(view).into_response())
+}
+
+async fn cancel(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response> {
+    require_admin(&s, &headers)?;
+    let id = parse_id(&id, "job")?;
+    let req: CancelRequest = if body.is_empty() { CancelRequest::default() } else { parse(&body)? };
+    Ok(Json(s.on_cancel(id, req.index).await?).into_response())
+}
+
+async fn task_log(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path((id, index)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    require_admin(&s, &headers)?;
+    let id = parse_id(&id, "job")?;
+    let index = parse_id(&index, "task")? as u32;
+    let stream = q.get("stream").map(String::as_str).unwrap_or("stdout");
+    if stream != "stdout" && stream != "stderr" {
+        return Err(Error::field("stream", "must be stdout or stderr"));
+    }
+    let shared = s.clone();
+    let (out, err) = tokio::task::spawn_blocking(move || shared.log_paths(id, index))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+    let path = if stream == "stdout" { out } else { err };
+    let text = match tokio::fs::read(&path).await {
+        Ok(bytes) => {
+            const MAX: usize = 16 << 20;
+            let start = bytes.len().saturating_sub(MAX);
+            String::from_utf8_lossy(&bytes[start..]).into_owned()
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::Internal(format!("reading {path}: {e}"))),
+    };
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+async fn list_nodes(State(s): State<AppState>, headers: HeaderMap) -> Result<Response> {
+    require_admin(&s, &headers)?;
+    Ok(Json(s.node_views()).into_response())
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], tidepool_api::openapi::document()).into_response()
+}
+
+async fn agent_register(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response> {
+    require_agent(&s, &headers)?;
+    let req: RegisterRequest = parse(&body)?;
+    Ok(Json(s.on_register(req).await?).into_response())
+}
+
+async fn agent_poll(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response> {
+    require_agent(&s, &headers)?;
+    let req: PollRequest = parse(&body)?;
+    Ok(Json(s.on_poll(req.session).await?).into_response())
+}
+
+async fn agent_report(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response> {
+    require_agent(&s, &headers)?;
+    let req: ReportRequest = parse(&body)?;
+    if !s.session_is_current(req.session) {
+        return Ok(Json(ReportResponse { acked: vec![], reregister: true }).into_response());
+    }
+    let acked = s.on_results(&req.results).await?;
+    Ok(Json(ReportResponse { acked, reregister: false }).into_response())
+}

@@ -1,0 +1,267 @@
+//! Validation of submissions, and what a task's launch is made of (paths, environment).
+
+use crate::error::{Error, Result};
+use std::collections::BTreeMap;
+use tidepool_api::SubmitRequest;
+use tidepool_core::resources::{parse_mem_size, parse_time_limit};
+use tidepool_core::{ArraySpec, JobId, JobSpec, Resources, Tier};
+
+/// Longest name accepted.
+const MAX_NAME_LEN: usize = 200;
+/// Largest script accepted, in bytes.
+const MAX_SCRIPT_BYTES: usize = 4 << 20;
+
+/// Checks a request and turns it into the core's spec. Nothing is written here.
+pub fn validate(req: &SubmitRequest, max_array_size: u32) -> Result<JobSpec> {
+    match (&req.script, req.command.is_empty()) {
+        (Some(_), false) => {
+            return Err(Error::field("command", "give either a command or a script, not both"))
+        }
+        (None, true) => return Err(Error::field("command", "is empty: nothing to run")),
+        (Some(script), true) => {
+            if !script.starts_with("#!") {
+                return Err(Error::field(
+                    "script",
+                    "must start with #! and an interpreter (e.g. #!/bin/bash)",
+                ));
+            }
+            if script.len() > MAX_SCRIPT_BYTES {
+                return Err(Error::field("script", "is larger than 4 MiB"));
+            }
+        }
+        (None, false) => {
+            if req.command[0].is_empty() {
+                return Err(Error::field("command", "the program name is empty"));
+            }
+        }
+    }
+    if req.command.iter().any(|a| a.contains('\0')) {
+        return Err(Error::field("command", "contains a NUL byte"));
+    }
+    let name = match &req.name {
+        Some(n) if n.trim().is_empty() => return Err(Error::field("name", "is empty")),
+        Some(n) if n.len() > MAX_NAME_LEN => {
+            return Err(Error::field("name", format!("is longer than {MAX_NAME_LEN} bytes")))
+        }
+        Some(n) if n.chars().any(char::is_control) => {
+            return Err(Error::field("name", "contains control characters"))
+        }
+        Some(n) => n.clone(),
+        None => default_name(req),
+    };
+    let cpus = req.cpus.unwrap_or(1);
+    if cpus == 0 {
+        return Err(Error::field("cpus", "must be at least 1"));
+    }
+    let mem_bytes = match &req.mem {
+        Some(m) => parse_mem_size(m).map_err(|e| Error::field("mem", e))?,
+        None => 0,
+    };
+    let array = match &req.array {
+        Some(a) => ArraySpec::parse(a, max_array_size.saturating_sub(1))
+            .map_err(|e| Error::field("array", e))?,
+        None => ArraySpec::single(),
+    };
+    let tier: Tier = match &req.tier {
+        Some(t) => t.parse().map_err(|e: String| Error::field("tier", e))?,
+        None => Tier::Batch,
+    };
+    let time_limit_s = match &req.time_limit {
+        Some(t) => parse_time_limit(t).map_err(|e| Error::field("time_limit", e))?,
+        None => None,
+    };
+    let project = req.project.clone().unwrap_or_else(|| "default".to_string());
+    if project.is_empty() || !project.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(Error::field("project", "use letters, digits, '-', '_' and '.'"));
+    }
+    match &req.workdir {
+        Some(w) if !w.starts_with('/') => {
+            return Err(Error::field("workdir", "must be an absolute path"))
+        }
+        _ => {}
+    }
+    for (key, value) in &req.env {
+        let valid = !key.is_empty()
+            && !key.starts_with(|c: char| c.is_ascii_digit())
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(Error::field("env", format!("'{key}' is not a variable name")));
+        }
+        if value.contains('\0') {
+            return Err(Error::field("env", format!("the value of {key} contains a NUL byte")));
+        }
+    }
+    for pattern in [&req.output, &req.error].into_iter().flatten() {
+        if pattern.is_empty() || pattern.contains('\0') {
+            return Err(Error::field("output", "is not a usable path pattern"));
+        }
+    }
+    Ok(JobSpec {
+        name,
+        project,
+        tier,
+        per_task: Resources { cpu_millis: u64::from(cpus) * 1000, mem_bytes, n_gpus: req.gpus.unwrap_or(0) },
+        array,
+        time_limit_s,
+        after_ok: req.after.iter().map(|id| JobId(*id)).collect(),
+        pool: req.pool.clone(),
+    })
+}
+
+fn default_name(req: &SubmitRequest) -> String {
+    if req.script.is_some() {
+        return "sbatch".to_string();
+    }
+    let program = req.command.first().map(String::as_str).unwrap_or("job");
+    program.rsplit('/').next().unwrap_or(program).chars().take(MAX_NAME_LEN).collect()
+}
+
+/// What Slurm's filename patterns are filled with for one task.
+pub struct PatternValues<'a> {
+    /// The job id.
+    pub job_id: u64,
+    /// The task's array index.
+    pub index: u32,
+    /// The job name.
+    pub name: &'a str,
+    /// The node name.
+    pub node: &'a str,
+    /// The submitting user.
+    pub user: &'a str,
+}
+
+/// Expands `%A %a %j %J %x %N %u %n %t %s %%` with optional zero-padding (`%4a`), as sbatch does.
+pub fn expand_pattern(pattern: &str, v: &PatternValues<'_>) -> String {
+    let mut out = String::with_capacity(pattern.len() + 16);
+    let mut chars = pattern.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let mut width = String::new();
+        while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+            width.push(*d);
+            chars.next();
+        }
+        let width: usize = width.parse().unwrap_or(0).min(10);
+        let pad = |n: u64| format!("{n:0width$}");
+        match chars.next() {
+            Some('A') | Some('j') | Some('J') => out.push_str(&pad(v.job_id)),
+            Some('a') => out.push_str(&pad(u64::from(v.index))),
+            Some('x') => out.push_str(v.name),
+            Some('N') => out.push_str(v.node),
+            Some('u') => out.push_str(v.user),
+            Some('n') | Some('t') | Some('s') => out.push_str(&pad(0)),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+/// Joins a path to the working directory unless it is absolute.
+pub fn under_workdir(workdir: &str, path: &str) -> String {
+    if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("{}/{}", workdir.trim_end_matches('/'), path)
+    }
+}
+
+/// The environment a task sees: the job's, then the Slurm and Tidepool variables.
+pub fn task_env(
+    req: &SubmitRequest,
+    spec: &JobSpec,
+    job_id: u64,
+    index: u32,
+    attempt: u32,
+    node: &str,
+    public_url: &str,
+) -> BTreeMap<String, String> {
+    let mut env = req.env.clone();
+    let mut set = |k: &str, v: String| {
+        env.insert(k.to_string(), v);
+    };
+    let cpus = (spec.per_task.cpu_millis / 1000).max(1);
+    set("SLURM_JOB_ID", job_id.to_string());
+    set("SLURM_JOBID", job_id.to_string());
+    set("SLURM_JOB_NAME", spec.name.clone());
+    set("SLURM_CPUS_PER_TASK", cpus.to_string());
+    set("SLURM_CPUS_ON_NODE", cpus.to_string());
+    set("SLURM_NTASKS", "1".into());
+    set("SLURM_NPROCS", "1".into());
+    set("SLURM_JOB_NUM_NODES", "1".into());
+    set("SLURM_NNODES", "1".into());
+    set("SLURM_JOB_NODELIST", node.to_string());
+    set("SLURM_NODELIST", node.to_string());
+    set("SLURMD_NODENAME", node.to_string());
+    set("SLURM_JOB_ACCOUNT", spec.project.clone());
+    set("SLURM_RESTART_COUNT", attempt.saturating_sub(1).to_string());
+    if let Some(pool) = &spec.pool {
+        set("SLURM_JOB_PARTITION", pool.clone());
+    }
+    if let Some(dir) = &req.workdir {
+        set("SLURM_SUBMIT_DIR", dir.clone());
+    }
+    if spec.per_task.mem_bytes > 0 {
+        set("SLURM_MEM_PER_NODE", (spec.per_task.mem_bytes >> 20).to_string());
+    }
+    if req.array.is_some() {
+        let ranges = spec.array.ranges();
+        let step = if ranges.len() == 1 { ranges[0].step } else { 1 };
+        set("SLURM_ARRAY_JOB_ID", job_id.to_string());
+        set("SLURM_ARRAY_TASK_ID", index.to_string());
+        set("SLURM_ARRAY_TASK_COUNT", spec.array.n_tasks().to_string());
+        set("SLURM_ARRAY_TASK_MIN", ranges.first().map_or(0, |r| r.start).to_string());
+        set("SLURM_ARRAY_TASK_MAX", spec.array.max_index().to_string());
+        set("SLURM_ARRAY_TASK_STEP", step.to_string());
+    }
+    set("TIDEPOOL_JOB_ID", job_id.to_string());
+    set("TIDEPOOL_TASK_INDEX", index.to_string());
+    set("TIDEPOOL_ATTEMPT", attempt.to_string());
+    set("TIDEPOOL_URL", public_url.to_string());
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(command: &[&str]) -> SubmitRequest {
+        SubmitRequest { command: command.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let cases: Vec<(SubmitRequest, &str)> = vec![
+            (req(&[]), "command"),
+            (SubmitRequest { cpus: Some(0), ..req(&["true"]) }, "cpus"),
+            (SubmitRequest { array: Some("0-2000000".into()), ..req(&["true"]) }, "array"),
+            (SubmitRequest { mem: Some("4Q".into()), ..req(&["true"]) }, "mem"),
+            (SubmitRequest { tier: Some("gold".into()), ..req(&["true"]) }, "tier"),
+            (SubmitRequest { time_limit: Some("x".into()), ..req(&["true"]) }, "time_limit"),
+            (SubmitRequest { workdir: Some("rel".into()), ..req(&["true"]) }, "workdir"),
+            (SubmitRequest { script: Some("echo".into()), ..Default::default() }, "script"),
+        ];
+        for (r, field) in cases {
+            match validate(&r, 1_000_001) {
+                Err(Error::BadRequest { field: Some(f), .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        assert!(validate(&req(&["true"]), 1_000_001).is_ok());
+    }
+
+    #[test]
+    fn patterns_expand_like_sbatch() {
+        let v = PatternValues { job_id: 42, index: 7, name: "sim", node: "n1", user: "ana" };
+        assert_eq!(expand_pattern("out_%A_%a.txt", &v), "out_42_7.txt");
+        assert_eq!(expand_pattern("%x-%j-%3a-%%.log", &v), "sim-42-007-%.log");
+        assert_eq!(expand_pattern("%N/%u", &v), "n1/ana");
+    }
+}

@@ -1,0 +1,820 @@
+//! The shared state and the reactor: every change is journaled first, then applied to the
+//! in-memory [`Cluster`], then the scheduler is woken.
+//!
+//! **Invariant**: nothing is acknowledged (to a client or an agent) before its journal commit,
+//! and every in-memory change after a commit is fenced by attempt number, so replaying the
+//! journal gives the same state whatever interleaving happened live.
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::journal::JournalWriter;
+use crate::spec::{self, PatternValues};
+use crate::tokens;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tidepool_api::{
+    AttemptRef, CancelResponse, JobView, Launch, NodeView, PollResponse, RegisterRequest,
+    RegisterResponse, SubmitRequest, TaskCountsView, TaskResult, TaskView,
+};
+use tidepool_core::resources::format_cores;
+use tidepool_core::{Cluster, JobId, JobSpec, NodeId, Resources, TaskCounts, TaskOutcome, TaskState};
+use tidepool_store::{Ending, Event, Journal, Outcome};
+use tokio::sync::Notify;
+
+/// Milliseconds since the epoch; the only clock the server reads.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One connected agent.
+struct Session {
+    id: u64,
+    launches: Vec<Launch>,
+    kills: Vec<AttemptRef>,
+    wake: Arc<Notify>,
+    last_seen: Instant,
+}
+
+/// Everything behind the lock.
+pub struct Inner {
+    /// The core's state.
+    pub cluster: Cluster,
+    /// The request each job was submitted with.
+    pub requests: HashMap<JobId, Arc<SubmitRequest>>,
+    next_job_id: u64,
+    sessions: HashMap<NodeId, Session>,
+    next_session_id: u64,
+    cancel_pending: HashSet<AttemptRef>,
+}
+
+/// The server's state, shared by handlers and the reactor.
+pub struct Shared {
+    /// Settings.
+    pub config: Config,
+    inner: Mutex<Inner>,
+    writer: JournalWriter,
+    reader: Mutex<Journal>,
+    /// The admin API token.
+    pub admin_token: String,
+    /// The token agents join with.
+    pub join_token: String,
+    schedule_wanted: Notify,
+}
+
+fn pos_of(cluster: &Cluster, job_id: JobId, index: u32) -> Option<u32> {
+    cluster.job(job_id)?.spec().array.position_of(index)
+}
+
+fn outcome_of(result: &TaskResult) -> Outcome {
+    match result.outcome.as_str() {
+        "succeeded" => Outcome::Succeeded,
+        "cancelled" => Outcome::Cancelled,
+        "timeout" => Outcome::Timeout,
+        _ => Outcome::Failed,
+    }
+}
+
+fn core_outcome(outcome: Outcome) -> TaskOutcome {
+    match outcome {
+        Outcome::Succeeded => TaskOutcome::Succeeded,
+        Outcome::Failed => TaskOutcome::Failed,
+        Outcome::Cancelled => TaskOutcome::Cancelled,
+        Outcome::Timeout => TaskOutcome::Timeout,
+    }
+}
+
+impl Shared {
+    /// Opens the data directory: tokens, journal, and the state replayed from it.
+    pub fn open(config: Config) -> Result<Shared> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            Error::Internal(format!("creating {}: {e}", config.data_dir.display()))
+        })?;
+        let admin_path = config.data_dir.join("admin.token");
+        let (admin_token, created) = tokens::load_or_create(&admin_path, "tpa_")?;
+        if created {
+            tracing::info!(path = %admin_path.display(), "created the admin API token");
+        }
+        let (join_token, _) = tokens::load_or_create(&config.data_dir.join("join.token"), "tpj_")?;
+        let db = config.data_dir.join("journal.db");
+        let journal = Journal::open(&db)?;
+        let started = Instant::now();
+        let mut inner = Inner {
+            cluster: Cluster::new(),
+            requests: HashMap::new(),
+            next_job_id: 1,
+            sessions: HashMap::new(),
+            next_session_id: 1,
+            cancel_pending: HashSet::new(),
+        };
+        let mut n_events = 0u64;
+        journal.replay(|event| {
+            n_events += 1;
+            inner.replay(event);
+        })?;
+        inner.next_job_id = inner.cluster.max_job_id().map_or(1, |id| id.0 + 1);
+        tracing::info!(
+            n_events,
+            n_jobs = inner.requests.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "journal replayed"
+        );
+        let writer = JournalWriter::start(Journal::open(&db)?)?;
+        Ok(Shared {
+            config,
+            inner: Mutex::new(inner),
+            writer,
+            reader: Mutex::new(journal),
+            admin_token,
+            join_token,
+            schedule_wanted: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves state that replay can rebuild; serving on is
+        // better than refusing every request after one bug.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Validates, journals and accepts a job; returns its id once the commit is done.
+    pub async fn on_submit(&self, mut req: SubmitRequest) -> Result<u64> {
+        let spec = spec::validate(&req, self.config.max_array_size)?;
+        if req.workdir.is_none() {
+            req.workdir = Some("/".to_string());
+        }
+        let job_id = {
+            let mut inner = self.lock();
+            inner.cluster.validate(&spec, &self.config.known_pools)?;
+            let id = inner.next_job_id;
+            inner.next_job_id += 1;
+            id
+        };
+        let at_ms = now_ms();
+        let text = serde_json::to_string(&req)
+            .map_err(|e| Error::Internal(format!("encoding the job: {e}")))?;
+        self.writer
+            .append(vec![Event::JobSubmitted { job_id, at_ms, spec: text }])
+            .await?;
+        {
+            let mut inner = self.lock();
+            inner.cluster.submit(JobId(job_id), spec, at_ms);
+            inner.requests.insert(JobId(job_id), Arc::new(req));
+        }
+        self.schedule_wanted.notify_one();
+        Ok(job_id)
+    }
+
+    /// Cancels a job or one task: pending tasks end now, running ones are told to stop.
+    pub async fn on_cancel(&self, job_id: u64, index: Option<u32>) -> Result<CancelResponse> {
+        {
+            let inner = self.lock();
+            let job = inner
+                .cluster
+                .job(JobId(job_id))
+                .ok_or_else(|| Error::NotFound(format!("job {job_id} does not exist")))?;
+            if let Some(i) = index {
+                if job.spec().array.position_of(i).is_none() {
+                    return Err(Error::NotFound(format!("job {job_id} has no task {i}")));
+                }
+            }
+        }
+        self.writer
+            .append(vec![Event::JobCancelled { job_id, index, at_ms: now_ms() }])
+            .await?;
+        let mut inner = self.lock();
+        let before = inner.cluster.job(JobId(job_id)).map(|j| j.counts()).unwrap_or_default();
+        let kills = inner.cluster.cancel(JobId(job_id), index, now_ms())?;
+        let after = inner.cluster.job(JobId(job_id)).map(|j| j.counts()).unwrap_or_default();
+        let n_signalled = kills.len() as u32;
+        for kill in kills {
+            let attempt = AttemptRef { job_id, index: kill.index, attempt: kill.attempt };
+            inner.cancel_pending.insert(attempt);
+            if let Some(session) = inner.sessions.get_mut(&kill.node_id) {
+                session.kills.push(attempt);
+                session.wake.notify_one();
+            }
+        }
+        Ok(CancelResponse { n_cancelled: after.cancelled - before.cancelled, n_signalled })
+    }
+
+    /// Journals and applies results from an agent. Returns the attempts the agent may forget
+    /// (also those already recorded or stale).
+    pub async fn on_results(&self, results: &[TaskResult]) -> Result<Vec<AttemptRef>> {
+        let now = now_ms();
+        let events: Vec<Event> = {
+            let inner = self.lock();
+            results
+                .iter()
+                .filter(|r| inner.is_running(&r.attempt))
+                .map(|r| Event::TaskEnded {
+                    job_id: r.attempt.job_id,
+                    index: r.attempt.index,
+                    attempt: r.attempt.attempt,
+                    outcome: outcome_of(r),
+                    ending: Ending {
+                        exit_code: r.exit_code,
+                        signal: r.signal,
+                        started_ms: r.started_ms,
+                        cpu_ms: r.cpu_ms,
+                        peak_mem_bytes: r.peak_mem_bytes,
+                    },
+                    at_ms: r.ended_ms.max(r.started_ms).min(now.max(r.started_ms)),
+                })
+                .collect()
+        };
+        self.writer.append(events.clone()).await?;
+        {
+            let mut inner = self.lock();
+            for event in events {
+                inner.replay(event);
+            }
+        }
+        self.schedule_wanted.notify_one();
+        Ok(results.iter().map(|r| r.attempt).collect())
+    }
+
+    /// An agent (re)joins: its finished results are recorded, attempts it no longer has are
+    /// requeued, attempts the server no longer wants are to be killed.
+    pub async fn on_register(&self, req: RegisterRequest) -> Result<RegisterResponse> {
+        if req.name.is_empty() || req.name.len() > 200 {
+            return Err(Error::field("name", "must be 1 to 200 characters"));
+        }
+        if req.cpu_millis == 0 {
+            return Err(Error::field("cpu_millis", "must be at least 1"));
+        }
+        let acked = self.on_results(&req.finished).await?;
+        let known: HashSet<AttemptRef> = req
+            .running
+            .iter()
+            .copied()
+            .chain(req.finished.iter().map(|r| r.attempt))
+            .collect();
+        let capacity = Resources { cpu_millis: req.cpu_millis, mem_bytes: req.mem_bytes, n_gpus: req.gpus };
+        let (session, requeues, kills) = {
+            let mut inner = self.lock();
+            let node_id = inner.cluster.add_node(&req.name, &req.pool, capacity);
+            inner.cluster.set_node_online(node_id, true);
+            let session = inner.next_session_id;
+            inner.next_session_id += 1;
+            if let Some(old) = inner.sessions.insert(
+                node_id,
+                Session {
+                    id: session,
+                    launches: Vec::new(),
+                    kills: Vec::new(),
+                    wake: Arc::new(Notify::new()),
+                    last_seen: Instant::now(),
+                },
+            ) {
+                old.wake.notify_one();
+            }
+            let mut requeues = Vec::new();
+            let mut wanted = HashSet::new();
+            for (job_id, pos, attempt) in inner.cluster.running_on(node_id) {
+                let index = inner.index_of(job_id, pos);
+                let a = AttemptRef { job_id: job_id.0, index, attempt };
+                wanted.insert(a);
+                if !known.contains(&a) {
+                    requeues.push(Event::TaskRequeued { job_id: job_id.0, index, attempt, at_ms: now_ms() });
+                }
+            }
+            let kills: Vec<AttemptRef> = req
+                .running
+                .iter()
+                .filter(|a| !wanted.contains(a) || inner.cancel_pending.contains(a))
+                .copied()
+                .collect();
+            (session, requeues, kills)
+        };
+        if !requeues.is_empty() {
+            tracing::warn!(node = %req.name, n = requeues.len(), "agent lost attempts; requeued");
+        }
+        self.writer.append(requeues.clone()).await?;
+        {
+            let mut inner = self.lock();
+            for event in requeues {
+                inner.replay(event);
+            }
+        }
+        tracing::info!(node = %req.name, cpus = %format_cores(req.cpu_millis), "agent registered");
+        self.schedule_wanted.notify_one();
+        Ok(RegisterResponse { session, acked, kill: kills })
+    }
+
+    /// Hands an agent its work, waiting up to the hold time for some.
+    pub async fn on_poll(&self, session: u64) -> Result<PollResponse> {
+        let wake = {
+            let mut inner = self.lock();
+            let Some(s) = inner.session_mut(session) else {
+                return Ok(PollResponse { reregister: true, ..PollResponse::default() });
+            };
+            s.last_seen = Instant::now();
+            if !s.launches.is_empty() || !s.kills.is_empty() {
+                return Ok(PollResponse {
+                    launch: std::mem::take(&mut s.launches),
+                    kill: std::mem::take(&mut s.kills),
+                    reregister: false,
+                });
+            }
+            let wake = s.wake.clone();
+            if let Some(node_id) = inner.node_of_session(session) {
+                if !inner.cluster.node(node_id).is_some_and(|n| n.is_online()) {
+                    inner.cluster.set_node_online(node_id, true);
+                    self.schedule_wanted.notify_one();
+                }
+            }
+            wake
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(self.config.poll_hold_ms), wake.notified()).await;
+        let mut inner = self.lock();
+        let Some(s) = inner.session_mut(session) else {
+            return Ok(PollResponse { reregister: true, ..PollResponse::default() });
+        };
+        s.last_seen = Instant::now();
+        Ok(PollResponse {
+            launch: std::mem::take(&mut s.launches),
+            kill: std::mem::take(&mut s.kills),
+            reregister: false,
+        })
+    }
+
+    /// True when `session` is an agent's current session.
+    pub fn session_is_current(&self, session: u64) -> bool {
+        self.lock().sessions.values().any(|s| s.id == session)
+    }
+
+    /// One scheduling pass: decide, journal the dispatches, then hand them to the agents.
+    pub async fn schedule_pass(&self) -> Result<usize> {
+        let (events, launches) = {
+            let mut inner = self.lock();
+            let now = now_ms();
+            let placements = inner.cluster.schedule(now);
+            let mut events = Vec::with_capacity(placements.len());
+            let mut launches = Vec::with_capacity(placements.len());
+            for p in placements {
+                let node = inner.cluster.node(p.node_id).map(|n| n.name().to_string()).unwrap_or_default();
+                let session = inner.sessions.get(&p.node_id).map_or(0, |s| s.id);
+                if let Some(launch) = inner.launch_for(&self.config, p.job_id, p.index, p.attempt, &node) {
+                    launches.push((session, p.node_id, launch));
+                }
+                events.push(Event::TaskDispatched {
+                    job_id: p.job_id.0,
+                    index: p.index,
+                    attempt: p.attempt,
+                    node,
+                    at_ms: now,
+                });
+            }
+            (events, launches)
+        };
+        let n = events.len();
+        self.writer.append(events).await?;
+        let mut inner = self.lock();
+        for (session, node_id, launch) in launches {
+            // A placement decided for an older session was requeued when the agent
+            // registered again; delivering it now would run the task twice.
+            if !inner.is_running(&launch.attempt) {
+                continue;
+            }
+            if let Some(s) = inner.sessions.get_mut(&node_id).filter(|s| s.id == session) {
+                s.launches.push(launch);
+                s.wake.notify_one();
+            }
+        }
+        Ok(n)
+    }
+
+    /// Takes nodes whose agent went silent out of scheduling.
+    pub fn check_silent_agents(&self) {
+        let mut inner = self.lock();
+        let limit = Duration::from_millis(self.config.agent_silence_ms);
+        let silent: Vec<NodeId> = inner
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.last_seen.elapsed() > limit)
+            .map(|(id, _)| *id)
+            .collect();
+        for node_id in silent {
+            if inner.cluster.node(node_id).is_some_and(|n| n.is_online()) {
+                tracing::warn!(node = node_id.0, "agent silent; no new work for it");
+                inner.cluster.set_node_online(node_id, false);
+            }
+        }
+    }
+
+    /// Every job (`active`: only those with tasks left), newest last.
+    pub fn job_views(&self, active_only: bool) -> Vec<JobView> {
+        let inner = self.lock();
+        inner
+            .cluster
+            .jobs()
+            .filter(|j| !active_only || !j.is_finished())
+            .filter_map(|j| inner.job_view(j.id()))
+            .collect()
+    }
+
+    /// One job; with `with_tasks`, every task's detail from the journal.
+    pub fn job_view(&self, job_id: u64, with_tasks: bool) -> Result<JobView> {
+        let (mut view, states) = {
+            let inner = self.lock();
+            let view = inner
+                .job_view(JobId(job_id))
+                .ok_or_else(|| Error::NotFound(format!("job {job_id} does not exist")))?;
+            let states: Vec<(u32, TaskState, Option<(String, u32, u64)>)> = if with_tasks {
+                let job = inner.cluster.job(JobId(job_id));
+                job.map(|job| {
+                    (0..job.counts().total())
+                        .map(|pos| {
+                            let run = job.running_task(pos).map(|r| {
+                                let node = inner.cluster.node(r.node_id).map(|n| n.name().to_string()).unwrap_or_default();
+                                (node, r.attempt, r.started_ms)
+                            });
+                            (
+                                job.spec().array.index_at(pos).unwrap_or(pos),
+                                job.task_state(pos).unwrap_or(TaskState::Pending),
+                                run,
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            (view, states)
+        };
+        if with_tasks {
+            let records = self
+                .reader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .task_records(job_id)?;
+            let by_index: HashMap<u32, &tidepool_store::TaskRecord> =
+                records.iter().map(|r| (r.index, r)).collect();
+            view.tasks = states
+                .into_iter()
+                .map(|(index, state, run)| {
+                    let rec = by_index.get(&index);
+                    let mut t = TaskView {
+                        index,
+                        state: state.name().to_string(),
+                        attempt: rec.map_or(0, |r| r.attempt),
+                        node: rec.and_then(|r| r.node.clone()),
+                        started_ms: rec.and_then(|r| r.dispatched_ms),
+                        ended_ms: None,
+                        exit_code: None,
+                        signal: None,
+                        cpu_ms: None,
+                        peak_mem_bytes: None,
+                    };
+                    if let Some((node, attempt, started)) = run {
+                        t.node = Some(node);
+                        t.attempt = attempt;
+                        t.started_ms = Some(started);
+                    } else if let Some(ending) = rec.and_then(|r| r.ending) {
+                        if ending.started_ms > 0 {
+                            t.started_ms = Some(ending.started_ms);
+                        }
+                        t.ended_ms = rec.and_then(|r| r.ended_ms);
+                        t.exit_code = ending.exit_code;
+                        t.signal = ending.signal;
+                        t.cpu_ms = Some(ending.cpu_ms);
+                        t.peak_mem_bytes = Some(ending.peak_mem_bytes);
+                    }
+                    t
+                })
+                .collect();
+        }
+        Ok(view)
+    }
+
+    /// Where a task's output and errors are written: (stdout, stderr).
+    pub fn log_paths(&self, job_id: u64, index: u32) -> Result<(String, String)> {
+        let inner = self.lock();
+        let pos = pos_of(&inner.cluster, JobId(job_id), index)
+            .ok_or_else(|| Error::NotFound(format!("job {job_id} has no task {index}")))?;
+        let node = inner
+            .cluster
+            .job(JobId(job_id))
+            .and_then(|j| j.running_task(pos))
+            .and_then(|r| inner.cluster.node(r.node_id))
+            .map(|n| n.name().to_string());
+        drop(inner);
+        let node = match node {
+            Some(n) => n,
+            None => self
+                .reader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .task_records(job_id)?
+                .into_iter()
+                .find(|r| r.index == index)
+                .and_then(|r| r.node)
+                .ok_or_else(|| Error::NotFound(format!("task {job_id}.{index} has not run yet")))?,
+        };
+        let inner = self.lock();
+        let req = inner
+            .requests
+            .get(&JobId(job_id))
+            .ok_or_else(|| Error::NotFound(format!("job {job_id} does not exist")))?;
+        let spec = inner.cluster.job(JobId(job_id)).map(|j| j.spec().clone());
+        let spec = spec.ok_or_else(|| Error::NotFound(format!("job {job_id} does not exist")))?;
+        let (out, err, _) = output_paths(&self.config, req, &spec, job_id, index, &node);
+        Ok((out, err))
+    }
+
+    /// Every node.
+    pub fn node_views(&self) -> Vec<NodeView> {
+        let inner = self.lock();
+        inner
+            .cluster
+            .nodes()
+            .map(|(_, n)| {
+                let cap = n.capacity();
+                let alloc = n.allocated();
+                let state = if !n.is_online() {
+                    "down"
+                } else if n.n_running() == 0 {
+                    "idle"
+                } else if n.free().cpu_millis == 0 {
+                    "allocated"
+                } else {
+                    "mixed"
+                };
+                NodeView {
+                    name: n.name().to_string(),
+                    pool: n.pool().to_string(),
+                    state: state.to_string(),
+                    cpus: cap.cpu_millis as f64 / 1000.0,
+                    cpus_allocated: alloc.cpu_millis as f64 / 1000.0,
+                    mem_bytes: cap.mem_bytes,
+                    mem_allocated_bytes: alloc.mem_bytes,
+                    gpus: cap.n_gpus,
+                    n_running: n.n_running(),
+                }
+            })
+            .collect()
+    }
+}
+
+impl Inner {
+    fn session_mut(&mut self, session: u64) -> Option<&mut Session> {
+        self.sessions.values_mut().find(|s| s.id == session)
+    }
+
+    fn node_of_session(&self, session: u64) -> Option<NodeId> {
+        self.sessions.iter().find(|(_, s)| s.id == session).map(|(id, _)| *id)
+    }
+
+    fn index_of(&self, job_id: JobId, pos: u32) -> u32 {
+        self.cluster.job(job_id).and_then(|j| j.spec().array.index_at(pos)).unwrap_or(pos)
+    }
+
+    fn is_running(&self, a: &AttemptRef) -> bool {
+        let Some(pos) = pos_of(&self.cluster, JobId(a.job_id), a.index) else { return false };
+        self.cluster
+            .job(JobId(a.job_id))
+            .and_then(|j| j.running_task(pos))
+            .is_some_and(|r| r.attempt == a.attempt)
+    }
+
+    /// Applies one journaled event; used live after each commit and at start-up.
+    fn replay(&mut self, event: Event) {
+        match event {
+            Event::JobSubmitted { job_id, at_ms, spec } => {
+                let parsed = serde_json::from_str::<SubmitRequest>(&spec)
+                    .map_err(|e| e.to_string())
+                    .and_then(|req| {
+                        spec::validate(&req, u32::MAX).map(|s| (req, s)).map_err(|e| e.to_string())
+                    });
+                match parsed {
+                    Ok((req, spec)) => {
+                        self.cluster.submit(JobId(job_id), spec, at_ms);
+                        self.requests.insert(JobId(job_id), Arc::new(req));
+                    }
+                    Err(e) => tracing::error!(job_id, error = %e, "journaled job unreadable; skipped"),
+                }
+            }
+            Event::TaskDispatched { job_id, index, attempt, node, at_ms } => {
+                let node_id = match self.cluster.node_id(&node) {
+                    Some(id) => id,
+                    None => self.cluster.add_node(&node, "", Resources::default()),
+                };
+                if let Some(pos) = pos_of(&self.cluster, JobId(job_id), index) {
+                    if let Err(e) = self.cluster.apply_dispatch(JobId(job_id), pos, attempt, node_id, at_ms) {
+                        tracing::warn!(error = %e, "dispatch in the journal not applied");
+                    }
+                }
+            }
+            Event::TaskEnded { job_id, index, attempt, outcome, at_ms, .. } => {
+                if let Some(pos) = pos_of(&self.cluster, JobId(job_id), index) {
+                    self.cluster.finish(JobId(job_id), pos, attempt, core_outcome(outcome), at_ms);
+                }
+                self.cancel_pending.remove(&AttemptRef { job_id, index, attempt });
+            }
+            Event::TaskRequeued { job_id, index, attempt, .. } => {
+                if let Some(pos) = pos_of(&self.cluster, JobId(job_id), index) {
+                    self.cluster.requeue(JobId(job_id), pos, attempt);
+                }
+                self.cancel_pending.remove(&AttemptRef { job_id, index, attempt });
+            }
+            Event::JobCancelled { job_id, index, at_ms } => {
+                if let Ok(kills) = self.cluster.cancel(JobId(job_id), index, at_ms) {
+                    for k in kills {
+                        self.cancel_pending.insert(AttemptRef { job_id, index: k.index, attempt: k.attempt });
+                    }
+                }
+            }
+        }
+    }
+
+    fn launch_for(&self, config: &Config, job_id: JobId, index: u32, attempt: u32, node: &str) -> Option<Launch> {
+        let req = self.requests.get(&job_id)?;
+        let spec = self.cluster.job(job_id)?.spec();
+        let (stdout_path, stderr_path, discard_empty_output) =
+            output_paths(config, req, spec, job_id.0, index, node);
+        Some(Launch {
+            attempt: AttemptRef { job_id: job_id.0, index, attempt },
+            command: req.command.clone(),
+            script: req.script.clone(),
+            env: spec::task_env(req, spec, job_id.0, index, attempt, node, &config.public_url),
+            workdir: req.workdir.clone().unwrap_or_else(|| "/".into()),
+            stdout_path,
+            stderr_path,
+            time_limit_s: spec.time_limit_s,
+            cpu_millis: spec.per_task.cpu_millis,
+            mem_bytes: spec.per_task.mem_bytes,
+            discard_empty_output,
+        })
+    }
+
+    fn job_view(&self, job_id: JobId) -> Option<JobView> {
+        let job = self.cluster.job(job_id)?;
+        let req = self.requests.get(&job_id)?;
+        let spec = job.spec();
+        let c = job.counts();
+        let reason = self.cluster.why_pending(job_id);
+        let mut pending = String::new();
+        if c.pending > 0 {
+            pending = pending_ranges(job);
+        }
+        let tasks = job
+            .running_tasks()
+            .map(|(pos, r)| TaskView {
+                index: spec.array.index_at(pos).unwrap_or(pos),
+                state: "running".into(),
+                attempt: r.attempt,
+                node: self.cluster.node(r.node_id).map(|n| n.name().to_string()),
+                started_ms: Some(r.started_ms),
+                ended_ms: None,
+                exit_code: None,
+                signal: None,
+                cpu_ms: None,
+                peak_mem_bytes: None,
+            })
+            .collect::<Vec<_>>();
+        let mut tasks = tasks;
+        tasks.sort_by_key(|t| t.index);
+        Some(JobView {
+            id: job_id.0,
+            name: spec.name.clone(),
+            project: spec.project.clone(),
+            tier: spec.tier.name().to_string(),
+            pool: spec.pool.clone(),
+            state: job_state(&c).to_string(),
+            array: req.array.as_ref().map(|_| spec.array.to_string()),
+            n_tasks: c.total(),
+            counts: TaskCountsView {
+                pending: c.pending,
+                running: c.running,
+                succeeded: c.succeeded,
+                failed: c.failed,
+                cancelled: c.cancelled,
+                timeout: c.timeout,
+            },
+            cpus: spec.per_task.cpu_millis as f64 / 1000.0,
+            mem_bytes: spec.per_task.mem_bytes,
+            gpus: spec.per_task.n_gpus,
+            time_limit_s: spec.time_limit_s,
+            submitted_ms: job.submitted_ms(),
+            ended_ms: job.ended_ms(),
+            pending_code: reason.as_ref().map(|r| r.code.to_string()),
+            pending_reason: reason.map(|r| r.text),
+            pending_indices: pending,
+            command: if req.command.is_empty() { vec!["(script)".into()] } else { req.command.clone() },
+            workdir: req.workdir.clone().unwrap_or_default(),
+            tasks,
+        })
+    }
+}
+
+/// A job's state from its task counts, as `tidepool jobs` shows it.
+pub fn job_state(c: &TaskCounts) -> &'static str {
+    if c.running > 0 {
+        "running"
+    } else if c.pending > 0 {
+        "pending"
+    } else if c.failed > 0 {
+        "failed"
+    } else if c.timeout > 0 {
+        "timeout"
+    } else if c.cancelled > 0 {
+        "cancelled"
+    } else {
+        "succeeded"
+    }
+}
+
+fn pending_ranges(job: &tidepool_core::cluster::Job) -> String {
+    let spec = job.spec();
+    let mut out: Vec<String> = Vec::new();
+    let mut run: Option<(u32, u32)> = None;
+    for pos in 0..job.counts().total() {
+        let Some(index) = spec.array.index_at(pos) else { break };
+        let pending = job.task_state(pos) == Some(TaskState::Pending);
+        run = match (run, pending) {
+            (Some((a, b)), true) if index == b + 1 => Some((a, index)),
+            (prev, true) => {
+                if let Some(r) = prev {
+                    out.push(fmt_range(r));
+                }
+                Some((index, index))
+            }
+            (prev, false) => {
+                if let Some(r) = prev {
+                    out.push(fmt_range(r));
+                }
+                None
+            }
+        };
+        if out.len() > 50 {
+            out.push("...".into());
+            return out.join(",");
+        }
+    }
+    if let Some(r) = run {
+        out.push(fmt_range(r));
+    }
+    out.join(",")
+}
+
+fn fmt_range((a, b): (u32, u32)) -> String {
+    if a == b {
+        a.to_string()
+    } else {
+        format!("{a}-{b}")
+    }
+}
+
+/// Where a task's output goes: (stdout, stderr, discard when empty).
+fn output_paths(
+    config: &Config,
+    req: &SubmitRequest,
+    spec: &JobSpec,
+    job_id: u64,
+    index: u32,
+    node: &str,
+) -> (String, String, bool) {
+    let workdir = req.workdir.clone().unwrap_or_else(|| "/".into());
+    let user = req.env.get("USER").map(String::as_str).unwrap_or("");
+    let values = PatternValues { job_id, index, name: &spec.name, node, user };
+    let expand = |p: &str| spec::under_workdir(&workdir, &spec::expand_pattern(p, &values));
+    let slurm_default = if req.array.is_some() { "slurm-%A_%a.out" } else { "slurm-%j.out" };
+    match (&req.output, &req.error) {
+        (None, None) if req.script.is_none() => {
+            let dir = config.data_dir.join("logs").join(job_id.to_string());
+            let base = dir.join(index.to_string());
+            (
+                format!("{}.out", base.display()),
+                format!("{}.err", base.display()),
+                true,
+            )
+        }
+        (None, None) => {
+            let out = expand(slurm_default);
+            (out.clone(), out, false)
+        }
+        (Some(o), None) => {
+            let out = expand(o);
+            (out.clone(), out, false)
+        }
+        (None, Some(e)) => (expand(slurm_default), expand(e), false),
+        (Some(o), Some(e)) => (expand(o), expand(e), false),
+    }
+}
+
+/// The reactor: waits for a reason to schedule (or a second), then runs a pass.
+pub async fn reactor_loop(shared: Arc<Shared>) {
+    loop {
+        tokio::select! {
+            _ = shared.schedule_wanted.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        shared.check_silent_agents();
+        if let Err(e) = shared.schedule_pass().await {
+            tracing::error!(error = %e, "scheduling pass failed");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
