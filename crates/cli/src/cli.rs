@@ -113,7 +113,12 @@ pub async fn run(args: Vec<String>) -> Result<u8, String> {
 /// clap's message without its "error:" prefix and usage block, plus its tip if any.
 fn first_line_of(rendered: &str) -> String {
     let mut lines = rendered.lines().filter(|l| !l.trim().is_empty());
-    let first = lines.next().unwrap_or("invalid arguments").trim_start_matches("error: ").to_string();
+    let mut first = lines.next().unwrap_or("invalid arguments").trim_start_matches("error: ").to_string();
+    if first.ends_with(':') {
+        if let Some(next) = lines.next() {
+            first = format!("{first} {}", next.trim());
+        }
+    }
     let tip = rendered.lines().find_map(|l| l.trim().strip_prefix("tip: ")).map(str::to_string);
     match tip {
         Some(tip) => format!("{first} ({tip})"),

@@ -57,7 +57,7 @@ pub struct SubmitArgs {
     #[arg(long)]
     no_inherit_env: bool,
     /// The command and its arguments, after `--`.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "CMD")]
+    #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
     command: Vec<String>,
 }
 

@@ -475,6 +475,16 @@ fn slurm_state(state: &str) -> &'static str {
     }
 }
 
+/// Elapsed time as squeue prints it: `0:05`, `12:34`, `1:02:03`, `2-01:02:03`.
+fn squeue_time(seconds: u64) -> String {
+    let (d, h, m, s) = (seconds / 86400, seconds / 3600 % 24, seconds / 60 % 60, seconds % 60);
+    match (d, h) {
+        (0, 0) => format!("{m}:{s:02}"),
+        (0, h) => format!("{h}:{m:02}:{s:02}"),
+        (d, h) => format!("{d}-{h:02}:{m:02}:{s:02}"),
+    }
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -537,7 +547,7 @@ async fn squeue(args: Vec<String>) -> Result<u8, String> {
             let elapsed = t.started_ms.map_or(0, |s| now.saturating_sub(s) / 1000);
             line(&format!(
                 "{:>18} {:>9} {:>8} {:>8} {:>2} {:>10} {:>6} {}",
-                id, fit(&partition, 9), fit(&j.name, 8), fit(&user, 8), "R", format_elapsed(elapsed).trim_start_matches("00:"), 1,
+                id, fit(&partition, 9), fit(&j.name, 8), fit(&user, 8), "R", squeue_time(elapsed), 1,
                 t.node.as_deref().unwrap_or("")
             ));
         }

@@ -1,0 +1,330 @@
+//! The batch path end to end: the real `tidepool` binary, real processes, real SQLite.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tidepool");
+
+/// A `tidepool up` in its own directory, killed when dropped.
+struct Env {
+    dir: PathBuf,
+    url: String,
+    server: Option<Child>,
+}
+
+impl Env {
+    fn new(name: &str) -> Env {
+        let dir = std::env::temp_dir().join(format!("tidepool-it-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut env = Env { dir, url: String::new(), server: None };
+        env.start("127.0.0.1:0");
+        env
+    }
+
+    fn start(&mut self, listen: &str) {
+        let mut child = Command::new(BIN)
+            .args(["up", "--data-dir", "data", "--listen", listen, "--cpus", "4"])
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(rest) = line.split("API ").nth(1) {
+                        let url = rest.split("/api/v1").next().unwrap_or("").to_string();
+                        let _ = tx.send(url);
+                        sent = true;
+                    }
+                }
+            }
+        });
+        self.url = rx.recv_timeout(Duration::from_secs(30)).expect("server did not start");
+        self.server = Some(child);
+        self.wait_for_node();
+    }
+
+    fn wait_for_node(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let out = self.run(&["nodes"]);
+            if String::from_utf8_lossy(&out.stdout).lines().count() > 1 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no node joined");
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn cmd(&self, program: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(program);
+        c.args(args)
+            .current_dir(&self.dir)
+            .env("TIDEPOOL_URL", &self.url)
+            .env("TIDEPOOL_DATA_DIR", self.dir.join("data"))
+            .env_remove("TIDEPOOL_TOKEN");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(BIN, args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn server_pid(&self) -> u32 {
+        self.server.as_ref().unwrap().id()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.kill9();
+        // Leftover supervisors of cancelled tests end on their own; the data stays for a look.
+    }
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn count_lines(path: &Path) -> (usize, usize, Vec<u32>) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut seen: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let total = seen.len();
+    seen.sort_unstable();
+    seen.dedup();
+    (total, seen.len(), seen)
+}
+
+#[test]
+fn an_array_of_1000_writes_1000_files_and_sacct_shows_usage() {
+    let env = Env::new("array");
+    std::fs::create_dir_all(env.dir.join("out")).unwrap();
+    let job = env.ok(&[
+        "submit", "--array", "0-999", "--cpus", "1", "--",
+        "sh", "-c", "echo $TIDEPOOL_TASK_INDEX > out/$TIDEPOOL_TASK_INDEX",
+    ]);
+    let job = job.trim();
+    assert!(job.parse::<u64>().is_ok(), "job id alone: {job:?}");
+    let wait = env.run(&["wait", job]);
+    assert!(wait.status.success(), "{}", String::from_utf8_lossy(&wait.stderr));
+    let files = std::fs::read_dir(env.dir.join("out")).unwrap().count();
+    assert_eq!(files, 1000);
+    assert_eq!(std::fs::read_to_string(env.dir.join("out/737")).unwrap().trim(), "737");
+    let sacct = env.ok(&["sacct", "-j", job]);
+    let rows: Vec<&str> = sacct.lines().skip(2).collect();
+    assert_eq!(rows.len(), 1000);
+    assert!(rows.iter().all(|r| r.contains("COMPLETED")), "{sacct}");
+    let header = sacct.lines().next().unwrap();
+    assert!(header.contains("TotalCPU") && header.contains("MaxRSS"));
+    let parsable = env.ok(&["sacct", "-j", job, "--format=JobID,State,MaxRSS", "-P", "-n"]);
+    let first = parsable.lines().next().unwrap();
+    let fields: Vec<&str> = first.split('|').collect();
+    assert_eq!(fields[0], format!("{job}_0"));
+    assert!(fields[2].ends_with('K') && fields[2] != "0K", "peak memory measured: {first}");
+    let show = env.ok(&["show", job, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(v["counts"]["succeeded"], 1000);
+}
+
+#[test]
+fn sbatch_throttle_squeue_and_scancel() {
+    let env = Env::new("sbatch");
+    std::fs::write(
+        env.dir.join("job.sh"),
+        "#!/bin/bash\n#SBATCH --array=1-20%4 -c 1 -o out_%A_%a.txt\n#SBATCH --job-name=thr\n\necho start $SLURM_ARRAY_TASK_ID >> running.log\nsleep 0.4\necho task $SLURM_ARRAY_TASK_ID of $SLURM_ARRAY_TASK_COUNT job $SLURM_ARRAY_JOB_ID\n",
+    )
+    .unwrap();
+    let out = env.ok(&["sbatch", "job.sh"]);
+    let job: u64 = out.trim().strip_prefix("Submitted batch job ").unwrap().parse().unwrap();
+    let mut max_running = 0;
+    let mut saw_in_squeue = false;
+    loop {
+        let q = env.ok(&["squeue", "-h", "-j", &job.to_string()]);
+        let running = q.lines().filter(|l| l.split_whitespace().nth(4) == Some("R")).count();
+        saw_in_squeue |= running > 0;
+        max_running = max_running.max(running);
+        if q.trim().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(saw_in_squeue);
+    assert!(max_running <= 4, "throttle broken: {max_running}");
+    for i in 1..=20 {
+        let text = std::fs::read_to_string(env.dir.join(format!("out_{job}_{i}.txt"))).unwrap();
+        assert_eq!(text.trim(), format!("task {i} of 20 job {job}"));
+    }
+
+    // scancel ends the whole process tree, including a child that ignores SIGTERM.
+    let out = env.ok(&["sbatch", "--parsable", "--wrap", "sh -c 'trap \"\" TERM; sleep 300' & sleep 300"]);
+    let job: u64 = out.trim().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !env.ok(&["squeue", "-h"]).contains(" R ") {
+        assert!(Instant::now() < deadline, "never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let sleepers = || {
+        let ps = Command::new("pgrep").args(["-f", "sleep 300"]).output().unwrap();
+        String::from_utf8_lossy(&ps.stdout).lines().count()
+    };
+    assert!(sleepers() >= 2);
+    let scancel = Command::new(BIN);
+    drop(scancel);
+    let started = Instant::now();
+    let out = env.cmd(BIN, &["scancel", &job.to_string()]).output().unwrap();
+    assert!(out.status.success());
+    while sleepers() > 0 {
+        assert!(started.elapsed() < Duration::from_secs(2), "processes outlived scancel by 2 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = env.ok(&["sacct", "-j", &job.to_string(), "-n", "-P", "--format=State"]);
+        if s.trim() == "CANCELLED" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "state: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn kill_9_in_the_middle_loses_nothing_and_runs_nothing_twice() {
+    let mut env = Env::new("kill9");
+    let seen = env.dir.join("seen");
+    let job = env.ok(&[
+        "submit", "--array", "0-1999", "--", "sh", "-c",
+        &format!("echo $TIDEPOOL_TASK_INDEX >> {}", seen.display()),
+    ]);
+    let job = job.trim().to_string();
+    for _ in 0..3 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let before = count_lines(&seen).0;
+        while count_lines(&seen).0 < before + 300 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        env.kill9();
+        let url = env.url.trim_start_matches("http://").to_string();
+        env.start(&url);
+    }
+    let wait = env.run(&["wait", &job]);
+    assert!(wait.status.success(), "{}", String::from_utf8_lossy(&wait.stderr));
+    let (total, distinct, indices) = count_lines(&seen);
+    assert_eq!(distinct, 2000, "an index is missing");
+    assert_eq!(total, 2000, "an index ran twice");
+    assert_eq!(indices.last(), Some(&1999));
+}
+
+#[test]
+fn a_million_tasks_are_accepted_as_one_row() {
+    let env = Env::new("million");
+    let started = Instant::now();
+    let job = env.ok(&["submit", "--array", "0-999999", "--", "true"]);
+    let took = started.elapsed();
+    eprintln!("submit of 1,000,000 tasks took {} ms as a whole command", took.as_millis());
+    let job = job.trim();
+    std::thread::sleep(Duration::from_secs(2));
+    let view: serde_json::Value = serde_json::from_str(&env.ok(&["show", job, "--json"])).unwrap();
+    assert_eq!(view["n_tasks"], 1_000_000);
+    assert!(view["counts"]["succeeded"].as_u64().unwrap() > 0, "tasks run");
+    let rss = rss_mb(env.server_pid());
+    eprintln!("server RSS while the million run: {rss:.1} MB");
+    assert!(rss < 300.0, "server RSS {rss} MB");
+    let db = std::fs::metadata(env.dir.join("data/journal.db")).unwrap().len();
+    assert!(db < 4 << 20, "journal is {db} bytes");
+    env.ok(&["cancel", job]);
+}
+
+#[test]
+fn bad_input_gets_one_line_and_writes_nothing() {
+    let env = Env::new("bad");
+    let cases: &[&[&str]] = &[
+        &["submit", "--bogus", "--", "true"],
+        &["submit", "--cpus", "0", "--", "true"],
+        &["submit", "--array", "0-1000001", "--", "true"],
+        &["submit", "--"],
+        &["submit", "--mem", "4Q", "--", "true"],
+        &["submit", "--tier", "gold", "--", "true"],
+        &["sbatch", "--cpus-per-tsk=2", "--wrap", "true"],
+        &["sbatch", "--nodes=2", "--wrap", "true"],
+        &["cancel", "999"],
+        &["show", "abc"],
+    ];
+    for args in cases {
+        let out = env.run(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+    std::fs::write(env.dir.join("typo.sh"), "#!/bin/sh\n#SBATCH --arary=1-3\ntrue\n").unwrap();
+    let out = env.run(&["sbatch", "typo.sh"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--array"), "{err}");
+
+    let mut wrong = env.cmd(BIN, &["jobs"]);
+    wrong.env("TIDEPOOL_TOKEN", "wrong");
+    let out = wrong.output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("token"));
+    let out = env.cmd(BIN, &["jobs"]).env("TIDEPOOL_URL", "http://127.0.0.1:9").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+
+    let jobs = env.ok(&["jobs", "--all", "--json"]);
+    assert_eq!(jobs.trim(), "[]", "nothing was written");
+
+    // The API answers 4xx JSON naming the field.
+    let token = std::fs::read_to_string(env.dir.join("data/admin.token")).unwrap();
+    let api = |body: &str| -> (String, String) {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST", "-H"])
+            .arg(format!("Authorization: Bearer {}", token.trim()))
+            .arg(format!("{}/api/v1/jobs", env.url))
+            .args(["-d", body])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (body.to_string(), code.to_string())
+    };
+    for (body, field) in [
+        (r#"{"command":["true"],"cpus":0}"#, "cpus"),
+        (r#"{"command":[]}"#, "command"),
+        (r#"{"command":["true"],"array":"0-99999999"}"#, "array"),
+        (r#"{"command":["true"],"cpu":1}"#, "cpu"),
+    ] {
+        let (text, code) = api(body);
+        assert_eq!(code, "400", "{body}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["field"], field, "{text}");
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    assert_eq!(env.ok(&["jobs", "--all", "--json"]).trim(), "[]");
+}
