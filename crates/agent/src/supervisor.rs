@@ -151,11 +151,16 @@ fn supervise(dir: &Path) -> Result<(), String> {
             .stderr(stderr)
             .process_group(0);
         let fds: Vec<i32> = procs_files.iter().map(|f| f.as_raw_fd()).collect();
-        if !fds.is_empty() {
-            // SAFETY: between fork and exec this only formats into a stack buffer and calls
-            // write(2) and getpid(2), both async-signal-safe.
+        {
+            // SAFETY: between fork and exec this only fills a stack buffer and calls
+            // sigprocmask(2), write(2) and getpid(2), all async-signal-safe.
             unsafe {
                 cmd.pre_exec(move || {
+                    // The supervisor blocks the signals it waits for; the task must not inherit
+                    // that mask, or it could never be stopped politely.
+                    let mut empty: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut empty);
+                    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
                     let mut buf = [0u8; 16];
                     let mut n = libc::getpid() as u32;
                     let mut i = buf.len();

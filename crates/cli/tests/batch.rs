@@ -328,3 +328,15 @@ fn bad_input_gets_one_line_and_writes_nothing() {
     }
     assert_eq!(env.ok(&["jobs", "--all", "--json"]).trim(), "[]");
 }
+
+#[test]
+fn time_limit_ends_in_timeout_after_a_polite_signal() {
+    let env = Env::new("timeout");
+    let job = env.ok(&["submit", "--time", "0:01", "--", "sh", "-c", "trap 'echo got TERM; exit 3' TERM; sleep 30 & wait"]);
+    let job = job.trim();
+    let wait = env.run(&["wait", job]);
+    assert!(!wait.status.success(), "a timed-out job is not a success");
+    let row = env.ok(&["sacct", "-j", job, "-n", "-P", "--format=State,ExitCode"]);
+    assert_eq!(row.trim(), "TIMEOUT|3:0", "the task saw SIGTERM and ran its trap");
+    assert_eq!(env.ok(&["logs", job]).trim(), "got TERM");
+}
