@@ -493,25 +493,40 @@ fn fit(text: &str, width: usize) -> String {
     text.chars().take(width).collect()
 }
 
+/// Walks `--opt=value`, `--opt value` and `-o value` arguments of squeue and sacct.
+struct OptionReader<'a> {
+    args: &'a [String],
+    i: usize,
+}
+
+impl OptionReader<'_> {
+    fn next_option(&mut self) -> Option<(String, Option<String>)> {
+        let a = self.args.get(self.i)?;
+        self.i += 1;
+        Some(match a.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+            _ => (a.clone(), None),
+        })
+    }
+
+    fn value(&mut self, name: &str, inline: Option<String>) -> Result<String, String> {
+        if let Some(v) = inline {
+            return Ok(v);
+        }
+        let v = self.args.get(self.i).cloned().ok_or_else(|| format!("option '{name}' needs a value"))?;
+        self.i += 1;
+        Ok(v)
+    }
+}
+
 async fn squeue(args: Vec<String>) -> Result<u8, String> {
     let mut jobs_filter: Option<Vec<u64>> = None;
     let mut header = true;
     let mut states: Option<Vec<String>> = None;
-    let mut i = 0;
-    while i < args.len() {
-        let a = args[i].as_str();
-        let (name, inline) = match a.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
-            _ => (a, None),
-        };
-        let mut value = || -> Result<String, String> {
-            if let Some(v) = inline.clone() {
-                return Ok(v);
-            }
-            i += 1;
-            args.get(i).cloned().ok_or_else(|| format!("option '{name}' needs a value"))
-        };
-        match name {
+    let mut reader = OptionReader { args: &args, i: 0 };
+    while let Some((name, inline)) = reader.next_option() {
+        let mut value = || reader.value(&name, inline.clone());
+        match name.as_str() {
             "-j" | "--jobs" => {
                 let v = value()?;
                 jobs_filter = Some(v.split(',').map(|t| parse_target(t).map(|(j, _)| j)).collect::<Result<_, _>>()?);
@@ -524,7 +539,6 @@ async fn squeue(args: Vec<String>) -> Result<u8, String> {
             "--me" | "-a" | "--all" | "-l" | "--long" | "-r" | "--array" => {}
             other => return Err(format!("unrecognized option '{other}'")),
         }
-        i += 1;
     }
     let client = Client::from_env()?;
     let jobs: Vec<JobView> = client.get("/jobs?active=true").await?;
@@ -648,21 +662,10 @@ async fn sacct(args: Vec<String>) -> Result<u8, String> {
     let mut format = std::env::var("SACCT_FORMAT").unwrap_or_else(|_| SACCT_DEFAULT.to_string());
     let mut header = true;
     let mut delimiter: Option<(&str, bool)> = None;
-    let mut i = 0;
-    while i < args.len() {
-        let a = args[i].as_str();
-        let (name, inline) = match a.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
-            _ => (a, None),
-        };
-        let mut value = || -> Result<String, String> {
-            if let Some(v) = inline.clone() {
-                return Ok(v);
-            }
-            i += 1;
-            args.get(i).cloned().ok_or_else(|| format!("option '{name}' needs a value"))
-        };
-        match name {
+    let mut reader = OptionReader { args: &args, i: 0 };
+    while let Some((name, inline)) = reader.next_option() {
+        let mut value = || reader.value(&name, inline.clone());
+        match name.as_str() {
             "-j" | "--jobs" => {
                 jobs_filter = Some(value()?.split(',').map(|t| parse_target(t).map(|(j, _)| j)).collect::<Result<_, _>>()?);
             }
@@ -679,7 +682,6 @@ async fn sacct(args: Vec<String>) -> Result<u8, String> {
             }
             other => return Err(format!("unrecognized option '{other}'")),
         }
-        i += 1;
     }
     let fields: Vec<(String, usize)> = format
         .split(',')

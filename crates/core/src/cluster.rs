@@ -462,16 +462,10 @@ impl Cluster {
         outcome: TaskOutcome,
         now_ms: u64,
     ) -> bool {
+        if !self.release_attempt(job_id, pos, attempt) {
+            return false;
+        }
         let Some(job) = self.jobs.get_mut(&job_id) else { return false };
-        match job.running.get(&pos) {
-            Some(run) if run.attempt == attempt => {}
-            _ => return false,
-        }
-        let Some(run) = job.running.remove(&pos) else { return false };
-        if let Some(node) = self.nodes.get_mut(run.node_id.0 as usize) {
-            node.allocated = node.allocated.minus(&job.spec.per_task);
-            node.n_running -= 1;
-        }
         job.set_state(pos, outcome.state());
         if job.is_finished() {
             job.ended_ms = Some(now_ms);
@@ -479,19 +473,27 @@ impl Cluster {
         true
     }
 
-    /// Puts a running attempt back in the queue (its node lost it); the next try is a new
-    /// attempt. Returns false when that attempt is not running.
-    pub fn requeue(&mut self, job_id: JobId, pos: u32, attempt: u32) -> bool {
+    /// Takes a running attempt off its node; false when that attempt is not the one running.
+    fn release_attempt(&mut self, job_id: JobId, pos: u32, attempt: u32) -> bool {
         let Some(job) = self.jobs.get_mut(&job_id) else { return false };
-        match job.running.get(&pos) {
-            Some(run) if run.attempt == attempt => {}
-            _ => return false,
+        if job.running.get(&pos).is_none_or(|run| run.attempt != attempt) {
+            return false;
         }
         let Some(run) = job.running.remove(&pos) else { return false };
         if let Some(node) = self.nodes.get_mut(run.node_id.0 as usize) {
             node.allocated = node.allocated.minus(&job.spec.per_task);
             node.n_running -= 1;
         }
+        true
+    }
+
+    /// Puts a running attempt back in the queue (its node lost it); the next try is a new
+    /// attempt. Returns false when that attempt is not running.
+    pub fn requeue(&mut self, job_id: JobId, pos: u32, attempt: u32) -> bool {
+        if !self.release_attempt(job_id, pos, attempt) {
+            return false;
+        }
+        let Some(job) = self.jobs.get_mut(&job_id) else { return false };
         job.set_state(pos, TaskState::Pending);
         job.requeued.push_back(pos);
         self.queue.insert((job.spec.tier, job_id));
