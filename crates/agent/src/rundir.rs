@@ -64,3 +64,28 @@ pub fn supervisor_alive(dir: &Path) -> bool {
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
     rc != 0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempt_dirs_name_their_attempt() {
+        let a = AttemptRef { job_id: 12, index: 7, attempt: 3 };
+        let dir = attempt_dir(Path::new("/run"), &a);
+        assert_eq!(dir, Path::new("/run/12.7.3"));
+        assert_eq!(parse_attempt_dir("12.7.3"), Some(a));
+        assert_eq!(parse_attempt_dir("12.7"), None);
+        assert_eq!(parse_attempt_dir("12.7.3.4"), None);
+        assert_eq!(parse_attempt_dir("x.7.3"), None);
+    }
+
+    #[test]
+    fn a_directory_without_a_supervisor_is_not_alive() {
+        let dir = std::env::temp_dir().join(format!("tidepool-rundir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(!supervisor_alive(&dir));
+        assert!(read_result(&dir).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

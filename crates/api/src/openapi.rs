@@ -55,3 +55,15 @@ pub fn document() -> String {
     });
     doc.to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_document_is_json_with_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(&super::document()).unwrap();
+        assert_eq!(doc["openapi"], "3.0.3");
+        for path in ["/jobs", "/jobs/{id}", "/jobs/{id}/cancel", "/jobs/{id}/tasks/{index}/log", "/nodes"] {
+            assert!(doc["paths"][path].is_object(), "{path}");
+        }
+    }
+}
