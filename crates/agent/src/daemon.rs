@@ -37,6 +37,10 @@ pub struct AgentConfig {
     pub mem_bytes: u64,
     /// GPUs offered.
     pub gpus: u32,
+    /// Node features offered (`avx512`, `rdma`, `gpu=h100`).
+    pub features: Vec<String>,
+    /// Named countable resources offered (`fpga`, `npu`).
+    pub resources: std::collections::BTreeMap<String, u64>,
     /// The `tidepool` binary, run as `tidepool __supervise DIR`.
     pub supervisor_program: PathBuf,
     /// Seconds between SIGTERM and SIGKILL when a task is cancelled or times out.
@@ -56,6 +60,23 @@ impl AgentConfig {
             })
             .unwrap_or(0);
         (cpus * 1000, mem_kb * 1024)
+    }
+
+    /// Features this machine's CPU has that tasks commonly require (`avx2`, `avx512`).
+    pub fn local_features() -> Vec<String> {
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let flags: HashSet<&str> = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags"))
+            .map(|l| l.trim_start_matches([' ', '\t', ':']).split_whitespace().collect())
+            .unwrap_or_default();
+        let mut features = vec![std::env::consts::ARCH.to_string()];
+        for (flag, feature) in [("avx2", "avx2"), ("avx512f", "avx512"), ("sse4_2", "sse4_2")] {
+            if flags.contains(flag) {
+                features.push(feature.to_string());
+            }
+        }
+        features
     }
 }
 
@@ -291,6 +312,8 @@ async fn main_loop(agent: Arc<Agent>) -> Result<()> {
             cpu_millis: agent.config.cpu_millis,
             mem_bytes: agent.config.mem_bytes,
             gpus: agent.config.gpus,
+            features: agent.config.features.clone(),
+            resources: agent.config.resources.clone(),
             running,
             finished,
         };

@@ -29,6 +29,12 @@ pub struct RegisterRequest {
     pub mem_bytes: u64,
     /// GPUs offered.
     pub gpus: u32,
+    /// Node features (`avx512`, `rdma`, `gpu=h100`).
+    #[serde(default)]
+    pub features: Vec<String>,
+    /// Named countable resources offered (`fpga`, `npu`).
+    #[serde(default)]
+    pub resources: BTreeMap<String, u64>,
     /// Attempts still running under their supervisors.
     pub running: Vec<AttemptRef>,
     /// Attempts that ended and were not yet acknowledged.

@@ -56,6 +56,18 @@ pub struct SubmitRequest {
     /// Only nodes of this pool (Slurm's partition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
+    /// Node features every node must have (`avx512`, `rdma`, `gpu=h100`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraint: Vec<String>,
+    /// Named countable resources per task (`{"fpga": 1}`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resources: BTreeMap<String, u64>,
+    /// A multi-node job: this many distinct nodes, started all at once or not at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<u32>,
+    /// With `nodes`: tasks (ranks) on each node (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks_per_node: Option<u32>,
 }
 
 /// The answer to a submission, sent only once it is journaled.

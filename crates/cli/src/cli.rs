@@ -34,6 +34,19 @@ enum Command {
     Nodes,
     /// Wait until a job ends; exit 0 only if every task succeeded.
     Wait(commands::WaitArgs),
+    /// Benchmarks that print our figures next to a baseline's.
+    Bench(BenchArgs),
+}
+
+/// Flags of `bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Which benchmark: `sched` (the scheduling core alone).
+    #[arg(value_parser = ["sched"])]
+    pub which: String,
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Flags shared by `up` and `server`.
@@ -48,6 +61,10 @@ pub struct ServerArgs {
     /// Largest array index accepted, plus one (Slurm's MaxArraySize).
     #[arg(long, default_value_t = 1_000_001, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_array_size: u32,
+    /// A project's guaranteed cores, borrowing limit and fair-share weight:
+    /// NAME=CORES[:BORROW[:SHARE]] (repeatable). Projects not named are unlimited.
+    #[arg(long)]
+    pub project: Vec<String>,
 }
 
 /// Flags of `up`.
@@ -81,6 +98,15 @@ pub struct AgentArgs {
     /// Cores offered (default: all).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub cpus: Option<u32>,
+    /// GPUs offered.
+    #[arg(long, default_value_t = 0)]
+    pub gpus: u32,
+    /// A node feature (repeatable), e.g. rdma or gpu=h100; CPU features are detected.
+    #[arg(long)]
+    pub feature: Vec<String>,
+    /// A named countable resource, NAME=COUNT (repeatable), e.g. fpga=2.
+    #[arg(long)]
+    pub resource: Vec<String>,
 }
 
 /// Parses `args` (program name first) and runs the command.
@@ -107,6 +133,9 @@ pub async fn run(args: Vec<String>) -> Result<u8, String> {
         Command::Logs(a) => commands::logs(a).await,
         Command::Nodes => commands::nodes().await,
         Command::Wait(a) => commands::wait(a).await,
+        Command::Bench(a) => match a.which.as_str() {
+            _ => crate::bench::sched(a.json),
+        },
     }
 }
 

@@ -50,6 +50,18 @@ pub struct SubmitArgs {
     /// Pool (partition) to run in.
     #[arg(long, short = 'p')]
     pool: Option<String>,
+    /// Node features required (repeatable or comma-separated), e.g. avx512.
+    #[arg(long, short = 'C', value_delimiter = ',')]
+    constraint: Vec<String>,
+    /// Named countable resource per task, NAME=COUNT (repeatable), e.g. fpga=1.
+    #[arg(long)]
+    resource: Vec<String>,
+    /// Multi-node job: this many distinct nodes, started all at once or not at all.
+    #[arg(long, short = 'N')]
+    nodes: Option<u32>,
+    /// With --nodes: tasks (ranks) per node.
+    #[arg(long)]
+    tasks_per_node: Option<u32>,
     /// Extra environment variable (repeatable); the submitting environment is passed too.
     #[arg(long = "env", value_name = "K=V")]
     env: Vec<String>,
@@ -115,6 +127,18 @@ pub async fn submit(a: SubmitArgs) -> Result<u8, String> {
         workdir: Some(workdir),
         env,
         pool: a.pool,
+        constraint: a.constraint,
+        resources: a
+            .resource
+            .iter()
+            .map(|r| {
+                let (k, v) = r.split_once('=').ok_or_else(|| format!("--resource '{r}' is not NAME=COUNT"))?;
+                let v = v.parse::<u64>().map_err(|_| format!("--resource '{r}': '{v}' is not a count"))?;
+                Ok((k.to_string(), v))
+            })
+            .collect::<Result<_, String>>()?,
+        nodes: a.nodes,
+        tasks_per_node: a.tasks_per_node,
     };
     let client = Client::from_env()?;
     let resp: SubmitResponse = client.post("/jobs", &req).await?;

@@ -1,6 +1,7 @@
 //! The `tidepool` binary: parses the command line and calls into the crates. Called through a
 //! link named `sbatch`, `squeue`, `scancel`, `sacct` or `sinfo`, it behaves as that command.
 
+mod bench;
 mod cli;
 mod client;
 mod commands;

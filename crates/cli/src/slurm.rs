@@ -290,7 +290,7 @@ fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<St
     };
     if nodes > 1 {
         return Err(format!(
-            "--nodes={nodes}: multi-node (gang) jobs are not placed on this fleet yet; submit single-node work"
+            "--nodes={nodes}: a multi-node batch script needs srun inside its allocation, which Tidepool does not provide; start the ranks as a gang instead: tidepool submit --nodes {nodes} --tasks-per-node M -- PROGRAM"
         ));
     }
     let ntasks = match (o.get("ntasks"), o.get("ntasks-per-node")) {
@@ -327,9 +327,13 @@ fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<St
     if let Some(g) = o.get("gpus-per-task") {
         gpus = number("gpus-per-task", g.rsplit(':').next().unwrap_or(g))? * ntasks;
     }
-    if o.contains_key("constraint") {
-        warn.push("sbatch: warning: --constraint is not matched against node features yet; ignored".into());
-    }
+    let constraint: Vec<String> = match o.get("constraint") {
+        Some(c) if c.contains(['|', '[', '*']) => {
+            return Err(format!("--constraint={c}: only AND lists (a&b or a,b) are supported here"))
+        }
+        Some(c) => c.split(['&', ',']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect(),
+        None => vec![],
+    };
     if o.contains_key("exclusive") {
         warn.push("sbatch: warning: --exclusive is not honoured yet; the job shares nodes".into());
     }
@@ -400,6 +404,10 @@ fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<St
         workdir: Some(workdir),
         env,
         pool: o.get("partition").map(|s| s.to_string()),
+        constraint,
+        resources: BTreeMap::new(),
+        nodes: None,
+        tasks_per_node: None,
     };
     Ok((req, o.contains_key("parsable")))
 }

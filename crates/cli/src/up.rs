@@ -38,6 +38,7 @@ async fn bind(args: &ServerArgs) -> Result<(tokio::net::TcpListener, Config), St
     let mut config = Config::new(data_dir, format!("http://{addr}"));
     config.max_array_size = args.max_array_size;
     config.known_pools = vec!["local".into()];
+    config.projects = args.project.iter().map(|p| parse_project(p)).collect::<Result<_, _>>()?;
     Ok((listener, config))
 }
 
@@ -66,6 +67,8 @@ pub async fn up(args: UpArgs) -> Result<u8, String> {
         cpu_millis,
         mem_bytes,
         gpus: 0,
+        features: AgentConfig::local_features(),
+        resources: Default::default(),
         supervisor_program: std::env::current_exe().map_err(|e| e.to_string())?,
         kill_grace_s: 1,
     };
@@ -100,6 +103,28 @@ pub async fn server(args: ServerArgs) -> Result<u8, String> {
     Ok(0)
 }
 
+fn parse_resource(text: &str) -> Result<(String, u64), String> {
+    let (name, count) = text.split_once('=').ok_or_else(|| format!("--resource '{text}' is not NAME=COUNT"))?;
+    let count = count.parse::<u64>().map_err(|_| format!("--resource '{text}': '{count}' is not a count"))?;
+    Ok((name.to_string(), count))
+}
+
+/// Reads `NAME=CORES[:BORROW[:SHARE]]`.
+pub fn parse_project(text: &str) -> Result<(String, tidepool_core::ProjectLimits), String> {
+    let bad = || format!("--project '{text}' is not NAME=CORES[:BORROW[:SHARE]] (e.g. chem=400:100)");
+    let (name, rest) = text.split_once('=').ok_or_else(bad)?;
+    let parts: Vec<u64> = rest.split(':').map(|p| p.parse::<u64>().map_err(|_| bad())).collect::<Result<_, _>>()?;
+    let quota = parts.first().copied().ok_or_else(bad)?;
+    Ok((
+        name.to_string(),
+        tidepool_core::ProjectLimits {
+            quota_cpu_millis: Some(quota * 1000),
+            borrow_cpu_millis: Some(parts.get(1).copied().unwrap_or(0) * 1000),
+            share: parts.get(2).copied().unwrap_or(1).clamp(1, 1_000_000) as u32,
+        },
+    ))
+}
+
 /// A node agent.
 pub async fn agent(args: AgentArgs) -> Result<u8, String> {
     init_logging();
@@ -116,7 +141,13 @@ pub async fn agent(args: AgentArgs) -> Result<u8, String> {
         pool: args.pool,
         cpu_millis,
         mem_bytes,
-        gpus: 0,
+        gpus: args.gpus,
+        features: {
+            let mut f = AgentConfig::local_features();
+            f.extend(args.feature);
+            f
+        },
+        resources: args.resource.iter().map(|r| parse_resource(r)).collect::<Result<_, _>>()?,
         supervisor_program: std::env::current_exe().map_err(|e| e.to_string())?,
         kill_grace_s: 1,
     };

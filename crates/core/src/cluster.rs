@@ -1,13 +1,17 @@
-//! The in-memory truth about jobs, tasks and nodes, and the scheduling pass over it.
+//! The in-memory truth about jobs, tasks, nodes and projects, and the events that change it.
+//! The scheduling pass is in [`crate::schedule`], the reasons in [`crate::pending`].
 //!
 //! Tasks of an array are kept by position (0-based, in index order): a byte of state each, a
 //! cursor over those never started, and maps only for tasks that run or ran more than once.
 //!
 //! **Invariant**: a node's `allocated` is the sum of what its running tasks asked for, and never
-//! exceeds its capacity ([`Cluster::sanity_check`] checks it).
+//! exceeds its capacity; a project's `allocated` is the sum of its running tasks' CPU
+//! ([`Cluster::sanity_check`] checks both).
 
 use crate::job::{JobId, JobSpec, SpecError};
-use crate::resources::{format_bytes, format_cores, Resources};
+use crate::project::{Project, ProjectLimits};
+use crate::resources::{Resources, MAX_NAMED};
+use crate::tier::Tier;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 
@@ -49,6 +53,12 @@ impl TaskState {
     /// True once the task will not change again.
     pub fn is_final(self) -> bool {
         !matches!(self, TaskState::Pending | TaskState::Running)
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -144,6 +154,15 @@ pub struct KillOrder {
     pub node_id: NodeId,
 }
 
+/// What one scheduling pass decided.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decisions {
+    /// Attempts to start.
+    pub placements: Vec<Placement>,
+    /// Attempts to stop so that higher-priority work fits; they go back to the queue.
+    pub preemptions: Vec<crate::schedule::Preemption>,
+}
+
 /// A running attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunningTask {
@@ -153,6 +172,11 @@ pub struct RunningTask {
     pub attempt: u32,
     /// When it was placed.
     pub started_ms: u64,
+    /// When it last saved a checkpoint (its start if never): work since then is lost if it is
+    /// preempted.
+    pub checkpoint_ms: u64,
+    /// Told to stop for a higher-priority task.
+    pub preempting: bool,
 }
 
 /// Why a job's next task is not running, in Slurm's reason code and in words.
@@ -167,16 +191,21 @@ pub struct PendingReason {
 /// A job and the state of its tasks.
 #[derive(Debug, Clone)]
 pub struct Job {
-    id: JobId,
-    spec: JobSpec,
-    submitted_ms: u64,
-    states: Vec<TaskState>,
-    running: HashMap<u32, RunningTask>,
-    last_attempt: HashMap<u32, u32>,
-    next_fresh: u32,
-    requeued: VecDeque<u32>,
-    counts: TaskCounts,
-    ended_ms: Option<u64>,
+    pub(crate) id: JobId,
+    pub(crate) spec: JobSpec,
+    pub(crate) submitted_ms: u64,
+    pub(crate) states: Vec<TaskState>,
+    pub(crate) running: HashMap<u32, RunningTask>,
+    pub(crate) last_attempt: HashMap<u32, u32>,
+    pub(crate) next_fresh: u32,
+    pub(crate) requeued: VecDeque<u32>,
+    pub(crate) counts: TaskCounts,
+    pub(crate) ended_ms: Option<u64>,
+    /// What one task needs, with named resources in this cluster's slots.
+    pub(crate) demand: Resources,
+    /// Features every node must have, as this cluster's bits.
+    pub(crate) feature_mask: u64,
+    pub(crate) project_idx: usize,
 }
 
 impl Job {
@@ -216,7 +245,7 @@ impl Job {
     pub fn is_finished(&self) -> bool {
         self.counts.n_final() == self.counts.total()
     }
-    fn has_pending(&self) -> bool {
+    pub(crate) fn has_pending(&self) -> bool {
         self.counts.pending > 0
     }
     fn set_state(&mut self, pos: u32, state: TaskState) {
@@ -225,7 +254,7 @@ impl Job {
         *self.counts.slot(state) += 1;
         self.states[pos as usize] = state;
     }
-    fn next_pending(&mut self) -> Option<u32> {
+    pub(crate) fn next_pending(&mut self) -> Option<u32> {
         while let Some(pos) = self.requeued.pop_front() {
             if self.states[pos as usize] == TaskState::Pending {
                 return Some(pos);
@@ -240,23 +269,23 @@ impl Job {
         }
         None
     }
-    fn throttled(&self) -> bool {
-        self.spec
-            .array
-            .max_running
-            .is_some_and(|max| self.counts.running >= max)
+    pub(crate) fn throttled(&self) -> bool {
+        self.spec.array.max_running.is_some_and(|max| self.counts.running >= max)
     }
 }
 
 /// A machine that runs tasks.
 #[derive(Debug, Clone)]
 pub struct Node {
-    name: String,
-    pool: String,
-    capacity: Resources,
-    allocated: Resources,
-    online: bool,
-    n_running: u32,
+    pub(crate) name: String,
+    pub(crate) pool: String,
+    pub(crate) capacity: Resources,
+    pub(crate) allocated: Resources,
+    pub(crate) online: bool,
+    pub(crate) features: u64,
+    pub(crate) running: BTreeSet<(JobId, u32)>,
+    /// Held for a job that preempted work here, until it places a task on it.
+    pub(crate) held_for: Option<JobId>,
 }
 
 impl Node {
@@ -286,23 +315,111 @@ impl Node {
     }
     /// How many tasks it runs.
     pub fn n_running(&self) -> u32 {
-        self.n_running
+        self.running.len() as u32
+    }
+}
+
+/// Tunables of the policy; every field has a sensible default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Fair-share usage halves over this many milliseconds.
+    pub fair_share_half_life_ms: u64,
+    /// How many blocked gangs get reservations per pass.
+    pub max_reservations: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy { fair_share_half_life_ms: 24 * 3600 * 1000, max_reservations: 4 }
     }
 }
 
 /// The whole truth the scheduler decides on.
 #[derive(Debug, Clone, Default)]
 pub struct Cluster {
-    jobs: BTreeMap<JobId, Job>,
-    queue: BTreeSet<(crate::tier::Tier, JobId)>,
-    nodes: Vec<Node>,
-    node_by_name: HashMap<String, NodeId>,
+    pub(crate) jobs: BTreeMap<JobId, Job>,
+    /// Jobs with pending tasks.
+    pub(crate) queue: BTreeSet<(Tier, JobId)>,
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) node_by_name: HashMap<String, NodeId>,
+    /// Online nodes with free CPU, by (free CPU, id): best fit is a range query.
+    pub(crate) free_index: BTreeSet<(u64, NodeId)>,
+    pub(crate) projects: Vec<Project>,
+    pub(crate) project_by_name: HashMap<String, usize>,
+    pub(crate) feature_bits: Vec<String>,
+    pub(crate) named_slots: Vec<String>,
+    pub(crate) policy: Policy,
+    /// Reservations made by the last pass: node, job, expected start.
+    pub(crate) reservations: BTreeMap<NodeId, (JobId, u64)>,
 }
 
 impl Cluster {
-    /// An empty cluster.
+    /// An empty cluster with the default policy.
     pub fn new() -> Cluster {
         Cluster::default()
+    }
+
+    /// An empty cluster with this policy.
+    pub fn with_policy(policy: Policy) -> Cluster {
+        Cluster { policy, ..Cluster::default() }
+    }
+
+    /// The bit of a feature, adding it if new (at most 64 features).
+    pub(crate) fn feature_bit(&mut self, feature: &str) -> Option<u64> {
+        if let Some(i) = self.feature_bits.iter().position(|f| f == feature) {
+            return Some(1 << i);
+        }
+        if self.feature_bits.len() >= 64 {
+            return None;
+        }
+        self.feature_bits.push(feature.to_string());
+        Some(1 << (self.feature_bits.len() - 1))
+    }
+
+    fn named_slot(&mut self, name: &str) -> Option<usize> {
+        if let Some(i) = self.named_slots.iter().position(|n| n == name) {
+            return Some(i);
+        }
+        if self.named_slots.len() >= MAX_NAMED {
+            return None;
+        }
+        self.named_slots.push(name.to_string());
+        Some(self.named_slots.len() - 1)
+    }
+
+    /// Names of the features a mask stands for.
+    pub fn feature_names(&self, mask: u64) -> Vec<&str> {
+        self.feature_bits
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << i) != 0)
+            .map(|(_, f)| f.as_str())
+            .collect()
+    }
+
+    /// Sets a project's limits (creating it if needed).
+    pub fn set_project(&mut self, name: &str, limits: ProjectLimits) {
+        let idx = self.project_idx(name);
+        self.projects[idx].limits = ProjectLimits { share: limits.share.max(1), ..limits };
+    }
+
+    pub(crate) fn project_idx(&mut self, name: &str) -> usize {
+        if let Some(i) = self.project_by_name.get(name) {
+            return *i;
+        }
+        self.projects.push(Project::new(name));
+        self.project_by_name.insert(name.to_string(), self.projects.len() - 1);
+        self.projects.len() - 1
+    }
+
+    /// A project by name.
+    pub fn project(&self, name: &str) -> Option<&Project> {
+        self.project_by_name.get(name).map(|i| &self.projects[*i])
+    }
+
+    /// Every project.
+    pub fn projects(&self) -> impl Iterator<Item = &Project> {
+        self.projects.iter()
     }
 
     /// Checks a spec against what this cluster can ever run; `known_pools` are the pools that
@@ -316,9 +433,24 @@ impl Cluster {
                 return Err(SpecError::new("after", format!("job {dep} does not exist")));
             }
         }
+        if let Some(gang) = &spec.gang {
+            if gang.n_nodes == 0 || gang.tasks_per_node == 0 {
+                return Err(SpecError::new("nodes", "a gang needs at least 1 node and 1 task per node"));
+            }
+            if spec.array.n_tasks() != gang.n_nodes * gang.tasks_per_node {
+                return Err(SpecError::new("array", "a gang job is not an array"));
+            }
+        }
+        let named_new = spec.named.iter().filter(|(n, _)| !self.named_slots.contains(n)).count();
+        if self.named_slots.len() + named_new > MAX_NAMED {
+            return Err(SpecError::new("resources", format!("at most {MAX_NAMED} named resources per cluster")));
+        }
+        let new_features = spec.requires.iter().filter(|f| !self.feature_bits.contains(f)).count();
+        if self.feature_bits.len() + new_features > 64 {
+            return Err(SpecError::new("constraint", "at most 64 distinct node features per cluster"));
+        }
         if let Some(pool) = &spec.pool {
-            let exists = known_pools.iter().any(|p| p == pool)
-                || self.nodes.iter().any(|n| &n.pool == pool);
+            let exists = known_pools.iter().any(|p| p == pool) || self.nodes.iter().any(|n| &n.pool == pool);
             if !exists {
                 let mut pools: Vec<&str> = self.nodes.iter().map(|n| n.pool.as_str()).collect();
                 pools.extend(known_pools.iter().map(String::as_str));
@@ -336,6 +468,17 @@ impl Cluster {
     /// Accepts a job (already validated and journaled).
     pub fn submit(&mut self, job_id: JobId, spec: JobSpec, now_ms: u64) {
         let n = spec.array.n_tasks();
+        let mut demand = spec.per_task;
+        for (name, amount) in &spec.named {
+            if let Some(slot) = self.named_slot(name) {
+                demand.named[slot] = *amount;
+            }
+        }
+        let mut feature_mask = 0;
+        for f in &spec.requires {
+            feature_mask |= self.feature_bit(f).unwrap_or(0);
+        }
+        let project_idx = self.project_idx(&spec.project);
         let job = Job {
             id: job_id,
             submitted_ms: now_ms,
@@ -346,6 +489,9 @@ impl Cluster {
             requeued: VecDeque::new(),
             counts: TaskCounts { pending: n, ..TaskCounts::default() },
             ended_ms: None,
+            demand,
+            feature_mask,
+            project_idx,
             spec,
         };
         self.queue.insert((job.spec.tier, job_id));
@@ -382,46 +528,89 @@ impl Cluster {
         self.node_by_name.get(name).copied()
     }
 
-    /// Adds a node, or updates the capacity and pool of one known by name; it starts offline.
+    /// Adds a node, or updates one known by name; it starts offline.
     pub fn add_node(&mut self, name: &str, pool: &str, capacity: Resources) -> NodeId {
-        if let Some(id) = self.node_by_name.get(name) {
-            let node = &mut self.nodes[id.0 as usize];
+        self.add_node_with(name, pool, capacity, &[], &[])
+    }
+
+    /// Adds a node with features (`avx512`, `rdma`, `gpu=h100`) and named resources.
+    pub fn add_node_with(
+        &mut self,
+        name: &str,
+        pool: &str,
+        capacity: Resources,
+        features: &[String],
+        named: &[(String, u64)],
+    ) -> NodeId {
+        let mut capacity = capacity;
+        for (n, amount) in named {
+            if let Some(slot) = self.named_slot(n) {
+                capacity.named[slot] = *amount;
+            }
+        }
+        let mut mask = 0;
+        for f in features {
+            mask |= self.feature_bit(f).unwrap_or(0);
+        }
+        let id = match self.node_by_name.get(name) {
+            Some(id) => *id,
+            None => {
+                let id = NodeId(self.nodes.len() as u32);
+                self.nodes.push(Node {
+                    name: name.to_string(),
+                    pool: pool.to_string(),
+                    capacity: Resources::default(),
+                    allocated: Resources::default(),
+                    online: false,
+                    features: 0,
+                    running: BTreeSet::new(),
+                    held_for: None,
+                });
+                self.node_by_name.insert(name.to_string(), id);
+                id
+            }
+        };
+        self.update_node(id, |node| {
             node.capacity = capacity;
             node.pool = pool.to_string();
-            return *id;
-        }
-        let id = NodeId(self.nodes.len() as u32);
-        self.nodes.push(Node {
-            name: name.to_string(),
-            pool: pool.to_string(),
-            capacity,
-            allocated: Resources::default(),
-            online: false,
-            n_running: 0,
+            node.features = mask;
         });
-        self.node_by_name.insert(name.to_string(), id);
         id
+    }
+
+    /// Changes a node and keeps the free index in step.
+    pub(crate) fn update_node(&mut self, id: NodeId, change: impl FnOnce(&mut Node)) {
+        let Some(node) = self.nodes.get_mut(id.0 as usize) else { return };
+        let before = (node.online, node.free().cpu_millis);
+        change(node);
+        let after = (node.online, node.free().cpu_millis);
+        if before != after {
+            if before.0 {
+                self.free_index.remove(&(before.1, id));
+            }
+            if after.0 && after.1 > 0 {
+                self.free_index.insert((after.1, id));
+            }
+        } else if after.0 && after.1 > 0 {
+            self.free_index.insert((after.1, id));
+        }
     }
 
     /// Marks a node as reachable or not; only reachable nodes get new work.
     pub fn set_node_online(&mut self, node_id: NodeId, online: bool) {
-        if let Some(node) = self.nodes.get_mut(node_id.0 as usize) {
-            node.online = online;
-        }
+        self.update_node(node_id, |n| n.online = online);
     }
 
     /// Every attempt running on a node: (job, position, attempt).
     pub fn running_on(&self, node_id: NodeId) -> Vec<(JobId, u32, u32)> {
-        let mut out = Vec::new();
-        for job in self.jobs.values() {
-            for (pos, run) in &job.running {
-                if run.node_id == node_id {
-                    out.push((job.id, *pos, run.attempt));
-                }
-            }
-        }
-        out.sort_unstable();
-        out
+        let Some(node) = self.node(node_id) else { return vec![] };
+        node.running
+            .iter()
+            .filter_map(|(job_id, pos)| {
+                let run = self.jobs.get(job_id)?.running.get(pos)?;
+                Some((*job_id, *pos, run.attempt))
+            })
+            .collect()
     }
 
     /// Records that an attempt was handed to a node. Used by the scheduling pass and by replay.
@@ -434,35 +623,61 @@ impl Cluster {
         now_ms: u64,
     ) -> Result<(), String> {
         let job = self.jobs.get_mut(&job_id).ok_or(format!("no job {job_id}"))?;
-        let node = self
-            .nodes
-            .get_mut(node_id.0 as usize)
-            .ok_or(format!("no node {}", node_id.0))?;
+        if (node_id.0 as usize) >= self.nodes.len() {
+            return Err(format!("no node {}", node_id.0));
+        }
         if job.task_state(pos) != Some(TaskState::Pending) {
             return Err(format!("task {job_id}@{pos} is not pending"));
         }
-        node.allocated = node.allocated.plus(&job.spec.per_task);
-        node.n_running += 1;
+        let half_life = self.policy.fair_share_half_life_ms;
+        self.projects[job.project_idx].advance(now_ms, half_life);
         job.set_state(pos, TaskState::Running);
-        job.running.insert(pos, RunningTask { node_id, attempt, started_ms: now_ms });
+        job.running.insert(
+            pos,
+            RunningTask { node_id, attempt, started_ms: now_ms, checkpoint_ms: now_ms, preempting: false },
+        );
         job.last_attempt.insert(pos, attempt);
-        if !job.has_pending() {
-            self.queue.remove(&(job.spec.tier, job_id));
+        let demand = job.demand;
+        let tier = job.spec.tier;
+        let project_idx = job.project_idx;
+        let drained = !job.has_pending();
+        if drained {
+            self.queue.remove(&(tier, job_id));
         }
+        self.projects[project_idx].allocated_cpu_millis += demand.cpu_millis;
+        self.update_node(node_id, |node| {
+            node.allocated = node.allocated.plus(&demand);
+            node.running.insert((job_id, pos));
+            if node.held_for == Some(job_id) {
+                node.held_for = None;
+            }
+        });
         Ok(())
+    }
+
+    /// Takes a running attempt off its node; false when that attempt is not the one running.
+    fn release_attempt(&mut self, job_id: JobId, pos: u32, attempt: u32, now_ms: u64) -> bool {
+        let Some(job) = self.jobs.get_mut(&job_id) else { return false };
+        if job.running.get(&pos).is_none_or(|run| run.attempt != attempt) {
+            return false;
+        }
+        let Some(run) = job.running.remove(&pos) else { return false };
+        let demand = job.demand;
+        let project_idx = job.project_idx;
+        let half_life = self.policy.fair_share_half_life_ms;
+        self.projects[project_idx].advance(now_ms, half_life);
+        self.projects[project_idx].allocated_cpu_millis -= demand.cpu_millis;
+        self.update_node(run.node_id, |node| {
+            node.allocated = node.allocated.minus(&demand);
+            node.running.remove(&(job_id, pos));
+        });
+        true
     }
 
     /// Records how an attempt ended. Returns false, changing nothing, when that attempt is not
     /// the one running (a stale or repeated report): a completion is recorded once.
-    pub fn finish(
-        &mut self,
-        job_id: JobId,
-        pos: u32,
-        attempt: u32,
-        outcome: TaskOutcome,
-        now_ms: u64,
-    ) -> bool {
-        if !self.release_attempt(job_id, pos, attempt) {
+    pub fn finish(&mut self, job_id: JobId, pos: u32, attempt: u32, outcome: TaskOutcome, now_ms: u64) -> bool {
+        if !self.release_attempt(job_id, pos, attempt, now_ms) {
             return false;
         }
         let Some(job) = self.jobs.get_mut(&job_id) else { return false };
@@ -473,24 +688,10 @@ impl Cluster {
         true
     }
 
-    /// Takes a running attempt off its node; false when that attempt is not the one running.
-    fn release_attempt(&mut self, job_id: JobId, pos: u32, attempt: u32) -> bool {
-        let Some(job) = self.jobs.get_mut(&job_id) else { return false };
-        if job.running.get(&pos).is_none_or(|run| run.attempt != attempt) {
-            return false;
-        }
-        let Some(run) = job.running.remove(&pos) else { return false };
-        if let Some(node) = self.nodes.get_mut(run.node_id.0 as usize) {
-            node.allocated = node.allocated.minus(&job.spec.per_task);
-            node.n_running -= 1;
-        }
-        true
-    }
-
-    /// Puts a running attempt back in the queue (its node lost it); the next try is a new
-    /// attempt. Returns false when that attempt is not running.
-    pub fn requeue(&mut self, job_id: JobId, pos: u32, attempt: u32) -> bool {
-        if !self.release_attempt(job_id, pos, attempt) {
+    /// Puts a running attempt back in the queue (its node lost it, or it was preempted); the
+    /// next try is a new attempt. Returns false when that attempt is not running.
+    pub fn requeue(&mut self, job_id: JobId, pos: u32, attempt: u32, now_ms: u64) -> bool {
+        if !self.release_attempt(job_id, pos, attempt, now_ms) {
             return false;
         }
         let Some(job) = self.jobs.get_mut(&job_id) else { return false };
@@ -500,22 +701,28 @@ impl Cluster {
         true
     }
 
+    /// Records a checkpoint: work before `now_ms` is no longer lost if the attempt is preempted.
+    pub fn on_checkpoint(&mut self, job_id: JobId, pos: u32, attempt: u32, now_ms: u64) {
+        if let Some(run) = self.jobs.get_mut(&job_id).and_then(|j| j.running.get_mut(&pos)) {
+            if run.attempt == attempt {
+                run.checkpoint_ms = run.checkpoint_ms.max(now_ms);
+            }
+        }
+    }
+
     /// Cancels a whole job (`index` None) or one task. Pending tasks end at once; running
     /// ones get a kill order and end when their node reports. Returns the kill orders.
-    pub fn cancel(
-        &mut self,
-        job_id: JobId,
-        index: Option<u32>,
-        now_ms: u64,
-    ) -> Result<Vec<KillOrder>, SpecError> {
+    pub fn cancel(&mut self, job_id: JobId, index: Option<u32>, now_ms: u64) -> Result<Vec<KillOrder>, SpecError> {
         let job = self
             .jobs
             .get_mut(&job_id)
             .ok_or_else(|| SpecError::new("job", format!("job {job_id} does not exist")))?;
         let positions: Vec<u32> = match index {
-            Some(i) => vec![job.spec.array.position_of(i).ok_or_else(|| {
-                SpecError::new("index", format!("job {job_id} has no task {i}"))
-            })?],
+            Some(i) => vec![job
+                .spec
+                .array
+                .position_of(i)
+                .ok_or_else(|| SpecError::new("index", format!("job {job_id} has no task {i}")))?],
             None => (0..job.states.len() as u32).collect(),
         };
         let mut kills = Vec::new();
@@ -537,7 +744,11 @@ impl Cluster {
         }
         if !job.has_pending() {
             self.queue.remove(&(job.spec.tier, job_id));
+            for node in self.nodes.iter_mut().filter(|n| n.held_for == Some(job_id)) {
+                node.held_for = None;
+            }
         }
+        let Some(job) = self.jobs.get_mut(&job_id) else { return Ok(kills) };
         if job.is_finished() && job.ended_ms.is_none() {
             job.ended_ms = Some(now_ms);
         }
@@ -551,7 +762,7 @@ impl Cluster {
 
     /// Whether a job's dependencies allow it to start: Ok(true) yes, Ok(false) not yet,
     /// Err(dep) never (that dependency did not succeed).
-    fn dependencies_met(&self, job: &Job) -> Result<bool, JobId> {
+    pub(crate) fn dependencies_met(&self, job: &Job) -> Result<bool, JobId> {
         let mut met = true;
         for dep in &job.spec.after_ok {
             let Some(dep_job) = self.jobs.get(dep) else { return Err(*dep) };
@@ -566,148 +777,24 @@ impl Cluster {
         Ok(met)
     }
 
-    /// One scheduling pass: places pending tasks, highest tier then oldest job first, each
-    /// on the online node where it fits most tightly. Returns what it decided; the state
-    /// already reflects it.
-    pub fn schedule(&mut self, now_ms: u64) -> Vec<Placement> {
-        let mut placements = Vec::new();
-        let queued: Vec<(crate::tier::Tier, JobId)> = self.queue.iter().copied().collect();
-        for (_, job_id) in queued {
-            if !self.nodes.iter().any(|n| n.online && n.free().cpu_millis > 0) {
-                break;
-            }
-            let Some(job) = self.jobs.get(&job_id) else { continue };
-            if self.dependencies_met(job) != Ok(true) {
-                continue;
-            }
-            loop {
-                let Some(job) = self.jobs.get(&job_id) else { break };
-                if job.throttled() || !job.has_pending() {
-                    break;
-                }
-                let Some(node_id) = self.best_node(&job.spec) else { break };
-                let Some(job) = self.jobs.get_mut(&job_id) else { break };
-                let Some(pos) = job.next_pending() else { break };
-                let attempt = job.last_attempt.get(&pos).map_or(1, |a| a + 1);
-                let index = job.spec.array.index_at(pos).unwrap_or(pos);
-                if self.apply_dispatch(job_id, pos, attempt, node_id, now_ms).is_ok() {
-                    placements.push(Placement { job_id, pos, index, attempt, node_id });
-                }
-            }
-        }
-        placements
+    /// True when `node` may ever run a task of `job` (pool and features), ignoring load.
+    pub(crate) fn node_suits(&self, node: &Node, job: &Job) -> bool {
+        job.spec.pool.as_ref().is_none_or(|p| &node.pool == p)
+            && node.features & job.feature_mask == job.feature_mask
+            && node.capacity.fits(&job.demand)
     }
 
-    fn best_node(&self, spec: &JobSpec) -> Option<NodeId> {
-        self.nodes
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.online && n.free().fits(&spec.per_task))
-            .filter(|(_, n)| spec.pool.as_ref().is_none_or(|p| &n.pool == p))
-            .min_by_key(|(i, n)| (n.free().cpu_millis - spec.per_task.cpu_millis, *i))
-            .map(|(i, _)| NodeId(i as u32))
-    }
-
-    /// Why the job's next pending task is not running; None when nothing of it is pending.
-    pub fn why_pending(&self, job_id: JobId) -> Option<PendingReason> {
-        let job = self.jobs.get(&job_id)?;
-        if !job.has_pending() {
-            return None;
-        }
-        match self.dependencies_met(job) {
-            Err(dep) => {
-                return Some(PendingReason {
-                    code: "DependencyNeverSatisfied",
-                    text: format!("job {dep} did not succeed, so this job can never start"),
-                })
-            }
-            Ok(false) => {
-                let waiting: Vec<String> = job
-                    .spec
-                    .after_ok
-                    .iter()
-                    .filter(|d| self.jobs.get(d).is_some_and(|j| !j.is_finished()))
-                    .map(|d| d.to_string())
-                    .collect();
-                return Some(PendingReason {
-                    code: "Dependency",
-                    text: format!("waiting for job {} to succeed", waiting.join(", ")),
-                });
-            }
-            Ok(true) => {}
-        }
-        if let Some(max) = job.spec.array.max_running.filter(|_| job.throttled()) {
-            return Some(PendingReason {
-                code: "JobArrayTaskLimit",
-                text: format!("array limit reached: {max} of {max} tasks running (%{max})"),
-            });
-        }
-        let need = job.spec.per_task;
-        let eligible: Vec<&Node> = self
-            .nodes
-            .iter()
-            .filter(|n| job.spec.pool.as_ref().is_none_or(|p| &n.pool == p))
-            .collect();
-        if eligible.is_empty() {
-            let text = match &job.spec.pool {
-                Some(pool) => format!("no node of pool '{pool}' has joined"),
-                None => "no node has joined".to_string(),
-            };
-            return Some(PendingReason { code: "Nodes_required", text });
-        }
-        let online: Vec<&&Node> = eligible.iter().filter(|n| n.online).collect();
-        if online.is_empty() {
-            return Some(PendingReason {
-                code: "NodeDown",
-                text: "every node that could run it is disconnected".to_string(),
-            });
-        }
-        if !online.iter().any(|n| n.capacity.fits(&need)) {
-            let largest = online.iter().map(|n| n.capacity).max_by_key(|c| c.cpu_millis);
-            return Some(PendingReason {
-                code: "Resources",
-                text: format!(
-                    "needs {} on one node; the largest node has {}",
-                    describe(&need),
-                    largest.map(|c| describe(&c)).unwrap_or_default()
-                ),
-            });
-        }
-        let ahead: u64 = self
-            .queue
-            .iter()
-            .take_while(|(_, id)| *id != job_id)
-            .filter_map(|(_, id)| self.jobs.get(id))
-            .filter(|j| self.dependencies_met(j) == Ok(true))
-            .map(|j| u64::from(j.counts.pending))
-            .sum();
-        if ahead > 0 {
-            return Some(PendingReason {
-                code: "Priority",
-                text: format!("behind {ahead} tasks of higher priority or older jobs"),
-            });
-        }
-        let best_free = online.iter().map(|n| n.free()).max_by_key(|f| f.cpu_millis);
-        let n_with_best = online
-            .iter()
-            .filter(|n| Some(n.free()) == best_free)
-            .count();
-        Some(PendingReason {
-            code: "Resources",
-            text: format!(
-                "needs {} on one node; the largest free block is {} on {} of {} nodes",
-                describe(&need),
-                best_free.map(|f| describe(&f)).unwrap_or_default(),
-                n_with_best,
-                online.len()
-            ),
-        })
+    /// Features the job requires that no node has at all.
+    pub(crate) fn missing_features(&self, job: &Job) -> Vec<String> {
+        let offered = self.nodes.iter().fold(0u64, |m, n| m | n.features);
+        self.feature_names(job.feature_mask & !offered).into_iter().map(str::to_string).collect()
     }
 
     /// Checks the cross-index invariants; tests run it after every step.
     pub fn sanity_check(&self) -> Result<(), String> {
         let mut allocated = vec![Resources::default(); self.nodes.len()];
         let mut n_running = vec![0u32; self.nodes.len()];
+        let mut project_cpu = vec![0u64; self.projects.len()];
         for job in self.jobs.values() {
             let mut counts = TaskCounts::default();
             for state in &job.states {
@@ -724,40 +811,39 @@ impl Cluster {
                     return Err(format!("job {} task {pos}: in running map, not running", job.id));
                 }
                 let i = run.node_id.0 as usize;
-                allocated[i] = allocated[i].plus(&job.spec.per_task);
+                allocated[i] = allocated[i].plus(&job.demand);
                 n_running[i] += 1;
+                project_cpu[job.project_idx] += job.demand.cpu_millis;
+                if !self.nodes[i].running.contains(&(job.id, *pos)) {
+                    return Err(format!("job {} task {pos}: missing from its node", job.id));
+                }
             }
             let queued = self.queue.contains(&(job.spec.tier, job.id));
-            if job.has_pending() && !queued {
-                return Err(format!("job {} has pending tasks but is not queued", job.id));
+            if job.has_pending() != queued {
+                return Err(format!("job {}: queued {queued} but pending {}", job.id, job.counts.pending));
             }
         }
         for (i, node) in self.nodes.iter().enumerate() {
-            if node.allocated != allocated[i] || node.n_running != n_running[i] {
+            if node.allocated != allocated[i] || node.running.len() as u32 != n_running[i] {
                 return Err(format!("node {}: allocation out of step", node.name));
             }
             if !node.capacity.fits(&node.allocated) {
                 return Err(format!("node {}: over-committed", node.name));
             }
+            let indexed = self.free_index.contains(&(node.free().cpu_millis, NodeId(i as u32)));
+            if indexed != (node.online && node.free().cpu_millis > 0) {
+                return Err(format!("node {}: free index out of step", node.name));
+            }
+        }
+        if self.free_index.len() != self.nodes.iter().filter(|n| n.online && n.free().cpu_millis > 0).count() {
+            return Err("free index has stale entries".into());
+        }
+        for (i, p) in self.projects.iter().enumerate() {
+            if p.allocated_cpu_millis != project_cpu[i] {
+                return Err(format!("project {}: allocation out of step", p.name));
+            }
         }
         Ok(())
-    }
-}
-
-fn describe(r: &Resources) -> String {
-    let mut text = format!("{} cores", format_cores(r.cpu_millis));
-    if r.mem_bytes > 0 {
-        text.push_str(&format!(" and {} memory", format_bytes(r.mem_bytes)));
-    }
-    if r.n_gpus > 0 {
-        text.push_str(&format!(" and {} GPUs", r.n_gpus));
-    }
-    text
-}
-
-impl fmt::Display for TaskState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 

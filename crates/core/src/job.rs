@@ -34,6 +34,21 @@ pub struct JobSpec {
     pub after_ok: Vec<JobId>,
     /// Only nodes of this pool may run it (Slurm's partition).
     pub pool: Option<String>,
+    /// Node features every node of the job must have (`avx512`, `rdma`, `gpu=h100`).
+    pub requires: Vec<String>,
+    /// Named countable resources per task (`fpga`, `npu`).
+    pub named: Vec<(String, u64)>,
+    /// Set for a multi-node job placed whole or not at all.
+    pub gang: Option<GangSpec>,
+}
+
+/// A multi-node (MPI-style) job: `n_nodes` distinct nodes, `tasks_per_node` tasks on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GangSpec {
+    /// How many distinct nodes.
+    pub n_nodes: u32,
+    /// Tasks on each node.
+    pub tasks_per_node: u32,
 }
 
 /// A submission refused, with the field to blame.

@@ -5,7 +5,11 @@
 //! - [`array`]: job-array index sets (`0-999:2%4`), stored as ranges, never expanded.
 //! - [`tier`]: the priority classes of work.
 //! - [`job`]: what a user submits, validated.
-//! - [`cluster`]: the in-memory truth about jobs, tasks and nodes, and the scheduling pass.
+//! - [`project`]: quotas, borrowing limits and fair share.
+//! - [`cluster`]: the in-memory truth about jobs, tasks, nodes and projects, and its events.
+//! - [`schedule`]: the scheduling pass (placement, gangs, reservations, backfill, preemption).
+//! - [`pending`]: why a job waits.
+//! - [`scale`]: how many nodes to add, which may go.
 //!
 //! **Architecture invariant**: this crate does no I/O, spawns nothing, reads no clock and no
 //! randomness. Time is an argument (`now_ms`), so the server and a simulator get the same
@@ -14,11 +18,20 @@
 pub mod array;
 pub mod cluster;
 pub mod job;
+pub mod pending;
+pub mod project;
 pub mod resources;
+pub mod scale;
+pub mod schedule;
 pub mod tier;
 
 pub use array::ArraySpec;
-pub use cluster::{Cluster, KillOrder, NodeId, Placement, TaskCounts, TaskOutcome, TaskState};
-pub use job::{JobId, JobSpec, SpecError};
+pub use cluster::{
+    Cluster, Decisions, KillOrder, NodeId, PendingReason, Placement, Policy, TaskCounts, TaskOutcome, TaskState,
+};
+pub use job::{GangSpec, JobId, JobSpec, SpecError};
+pub use project::ProjectLimits;
+pub use scale::{PoolShape, ScaleAdvice};
+pub use schedule::Preemption;
 pub use resources::Resources;
 pub use tier::Tier;

@@ -2,6 +2,9 @@
 
 use std::fmt;
 
+/// How many named countable resources (`fpga`, `npu`, ...) one cluster tracks.
+pub const MAX_NAMED: usize = 4;
+
 /// What a task asks for or a node offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub struct Resources {
@@ -11,31 +14,63 @@ pub struct Resources {
     pub mem_bytes: u64,
     /// Whole GPUs.
     pub n_gpus: u32,
+    /// Named countable resources, by the slot the cluster gave each name.
+    pub named: [u64; MAX_NAMED],
 }
 
 impl Resources {
+    /// Only CPU, in whole cores.
+    pub fn cores(n: u64) -> Resources {
+        Resources { cpu_millis: n * 1000, ..Resources::default() }
+    }
+
     /// True when `other` fits inside `self`.
     pub fn fits(&self, other: &Resources) -> bool {
         other.cpu_millis <= self.cpu_millis
             && other.mem_bytes <= self.mem_bytes
             && other.n_gpus <= self.n_gpus
+            && self.named.iter().zip(other.named.iter()).all(|(have, want)| want <= have)
     }
 
     /// `self - other`, saturating at zero.
     pub fn minus(&self, other: &Resources) -> Resources {
+        let mut named = self.named;
+        for (n, o) in named.iter_mut().zip(other.named.iter()) {
+            *n = n.saturating_sub(*o);
+        }
         Resources {
             cpu_millis: self.cpu_millis.saturating_sub(other.cpu_millis),
             mem_bytes: self.mem_bytes.saturating_sub(other.mem_bytes),
             n_gpus: self.n_gpus.saturating_sub(other.n_gpus),
+            named,
         }
     }
 
     /// `self + other`.
     pub fn plus(&self, other: &Resources) -> Resources {
+        let mut named = self.named;
+        for (n, o) in named.iter_mut().zip(other.named.iter()) {
+            *n += *o;
+        }
         Resources {
             cpu_millis: self.cpu_millis + other.cpu_millis,
             mem_bytes: self.mem_bytes + other.mem_bytes,
             n_gpus: self.n_gpus + other.n_gpus,
+            named,
+        }
+    }
+
+    /// `self` times `n`.
+    pub fn times(&self, n: u64) -> Resources {
+        let mut named = self.named;
+        for v in named.iter_mut() {
+            *v *= n;
+        }
+        Resources {
+            cpu_millis: self.cpu_millis * n,
+            mem_bytes: self.mem_bytes * n,
+            n_gpus: self.n_gpus * n as u32,
+            named,
         }
     }
 }

@@ -17,6 +17,8 @@ pub struct Config {
     pub poll_hold_ms: u64,
     /// How long an agent may stay silent before it gets no new work.
     pub agent_silence_ms: u64,
+    /// Projects with quotas, borrowing limits and fair-share weights; others are unlimited.
+    pub projects: Vec<(String, tidepool_core::ProjectLimits)>,
 }
 
 impl Config {
@@ -29,6 +31,7 @@ impl Config {
             known_pools: Vec::new(),
             poll_hold_ms: 20_000,
             agent_silence_ms: 60_000,
+            projects: Vec::new(),
         }
     }
 }

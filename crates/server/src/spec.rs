@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use tidepool_api::SubmitRequest;
 use tidepool_core::resources::{parse_mem_size, parse_time_limit};
-use tidepool_core::{ArraySpec, JobId, JobSpec, Resources, Tier};
+use tidepool_core::{ArraySpec, GangSpec, JobId, JobSpec, Resources, Tier};
 
 /// Longest name accepted.
 const MAX_NAME_LEN: usize = 200;
@@ -57,11 +57,41 @@ pub fn validate(req: &SubmitRequest, max_array_size: u32) -> Result<JobSpec> {
         Some(m) => parse_mem_size(m).map_err(|e| Error::field("mem", e))?,
         None => 0,
     };
-    let array = match &req.array {
-        Some(a) => ArraySpec::parse(a, max_array_size.saturating_sub(1))
-            .map_err(|e| Error::field("array", e))?,
-        None => ArraySpec::single(),
+    let gang = match (req.nodes, req.tasks_per_node) {
+        (None, None) => None,
+        (Some(0), _) => return Err(Error::field("nodes", "must be at least 1")),
+        (_, Some(0)) => return Err(Error::field("tasks_per_node", "must be at least 1")),
+        (n, m) => {
+            if req.array.is_some() {
+                return Err(Error::field("array", "a multi-node job cannot also be an array"));
+            }
+            let gang = GangSpec { n_nodes: n.unwrap_or(1), tasks_per_node: m.unwrap_or(1) };
+            if u64::from(gang.n_nodes) * u64::from(gang.tasks_per_node) > 100_000 {
+                return Err(Error::field("nodes", "more than 100,000 ranks"));
+            }
+            Some(gang)
+        }
     };
+    let array = match (&req.array, gang) {
+        (Some(a), _) => ArraySpec::parse(a, max_array_size.saturating_sub(1))
+            .map_err(|e| Error::field("array", e))?,
+        (None, Some(g)) => ArraySpec::parse(&format!("0-{}", g.n_nodes * g.tasks_per_node - 1), u32::MAX)
+            .map_err(|e| Error::field("nodes", e))?,
+        (None, None) => ArraySpec::single(),
+    };
+    for f in &req.constraint {
+        if f.is_empty() || f.len() > 64 || !f.chars().all(|c| c.is_ascii_alphanumeric() || "-_.=:".contains(c)) {
+            return Err(Error::field("constraint", format!("'{f}' is not a feature name")));
+        }
+    }
+    for name in req.resources.keys() {
+        if name.is_empty() || name.len() > 32 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) {
+            return Err(Error::field("resources", format!("'{name}' is not a resource name")));
+        }
+        if matches!(name.as_str(), "cpu" | "cpus" | "mem" | "memory" | "gpu" | "gpus") {
+            return Err(Error::field("resources", format!("'{name}' has its own field")));
+        }
+    }
     let tier: Tier = match &req.tier {
         Some(t) => t.parse().map_err(|e: String| Error::field("tier", e))?,
         None => Tier::Batch,
@@ -100,11 +130,19 @@ pub fn validate(req: &SubmitRequest, max_array_size: u32) -> Result<JobSpec> {
         name,
         project,
         tier,
-        per_task: Resources { cpu_millis: u64::from(cpus) * 1000, mem_bytes, n_gpus: req.gpus.unwrap_or(0) },
+        per_task: Resources {
+            cpu_millis: u64::from(cpus) * 1000,
+            mem_bytes,
+            n_gpus: req.gpus.unwrap_or(0),
+            ..Resources::default()
+        },
         array,
         time_limit_s,
         after_ok: req.after.iter().map(|id| JobId(*id)).collect(),
         pool: req.pool.clone(),
+        requires: req.constraint.clone(),
+        named: req.resources.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        gang,
     })
 }
 
@@ -181,6 +219,7 @@ pub fn task_env(
     index: u32,
     attempt: u32,
     node: &str,
+    nodelist: &str,
     public_url: &str,
 ) -> BTreeMap<String, String> {
     let mut env = req.env.clone();
@@ -197,8 +236,8 @@ pub fn task_env(
     set("SLURM_NPROCS", "1".into());
     set("SLURM_JOB_NUM_NODES", "1".into());
     set("SLURM_NNODES", "1".into());
-    set("SLURM_JOB_NODELIST", node.to_string());
-    set("SLURM_NODELIST", node.to_string());
+    set("SLURM_JOB_NODELIST", nodelist.to_string());
+    set("SLURM_NODELIST", nodelist.to_string());
     set("SLURMD_NODENAME", node.to_string());
     set("SLURM_JOB_ACCOUNT", spec.project.clone());
     set("SLURM_RESTART_COUNT", attempt.saturating_sub(1).to_string());
@@ -220,6 +259,16 @@ pub fn task_env(
         set("SLURM_ARRAY_TASK_MIN", ranges.first().map_or(0, |r| r.start).to_string());
         set("SLURM_ARRAY_TASK_MAX", spec.array.max_index().to_string());
         set("SLURM_ARRAY_TASK_STEP", step.to_string());
+    }
+    if let Some(g) = spec.gang {
+        set("SLURM_NTASKS", (g.n_nodes * g.tasks_per_node).to_string());
+        set("SLURM_NPROCS", (g.n_nodes * g.tasks_per_node).to_string());
+        set("SLURM_PROCID", index.to_string());
+        set("SLURM_NODEID", (index / g.tasks_per_node).to_string());
+        set("SLURM_LOCALID", (index % g.tasks_per_node).to_string());
+        set("SLURM_JOB_NUM_NODES", g.n_nodes.to_string());
+        set("SLURM_NNODES", g.n_nodes.to_string());
+        set("SLURM_NTASKS_PER_NODE", g.tasks_per_node.to_string());
     }
     set("TIDEPOOL_JOB_ID", job_id.to_string());
     set("TIDEPOOL_TASK_INDEX", index.to_string());

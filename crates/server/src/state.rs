@@ -46,6 +46,8 @@ pub struct Inner {
     sessions: HashMap<NodeId, Session>,
     next_session_id: u64,
     cancel_pending: HashSet<AttemptRef>,
+    /// Attempts told to stop for higher-priority work: their end puts them back in the queue.
+    preempt_pending: HashSet<AttemptRef>,
 }
 
 /// The server's state, shared by handlers and the reactor.
@@ -106,7 +108,11 @@ impl Shared {
             sessions: HashMap::new(),
             next_session_id: 1,
             cancel_pending: HashSet::new(),
+            preempt_pending: HashSet::new(),
         };
+        for (name, limits) in &config.projects {
+            inner.cluster.set_project(name, *limits);
+        }
         let mut n_events = 0u64;
         journal.replay(|event| {
             n_events += 1;
@@ -207,7 +213,16 @@ impl Shared {
             results
                 .iter()
                 .filter(|r| inner.is_running(&r.attempt))
-                .map(|r| Event::TaskEnded {
+                .map(|r| {
+                    if inner.preempt_pending.contains(&r.attempt) && r.outcome != "succeeded" {
+                        return Event::TaskRequeued {
+                            job_id: r.attempt.job_id,
+                            index: r.attempt.index,
+                            attempt: r.attempt.attempt,
+                            at_ms: now,
+                        };
+                    }
+                    Event::TaskEnded {
                     job_id: r.attempt.job_id,
                     index: r.attempt.index,
                     attempt: r.attempt.attempt,
@@ -220,7 +235,7 @@ impl Shared {
                         peak_mem_bytes: r.peak_mem_bytes,
                     },
                     at_ms: r.ended_ms.max(r.started_ms).min(now.max(r.started_ms)),
-                })
+                }})
                 .collect()
         };
         self.writer.append(events.clone()).await?;
@@ -250,10 +265,16 @@ impl Shared {
             .copied()
             .chain(req.finished.iter().map(|r| r.attempt))
             .collect();
-        let capacity = Resources { cpu_millis: req.cpu_millis, mem_bytes: req.mem_bytes, n_gpus: req.gpus };
+        let capacity = Resources {
+            cpu_millis: req.cpu_millis,
+            mem_bytes: req.mem_bytes,
+            n_gpus: req.gpus,
+            ..Resources::default()
+        };
+        let named: Vec<(String, u64)> = req.resources.iter().map(|(k, v)| (k.clone(), *v)).collect();
         let (session, requeues, kills) = {
             let mut inner = self.lock();
-            let node_id = inner.cluster.add_node(&req.name, &req.pool, capacity);
+            let node_id = inner.cluster.add_node_with(&req.name, &req.pool, capacity, &req.features, &named);
             inner.cluster.set_node_online(node_id, true);
             let session = inner.next_session_id;
             inner.next_session_id += 1;
@@ -349,7 +370,18 @@ impl Shared {
         let (events, launches) = {
             let mut inner = self.lock();
             let now = now_ms();
-            let placements = inner.cluster.schedule(now);
+            let decisions = inner.cluster.schedule(now);
+            for pre in decisions.preemptions {
+                let v = pre.victim;
+                let attempt = AttemptRef { job_id: v.job_id.0, index: v.index, attempt: v.attempt };
+                tracing::info!(job = v.job_id.0, index = v.index, for_job = pre.for_job.0, "preempting");
+                inner.preempt_pending.insert(attempt);
+                if let Some(session) = inner.sessions.get_mut(&v.node_id) {
+                    session.kills.push(attempt);
+                    session.wake.notify_one();
+                }
+            }
+            let placements = decisions.placements;
             let mut events = Vec::with_capacity(placements.len());
             let mut launches = Vec::with_capacity(placements.len());
             for p in placements {
@@ -612,12 +644,14 @@ impl Inner {
                     self.cluster.finish(JobId(job_id), pos, attempt, core_outcome(outcome), at_ms);
                 }
                 self.cancel_pending.remove(&AttemptRef { job_id, index, attempt });
+                self.preempt_pending.remove(&AttemptRef { job_id, index, attempt });
             }
-            Event::TaskRequeued { job_id, index, attempt, .. } => {
+            Event::TaskRequeued { job_id, index, attempt, at_ms } => {
                 if let Some(pos) = pos_of(&self.cluster, JobId(job_id), index) {
-                    self.cluster.requeue(JobId(job_id), pos, attempt);
+                    self.cluster.requeue(JobId(job_id), pos, attempt, at_ms);
                 }
                 self.cancel_pending.remove(&AttemptRef { job_id, index, attempt });
+                self.preempt_pending.remove(&AttemptRef { job_id, index, attempt });
             }
             Event::JobCancelled { job_id, index, at_ms } => {
                 if let Ok(kills) = self.cluster.cancel(JobId(job_id), index, at_ms) {
@@ -634,11 +668,23 @@ impl Inner {
         let spec = self.cluster.job(job_id)?.spec();
         let (stdout_path, stderr_path, discard_empty_output) =
             output_paths(config, req, spec, job_id.0, index, node);
+        let nodelist = if spec.gang.is_some() {
+            let job = self.cluster.job(job_id)?;
+            let mut names: Vec<&str> = job
+                .running_tasks()
+                .filter_map(|(_, r)| self.cluster.node(r.node_id).map(|n| n.name()))
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            names.join(",")
+        } else {
+            node.to_string()
+        };
         Some(Launch {
             attempt: AttemptRef { job_id: job_id.0, index, attempt },
             command: req.command.clone(),
             script: req.script.clone(),
-            env: spec::task_env(req, spec, job_id.0, index, attempt, node, &config.public_url),
+            env: spec::task_env(req, spec, job_id.0, index, attempt, node, &nodelist, &config.public_url),
             workdir: req.workdir.clone().unwrap_or_else(|| "/".into()),
             stdout_path,
             stderr_path,

@@ -1,12 +1,14 @@
-//! Tests of the cluster state and the scheduling pass.
+//! Tests of the cluster state and the scheduling pass: hand-built cases, then properties over
+//! random fleets and workloads.
 
 use super::*;
 use crate::array::ArraySpec;
+use crate::job::GangSpec;
 use crate::tier::Tier;
 use proptest::prelude::*;
 
 fn cores(n: u64) -> Resources {
-    Resources { cpu_millis: n * 1000, mem_bytes: 0, n_gpus: 0 }
+    Resources::cores(n)
 }
 
 fn spec(array: &str, n_cores: u64) -> JobSpec {
@@ -19,7 +21,15 @@ fn spec(array: &str, n_cores: u64) -> JobSpec {
         time_limit_s: None,
         after_ok: vec![],
         pool: None,
+        requires: vec![],
+        named: vec![],
+        gang: None,
     }
+}
+
+fn gang(n_nodes: u32, tasks_per_node: u32, n_cores: u64) -> JobSpec {
+    let n = n_nodes * tasks_per_node;
+    JobSpec { gang: Some(GangSpec { n_nodes, tasks_per_node }), ..spec(&format!("0-{}", n - 1), n_cores) }
 }
 
 fn cluster_with_nodes(node_cores: &[u64]) -> Cluster {
@@ -31,42 +41,52 @@ fn cluster_with_nodes(node_cores: &[u64]) -> Cluster {
     c
 }
 
+fn placed(c: &mut Cluster, now: u64) -> Vec<Placement> {
+    let d = c.schedule(now);
+    c.sanity_check().unwrap();
+    d.placements
+}
+
 #[test]
 fn fills_nodes_and_no_more() {
     let mut c = cluster_with_nodes(&[2, 4]);
     c.submit(JobId(1), spec("0-99", 1), 0);
-    let placed = c.schedule(1);
-    assert_eq!(placed.len(), 6);
-    c.sanity_check().unwrap();
-    assert!(c.schedule(2).is_empty());
-    let p = placed[0];
-    assert!(c.finish(p.job_id, p.pos, p.attempt, TaskOutcome::Succeeded, 3));
-    assert!(!c.finish(p.job_id, p.pos, p.attempt, TaskOutcome::Succeeded, 3), "recorded once");
-    assert_eq!(c.schedule(4).len(), 1);
-    c.sanity_check().unwrap();
+    let p = placed(&mut c, 1);
+    assert_eq!(p.len(), 6);
+    assert!(placed(&mut c, 2).is_empty());
+    assert!(c.finish(p[0].job_id, p[0].pos, p[0].attempt, TaskOutcome::Succeeded, 3));
+    assert!(!c.finish(p[0].job_id, p[0].pos, p[0].attempt, TaskOutcome::Succeeded, 3), "recorded once");
+    assert_eq!(placed(&mut c, 4).len(), 1);
+}
+
+#[test]
+fn best_fit_keeps_whole_nodes_free() {
+    let mut c = cluster_with_nodes(&[8, 8, 8]);
+    c.submit(JobId(1), spec("0-3", 2), 0);
+    placed(&mut c, 1);
+    let busy = c.nodes().filter(|(_, n)| n.n_running() > 0).count();
+    assert_eq!(busy, 1, "small tasks packed on one node");
+    c.submit(JobId(2), spec("0-1", 8), 0);
+    assert_eq!(placed(&mut c, 2).len(), 2, "two whole nodes left for the large tasks");
 }
 
 #[test]
 fn throttle_caps_running_tasks() {
     let mut c = cluster_with_nodes(&[64]);
     c.submit(JobId(1), spec("1-20%4", 1), 0);
-    assert_eq!(c.schedule(1).len(), 4);
-    let reason = c.why_pending(JobId(1)).unwrap();
-    assert_eq!(reason.code, "JobArrayTaskLimit");
+    assert_eq!(placed(&mut c, 1).len(), 4);
+    assert_eq!(c.why_pending(JobId(1)).unwrap().code, "JobArrayTaskLimit");
 }
 
 #[test]
 fn dependency_waits_then_never() {
     let mut c = cluster_with_nodes(&[4]);
     c.submit(JobId(1), spec("0", 1), 0);
-    let mut s = spec("0", 1);
-    s.after_ok = vec![JobId(1)];
-    c.submit(JobId(2), s, 0);
-    let placed = c.schedule(1);
-    assert_eq!(placed.len(), 1);
+    c.submit(JobId(2), JobSpec { after_ok: vec![JobId(1)], ..spec("0", 1) }, 0);
+    assert_eq!(placed(&mut c, 1).len(), 1);
     assert_eq!(c.why_pending(JobId(2)).unwrap().code, "Dependency");
     c.finish(JobId(1), 0, 1, TaskOutcome::Failed, 2);
-    assert!(c.schedule(3).is_empty());
+    assert!(placed(&mut c, 3).is_empty());
     assert_eq!(c.why_pending(JobId(2)).unwrap().code, "DependencyNeverSatisfied");
 }
 
@@ -74,28 +94,43 @@ fn dependency_waits_then_never() {
 fn too_big_says_so() {
     let mut c = cluster_with_nodes(&[8, 8]);
     c.submit(JobId(1), spec("0", 16), 0);
-    assert!(c.schedule(1).is_empty());
+    assert!(placed(&mut c, 1).is_empty());
     let reason = c.why_pending(JobId(1)).unwrap();
     assert_eq!(reason.text, "needs 16 cores on one node; the largest node has 8 cores");
+}
+
+#[test]
+fn features_and_named_resources_are_matched() {
+    let mut c = Cluster::new();
+    let plain = c.add_node("plain", "local", cores(8));
+    let fast = c.add_node_with("fast", "local", cores(8), &["avx512".into()], &[("fpga".into(), 1)]);
+    c.set_node_online(plain, true);
+    c.set_node_online(fast, true);
+    c.submit(JobId(1), JobSpec { requires: vec!["avx512".into()], ..spec("0-3", 1) }, 0);
+    c.submit(JobId(2), JobSpec { named: vec![("fpga".into(), 1)], ..spec("0-1", 1) }, 0);
+    c.submit(JobId(3), JobSpec { requires: vec!["rdma".into()], ..spec("0", 1) }, 0);
+    let p = placed(&mut c, 1);
+    assert!(p.iter().filter(|p| p.job_id != JobId(3)).all(|p| p.node_id == fast));
+    assert_eq!(p.iter().filter(|p| p.job_id == JobId(2)).count(), 1, "one fpga");
+    assert_eq!(c.why_pending(JobId(3)).unwrap().text, "no node has the feature rdma");
 }
 
 #[test]
 fn requeue_makes_a_new_attempt() {
     let mut c = cluster_with_nodes(&[1]);
     c.submit(JobId(1), spec("0-1", 1), 0);
-    let first = c.schedule(1);
-    assert!(c.requeue(JobId(1), first[0].pos, 1));
-    let again = c.schedule(2);
+    let first = placed(&mut c, 1);
+    assert!(c.requeue(JobId(1), first[0].pos, 1, 2));
+    let again = placed(&mut c, 2);
     assert_eq!((again[0].pos, again[0].attempt), (first[0].pos, 2));
     assert!(!c.finish(JobId(1), first[0].pos, 1, TaskOutcome::Succeeded, 3), "stale attempt");
-    c.sanity_check().unwrap();
 }
 
 #[test]
 fn cancel_ends_pending_and_orders_kills() {
     let mut c = cluster_with_nodes(&[2]);
     c.submit(JobId(1), spec("0-999999", 1), 0);
-    c.schedule(1);
+    placed(&mut c, 1);
     let kills = c.cancel(JobId(1), None, 2).unwrap();
     assert_eq!(kills.len(), 2);
     let counts = c.job(JobId(1)).unwrap().counts();
@@ -109,19 +144,107 @@ fn cancel_ends_pending_and_orders_kills() {
 }
 
 #[test]
-fn higher_tier_goes_first() {
+fn higher_tier_goes_first_and_preempts_lower() {
+    let mut c = cluster_with_nodes(&[2]);
+    c.submit(JobId(1), JobSpec { tier: Tier::Preemptible, ..spec("0-1", 1) }, 0);
+    assert_eq!(placed(&mut c, 1).len(), 2);
+    c.on_checkpoint(JobId(1), 1, 1, 900);
+    c.submit(JobId(2), JobSpec { tier: Tier::Realtime, ..spec("0", 1) }, 1000);
+    let d = c.schedule(1000);
+    assert!(d.placements.is_empty());
+    assert_eq!(d.preemptions.len(), 1);
+    let victim = d.preemptions[0].victim;
+    assert_eq!((victim.job_id, victim.index), (JobId(1), 1), "the one with the least lost work");
+    assert_eq!(c.why_pending(JobId(2)).unwrap().text, "lower-priority work is being preempted to make room for it");
+    assert!(c.requeue(JobId(1), 1, 1, 1000));
+    let p = placed(&mut c, 1001);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].job_id, JobId(2));
+}
+
+#[test]
+fn gangs_start_whole_and_are_not_starved() {
+    let mut c = cluster_with_nodes(&[4, 4, 4]);
+    c.submit(JobId(1), JobSpec { time_limit_s: Some(100), ..spec("0-1", 4) }, 0);
+    placed(&mut c, 0);
+    c.submit(JobId(2), gang(2, 2, 2), 1);
+    // Small work without a time limit may not take the nodes reserved for the gang.
+    c.submit(JobId(3), spec("0-99", 1), 2);
+    // Small work that ends before the gang could start may backfill.
+    c.submit(JobId(4), JobSpec { time_limit_s: Some(10), ..spec("0-99", 1) }, 2);
+    let p = placed(&mut c, 3);
+    assert!(p.iter().all(|p| p.job_id != JobId(2)), "gang waits: only 1 node free");
+    assert!(p.iter().any(|p| p.job_id == JobId(4)), "short work backfills");
+    assert!(p.iter().all(|p| p.job_id != JobId(3) || p.node_id == NodeId(2)));
+    let reason = c.why_pending(JobId(2)).unwrap();
+    assert!(reason.text.contains("needs 2 nodes"), "{}", reason.text);
+    // Everything ends; the gang starts whole before the older small job takes the nodes back.
+    for job_id in [JobId(1), JobId(3), JobId(4)] {
+        let running: Vec<(u32, u32)> = c.job(job_id).unwrap().running_tasks().map(|(p, r)| (p, r.attempt)).collect();
+        for (pos, attempt) in running {
+            c.finish(job_id, pos, attempt, TaskOutcome::Succeeded, 50);
+        }
+    }
+    let p = placed(&mut c, 200);
+    assert_eq!(p.iter().filter(|p| p.job_id == JobId(2)).count(), 4);
+}
+
+#[test]
+fn quota_caps_and_reclaims_borrowed_cores() {
+    let mut c = cluster_with_nodes(&[8]);
+    c.set_project("a", crate::project::ProjectLimits { quota_cpu_millis: Some(4000), borrow_cpu_millis: Some(4000), share: 1 });
+    c.set_project("b", crate::project::ProjectLimits { quota_cpu_millis: Some(4000), borrow_cpu_millis: Some(0), share: 1 });
+    c.submit(JobId(1), JobSpec { project: "a".into(), ..spec("0-99", 1) }, 0);
+    assert_eq!(placed(&mut c, 1).len(), 8, "a borrows b's idle half");
+    c.submit(JobId(2), JobSpec { project: "b".into(), ..spec("0-99", 1) }, 2);
+    let mut now = 3;
+    loop {
+        let d = c.schedule(now);
+        c.sanity_check().unwrap();
+        if now == 3 {
+            assert_eq!(d.preemptions.len(), 1, "b reclaims one core at a time");
+        }
+        for p in &d.preemptions {
+            let pos = c.job(p.victim.job_id).unwrap().spec().array.position_of(p.victim.index).unwrap();
+            c.requeue(p.victim.job_id, pos, p.victim.attempt, now);
+        }
+        now += 1;
+        if d.placements.is_empty() && d.preemptions.is_empty() {
+            break;
+        }
+    }
+    let a = c.project("a").unwrap().allocated_cpu_millis();
+    let b = c.project("b").unwrap().allocated_cpu_millis();
+    assert_eq!((a, b), (4000, 4000), "both at their guarantee");
+    assert_eq!(c.why_pending(JobId(2)).unwrap().code, "QOSGrpCpuLimit");
+}
+
+#[test]
+fn fair_share_favours_the_project_that_used_less() {
     let mut c = cluster_with_nodes(&[1]);
-    c.submit(JobId(1), spec("0", 1), 0);
-    let mut rt = spec("0", 1);
-    rt.tier = Tier::Realtime;
-    c.submit(JobId(2), rt, 0);
-    assert_eq!(c.schedule(1)[0].job_id, JobId(2));
-    assert_eq!(c.why_pending(JobId(1)).unwrap().code, "Resources");
+    c.submit(JobId(1), JobSpec { project: "heavy".into(), ..spec("0-9", 1) }, 0);
+    let p = placed(&mut c, 0);
+    c.finish(JobId(1), p[0].pos, 1, TaskOutcome::Succeeded, 3_600_000);
+    c.submit(JobId(2), JobSpec { project: "light".into(), ..spec("0", 1) }, 3_600_000);
+    let p = placed(&mut c, 3_600_001);
+    assert_eq!(p[0].job_id, JobId(2), "older job of the heavy user waits its turn");
+}
+
+#[test]
+fn scale_advice_adds_what_pending_needs_and_never_removes_busy_nodes() {
+    let mut c = cluster_with_nodes(&[24, 24]);
+    c.submit(JobId(1), spec("0-0", 24), 0);
+    c.submit(JobId(2), spec("0-99", 12), 0);
+    placed(&mut c, 1);
+    let shape = crate::scale::PoolShape { pool: "local".into(), node_capacity: cores(24), features: vec![], max_nodes: 30 };
+    let advice = c.scale_advice(&[shape]);
+    assert_eq!(advice.add, vec![("local".to_string(), 28)], "98 pending 12-core tasks on 24-core nodes, capped at 30 nodes");
+    assert!(advice.removable.is_empty());
 }
 
 #[derive(Debug, Clone)]
 enum Op {
-    Submit { n_tasks: u32, n_cores: u64, throttle: Option<u32> },
+    Submit { n_tasks: u32, n_cores: u64, throttle: Option<u32>, tier: usize, project: usize, gang: Option<(u32, u32)>, limit: Option<u64> },
     FinishOne { pick: usize, ok: bool },
     RequeueOne { pick: usize },
     Cancel { pick: usize },
@@ -130,42 +253,92 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (1u32..50, 1u64..6, proptest::option::of(1u32..5))
-            .prop_map(|(n_tasks, n_cores, throttle)| Op::Submit { n_tasks, n_cores, throttle }),
+        (1u32..40, 1u64..6, proptest::option::of(1u32..5), 0usize..6, 0usize..3, proptest::option::of((1u32..4, 1u32..3)), proptest::option::of(1u64..50))
+            .prop_map(|(n_tasks, n_cores, throttle, tier, project, gang, limit)| Op::Submit { n_tasks, n_cores, throttle, tier, project, gang, limit }),
         (any::<usize>(), any::<bool>()).prop_map(|(pick, ok)| Op::FinishOne { pick, ok }),
         any::<usize>().prop_map(|pick| Op::RequeueOne { pick }),
         any::<usize>().prop_map(|pick| Op::Cancel { pick }),
         Just(Op::Schedule),
+        Just(Op::Schedule),
     ]
 }
 
-fn run_ops(node_cores: &[u64], ops: &[Op]) -> (Cluster, Vec<Placement>) {
+/// Runs the ops, checking every invariant after each; returns every decision taken.
+fn run_ops(node_cores: &[u64], quotas: &[Option<(u64, u64)>], ops: &[Op]) -> Vec<Decisions> {
     let mut c = cluster_with_nodes(node_cores);
-    let mut all = Vec::new();
+    for (i, q) in quotas.iter().enumerate() {
+        if let Some((quota, borrow)) = q {
+            c.set_project(&format!("p{i}"), crate::project::ProjectLimits { quota_cpu_millis: Some(quota * 1000), borrow_cpu_millis: Some(borrow * 1000), share: 1 });
+        }
+    }
+    let mut all: Vec<Decisions> = Vec::new();
+    let mut started: Vec<Placement> = Vec::new();
     let mut next_id = 1;
     for (now, op) in ops.iter().enumerate() {
-        let now = now as u64;
+        let now = now as u64 * 1000;
         match op {
-            Op::Submit { n_tasks, n_cores, throttle } => {
-                let mut s = spec(&format!("0-{}", n_tasks - 1), *n_cores);
-                s.array.max_running = *throttle;
+            Op::Submit { n_tasks, n_cores, throttle, tier, project, gang: g, limit } => {
+                let mut s = match g {
+                    Some((n, m)) => gang(*n, *m, *n_cores),
+                    None => spec(&format!("0-{}", n_tasks - 1), *n_cores),
+                };
+                if g.is_none() {
+                    s.array.max_running = *throttle;
+                }
+                s.tier = Tier::ALL[*tier];
+                s.project = format!("p{project}");
+                s.time_limit_s = *limit;
                 c.submit(JobId(next_id), s, now);
                 next_id += 1;
             }
-            Op::FinishOne { pick, ok } if !all.is_empty() => {
-                let p: Placement = all[pick % all.len()];
+            Op::FinishOne { pick, ok } if !started.is_empty() => {
+                let p = started[pick % started.len()];
                 let outcome = if *ok { TaskOutcome::Succeeded } else { TaskOutcome::Failed };
                 c.finish(p.job_id, p.pos, p.attempt, outcome, now);
             }
-            Op::RequeueOne { pick } if !all.is_empty() => {
-                let p: Placement = all[pick % all.len()];
-                c.requeue(p.job_id, p.pos, p.attempt);
+            Op::RequeueOne { pick } if !started.is_empty() => {
+                let p = started[pick % started.len()];
+                c.requeue(p.job_id, p.pos, p.attempt, now);
             }
             Op::Cancel { pick } if next_id > 1 => {
-                let id = JobId(1 + (*pick as u64 % (next_id - 1)));
-                let _ = c.cancel(id, None, now);
+                let _ = c.cancel(JobId(1 + (*pick as u64 % (next_id - 1))), None, now);
             }
-            Op::Schedule => all.extend(c.schedule(now)),
+            Op::Schedule => {
+                let before: Vec<(JobId, bool)> =
+                    c.jobs().map(|j| (j.id(), j.counts().pending == j.counts().total())).collect();
+                let d = c.schedule(now);
+                for p in &d.placements {
+                    started.push(*p);
+                }
+                // Gangs: placed whole or not at all.
+                for (job_id, fresh) in before {
+                    let job = c.job(job_id).unwrap();
+                    if let Some(g) = job.spec().gang {
+                        let n = d.placements.iter().filter(|p| p.job_id == job_id).count() as u32;
+                        if fresh && n > 0 {
+                            assert_eq!(n, g.n_nodes * g.tasks_per_node, "gang placed in part");
+                            let nodes: std::collections::BTreeSet<NodeId> =
+                                d.placements.iter().filter(|p| p.job_id == job_id).map(|p| p.node_id).collect();
+                            assert_eq!(nodes.len() as u32, g.n_nodes, "gang on distinct nodes");
+                        }
+                    }
+                }
+                for pre in &d.preemptions {
+                    let victim = c.job(pre.victim.job_id).unwrap();
+                    let for_job = c.job(pre.for_job).unwrap();
+                    assert_ne!(victim.spec().tier, Tier::Realtime, "realtime preempted");
+                    assert!(victim.spec().tier >= for_job.spec().tier, "a lower tier preempted a higher one");
+                    if victim.spec().tier == for_job.spec().tier {
+                        assert_ne!(victim.spec().project, for_job.spec().project, "same tier without reclaim");
+                    }
+                }
+                // Victims go back to the queue, as their agents would report.
+                for pre in &d.preemptions {
+                    let pos = c.job(pre.victim.job_id).unwrap().spec().array.position_of(pre.victim.index).unwrap();
+                    c.requeue(pre.victim.job_id, pos, pre.victim.attempt, now);
+                }
+                all.push(d);
+            }
             _ => {}
         }
         if let Err(e) = c.sanity_check() {
@@ -176,18 +349,24 @@ fn run_ops(node_cores: &[u64], ops: &[Op]) -> (Cluster, Vec<Placement>) {
                 assert!(job.counts().running <= max, "throttle broken");
             }
         }
+        for p in c.projects() {
+            if let Some(cap) = p.limits().cap() {
+                assert!(p.allocated_cpu_millis() <= cap, "project {} over its cap", p.name());
+            }
+        }
     }
-    (c, all)
+    all
 }
 
 proptest! {
     #[test]
-    fn never_overcommits_and_is_deterministic(
+    fn invariants_hold_and_decisions_repeat(
         node_cores in proptest::collection::vec(1u64..32, 1..6),
+        quotas in proptest::collection::vec(proptest::option::of((0u64..16, 0u64..16)), 3),
         ops in proptest::collection::vec(op(), 1..80),
     ) {
-        let (_, first) = run_ops(&node_cores, &ops);
-        let (_, second) = run_ops(&node_cores, &ops);
+        let first = run_ops(&node_cores, &quotas, &ops);
+        let second = run_ops(&node_cores, &quotas, &ops);
         prop_assert_eq!(first, second);
     }
 }

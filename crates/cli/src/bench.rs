@@ -1,0 +1,162 @@
+//! `tidepool bench`: programs that print our figures next to a baseline's, measured in the same
+//! run on this machine.
+
+use crate::output::line;
+use std::time::Instant;
+use tidepool_core::{ArraySpec, Cluster, JobId, JobSpec, Resources, TaskOutcome, Tier};
+
+/// The scheduler benchmark's shape: nodes × cores, jobs × tasks each.
+struct Workload {
+    n_nodes: u32,
+    cores_per_node: u64,
+    n_jobs: u32,
+    tasks_per_job: u32,
+    n_completions: usize,
+}
+
+/// A small deterministic generator (64-bit LCG), so both schedulers see the same workload.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+}
+
+fn shapes(w: &Workload, seed: u64) -> Vec<u64> {
+    let mut rng = Lcg(seed);
+    (0..w.n_jobs).map(|_| [1u64, 2, 4, 8, 16][(rng.next() % 5) as usize]).collect()
+}
+
+/// Figures of one scheduler.
+#[derive(Debug, Clone, Copy, Default)]
+struct Figures {
+    full_pass_ms: f64,
+    incremental_pass_ms: f64,
+    placements_per_s: f64,
+    allocated_share: f64,
+}
+
+fn run_core(w: &Workload, job_cores: &[u64]) -> Figures {
+    let mut c = Cluster::new();
+    for i in 0..w.n_nodes {
+        let id = c.add_node(&format!("node{i:04}"), "cpu", Resources::cores(w.cores_per_node));
+        c.set_node_online(id, true);
+    }
+    for (j, cores) in job_cores.iter().enumerate() {
+        let spec = JobSpec {
+            name: format!("job{j}"),
+            project: format!("project{}", j % 10),
+            tier: Tier::Batch,
+            per_task: Resources::cores(*cores),
+            array: ArraySpec::parse(&format!("0-{}", w.tasks_per_job - 1), u32::MAX).unwrap_or_else(|_| ArraySpec::single()),
+            time_limit_s: None,
+            after_ok: vec![],
+            pool: None,
+            requires: vec![],
+            named: vec![],
+            gang: None,
+        };
+        c.submit(JobId(j as u64 + 1), spec, 0);
+    }
+    let started = Instant::now();
+    let decisions = c.schedule(1_000);
+    let full = started.elapsed().as_secs_f64();
+    let n_placed = decisions.placements.len();
+    let total = w.n_nodes as f64 * w.cores_per_node as f64 * 1000.0;
+    let allocated: u64 = c.nodes().map(|(_, n)| n.allocated().cpu_millis).sum();
+    let mut rng = Lcg(7);
+    let mut placed = decisions.placements;
+    for _ in 0..w.n_completions.min(placed.len()) {
+        let p = placed.swap_remove((rng.next() as usize) % placed.len());
+        c.finish(p.job_id, p.pos, p.attempt, TaskOutcome::Succeeded, 2_000);
+    }
+    let started = Instant::now();
+    let _ = c.schedule(2_000);
+    let incremental = started.elapsed().as_secs_f64();
+    Figures {
+        full_pass_ms: full * 1000.0,
+        incremental_pass_ms: incremental * 1000.0,
+        placements_per_s: n_placed as f64 / full.max(1e-9),
+        allocated_share: allocated as f64 / total,
+    }
+}
+
+/// Plain first fit in submission order: each task on the first node where it fits.
+fn run_first_fit(w: &Workload, job_cores: &[u64]) -> Figures {
+    let mut free: Vec<u64> = vec![w.cores_per_node; w.n_nodes as usize];
+    let mut next: Vec<u32> = vec![0; job_cores.len()];
+    let mut placed: Vec<(usize, u64)> = Vec::new();
+    let pass = |free: &mut Vec<u64>, next: &mut Vec<u32>, placed: &mut Vec<(usize, u64)>| -> usize {
+        let mut n = 0;
+        // Nothing frees during a pass, so once a size failed every larger task fails too.
+        let mut smallest_failed = u64::MAX;
+        for (j, cores) in job_cores.iter().enumerate() {
+            while next[j] < w.tasks_per_job && *cores < smallest_failed {
+                match free.iter().position(|f| f >= cores) {
+                    Some(node) => {
+                        free[node] -= cores;
+                        next[j] += 1;
+                        placed.push((node, *cores));
+                        n += 1;
+                    }
+                    None => smallest_failed = *cores,
+                }
+            }
+        }
+        n
+    };
+    let started = Instant::now();
+    let n_placed = pass(&mut free, &mut next, &mut placed);
+    let full = started.elapsed().as_secs_f64();
+    let total = w.n_nodes as f64 * w.cores_per_node as f64;
+    let allocated: u64 = free.iter().map(|f| w.cores_per_node - f).sum();
+    let mut rng = Lcg(7);
+    for _ in 0..w.n_completions.min(placed.len()) {
+        let (node, cores) = placed.swap_remove((rng.next() as usize) % placed.len());
+        free[node] += cores;
+    }
+    let started = Instant::now();
+    pass(&mut free, &mut next, &mut placed);
+    let incremental = started.elapsed().as_secs_f64();
+    Figures {
+        full_pass_ms: full * 1000.0,
+        incremental_pass_ms: incremental * 1000.0,
+        placements_per_s: n_placed as f64 / full.max(1e-9),
+        allocated_share: allocated as f64 / total,
+    }
+}
+
+/// `tidepool bench sched`: the core alone on 2,000 × 24-core nodes and 1,000,000 pending tasks.
+pub fn sched(json: bool) -> Result<u8, String> {
+    let w = Workload { n_nodes: 2_000, cores_per_node: 24, n_jobs: 1_000, tasks_per_job: 1_000, n_completions: 1_000 };
+    let job_cores = shapes(&w, 42);
+    let ours = run_core(&w, &job_cores);
+    let base = run_first_fit(&w, &job_cores);
+    if json {
+        let v = serde_json::json!({
+            "nodes": w.n_nodes, "cores_per_node": w.cores_per_node,
+            "pending_tasks": u64::from(w.n_jobs) * u64::from(w.tasks_per_job),
+            "full_pass_ms": ours.full_pass_ms, "incremental_pass_ms": ours.incremental_pass_ms,
+            "placements_per_s": ours.placements_per_s, "allocated_share": ours.allocated_share,
+            "baseline_full_pass_ms": base.full_pass_ms, "baseline_incremental_pass_ms": base.incremental_pass_ms,
+            "baseline_placements_per_s": base.placements_per_s, "baseline_allocated_share": base.allocated_share,
+        });
+        line(&v.to_string());
+        return Ok(0);
+    }
+    line(&format!(
+        "scheduler core: {} nodes x {} cores, {} pending tasks of 1/2/4/8/16 cores ({} jobs), then {} completions",
+        w.n_nodes, w.cores_per_node, u64::from(w.n_jobs) * u64::from(w.tasks_per_job), w.n_jobs, w.n_completions
+    ));
+    line(&format!("{:<24} {:>14} {:>22} {:>8}", "figure", "tidepool", "first-fit baseline", "ratio"));
+    let row = |name: &str, a: f64, b: f64, digits: usize| {
+        line(&format!("{name:<24} {a:>14.digits$} {b:>22.digits$} {:>8.2}", a / b.max(1e-12)));
+    };
+    row("full pass (ms)", ours.full_pass_ms, base.full_pass_ms, 2);
+    row("incremental pass (ms)", ours.incremental_pass_ms, base.incremental_pass_ms, 3);
+    row("placements per s", ours.placements_per_s, base.placements_per_s, 0);
+    row("allocated share", ours.allocated_share, base.allocated_share, 4);
+    Ok(0)
+}
