@@ -1,0 +1,166 @@
+//! The test harness: a real `tidepool up` in its own directory, and helpers to drive it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tidepool");
+
+/// A `tidepool up` in its own directory, killed when dropped.
+pub struct Env {
+    pub dir: PathBuf,
+    pub url: String,
+    server: Option<Child>,
+    extra_args: Vec<String>,
+    agents: Vec<Child>,
+}
+
+impl Env {
+    pub fn new(name: &str) -> Env {
+        Env::with_args(name, &[])
+    }
+
+    /// A server started with extra `tidepool up` flags.
+    pub fn with_args(name: &str, extra: &[&str]) -> Env {
+        let dir = std::env::temp_dir().join(format!("tidepool-it-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let extra_args = extra.iter().map(|s| s.to_string()).collect();
+        let mut env = Env { dir, url: String::new(), server: None, extra_args, agents: Vec::new() };
+        env.start("127.0.0.1:0");
+        env
+    }
+
+    /// Starts one more agent, named `name`, dialing this server.
+    pub fn add_agent(&mut self, name: &str, extra: &[&str]) {
+        let token = std::fs::read_to_string(self.dir.join("data/join.token")).unwrap();
+        let child = Command::new(BIN)
+            .args(["agent", "--server", &self.url, "--join-token", token.trim(), "--name", name])
+            .args(["--data-dir", &format!("agent-{name}")])
+            .args(extra)
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.agents.push(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.ok(&["nodes"]).contains(name) {
+            assert!(Instant::now() < deadline, "agent {name} did not join");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Polls `check` every 50 ms until it is true or `secs` pass.
+    pub fn eventually(&self, secs: u64, what: &str, mut check: impl FnMut(&Env) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !check(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn start(&mut self, listen: &str) {
+        let mut child = Command::new(BIN)
+            .args(["up", "--data-dir", "data", "--listen", listen, "--cpus", "4"])
+            .args(&self.extra_args)
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(rest) = line.split("API ").nth(1) {
+                        let url = rest.split("/api/v1").next().unwrap_or("").to_string();
+                        let _ = tx.send(url);
+                        sent = true;
+                    }
+                }
+            }
+        });
+        self.url = rx.recv_timeout(Duration::from_secs(30)).expect("server did not start");
+        self.server = Some(child);
+        self.wait_for_node();
+    }
+
+    pub fn wait_for_node(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let out = self.run(&["nodes"]);
+            if String::from_utf8_lossy(&out.stdout).lines().count() > 1 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no node joined");
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn cmd(&self, program: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(program);
+        c.args(args)
+            .current_dir(&self.dir)
+            .env("TIDEPOOL_URL", &self.url)
+            .env("TIDEPOOL_DATA_DIR", self.dir.join("data"))
+            .env_remove("TIDEPOOL_TOKEN");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(BIN, args).output().unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn server_pid(&self) -> u32 {
+        self.server.as_ref().unwrap().id()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.kill9();
+        for a in &mut self.agents {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+        // Leftover supervisors of cancelled tests end on their own; the data stays for a look.
+    }
+}
+
+pub fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+pub fn count_lines(path: &Path) -> (usize, usize, Vec<u32>) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut seen: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let total = seen.len();
+    seen.sort_unstable();
+    seen.dedup();
+    (total, seen.len(), seen)
+}
+
