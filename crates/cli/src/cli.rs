@@ -36,6 +36,44 @@ enum Command {
     Wait(commands::WaitArgs),
     /// Benchmarks that print our figures next to a baseline's.
     Bench(BenchArgs),
+    /// Run the OpenAI-compatible inference gateway from a TOML file.
+    Gateway(GatewayArgs),
+    /// Run an emulated OpenAI-compatible replica with a batching model.
+    ReplicaEmulator(EmulatorArgs),
+}
+
+/// Flags of `gateway`.
+#[derive(Args, Debug)]
+pub struct GatewayArgs {
+    /// The gateway's TOML file (replicas, tenants).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Overrides the file's listen address.
+    #[arg(long)]
+    pub listen: Option<String>,
+}
+
+/// Flags of `replica-emulator`.
+#[derive(Args, Debug)]
+pub struct EmulatorArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub listen: String,
+    /// Model name it serves.
+    #[arg(long, default_value = "tidepool-demo")]
+    pub model: String,
+    /// Best batch size.
+    #[arg(long, default_value_t = 22, value_parser = clap::value_parser!(u32).range(1..))]
+    pub best_concurrency: u32,
+    /// Time between tokens at or below the best batch, ms.
+    #[arg(long, default_value_t = 20.0)]
+    pub itl_ms: f64,
+    /// Prefill cost per prompt token, µs.
+    #[arg(long, default_value_t = 100.0)]
+    pub prefill_us_per_token: f64,
+    /// Output tokens when a request sets no limit.
+    #[arg(long, default_value_t = 16)]
+    pub default_output_tokens: u32,
 }
 
 /// Flags of `bench`.
@@ -75,6 +113,12 @@ pub struct UpArgs {
     /// Cores the local agent offers (default: all).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub cpus: Option<u32>,
+    /// Address of the inference gateway.
+    #[arg(long, default_value = "127.0.0.1:7879")]
+    pub gateway_listen: String,
+    /// The gateway's TOML file; without it, two emulated replicas and a demo tenant.
+    #[arg(long)]
+    pub gateway_config: Option<PathBuf>,
 }
 
 /// Flags of `agent`.
@@ -136,6 +180,8 @@ pub async fn run(args: Vec<String>) -> Result<u8, String> {
         Command::Bench(a) => match a.which.as_str() {
             _ => crate::bench::sched(a.json),
         },
+        Command::Gateway(a) => up::gateway(a).await,
+        Command::ReplicaEmulator(a) => up::replica_emulator(a).await,
     }
 }
 

@@ -1,6 +1,8 @@
 //! `tidepool up`, `server` and `agent`: bind, start, wait for Ctrl-C.
 
-use crate::cli::{AgentArgs, ServerArgs, UpArgs};
+use crate::cli::{AgentArgs, EmulatorArgs, GatewayArgs, ServerArgs, UpArgs};
+use tidepool_gateway::emulator::EmulatorConfig;
+use tidepool_gateway::GatewayConfig;
 use std::path::Path;
 use tidepool_agent::AgentConfig;
 use tidepool_server::Config;
@@ -9,6 +11,7 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_max_level(tracing::Level::INFO)
         .try_init();
 }
@@ -77,15 +80,90 @@ pub async fn up(args: UpArgs) -> Result<u8, String> {
         config.public_url,
         config.data_dir.join("admin.token").display()
     );
+    let gateway_config = match &args.gateway_config {
+        Some(path) => read_gateway_config(path)?,
+        None => demo_gateway(&config.data_dir).await?,
+    };
+    let gateway_listener = tokio::net::TcpListener::bind(&args.gateway_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.gateway_listen))?;
+    let gateway_addr = gateway_listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!("gateway listening on http://{gateway_addr}");
     let server = tokio::spawn(tidepool_server::run(listener, config, shutdown_signal()));
     let agent_task = tokio::spawn(tidepool_agent::run(agent));
+    let gateway_task = tokio::spawn(tidepool_gateway::run(gateway_listener, gateway_config, std::future::pending()));
     let outcome = server.await;
     agent_task.abort();
+    gateway_task.abort();
     match outcome {
         Ok(Ok(())) => Ok(0),
         Ok(Err(e)) => Err(e.to_string()),
         Err(e) => Err(e.to_string()),
     }
+}
+
+fn read_gateway_config(path: &Path) -> Result<GatewayConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    GatewayConfig::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Two emulated replicas on loopback and a demo tenant whose key is kept in DATA_DIR.
+async fn demo_gateway(data_dir: &Path) -> Result<GatewayConfig, String> {
+    let key_path = data_dir.join("gateway-demo.key");
+    let (key, _) = tidepool_server::tokens::load_or_create(&key_path, "sk-tp-").map_err(|e| e.to_string())?;
+    let mut replicas = String::new();
+    for _ in 0..2 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let emulator = EmulatorConfig::default();
+        replicas.push_str(&format!(
+            "[[replicas]]\nurl = \"http://{addr}\"\nmodel = \"{}\"\nbest_concurrency = {}\n\n",
+            emulator.model, emulator.best_concurrency
+        ));
+        tokio::spawn(tidepool_gateway::emulator::serve(listener, emulator));
+    }
+    tracing::info!(key_file = %key_path.display(), "demo tenant's gateway key");
+    GatewayConfig::from_toml(&format!(
+        "{replicas}[[tenants]]\nname = \"demo\"\nkeys = [\"{key}\"]\ntpm = 200000\nrpm = 1200\n"
+    ))
+}
+
+/// The gateway alone.
+pub async fn gateway(args: GatewayArgs) -> Result<u8, String> {
+    init_logging();
+    let mut config = read_gateway_config(&args.config)?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!("gateway listening on http://{addr}");
+    tidepool_gateway::run(listener, config, shutdown_signal()).await?;
+    Ok(0)
+}
+
+/// An emulated replica.
+pub async fn replica_emulator(args: EmulatorArgs) -> Result<u8, String> {
+    init_logging();
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!("replica emulator listening on http://{addr}");
+    let config = EmulatorConfig {
+        model: args.model,
+        best_concurrency: args.best_concurrency,
+        itl_ms: args.itl_ms,
+        prefill_us_per_token: args.prefill_us_per_token,
+        default_output_tokens: args.default_output_tokens,
+    };
+    tokio::select! {
+        r = tidepool_gateway::emulator::serve(listener, config) => r.map_err(|e| e.to_string())?,
+        _ = shutdown_signal() => {}
+    }
+    Ok(0)
 }
 
 /// The control plane alone.

@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`resources`]: resource vectors and the parsers of sizes and durations users type.
+//! - [`admission`]: LLM request admission: tenant budgets and tier slots.
 //! - [`array`]: job-array index sets (`0-999:2%4`), stored as ranges, never expanded.
 //! - [`tier`]: the priority classes of work.
 //! - [`job`]: what a user submits, validated.
@@ -15,6 +16,7 @@
 //! randomness. Time is an argument (`now_ms`), so the server and a simulator get the same
 //! decisions from the same inputs.
 
+pub mod admission;
 pub mod array;
 pub mod cluster;
 pub mod job;

@@ -12,6 +12,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_tidepool");
 pub struct Env {
     pub dir: PathBuf,
     pub url: String,
+    /// The inference gateway's base URL.
+    pub gateway_url: String,
     server: Option<Child>,
     extra_args: Vec<String>,
     agents: Vec<Child>,
@@ -28,7 +30,7 @@ impl Env {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let extra_args = extra.iter().map(|s| s.to_string()).collect();
-        let mut env = Env { dir, url: String::new(), server: None, extra_args, agents: Vec::new() };
+        let mut env = Env { dir, url: String::new(), gateway_url: String::new(), server: None, extra_args, agents: Vec::new() };
         env.start("127.0.0.1:0");
         env
     }
@@ -64,7 +66,7 @@ impl Env {
 
     pub fn start(&mut self, listen: &str) {
         let mut child = Command::new(BIN)
-            .args(["up", "--data-dir", "data", "--listen", listen, "--cpus", "4"])
+            .args(["up", "--data-dir", "data", "--listen", listen, "--cpus", "4", "--gateway-listen", "127.0.0.1:0"])
             .args(&self.extra_args)
             .current_dir(&self.dir)
             .stdout(Stdio::null())
@@ -73,19 +75,19 @@ impl Env {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let (gtx, grx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent {
-                    if let Some(rest) = line.split("API ").nth(1) {
-                        let url = rest.split("/api/v1").next().unwrap_or("").to_string();
-                        let _ = tx.send(url);
-                        sent = true;
-                    }
+                if let Some(rest) = line.split("API ").nth(1) {
+                    let _ = tx.send(rest.split("/api/v1").next().unwrap_or("").to_string());
+                }
+                if let Some(rest) = line.split("gateway listening on ").nth(1) {
+                    let _ = gtx.send(rest.trim().to_string());
                 }
             }
         });
         self.url = rx.recv_timeout(Duration::from_secs(30)).expect("server did not start");
+        self.gateway_url = grx.recv_timeout(Duration::from_secs(30)).expect("gateway did not start");
         self.server = Some(child);
         self.wait_for_node();
     }

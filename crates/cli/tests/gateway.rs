@@ -1,0 +1,160 @@
+//! The inference gateway end to end: the real binary, emulated replicas on loopback, the real
+//! `openai` Python package, budgets and tiers under load.
+
+mod common;
+
+use common::{Env, BIN};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A raw HTTP/1.1 POST on loopback; returns (status, headers, body).
+fn post(base: &str, path: &str, key: &str, extra_headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
+    let addr = base.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    for (k, v) in extra_headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// A child process killed when the test ends, pass or fail (else it would hold the test's
+/// output pipe open and the run would never end).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `tidepool gateway --config FILE`; returns it and its base URL.
+fn start_gateway(config: &std::path::Path) -> (Killed, String) {
+    let mut gw = Command::new(BIN).args(["gateway", "--config"]).arg(config).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(gw.stderr.take().unwrap()).lines();
+    let gw = Killed(gw);
+    let base = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(rest) = line.split("gateway listening on ").nth(1) {
+            break rest.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (gw, base)
+}
+
+fn start_emulator(best: u32) -> (Killed, String) {
+    let mut child = Command::new(BIN)
+        .args(["replica-emulator", "--listen", "127.0.0.1:0", "--best-concurrency", &best.to_string(), "--model", "m", "--itl-ms", "20"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let url = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (Killed(child), url)
+}
+
+#[test]
+fn the_openai_package_works_against_the_demo_gateway() {
+    let env = Env::new("openai");
+    let key = std::fs::read_to_string(env.dir.join("data/gateway-demo.key")).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
+    let out = Command::new("python3").args([script, &env.gateway_url, key.trim(), "tidepool-demo"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
+}
+
+#[test]
+fn over_its_tpm_a_tenant_gets_429_with_retry_after_and_under_it_never() {
+    let (_emulator, url) = start_emulator(8);
+    let dir = std::env::temp_dir().join(format!("tidepool-gw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\n[[replicas]]\nurl = \"{url}\"\nmodel = \"m\"\nbest_concurrency = 8\n\n[[tenants]]\nname = \"small\"\nkeys = [\"sk-small-tenant\"]\ntpm = 100\nrpm = 1000\n\n[[tenants]]\nname = \"big\"\nkeys = [\"sk-big-tenant\"]\ntpm = 1000000\nrpm = 100000\n"
+        ),
+    )
+    .unwrap();
+    let (_gw, base) = start_gateway(&config);
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"hello"}],"max_tokens":30}"#;
+    let mut refused = 0;
+    for _ in 0..5 {
+        let (status, head, text) = post(&base, "/v1/chat/completions", "sk-small-tenant", &[], body);
+        if status == 429 {
+            refused += 1;
+            assert!(head.contains("retry-after: "), "{head}");
+            assert!(text.contains("rate_limit_exceeded"), "{text}");
+            assert!(head.contains("x-ratelimit-remaining-tokens"), "{head}");
+        } else {
+            assert_eq!(status, 200, "{text}");
+        }
+    }
+    assert!(refused >= 2, "100 TPM allows 3 requests of ~32 tokens, refused {refused}");
+    for _ in 0..20 {
+        let (status, _, text) = post(&base, "/v1/chat/completions", "sk-big-tenant", &[], body);
+        assert_eq!(status, 200, "a tenant under its limit is never refused: {text}");
+    }
+    let (status, _, text) = post(&base, "/v1/chat/completions", "sk-nobody-key", &[], body);
+    assert_eq!(status, 401);
+    assert!(text.contains("invalid_api_key"));
+    let (status, _, text) = post(&base, "/v1/chat/completions", "sk-big-tenant", &[], r#"{"messages":[]}"#);
+    assert_eq!(status, 400);
+    assert!(text.contains("\"param\":\"model\""), "{text}");
+    let (status, _, _) = post(&base, "/v1/chat/completions", "sk-big-tenant", &[("X-Tidepool-Tier", "realtime")], body);
+    assert_eq!(status, 200, "realtime key may say realtime");
+}
+
+#[test]
+fn realtime_cuts_off_a_filler_stream_when_the_replica_is_full() {
+    let (_emulator, url) = start_emulator(2);
+    let dir = std::env::temp_dir().join(format!("tidepool-gw-cut-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nrealtime_headroom = 0\n[[replicas]]\nurl = \"{url}\"\nmodel = \"m\"\nbest_concurrency = 2\nmax_concurrency = 2\n\n[[tenants]]\nname = \"chat\"\nkeys = [\"sk-chat-tenant\"]\ntpm = 1000000\nrpm = 100000\n"
+        ),
+    )
+    .unwrap();
+    let (_gw, base) = start_gateway(&config);
+    let long = r#"{"model":"m","messages":[{"role":"user","content":"fill"}],"max_tokens":400,"stream":true}"#;
+    let fillers: Vec<_> = (0..2)
+        .map(|_| {
+            let base = base.clone();
+            std::thread::spawn(move || post(&base, "/v1/chat/completions", "sk-chat-tenant", &[("X-Tidepool-Tier", "filler")], long))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, _, _) = post(&base, "/v1/chat/completions", "sk-chat-tenant", &[("X-Tidepool-Tier", "filler")], long);
+    assert_eq!(status, 429, "a third filler finds no slot");
+    let short = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":3}"#;
+    let (status, _, text) = post(&base, "/v1/chat/completions", "sk-chat-tenant", &[], short);
+    assert_eq!(status, 200, "realtime is admitted: {text}");
+    let results: Vec<(u16, String, String)> = fillers.into_iter().map(|h| h.join().unwrap()).collect();
+    let cut = results.iter().filter(|(_, _, body)| body.contains("\"finish_reason\":\"preempted\"")).count();
+    assert_eq!(cut, 1, "exactly one filler stream cut off with a clear finish_reason");
+    assert!(results.iter().all(|(_, _, body)| body.contains("data: [DONE]")));
+}

@@ -1,0 +1,73 @@
+"""Drives the gateway with the real `openai` package, unchanged but for base_url and api_key.
+
+Usage: python3 openai_client.py BASE_URL API_KEY MODEL
+Prints one line per check and exits non-zero on the first failure.
+"""
+import sys
+
+import openai
+
+base_url, api_key, model = sys.argv[1], sys.argv[2], sys.argv[3]
+client = openai.OpenAI(base_url=base_url + "/v1", api_key=api_key, max_retries=0)
+
+models = [m.id for m in client.models.list()]
+assert model in models, models
+print("models:", models)
+
+stream = client.chat.completions.create(
+    model=model,
+    messages=[{"role": "user", "content": "Say something about tides."}],
+    max_tokens=8,
+    stream=True,
+    stream_options={"include_usage": True},
+)
+pieces, usage, finish = [], None, None
+for chunk in stream:
+    if chunk.usage is not None:
+        usage = chunk.usage
+    for choice in chunk.choices:
+        if choice.delta.content:
+            pieces.append(choice.delta.content)
+        if choice.finish_reason:
+            finish = choice.finish_reason
+assert len(pieces) == 8, pieces
+assert usage is not None and usage.completion_tokens == 8, usage
+assert finish == "length", finish
+print("stream:", "".join(pieces).strip(), "| usage:", usage.total_tokens)
+
+reply = client.chat.completions.create(
+    model=model,
+    messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}],
+    n=2,
+    max_completion_tokens=4,
+    temperature=0.2,
+    logprobs=True,
+    top_logprobs=2,
+    stop=["\n"],
+    user="tester",
+    metadata={"purpose": "test"},
+    extra_body={"unknown_extra_field": True},
+)
+assert len(reply.choices) == 2, reply
+assert reply.choices[0].logprobs.content[0].top_logprobs, reply.choices[0].logprobs
+assert reply.usage.completion_tokens == 8, reply.usage
+print("chat n=2:", reply.choices[1].message.content.strip())
+
+completion = client.completions.create(model=model, prompt="The tide", max_tokens=3, echo=True, logprobs=1)
+assert completion.choices[0].text.startswith("The tide"), completion
+assert completion.choices[0].logprobs.tokens, completion
+print("completion:", completion.choices[0].text)
+
+try:
+    client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    raise SystemExit("unknown model accepted")
+except openai.NotFoundError as e:
+    assert e.code == "model_not_found", e
+    print("unknown model: 404", e.code)
+
+try:
+    openai.OpenAI(base_url=base_url + "/v1", api_key="sk-wrong-key", max_retries=0).models.list()
+    raise SystemExit("wrong key accepted")
+except openai.AuthenticationError:
+    print("wrong key: 401")
+print("ok")

@@ -1,0 +1,127 @@
+//! The gateway's configuration: TOML read into the raw file type, then checked.
+
+use std::collections::HashSet;
+use tidepool_api::gateway::GatewayConfigFile;
+use tidepool_core::Tier;
+
+/// One upstream replica, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replica {
+    /// Base URL without a trailing slash.
+    pub url: String,
+    /// Model it serves.
+    pub model: String,
+    /// Best concurrency.
+    pub best_concurrency: u32,
+    /// Hard cap.
+    pub max_concurrency: u32,
+    /// Key sent upstream.
+    pub api_key: Option<String>,
+}
+
+/// One tenant, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tenant {
+    /// Name.
+    pub name: String,
+    /// Keys.
+    pub keys: Vec<String>,
+    /// Tokens per minute.
+    pub tpm: u64,
+    /// Requests per minute.
+    pub rpm: u64,
+    /// Tier of its requests (a header may lower it).
+    pub tier: Tier,
+}
+
+/// The gateway's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayConfig {
+    /// Where to listen.
+    pub listen: String,
+    /// Slots per replica kept free of lower tiers.
+    pub realtime_headroom: u32,
+    /// Typical request duration, for Retry-After.
+    pub typical_request_ms: u64,
+    /// Upstreams.
+    pub replicas: Vec<Replica>,
+    /// Tenants.
+    pub tenants: Vec<Tenant>,
+}
+
+impl GatewayConfig {
+    /// Reads and checks a TOML file's text; errors name the field.
+    pub fn from_toml(text: &str) -> Result<GatewayConfig, String> {
+        let raw: GatewayConfigFile = toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))?;
+        let mut replicas = Vec::new();
+        for (i, r) in raw.replicas.into_iter().enumerate() {
+            if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
+                return Err(format!("replicas[{i}].url: '{}' is not an http(s) URL", r.url));
+            }
+            if r.best_concurrency == 0 {
+                return Err(format!("replicas[{i}].best_concurrency: must be at least 1"));
+            }
+            let max = r.max_concurrency.unwrap_or(r.best_concurrency + r.best_concurrency / 2);
+            if max < r.best_concurrency {
+                return Err(format!("replicas[{i}].max_concurrency: below best_concurrency"));
+            }
+            replicas.push(Replica {
+                url: r.url.trim_end_matches('/').trim_end_matches("/v1").to_string(),
+                model: r.model,
+                best_concurrency: r.best_concurrency,
+                max_concurrency: max,
+                api_key: r.api_key,
+            });
+        }
+        let mut seen = HashSet::new();
+        let mut tenants = Vec::new();
+        for (i, t) in raw.tenants.into_iter().enumerate() {
+            if t.keys.is_empty() {
+                return Err(format!("tenants[{i}].keys: a tenant needs at least one key"));
+            }
+            for k in &t.keys {
+                if k.len() < 8 {
+                    return Err(format!("tenants[{i}].keys: keys must be at least 8 characters"));
+                }
+                if !seen.insert(k.clone()) {
+                    return Err(format!("tenants[{i}].keys: a key is used twice"));
+                }
+            }
+            if t.tpm == 0 || t.rpm == 0 {
+                return Err(format!("tenants[{i}]: tpm and rpm must be at least 1"));
+            }
+            let tier = match &t.tier {
+                Some(s) => s.parse::<Tier>().map_err(|e| format!("tenants[{i}].tier: {e}"))?,
+                None => Tier::Realtime,
+            };
+            tenants.push(Tenant { name: t.name, keys: t.keys, tpm: t.tpm, rpm: t.rpm, tier });
+        }
+        Ok(GatewayConfig {
+            listen: raw.listen.unwrap_or_else(|| "127.0.0.1:7879".into()),
+            realtime_headroom: raw.realtime_headroom.unwrap_or(1),
+            typical_request_ms: raw.typical_request_ms.unwrap_or(2000).max(1),
+            replicas,
+            tenants,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_file_and_names_bad_fields() {
+        let ok = GatewayConfig::from_toml(
+            "[[replicas]]\nurl = \"http://127.0.0.1:8000/v1\"\nmodel = \"m\"\nbest_concurrency = 22\n\n[[tenants]]\nname = \"a\"\nkeys = [\"sk-aaaaaaaa\"]\ntpm = 1000\nrpm = 10\ntier = \"interruptible\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.replicas[0].url, "http://127.0.0.1:8000");
+        assert_eq!(ok.replicas[0].max_concurrency, 33);
+        assert_eq!(ok.tenants[0].tier, Tier::Interruptible);
+        let err = GatewayConfig::from_toml("[[replicas]]\nurl = \"x\"\nmodel = \"m\"\nbest_concurrency = 1\n").unwrap_err();
+        assert!(err.contains("replicas[0].url"), "{err}");
+        let err = GatewayConfig::from_toml("listen = 1\nbogus = 2\n").unwrap_err();
+        assert!(err.contains("bogus") || err.contains("listen"), "{err}");
+    }
+}

@@ -1,0 +1,562 @@
+//! The gateway's state and handlers.
+//!
+//! **Invariant**: a request holds one slot of its replica from admission until its answer (or
+//! stream) ends, so the admission counts are the replica's real concurrency as seen from here.
+
+use crate::config::GatewayConfig;
+use crate::emulator::{max_output_tokens, prompt_tokens};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+use tidepool_core::admission::{admit, Bucket, ReplicaSlots, Verdict};
+use tidepool_core::Tier;
+use tokio::sync::Notify;
+
+/// Completion tokens assumed when a request sets no limit (for the TPM estimate).
+const DEFAULT_COMPLETION_ESTIMATE: u64 = 256;
+
+struct TenantState {
+    name: String,
+    tier: Tier,
+    tpm: Bucket,
+    rpm: Bucket,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    requests: u64,
+    refused: u64,
+}
+
+struct InFlight {
+    id: u64,
+    tier: Tier,
+    cut: Arc<Notify>,
+    cuttable: bool,
+}
+
+struct ReplicaState {
+    slots: ReplicaSlots,
+    in_flight: Vec<InFlight>,
+    cut_off: u64,
+}
+
+/// The gateway.
+pub struct Gateway {
+    config: GatewayConfig,
+    keys: HashMap<String, usize>,
+    tenants: Mutex<Vec<TenantState>>,
+    replicas: Mutex<Vec<ReplicaState>>,
+    http: reqwest::Client,
+    next_id: AtomicU64,
+    epoch: Instant,
+}
+
+fn tier_idx(t: Tier) -> usize {
+    Tier::ALL.iter().position(|x| *x == t).unwrap_or(0)
+}
+
+/// An OpenAI error object with a status.
+fn error(status: StatusCode, message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Response {
+    (status, axum::Json(json!({"error": {"message": message, "type": kind, "param": param, "code": code}}))).into_response()
+}
+
+fn bad_request(message: &str, param: &str) -> Response {
+    error(StatusCode::BAD_REQUEST, message, "invalid_request_error", Some(param), None)
+}
+
+/// Releases a request's slot when its answer ends, however it ends.
+struct SlotGuard {
+    gateway: Arc<Gateway>,
+    replica: usize,
+    id: u64,
+    tier: Tier,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let mut replicas = self.gateway.lock_replicas();
+        if let Some(r) = replicas.get_mut(self.replica) {
+            r.slots.in_flight[tier_idx(self.tier)] -= 1;
+            r.in_flight.retain(|f| f.id != self.id);
+        }
+    }
+}
+
+impl Gateway {
+    /// A gateway over `config`.
+    pub fn new(config: GatewayConfig) -> Result<Gateway, String> {
+        let mut keys = HashMap::new();
+        let tenants = config
+            .tenants
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                for k in &t.keys {
+                    keys.insert(k.clone(), i);
+                }
+                TenantState {
+                    name: t.name.clone(),
+                    tier: t.tier,
+                    tpm: Bucket::per_minute(t.tpm, 0),
+                    rpm: Bucket::per_minute(t.rpm, 0),
+                    prompt_tokens: 0,
+                    completion_tokens: 0,
+                    requests: 0,
+                    refused: 0,
+                }
+            })
+            .collect();
+        let replicas = config
+            .replicas
+            .iter()
+            .map(|r| ReplicaState { slots: ReplicaSlots::new(r.best_concurrency, r.max_concurrency), in_flight: Vec::new(), cut_off: 0 })
+            .collect();
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Gateway {
+            config,
+            keys,
+            tenants: Mutex::new(tenants),
+            replicas: Mutex::new(replicas),
+            http,
+            next_id: AtomicU64::new(1),
+            epoch: Instant::now(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn lock_tenants(&self) -> MutexGuard<'_, Vec<TenantState>> {
+        self.tenants.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_replicas(&self) -> MutexGuard<'_, Vec<ReplicaState>> {
+        self.replicas.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tenant_of(&self, headers: &HeaderMap) -> Option<usize> {
+        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let key = value.strip_prefix("Bearer ").unwrap_or(value).trim();
+        self.keys.get(key).copied()
+    }
+
+    fn rate_headers(&self, tenant: usize, headers: &mut HeaderMap) {
+        let now = self.now_ms();
+        let mut tenants = self.lock_tenants();
+        let Some(t) = tenants.get_mut(tenant) else { return };
+        let mut set = |name: &'static str, value: String| {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
+        };
+        set("x-ratelimit-limit-requests", t.rpm.capacity().to_string());
+        set("x-ratelimit-limit-tokens", t.tpm.capacity().to_string());
+        set("x-ratelimit-remaining-requests", t.rpm.remaining(now).to_string());
+        set("x-ratelimit-remaining-tokens", t.tpm.remaining(now).to_string());
+        set("x-ratelimit-reset-requests", format!("{}ms", t.rpm.ms_to_full(now)));
+        set("x-ratelimit-reset-tokens", format!("{}ms", t.tpm.ms_to_full(now)));
+    }
+
+    fn too_many(&self, tenant: usize, retry_after_ms: u64, message: &str, code: &str) -> Response {
+        let mut response = error(StatusCode::TOO_MANY_REQUESTS, message, "requests", None, Some(code));
+        let secs = retry_after_ms.div_ceil(1000).max(1);
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&retry_after_ms.to_string()) {
+            response.headers_mut().insert("retry-after-ms", v);
+        }
+        self.rate_headers(tenant, response.headers_mut());
+        response
+    }
+
+    /// Handles one chat or completion request end to end.
+    async fn handle(self: Arc<Self>, headers: HeaderMap, body: Bytes, path: &'static str) -> Response {
+        let Some(tenant) = self.tenant_of(&headers) else {
+            return error(StatusCode::UNAUTHORIZED, "Incorrect API key provided.", "invalid_request_error", None, Some("invalid_api_key"));
+        };
+        let body: Value = match serde_json::from_slice(&body) {
+            Ok(v @ Value::Object(_)) => v,
+            Ok(_) => return bad_request("the body must be a JSON object", "body"),
+            Err(e) => return bad_request(&format!("invalid JSON body: {e}"), "body"),
+        };
+        let chat = path.ends_with("chat/completions");
+        let Some(model) = body.get("model").and_then(Value::as_str) else {
+            return bad_request("you must provide a model parameter", "model");
+        };
+        if chat && !body.get("messages").is_some_and(|m| m.as_array().is_some_and(|a| !a.is_empty())) {
+            return bad_request("'messages' must be a non-empty array", "messages");
+        }
+        if !chat && body.get("prompt").is_none() {
+            return bad_request("'prompt' is a required property", "prompt");
+        }
+        let n = match body.get("n") {
+            None | Some(Value::Null) => 1,
+            Some(v) => match v.as_u64() {
+                Some(n) if (1..=128).contains(&n) => n,
+                _ => return bad_request("'n' must be an integer from 1 to 128", "n"),
+            },
+        };
+        for field in ["max_tokens", "max_completion_tokens"] {
+            if body.get(field).is_some_and(|v| !v.is_null() && v.as_u64().is_none()) {
+                return bad_request(&format!("'{field}' must be a non-negative integer"), field);
+            }
+        }
+        let candidates: Vec<usize> = self
+            .config
+            .replicas
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.model == model)
+            .map(|(i, _)| i)
+            .collect();
+        if candidates.is_empty() {
+            return error(StatusCode::NOT_FOUND, &format!("The model `{model}` does not exist."), "invalid_request_error", Some("model"), Some("model_not_found"));
+        }
+        let base_tier = self.lock_tenants().get(tenant).map_or(Tier::Realtime, |t| t.tier);
+        let tier = match headers.get("x-tidepool-tier").map(|v| v.to_str().unwrap_or("").parse::<Tier>()) {
+            None => base_tier,
+            Some(Ok(t)) if t >= base_tier => t,
+            Some(Ok(t)) => return bad_request(&format!("tier {t} is above this key's tier {base_tier}; a header may only lower it"), "x-tidepool-tier"),
+            Some(Err(e)) => return bad_request(&e, "x-tidepool-tier"),
+        };
+        let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        let estimate = prompt_tokens(&body) + max_output_tokens(&body).unwrap_or(DEFAULT_COMPLETION_ESTIMATE) * n;
+        let now = self.now_ms();
+        {
+            let mut tenants = self.lock_tenants();
+            let Some(t) = tenants.get_mut(tenant) else { return bad_request("unknown tenant", "authorization") };
+            if let Err(wait) = t.rpm.take(1, now) {
+                t.refused += 1;
+                drop(tenants);
+                return self.too_many(tenant, wait, "Rate limit reached for requests per minute.", "rate_limit_exceeded");
+            }
+            if let Err(wait) = t.tpm.take(estimate, now) {
+                t.rpm.give_back(1, now);
+                t.refused += 1;
+                drop(tenants);
+                return self.too_many(tenant, wait, "Rate limit reached for tokens per minute.", "rate_limit_exceeded");
+            }
+        }
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let cut = Arc::new(Notify::new());
+        let admitted = {
+            let mut replicas = self.lock_replicas();
+            let slots: Vec<ReplicaSlots> = candidates.iter().map(|i| replicas[*i].slots.clone()).collect();
+            let verdict = admit(&slots, tier, self.config.realtime_headroom, self.config.typical_request_ms);
+            let chosen = match verdict {
+                Verdict::Admit { replica } => Ok(candidates[replica]),
+                Verdict::AdmitByCutting { replica, victim_tier } => {
+                    let r = &mut replicas[candidates[replica]];
+                    match r.in_flight.iter().rev().find(|f| f.tier == victim_tier && f.cuttable) {
+                        Some(victim) => {
+                            victim.cut.notify_one();
+                            r.cut_off += 1;
+                            Ok(candidates[replica])
+                        }
+                        None if r.slots.total() < r.slots.max_concurrency => Ok(candidates[replica]),
+                        None => Err(self.config.typical_request_ms / 4),
+                    }
+                }
+                Verdict::Refuse { retry_after_ms } => Err(retry_after_ms),
+            };
+            if let Ok(i) = chosen {
+                replicas[i].slots.in_flight[tier_idx(tier)] += 1;
+                replicas[i].in_flight.push(InFlight { id, tier, cut: cut.clone(), cuttable: stream && tier != Tier::Realtime });
+            }
+            chosen
+        };
+        let replica = match admitted {
+            Ok(i) => i,
+            Err(wait) => {
+                let mut tenants = self.lock_tenants();
+                if let Some(t) = tenants.get_mut(tenant) {
+                    t.rpm.give_back(1, now);
+                    t.tpm.give_back(estimate, now);
+                    t.refused += 1;
+                }
+                drop(tenants);
+                return self.too_many(tenant, wait, &format!("The {tier} tier is at capacity; retry later."), "server_overloaded");
+            }
+        };
+        let guard = SlotGuard { gateway: self.clone(), replica, id, tier };
+        let upstream = &self.config.replicas[replica];
+        let mut request = self.http.post(format!("{}{path}", upstream.url)).json(&body);
+        if let Some(key) = &upstream.api_key {
+            request = request.bearer_auth(key);
+        }
+        let sent = request.send().await;
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                self.settle(tenant, estimate, 0, 0);
+                return error(StatusCode::BAD_GATEWAY, &format!("upstream replica unreachable: {e}"), "server_error", None, Some("upstream_error"));
+            }
+        };
+        let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        if !status.is_success() || !stream {
+            let bytes = resp.bytes().await.unwrap_or_default();
+            drop(guard);
+            let parsed: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let prompt = parsed.pointer("/usage/prompt_tokens").and_then(Value::as_u64).unwrap_or(0);
+            let completion = parsed.pointer("/usage/completion_tokens").and_then(Value::as_u64).unwrap_or(0);
+            self.settle(tenant, estimate, prompt, completion);
+            let mut response = (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
+            self.rate_headers(tenant, response.headers_mut());
+            return response;
+        }
+        self.stream_through(resp, guard, cut, tenant, estimate, chat, prompt_tokens(&body))
+    }
+
+    /// Records what a request really used and returns the unused part of its estimate.
+    fn settle(&self, tenant: usize, estimate: u64, prompt: u64, completion: u64) {
+        let now = self.now_ms();
+        let mut tenants = self.lock_tenants();
+        let Some(t) = tenants.get_mut(tenant) else { return };
+        t.requests += 1;
+        t.prompt_tokens += prompt;
+        t.completion_tokens += completion;
+        let used = prompt + completion;
+        if used < estimate {
+            t.tpm.give_back(estimate - used, now);
+        } else {
+            t.tpm.charge(used - estimate, now);
+        }
+    }
+
+    /// Passes an SSE stream through, counting tokens, and ends it cleanly when cut off.
+    #[allow(clippy::too_many_arguments)]
+    fn stream_through(
+        self: Arc<Self>,
+        resp: reqwest::Response,
+        guard: SlotGuard,
+        cut: Arc<Notify>,
+        tenant: usize,
+        estimate: u64,
+        chat: bool,
+        prompt: u64,
+    ) -> Response {
+        struct Pass {
+            upstream: futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+            buffer: Vec<u8>,
+            guard: Option<SlotGuard>,
+            cut: Arc<Notify>,
+            gateway: Arc<Gateway>,
+            tenant: usize,
+            estimate: u64,
+            prompt: u64,
+            completion: u64,
+            usage_seen: bool,
+            chat: bool,
+            template: Option<Value>,
+            done: bool,
+        }
+        impl Pass {
+            fn finish(&mut self) {
+                if let Some(g) = self.guard.take() {
+                    drop(g);
+                    let prompt = self.prompt;
+                    self.gateway.settle(self.tenant, self.estimate, prompt, self.completion);
+                }
+            }
+            /// Counts the tokens of complete events in the buffer; returns the bytes to pass on.
+            fn take_events(&mut self) -> Vec<u8> {
+                let Some(end) = self.buffer.windows(2).rposition(|w| w == b"\n\n") else { return Vec::new() };
+                let out: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                for event in out.split(|b| *b == b'\n') {
+                    let Some(data) = event.strip_prefix(b"data: ") else { continue };
+                    let Ok(v) = serde_json::from_slice::<Value>(data) else { continue };
+                    if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+                        self.usage_seen = true;
+                        self.prompt = u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(self.prompt);
+                        self.completion = u.get("completion_tokens").and_then(Value::as_u64).unwrap_or(self.completion);
+                    }
+                    if !self.usage_seen {
+                        if let Some(choices) = v.get("choices").and_then(Value::as_array) {
+                            self.completion += choices
+                                .iter()
+                                .filter(|c| {
+                                    c.pointer("/delta/content").and_then(Value::as_str).is_some_and(|s| !s.is_empty())
+                                        || c.get("text").and_then(Value::as_str).is_some_and(|s| !s.is_empty())
+                                })
+                                .count() as u64;
+                        }
+                    }
+                    if self.template.is_none() {
+                        self.template = Some(v);
+                    }
+                }
+                out
+            }
+            fn cut_off_tail(&self) -> Bytes {
+                let mut v = self.template.clone().unwrap_or_else(|| json!({}));
+                let choice = if self.chat {
+                    json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": "preempted"})
+                } else {
+                    json!({"index": 0, "text": "", "logprobs": null, "finish_reason": "preempted"})
+                };
+                v["choices"] = json!([choice]);
+                if let Some(obj) = v.as_object_mut() {
+                    obj.remove("usage");
+                }
+                Bytes::from(format!("data: {v}\n\ndata: [DONE]\n\n"))
+            }
+        }
+        impl Drop for Pass {
+            fn drop(&mut self) {
+                self.finish();
+            }
+        }
+        let pass = Pass {
+            upstream: resp.bytes_stream().boxed(),
+            buffer: Vec::new(),
+            guard: Some(guard),
+            cut,
+            gateway: self.clone(),
+            tenant,
+            estimate,
+            prompt,
+            completion: 0,
+            usage_seen: false,
+            chat,
+            template: None,
+            done: false,
+        };
+        let body = futures_util::stream::unfold(pass, |mut pass| async move {
+            if pass.done {
+                return None;
+            }
+            loop {
+                let next = tokio::select! {
+                    chunk = pass.upstream.next() => Some(chunk),
+                    _ = pass.cut.notified() => None,
+                };
+                match next {
+                    None => {
+                        pass.done = true;
+                        let tail = pass.cut_off_tail();
+                        pass.finish();
+                        return Some((Ok::<Bytes, std::io::Error>(tail), pass));
+                    }
+                    Some(Some(Ok(bytes))) => {
+                        pass.buffer.extend_from_slice(&bytes);
+                        let out = pass.take_events();
+                        if !out.is_empty() {
+                            return Some((Ok(Bytes::from(out)), pass));
+                        }
+                    }
+                    Some(Some(Err(e))) => {
+                        pass.done = true;
+                        pass.finish();
+                        return Some((Err(std::io::Error::other(e)), pass));
+                    }
+                    Some(None) => {
+                        pass.done = true;
+                        let rest = std::mem::take(&mut pass.buffer);
+                        pass.finish();
+                        return Some((Ok(Bytes::from(rest)), pass));
+                    }
+                }
+            }
+        });
+        let mut response = Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/event-stream")
+            .header(header::CACHE_CONTROL, "no-cache")
+            .body(Body::from_stream(body))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        self.rate_headers(tenant, response.headers_mut());
+        response
+    }
+
+    fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP tidepool_gateway_tokens_total Tokens accounted per tenant and kind.\n# TYPE tidepool_gateway_tokens_total counter\n");
+        let tenants = self.lock_tenants();
+        for t in tenants.iter() {
+            out.push_str(&format!("tidepool_gateway_tokens_total{{tenant=\"{}\",kind=\"prompt\"}} {}\n", t.name, t.prompt_tokens));
+            out.push_str(&format!("tidepool_gateway_tokens_total{{tenant=\"{}\",kind=\"completion\"}} {}\n", t.name, t.completion_tokens));
+        }
+        out.push_str("# HELP tidepool_gateway_requests_total Requests answered per tenant.\n# TYPE tidepool_gateway_requests_total counter\n");
+        for t in tenants.iter() {
+            out.push_str(&format!("tidepool_gateway_requests_total{{tenant=\"{}\"}} {}\n", t.name, t.requests));
+        }
+        out.push_str("# HELP tidepool_gateway_refused_total Requests answered 429 per tenant.\n# TYPE tidepool_gateway_refused_total counter\n");
+        for t in tenants.iter() {
+            out.push_str(&format!("tidepool_gateway_refused_total{{tenant=\"{}\"}} {}\n", t.name, t.refused));
+        }
+        drop(tenants);
+        out.push_str("# HELP tidepool_gateway_in_flight Requests in flight per replica and tier.\n# TYPE tidepool_gateway_in_flight gauge\n");
+        let replicas = self.lock_replicas();
+        for (i, r) in replicas.iter().enumerate() {
+            for tier in Tier::ALL {
+                out.push_str(&format!("tidepool_gateway_in_flight{{replica=\"{i}\",tier=\"{tier}\"}} {}\n", r.slots.in_flight[tier_idx(tier)]));
+            }
+        }
+        out.push_str("# HELP tidepool_gateway_cut_off_total Lower-tier streams cut off for realtime.\n# TYPE tidepool_gateway_cut_off_total counter\n");
+        for (i, r) in replicas.iter().enumerate() {
+            out.push_str(&format!("tidepool_gateway_cut_off_total{{replica=\"{i}\"}} {}\n", r.cut_off));
+        }
+        out
+    }
+}
+
+async fn chat_completions(State(g): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
+    g.handle(headers, body, "/v1/chat/completions").await
+}
+
+async fn completions(State(g): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
+    g.handle(headers, body, "/v1/completions").await
+}
+
+async fn models(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if g.tenant_of(&headers).is_none() {
+        return error(StatusCode::UNAUTHORIZED, "Incorrect API key provided.", "invalid_request_error", None, Some("invalid_api_key"));
+    }
+    let mut names: Vec<&str> = g.config.replicas.iter().map(|r| r.model.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let data: Vec<Value> = names.iter().map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "tidepool"})).collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+async fn metrics(State(g): State<Arc<Gateway>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], g.metrics_text()).into_response()
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "Unknown endpoint.", "invalid_request_error", None, Some("unknown_url"))
+}
+
+/// The gateway's routes.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(gateway)
+}
+
+/// Runs the gateway on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: GatewayConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let gateway = Arc::new(Gateway::new(config)?);
+    axum::serve(listener, router(gateway)).with_graceful_shutdown(shutdown).await.map_err(|e| e.to_string())
+}

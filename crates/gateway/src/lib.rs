@@ -1,0 +1,17 @@
+//! The OpenAI-compatible inference gateway: tenants with TPM/RPM budgets, traffic tiers,
+//! admission under overload (429 with Retry-After), routing to replicas at their best
+//! concurrency, cutting lower-tier streams off when realtime needs the slot.
+//!
+//! Layout:
+//! - [`config`]: the TOML file, validated.
+//! - [`gateway`]: the state, the handlers and the proxying.
+//! - [`emulator`]: an OpenAI-compatible replica whose pace follows a batching model.
+//!
+//! The tier policy is `tidepool_core::admission` (pure, tested); this crate applies it.
+
+pub mod config;
+pub mod emulator;
+pub mod gateway;
+
+pub use config::GatewayConfig;
+pub use gateway::{router, run};
