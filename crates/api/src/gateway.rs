@@ -15,6 +15,9 @@ pub struct GatewayConfigFile {
     /// Typical request duration in ms, used to size Retry-After (default 2000).
     #[serde(default)]
     pub typical_request_ms: Option<u64>,
+    /// Directory for uploaded files and batches (SQLite).
+    #[serde(default)]
+    pub data_dir: Option<String>,
     /// Upstream replicas.
     #[serde(default)]
     pub replicas: Vec<ReplicaConfig>,

@@ -80,10 +80,13 @@ pub async fn up(args: UpArgs) -> Result<u8, String> {
         config.public_url,
         config.data_dir.join("admin.token").display()
     );
-    let gateway_config = match &args.gateway_config {
+    let mut gateway_config = match &args.gateway_config {
         Some(path) => read_gateway_config(path)?,
         None => demo_gateway(&config.data_dir).await?,
     };
+    if gateway_config.data_dir.is_none() {
+        gateway_config.data_dir = Some(config.data_dir.join("gateway"));
+    }
     let gateway_listener = tokio::net::TcpListener::bind(&args.gateway_listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.gateway_listen))?;

@@ -14,7 +14,10 @@ fn post(base: &str, path: &str, key: &str, extra_headers: &[(&str, &str)], body:
     let addr = base.trim_start_matches("http://");
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut req = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    let mut req = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    if !extra_headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+        req.push_str("Content-Type: application/json\r\n");
+    }
     for (k, v) in extra_headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -157,4 +160,61 @@ fn realtime_cuts_off_a_filler_stream_when_the_replica_is_full() {
     let cut = results.iter().filter(|(_, _, body)| body.contains("\"finish_reason\":\"preempted\"")).count();
     assert_eq!(cut, 1, "exactly one filler stream cut off with a clear finish_reason");
     assert!(results.iter().all(|(_, _, body)| body.contains("data: [DONE]")));
+}
+
+fn get(base: &str, path: &str, key: &str) -> (u16, String) {
+    let addr = base.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn a_batch_survives_kill_9_and_completes_once_per_line() {
+    let mut env = Env::new("batch-restart");
+    let key = std::fs::read_to_string(env.dir.join("data/gateway-demo.key")).unwrap().trim().to_string();
+    let lines: Vec<String> = (0..60)
+        .map(|i| format!(r#"{{"custom_id":"c{i}","method":"POST","url":"/v1/chat/completions","body":{{"model":"tidepool-demo","messages":[{{"role":"user","content":"x"}}],"max_tokens":40}}}}"#))
+        .collect();
+    let boundary = "tidepoolboundary";
+    let form = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\nContent-Type: application/jsonl\r\n\r\n{}\r\n--{boundary}--\r\n",
+        lines.join("\n")
+    );
+    let (status, _, text) = post(&env.gateway_url, "/v1/files", &key, &[("Content-Type", &format!("multipart/form-data; boundary={boundary}"))], &form);
+    assert_eq!(status, 200, "{text}");
+    let file: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let body = format!(r#"{{"input_file_id":"{}","endpoint":"/v1/chat/completions","completion_window":"24h"}}"#, file["id"].as_str().unwrap());
+    let (status, _, text) = post(&env.gateway_url, "/v1/batches", &key, &[], &body);
+    assert_eq!(status, 200, "{text}");
+    let batch: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let id = batch["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(700));
+    env.kill9();
+    let url = env.url.trim_start_matches("http://").to_string();
+    env.start(&url);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let batch = loop {
+        let (status, text) = get(&env.gateway_url, &format!("/v1/batches/{id}"), &key);
+        assert_eq!(status, 200, "{text}");
+        let b: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if b["status"] == "completed" {
+            break b;
+        }
+        assert!(std::time::Instant::now() < deadline, "{b}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(batch["request_counts"]["completed"], 60, "{batch}");
+    let (_, output) = get(&env.gateway_url, &format!("/v1/files/{}/content", batch["output_file_id"].as_str().unwrap()), &key);
+    let ids: std::collections::BTreeSet<String> = output
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["custom_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 60);
+    let (status, _) = get(&env.gateway_url, &format!("/v1/batches/{id}"), "sk-someone-else");
+    assert_eq!(status, 401);
 }

@@ -70,4 +70,36 @@ try:
     raise SystemExit("wrong key accepted")
 except openai.AuthenticationError:
     print("wrong key: 401")
+import io
+import json
+import time
+
+lines = [
+    json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
+                "body": {"model": model, "messages": [{"role": "user", "content": f"line {i}"}], "max_tokens": 2}})
+    for i in range(100)
+]
+upload = client.files.create(file=("input.jsonl", io.BytesIO("\n".join(lines).encode())), purpose="batch")
+assert upload.purpose == "batch" and upload.bytes > 0, upload
+batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h",
+                              metadata={"run": "test"})
+assert batch.status in ("validating", "in_progress"), batch.status
+deadline = time.time() + 120
+while batch.status not in ("completed", "failed", "cancelled", "expired"):
+    assert time.time() < deadline, batch
+    time.sleep(0.2)
+    batch = client.batches.retrieve(batch.id)
+assert batch.status == "completed", batch
+assert batch.request_counts.total == 100 and batch.request_counts.completed == 100, batch.request_counts
+output = client.files.content(batch.output_file_id).text.strip().split("\n")
+assert len(output) == 100, len(output)
+records = [json.loads(line) for line in output]
+assert sorted(r["custom_id"] for r in records) == sorted(f"req-{i}" for i in range(100))
+assert all(r["response"]["status_code"] == 200 for r in records)
+assert records[0]["response"]["body"]["usage"]["completion_tokens"] == 2
+print("batch:", batch.status, batch.request_counts.completed, "lines ->", batch.output_file_id)
+
+page = client.batches.list(limit=1)
+assert len(page.data) == 1 and page.data[0].id == batch.id, page
+assert any(f.id == upload.id for f in client.files.list())
 print("ok")

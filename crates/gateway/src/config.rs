@@ -47,6 +47,8 @@ pub struct GatewayConfig {
     pub replicas: Vec<Replica>,
     /// Tenants.
     pub tenants: Vec<Tenant>,
+    /// Where files and batches are kept (needed for the Files and Batches APIs).
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl GatewayConfig {
@@ -102,6 +104,7 @@ impl GatewayConfig {
             typical_request_ms: raw.typical_request_ms.unwrap_or(2000).max(1),
             replicas,
             tenants,
+            data_dir: raw.data_dir.map(std::path::PathBuf::from),
         })
     }
 }

@@ -57,6 +57,8 @@ pub struct Gateway {
     http: reqwest::Client,
     next_id: AtomicU64,
     epoch: Instant,
+    store: Option<Mutex<tidepool_store::batches::BatchStore>>,
+    cancel_flags: Mutex<HashMap<String, Arc<std::sync::atomic::AtomicBool>>>,
 }
 
 fn tier_idx(t: Tier) -> usize {
@@ -73,7 +75,7 @@ fn bad_request(message: &str, param: &str) -> Response {
 }
 
 /// Releases a request's slot when its answer ends, however it ends.
-struct SlotGuard {
+pub(crate) struct SlotGuard {
     gateway: Arc<Gateway>,
     replica: usize,
     id: u64,
@@ -123,6 +125,14 @@ impl Gateway {
             .pool_max_idle_per_host(256)
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
+        let store = match &config.data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                let store = tidepool_store::batches::BatchStore::open(&dir.join("gateway.db")).map_err(|e| e.to_string())?;
+                Some(Mutex::new(store))
+            }
+            None => None,
+        };
         Ok(Gateway {
             config,
             keys,
@@ -131,7 +141,38 @@ impl Gateway {
             http,
             next_id: AtomicU64::new(1),
             epoch: Instant::now(),
+            store,
+            cancel_flags: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// Runs `f` on the files-and-batches store.
+    pub(crate) fn with_store<T>(&self, f: impl FnOnce(&tidepool_store::batches::BatchStore) -> tidepool_store::Result<T>) -> Result<T, String> {
+        let store = self.store.as_ref().ok_or("files and batches need data_dir in the gateway config")?;
+        let guard = store.lock().unwrap_or_else(|p| p.into_inner());
+        f(&guard).map_err(|e| e.to_string())
+    }
+
+    /// Batches running, with their cancel flags.
+    pub(crate) fn cancel_flags(&self) -> &Mutex<HashMap<String, Arc<std::sync::atomic::AtomicBool>>> {
+        &self.cancel_flags
+    }
+
+    /// Adds an answer's usage to a tenant's accounts (batch work: not charged to online TPM).
+    pub(crate) fn account_usage(&self, tenant: &str, answer: &Value) {
+        let prompt = answer.pointer("/usage/prompt_tokens").and_then(Value::as_u64).unwrap_or(0);
+        let completion = answer.pointer("/usage/completion_tokens").and_then(Value::as_u64).unwrap_or(0);
+        let mut tenants = self.lock_tenants();
+        if let Some(t) = tenants.iter_mut().find(|t| t.name == tenant) {
+            t.requests += 1;
+            t.prompt_tokens += prompt;
+            t.completion_tokens += completion;
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -146,7 +187,7 @@ impl Gateway {
         self.replicas.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn tenant_of(&self, headers: &HeaderMap) -> Option<usize> {
+    pub(crate) fn tenant_of(&self, headers: &HeaderMap) -> Option<usize> {
         let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
         let key = value.strip_prefix("Bearer ").unwrap_or(value).trim();
         self.keys.get(key).copied()
@@ -182,6 +223,54 @@ impl Gateway {
         response
     }
 
+    /// Admission: a slot on one of `candidates` for a request of `tier`, cutting a lower-tier
+    /// stream off if realtime needs it; or how long to wait.
+    pub(crate) fn take_slot(self: Arc<Self>, candidates: &[usize], tier: Tier, cuttable: bool) -> Result<(usize, SlotGuard, Arc<Notify>), u64> {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let cut = Arc::new(Notify::new());
+        let mut replicas = self.lock_replicas();
+        let slots: Vec<ReplicaSlots> = candidates.iter().map(|i| replicas[*i].slots.clone()).collect();
+        let verdict = admit(&slots, tier, self.config.realtime_headroom, self.config.typical_request_ms);
+        let chosen = match verdict {
+            Verdict::Admit { replica } => candidates[replica],
+            Verdict::AdmitByCutting { replica, victim_tier } => {
+                let r = &mut replicas[candidates[replica]];
+                match r.in_flight.iter().rev().find(|f| f.tier == victim_tier && f.cuttable) {
+                    Some(victim) => {
+                        victim.cut.notify_one();
+                        r.cut_off += 1;
+                    }
+                    None if r.slots.total() < r.slots.max_concurrency => {}
+                    None => return Err(self.config.typical_request_ms / 4),
+                }
+                candidates[replica]
+            }
+            Verdict::Refuse { retry_after_ms } => return Err(retry_after_ms),
+        };
+        replicas[chosen].slots.in_flight[tier_idx(tier)] += 1;
+        replicas[chosen].in_flight.push(InFlight { id, tier, cut: cut.clone(), cuttable: cuttable && tier != Tier::Realtime });
+        drop(replicas);
+        Ok((chosen, SlotGuard { gateway: self.clone(), replica: chosen, id, tier }, cut))
+    }
+
+    /// Replicas that serve `model`.
+    pub(crate) fn replicas_for(&self, model: &str) -> Vec<usize> {
+        self.config.replicas.iter().enumerate().filter(|(_, r)| r.model == model).map(|(i, _)| i).collect()
+    }
+
+    /// Sends a non-streaming request to a replica; returns its status and body.
+    pub(crate) async fn forward_json(&self, replica: usize, path: &str, body: &Value) -> Result<(u16, Bytes), String> {
+        let upstream = &self.config.replicas[replica];
+        let mut request = self.http.post(format!("{}{path}", upstream.url)).json(body);
+        if let Some(key) = &upstream.api_key {
+            request = request.bearer_auth(key);
+        }
+        let resp = request.send().await.map_err(|e| format!("upstream replica unreachable: {e}"))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| format!("upstream replica: {e}"))?;
+        Ok((status, bytes))
+    }
+
     /// Handles one chat or completion request end to end.
     async fn handle(self: Arc<Self>, headers: HeaderMap, body: Bytes, path: &'static str) -> Response {
         let Some(tenant) = self.tenant_of(&headers) else {
@@ -193,9 +282,10 @@ impl Gateway {
             Err(e) => return bad_request(&format!("invalid JSON body: {e}"), "body"),
         };
         let chat = path.ends_with("chat/completions");
-        let Some(model) = body.get("model").and_then(Value::as_str) else {
+        let Some(model) = body.get("model").and_then(Value::as_str).map(str::to_string) else {
             return bad_request("you must provide a model parameter", "model");
         };
+        let model = model.as_str();
         if chat && !body.get("messages").is_some_and(|m| m.as_array().is_some_and(|a| !a.is_empty())) {
             return bad_request("'messages' must be a non-empty array", "messages");
         }
@@ -214,14 +304,7 @@ impl Gateway {
                 return bad_request(&format!("'{field}' must be a non-negative integer"), field);
             }
         }
-        let candidates: Vec<usize> = self
-            .config
-            .replicas
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.model == model)
-            .map(|(i, _)| i)
-            .collect();
+        let candidates = self.replicas_for(model);
         if candidates.is_empty() {
             return error(StatusCode::NOT_FOUND, &format!("The model `{model}` does not exist."), "invalid_request_error", Some("model"), Some("model_not_found"));
         }
@@ -250,36 +333,8 @@ impl Gateway {
                 return self.too_many(tenant, wait, "Rate limit reached for tokens per minute.", "rate_limit_exceeded");
             }
         }
-        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        let cut = Arc::new(Notify::new());
-        let admitted = {
-            let mut replicas = self.lock_replicas();
-            let slots: Vec<ReplicaSlots> = candidates.iter().map(|i| replicas[*i].slots.clone()).collect();
-            let verdict = admit(&slots, tier, self.config.realtime_headroom, self.config.typical_request_ms);
-            let chosen = match verdict {
-                Verdict::Admit { replica } => Ok(candidates[replica]),
-                Verdict::AdmitByCutting { replica, victim_tier } => {
-                    let r = &mut replicas[candidates[replica]];
-                    match r.in_flight.iter().rev().find(|f| f.tier == victim_tier && f.cuttable) {
-                        Some(victim) => {
-                            victim.cut.notify_one();
-                            r.cut_off += 1;
-                            Ok(candidates[replica])
-                        }
-                        None if r.slots.total() < r.slots.max_concurrency => Ok(candidates[replica]),
-                        None => Err(self.config.typical_request_ms / 4),
-                    }
-                }
-                Verdict::Refuse { retry_after_ms } => Err(retry_after_ms),
-            };
-            if let Ok(i) = chosen {
-                replicas[i].slots.in_flight[tier_idx(tier)] += 1;
-                replicas[i].in_flight.push(InFlight { id, tier, cut: cut.clone(), cuttable: stream && tier != Tier::Realtime });
-            }
-            chosen
-        };
-        let replica = match admitted {
-            Ok(i) => i,
+        let (replica, guard, cut) = match self.clone().take_slot(&candidates, tier, stream) {
+            Ok(taken) => taken,
             Err(wait) => {
                 let mut tenants = self.lock_tenants();
                 if let Some(t) = tenants.get_mut(tenant) {
@@ -291,7 +346,6 @@ impl Gateway {
                 return self.too_many(tenant, wait, &format!("The {tier} tier is at capacity; retry later."), "server_overloaded");
             }
         };
-        let guard = SlotGuard { gateway: self.clone(), replica, id, tier };
         let upstream = &self.config.replicas[replica];
         let mut request = self.http.post(format!("{}{path}", upstream.url)).json(&body);
         if let Some(key) = &upstream.api_key {
@@ -546,7 +600,14 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
+        .route("/v1/files", post(crate::batch::upload).get(crate::batch::list_files))
+        .route("/v1/files/{id}", get(crate::batch::get_file).delete(crate::batch::delete_file))
+        .route("/v1/files/{id}/content", get(crate::batch::file_content))
+        .route("/v1/batches", post(crate::batch::create_batch).get(crate::batch::list_batches))
+        .route("/v1/batches/{id}", get(crate::batch::get_batch))
+        .route("/v1/batches/{id}/cancel", post(crate::batch::cancel_batch))
         .route("/metrics", get(metrics))
+        .layer(axum::extract::DefaultBodyLimit::max(crate::batch::MAX_FILE_BYTES + (1 << 20)))
         .fallback(not_found)
         .with_state(gateway)
 }
@@ -558,5 +619,6 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let gateway = Arc::new(Gateway::new(config)?);
+    crate::batch::resume_all(gateway.clone());
     axum::serve(listener, router(gateway)).with_graceful_shutdown(shutdown).await.map_err(|e| e.to_string())
 }

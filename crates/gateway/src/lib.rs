@@ -5,10 +5,12 @@
 //! Layout:
 //! - [`config`]: the TOML file, validated.
 //! - [`gateway`]: the state, the handlers and the proxying.
+//! - [`batch`]: the Files and Batches APIs and the batch runner.
 //! - [`emulator`]: an OpenAI-compatible replica whose pace follows a batching model.
 //!
 //! The tier policy is `tidepool_core::admission` (pure, tested); this crate applies it.
 
+pub mod batch;
 pub mod config;
 pub mod emulator;
 pub mod gateway;

@@ -4,6 +4,8 @@
 //! events are appended as tasks are dispatched and end, so a million-task array costs one row
 //! at submission.
 
+pub mod batches;
+
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 

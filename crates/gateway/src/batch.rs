@@ -1,0 +1,514 @@
+//! OpenAI's Files and Batches APIs: uploads kept in SQLite, batches journaled there too, run at
+//! the `offline` tier through the same admission as online traffic, resumed after a restart.
+//!
+//! Batch requests use the replicas' spare slots only and are not charged to the tenant's online
+//! TPM budget; a refused request waits for its Retry-After and tries again.
+
+use crate::gateway::Gateway;
+use axum::body::Bytes;
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tidepool_core::Tier;
+use tidepool_store::batches::FileMeta;
+
+/// Largest upload accepted.
+pub const MAX_FILE_BYTES: usize = 200 << 20;
+/// Requests of one batch in flight at once.
+const BATCH_CONCURRENCY: usize = 64;
+const ENDPOINTS: [&str; 2] = ["/v1/chat/completions", "/v1/completions"];
+
+fn err(status: StatusCode, message: &str, param: Option<&str>) -> Response {
+    (status, axum::Json(json!({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": null}}))).into_response()
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A random id with a prefix (`file-`, `batch_`).
+pub fn new_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 12];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    format!("{prefix}{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+fn file_object(m: &FileMeta) -> Value {
+    json!({"id": m.id, "object": "file", "bytes": m.bytes, "created_at": m.created_at, "filename": m.filename,
+        "purpose": m.purpose, "status": "processed", "status_details": null, "expires_at": null})
+}
+
+/// OpenAI's list page: newest first, `after` an id, `limit` items.
+fn page(items: Vec<Value>, q: &HashMap<String, String>, default_limit: usize, max_limit: usize) -> Result<Value, Response> {
+    let limit = match q.get("limit") {
+        Some(l) => l.parse::<usize>().ok().filter(|l| (1..=max_limit).contains(l)).ok_or_else(|| {
+            err(StatusCode::BAD_REQUEST, &format!("limit must be an integer from 1 to {max_limit}"), Some("limit"))
+        })?,
+        None => default_limit,
+    };
+    let start = match q.get("after") {
+        Some(after) => items.iter().position(|v| v["id"] == after.as_str()).map(|i| i + 1).unwrap_or(items.len()),
+        None => 0,
+    };
+    let data: Vec<Value> = items.iter().skip(start).take(limit).cloned().collect();
+    let has_more = items.len() > start + data.len();
+    Ok(json!({"object": "list", "data": data, "first_id": data.first().map(|v| v["id"].clone()),
+        "last_id": data.last().map(|v| v["id"].clone()), "has_more": has_more}))
+}
+
+impl Gateway {
+    fn tenant_name(&self, headers: &HeaderMap) -> Result<String, Response> {
+        self.tenant_of(headers).and_then(|i| self.config().tenants.get(i)).map(|t| t.name.clone()).ok_or_else(|| {
+            (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}))).into_response()
+        })
+    }
+
+    fn save_batch(&self, tenant: &str, batch: &Value) {
+        let id = batch["id"].as_str().unwrap_or_default();
+        let created = batch["created_at"].as_u64().unwrap_or(0);
+        if let Err(e) = self.with_store(|s| s.put_batch(id, tenant, created, &batch.to_string())) {
+            tracing::error!(batch = id, error = %e, "cannot save batch");
+        }
+    }
+}
+
+/// `POST /v1/files` (multipart: `file`, `purpose`).
+pub async fn upload(State(g): State<Arc<Gateway>>, headers: HeaderMap, mut form: Multipart) -> Response {
+    let tenant = match g.tenant_name(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let mut purpose = None;
+    let mut file: Option<(String, Bytes)> = None;
+    loop {
+        match form.next_field().await {
+            Ok(Some(field)) => {
+                let name = field.name().unwrap_or("").to_string();
+                let filename = field.file_name().unwrap_or("upload.jsonl").to_string();
+                let data = match field.bytes().await {
+                    Ok(d) => d,
+                    Err(e) => return err(StatusCode::BAD_REQUEST, &format!("unreadable form field {name}: {e}"), Some(&name)),
+                };
+                match name.as_str() {
+                    "purpose" => purpose = Some(String::from_utf8_lossy(&data).to_string()),
+                    "file" => file = Some((filename, data)),
+                    _ => {}
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return err(StatusCode::BAD_REQUEST, &format!("invalid multipart body: {e}"), Some("file")),
+        }
+    }
+    let Some(purpose) = purpose else { return err(StatusCode::BAD_REQUEST, "'purpose' is required", Some("purpose")) };
+    if !["batch", "fine-tune", "assistants", "vision", "user_data", "evals"].contains(&purpose.as_str()) {
+        return err(StatusCode::BAD_REQUEST, &format!("'{purpose}' is not a valid purpose"), Some("purpose"));
+    }
+    let Some((filename, data)) = file else { return err(StatusCode::BAD_REQUEST, "'file' is required", Some("file")) };
+    if data.len() > MAX_FILE_BYTES {
+        return err(StatusCode::BAD_REQUEST, "the file is larger than 200 MB", Some("file"));
+    }
+    let meta = FileMeta { id: new_id("file-"), tenant, purpose, filename, bytes: data.len() as u64, created_at: now_s() };
+    match g.with_store(|s| s.put_file(&meta, &data)) {
+        Ok(()) => axum::Json(file_object(&meta)).into_response(),
+        Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, &e, None),
+    }
+}
+
+/// `GET /v1/files`.
+pub async fn list_files(State(g): State<Arc<Gateway>>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+    let tenant = match g.tenant_name(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let files = match g.with_store(|s| s.files(&tenant)) {
+        Ok(f) => f,
+        Err(e) => return err(StatusCode::SERVICE_UNAVAILABLE, &e, None),
+    };
+    let items: Vec<Value> = files.iter().filter(|f| q.get("purpose").is_none_or(|p| &f.purpose == p)).map(file_object).collect();
+    match page(items, &q, 10_000, 10_000) {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
+fn owned_file(g: &Gateway, tenant: &str, id: &str) -> Result<FileMeta, Response> {
+    match g.with_store(|s| s.file(id)) {
+        Ok(Some(m)) if m.tenant == tenant => Ok(m),
+        Ok(_) => Err(err(StatusCode::NOT_FOUND, &format!("No such File object: {id}"), Some("file_id"))),
+        Err(e) => Err(err(StatusCode::SERVICE_UNAVAILABLE, &e, None)),
+    }
+}
+
+/// `GET /v1/files/{id}`.
+pub async fn get_file(State(g): State<Arc<Gateway>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let tenant = match g.tenant_name(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match owned_file(&g, &tenant, &id) {
+        Ok(m) => axum::Json(file_object(&m)).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// `GET /v1/files/{id}/content`.
+pub async fn file_content(State(g): State<Arc<Gateway>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let tenant = match g.tenant_name(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    if let Err(r) = owned_file(&g, &tenant, &id) {
+        return r;
+    }
+    match g.with_store(|s| s.file_content(&id)) {
+        Ok(Some(bytes)) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Ok(None) => err(StatusCode::NOT_FOUND, &format!("No such File object: {id}"), Some("file_id")),
+        Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, &e, None),
+    }
+}
+
+/// `DELETE /v1/files/{id}`.
+pub async fn delete_file(State(g): State<Arc<Gateway>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let tenant = match g.tenant_name(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    if let Err(r) = owned_file(&g, &tenant, &id) {
+        return r;
+    }
+    match g.with_store(|s| s.delete_file(&id)) {
+        Ok(_) => axum::Json(json!({"id": id, "object": "file", "deleted": true})).into_response(),
+        Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, &e, None),
+    }
+}
+
+/// `POST /v1/batches`.
+pub async fn create_batch(State(g): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
+    let tenant = match g.tenant_name(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let req: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => return err(StatusCode::BAD_REQUEST, "the body must be a JSON object", Some("body")),
+    };
+    let Some(input) = req.get("input_file_id").and_then(Value::as_str) else {
+        return err(StatusCode::BAD_REQUEST, "'input_file_id' is required", Some("input_file_id"));
+    };
+    let endpoint = req.get("endpoint").and_then(Value::as_str).unwrap_or("");
+    if !ENDPOINTS.contains(&endpoint) {
+        return err(StatusCode::BAD_REQUEST, &format!("endpoint must be one of {}", ENDPOINTS.join(", ")), Some("endpoint"));
+    }
+    let window = req.get("completion_window").and_then(Value::as_str).unwrap_or("");
+    if window != "24h" {
+        return err(StatusCode::BAD_REQUEST, "completion_window must be 24h", Some("completion_window"));
+    }
+    let metadata = req.get("metadata").cloned().unwrap_or(Value::Null);
+    if !(metadata.is_null() || metadata.is_object()) {
+        return err(StatusCode::BAD_REQUEST, "metadata must be an object", Some("metadata"));
+    }
+    match owned_file(&g, &tenant, input) {
+        Ok(m) if m.purpose == "batch" => {}
+        Ok(_) => return err(StatusCode::BAD_REQUEST, "the input file's purpose must be 'batch'", Some("input_file_id")),
+        Err(r) => return r,
+    }
+    let now = now_s();
+    let batch = json!({
+        "id": new_id("batch_"), "object": "batch", "endpoint": endpoint, "errors": null, "input_file_id": input,
+        "completion_window": "24h", "status": "validating", "output_file_id": null, "error_file_id": null,
+        "created_at": now, "in_progress_at": null, "expires_at": now + 86_400, "finalizing_at": null,
+        "completed_at": null, "failed_at": null, "expired_at": null, "cancelling_at": null, "cancelled_at": null,
+        "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": metadata,
+    });
+    g.save_batch(&tenant, &batch);
+    spawn_runner(g.clone(), tenant, batch["id"].as_str().unwrap_or_default().to_string());
+    axum::Json(batch).into_response()
+}
+
+fn owned_batch(g: &Gateway, tenant: &str, id: &str) -> Result<Value, Response> {
+    match g.with_store(|s| s.batch(id)) {
+        Ok(Some((owner, object))) if owner == tenant => serde_json::from_str(&object).map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None)),
+        Ok(_) => Err(err(StatusCode::NOT_FOUND, &format!("No such Batch object: {id}"), Some("batch_id"))),
+        Err(e) => Err(err(StatusCode::SERVICE_UNAVAILABLE, &e, None)),
+    }
+}
+
+/// `GET /v1/batches/{id}`.
+pub async fn get_batch(State(g): State<Arc<Gateway>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let tenant = match g.tenant_name(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match owned_batch(&g, &tenant, &id) {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// `GET /v1/batches`.
+pub async fn list_batches(State(g): State<Arc<Gateway>>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+    let tenant = match g.tenant_name(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let items: Vec<Value> = match g.with_store(|s| s.batches(&tenant)) {
+        Ok(list) => list.iter().filter_map(|o| serde_json::from_str(o).ok()).collect(),
+        Err(e) => return err(StatusCode::SERVICE_UNAVAILABLE, &e, None),
+    };
+    match page(items, &q, 20, 100) {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// `POST /v1/batches/{id}/cancel`.
+pub async fn cancel_batch(State(g): State<Arc<Gateway>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let tenant = match g.tenant_name(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let mut batch = match owned_batch(&g, &tenant, &id) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let status = batch["status"].as_str().unwrap_or("").to_string();
+    if !["validating", "in_progress", "finalizing"].contains(&status.as_str()) {
+        return err(StatusCode::CONFLICT, &format!("Cannot cancel a batch with status '{status}'."), None);
+    }
+    batch["status"] = json!("cancelling");
+    batch["cancelling_at"] = json!(now_s());
+    g.save_batch(&tenant, &batch);
+    if let Some(flag) = g.cancel_flags().lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+        flag.store(true, Ordering::SeqCst);
+    }
+    axum::Json(batch).into_response()
+}
+
+/// Resumes every batch that had not ended when the gateway stopped.
+pub fn resume_all(g: Arc<Gateway>) {
+    let batches = match g.with_store(|s| s.all_batches()) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read batches");
+            return;
+        }
+    };
+    for (id, tenant, object) in batches {
+        let status = serde_json::from_str::<Value>(&object).ok().and_then(|v| v["status"].as_str().map(str::to_string));
+        if matches!(status.as_deref(), Some("validating" | "in_progress" | "finalizing" | "cancelling")) {
+            tracing::info!(batch = %id, "resuming batch");
+            spawn_runner(g.clone(), tenant, id);
+        }
+    }
+}
+
+fn spawn_runner(g: Arc<Gateway>, tenant: String, id: String) {
+    let flag = Arc::new(AtomicBool::new(false));
+    g.cancel_flags().lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), flag.clone());
+    tokio::spawn(async move {
+        if let Err(e) = run_batch(g.clone(), &tenant, &id, flag).await {
+            tracing::error!(batch = %id, error = %e, "batch runner stopped");
+        }
+        g.cancel_flags().lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    });
+}
+
+/// One request line of a batch input file.
+struct Line {
+    custom_id: String,
+    body: Value,
+}
+
+fn parse_input(text: &str, endpoint: &str) -> Result<Vec<Line>, Vec<Value>> {
+    let mut lines = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen = HashSet::new();
+    for (n, raw) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let line_no = n + 1;
+        let mut fail = |code: &str, message: String| errors.push(json!({"code": code, "message": message, "param": null, "line": line_no}));
+        let Ok(v) = serde_json::from_str::<Value>(raw) else {
+            fail("invalid_json_line", format!("line {line_no} is not valid JSON"));
+            continue;
+        };
+        let Some(custom_id) = v.get("custom_id").and_then(Value::as_str) else {
+            fail("missing_required_parameter", format!("line {line_no} has no custom_id"));
+            continue;
+        };
+        if !seen.insert(custom_id.to_string()) {
+            fail("duplicate_custom_id", format!("custom_id '{custom_id}' appears twice"));
+            continue;
+        }
+        if v.get("method").and_then(Value::as_str) != Some("POST") {
+            fail("invalid_method", format!("line {line_no}: method must be POST"));
+            continue;
+        }
+        if v.get("url").and_then(Value::as_str) != Some(endpoint) {
+            fail("mismatched_url", format!("line {line_no}: url must be the batch's endpoint {endpoint}"));
+            continue;
+        }
+        let Some(body) = v.get("body").filter(|b| b.is_object()) else {
+            fail("invalid_request", format!("line {line_no}: body must be an object"));
+            continue;
+        };
+        if body.get("model").and_then(Value::as_str).is_none() {
+            fail("missing_required_parameter", format!("line {line_no}: body.model is required"));
+            continue;
+        }
+        lines.push(Line { custom_id: custom_id.to_string(), body: body.clone() });
+    }
+    if lines.is_empty() && errors.is_empty() {
+        errors.push(json!({"code": "empty_file", "message": "the input file has no requests", "param": null, "line": null}));
+    }
+    if errors.is_empty() {
+        Ok(lines)
+    } else {
+        Err(errors)
+    }
+}
+
+async fn run_batch(g: Arc<Gateway>, tenant: &str, id: &str, cancelled: Arc<AtomicBool>) -> Result<(), String> {
+    let load = |g: &Gateway| -> Result<Value, String> {
+        let (_, object) = g.with_store(|s| s.batch(id))?.ok_or("batch vanished")?;
+        serde_json::from_str(&object).map_err(|e| e.to_string())
+    };
+    let mut batch = load(&g)?;
+    let endpoint = batch["endpoint"].as_str().unwrap_or("/v1/chat/completions").to_string();
+    let input_id = batch["input_file_id"].as_str().unwrap_or_default().to_string();
+    let content = g.with_store(|s| s.file_content(&input_id))?.unwrap_or_default();
+    let lines = match parse_input(&String::from_utf8_lossy(&content), &endpoint) {
+        Ok(lines) => lines,
+        Err(errors) => {
+            batch["status"] = json!("failed");
+            batch["failed_at"] = json!(now_s());
+            batch["errors"] = json!({"object": "list", "data": errors});
+            g.save_batch(tenant, &batch);
+            return Ok(());
+        }
+    };
+    if batch["status"] == "validating" {
+        batch["status"] = json!("in_progress");
+        batch["in_progress_at"] = json!(now_s());
+        batch["request_counts"] = json!({"total": lines.len(), "completed": 0, "failed": 0});
+        g.save_batch(tenant, &batch);
+    }
+    let done: HashSet<u64> = g.with_store(|s| s.results(id))?.into_iter().map(|(l, _, _)| l).collect();
+    let todo: Vec<usize> = (0..lines.len()).filter(|i| !done.contains(&(*i as u64))).collect();
+    let lines = Arc::new(lines);
+    let mut running = tokio::task::JoinSet::new();
+    let mut next = 0;
+    let mut last_save = std::time::Instant::now();
+    loop {
+        let stop = cancelled.load(Ordering::SeqCst) || batch["status"] == "cancelling";
+        while !stop && next < todo.len() && running.len() < BATCH_CONCURRENCY {
+            let (g2, lines2, line, id2, endpoint2, tenant2) =
+                (g.clone(), lines.clone(), todo[next], id.to_string(), endpoint.clone(), tenant.to_string());
+            running.spawn(async move { run_line(g2, &tenant2, &id2, &endpoint2, line, &lines2[line]).await });
+            next += 1;
+        }
+        if running.join_next().await.is_none() {
+            break;
+        }
+        if last_save.elapsed().as_millis() > 500 {
+            update_counts(&g, id, &mut batch)?;
+            g.save_batch(tenant, &batch);
+            last_save = std::time::Instant::now();
+        }
+    }
+    let was_cancelled = cancelled.load(Ordering::SeqCst) || batch["status"] == "cancelling";
+    if !was_cancelled {
+        batch["status"] = json!("finalizing");
+        batch["finalizing_at"] = json!(now_s());
+        update_counts(&g, id, &mut batch)?;
+        g.save_batch(tenant, &batch);
+    }
+    // Output and error files, in input order.
+    let results = g.with_store(|s| s.results(id))?;
+    let mut out = String::new();
+    let mut errs = String::new();
+    for (_, ok, body) in &results {
+        let target = if *ok { &mut out } else { &mut errs };
+        target.push_str(body);
+        target.push('\n');
+    }
+    let store_file = |text: &str, purpose: &str, name: &str| -> Result<Value, String> {
+        if text.is_empty() {
+            return Ok(Value::Null);
+        }
+        let meta = FileMeta { id: new_id("file-"), tenant: tenant.to_string(), purpose: purpose.into(), filename: format!("{id}_{name}.jsonl"), bytes: text.len() as u64, created_at: now_s() };
+        g.with_store(|s| s.put_file(&meta, text.as_bytes()))?;
+        Ok(json!(meta.id))
+    };
+    batch["output_file_id"] = store_file(&out, "batch_output", "output")?;
+    batch["error_file_id"] = store_file(&errs, "batch_output", "error")?;
+    update_counts(&g, id, &mut batch)?;
+    if was_cancelled {
+        batch["status"] = json!("cancelled");
+        batch["cancelled_at"] = json!(now_s());
+    } else {
+        batch["status"] = json!("completed");
+        batch["completed_at"] = json!(now_s());
+    }
+    g.save_batch(tenant, &batch);
+    tracing::info!(batch = id, status = %batch["status"], "batch ended");
+    Ok(())
+}
+
+fn update_counts(g: &Gateway, id: &str, batch: &mut Value) -> Result<(), String> {
+    let results = g.with_store(|s| s.results(id))?;
+    let completed = results.iter().filter(|(_, ok, _)| *ok).count();
+    batch["request_counts"]["completed"] = json!(completed);
+    batch["request_counts"]["failed"] = json!(results.len() - completed);
+    // A cancel may have been written by the API meanwhile: keep it.
+    if let Ok(Some((_, stored))) = g.with_store(|s| s.batch(id)) {
+        if let Ok(v) = serde_json::from_str::<Value>(&stored) {
+            if v["status"] == "cancelling" && batch["status"] != "cancelled" {
+                batch["status"] = json!("cancelling");
+                batch["cancelling_at"] = v["cancelling_at"].clone();
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run_line(g: Arc<Gateway>, tenant: &str, batch_id: &str, endpoint: &str, line: usize, req: &Line) -> Result<(), String> {
+    let model = req.body.get("model").and_then(Value::as_str).unwrap_or_default().to_string();
+    let mut body = req.body.clone();
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("stream".into(), json!(false));
+    }
+    let record_id = format!("batch_req_{}_{line}", batch_id.trim_start_matches("batch_"));
+    let candidates = g.replicas_for(&model);
+    let (ok, record) = if candidates.is_empty() {
+        (false, json!({"id": record_id, "custom_id": req.custom_id, "response": null,
+            "error": {"code": "model_not_found", "message": format!("The model `{model}` does not exist.")}}))
+    } else {
+        loop {
+            match g.clone().take_slot(&candidates, Tier::Offline, false) {
+                Ok((replica, guard, _cut)) => {
+                    let answer = g.forward_json(replica, endpoint, &body).await;
+                    drop(guard);
+                    match answer {
+                        Ok((status, bytes)) => {
+                            let parsed: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                            g.account_usage(tenant, &parsed);
+                            let record = json!({"id": record_id, "custom_id": req.custom_id,
+                                "response": {"status_code": status, "request_id": new_id("req_"), "body": parsed}, "error": null});
+                            break ((200..300).contains(&status), record);
+                        }
+                        Err(e) => {
+                            tracing::warn!(batch = batch_id, line, error = %e, "batch request failed; retrying");
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+                Err(wait) => tokio::time::sleep(std::time::Duration::from_millis(wait.clamp(50, 5_000))).await,
+            }
+        }
+    };
+    g.with_store(|s| s.put_result(batch_id, line as u64, ok, &record.to_string()))
+}
