@@ -79,12 +79,15 @@ pub struct EmulatorArgs {
 /// Flags of `bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Which benchmark: `sched` (the scheduling core alone).
-    #[arg(value_parser = ["sched"])]
+    /// Which benchmark: `sched` (the scheduling core alone) or `gateway` (tiers under load).
+    #[arg(value_parser = ["sched", "gateway"])]
     pub which: String,
     /// One JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Seconds of load per level (gateway).
+    #[arg(long, default_value_t = 8.0)]
+    pub seconds: f64,
 }
 
 /// Flags shared by `up` and `server`.
@@ -178,6 +181,7 @@ pub async fn run(args: Vec<String>) -> Result<u8, String> {
         Command::Nodes => commands::nodes().await,
         Command::Wait(a) => commands::wait(a).await,
         Command::Bench(a) => match a.which.as_str() {
+            "gateway" => crate::bench_gateway::run(a.json, a.seconds.clamp(1.0, 600.0)).await,
             _ => crate::bench::sched(a.json),
         },
         Command::Gateway(a) => up::gateway(a).await,

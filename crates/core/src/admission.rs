@@ -88,12 +88,14 @@ pub struct ReplicaSlots {
     pub max_concurrency: u32,
     /// Requests in flight, per tier (index = tier order).
     pub in_flight: [u32; 6],
+    /// Of those, how many may still be cut off (streams not already being cut), per tier.
+    pub cuttable: [u32; 6],
 }
 
 impl ReplicaSlots {
     /// A replica with nothing in flight.
     pub fn new(best_concurrency: u32, max_concurrency: u32) -> ReplicaSlots {
-        ReplicaSlots { best_concurrency, max_concurrency: max_concurrency.max(best_concurrency), in_flight: [0; 6] }
+        ReplicaSlots { best_concurrency, max_concurrency: max_concurrency.max(best_concurrency), in_flight: [0; 6], cuttable: [0; 6] }
     }
 
     /// Requests in flight, all tiers.
@@ -149,7 +151,7 @@ pub fn admit(replicas: &[ReplicaSlots], tier: Tier, headroom: u32, typical_reque
             let on = replicas
                 .iter()
                 .enumerate()
-                .filter(|(_, r)| r.in_flight[vi] > 0)
+                .filter(|(_, r)| r.cuttable[vi] > 0)
                 .max_by_key(|(i, r)| (r.total(), std::cmp::Reverse(*i)));
             if let Some((i, _)) = on {
                 return Verdict::AdmitByCutting { replica: i, victim_tier: *victim };
@@ -192,6 +194,7 @@ mod tests {
         let mut r = ReplicaSlots::new(2, 4);
         r.in_flight[tier_idx(Tier::Filler)] = 1;
         r.in_flight[tier_idx(Tier::Interruptible)] = 1;
+        r.cuttable = r.in_flight;
         assert_eq!(
             admit(&[r.clone()], Tier::Realtime, 0, 1000),
             Verdict::AdmitByCutting { replica: 0, victim_tier: Tier::Filler }
@@ -215,7 +218,7 @@ mod tests {
         ) {
             let replicas: Vec<ReplicaSlots> = loads
                 .iter()
-                .map(|(best, extra, in_flight)| ReplicaSlots { best_concurrency: *best, max_concurrency: best + extra, in_flight: *in_flight })
+                .map(|(best, extra, in_flight)| ReplicaSlots { best_concurrency: *best, max_concurrency: best + extra, in_flight: *in_flight, cuttable: *in_flight })
                 .collect();
             let below_cap = replicas.iter().any(|r| r.total() < r.max_concurrency);
             let verdict = admit(&replicas, Tier::Realtime, headroom, 1000);

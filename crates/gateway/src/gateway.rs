@@ -229,14 +229,28 @@ impl Gateway {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let cut = Arc::new(Notify::new());
         let mut replicas = self.lock_replicas();
-        let slots: Vec<ReplicaSlots> = candidates.iter().map(|i| replicas[*i].slots.clone()).collect();
+        let slots: Vec<ReplicaSlots> = candidates
+            .iter()
+            .map(|i| {
+                let r = &replicas[*i];
+                let mut slots = r.slots.clone();
+                slots.cuttable = [0; 6];
+                for f in r.in_flight.iter().filter(|f| f.cuttable) {
+                    slots.cuttable[tier_idx(f.tier)] += 1;
+                }
+                slots
+            })
+            .collect();
         let verdict = admit(&slots, tier, self.config.realtime_headroom, self.config.typical_request_ms);
         let chosen = match verdict {
             Verdict::Admit { replica } => candidates[replica],
             Verdict::AdmitByCutting { replica, victim_tier } => {
                 let r = &mut replicas[candidates[replica]];
-                match r.in_flight.iter().rev().find(|f| f.tier == victim_tier && f.cuttable) {
+                match r.in_flight.iter_mut().rev().find(|f| f.tier == victim_tier && f.cuttable) {
                     Some(victim) => {
+                        // Its slot frees when its stream ends; until then nobody else may
+                        // count on cutting it again.
+                        victim.cuttable = false;
                         victim.cut.notify_one();
                         r.cut_off += 1;
                     }

@@ -1,0 +1,271 @@
+//! `tidepool bench gateway`: the gateway and emulated replicas under a tier mix at 1x, 2x and 3x
+//! their capacity, next to the same load through a first-come-first-served proxy (the same
+//! gateway with tiers off), and the gateway's own added latency against an instant upstream.
+
+use crate::output::line;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tidepool_gateway::emulator::EmulatorConfig;
+use tidepool_gateway::GatewayConfig;
+
+const TIERS: [(&str, u32); 4] = [("realtime", 30), ("interruptible", 10), ("offline", 30), ("filler", 30)];
+const OUTPUT_TOKENS: u64 = 20;
+const ITL_MS: f64 = 10.0;
+const BEST: u32 = 22;
+const N_REPLICAS: usize = 2;
+
+#[derive(Default, Clone)]
+struct TierStats {
+    requests: u64,
+    refused: u64,
+    cut: u64,
+    tokens: u64,
+    ttft_ms: Vec<f64>,
+    itl_ms: Vec<f64>,
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn start_emulators(itl_ms: f64) -> Result<Vec<String>, String> {
+    let mut urls = Vec::new();
+    for _ in 0..N_REPLICAS {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+        urls.push(format!("http://{}", l.local_addr().map_err(|e| e.to_string())?));
+        let config = EmulatorConfig { best_concurrency: BEST, itl_ms, prefill_us_per_token: 50.0, ..EmulatorConfig::default() };
+        tokio::spawn(tidepool_gateway::emulator::serve(l, config));
+    }
+    Ok(urls)
+}
+
+async fn start_gateway(urls: &[String], tiers_on: bool) -> Result<String, String> {
+    let mut toml = String::from(if tiers_on { "realtime_headroom = 1\ntypical_request_ms = 250\n" } else { "realtime_headroom = 0\ntypical_request_ms = 250\n" });
+    for u in urls {
+        // Tiers off: a plain proxy that admits up to the best batch, first come first served.
+        let max = if tiers_on { BEST + BEST / 2 } else { BEST };
+        toml.push_str(&format!("[[replicas]]\nurl = \"{u}\"\nmodel = \"m\"\nbest_concurrency = {BEST}\nmax_concurrency = {max}\n"));
+    }
+    for (tier, _) in TIERS {
+        let tier_line = if tiers_on { format!("tier = \"{tier}\"\n") } else { "tier = \"realtime\"\n".into() };
+        toml.push_str(&format!("[[tenants]]\nname = \"{tier}\"\nkeys = [\"sk-bench-{tier}\"]\ntpm = 100000000\nrpm = 10000000\n{tier_line}"));
+    }
+    let config = GatewayConfig::from_toml(&toml)?;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let url = format!("http://{}", l.local_addr().map_err(|e| e.to_string())?);
+    tokio::spawn(tidepool_gateway::run(l, config, std::future::pending()));
+    Ok(url)
+}
+
+/// One streamed request; returns (status, tokens, ttft, inter-token gaps, cut off).
+async fn one(client: &reqwest::Client, url: &str, key: &str) -> (u16, u64, Option<f64>, Vec<f64>, bool) {
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "benchmark prompt of a few words"}], "max_tokens": OUTPUT_TOKENS, "stream": true});
+    let started = Instant::now();
+    let resp = match client.post(format!("{url}/v1/chat/completions")).bearer_auth(key).json(&body).send().await {
+        Ok(r) => r,
+        Err(_) => return (0, 0, None, vec![], false),
+    };
+    let status = resp.status().as_u16();
+    if status != 200 {
+        return (status, 0, None, vec![], false);
+    }
+    let mut stream = resp.bytes_stream();
+    let (mut tokens, mut ttft, mut gaps, mut last, mut cut) = (0u64, None, Vec::new(), None::<Instant>, false);
+    use futures_util::StreamExt;
+    let mut buf = Vec::new();
+    while let Some(Ok(chunk)) = stream.next().await {
+        buf.extend_from_slice(&chunk);
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = buf.drain(..end + 2).collect();
+            if event.windows(11).any(|w| w == b"\"preempted\"") {
+                cut = true;
+            }
+            if event.windows(10).any(|w| w == b"\"content\":") && !event.windows(12).any(|w| w == b"\"content\":\"\"") {
+                let now = Instant::now();
+                tokens += 1;
+                match last {
+                    None => ttft = Some(started.elapsed().as_secs_f64() * 1000.0),
+                    Some(prev) => gaps.push((now - prev).as_secs_f64() * 1000.0),
+                }
+                last = Some(now);
+            }
+        }
+    }
+    (status, tokens, ttft, gaps, cut)
+}
+
+async fn sample_busy(urls: Vec<String>, stop: Arc<Mutex<bool>>) -> f64 {
+    let client = reqwest::Client::new();
+    let (mut sum, mut n) = (0.0, 0u64);
+    while !*stop.lock().unwrap_or_else(|p| p.into_inner()) {
+        for u in &urls {
+            if let Ok(r) = client.get(format!("{u}/metrics")).send().await {
+                let text = r.text().await.unwrap_or_default();
+                let in_flight: f64 = text.lines().find_map(|l| l.strip_prefix("emulator_in_flight ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0);
+                sum += (in_flight / f64::from(BEST)).min(1.0);
+                n += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if n == 0 { 0.0 } else { sum / n as f64 }
+}
+
+/// Runs one load level; returns per-tier stats and the best-concurrency share.
+async fn level(gateway: &str, emulators: &[String], rate: f64, seconds: f64) -> (BTreeMap<&'static str, TierStats>, f64) {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(2048).build().unwrap_or_default();
+    let stats: Arc<Mutex<BTreeMap<&'static str, TierStats>>> = Arc::new(Mutex::new(BTreeMap::new()));
+    let stop = Arc::new(Mutex::new(false));
+    let sampler = tokio::spawn(sample_busy(emulators.to_vec(), stop.clone()));
+    let total: u32 = TIERS.iter().map(|(_, w)| w).sum();
+    let n = (rate * seconds) as u64;
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let at = Duration::from_secs_f64(i as f64 / rate);
+        if let Some(wait) = at.checked_sub(start.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+        // A fixed interleaving of tiers by weight, so every run sees the same mix.
+        let slot = ((i * 37) % u64::from(total)) as u32;
+        let mut acc = 0;
+        let tier = TIERS.iter().find(|(_, w)| { acc += w; slot < acc }).map_or("realtime", |(t, _)| *t);
+        let (client, url, stats) = (client.clone(), gateway.to_string(), stats.clone());
+        tasks.spawn(async move {
+            let (status, tokens, ttft, gaps, cut) = one(&client, &url, &format!("sk-bench-{tier}")).await;
+            let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+            let e = s.entry(tier).or_default();
+            e.requests += 1;
+            e.refused += u64::from(status == 429);
+            e.cut += u64::from(cut);
+            e.tokens += tokens;
+            e.ttft_ms.extend(ttft);
+            e.itl_ms.extend(gaps);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    *stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    let busy = sampler.await.unwrap_or(0.0);
+    let out = stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    (out, busy)
+}
+
+/// The gateway's own latency: the same non-streamed request straight to an instant upstream
+/// and through the gateway; returns the differences of p50 and p99 and the rate through it.
+async fn overhead(seconds: f64) -> Result<(f64, f64, f64), String> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let upstream = format!("http://{}", l.local_addr().map_err(|e| e.to_string())?);
+    let instant = EmulatorConfig { itl_ms: 0.0, prefill_us_per_token: 0.0, default_output_tokens: 1, ..EmulatorConfig::default() };
+    tokio::spawn(tidepool_gateway::emulator::serve(l, instant));
+    let toml = format!("[[replicas]]\nurl = \"{upstream}\"\nmodel = \"m\"\nbest_concurrency = 100000\n[[tenants]]\nname = \"t\"\nkeys = [\"sk-bench-overhead\"]\ntpm = 1000000000000\nrpm = 1000000000000\n");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let gateway = format!("http://{}", l.local_addr().map_err(|e| e.to_string())?);
+    tokio::spawn(tidepool_gateway::run(l, GatewayConfig::from_toml(&toml)?, std::future::pending()));
+    let client = reqwest::Client::builder().pool_max_idle_per_host(4096).build().map_err(|e| e.to_string())?;
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1});
+    // Closed loop: a fixed number of clients each sending one request after another, so the
+    // rate is what this machine sustains (the target needs more cores than a 2-core machine).
+    let run = |base: String, n_clients: usize| {
+        let (client, body) = (client.clone(), body.clone());
+        async move {
+            let lat = Arc::new(Mutex::new(Vec::new()));
+            let start = Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..n_clients {
+                let (client, body, base, lat) = (client.clone(), body.clone(), base.clone(), lat.clone());
+                tasks.spawn(async move {
+                    let mut mine = Vec::new();
+                    while start.elapsed().as_secs_f64() < seconds {
+                        let t = Instant::now();
+                        let ok = client.post(format!("{base}/v1/chat/completions")).bearer_auth("sk-bench-overhead").json(&body).send().await.map(|r| r.status().is_success()).unwrap_or(false);
+                        if ok {
+                            mine.push(t.elapsed().as_secs_f64() * 1000.0);
+                        }
+                    }
+                    lat.lock().unwrap_or_else(|p| p.into_inner()).extend(mine);
+                });
+            }
+            while tasks.join_next().await.is_some() {}
+            let v = lat.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let achieved = v.len() as f64 / start.elapsed().as_secs_f64();
+            (v, achieved)
+        }
+    };
+    // Few clients: the machine is not saturated, so the difference is the gateway's own work.
+    let (mut direct, _) = run(upstream.clone(), 4).await;
+    let (mut via, _) = run(gateway.clone(), 4).await;
+    // Many clients: how many requests per second this machine pushes through it.
+    let (_, achieved) = run(gateway, 64).await;
+    // Differences of percentiles measured in two runs: noise can make them negative, and they
+    // are printed as measured.
+    let p50 = pct(&mut via, 0.5) - pct(&mut direct, 0.5);
+    let p99 = pct(&mut via, 0.99) - pct(&mut direct, 0.99);
+    Ok((p50, p99, achieved))
+}
+
+/// Runs the whole benchmark and prints a table or one JSON object.
+pub async fn run(json_out: bool, seconds: f64) -> Result<u8, String> {
+    let capacity_rps = N_REPLICAS as f64 * f64::from(BEST) / (OUTPUT_TOKENS as f64 * ITL_MS / 1000.0);
+    let mut report: BTreeMap<String, Value> = BTreeMap::new();
+    report.insert("capacity_rps".into(), json!(capacity_rps));
+    for (mode, tiers_on) in [("", true), ("fcfs_", false)] {
+        let emulators = start_emulators(ITL_MS).await?;
+        let gateway = start_gateway(&emulators, tiers_on).await?;
+        for load in [1u32, 2, 3] {
+            let (stats, busy) = level(&gateway, &emulators, capacity_rps * f64::from(load), seconds).await;
+            report.insert(format!("{mode}best_concurrency_share_{load}x"), json!(busy));
+            for (tier, s) in stats {
+                let mut s = s;
+                let wanted = s.requests * OUTPUT_TOKENS;
+                let availability = if wanted == 0 { 1.0 } else { s.tokens as f64 / wanted as f64 };
+                let p = |k: &str| format!("{mode}{tier}_{k}_{load}x");
+                report.insert(p("requests"), json!(s.requests));
+                report.insert(p("tokens"), json!(s.tokens));
+                report.insert(p("429s"), json!(s.refused));
+                report.insert(p("cut_off"), json!(s.cut));
+                report.insert(p("availability"), json!(availability));
+                report.insert(p("ttft_p50_ms"), json!(pct(&mut s.ttft_ms, 0.5)));
+                report.insert(p("ttft_p99_ms"), json!(pct(&mut s.ttft_ms, 0.99)));
+                report.insert(p("itl_p50_ms"), json!(pct(&mut s.itl_ms, 0.5)));
+                report.insert(p("itl_p99_ms"), json!(pct(&mut s.itl_ms, 0.99)));
+            }
+        }
+    }
+    let (p50, p99, achieved) = overhead(seconds.min(3.0)).await?;
+    report.insert("overhead_p50_ms".into(), json!(p50));
+    report.insert("overhead_p99_ms".into(), json!(p99));
+    report.insert("max_rps_through_gateway".into(), json!(achieved));
+    // Measured at 10,000 requests/s only where the machine can push that many.
+    let at_10k = if achieved >= 10_000.0 { json!(p99) } else { Value::Null };
+    report.insert("overhead_p99_ms_10k".into(), at_10k);
+    report.insert("litellm_run".into(), json!(false));
+    if json_out {
+        line(&serde_json::to_string(&report).map_err(|e| e.to_string())?);
+        return Ok(0);
+    }
+    line(&format!("gateway: {N_REPLICAS} emulated replicas, best concurrency {BEST}, {OUTPUT_TOKENS} tokens at {ITL_MS} ms: capacity {capacity_rps:.0} requests/s; {seconds} s per level"));
+    line(&format!("{:<14} {:>4} {:>21} {:>21} {:>19} {:>19}", "tier", "load", "availability (fcfs)", "429s (fcfs)", "TTFT p99 ms (fcfs)", "ITL p99 ms (fcfs)"));
+    for (tier, _) in TIERS {
+        for load in [1, 2, 3] {
+            let g = |m: &str, k: &str| report.get(&format!("{m}{tier}_{k}_{load}x")).and_then(Value::as_f64).unwrap_or(0.0);
+            line(&format!(
+                "{tier:<14} {load:>3}x {:>10.4} ({:>8.4}) {:>10} ({:>8}) {:>9.1} ({:>7.1}) {:>9.1} ({:>7.1})",
+                g("", "availability"), g("fcfs_", "availability"), g("", "429s"), g("fcfs_", "429s"),
+                g("", "ttft_p99_ms"), g("fcfs_", "ttft_p99_ms"), g("", "itl_p99_ms"), g("fcfs_", "itl_p99_ms")
+            ));
+        }
+    }
+    for load in [1, 2, 3] {
+        let g = |k: String| report.get(&k).and_then(Value::as_f64).unwrap_or(0.0);
+        line(&format!("best-concurrency share at {load}x: {:.3} (fcfs {:.3})", g(format!("best_concurrency_share_{load}x")), g(format!("fcfs_best_concurrency_share_{load}x"))));
+    }
+    line(&format!("gateway overhead (4 clients, unsaturated): p50 {p50:.3} ms, p99 {p99:.3} ms; most through it with 64 clients: {achieved:.0} requests/s (10,000/s needs more than these 2 cores, shared with client and upstream)"));
+    line("LiteLLM: not run by this command (install litellm[proxy] and compare by hand)");
+    Ok(0)
+}
