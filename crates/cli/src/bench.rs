@@ -38,6 +38,18 @@ struct Figures {
     allocated_share: f64,
 }
 
+impl Figures {
+    /// From the two passes' durations in seconds, the placements of the first, and the share.
+    fn from_passes(full_s: f64, incremental_s: f64, n_placed: usize, allocated_share: f64) -> Figures {
+        Figures {
+            full_pass_ms: full_s * 1000.0,
+            incremental_pass_ms: incremental_s * 1000.0,
+            placements_per_s: n_placed as f64 / full_s.max(1e-9),
+            allocated_share,
+        }
+    }
+}
+
 fn run_core(w: &Workload, job_cores: &[u64]) -> Figures {
     let mut c = Cluster::new();
     for i in 0..w.n_nodes {
@@ -74,13 +86,7 @@ fn run_core(w: &Workload, job_cores: &[u64]) -> Figures {
     }
     let started = Instant::now();
     let _ = c.schedule(2_000);
-    let incremental = started.elapsed().as_secs_f64();
-    Figures {
-        full_pass_ms: full * 1000.0,
-        incremental_pass_ms: incremental * 1000.0,
-        placements_per_s: n_placed as f64 / full.max(1e-9),
-        allocated_share: allocated as f64 / total,
-    }
+    Figures::from_passes(full, started.elapsed().as_secs_f64(), n_placed, allocated as f64 / total)
 }
 
 /// Plain first fit in submission order: each task on the first node where it fits.
@@ -119,13 +125,7 @@ fn run_first_fit(w: &Workload, job_cores: &[u64]) -> Figures {
     }
     let started = Instant::now();
     pass(&mut free, &mut next, &mut placed);
-    let incremental = started.elapsed().as_secs_f64();
-    Figures {
-        full_pass_ms: full * 1000.0,
-        incremental_pass_ms: incremental * 1000.0,
-        placements_per_s: n_placed as f64 / full.max(1e-9),
-        allocated_share: allocated as f64 / total,
-    }
+    Figures::from_passes(full, started.elapsed().as_secs_f64(), n_placed, allocated as f64 / total)
 }
 
 /// `tidepool bench sched`: the core alone on 2,000 × 24-core nodes and 1,000,000 pending tasks.

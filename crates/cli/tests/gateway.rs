@@ -57,6 +57,15 @@ fn start_gateway(config: &std::path::Path) -> (Killed, String) {
     (gw, base)
 }
 
+/// Writes a gateway file (listening on a free port) and starts the gateway on it.
+fn gateway_with(name: &str, body: &str) -> (Killed, String) {
+    let dir = std::env::temp_dir().join(format!("tidepool-gw-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, format!("listen = \"127.0.0.1:0\"\n{body}")).unwrap();
+    start_gateway(&config)
+}
+
 fn start_emulator(best: u32) -> (Killed, String) {
     let mut child = Command::new(BIN)
         .args(["replica-emulator", "--listen", "127.0.0.1:0", "--best-concurrency", &best.to_string(), "--model", "m", "--itl-ms", "20"])
@@ -90,17 +99,10 @@ fn the_openai_package_works_against_the_demo_gateway() {
 #[test]
 fn over_its_tpm_a_tenant_gets_429_with_retry_after_and_under_it_never() {
     let (_emulator, url) = start_emulator(8);
-    let dir = std::env::temp_dir().join(format!("tidepool-gw-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\n[[replicas]]\nurl = \"{url}\"\nmodel = \"m\"\nbest_concurrency = 8\n\n[[tenants]]\nname = \"small\"\nkeys = [\"sk-small-tenant\"]\ntpm = 100\nrpm = 1000\n\n[[tenants]]\nname = \"big\"\nkeys = [\"sk-big-tenant\"]\ntpm = 1000000\nrpm = 100000\n"
-        ),
-    )
-    .unwrap();
-    let (_gw, base) = start_gateway(&config);
+    let (_gw, base) = gateway_with(
+        "tpm",
+        &format!("[[replicas]]\nurl = \"{url}\"\nmodel = \"m\"\nbest_concurrency = 8\n\n[[tenants]]\nname = \"small\"\nkeys = [\"sk-small-tenant\"]\ntpm = 100\nrpm = 1000\n\n[[tenants]]\nname = \"big\"\nkeys = [\"sk-big-tenant\"]\ntpm = 1000000\nrpm = 100000\n"),
+    );
     let body = r#"{"model":"m","messages":[{"role":"user","content":"hello"}],"max_tokens":30}"#;
     let mut refused = 0;
     for _ in 0..5 {
@@ -132,17 +134,10 @@ fn over_its_tpm_a_tenant_gets_429_with_retry_after_and_under_it_never() {
 #[test]
 fn realtime_cuts_off_a_filler_stream_when_the_replica_is_full() {
     let (_emulator, url) = start_emulator(2);
-    let dir = std::env::temp_dir().join(format!("tidepool-gw-cut-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\nrealtime_headroom = 0\n[[replicas]]\nurl = \"{url}\"\nmodel = \"m\"\nbest_concurrency = 2\nmax_concurrency = 2\n\n[[tenants]]\nname = \"chat\"\nkeys = [\"sk-chat-tenant\"]\ntpm = 1000000\nrpm = 100000\n"
-        ),
-    )
-    .unwrap();
-    let (_gw, base) = start_gateway(&config);
+    let (_gw, base) = gateway_with(
+        "cut",
+        &format!("realtime_headroom = 0\n[[replicas]]\nurl = \"{url}\"\nmodel = \"m\"\nbest_concurrency = 2\nmax_concurrency = 2\n\n[[tenants]]\nname = \"chat\"\nkeys = [\"sk-chat-tenant\"]\ntpm = 1000000\nrpm = 100000\n"),
+    );
     let long = r#"{"model":"m","messages":[{"role":"user","content":"fill"}],"max_tokens":400,"stream":true}"#;
     let fillers: Vec<_> = (0..2)
         .map(|_| {

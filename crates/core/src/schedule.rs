@@ -152,16 +152,8 @@ impl Cluster {
         }
         let per_node = job.demand.times(u64::from(gang.tasks_per_node));
         let mut ready: Vec<(u64, usize)> = self
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(i, n)| {
-                n.online
-                    && self.node_suits(n, job)
-                    && n.capacity.fits(&per_node)
-                    && n.free().fits(&per_node)
-                    && self.allowed(*i, n, job_id, now_ms)
-            })
+            .gang_hosts(job, &per_node)
+            .filter(|(i, n)| n.free().fits(&per_node) && self.allowed(*i, n, job_id, now_ms))
             .map(|(i, n)| (n.free().cpu_millis, i))
             .collect();
         if ready.len() >= gang.n_nodes as usize {
@@ -181,15 +173,8 @@ impl Cluster {
         // Reserve the nodes expected to be free first; later (lower-priority) work may only use
         // them if it ends before the gang starts.
         let mut candidates: Vec<(u64, usize)> = self
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(i, n)| {
-                n.online
-                    && self.node_suits(n, job)
-                    && n.capacity.fits(&per_node)
-                    && !self.reservations.contains_key(&crate::cluster::NodeId(*i as u32))
-            })
+            .gang_hosts(job, &per_node)
+            .filter(|(i, _)| !self.reservations.contains_key(&crate::cluster::NodeId(*i as u32)))
             .map(|(i, n)| (self.expected_free_at(n, &per_node, now_ms), i))
             .collect();
         if candidates.len() < gang.n_nodes as usize {
@@ -201,6 +186,14 @@ impl Cluster {
         for (_, i) in candidates {
             self.reservations.insert(crate::cluster::NodeId(i as u32), (job_id, start));
         }
+    }
+
+    /// Online nodes that could ever host one node's share of a gang.
+    fn gang_hosts<'a>(&'a self, job: &'a crate::cluster::Job, per_node: &'a Resources) -> impl Iterator<Item = (usize, &'a Node)> + 'a {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(move |(_, n)| n.online && self.node_suits(n, job) && n.capacity.fits(per_node))
     }
 
     /// When `need` will fit on `node`, from its running tasks' time limits (MAX if unknown).
