@@ -32,6 +32,16 @@ enum Command {
     Logs(commands::LogsArgs),
     /// List nodes.
     Nodes,
+    /// Drain a node: it finishes what it runs and takes nothing new.
+    Drain {
+        /// The node's name.
+        node: String,
+    },
+    /// Put a drained node back into service.
+    Resume {
+        /// The node's name.
+        node: String,
+    },
     /// Wait until a job ends; exit 0 only if every task succeeded.
     Wait(commands::WaitArgs),
     /// Benchmarks that print our figures next to a baseline's.
@@ -106,6 +116,9 @@ pub struct ServerArgs {
     /// NAME=CORES[:BORROW[:SHARE]] (repeatable). Projects not named are unlimited.
     #[arg(long)]
     pub project: Vec<String>,
+    /// Seconds an agent may stay silent before its node is lost and its tasks run elsewhere.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub agent_lease: u64,
 }
 
 /// Flags of `up`.
@@ -179,6 +192,8 @@ pub async fn run(args: Vec<String>) -> Result<u8, String> {
         Command::Cancel(a) => commands::cancel(a).await,
         Command::Logs(a) => commands::logs(a).await,
         Command::Nodes => commands::nodes().await,
+        Command::Drain { node } => commands::drain(&node, true).await,
+        Command::Resume { node } => commands::drain(&node, false).await,
         Command::Wait(a) => commands::wait(a).await,
         Command::Bench(a) => match a.which.as_str() {
             "gateway" => crate::bench_gateway::run(a.json, a.seconds.clamp(1.0, 600.0)).await,

@@ -344,6 +344,14 @@ pub async fn nodes() -> Result<u8, String> {
     Ok(0)
 }
 
+/// Drains a node, or puts it back.
+pub async fn drain(node: &str, draining: bool) -> Result<u8, String> {
+    let client = Client::from_env()?;
+    let action = if draining { "drain" } else { "resume" };
+    let _: serde_json::Value = client.post(&format!("/nodes/{node}/{action}"), &serde_json::json!({})).await?;
+    Ok(0)
+}
+
 /// Flags of `wait`.
 #[derive(Args, Debug)]
 pub struct WaitArgs {

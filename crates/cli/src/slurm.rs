@@ -775,6 +775,8 @@ async fn sinfo(args: Vec<String>) -> Result<u8, String> {
             "allocated" => "alloc",
             "mixed" => "mix",
             "down" => "down",
+            "draining" => "drng",
+            "drained" => "drain",
             _ => "idle",
         };
         groups.entry((n.pool.clone(), state.to_string())).or_default().push(n.name);

@@ -286,6 +286,8 @@ pub struct Node {
     pub(crate) running: BTreeSet<(JobId, u32)>,
     /// Held for a job that preempted work here, until it places a task on it.
     pub(crate) held_for: Option<JobId>,
+    /// Finishes what it runs and takes nothing new.
+    pub(crate) draining: bool,
 }
 
 impl Node {
@@ -316,6 +318,10 @@ impl Node {
     /// How many tasks it runs.
     pub fn n_running(&self) -> u32 {
         self.running.len() as u32
+    }
+    /// True while it is being drained by hand.
+    pub fn is_draining(&self) -> bool {
+        self.draining
     }
 }
 
@@ -565,6 +571,7 @@ impl Cluster {
                     features: 0,
                     running: BTreeSet::new(),
                     held_for: None,
+                    draining: false,
                 });
                 self.node_by_name.insert(name.to_string(), id);
                 id
@@ -599,6 +606,13 @@ impl Cluster {
     /// Marks a node as reachable or not; only reachable nodes get new work.
     pub fn set_node_online(&mut self, node_id: NodeId, online: bool) {
         self.update_node(node_id, |n| n.online = online);
+    }
+
+    /// Drains a node (it finishes what it runs and takes nothing new) or puts it back.
+    pub fn set_node_draining(&mut self, node_id: NodeId, draining: bool) {
+        if let Some(node) = self.nodes.get_mut(node_id.0 as usize) {
+            node.draining = draining;
+        }
     }
 
     /// Every attempt running on a node: (job, position, attempt).
@@ -779,7 +793,8 @@ impl Cluster {
 
     /// True when `node` may ever run a task of `job` (pool and features), ignoring load.
     pub(crate) fn node_suits(&self, node: &Node, job: &Job) -> bool {
-        job.spec.pool.as_ref().is_none_or(|p| &node.pool == p)
+        !node.draining
+            && job.spec.pool.as_ref().is_none_or(|p| &node.pool == p)
             && node.features & job.feature_mask == job.feature_mask
             && node.capacity.fits(&job.demand)
     }

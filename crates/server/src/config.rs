@@ -15,8 +15,8 @@ pub struct Config {
     pub known_pools: Vec<String>,
     /// How long an agent's poll is held open when there is nothing to do.
     pub poll_hold_ms: u64,
-    /// How long an agent may stay silent before it gets no new work.
-    pub agent_silence_ms: u64,
+    /// How long an agent may stay silent before its node is lost and its tasks run elsewhere.
+    pub agent_lease_ms: u64,
     /// Projects with quotas, borrowing limits and fair-share weights; others are unlimited.
     pub projects: Vec<(String, tidepool_core::ProjectLimits)>,
 }
@@ -30,7 +30,7 @@ impl Config {
             max_array_size: 1_000_001,
             known_pools: Vec::new(),
             poll_hold_ms: 20_000,
-            agent_silence_ms: 60_000,
+            agent_lease_ms: 60_000,
             projects: Vec::new(),
         }
     }

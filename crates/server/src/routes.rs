@@ -27,6 +27,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/jobs/{id}/tasks/{index}/log", get(task_log))
         .route("/api/v1/nodes", get(list_nodes))
+        .route("/api/v1/nodes/{name}/drain", post(drain_node))
+        .route("/api/v1/nodes/{name}/resume", post(resume_node))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/agent/register", post(agent_register))
         .route("/api/v1/agent/poll", post(agent_poll))
@@ -158,6 +160,18 @@ async fn task_log(
 async fn list_nodes(State(s): State<AppState>, headers: HeaderMap) -> Result<Response> {
     require_admin(&s, &headers)?;
     Ok(Json(s.node_views()).into_response())
+}
+
+async fn drain_node(State(s): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> Result<Response> {
+    require_admin(&s, &headers)?;
+    s.on_drain(&name, true).await?;
+    Ok(Json(serde_json::json!({"node": name, "draining": true})).into_response())
+}
+
+async fn resume_node(State(s): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> Result<Response> {
+    require_admin(&s, &headers)?;
+    s.on_drain(&name, false).await?;
+    Ok(Json(serde_json::json!({"node": name, "draining": false})).into_response())
 }
 
 async fn openapi() -> Response {

@@ -347,7 +347,8 @@ impl Shared {
             }
             wake
         };
-        let _ = tokio::time::timeout(Duration::from_millis(self.config.poll_hold_ms), wake.notified()).await;
+        let hold = self.config.poll_hold_ms.min(self.config.agent_lease_ms / 3).max(100);
+        let _ = tokio::time::timeout(Duration::from_millis(hold), wake.notified()).await;
         let mut inner = self.lock();
         let Some(s) = inner.session_mut(session) else {
             return Ok(PollResponse { reregister: true, ..PollResponse::default() });
@@ -417,22 +418,54 @@ impl Shared {
         Ok(n)
     }
 
-    /// Takes nodes whose agent went silent out of scheduling.
-    pub fn check_silent_agents(&self) {
-        let mut inner = self.lock();
-        let limit = Duration::from_millis(self.config.agent_silence_ms);
-        let silent: Vec<NodeId> = inner
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.last_seen.elapsed() > limit)
-            .map(|(id, _)| *id)
-            .collect();
-        for node_id in silent {
-            if inner.cluster.node(node_id).is_some_and(|n| n.is_online()) {
-                tracing::warn!(node = node_id.0, "agent silent; no new work for it");
+    /// Nodes whose agent has been silent past the lease are lost: their sessions end and every
+    /// attempt they ran goes back to the queue as a new attempt. If the agent comes back, its
+    /// registration kills those stale attempts and their reports change nothing.
+    pub async fn expire_leases(&self) -> Result<()> {
+        let limit = Duration::from_millis(self.config.agent_lease_ms);
+        let events: Vec<Event> = {
+            let mut inner = self.lock();
+            let lost: Vec<NodeId> =
+                inner.sessions.iter().filter(|(_, s)| s.last_seen.elapsed() > limit).map(|(id, _)| *id).collect();
+            let mut events = Vec::new();
+            for node_id in lost {
+                if let Some(old) = inner.sessions.remove(&node_id) {
+                    old.wake.notify_one();
+                }
                 inner.cluster.set_node_online(node_id, false);
+                let name = inner.cluster.node(node_id).map(|n| n.name().to_string()).unwrap_or_default();
+                let running = inner.cluster.running_on(node_id);
+                tracing::warn!(node = %name, n_requeued = running.len(), "agent lease expired; node lost");
+                for (job_id, pos, attempt) in running {
+                    let index = inner.index_of(job_id, pos);
+                    events.push(Event::TaskRequeued { job_id: job_id.0, index, attempt, at_ms: now_ms() });
+                }
             }
+            events
+        };
+        if events.is_empty() {
+            return Ok(());
         }
+        self.writer.append(events.clone()).await?;
+        let mut inner = self.lock();
+        for event in events {
+            inner.replay(event);
+        }
+        drop(inner);
+        self.schedule_wanted.notify_one();
+        Ok(())
+    }
+
+    /// Drains a node by name (finishes what runs, takes nothing new) or puts it back.
+    pub async fn on_drain(&self, node: &str, draining: bool) -> Result<()> {
+        if self.lock().cluster.node_id(node).is_none() {
+            return Err(Error::NotFound(format!("node {node} does not exist")));
+        }
+        let event = Event::NodeDrained { node: node.to_string(), draining, at_ms: now_ms() };
+        self.writer.append(vec![event.clone()]).await?;
+        self.lock().replay(event);
+        self.schedule_wanted.notify_one();
+        Ok(())
     }
 
     /// Every job (`active`: only those with tasks left), newest last.
@@ -567,6 +600,10 @@ impl Shared {
                 let alloc = n.allocated();
                 let state = if !n.is_online() {
                     "down"
+                } else if n.is_draining() && n.n_running() > 0 {
+                    "draining"
+                } else if n.is_draining() {
+                    "drained"
                 } else if n.n_running() == 0 {
                     "idle"
                 } else if n.free().cpu_millis == 0 {
@@ -652,6 +689,13 @@ impl Inner {
                 }
                 self.cancel_pending.remove(&AttemptRef { job_id, index, attempt });
                 self.preempt_pending.remove(&AttemptRef { job_id, index, attempt });
+            }
+            Event::NodeDrained { node, draining, .. } => {
+                let node_id = match self.cluster.node_id(&node) {
+                    Some(id) => id,
+                    None => self.cluster.add_node(&node, "", Resources::default()),
+                };
+                self.cluster.set_node_draining(node_id, draining);
             }
             Event::JobCancelled { job_id, index, at_ms } => {
                 if let Ok(kills) = self.cluster.cancel(JobId(job_id), index, at_ms) {
@@ -857,7 +901,9 @@ pub async fn reactor_loop(shared: Arc<Shared>) {
             _ = shared.schedule_wanted.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        shared.check_silent_agents();
+        if let Err(e) = shared.expire_leases().await {
+            tracing::error!(error = %e, "expiring agent leases failed");
+        }
         if let Err(e) = shared.schedule_pass().await {
             tracing::error!(error = %e, "scheduling pass failed");
             tokio::time::sleep(Duration::from_millis(500)).await;

@@ -76,12 +76,15 @@ pub enum Event {
     TaskRequeued { job_id: u64, index: u32, attempt: u32, at_ms: u64 },
     /// A user cancelled a job (`index` None) or one task.
     JobCancelled { job_id: u64, index: Option<u32>, at_ms: u64 },
+    /// A node was drained by hand, or put back.
+    NodeDrained { node: String, draining: bool, at_ms: u64 },
 }
 
 const KIND_DISPATCHED: i64 = 1;
 const KIND_ENDED: i64 = 2;
 const KIND_REQUEUED: i64 = 3;
 const KIND_CANCELLED: i64 = 4;
+const KIND_DRAINED: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -205,6 +208,12 @@ impl Journal {
                             None::<i64>, None::<i64>, None::<i64>, None::<i64>, None::<i64>, None::<i64>
                         ])?;
                     }
+                    Event::NodeDrained { node, draining, at_ms } => {
+                        insert_event.execute(params![
+                            KIND_DRAINED, *at_ms as i64, 0i64, None::<i64>, None::<i64>, node,
+                            i64::from(*draining), None::<i64>, None::<i64>, None::<i64>, None::<i64>, None::<i64>
+                        ])?;
+                    }
                 }
             }
         }
@@ -319,6 +328,7 @@ fn event_job_id(event: &Event) -> u64 {
         | Event::TaskEnded { job_id, .. }
         | Event::TaskRequeued { job_id, .. }
         | Event::JobCancelled { job_id, .. } => *job_id,
+        Event::NodeDrained { .. } => 0,
     }
 }
 
@@ -358,6 +368,11 @@ fn read_event(row: &rusqlite::Row<'_>) -> Result<Event> {
             at_ms,
         },
         KIND_CANCELLED => Event::JobCancelled { job_id, index, at_ms },
+        KIND_DRAINED => Event::NodeDrained {
+            node: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
+            draining: row.get::<_, Option<i64>>(6)?.unwrap_or(0) != 0,
+            at_ms,
+        },
         other => return Err(Error::Corrupt(format!("event kind {other}"))),
     })
 }

@@ -16,7 +16,7 @@ pub struct Env {
     pub gateway_url: String,
     server: Option<Child>,
     extra_args: Vec<String>,
-    agents: Vec<Child>,
+    agents: Vec<(String, Child)>,
 }
 
 impl Env {
@@ -47,12 +47,17 @@ impl Env {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        self.agents.push(child);
+        self.agents.push((name.to_string(), child));
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.ok(&["nodes"]).contains(name) {
             assert!(Instant::now() < deadline, "agent {name} did not join");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The pid of an agent started with [`Env::add_agent`].
+    pub fn agent_pid(&self, name: &str) -> u32 {
+        self.agents.iter().find(|(n, _)| n == name).map(|(_, c)| c.id()).expect("no such agent")
     }
 
     /// Polls `check` every 50 ms until it is true or `secs` pass.
@@ -139,7 +144,8 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         self.kill9();
-        for a in &mut self.agents {
+        for (_, a) in &mut self.agents {
+            let _ = Command::new("kill").args(["-CONT", &a.id().to_string()]).status();
             let _ = a.kill();
             let _ = a.wait();
         }
