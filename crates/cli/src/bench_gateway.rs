@@ -118,8 +118,14 @@ async fn sample_busy(urls: Vec<String>, stop: Arc<Mutex<bool>>) -> f64 {
 }
 
 /// Runs one load level; returns per-tier stats and the best-concurrency share.
-async fn level(gateway: &str, emulators: &[String], rate: f64, seconds: f64) -> (BTreeMap<&'static str, TierStats>, f64) {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(2048).build().unwrap_or_default();
+async fn level(gateway: &str, emulators: &[String], rate: f64, seconds: f64, key: Option<&str>) -> (BTreeMap<&'static str, TierStats>, f64) {
+    // A request that has not finished in a minute counts as lost (a slow proxy would otherwise
+    // hold the run for many minutes).
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(2048)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap_or_default();
     let stats: Arc<Mutex<BTreeMap<&'static str, TierStats>>> = Arc::new(Mutex::new(BTreeMap::new()));
     let stop = Arc::new(Mutex::new(false));
     let sampler = tokio::spawn(sample_busy(emulators.to_vec(), stop.clone()));
@@ -137,8 +143,9 @@ async fn level(gateway: &str, emulators: &[String], rate: f64, seconds: f64) -> 
         let mut acc = 0;
         let tier = TIERS.iter().find(|(_, w)| { acc += w; slot < acc }).map_or("realtime", |(t, _)| *t);
         let (client, url, stats) = (client.clone(), gateway.to_string(), stats.clone());
+        let key = key.map_or_else(|| format!("sk-bench-{tier}"), str::to_string);
         tasks.spawn(async move {
-            let (status, tokens, ttft, gaps, cut) = one(&client, &url, &format!("sk-bench-{tier}")).await;
+            let (status, tokens, ttft, gaps, cut) = one(&client, &url, &key).await;
             let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
             let e = s.entry(tier).or_default();
             e.requests += 1;
@@ -209,16 +216,67 @@ async fn overhead(seconds: f64) -> Result<(f64, f64, f64), String> {
     Ok((p50, p99, achieved))
 }
 
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
+
+/// Starts LiteLLM's proxy in front of the emulators (its own round-robin over them).
+async fn start_litellm(emulators: &[String]) -> Result<(tokio::process::Child, String), String> {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        l.local_addr().map_err(|e| e.to_string())?.port()
+    };
+    let dir = std::env::temp_dir().join(format!("tidepool-bench-litellm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut yaml = String::from("model_list:\n");
+    for u in emulators {
+        yaml.push_str(&format!("  - model_name: m\n    litellm_params:\n      model: openai/m\n      api_base: {u}/v1\n      api_key: none\n"));
+    }
+    yaml.push_str("general_settings:\n  master_key: sk-bench-master\n");
+    let config = dir.join("litellm.yaml");
+    std::fs::write(&config, yaml).map_err(|e| e.to_string())?;
+    let child = tokio::process::Command::new("litellm")
+        .arg("--config")
+        .arg(&config)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start litellm: {e}"))?;
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(90) {
+        if client.get(format!("{url}/health/liveliness")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok((child, url));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err("litellm did not become ready in 90 s".into())
+}
+
 /// Runs the whole benchmark and prints a table or one JSON object.
 pub async fn run(json_out: bool, seconds: f64) -> Result<u8, String> {
     let capacity_rps = N_REPLICAS as f64 * f64::from(BEST) / (OUTPUT_TOKENS as f64 * ITL_MS / 1000.0);
     let mut report: BTreeMap<String, Value> = BTreeMap::new();
     report.insert("capacity_rps".into(), json!(capacity_rps));
-    for (mode, tiers_on) in [("", true), ("fcfs_", false)] {
+    let litellm_ok = which("litellm");
+    let modes: Vec<&str> = if litellm_ok { vec!["", "fcfs_", "litellm_"] } else { vec!["", "fcfs_"] };
+    for mode in modes {
         let emulators = start_emulators(ITL_MS).await?;
-        let gateway = start_gateway(&emulators, tiers_on).await?;
+        let mut litellm_child = None;
+        let (gateway, key) = match mode {
+            "litellm_" => {
+                let (child, url) = start_litellm(&emulators).await?;
+                litellm_child = Some(child);
+                (url, Some("sk-bench-master"))
+            }
+            m => (start_gateway(&emulators, m.is_empty()).await?, None),
+        };
         for load in [1u32, 2, 3] {
-            let (stats, busy) = level(&gateway, &emulators, capacity_rps * f64::from(load), seconds).await;
+            let (stats, busy) = level(&gateway, &emulators, capacity_rps * f64::from(load), seconds, key).await;
             report.insert(format!("{mode}best_concurrency_share_{load}x"), json!(busy));
             for (tier, s) in stats {
                 let mut s = s;
@@ -236,6 +294,9 @@ pub async fn run(json_out: bool, seconds: f64) -> Result<u8, String> {
                 report.insert(p("itl_p99_ms"), json!(pct(&mut s.itl_ms, 0.99)));
             }
         }
+        if let Some(mut child) = litellm_child {
+            let _ = child.kill().await;
+        }
     }
     let (p50, p99, achieved) = overhead(seconds.min(3.0)).await?;
     report.insert("overhead_p50_ms".into(), json!(p50));
@@ -244,7 +305,7 @@ pub async fn run(json_out: bool, seconds: f64) -> Result<u8, String> {
     // Measured at 10,000 requests/s only where the machine can push that many.
     let at_10k = if achieved >= 10_000.0 { json!(p99) } else { Value::Null };
     report.insert("overhead_p99_ms_10k".into(), at_10k);
-    report.insert("litellm_run".into(), json!(false));
+    report.insert("litellm_run".into(), json!(litellm_ok));
     if json_out {
         line(&serde_json::to_string(&report).map_err(|e| e.to_string())?);
         return Ok(0);
@@ -266,6 +327,16 @@ pub async fn run(json_out: bool, seconds: f64) -> Result<u8, String> {
         line(&format!("best-concurrency share at {load}x: {:.3} (fcfs {:.3})", g(format!("best_concurrency_share_{load}x")), g(format!("fcfs_best_concurrency_share_{load}x"))));
     }
     line(&format!("gateway overhead (4 clients, unsaturated): p50 {p50:.3} ms, p99 {p99:.3} ms; most through it with 64 clients: {achieved:.0} requests/s (10,000/s needs more than these 2 cores, shared with client and upstream)"));
-    line("LiteLLM: not run by this command (install litellm[proxy] and compare by hand)");
+    if litellm_ok {
+        for load in [1, 2, 3] {
+            let g = |k: &str| report.get(&format!("litellm_realtime_{k}_{load}x")).and_then(Value::as_f64).unwrap_or(0.0);
+            line(&format!(
+                "LiteLLM proxy, realtime at {load}x: availability {:.4}, 429s {}, TTFT p99 {:.1} ms, ITL p99 {:.1} ms",
+                g("availability"), g("429s"), g("ttft_p99_ms"), g("itl_p99_ms")
+            ));
+        }
+    } else {
+        line("LiteLLM: not installed here (pip install 'litellm[proxy]' adds it to this comparison)");
+    }
     Ok(0)
 }
