@@ -206,3 +206,39 @@ pub struct NodeView {
     /// Tasks running.
     pub n_running: u32,
 }
+
+/// `POST /api/v1/projects`: a project with optional quota (cores), borrowing limit and share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectRequest {
+    /// Name: letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    /// Guaranteed cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<u64>,
+    /// Cores it may borrow beyond its quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub borrow: Option<u64>,
+    /// Fair-share weight (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<u32>,
+}
+
+/// `POST /api/v1/tokens`: a token for one project.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// The project it acts for.
+    pub project: String,
+}
+
+/// A new token: shown once, stored only as a hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    /// Id for listing and revoking.
+    pub id: String,
+    /// The token itself.
+    pub token: String,
+    /// Its project.
+    pub project: String,
+}

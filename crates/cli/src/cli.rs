@@ -44,12 +44,59 @@ enum Command {
     },
     /// Wait until a job ends; exit 0 only if every task succeeded.
     Wait(commands::WaitArgs),
+    /// Projects: who pays, with quotas (admin).
+    Project {
+        #[command(subcommand)]
+        action: ProjectAction,
+    },
+    /// Project-scoped API tokens (admin).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Benchmarks that print our figures next to a baseline's.
     Bench(BenchArgs),
     /// Run the OpenAI-compatible inference gateway from a TOML file.
     Gateway(GatewayArgs),
     /// Run an emulated OpenAI-compatible replica with a batching model.
     ReplicaEmulator(EmulatorArgs),
+}
+
+/// `tidepool project ...`.
+#[derive(Subcommand, Debug)]
+pub enum ProjectAction {
+    /// Create a project.
+    Create {
+        /// Its name.
+        name: String,
+        /// Guaranteed cores.
+        #[arg(long)]
+        quota: Option<u64>,
+        /// Cores it may borrow beyond its quota.
+        #[arg(long)]
+        borrow: Option<u64>,
+        /// Fair-share weight.
+        #[arg(long)]
+        share: Option<u32>,
+    },
+    /// List projects.
+    List,
+}
+
+/// `tidepool token ...`.
+#[derive(Subcommand, Debug)]
+pub enum TokenAction {
+    /// Create a token for a project; prints it as the last line.
+    Create {
+        /// The project it acts for.
+        #[arg(long)]
+        project: String,
+    },
+    /// Revoke a token by its id.
+    Revoke {
+        /// The id printed at creation (`tok_...`).
+        id: String,
+    },
 }
 
 /// Flags of `gateway`.
@@ -199,6 +246,8 @@ pub async fn run(args: Vec<String>) -> Result<u8, String> {
             "gateway" => crate::bench_gateway::run(a.json, a.seconds.clamp(1.0, 600.0)).await,
             _ => crate::bench::sched(a.json),
         },
+        Command::Project { action } => commands::project(action).await,
+        Command::Token { action } => commands::token(action).await,
         Command::Gateway(a) => up::gateway(a).await,
         Command::ReplicaEmulator(a) => up::replica_emulator(a).await,
     }

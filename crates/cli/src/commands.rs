@@ -352,6 +352,40 @@ pub async fn drain(node: &str, draining: bool) -> Result<u8, String> {
     Ok(0)
 }
 
+/// `tidepool project create|list`.
+pub async fn project(action: crate::cli::ProjectAction) -> Result<u8, String> {
+    let client = Client::from_env()?;
+    match action {
+        crate::cli::ProjectAction::Create { name, quota, borrow, share } => {
+            let req = tidepool_api::ProjectRequest { name, quota, borrow, share };
+            let _: serde_json::Value = client.post("/projects", &req).await?;
+        }
+        crate::cli::ProjectAction::List => {
+            let names: Vec<String> = client.get("/projects").await?;
+            for n in names {
+                line(&n);
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// `tidepool token create|revoke`.
+pub async fn token(action: crate::cli::TokenAction) -> Result<u8, String> {
+    let client = Client::from_env()?;
+    match action {
+        crate::cli::TokenAction::Create { project } => {
+            let created: tidepool_api::TokenCreated = client.post("/tokens", &tidepool_api::TokenRequest { project }).await?;
+            line(&format!("token id {} for project {} (shown once; keep it secret):", created.id, created.project));
+            line(&created.token);
+        }
+        crate::cli::TokenAction::Revoke { id } => {
+            let _: serde_json::Value = client.post(&format!("/tokens/{id}/revoke"), &serde_json::json!({})).await?;
+        }
+    }
+    Ok(0)
+}
+
 /// Flags of `wait`.
 #[derive(Args, Debug)]
 pub struct WaitArgs {

@@ -1,7 +1,7 @@
 //! Paths to handlers. Handlers only parse, check the token and call [`Shared`]'s `on_*`.
 
 use crate::error::{Error, Result};
-use crate::state::Shared;
+use crate::state::{Principal, Shared};
 use crate::tokens;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -30,6 +30,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/nodes/{name}/drain", post(drain_node))
         .route("/api/v1/nodes/{name}/resume", post(resume_node))
         .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/projects", get(list_projects).post(create_project))
+        .route("/api/v1/tokens", post(create_token))
+        .route("/api/v1/tokens/{id}/revoke", post(revoke_token))
         .route("/api/v1/agent/register", post(agent_register))
         .route("/api/v1/agent/poll", post(agent_poll))
         .route("/api/v1/agent/report", post(agent_report))
@@ -50,10 +53,26 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
+/// Who the request's token stands for; 401 when none.
+fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<Principal> {
+    bearer(headers).and_then(|t| shared.principal(t)).ok_or(Error::Unauthorized)
+}
+
+/// Admin-only routes look absent to project tokens.
 fn require_admin(shared: &Shared, headers: &HeaderMap) -> Result<()> {
-    match bearer(headers) {
-        Some(t) if tokens::same(t, &shared.admin_token) => Ok(()),
-        _ => Err(Error::Unauthorized),
+    match authorize(shared, headers)? {
+        Principal::Admin => Ok(()),
+        Principal::Project(_) => Err(Error::NotFound("no such endpoint".into())),
+    }
+}
+
+/// A job the principal may see; other projects' jobs do not exist for it.
+fn visible_job(shared: &Shared, who: &Principal, job_id: u64) -> Result<()> {
+    match (who, shared.job_project(job_id)) {
+        (_, None) => Err(Error::NotFound(format!("job {job_id} does not exist"))),
+        (Principal::Admin, Some(_)) => Ok(()),
+        (Principal::Project(p), Some(owner)) if *p == owner => Ok(()),
+        _ => Err(Error::NotFound(format!("job {job_id} does not exist"))),
     }
 }
 
@@ -83,8 +102,16 @@ fn parse_id(text: &str, what: &str) -> Result<u64> {
 }
 
 async fn submit(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Json<SubmitResponse>> {
-    require_admin(&s, &headers)?;
-    let req: SubmitRequest = parse(&body)?;
+    let who = authorize(&s, &headers)?;
+    let mut req: SubmitRequest = parse(&body)?;
+    if let Principal::Project(p) = &who {
+        match &req.project {
+            Some(asked) if asked != p => {
+                return Err(Error::field("project", format!("this token acts for project {p}, not {asked}")))
+            }
+            _ => req.project = Some(p.clone()),
+        }
+    }
     let job_id = s.on_submit(req).await?;
     Ok(Json(SubmitResponse { job_id }))
 }
@@ -94,9 +121,13 @@ async fn list_jobs(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response> {
-    require_admin(&s, &headers)?;
+    let who = authorize(&s, &headers)?;
     let active = q.get("active").is_some_and(|v| v == "true" || v == "1");
-    Ok(Json(s.job_views(active)).into_response())
+    let project = match &who {
+        Principal::Admin => None,
+        Principal::Project(p) => Some(p.as_str()),
+    };
+    Ok(Json(s.job_views(active, project)).into_response())
 }
 
 async fn show_job(
@@ -105,8 +136,9 @@ async fn show_job(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response> {
-    require_admin(&s, &headers)?;
+    let who = authorize(&s, &headers)?;
     let id = parse_id(&id, "job")?;
+    visible_job(&s, &who, id)?;
     let with_tasks = q.get("tasks").is_some_and(|v| v == "true" || v == "1");
     let shared = s.clone();
     let view = tokio::task::spawn_blocking(move || shared.job_view(id, with_tasks))
@@ -121,8 +153,9 @@ async fn cancel(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response> {
-    require_admin(&s, &headers)?;
+    let who = authorize(&s, &headers)?;
     let id = parse_id(&id, "job")?;
+    visible_job(&s, &who, id)?;
     let req: CancelRequest = if body.is_empty() { CancelRequest::default() } else { parse(&body)? };
     Ok(Json(s.on_cancel(id, req.index).await?).into_response())
 }
@@ -133,8 +166,9 @@ async fn task_log(
     Path((id, index)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response> {
-    require_admin(&s, &headers)?;
+    let who = authorize(&s, &headers)?;
     let id = parse_id(&id, "job")?;
+    visible_job(&s, &who, id)?;
     let index = parse_id(&index, "task")? as u32;
     let stream = q.get("stream").map(String::as_str).unwrap_or("stdout");
     if stream != "stdout" && stream != "stderr" {
@@ -158,7 +192,7 @@ async fn task_log(
 }
 
 async fn list_nodes(State(s): State<AppState>, headers: HeaderMap) -> Result<Response> {
-    require_admin(&s, &headers)?;
+    authorize(&s, &headers)?;
     Ok(Json(s.node_views()).into_response())
 }
 
@@ -172,6 +206,30 @@ async fn resume_node(State(s): State<AppState>, headers: HeaderMap, Path(name): 
     require_admin(&s, &headers)?;
     s.on_drain(&name, false).await?;
     Ok(Json(serde_json::json!({"node": name, "draining": false})).into_response())
+}
+
+async fn create_project(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response> {
+    require_admin(&s, &headers)?;
+    let req: tidepool_api::ProjectRequest = parse(&body)?;
+    s.on_create_project(&req)?;
+    Ok(Json(serde_json::json!({"name": req.name})).into_response())
+}
+
+async fn list_projects(State(s): State<AppState>, headers: HeaderMap) -> Result<Response> {
+    require_admin(&s, &headers)?;
+    Ok(Json(s.project_names()?).into_response())
+}
+
+async fn create_token(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response> {
+    require_admin(&s, &headers)?;
+    let req: tidepool_api::TokenRequest = parse(&body)?;
+    Ok(Json(s.on_create_token(&req.project)?).into_response())
+}
+
+async fn revoke_token(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response> {
+    require_admin(&s, &headers)?;
+    s.on_revoke_token(&id)?;
+    Ok(Json(serde_json::json!({"id": id, "revoked": true})).into_response())
 }
 
 async fn openapi() -> Response {

@@ -62,6 +62,17 @@ pub struct Shared {
     /// The token agents join with.
     pub join_token: String,
     schedule_wanted: Notify,
+    /// Project tokens by hash: (id, project, revoked).
+    api_tokens: Mutex<HashMap<String, (String, String, bool)>>,
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// The admin token: everything.
+    Admin,
+    /// A project token: that project's jobs only.
+    Project(String),
 }
 
 fn pos_of(cluster: &Cluster, job_id: JobId, index: u32) -> Option<u32> {
@@ -125,8 +136,24 @@ impl Shared {
             ms = started.elapsed().as_millis() as u64,
             "journal replayed"
         );
+        for p in journal.projects()? {
+            let limits = tidepool_core::ProjectLimits {
+                quota_cpu_millis: p.quota_millis,
+                borrow_cpu_millis: p.borrow_millis,
+                share: p.share,
+            };
+            if p.quota_millis.is_some() {
+                inner.cluster.set_project(&p.name, limits);
+            }
+        }
+        let api_tokens = journal
+            .tokens()?
+            .into_iter()
+            .map(|t| (t.hash, (t.id, t.project, t.revoked)))
+            .collect();
         let writer = JournalWriter::start(Journal::open(&db)?)?;
         Ok(Shared {
+            api_tokens: Mutex::new(api_tokens),
             config,
             inner: Mutex::new(inner),
             writer,
@@ -141,6 +168,82 @@ impl Shared {
         // A panic while holding the lock leaves state that replay can rebuild; serving on is
         // better than refusing every request after one bug.
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Who a bearer token stands for, if anyone.
+    pub fn principal(&self, token: &str) -> Option<Principal> {
+        if tokens::same(token, &self.admin_token) {
+            return Some(Principal::Admin);
+        }
+        let hash = tokens::hash(token);
+        let map = self.api_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&hash) {
+            Some((_, project, false)) => Some(Principal::Project(project.clone())),
+            _ => None,
+        }
+    }
+
+    /// The project of a job, if the job exists.
+    pub fn job_project(&self, job_id: u64) -> Option<String> {
+        self.lock().cluster.job(JobId(job_id)).map(|j| j.spec().project.clone())
+    }
+
+    /// Creates a project (with a quota when given).
+    pub fn on_create_project(&self, req: &tidepool_api::ProjectRequest) -> Result<()> {
+        let valid = !req.name.is_empty()
+            && req.name.len() <= 64
+            && req.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !valid {
+            return Err(Error::field("name", "use 1 to 64 letters, digits, '-', '_' and '.'"));
+        }
+        if req.borrow.is_some() && req.quota.is_none() {
+            return Err(Error::field("borrow", "a borrowing limit needs a quota"));
+        }
+        let row = tidepool_store::ProjectRow {
+            name: req.name.clone(),
+            quota_millis: req.quota.map(|q| q * 1000),
+            borrow_millis: req.borrow.map(|b| b * 1000),
+            share: req.share.unwrap_or(1).max(1),
+        };
+        let created = self.reader.lock().unwrap_or_else(|p| p.into_inner()).create_project(&row, now_ms())?;
+        if !created {
+            return Err(Error::field("name", format!("project {} exists", req.name)));
+        }
+        if row.quota_millis.is_some() {
+            let limits = tidepool_core::ProjectLimits { quota_cpu_millis: row.quota_millis, borrow_cpu_millis: row.borrow_millis, share: row.share };
+            self.lock().cluster.set_project(&row.name, limits);
+        }
+        Ok(())
+    }
+
+    /// Every project created through the API.
+    pub fn project_names(&self) -> Result<Vec<String>> {
+        Ok(self.reader.lock().unwrap_or_else(|p| p.into_inner()).projects()?.into_iter().map(|p| p.name).collect())
+    }
+
+    /// A new token for a project: returned once, stored as a hash.
+    pub fn on_create_token(&self, project: &str) -> Result<tidepool_api::TokenCreated> {
+        if !self.project_names()?.iter().any(|p| p == project) {
+            return Err(Error::field("project", format!("project {project} does not exist (tidepool project create {project})")));
+        }
+        let token = tokens::random_token("tpp_")?;
+        let id = format!("tok_{}", &tokens::hash(&token)[..12]);
+        let row = tidepool_store::TokenRow { id: id.clone(), hash: tokens::hash(&token), project: project.to_string(), revoked: false };
+        self.reader.lock().unwrap_or_else(|p| p.into_inner()).insert_token(&row, now_ms())?;
+        self.api_tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(row.hash, (id.clone(), project.to_string(), false));
+        Ok(tidepool_api::TokenCreated { id, token, project: project.to_string() })
+    }
+
+    /// Revokes a token by id.
+    pub fn on_revoke_token(&self, id: &str) -> Result<()> {
+        if !self.reader.lock().unwrap_or_else(|p| p.into_inner()).revoke_token(id)? {
+            return Err(Error::NotFound(format!("token {id} does not exist")));
+        }
+        let mut map = self.api_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        for entry in map.values_mut().filter(|(tid, _, _)| tid == id) {
+            entry.2 = true;
+        }
+        Ok(())
     }
 
     /// Validates, journals and accepts a job; returns its id once the commit is done.
@@ -468,13 +571,14 @@ impl Shared {
         Ok(())
     }
 
-    /// Every job (`active`: only those with tasks left), newest last.
-    pub fn job_views(&self, active_only: bool) -> Vec<JobView> {
+    /// Every job (`active`: only those with tasks left; `project`: only that project's).
+    pub fn job_views(&self, active_only: bool, project: Option<&str>) -> Vec<JobView> {
         let inner = self.lock();
         inner
             .cluster
             .jobs()
             .filter(|j| !active_only || !j.is_finished())
+            .filter(|j| project.is_none_or(|p| j.spec().project == p))
             .filter_map(|j| inner.job_view(j.id()))
             .collect()
     }

@@ -42,3 +42,9 @@ pub fn load_or_create(path: &Path, prefix: &str) -> Result<(String, bool)> {
 pub fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+/// SHA-256 of a token, hex: what is stored instead of the token.
+pub fn hash(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}

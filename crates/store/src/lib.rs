@@ -109,7 +109,41 @@ CREATE TABLE IF NOT EXISTS events (
     peak_mem INTEGER
 );
 CREATE INDEX IF NOT EXISTS events_by_task ON events (job_id, idx);
+CREATE TABLE IF NOT EXISTS projects (
+    name TEXT PRIMARY KEY, quota_millis INTEGER, borrow_millis INTEGER, share INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_tokens (
+    id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, project TEXT NOT NULL,
+    created_ms INTEGER NOT NULL, revoked INTEGER NOT NULL DEFAULT 0
+);
 ";
+
+/// A project as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectRow {
+    /// Name.
+    pub name: String,
+    /// Guaranteed millicores.
+    pub quota_millis: Option<u64>,
+    /// Borrowable millicores.
+    pub borrow_millis: Option<u64>,
+    /// Fair-share weight.
+    pub share: u32,
+}
+
+/// A project-scoped API token as stored: never the token itself, only its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    /// Public id, for listing and revoking.
+    pub id: String,
+    /// SHA-256 of the token, hex.
+    pub hash: String,
+    /// The project it acts for.
+    pub project: String,
+    /// Revoked tokens are refused.
+    pub revoked: bool,
+}
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -313,6 +347,52 @@ impl Journal {
             }
         }
         Ok(out)
+    }
+
+    /// Creates a project; false if it exists.
+    pub fn create_project(&self, p: &ProjectRow, now_ms: u64) -> Result<bool> {
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO projects (name, quota_millis, borrow_millis, share, created_ms) VALUES (?1,?2,?3,?4,?5)",
+            params![p.name, p.quota_millis.map(|v| v as i64), p.borrow_millis.map(|v| v as i64), p.share, now_ms as i64],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Every project.
+    pub fn projects(&self) -> Result<Vec<ProjectRow>> {
+        let mut stmt = self.conn.prepare("SELECT name, quota_millis, borrow_millis, share FROM projects ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ProjectRow {
+                name: r.get(0)?,
+                quota_millis: r.get::<_, Option<i64>>(1)?.map(|v| v as u64),
+                borrow_millis: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
+                share: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Stores a new token's hash.
+    pub fn insert_token(&self, t: &TokenRow, now_ms: u64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO api_tokens (id, hash, project, created_ms, revoked) VALUES (?1,?2,?3,?4,0)",
+            params![t.id, t.hash, t.project, now_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Revokes a token by id; false if there is none.
+    pub fn revoke_token(&self, id: &str) -> Result<bool> {
+        Ok(self.conn.execute("UPDATE api_tokens SET revoked = 1 WHERE id = ?1", params![id])? > 0)
+    }
+
+    /// Every token.
+    pub fn tokens(&self) -> Result<Vec<TokenRow>> {
+        let mut stmt = self.conn.prepare("SELECT id, hash, project, revoked FROM api_tokens ORDER BY created_ms")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(TokenRow { id: r.get(0)?, hash: r.get(1)?, project: r.get(2)?, revoked: r.get::<_, i64>(3)? != 0 })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     /// How many events are journaled.

@@ -1,0 +1,92 @@
+//! Nobody let in: project tokens see only their project's jobs; no token, a wrong token or a
+//! revoked one gets 401 on every route; admin routes do not exist for project tokens.
+
+mod common;
+
+use common::Env;
+use std::process::Command;
+
+fn token_for(env: &Env, project: &str) -> (String, String) {
+    let out = env.ok(&["token", "create", "--project", project]);
+    let id = out.split_whitespace().nth(2).unwrap().to_string();
+    (id, out.trim().lines().last().unwrap().to_string())
+}
+
+fn as_token(env: &Env, token: &str, args: &[&str]) -> std::process::Output {
+    env.cmd(common::BIN, args).env("TIDEPOOL_TOKEN", token).output().unwrap()
+}
+
+fn status(env: &Env, method: &str, path: &str, token: Option<&str>) -> String {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method]);
+    if let Some(t) = token {
+        c.arg("-H").arg(format!("Authorization: Bearer {t}"));
+    }
+    if method == "POST" {
+        c.args(["-H", "Content-Type: application/json", "-d", "{}"]);
+    }
+    String::from_utf8(c.arg(format!("{}{path}", env.url)).output().unwrap().stdout).unwrap()
+}
+
+#[test]
+fn projects_cannot_see_each_others_jobs_and_every_route_wants_a_token() {
+    let env = Env::new("isolation");
+    env.ok(&["project", "create", "chem", "--quota", "2"]);
+    env.ok(&["project", "create", "bio"]);
+    assert!(!env.run(&["project", "create", "chem"]).status.success(), "duplicate project refused");
+    let (_, chem) = token_for(&env, "chem");
+    let (_, bio) = token_for(&env, "bio");
+    let (revoked_id, revoked) = token_for(&env, "bio");
+    env.ok(&["token", "revoke", &revoked_id]);
+
+    let out = as_token(&env, &chem, &["submit", "--", "sh", "-c", "echo chem-secret-output"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let job = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(as_token(&env, &chem, &["wait", &job]).status.success());
+    let shown = as_token(&env, &chem, &["show", &job, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(v["project"], "chem");
+    let other = as_token(&env, &chem, &["submit", "--project", "bio", "--", "true"]);
+    assert!(!other.status.success(), "a chem token cannot submit for bio");
+
+    for args in [vec!["show", job.as_str()], vec!["cancel", job.as_str()], vec!["logs", job.as_str()], vec!["sacct", "-j", job.as_str()]] {
+        let out = as_token(&env, &bio, &args);
+        assert!(!out.status.success(), "{args:?} succeeded for another project");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("does not exist"), "{args:?}: {err}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("chem-secret-output"));
+    }
+    let listed = as_token(&env, &bio, &["jobs", "--all", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "[]");
+
+    let job_routes = [
+        ("GET", format!("/api/v1/jobs/{job}")),
+        ("POST", format!("/api/v1/jobs/{job}/cancel")),
+        ("GET", format!("/api/v1/jobs/{job}/tasks/0/log")),
+    ];
+    let admin_routes = [
+        ("GET", "/api/v1/projects".to_string()),
+        ("POST", "/api/v1/projects".to_string()),
+        ("POST", "/api/v1/tokens".to_string()),
+        ("POST", "/api/v1/tokens/tok_x/revoke".to_string()),
+        ("POST", "/api/v1/nodes/x/drain".to_string()),
+        ("POST", "/api/v1/nodes/x/resume".to_string()),
+    ];
+    let open_routes = [("GET", "/api/v1/jobs".to_string()), ("POST", "/api/v1/jobs".to_string()), ("GET", "/api/v1/nodes".to_string())];
+    let agent_routes = [("POST", "/api/v1/agent/register"), ("POST", "/api/v1/agent/poll"), ("POST", "/api/v1/agent/report")];
+    for (method, path) in job_routes.iter().chain(&admin_routes).chain(&open_routes) {
+        assert_eq!(status(&env, method, path, None), "401", "{method} {path} without a token");
+        assert_eq!(status(&env, method, path, Some("tpa_wrong")), "401", "{method} {path} with a wrong token");
+        assert_eq!(status(&env, method, path, Some(&revoked)), "401", "{method} {path} with a revoked token");
+    }
+    for (method, path) in &job_routes {
+        assert_eq!(status(&env, method, path, Some(&bio)), "404", "{method} {path} with another project's token");
+    }
+    for (method, path) in &admin_routes {
+        assert_eq!(status(&env, method, path, Some(&chem)), "404", "{method} {path} with a project token");
+    }
+    for (method, path) in agent_routes {
+        assert_eq!(status(&env, method, path, None), "401");
+        assert_eq!(status(&env, method, path, Some(&chem)), "401", "a project token is not a join token");
+    }
+}
