@@ -136,8 +136,9 @@ pub struct EmulatorArgs {
 /// Flags of `bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Which benchmark: `sched` (the scheduling core alone) or `gateway` (tiers under load).
-    #[arg(value_parser = ["sched", "gateway"])]
+    /// Which benchmark: `sched` (the scheduling core alone), `gateway` (tiers under load) or
+    /// `recovery` (restart on a journal of a million tasks).
+    #[arg(value_parser = ["sched", "gateway", "recovery"])]
     pub which: String,
     /// One JSON object instead of a table.
     #[arg(long)]
@@ -244,6 +245,7 @@ pub async fn run(args: Vec<String>) -> Result<u8, String> {
         Command::Wait(a) => commands::wait(a).await,
         Command::Bench(a) => match a.which.as_str() {
             "gateway" => crate::bench_gateway::run(a.json, a.seconds.clamp(1.0, 600.0)).await,
+            "recovery" => crate::bench_recovery::run(a.json, 1_000_000),
             _ => crate::bench::sched(a.json),
         },
         Command::Project { action } => commands::project(action).await,
