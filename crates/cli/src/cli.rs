@@ -164,6 +164,9 @@ pub struct ServerArgs {
     /// NAME=CORES[:BORROW[:SHARE]] (repeatable). Projects not named are unlimited.
     #[arg(long)]
     pub project: Vec<String>,
+    /// Take a snapshot of the state every this many journaled events (restarts replay less).
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_every: u64,
     /// Seconds an agent may stay silent before its node is lost and its tasks run elsewhere.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub agent_lease: u64,
@@ -245,7 +248,7 @@ pub async fn run(args: Vec<String>) -> Result<u8, String> {
         Command::Wait(a) => commands::wait(a).await,
         Command::Bench(a) => match a.which.as_str() {
             "gateway" => crate::bench_gateway::run(a.json, a.seconds.clamp(1.0, 600.0)).await,
-            "recovery" => crate::bench_recovery::run(a.json, 1_000_000),
+            "recovery" => crate::bench_recovery::run(a.json, 1_000_000).await,
             _ => crate::bench::sched(a.json),
         },
         Command::Project { action } => commands::project(action).await,

@@ -42,6 +42,7 @@ async fn bind(args: &ServerArgs) -> Result<(tokio::net::TcpListener, Config), St
     config.max_array_size = args.max_array_size;
     config.known_pools = vec!["local".into()];
     config.agent_lease_ms = args.agent_lease * 1000;
+    config.snapshot_every = args.snapshot_every;
     config.projects = args.project.iter().map(|p| parse_project(p)).collect::<Result<_, _>>()?;
     Ok((listener, config))
 }

@@ -102,7 +102,8 @@ fn sbatch_throttle_squeue_and_scancel() {
 
 #[test]
 fn kill_9_in_the_middle_loses_nothing_and_runs_nothing_twice() {
-    let mut env = Env::new("kill9");
+    // Snapshots every few hundred events, so restarts go through snapshot + tail as well.
+    let mut env = Env::with_args("kill9", &["--snapshot-every", "300"]);
     let seen = env.dir.join("seen");
     let job = env.ok(&[
         "submit", "--array", "0-1999", "--", "sh", "-c",

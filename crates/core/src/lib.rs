@@ -29,7 +29,7 @@ pub mod tier;
 
 pub use array::ArraySpec;
 pub use cluster::{
-    Cluster, Decisions, KillOrder, NodeId, PendingReason, Placement, Policy, TaskCounts, TaskOutcome, TaskState,
+    Cluster, Decisions, KillOrder, NodeId, PendingReason, Placement, Policy, TaskCounts, TaskOutcome, TaskSnapshot, TaskState,
 };
 pub use job::{GangSpec, JobId, JobSpec, SpecError};
 pub use project::ProjectLimits;

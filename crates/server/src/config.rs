@@ -17,6 +17,8 @@ pub struct Config {
     pub poll_hold_ms: u64,
     /// How long an agent may stay silent before its node is lost and its tasks run elsewhere.
     pub agent_lease_ms: u64,
+    /// A snapshot is taken once this many events were journaled since the last.
+    pub snapshot_every: u64,
     /// Projects with quotas, borrowing limits and fair-share weights; others are unlimited.
     pub projects: Vec<(String, tidepool_core::ProjectLimits)>,
 }
@@ -32,6 +34,7 @@ impl Config {
             poll_hold_ms: 20_000,
             agent_lease_ms: 60_000,
             projects: Vec::new(),
+            snapshot_every: 200_000,
         }
     }
 }

@@ -12,12 +12,15 @@ type Batch = (Vec<Event>, oneshot::Sender<std::result::Result<(), String>>);
 #[derive(Clone)]
 pub struct JournalWriter {
     tx: mpsc::Sender<Batch>,
+    appended: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl JournalWriter {
     /// Starts the writer thread over `journal`.
     pub fn start(mut journal: Journal) -> Result<JournalWriter> {
         let (tx, rx) = mpsc::channel::<Batch>();
+        let appended = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = appended.clone();
         std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || {
@@ -29,6 +32,9 @@ impl JournalWriter {
                     let events: Vec<Event> =
                         batches.iter().flat_map(|(events, _)| events.iter().cloned()).collect();
                     let outcome = journal.append(&events).map_err(|e| e.to_string());
+                    if outcome.is_ok() {
+                        counter.fetch_add(events.len() as u64, std::sync::atomic::Ordering::SeqCst);
+                    }
                     if let Err(e) = &outcome {
                         tracing::error!(error = %e, n_events = events.len(), "journal commit failed");
                     }
@@ -38,7 +44,12 @@ impl JournalWriter {
                 }
             })
             .map_err(|e| Error::Internal(format!("starting the journal writer: {e}")))?;
-        Ok(JournalWriter { tx })
+        Ok(JournalWriter { tx, appended })
+    }
+
+    /// Events committed since this writer started.
+    pub fn n_appended(&self) -> u64 {
+        self.appended.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Appends events; returns once they are committed.

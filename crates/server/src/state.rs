@@ -64,6 +64,11 @@ pub struct Shared {
     schedule_wanted: Notify,
     /// Project tokens by hash: (id, project, revoked).
     api_tokens: Mutex<HashMap<String, (String, String, bool)>>,
+    /// Held (shared) from a journal append until its in-memory apply; a snapshot holds it
+    /// exclusively, so it never sees an event journaled but not yet applied.
+    apply_gate: tokio::sync::RwLock<()>,
+    /// Events journaled when the last snapshot was taken.
+    events_at_snapshot: std::sync::atomic::AtomicU64,
 }
 
 /// Who is asking.
@@ -125,10 +130,20 @@ impl Shared {
             inner.cluster.set_project(name, *limits);
         }
         let mut n_events = 0u64;
-        journal.replay(|event| {
-            n_events += 1;
-            inner.replay(event);
-        })?;
+        match journal.latest_snapshot()? {
+            Some((seq, data)) => {
+                journal.replay_jobs(|event| inner.replay(event))?;
+                inner.restore_snapshot(&data).map_err(|e| Error::Journal(format!("snapshot {seq}: {e}")))?;
+                journal.replay_events_after(seq, |event| {
+                    n_events += 1;
+                    inner.replay(event);
+                })?;
+            }
+            None => journal.replay(|event| {
+                n_events += 1;
+                inner.replay(event);
+            })?,
+        }
         inner.next_job_id = inner.cluster.max_job_id().map_or(1, |id| id.0 + 1);
         tracing::info!(
             n_events,
@@ -154,6 +169,8 @@ impl Shared {
         let writer = JournalWriter::start(Journal::open(&db)?)?;
         Ok(Shared {
             api_tokens: Mutex::new(api_tokens),
+            apply_gate: tokio::sync::RwLock::new(()),
+            events_at_snapshot: std::sync::atomic::AtomicU64::new(if n_events > config.snapshot_every { u64::MAX } else { 0 }),
             config,
             inner: Mutex::new(inner),
             writer,
@@ -168,6 +185,26 @@ impl Shared {
         // A panic while holding the lock leaves state that replay can rebuild; serving on is
         // better than refusing every request after one bug.
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes a snapshot of the state, so a restart replays only what came after it.
+    pub async fn take_snapshot(&self) -> Result<()> {
+        let _gate = self.apply_gate.write().await;
+        let seq = self.reader.lock().unwrap_or_else(|p| p.into_inner()).max_seq()?;
+        let data = self.lock().snapshot_json();
+        self.reader.lock().unwrap_or_else(|p| p.into_inner()).save_snapshot(seq, now_ms(), &data)?;
+        self.events_at_snapshot.store(self.writer.n_appended(), std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(seq, bytes = data.len(), "snapshot taken");
+        Ok(())
+    }
+
+    /// Takes a snapshot when enough has been journaled since the last.
+    pub async fn maybe_snapshot(&self) -> Result<()> {
+        let last = self.events_at_snapshot.load(std::sync::atomic::Ordering::SeqCst);
+        if last == u64::MAX || self.writer.n_appended().saturating_sub(last) >= self.config.snapshot_every {
+            self.take_snapshot().await?;
+        }
+        Ok(())
     }
 
     /// Who a bearer token stands for, if anyone.
@@ -259,6 +296,7 @@ impl Shared {
             inner.next_job_id += 1;
             id
         };
+        let _gate = self.apply_gate.read().await;
         let at_ms = now_ms();
         let text = serde_json::to_string(&req)
             .map_err(|e| Error::Internal(format!("encoding the job: {e}")))?;
@@ -288,6 +326,7 @@ impl Shared {
                 }
             }
         }
+        let _gate = self.apply_gate.read().await;
         self.writer
             .append(vec![Event::JobCancelled { job_id, index, at_ms: now_ms() }])
             .await?;
@@ -310,6 +349,7 @@ impl Shared {
     /// Journals and applies results from an agent. Returns the attempts the agent may forget
     /// (also those already recorded or stale).
     pub async fn on_results(&self, results: &[TaskResult]) -> Result<Vec<AttemptRef>> {
+        let _gate = self.apply_gate.read().await;
         let now = now_ms();
         let events: Vec<Event> = {
             let inner = self.lock();
@@ -368,6 +408,7 @@ impl Shared {
             .copied()
             .chain(req.finished.iter().map(|r| r.attempt))
             .collect();
+        let _gate = self.apply_gate.read().await;
         let capacity = Resources {
             cpu_millis: req.cpu_millis,
             mem_bytes: req.mem_bytes,
@@ -471,6 +512,7 @@ impl Shared {
 
     /// One scheduling pass: decide, journal the dispatches, then hand them to the agents.
     pub async fn schedule_pass(&self) -> Result<usize> {
+        let _gate = self.apply_gate.read().await;
         let (events, launches) = {
             let mut inner = self.lock();
             let now = now_ms();
@@ -525,6 +567,7 @@ impl Shared {
     /// attempt they ran goes back to the queue as a new attempt. If the agent comes back, its
     /// registration kills those stale attempts and their reports change nothing.
     pub async fn expire_leases(&self) -> Result<()> {
+        let _gate = self.apply_gate.read().await;
         let limit = Duration::from_millis(self.config.agent_lease_ms);
         let events: Vec<Event> = {
             let mut inner = self.lock();
@@ -564,6 +607,7 @@ impl Shared {
         if self.lock().cluster.node_id(node).is_none() {
             return Err(Error::NotFound(format!("node {node} does not exist")));
         }
+        let _gate = self.apply_gate.read().await;
         let event = Event::NodeDrained { node: node.to_string(), draining, at_ms: now_ms() };
         self.writer.append(vec![event.clone()]).await?;
         self.lock().replay(event);
@@ -732,6 +776,85 @@ impl Shared {
 }
 
 impl Inner {
+    fn snapshot_json(&self) -> String {
+        let mut jobs = Vec::new();
+        for job in self.cluster.jobs() {
+            let c = job.counts();
+            let Some(snap) = self.cluster.task_snapshot(job.id()) else { continue };
+            // A job none of whose tasks ever started is restored by its submission alone.
+            if c.pending == c.total() && snap.next_fresh == 0 && snap.requeued.is_empty() && snap.attempts.is_empty() {
+                continue;
+            }
+            let node_name = |id: NodeId| self.cluster.node(id).map(|n| n.name().to_string()).unwrap_or_default();
+            jobs.push(serde_json::json!({
+                "id": job.id().0,
+                "runs": snap.runs.iter().map(|(s, n)| [*s as u8 as u64, u64::from(*n)]).collect::<Vec<_>>(),
+                "next_fresh": snap.next_fresh,
+                "requeued": snap.requeued,
+                "attempts": snap.attempts,
+                "running": snap.running.iter().map(|(pos, node, attempt, started, checkpoint)| serde_json::json!([pos, node_name(*node), attempt, started, checkpoint])).collect::<Vec<_>>(),
+                "ended_ms": snap.ended_ms,
+            }));
+        }
+        let draining: Vec<&str> = self.cluster.nodes().filter(|(_, n)| n.is_draining()).map(|(_, n)| n.name()).collect();
+        let refs = |set: &HashSet<AttemptRef>| set.iter().map(|a| [a.job_id, u64::from(a.index), u64::from(a.attempt)]).collect::<Vec<_>>();
+        serde_json::json!({
+            "version": 1,
+            "jobs": jobs,
+            "draining": draining,
+            "cancel_pending": refs(&self.cancel_pending),
+            "preempt_pending": refs(&self.preempt_pending),
+        })
+        .to_string()
+    }
+
+    fn restore_snapshot(&mut self, data: &str) -> std::result::Result<(), String> {
+        use serde_json::Value;
+        let v: Value = serde_json::from_str(data).map_err(|e| e.to_string())?;
+        let num = |v: &Value| v.as_u64().unwrap_or(0);
+        for job in v["jobs"].as_array().cloned().unwrap_or_default() {
+            let job_id = JobId(num(&job["id"]));
+            let mut running = Vec::new();
+            for r in job["running"].as_array().cloned().unwrap_or_default() {
+                let name = r[1].as_str().unwrap_or_default().to_string();
+                let node_id = match self.cluster.node_id(&name) {
+                    Some(id) => id,
+                    None => self.cluster.add_node(&name, "", Resources::default()),
+                };
+                running.push((num(&r[0]) as u32, node_id, num(&r[2]) as u32, num(&r[3]), num(&r[4])));
+            }
+            let pairs = |key: &str| -> Vec<(u32, u32)> {
+                job[key].as_array().map(|a| a.iter().map(|p| (num(&p[0]) as u32, num(&p[1]) as u32)).collect()).unwrap_or_default()
+            };
+            let runs: Vec<(TaskState, u32)> = job["runs"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|p| Some((tidepool_core::cluster::task_state_from_u8(num(&p[0]) as u8)?, num(&p[1]) as u32))).collect())
+                .unwrap_or_default();
+            let snap = tidepool_core::TaskSnapshot {
+                runs,
+                next_fresh: num(&job["next_fresh"]) as u32,
+                requeued: job["requeued"].as_array().map(|a| a.iter().map(|x| num(x) as u32).collect()).unwrap_or_default(),
+                attempts: pairs("attempts"),
+                running,
+                ended_ms: job["ended_ms"].as_u64(),
+            };
+            if self.cluster.job(job_id).is_some() {
+                self.cluster.restore_tasks(job_id, &snap)?;
+            }
+        }
+        for name in v["draining"].as_array().cloned().unwrap_or_default() {
+            if let Some(id) = name.as_str().and_then(|n| self.cluster.node_id(n)) {
+                self.cluster.set_node_draining(id, true);
+            }
+        }
+        let refs = |key: &str| -> HashSet<AttemptRef> {
+            v[key].as_array().map(|a| a.iter().map(|r| AttemptRef { job_id: num(&r[0]), index: num(&r[1]) as u32, attempt: num(&r[2]) as u32 }).collect()).unwrap_or_default()
+        };
+        self.cancel_pending = refs("cancel_pending");
+        self.preempt_pending = refs("preempt_pending");
+        Ok(())
+    }
+
     fn session_mut(&mut self, session: u64) -> Option<&mut Session> {
         self.sessions.values_mut().find(|s| s.id == session)
     }
@@ -1007,6 +1130,9 @@ pub async fn reactor_loop(shared: Arc<Shared>) {
         }
         if let Err(e) = shared.expire_leases().await {
             tracing::error!(error = %e, "expiring agent leases failed");
+        }
+        if let Err(e) = shared.maybe_snapshot().await {
+            tracing::error!(error = %e, "snapshot failed");
         }
         if let Err(e) = shared.schedule_pass().await {
             tracing::error!(error = %e, "scheduling pass failed");

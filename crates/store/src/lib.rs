@@ -109,6 +109,9 @@ CREATE TABLE IF NOT EXISTS events (
     peak_mem INTEGER
 );
 CREATE INDEX IF NOT EXISTS events_by_task ON events (job_id, idx);
+CREATE TABLE IF NOT EXISTS snapshots (
+    seq INTEGER PRIMARY KEY, taken_ms INTEGER NOT NULL, data TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS projects (
     name TEXT PRIMARY KEY, quota_millis INTEGER, borrow_millis INTEGER, share INTEGER NOT NULL,
     created_ms INTEGER NOT NULL
@@ -294,6 +297,54 @@ impl Journal {
         while let Some(job) = pending_job.take() {
             apply(job);
             pending_job = next_job(&mut job_rows)?;
+        }
+        Ok(())
+    }
+
+    /// The sequence number of the last event journaled (0 when none).
+    pub fn max_seq(&self) -> Result<u64> {
+        Ok(self.conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    /// Saves a snapshot of the state as of event `seq`, and drops older ones.
+    pub fn save_snapshot(&self, seq: u64, taken_ms: u64, data: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO snapshots (seq, taken_ms, data) VALUES (?1, ?2, ?3)",
+            params![seq as i64, taken_ms as i64, data],
+        )?;
+        self.conn.execute("DELETE FROM snapshots WHERE seq < ?1", params![seq as i64])?;
+        Ok(())
+    }
+
+    /// The newest snapshot: (seq, data).
+    pub fn latest_snapshot(&self) -> Result<Option<(u64, String)>> {
+        Ok(self
+            .conn
+            .query_row("SELECT seq, data FROM snapshots ORDER BY seq DESC LIMIT 1", [], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+            })
+            .optional()?)
+    }
+
+    /// Every job, by id.
+    pub fn replay_jobs(&self, mut apply: impl FnMut(Event)) -> Result<()> {
+        let mut stmt = self.conn.prepare("SELECT id, submitted_ms, spec FROM jobs ORDER BY id")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            apply(Event::JobSubmitted { job_id: r.get::<_, i64>(0)? as u64, at_ms: r.get::<_, i64>(1)? as u64, spec: r.get(2)? });
+        }
+        Ok(())
+    }
+
+    /// Every event after `seq`, in order.
+    pub fn replay_events_after(&self, seq: u64, mut apply: impl FnMut(Event)) -> Result<()> {
+        let mut stmt = self.conn.prepare(
+            "SELECT kind, at_ms, job_id, idx, attempt, node, outcome, exit_code, signal,
+             started_ms, cpu_ms, peak_mem FROM events WHERE seq > ?1 ORDER BY seq",
+        )?;
+        let mut rows = stmt.query(params![seq as i64])?;
+        while let Some(row) = rows.next()? {
+            apply(read_event(row)?);
         }
         Ok(())
     }

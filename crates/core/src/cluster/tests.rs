@@ -370,3 +370,21 @@ proptest! {
         prop_assert_eq!(first, second);
     }
 }
+
+#[test]
+fn a_snapshot_restores_the_same_state() {
+    let mut c = cluster_with_nodes(&[4, 4]);
+    c.submit(JobId(1), spec("0-99", 1), 0);
+    let p = placed(&mut c, 1);
+    c.finish(JobId(1), p[0].pos, 1, TaskOutcome::Succeeded, 2);
+    c.requeue(JobId(1), p[1].pos, 1, 3);
+    c.cancel(JobId(1), Some(50), 4).unwrap();
+    let snap = c.task_snapshot(JobId(1)).unwrap();
+    let mut d = cluster_with_nodes(&[4, 4]);
+    d.submit(JobId(1), spec("0-99", 1), 0);
+    d.restore_tasks(JobId(1), &snap).unwrap();
+    d.sanity_check().unwrap();
+    assert_eq!(d.task_snapshot(JobId(1)).unwrap(), snap);
+    assert_eq!(d.job(JobId(1)).unwrap().counts(), c.job(JobId(1)).unwrap().counts());
+    assert_eq!(d.schedule(5), c.schedule(5), "the same next decisions");
+}
