@@ -223,8 +223,18 @@ impl Agent {
             bin_dir: self.bin_dir.clone(),
             kill_grace_s: self.config.kill_grace_s,
         };
+        // The launch holds the task's environment, secrets included: owner-only.
         let written = std::fs::create_dir_all(&dir).and_then(|_| {
-            std::fs::write(dir.join(rundir::SPEC_FILE), serde_json::to_vec(&spec).map_err(std::io::Error::other)?)
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let bytes = serde_json::to_vec(&spec).map_err(std::io::Error::other)?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(dir.join(rundir::SPEC_FILE))?
+                .write_all(&bytes)
         });
         if let Err(e) = written {
             let _ = self.results.send(lost(a, &format!("cannot prepare {}: {e}", dir.display())));

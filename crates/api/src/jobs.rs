@@ -68,6 +68,10 @@ pub struct SubmitRequest {
     /// With `nodes`: tasks (ranks) on each node (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks_per_node: Option<u32>,
+    /// Environment values that are secret: given to the tasks, kept out of the journal, every
+    /// answer and every log.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, String>,
 }
 
 /// The answer to a submission, sent only once it is journaled.

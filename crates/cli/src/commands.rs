@@ -65,6 +65,10 @@ pub struct SubmitArgs {
     /// Extra environment variable (repeatable); the submitting environment is passed too.
     #[arg(long = "env", value_name = "K=V")]
     env: Vec<String>,
+    /// A secret environment value, K=V (repeatable): the tasks see it; the journal, answers
+    /// and logs never hold it.
+    #[arg(long = "secret-env", value_name = "K=V")]
+    secret_env: Vec<String>,
     /// Pass none of the submitting environment, only --env values.
     #[arg(long)]
     no_inherit_env: bool,
@@ -78,6 +82,8 @@ pub fn current_env() -> BTreeMap<String, String> {
     std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .filter(|(k, _)| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !k.starts_with(|c: char| c.is_ascii_digit()))
+        // A credential is not the job's to keep in the journal.
+        .filter(|(k, _)| k != "TIDEPOOL_TOKEN")
         .collect()
 }
 
@@ -139,6 +145,15 @@ pub async fn submit(a: SubmitArgs) -> Result<u8, String> {
             .collect::<Result<_, String>>()?,
         nodes: a.nodes,
         tasks_per_node: a.tasks_per_node,
+        secret_env: a
+            .secret_env
+            .iter()
+            .map(|kv| {
+                // The value is never echoed back, not even in an error.
+                let (k, v) = kv.split_once('=').ok_or("--secret-env takes K=V")?;
+                Ok((k.to_string(), v.to_string()))
+            })
+            .collect::<Result<_, String>>()?,
     };
     let client = Client::from_env()?;
     let resp: SubmitResponse = client.post("/jobs", &req).await?;

@@ -408,6 +408,7 @@ fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<St
         resources: BTreeMap::new(),
         nodes: None,
         tasks_per_node: None,
+        secret_env: BTreeMap::new(),
     };
     Ok((req, o.contains_key("parsable")))
 }

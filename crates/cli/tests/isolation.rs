@@ -90,3 +90,43 @@ fn projects_cannot_see_each_others_jobs_and_every_route_wants_a_token() {
         assert_eq!(status(&env, method, path, Some(&chem)), "401", "a project token is not a join token");
     }
 }
+
+#[test]
+fn a_secret_env_value_reaches_the_task_and_nothing_else() {
+    let env = Env::new("secret");
+    let secret = "s3cr3t-value-91f2c7";
+    let job = env.ok(&[
+        "submit", "--secret-env", &format!("API_KEY={secret}"), "--",
+        "sh", "-c", "echo the task saw ${#API_KEY} characters",
+    ]);
+    let job = job.trim().to_string();
+    assert!(env.run(&["wait", &job]).status.success());
+    assert_eq!(env.ok(&["logs", &job]).trim(), format!("the task saw {} characters", secret.len()));
+    let mut answers = String::new();
+    for args in [vec!["show", job.as_str(), "--json", "--tasks"], vec!["jobs", "--all", "--json"], vec!["sacct", "-j", job.as_str()]] {
+        answers.push_str(&env.ok(&args));
+    }
+    assert!(!answers.contains(secret), "an answer holds the secret");
+    let bad = env.run(&["submit", "--secret-env", &format!("1BAD={secret}"), "--", "true"]);
+    assert!(!String::from_utf8_lossy(&bad.stderr).contains(secret), "an error echoes the secret");
+    // Everything the server wrote, except the one file meant to keep it.
+    let mut stack = vec![env.dir.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                if !path.ends_with("secrets") {
+                    stack.push(path);
+                }
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+            assert!(!found, "{} holds the secret", path.display());
+        }
+    }
+    let dump = Command::new("sqlite3").arg(env.dir.join("data/journal.db")).arg(".dump").output();
+    if let Ok(dump) = dump {
+        assert!(!String::from_utf8_lossy(&dump.stdout).contains(secret), "the journal dump holds the secret");
+    }
+}

@@ -121,6 +121,14 @@ pub fn validate(req: &SubmitRequest, max_array_size: u32) -> Result<JobSpec> {
             return Err(Error::field("env", format!("the value of {key} contains a NUL byte")));
         }
     }
+    for key in req.secret_env.keys() {
+        let valid = !key.is_empty()
+            && !key.starts_with(|c: char| c.is_ascii_digit())
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(Error::field("secret_env", format!("'{key}' is not a variable name")));
+        }
+    }
     for pattern in [&req.output, &req.error].into_iter().flatten() {
         if pattern.is_empty() || pattern.contains('\0') {
             return Err(Error::field("output", "is not a usable path pattern"));

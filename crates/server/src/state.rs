@@ -46,6 +46,8 @@ pub struct Inner {
     sessions: HashMap<NodeId, Session>,
     next_session_id: u64,
     cancel_pending: HashSet<AttemptRef>,
+    /// Secret environment values per job, kept in their own files, never in the journal.
+    secrets: HashMap<JobId, std::collections::BTreeMap<String, String>>,
     /// Attempts told to stop for higher-priority work: their end puts them back in the queue.
     preempt_pending: HashSet<AttemptRef>,
 }
@@ -125,6 +127,7 @@ impl Shared {
             next_session_id: 1,
             cancel_pending: HashSet::new(),
             preempt_pending: HashSet::new(),
+            secrets: load_secrets(&config.data_dir.join("secrets")),
         };
         for (name, limits) in &config.projects {
             inner.cluster.set_project(name, *limits);
@@ -286,6 +289,12 @@ impl Shared {
     /// Validates, journals and accepts a job; returns its id once the commit is done.
     pub async fn on_submit(&self, mut req: SubmitRequest) -> Result<u64> {
         let spec = spec::validate(&req, self.config.max_array_size)?;
+        let secrets = std::mem::take(&mut req.secret_env);
+        for key in secrets.keys() {
+            if req.env.contains_key(key) {
+                return Err(Error::field("secret_env", format!("{key} is also in env")));
+            }
+        }
         if req.workdir.is_none() {
             req.workdir = Some("/".to_string());
         }
@@ -296,6 +305,9 @@ impl Shared {
             inner.next_job_id += 1;
             id
         };
+        if !secrets.is_empty() {
+            save_secrets(&self.config.data_dir.join("secrets"), job_id, &secrets)?;
+        }
         let _gate = self.apply_gate.read().await;
         let at_ms = now_ms();
         let text = serde_json::to_string(&req)
@@ -307,6 +319,9 @@ impl Shared {
             let mut inner = self.lock();
             inner.cluster.submit(JobId(job_id), spec, at_ms);
             inner.requests.insert(JobId(job_id), Arc::new(req));
+            if !secrets.is_empty() {
+                inner.secrets.insert(JobId(job_id), secrets);
+            }
         }
         self.schedule_wanted.notify_one();
         Ok(job_id)
@@ -955,7 +970,13 @@ impl Inner {
             attempt: AttemptRef { job_id: job_id.0, index, attempt },
             command: req.command.clone(),
             script: req.script.clone(),
-            env: spec::task_env(req, spec, job_id.0, index, attempt, node, &nodelist, &config.public_url),
+            env: {
+                let mut env = spec::task_env(req, spec, job_id.0, index, attempt, node, &nodelist, &config.public_url);
+                if let Some(secrets) = self.secrets.get(&job_id) {
+                    env.extend(secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+                env
+            },
             workdir: req.workdir.clone().unwrap_or_else(|| "/".into()),
             stdout_path,
             stderr_path,
@@ -1024,6 +1045,33 @@ impl Inner {
             tasks,
         })
     }
+}
+
+/// Writes a job's secret values to their own file (mode 0600), durably, before the job is
+/// journaled.
+fn save_secrets(dir: &std::path::Path, job_id: u64, secrets: &std::collections::BTreeMap<String, String>) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |e: std::io::Error| Error::Internal(format!("storing secret values: {e}"));
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let text = serde_json::to_string(secrets).map_err(|e| Error::Internal(e.to_string()))?;
+    let tmp = dir.join(format!("{job_id}.tmp"));
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(fail)?;
+    file.write_all(text.as_bytes()).and_then(|_| file.sync_all()).map_err(fail)?;
+    std::fs::rename(&tmp, dir.join(format!("{job_id}.json"))).map_err(fail)
+}
+
+fn load_secrets(dir: &std::path::Path) -> HashMap<JobId, std::collections::BTreeMap<String, String>> {
+    let mut out = HashMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(id) = name.strip_suffix(".json").and_then(|n| n.parse::<u64>().ok()) else { continue };
+        if let Some(values) = std::fs::read(entry.path()).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+            out.insert(JobId(id), values);
+        }
+    }
+    out
 }
 
 /// A job's state from its task counts, as `tidepool jobs` shows it.

@@ -81,8 +81,11 @@ impl Env {
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let (gtx, grx) = std::sync::mpsc::channel();
+        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("server.log")).unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                use std::io::Write;
+                let _ = writeln!(log, "{line}");
                 if let Some(rest) = line.split("API ").nth(1) {
                     let _ = tx.send(rest.split("/api/v1").next().unwrap_or("").to_string());
                 }
