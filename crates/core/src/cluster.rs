@@ -629,8 +629,6 @@ impl Cluster {
             if after.0 && after.1 > 0 {
                 self.free_index.insert((after.1, id));
             }
-        } else if after.0 && after.1 > 0 {
-            self.free_index.insert((after.1, id));
         }
     }
 
@@ -892,7 +890,7 @@ impl Cluster {
         job.requeued = snap.requeued.iter().copied().collect();
         job.last_attempt = snap.attempts.iter().copied().collect();
         job.ended_ms = snap.ended_ms;
-        let (tier, drained) = (job.spec.tier, !job.has_pending());
+        let tier = job.spec.tier;
         for (pos, node_id, attempt, started, checkpoint) in &snap.running {
             // Running tasks were restored as pending; dispatching them again keeps every index.
             self.queue.insert((tier, job_id));
@@ -904,7 +902,7 @@ impl Cluster {
         let Some(job) = self.jobs.get(&job_id) else { return Ok(()) };
         if job.has_pending() {
             self.queue.insert((tier, job_id));
-        } else if drained || !job.has_pending() {
+        } else {
             self.queue.remove(&(tier, job_id));
         }
         Ok(())

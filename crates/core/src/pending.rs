@@ -2,18 +2,7 @@
 
 use crate::cluster::{Cluster, Node, PendingReason};
 use crate::job::JobId;
-use crate::resources::{format_bytes, format_cores, Resources};
-
-fn describe(r: &Resources) -> String {
-    let mut text = format!("{} cores", format_cores(r.cpu_millis));
-    if r.mem_bytes > 0 {
-        text.push_str(&format!(" and {} memory", format_bytes(r.mem_bytes)));
-    }
-    if r.n_gpus > 0 {
-        text.push_str(&format!(" and {} GPUs", r.n_gpus));
-    }
-    text
-}
+use crate::resources::format_cores;
 
 impl Cluster {
     /// Why the job's next pending task is not running; None when nothing of it is pending.
@@ -84,14 +73,14 @@ impl Cluster {
             if big_enough < gang.n_nodes as usize {
                 return reason(
                     "Resources",
-                    format!("needs {} nodes with {} each; only {big_enough} nodes are that large", gang.n_nodes, describe(&per_node)),
+                    format!("needs {} nodes with {} each; only {big_enough} nodes are that large", gang.n_nodes, per_node),
                 );
             }
             let reserved = self.reservations.values().any(|(j, _)| *j == job_id);
             let tail = if reserved { "; nodes are reserved for it as they drain" } else { "" };
             return reason(
                 "Resources",
-                format!("needs {} nodes with {} free each; {free_now} have that now{tail}", gang.n_nodes, describe(&per_node)),
+                format!("needs {} nodes with {} free each; {free_now} have that now{tail}", gang.n_nodes, per_node),
             );
         }
         if big_enough == 0 {
@@ -100,8 +89,8 @@ impl Cluster {
                 "Resources",
                 format!(
                     "needs {} on one node; the largest node has {}",
-                    describe(&per_node),
-                    largest.map(|c| describe(&c)).unwrap_or_default()
+                    per_node,
+                    largest.map(|c| c.to_string()).unwrap_or_default()
                 ),
             );
         }
@@ -129,8 +118,8 @@ impl Cluster {
             "Resources",
             format!(
                 "needs {} on one node; the largest free block is {} on {} of {} nodes",
-                describe(&per_node),
-                best_free.map(|f| describe(&f)).unwrap_or_default(),
+                per_node,
+                best_free.map(|f| f.to_string()).unwrap_or_default(),
                 n_with_best,
                 online.len()
             ),

@@ -75,14 +75,15 @@ impl Resources {
     }
 }
 
+/// As a sentence reads it: `16 cores and 4G memory and 1 GPUs`.
 impl fmt::Display for Resources {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} cores", format_cores(self.cpu_millis))?;
         if self.mem_bytes > 0 {
-            write!(f, ", {}", format_bytes(self.mem_bytes))?;
+            write!(f, " and {} memory", format_bytes(self.mem_bytes))?;
         }
         if self.n_gpus > 0 {
-            write!(f, ", {} GPUs", self.n_gpus)?;
+            write!(f, " and {} GPUs", self.n_gpus)?;
         }
         Ok(())
     }

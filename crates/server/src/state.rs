@@ -497,14 +497,7 @@ impl Shared {
                     reregister: false,
                 });
             }
-            let wake = s.wake.clone();
-            if let Some(node_id) = inner.node_of_session(session) {
-                if !inner.cluster.node(node_id).is_some_and(|n| n.is_online()) {
-                    inner.cluster.set_node_online(node_id, true);
-                    self.schedule_wanted.notify_one();
-                }
-            }
-            wake
+            s.wake.clone()
         };
         let hold = self.config.poll_hold_ms.min(self.config.agent_lease_ms / 3).max(100);
         let _ = tokio::time::timeout(Duration::from_millis(hold), wake.notified()).await;
@@ -872,10 +865,6 @@ impl Inner {
 
     fn session_mut(&mut self, session: u64) -> Option<&mut Session> {
         self.sessions.values_mut().find(|s| s.id == session)
-    }
-
-    fn node_of_session(&self, session: u64) -> Option<NodeId> {
-        self.sessions.iter().find(|(_, s)| s.id == session).map(|(id, _)| *id)
     }
 
     fn index_of(&self, job_id: JobId, pos: u32) -> u32 {
