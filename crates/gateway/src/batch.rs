@@ -77,145 +77,106 @@ impl Gateway {
     }
 }
 
+/// A handler's answer: the error side is an OpenAI error object already.
+type Answer = Result<Response, Response>;
+
+/// The store could not be used.
+fn unavailable(e: String) -> Response {
+    err(StatusCode::SERVICE_UNAVAILABLE, &e, None)
+}
+
+fn bad(message: &str, param: &str) -> Response {
+    err(StatusCode::BAD_REQUEST, message, Some(param))
+}
+
 /// `POST /v1/files` (multipart: `file`, `purpose`).
-pub async fn upload(State(g): State<Arc<Gateway>>, headers: HeaderMap, mut form: Multipart) -> Response {
-    let tenant = match g.tenant_name(&headers) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+pub async fn upload(State(g): State<Arc<Gateway>>, headers: HeaderMap, mut form: Multipart) -> Answer {
+    let tenant = g.tenant_name(&headers)?;
     let mut purpose = None;
     let mut file: Option<(String, Bytes)> = None;
-    loop {
-        match form.next_field().await {
-            Ok(Some(field)) => {
-                let name = field.name().unwrap_or("").to_string();
-                let filename = field.file_name().unwrap_or("upload.jsonl").to_string();
-                let data = match field.bytes().await {
-                    Ok(d) => d,
-                    Err(e) => return err(StatusCode::BAD_REQUEST, &format!("unreadable form field {name}: {e}"), Some(&name)),
-                };
-                match name.as_str() {
-                    "purpose" => purpose = Some(String::from_utf8_lossy(&data).to_string()),
-                    "file" => file = Some((filename, data)),
-                    _ => {}
-                }
-            }
-            Ok(None) => break,
-            Err(e) => return err(StatusCode::BAD_REQUEST, &format!("invalid multipart body: {e}"), Some("file")),
+    while let Some(field) = form.next_field().await.map_err(|e| bad(&format!("invalid multipart body: {e}"), "file"))? {
+        let name = field.name().unwrap_or("").to_string();
+        let filename = field.file_name().unwrap_or("upload.jsonl").to_string();
+        let data = field.bytes().await.map_err(|e| bad(&format!("unreadable form field {name}: {e}"), &name))?;
+        match name.as_str() {
+            "purpose" => purpose = Some(String::from_utf8_lossy(&data).to_string()),
+            "file" => file = Some((filename, data)),
+            _ => {}
         }
     }
-    let Some(purpose) = purpose else { return err(StatusCode::BAD_REQUEST, "'purpose' is required", Some("purpose")) };
+    let purpose = purpose.ok_or_else(|| bad("'purpose' is required", "purpose"))?;
     if !["batch", "fine-tune", "assistants", "vision", "user_data", "evals"].contains(&purpose.as_str()) {
-        return err(StatusCode::BAD_REQUEST, &format!("'{purpose}' is not a valid purpose"), Some("purpose"));
+        return Err(bad(&format!("'{purpose}' is not a valid purpose"), "purpose"));
     }
-    let Some((filename, data)) = file else { return err(StatusCode::BAD_REQUEST, "'file' is required", Some("file")) };
+    let (filename, data) = file.ok_or_else(|| bad("'file' is required", "file"))?;
     if data.len() > MAX_FILE_BYTES {
-        return err(StatusCode::BAD_REQUEST, "the file is larger than 200 MB", Some("file"));
+        return Err(bad("the file is larger than 200 MB", "file"));
     }
     let meta = FileMeta { id: new_id("file-"), tenant, purpose, filename, bytes: data.len() as u64, created_at: now_s() };
-    match g.with_store(|s| s.put_file(&meta, &data)) {
-        Ok(()) => axum::Json(file_object(&meta)).into_response(),
-        Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, &e, None),
-    }
+    g.with_store(|s| s.put_file(&meta, &data)).map_err(unavailable)?;
+    Ok(axum::Json(file_object(&meta)).into_response())
 }
 
 /// `GET /v1/files`.
-pub async fn list_files(State(g): State<Arc<Gateway>>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
-    let tenant = match g.tenant_name(&headers) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let files = match g.with_store(|s| s.files(&tenant)) {
-        Ok(f) => f,
-        Err(e) => return err(StatusCode::SERVICE_UNAVAILABLE, &e, None),
-    };
+pub async fn list_files(State(g): State<Arc<Gateway>>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Answer {
+    let tenant = g.tenant_name(&headers)?;
+    let files = g.with_store(|s| s.files(&tenant)).map_err(unavailable)?;
     let items: Vec<Value> = files.iter().filter(|f| q.get("purpose").is_none_or(|p| &f.purpose == p)).map(file_object).collect();
-    match page(items, &q, 10_000, 10_000) {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(r) => r,
-    }
+    Ok(axum::Json(page(items, &q, 10_000, 10_000)?).into_response())
 }
 
 fn owned_file(g: &Gateway, tenant: &str, id: &str) -> Result<FileMeta, Response> {
-    match g.with_store(|s| s.file(id)) {
-        Ok(Some(m)) if m.tenant == tenant => Ok(m),
-        Ok(_) => Err(err(StatusCode::NOT_FOUND, &format!("No such File object: {id}"), Some("file_id"))),
-        Err(e) => Err(err(StatusCode::SERVICE_UNAVAILABLE, &e, None)),
+    match g.with_store(|s| s.file(id)).map_err(unavailable)? {
+        Some(m) if m.tenant == tenant => Ok(m),
+        _ => Err(err(StatusCode::NOT_FOUND, &format!("No such File object: {id}"), Some("file_id"))),
     }
 }
 
 /// `GET /v1/files/{id}`.
-pub async fn get_file(State(g): State<Arc<Gateway>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let tenant = match g.tenant_name(&headers) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    match owned_file(&g, &tenant, &id) {
-        Ok(m) => axum::Json(file_object(&m)).into_response(),
-        Err(r) => r,
-    }
+pub async fn get_file(State(g): State<Arc<Gateway>>, headers: HeaderMap, Path(id): Path<String>) -> Answer {
+    let tenant = g.tenant_name(&headers)?;
+    Ok(axum::Json(file_object(&owned_file(&g, &tenant, &id)?)).into_response())
 }
 
 /// `GET /v1/files/{id}/content`.
-pub async fn file_content(State(g): State<Arc<Gateway>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let tenant = match g.tenant_name(&headers) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    if let Err(r) = owned_file(&g, &tenant, &id) {
-        return r;
-    }
-    match g.with_store(|s| s.file_content(&id)) {
-        Ok(Some(bytes)) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
-        Ok(None) => err(StatusCode::NOT_FOUND, &format!("No such File object: {id}"), Some("file_id")),
-        Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, &e, None),
+pub async fn file_content(State(g): State<Arc<Gateway>>, headers: HeaderMap, Path(id): Path<String>) -> Answer {
+    let tenant = g.tenant_name(&headers)?;
+    owned_file(&g, &tenant, &id)?;
+    match g.with_store(|s| s.file_content(&id)).map_err(unavailable)? {
+        Some(bytes) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()),
+        None => Err(err(StatusCode::NOT_FOUND, &format!("No such File object: {id}"), Some("file_id"))),
     }
 }
 
 /// `DELETE /v1/files/{id}`.
-pub async fn delete_file(State(g): State<Arc<Gateway>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let tenant = match g.tenant_name(&headers) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    if let Err(r) = owned_file(&g, &tenant, &id) {
-        return r;
-    }
-    match g.with_store(|s| s.delete_file(&id)) {
-        Ok(_) => axum::Json(json!({"id": id, "object": "file", "deleted": true})).into_response(),
-        Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, &e, None),
-    }
+pub async fn delete_file(State(g): State<Arc<Gateway>>, headers: HeaderMap, Path(id): Path<String>) -> Answer {
+    let tenant = g.tenant_name(&headers)?;
+    owned_file(&g, &tenant, &id)?;
+    g.with_store(|s| s.delete_file(&id)).map_err(unavailable)?;
+    Ok(axum::Json(json!({"id": id, "object": "file", "deleted": true})).into_response())
 }
 
 /// `POST /v1/batches`.
-pub async fn create_batch(State(g): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
-    let tenant = match g.tenant_name(&headers) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+pub async fn create_batch(State(g): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Answer {
+    let tenant = g.tenant_name(&headers)?;
     let req: Value = match serde_json::from_slice(&body) {
         Ok(v @ Value::Object(_)) => v,
-        _ => return err(StatusCode::BAD_REQUEST, "the body must be a JSON object", Some("body")),
+        _ => return Err(bad("the body must be a JSON object", "body")),
     };
-    let Some(input) = req.get("input_file_id").and_then(Value::as_str) else {
-        return err(StatusCode::BAD_REQUEST, "'input_file_id' is required", Some("input_file_id"));
-    };
+    let input = req.get("input_file_id").and_then(Value::as_str).ok_or_else(|| bad("'input_file_id' is required", "input_file_id"))?;
     let endpoint = req.get("endpoint").and_then(Value::as_str).unwrap_or("");
     if !ENDPOINTS.contains(&endpoint) {
-        return err(StatusCode::BAD_REQUEST, &format!("endpoint must be one of {}", ENDPOINTS.join(", ")), Some("endpoint"));
+        return Err(bad(&format!("endpoint must be one of {}", ENDPOINTS.join(", ")), "endpoint"));
     }
-    let window = req.get("completion_window").and_then(Value::as_str).unwrap_or("");
-    if window != "24h" {
-        return err(StatusCode::BAD_REQUEST, "completion_window must be 24h", Some("completion_window"));
+    if req.get("completion_window").and_then(Value::as_str) != Some("24h") {
+        return Err(bad("completion_window must be 24h", "completion_window"));
     }
     let metadata = req.get("metadata").cloned().unwrap_or(Value::Null);
     if !(metadata.is_null() || metadata.is_object()) {
-        return err(StatusCode::BAD_REQUEST, "metadata must be an object", Some("metadata"));
+        return Err(bad("metadata must be an object", "metadata"));
     }
-    match owned_file(&g, &tenant, input) {
-        Ok(m) if m.purpose == "batch" => {}
-        Ok(_) => return err(StatusCode::BAD_REQUEST, "the input file's purpose must be 'batch'", Some("input_file_id")),
-        Err(r) => return r,
+    if owned_file(&g, &tenant, input)?.purpose != "batch" {
+        return Err(bad("the input file's purpose must be 'batch'", "input_file_id"));
     }
     let now = now_s();
     let batch = json!({
@@ -227,58 +188,39 @@ pub async fn create_batch(State(g): State<Arc<Gateway>>, headers: HeaderMap, bod
     });
     g.save_batch(&tenant, &batch);
     spawn_runner(g.clone(), tenant, batch["id"].as_str().unwrap_or_default().to_string());
-    axum::Json(batch).into_response()
+    Ok(axum::Json(batch).into_response())
 }
 
 fn owned_batch(g: &Gateway, tenant: &str, id: &str) -> Result<Value, Response> {
-    match g.with_store(|s| s.batch(id)) {
-        Ok(Some((owner, object))) if owner == tenant => serde_json::from_str(&object).map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None)),
-        Ok(_) => Err(err(StatusCode::NOT_FOUND, &format!("No such Batch object: {id}"), Some("batch_id"))),
-        Err(e) => Err(err(StatusCode::SERVICE_UNAVAILABLE, &e, None)),
+    match g.with_store(|s| s.batch(id)).map_err(unavailable)? {
+        Some((owner, object)) if owner == tenant => {
+            serde_json::from_str(&object).map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None))
+        }
+        _ => Err(err(StatusCode::NOT_FOUND, &format!("No such Batch object: {id}"), Some("batch_id"))),
     }
 }
 
 /// `GET /v1/batches/{id}`.
-pub async fn get_batch(State(g): State<Arc<Gateway>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let tenant = match g.tenant_name(&headers) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    match owned_batch(&g, &tenant, &id) {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(r) => r,
-    }
+pub async fn get_batch(State(g): State<Arc<Gateway>>, headers: HeaderMap, Path(id): Path<String>) -> Answer {
+    let tenant = g.tenant_name(&headers)?;
+    Ok(axum::Json(owned_batch(&g, &tenant, &id)?).into_response())
 }
 
 /// `GET /v1/batches`.
-pub async fn list_batches(State(g): State<Arc<Gateway>>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
-    let tenant = match g.tenant_name(&headers) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let items: Vec<Value> = match g.with_store(|s| s.batches(&tenant)) {
-        Ok(list) => list.iter().filter_map(|o| serde_json::from_str(o).ok()).collect(),
-        Err(e) => return err(StatusCode::SERVICE_UNAVAILABLE, &e, None),
-    };
-    match page(items, &q, 20, 100) {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(r) => r,
-    }
+pub async fn list_batches(State(g): State<Arc<Gateway>>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Answer {
+    let tenant = g.tenant_name(&headers)?;
+    let list = g.with_store(|s| s.batches(&tenant)).map_err(unavailable)?;
+    let items: Vec<Value> = list.iter().filter_map(|o| serde_json::from_str(o).ok()).collect();
+    Ok(axum::Json(page(items, &q, 20, 100)?).into_response())
 }
 
 /// `POST /v1/batches/{id}/cancel`.
-pub async fn cancel_batch(State(g): State<Arc<Gateway>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let tenant = match g.tenant_name(&headers) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let mut batch = match owned_batch(&g, &tenant, &id) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+pub async fn cancel_batch(State(g): State<Arc<Gateway>>, headers: HeaderMap, Path(id): Path<String>) -> Answer {
+    let tenant = g.tenant_name(&headers)?;
+    let mut batch = owned_batch(&g, &tenant, &id)?;
     let status = batch["status"].as_str().unwrap_or("").to_string();
     if !["validating", "in_progress", "finalizing"].contains(&status.as_str()) {
-        return err(StatusCode::CONFLICT, &format!("Cannot cancel a batch with status '{status}'."), None);
+        return Err(err(StatusCode::CONFLICT, &format!("Cannot cancel a batch with status '{status}'."), None));
     }
     batch["status"] = json!("cancelling");
     batch["cancelling_at"] = json!(now_s());
@@ -286,7 +228,7 @@ pub async fn cancel_batch(State(g): State<Arc<Gateway>>, headers: HeaderMap, Pat
     if let Some(flag) = g.cancel_flags().lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
         flag.store(true, Ordering::SeqCst);
     }
-    axum::Json(batch).into_response()
+    Ok(axum::Json(batch).into_response())
 }
 
 /// Resumes every batch that had not ended when the gateway stopped.

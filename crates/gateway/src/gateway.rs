@@ -272,14 +272,19 @@ impl Gateway {
         self.config.replicas.iter().enumerate().filter(|(_, r)| r.model == model).map(|(i, _)| i).collect()
     }
 
-    /// Sends a non-streaming request to a replica; returns its status and body.
-    pub(crate) async fn forward_json(&self, replica: usize, path: &str, body: &Value) -> Result<(u16, Bytes), String> {
+    /// Posts a request to a replica, with the key it wants; the answer's body is not read yet.
+    async fn send_upstream(&self, replica: usize, path: &str, body: &Value) -> Result<reqwest::Response, String> {
         let upstream = &self.config.replicas[replica];
         let mut request = self.http.post(format!("{}{path}", upstream.url)).json(body);
         if let Some(key) = &upstream.api_key {
             request = request.bearer_auth(key);
         }
-        let resp = request.send().await.map_err(|e| format!("upstream replica unreachable: {e}"))?;
+        request.send().await.map_err(|e| format!("upstream replica unreachable: {e}"))
+    }
+
+    /// Sends a non-streaming request to a replica; returns its status and body.
+    pub(crate) async fn forward_json(&self, replica: usize, path: &str, body: &Value) -> Result<(u16, Bytes), String> {
+        let resp = self.send_upstream(replica, path, body).await?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.map_err(|e| format!("upstream replica: {e}"))?;
         Ok((status, bytes))
@@ -360,17 +365,11 @@ impl Gateway {
                 return self.too_many(tenant, wait, &format!("The {tier} tier is at capacity; retry later."), "server_overloaded");
             }
         };
-        let upstream = &self.config.replicas[replica];
-        let mut request = self.http.post(format!("{}{path}", upstream.url)).json(&body);
-        if let Some(key) = &upstream.api_key {
-            request = request.bearer_auth(key);
-        }
-        let sent = request.send().await;
-        let resp = match sent {
+        let resp = match self.send_upstream(replica, path, &body).await {
             Ok(r) => r,
             Err(e) => {
                 self.settle(tenant, estimate, 0, 0);
-                return error(StatusCode::BAD_GATEWAY, &format!("upstream replica unreachable: {e}"), "server_error", None, Some("upstream_error"));
+                return error(StatusCode::BAD_GATEWAY, &e, "server_error", None, Some("upstream_error"));
             }
         };
         let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
