@@ -396,14 +396,7 @@ impl Shared {
                 }})
                 .collect()
         };
-        self.writer.append(events.clone()).await?;
-        {
-            let mut inner = self.lock();
-            for event in events {
-                inner.replay(event);
-            }
-        }
-        self.schedule_wanted.notify_one();
+        self.journal_then_apply(events).await?;
         Ok(results.iter().map(|r| r.attempt).collect())
     }
 
@@ -470,14 +463,9 @@ impl Shared {
         if !requeues.is_empty() {
             tracing::warn!(node = %req.name, n = requeues.len(), "agent lost attempts; requeued");
         }
-        self.writer.append(requeues.clone()).await?;
-        {
-            let mut inner = self.lock();
-            for event in requeues {
-                inner.replay(event);
-            }
-        }
+        self.journal_then_apply(requeues).await?;
         tracing::info!(node = %req.name, cpus = %format_cores(req.cpu_millis), "agent registered");
+        // A node came online: there may be work for it.
         self.schedule_wanted.notify_one();
         Ok(RegisterResponse { session, acked, kill: kills })
     }
@@ -516,6 +504,22 @@ impl Shared {
     /// True when `session` is an agent's current session.
     pub fn session_is_current(&self, session: u64) -> bool {
         self.lock().sessions.values().any(|s| s.id == session)
+    }
+
+    /// Journals events, applies them to the state once committed, and wakes the scheduler.
+    /// Callers hold the apply gate.
+    async fn journal_then_apply(&self, events: Vec<Event>) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.writer.append(events.clone()).await?;
+        let mut inner = self.lock();
+        for event in events {
+            inner.replay(event);
+        }
+        drop(inner);
+        self.schedule_wanted.notify_one();
+        Ok(())
     }
 
     /// One scheduling pass: decide, journal the dispatches, then hand them to the agents.
@@ -597,17 +601,7 @@ impl Shared {
             }
             events
         };
-        if events.is_empty() {
-            return Ok(());
-        }
-        self.writer.append(events.clone()).await?;
-        let mut inner = self.lock();
-        for event in events {
-            inner.replay(event);
-        }
-        drop(inner);
-        self.schedule_wanted.notify_one();
-        Ok(())
+        self.journal_then_apply(events).await
     }
 
     /// Drains a node by name (finishes what runs, takes nothing new) or puts it back.
@@ -617,10 +611,7 @@ impl Shared {
         }
         let _gate = self.apply_gate.read().await;
         let event = Event::NodeDrained { node: node.to_string(), draining, at_ms: now_ms() };
-        self.writer.append(vec![event.clone()]).await?;
-        self.lock().replay(event);
-        self.schedule_wanted.notify_one();
-        Ok(())
+        self.journal_then_apply(vec![event]).await
     }
 
     /// Every job (`active`: only those with tasks left; `project`: only that project's).
