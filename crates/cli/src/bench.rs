@@ -3,7 +3,7 @@
 
 use crate::output::line;
 use std::time::Instant;
-use tidepool_core::{ArraySpec, Cluster, JobId, JobSpec, Resources, TaskOutcome, Tier};
+use tidepool_core::{ArraySpec, Cluster, JobId, JobSpec, Resources, TaskOutcome};
 
 /// The scheduler benchmark's shape: nodes × cores, jobs × tasks each.
 struct Workload {
@@ -57,19 +57,8 @@ fn run_core(w: &Workload, job_cores: &[u64]) -> Figures {
         c.set_node_online(id, true);
     }
     for (j, cores) in job_cores.iter().enumerate() {
-        let spec = JobSpec {
-            name: format!("job{j}"),
-            project: format!("project{}", j % 10),
-            tier: Tier::Batch,
-            per_task: Resources::cores(*cores),
-            array: ArraySpec::parse(&format!("0-{}", w.tasks_per_job - 1), u32::MAX).unwrap_or_else(|_| ArraySpec::single()),
-            time_limit_s: None,
-            after_ok: vec![],
-            pool: None,
-            requires: vec![],
-            named: vec![],
-            gang: None,
-        };
+        let array = ArraySpec::parse(&format!("0-{}", w.tasks_per_job - 1), u32::MAX).unwrap_or_else(|_| ArraySpec::single());
+        let spec = JobSpec::new(&format!("job{j}"), &format!("project{}", j % 10), Resources::cores(*cores), array);
         c.submit(JobId(j as u64 + 1), spec, 0);
     }
     let started = Instant::now();

@@ -42,6 +42,25 @@ pub struct JobSpec {
     pub gang: Option<GangSpec>,
 }
 
+impl JobSpec {
+    /// A batch-tier array of `per_task` tasks with nothing else asked for.
+    pub fn new(name: &str, project: &str, per_task: Resources, array: ArraySpec) -> JobSpec {
+        JobSpec {
+            name: name.to_string(),
+            project: project.to_string(),
+            tier: Tier::Batch,
+            per_task,
+            array,
+            time_limit_s: None,
+            after_ok: Vec::new(),
+            pool: None,
+            requires: Vec::new(),
+            named: Vec::new(),
+            gang: None,
+        }
+    }
+}
+
 /// A multi-node (MPI-style) job: `n_nodes` distinct nodes, `tasks_per_node` tasks on each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GangSpec {

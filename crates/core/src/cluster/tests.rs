@@ -12,19 +12,7 @@ fn cores(n: u64) -> Resources {
 }
 
 fn spec(array: &str, n_cores: u64) -> JobSpec {
-    JobSpec {
-        name: "t".into(),
-        project: "p".into(),
-        tier: Tier::Batch,
-        per_task: cores(n_cores),
-        array: ArraySpec::parse(array, 10_000_000).unwrap(),
-        time_limit_s: None,
-        after_ok: vec![],
-        pool: None,
-        requires: vec![],
-        named: vec![],
-        gang: None,
-    }
+    JobSpec::new("t", "p", cores(n_cores), ArraySpec::parse(array, 10_000_000).unwrap())
 }
 
 fn gang(n_nodes: u32, tasks_per_node: u32, n_cores: u64) -> JobSpec {
