@@ -15,6 +15,10 @@ pub struct GatewayConfigFile {
     /// Typical request duration in ms, used to size Retry-After (default 2000).
     #[serde(default)]
     pub typical_request_ms: Option<u64>,
+    /// How long a batch, offline, filler or preemptible request waits for a free slot before it is
+    /// answered 429, in ms (default 30000; 0 answers at once).
+    #[serde(default)]
+    pub queue_wait_ms: Option<u64>,
     /// Directory for uploaded files and batches (SQLite).
     #[serde(default)]
     pub data_dir: Option<String>,
@@ -34,9 +38,15 @@ pub struct ReplicaConfig {
     pub url: String,
     /// The model it serves.
     pub model: String,
-    /// Most efficient number of concurrent requests.
-    pub best_concurrency: u32,
-    /// Hard cap on concurrent requests (default: best concurrency x 1.5).
+    /// Most efficient number of concurrent requests; with `learn_best_concurrency`, where
+    /// learning starts (default 4).
+    #[serde(default)]
+    pub best_concurrency: Option<u32>,
+    /// Learn the best concurrency from the pace of the replica's streams.
+    #[serde(default)]
+    pub learn_best_concurrency: bool,
+    /// Hard cap on concurrent requests (default: best concurrency x 1.5, following the learned
+    /// value when learning).
     #[serde(default)]
     pub max_concurrency: Option<u32>,
     /// Key to send upstream, if it wants one.

@@ -45,12 +45,16 @@ async fn start_emulators(itl_ms: f64) -> Result<Vec<String>, String> {
     Ok(urls)
 }
 
-async fn start_gateway(urls: &[String], tiers_on: bool) -> Result<String, String> {
-    let mut toml = String::from(if tiers_on { "realtime_headroom = 1\ntypical_request_ms = 250\n" } else { "realtime_headroom = 0\ntypical_request_ms = 250\n" });
+/// Starts a gateway in front of `urls`; with `learn`, it starts from a best concurrency of 4
+/// and learns the rest.
+async fn start_gateway(urls: &[String], tiers_on: bool, learn: bool) -> Result<String, String> {
+    // The lowest tiers wait at most one packing round for a slot, then get their 429.
+    let mut toml = String::from(if tiers_on { "realtime_headroom = 1\ntypical_request_ms = 250\nqueue_wait_ms = 1000\n" } else { "realtime_headroom = 0\ntypical_request_ms = 250\nqueue_wait_ms = 0\n" });
     for u in urls {
         // Tiers off: a plain proxy that admits up to the best batch, first come first served.
         let max = if tiers_on { BEST + BEST / 2 } else { BEST };
-        toml.push_str(&format!("[[replicas]]\nurl = \"{u}\"\nmodel = \"m\"\nbest_concurrency = {BEST}\nmax_concurrency = {max}\n"));
+        let best = if learn { "best_concurrency = 4\nlearn_best_concurrency = true".to_string() } else { format!("best_concurrency = {BEST}") };
+        toml.push_str(&format!("[[replicas]]\nurl = \"{u}\"\nmodel = \"m\"\n{best}\nmax_concurrency = {max}\n"));
     }
     for (tier, _) in TIERS {
         let tier_line = if tiers_on { format!("tier = \"{tier}\"\n") } else { "tier = \"realtime\"\n".into() };
@@ -257,6 +261,29 @@ async fn start_litellm(emulators: &[String]) -> Result<(tokio::process::Child, S
     Err("litellm did not become ready in 90 s".into())
 }
 
+/// The tiered gateway learning its replicas' best concurrency from 4: one level at 3x to learn,
+/// a second measured; the learned values are read from its metrics.
+async fn learned_run(rate: f64, seconds: f64) -> Result<BTreeMap<String, Value>, String> {
+    let emulators = start_emulators(ITL_MS).await?;
+    let gateway = start_gateway(&emulators, true, true).await?;
+    let _ = level(&gateway, &emulators, rate, seconds, None).await;
+    let (mut stats, busy) = level(&gateway, &emulators, rate, seconds, None).await;
+    let metrics = reqwest::get(format!("{gateway}/metrics")).await.map_err(|e| e.to_string())?.text().await.map_err(|e| e.to_string())?;
+    let learned: Vec<u32> = metrics
+        .lines()
+        .filter(|l| l.starts_with("tidepool_gateway_best_concurrency{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    let realtime = stats.entry("realtime").or_default();
+    let wanted = realtime.requests * OUTPUT_TOKENS;
+    let mut out = BTreeMap::new();
+    out.insert("learned_best_concurrency".into(), json!(learned));
+    out.insert("learned_best_concurrency_share_3x".into(), json!(busy));
+    out.insert("learned_realtime_availability_3x".into(), json!(if wanted == 0 { 1.0 } else { realtime.tokens as f64 / wanted as f64 }));
+    out.insert("learned_realtime_ttft_p99_ms_3x".into(), json!(pct(&mut realtime.ttft_ms, 0.99)));
+    Ok(out)
+}
+
 /// Runs the whole benchmark and prints a table or one JSON object.
 pub async fn run(json_out: bool, seconds: f64) -> Result<u8, String> {
     let capacity_rps = N_REPLICAS as f64 * f64::from(BEST) / (OUTPUT_TOKENS as f64 * ITL_MS / 1000.0);
@@ -273,7 +300,7 @@ pub async fn run(json_out: bool, seconds: f64) -> Result<u8, String> {
                 litellm_child = Some(child);
                 (url, Some("sk-bench-master"))
             }
-            m => (start_gateway(&emulators, m.is_empty()).await?, None),
+            m => (start_gateway(&emulators, m.is_empty(), false).await?, None),
         };
         for load in [1u32, 2, 3] {
             let (stats, busy) = level(&gateway, &emulators, capacity_rps * f64::from(load), seconds, key).await;
@@ -298,6 +325,8 @@ pub async fn run(json_out: bool, seconds: f64) -> Result<u8, String> {
             let _ = child.kill().await;
         }
     }
+    let learned = learned_run(capacity_rps * 3.0, seconds).await?;
+    report.extend(learned);
     let (p50, p99, achieved) = overhead(seconds.min(3.0)).await?;
     report.insert("overhead_p50_ms".into(), json!(p50));
     report.insert("overhead_p99_ms".into(), json!(p99));
@@ -326,6 +355,13 @@ pub async fn run(json_out: bool, seconds: f64) -> Result<u8, String> {
         let g = |k: String| report.get(&k).and_then(Value::as_f64).unwrap_or(0.0);
         line(&format!("best-concurrency share at {load}x: {:.3} (fcfs {:.3})", g(format!("best_concurrency_share_{load}x")), g(format!("fcfs_best_concurrency_share_{load}x"))));
     }
+    line(&format!(
+        "learned best concurrency after 2 x {seconds} s at 3x, starting from 4: {} (emulators' batch {BEST}); at 3x meanwhile: realtime availability {:.4}, TTFT p99 {:.1} ms, best-concurrency share {:.3}",
+        report.get("learned_best_concurrency").map_or("?".into(), Value::to_string),
+        report.get("learned_realtime_availability_3x").and_then(Value::as_f64).unwrap_or(0.0),
+        report.get("learned_realtime_ttft_p99_ms_3x").and_then(Value::as_f64).unwrap_or(0.0),
+        report.get("learned_best_concurrency_share_3x").and_then(Value::as_f64).unwrap_or(0.0),
+    ));
     line(&format!("gateway overhead (4 clients, unsaturated): p50 {p50:.3} ms, p99 {p99:.3} ms; most through it with 64 clients: {achieved:.0} requests/s (10,000/s needs more than these 2 cores, shared with client and upstream)"));
     if litellm_ok {
         for load in [1, 2, 3] {

@@ -136,7 +136,7 @@ fn realtime_cuts_off_a_filler_stream_when_the_replica_is_full() {
     let (_emulator, url) = start_emulator(2);
     let (_gw, base) = gateway_with(
         "cut",
-        &format!("realtime_headroom = 0\n[[replicas]]\nurl = \"{url}\"\nmodel = \"m\"\nbest_concurrency = 2\nmax_concurrency = 2\n\n[[tenants]]\nname = \"chat\"\nkeys = [\"sk-chat-tenant\"]\ntpm = 1000000\nrpm = 100000\n"),
+        &format!("realtime_headroom = 0\nqueue_wait_ms = 0\n[[replicas]]\nurl = \"{url}\"\nmodel = \"m\"\nbest_concurrency = 2\nmax_concurrency = 2\n\n[[tenants]]\nname = \"chat\"\nkeys = [\"sk-chat-tenant\"]\ntpm = 1000000\nrpm = 100000\n"),
     );
     let long = r#"{"model":"m","messages":[{"role":"user","content":"fill"}],"max_tokens":400,"stream":true}"#;
     let fillers: Vec<_> = (0..2)
@@ -155,6 +155,40 @@ fn realtime_cuts_off_a_filler_stream_when_the_replica_is_full() {
     let cut = results.iter().filter(|(_, _, body)| body.contains("\"finish_reason\":\"preempted\"")).count();
     assert_eq!(cut, 1, "exactly one filler stream cut off with a clear finish_reason");
     assert!(results.iter().all(|(_, _, body)| body.contains("data: [DONE]")));
+}
+
+#[test]
+fn filler_waits_for_slots_and_the_best_concurrency_is_learned() {
+    let (_emulator, url) = start_emulator(6);
+    let (_gw, base) = gateway_with(
+        "learn",
+        &format!("realtime_headroom = 0\nqueue_wait_ms = 60000\n[[replicas]]\nurl = \"{url}\"\nmodel = \"m\"\nbest_concurrency = 2\nlearn_best_concurrency = true\n\n[[tenants]]\nname = \"fill\"\nkeys = [\"sk-fill-tenant\"]\ntpm = 100000000\nrpm = 1000000\ntier = \"filler\"\n"),
+    );
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"fill"}],"max_tokens":30,"stream":true}"#;
+    let until = std::time::Instant::now() + Duration::from_secs(8);
+    // Far more filler than the replica's batch, all of it sent at once and again as it ends.
+    let clients: Vec<_> = (0..24)
+        .map(|_| {
+            let base = base.clone();
+            std::thread::spawn(move || {
+                let mut statuses = Vec::new();
+                while std::time::Instant::now() < until {
+                    statuses.push(post(&base, "/v1/chat/completions", "sk-fill-tenant", &[], body).0);
+                }
+                statuses
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = clients.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "queued filler is served, not refused: {statuses:?}");
+    let (_, metrics) = get(&base, "/metrics", "");
+    let learned: u32 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tidepool_gateway_best_concurrency{replica=\"0\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no gauge in {metrics}"));
+    // The emulator slows down past 6 in flight; 15% tolerance admits 7 at most.
+    assert!((5..=7).contains(&learned), "learned best concurrency {learned}, emulator's batch is 6");
 }
 
 fn get(base: &str, path: &str, key: &str) -> (u16, String) {

@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`resources`]: resource vectors and the parsers of sizes and durations users type.
 //! - [`admission`]: LLM request admission: tenant budgets and tier slots.
+//! - [`concurrency`]: learning a replica's best concurrency from the pace of its streams.
 //! - [`array`]: job-array index sets (`0-999:2%4`), stored as ranges, never expanded.
 //! - [`tier`]: the priority classes of work.
 //! - [`job`]: what a user submits, validated.
@@ -19,6 +20,7 @@
 pub mod admission;
 pub mod array;
 pub mod cluster;
+pub mod concurrency;
 pub mod job;
 pub mod pending;
 pub mod project;

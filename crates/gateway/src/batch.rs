@@ -430,7 +430,7 @@ async fn run_line(g: Arc<Gateway>, tenant: &str, batch_id: &str, endpoint: &str,
             "error": {"code": "model_not_found", "message": format!("The model `{model}` does not exist.")}}))
     } else {
         loop {
-            match g.clone().take_slot(&candidates, Tier::Offline, false) {
+            match g.clone().wait_for_slot(&candidates, Tier::Offline, false, 60_000).await {
                 Ok((replica, guard, _cut)) => {
                     let answer = g.forward_json(replica, endpoint, &body).await;
                     drop(guard);
@@ -448,7 +448,7 @@ async fn run_line(g: Arc<Gateway>, tenant: &str, batch_id: &str, endpoint: &str,
                         }
                     }
                 }
-                Err(wait) => tokio::time::sleep(std::time::Duration::from_millis(wait.clamp(50, 5_000))).await,
+                Err(_) => {}
             }
         }
     };

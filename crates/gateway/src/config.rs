@@ -15,9 +15,24 @@ pub struct Replica {
     pub best_concurrency: u32,
     /// Hard cap.
     pub max_concurrency: u32,
+    /// When the best concurrency is learned: never above this, and whether the hard cap is the
+    /// configured one (else it follows the learned value).
+    pub learn: Option<Learn>,
     /// Key sent upstream.
     pub api_key: Option<String>,
 }
+
+/// How a replica's best concurrency is learned.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Learn {
+    /// Never propose more than this.
+    pub cap: u32,
+    /// The hard cap was configured and stays put.
+    pub fixed_max: bool,
+}
+
+/// Learning proposes at most this many concurrent requests when no hard cap is configured.
+const LEARN_CAP: u32 = 512;
 
 /// One tenant, checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +58,8 @@ pub struct GatewayConfig {
     pub realtime_headroom: u32,
     /// Typical request duration, for Retry-After.
     pub typical_request_ms: u64,
+    /// How long the lowest tiers wait for a slot before a 429, ms.
+    pub queue_wait_ms: u64,
     /// Upstreams.
     pub replicas: Vec<Replica>,
     /// Tenants.
@@ -60,18 +77,23 @@ impl GatewayConfig {
             if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
                 return Err(format!("replicas[{i}].url: '{}' is not an http(s) URL", r.url));
             }
-            if r.best_concurrency == 0 {
-                return Err(format!("replicas[{i}].best_concurrency: must be at least 1"));
-            }
-            let max = r.max_concurrency.unwrap_or(r.best_concurrency + r.best_concurrency / 2);
-            if max < r.best_concurrency {
+            let best = match (r.best_concurrency, r.learn_best_concurrency) {
+                (Some(0), _) => return Err(format!("replicas[{i}].best_concurrency: must be at least 1")),
+                (Some(b), _) => b,
+                (None, true) => 4,
+                (None, false) => return Err(format!("replicas[{i}].best_concurrency: required unless learn_best_concurrency = true")),
+            };
+            let max = r.max_concurrency.unwrap_or(best + best / 2);
+            if max < best {
                 return Err(format!("replicas[{i}].max_concurrency: below best_concurrency"));
             }
+            let learn = r.learn_best_concurrency.then(|| Learn { cap: r.max_concurrency.unwrap_or(LEARN_CAP), fixed_max: r.max_concurrency.is_some() });
             replicas.push(Replica {
                 url: r.url.trim_end_matches('/').trim_end_matches("/v1").to_string(),
                 model: r.model,
-                best_concurrency: r.best_concurrency,
+                best_concurrency: best,
                 max_concurrency: max,
+                learn,
                 api_key: r.api_key,
             });
         }
@@ -102,6 +124,7 @@ impl GatewayConfig {
             listen: raw.listen.unwrap_or_else(|| "127.0.0.1:7879".into()),
             realtime_headroom: raw.realtime_headroom.unwrap_or(1),
             typical_request_ms: raw.typical_request_ms.unwrap_or(2000).max(1),
+            queue_wait_ms: raw.queue_wait_ms.unwrap_or(30_000),
             replicas,
             tenants,
             data_dir: raw.data_dir.map(std::path::PathBuf::from),
@@ -124,6 +147,11 @@ mod tests {
         assert_eq!(ok.tenants[0].tier, Tier::Interruptible);
         let err = GatewayConfig::from_toml("[[replicas]]\nurl = \"x\"\nmodel = \"m\"\nbest_concurrency = 1\n").unwrap_err();
         assert!(err.contains("replicas[0].url"), "{err}");
+        let err = GatewayConfig::from_toml("[[replicas]]\nurl = \"http://h\"\nmodel = \"m\"\n").unwrap_err();
+        assert!(err.contains("replicas[0].best_concurrency"), "{err}");
+        let learned = GatewayConfig::from_toml("[[replicas]]\nurl = \"http://h\"\nmodel = \"m\"\nlearn_best_concurrency = true\n").unwrap();
+        assert_eq!(learned.replicas[0].best_concurrency, 4);
+        assert_eq!(learned.replicas[0].learn, Some(Learn { cap: LEARN_CAP, fixed_max: false }));
         let err = GatewayConfig::from_toml("listen = 1\nbogus = 2\n").unwrap_err();
         assert!(err.contains("bogus") || err.contains("listen"), "{err}");
     }

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use tidepool_core::admission::{admit, Bucket, ReplicaSlots, Verdict};
+use tidepool_core::concurrency::ConcurrencyLearner;
 use tidepool_core::Tier;
 use tokio::sync::Notify;
 
@@ -46,6 +47,8 @@ struct ReplicaState {
     slots: ReplicaSlots,
     in_flight: Vec<InFlight>,
     cut_off: u64,
+    /// Present when the best concurrency is learned rather than configured.
+    learner: Option<ConcurrencyLearner>,
 }
 
 /// The gateway.
@@ -59,6 +62,27 @@ pub struct Gateway {
     epoch: Instant,
     store: Option<Mutex<tidepool_store::batches::BatchStore>>,
     cancel_flags: Mutex<HashMap<String, Arc<std::sync::atomic::AtomicBool>>>,
+    /// Requests waiting for a slot; a freed slot wakes the highest-tier, oldest one.
+    waiters: Mutex<Vec<Waiter>>,
+}
+
+/// A request waiting for a slot.
+struct Waiter {
+    id: u64,
+    tier: Tier,
+    candidates: Vec<usize>,
+    wake: Arc<Notify>,
+    /// Already woken and not yet back to waiting: a second freed slot goes to the next one.
+    woken: bool,
+}
+
+/// Takes a waiter off the list however its wait ends.
+struct WaiterGuard<'a>(&'a Gateway, u64);
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.0.lock_waiters().retain(|w| w.id != self.1);
+    }
 }
 
 fn tier_idx(t: Tier) -> usize {
@@ -88,6 +112,13 @@ impl Drop for SlotGuard {
         if let Some(r) = replicas.get_mut(self.replica) {
             r.slots.in_flight[tier_idx(self.tier)] -= 1;
             r.in_flight.retain(|f| f.id != self.id);
+        }
+        drop(replicas);
+        let mut waiters = self.gateway.lock_waiters();
+        let next = waiters.iter_mut().filter(|w| !w.woken && w.candidates.contains(&self.replica)).min_by_key(|w| (w.tier, w.id));
+        if let Some(w) = next {
+            w.woken = true;
+            w.wake.notify_one();
         }
     }
 }
@@ -119,7 +150,12 @@ impl Gateway {
         let replicas = config
             .replicas
             .iter()
-            .map(|r| ReplicaState { slots: ReplicaSlots::new(r.best_concurrency, r.max_concurrency), in_flight: Vec::new(), cut_off: 0 })
+            .map(|r| ReplicaState {
+                slots: ReplicaSlots::new(r.best_concurrency, r.max_concurrency),
+                in_flight: Vec::new(),
+                cut_off: 0,
+                learner: r.learn.map(|l| ConcurrencyLearner::new(r.best_concurrency, l.cap)),
+            })
             .collect();
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
@@ -143,6 +179,7 @@ impl Gateway {
             epoch: Instant::now(),
             store,
             cancel_flags: Mutex::new(HashMap::new()),
+            waiters: Mutex::new(Vec::new()),
         })
     }
 
@@ -181,6 +218,10 @@ impl Gateway {
 
     fn lock_tenants(&self) -> MutexGuard<'_, Vec<TenantState>> {
         self.tenants.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_waiters(&self) -> MutexGuard<'_, Vec<Waiter>> {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_replicas(&self) -> MutexGuard<'_, Vec<ReplicaState>> {
@@ -265,6 +306,65 @@ impl Gateway {
         replicas[chosen].in_flight.push(InFlight { id, tier, cut: cut.clone(), cuttable: cuttable && tier != Tier::Realtime });
         drop(replicas);
         Ok((chosen, SlotGuard { gateway: self.clone(), replica: chosen, id, tier }, cut))
+    }
+
+    /// Like [`Gateway::take_slot`], but waits up to `wait_ms` for a slot: a freed slot wakes the
+    /// highest-tier, oldest waiter, and every waiter retries at least each second, so replicas
+    /// are packed to their best concurrency with queued work, higher tiers first. Returns the
+    /// last suggested wait when time runs out.
+    pub(crate) async fn wait_for_slot(self: Arc<Self>, candidates: &[usize], tier: Tier, cuttable: bool, wait_ms: u64) -> Result<(usize, SlotGuard, Arc<Notify>), u64> {
+        // Work already waiting at this tier or above goes first.
+        if wait_ms == 0 || !self.outranked(tier, candidates, u64::MAX) {
+            let first = self.clone().take_slot(candidates, tier, cuttable);
+            if first.is_ok() || wait_ms == 0 {
+                return first;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let wake = Arc::new(Notify::new());
+        self.lock_waiters().push(Waiter { id, tier, candidates: candidates.to_vec(), wake: wake.clone(), woken: false });
+        let _registered = WaiterGuard(&self, id);
+        loop {
+            let tick = (tokio::time::Instant::now() + std::time::Duration::from_secs(1)).min(deadline);
+            let woken = tokio::select! {
+                _ = wake.notified() => true,
+                _ = tokio::time::sleep_until(tick) => false,
+            };
+            let timed_out = tokio::time::Instant::now() >= deadline;
+            // A freed slot was handed to this waiter; on its own tick it tries only when nobody
+            // ahead of it waits, so the ticks of many low-tier waiters do not jump the queue.
+            if woken || timed_out || !self.outranked(tier, candidates, id) {
+                match self.clone().take_slot(candidates, tier, cuttable) {
+                    Ok(taken) => return Ok(taken),
+                    Err(wait) if timed_out => return Err(wait),
+                    Err(_) => {}
+                }
+            }
+            if let Some(w) = self.lock_waiters().iter_mut().find(|w| w.id == id) {
+                w.woken = false;
+            }
+        }
+    }
+
+    /// Whether a request of `tier` waits behind another for one of the same replicas: a higher
+    /// tier, or the same tier queued earlier than `id`.
+    fn outranked(&self, tier: Tier, candidates: &[usize], id: u64) -> bool {
+        self.lock_waiters()
+            .iter()
+            .any(|w| w.id != id && (w.tier, w.id) < (tier, id) && w.candidates.iter().any(|c| candidates.contains(c)))
+    }
+
+    /// Feeds one time between tokens of a stream on `replica` to its learner, if it learns.
+    fn observe_pace(&self, replica: usize, gap_ms: f64) {
+        let mut replicas = self.lock_replicas();
+        let Some(r) = replicas.get_mut(replica) else { return };
+        let Some(learner) = r.learner.as_mut() else { return };
+        let best = learner.observe(r.slots.total(), gap_ms);
+        r.slots.best_concurrency = best;
+        if !self.config.replicas[replica].learn.is_some_and(|l| l.fixed_max) {
+            r.slots.max_concurrency = best + best / 2;
+        }
     }
 
     /// Replicas that serve `model`.
@@ -352,7 +452,14 @@ impl Gateway {
                 return self.too_many(tenant, wait, "Rate limit reached for tokens per minute.", "rate_limit_exceeded");
             }
         }
-        let (replica, guard, cut) = match self.clone().take_slot(&candidates, tier, stream) {
+        // Realtime never waits (it has slots up to the hard cap); interruptible waits briefly,
+        // ahead of the lower tiers, and is shed when that is not enough; the lower tiers queue.
+        let wait_ms = match tier {
+            Tier::Realtime => 0,
+            Tier::Interruptible => (self.config.typical_request_ms / 2).min(self.config.queue_wait_ms),
+            _ => self.config.queue_wait_ms,
+        };
+        let (replica, guard, cut) = match self.clone().wait_for_slot(&candidates, tier, stream, wait_ms).await {
             Ok(taken) => taken,
             Err(wait) => {
                 let mut tenants = self.lock_tenants();
@@ -429,6 +536,8 @@ impl Gateway {
             chat: bool,
             template: Option<Value>,
             done: bool,
+            replica: usize,
+            last_token: Option<Instant>,
         }
         impl Pass {
             fn finish(&mut self) {
@@ -442,6 +551,7 @@ impl Gateway {
             fn take_events(&mut self) -> Vec<u8> {
                 let Some(end) = self.buffer.windows(2).rposition(|w| w == b"\n\n") else { return Vec::new() };
                 let out: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                let mut tokens = 0u64;
                 for event in out.split(|b| *b == b'\n') {
                     let Some(data) = event.strip_prefix(b"data: ") else { continue };
                     let Ok(v) = serde_json::from_slice::<Value>(data) else { continue };
@@ -450,19 +560,28 @@ impl Gateway {
                         self.prompt = u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(self.prompt);
                         self.completion = u.get("completion_tokens").and_then(Value::as_u64).unwrap_or(self.completion);
                     }
-                    if !self.usage_seen {
-                        if let Some(choices) = v.get("choices").and_then(Value::as_array) {
-                            self.completion += choices
-                                .iter()
-                                .filter(|c| {
-                                    c.pointer("/delta/content").and_then(Value::as_str).is_some_and(|s| !s.is_empty())
-                                        || c.get("text").and_then(Value::as_str).is_some_and(|s| !s.is_empty())
-                                })
-                                .count() as u64;
+                    if let Some(choices) = v.get("choices").and_then(Value::as_array) {
+                        let here = choices
+                            .iter()
+                            .filter(|c| {
+                                c.pointer("/delta/content").and_then(Value::as_str).is_some_and(|s| !s.is_empty())
+                                    || c.get("text").and_then(Value::as_str).is_some_and(|s| !s.is_empty())
+                            })
+                            .count() as u64;
+                        tokens += here;
+                        if !self.usage_seen {
+                            self.completion += here;
                         }
                     }
                     if self.template.is_none() {
                         self.template = Some(v);
+                    }
+                }
+                if tokens > 0 {
+                    let now = Instant::now();
+                    // The first token's wait is prefill and queueing, not the batch's pace.
+                    if let Some(last) = self.last_token.replace(now) {
+                        self.gateway.observe_pace(self.replica, (now - last).as_secs_f64() * 1000.0 / tokens as f64);
                     }
                 }
                 out
@@ -487,6 +606,8 @@ impl Gateway {
             }
         }
         let pass = Pass {
+            replica: guard.replica,
+            last_token: None,
             upstream: resp.bytes_stream().boxed(),
             buffer: Vec::new(),
             guard: Some(guard),
@@ -571,6 +692,10 @@ impl Gateway {
             for tier in Tier::ALL {
                 out.push_str(&format!("tidepool_gateway_in_flight{{replica=\"{i}\",tier=\"{tier}\"}} {}\n", r.slots.in_flight[tier_idx(tier)]));
             }
+        }
+        out.push_str("# HELP tidepool_gateway_best_concurrency Best concurrency per replica (configured or learned).\n# TYPE tidepool_gateway_best_concurrency gauge\n");
+        for (i, r) in replicas.iter().enumerate() {
+            out.push_str(&format!("tidepool_gateway_best_concurrency{{replica=\"{i}\"}} {}\n", r.slots.best_concurrency));
         }
         out.push_str("# HELP tidepool_gateway_cut_off_total Lower-tier streams cut off for realtime.\n# TYPE tidepool_gateway_cut_off_total counter\n");
         for (i, r) in replicas.iter().enumerate() {
