@@ -101,31 +101,44 @@ fn sbatch_throttle_squeue_and_scancel() {
 }
 
 #[test]
-fn kill_9_in_the_middle_loses_nothing_and_runs_nothing_twice() {
-    // Snapshots every few hundred events, so restarts go through snapshot + tail as well.
-    let mut env = Env::with_args("kill9", &["--snapshot-every", "300"]);
+fn soak_20000_tasks_through_10_kill_9s_run_each_exactly_once() {
+    // Snapshots every few thousand events, so restarts go through snapshot + tail as well.
+    let mut env = Env::with_args("kill9", &["--snapshot-every", "3000"]);
     let seen = env.dir.join("seen");
-    let job = env.ok(&[
-        "submit", "--array", "0-1999", "--", "sh", "-c",
-        &format!("echo $TIDEPOOL_TASK_INDEX >> {}", seen.display()),
-    ]);
-    let job = job.trim().to_string();
-    for _ in 0..3 {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let before = count_lines(&seen).0;
-        while count_lines(&seen).0 < before + 300 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+    // Random moments, from a seed printed so a failure can be replayed.
+    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    eprintln!("soak seed {seed}");
+    let mut random = move |below: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % below
+    };
+    // Four jobs of 5,000 tasks, each submitted between kills: every acknowledged one must
+    // survive. Job k's task i appends k*5000+i.
+    let mut jobs = Vec::new();
+    for kill in 0..10 {
+        if kill % 3 == 0 && jobs.len() < 4 {
+            let k = jobs.len();
+            let cmd = format!("echo $(( {k} * 5000 + $TIDEPOOL_TASK_INDEX )) >> {}", seen.display());
+            jobs.push(env.ok(&["submit", "--array", "0-4999", "--", "sh", "-c", &cmd]).trim().to_string());
         }
+        std::thread::sleep(Duration::from_millis(200 + random(2500)));
         env.kill9();
         let url = env.url.trim_start_matches("http://").to_string();
         env.start(&url);
     }
-    let wait = env.run(&["wait", &job]);
-    assert!(wait.status.success(), "{}", String::from_utf8_lossy(&wait.stderr));
+    assert_eq!(jobs.len(), 4);
+    let listed = env.ok(&["jobs", "--all"]);
+    for job in &jobs {
+        assert!(listed.lines().any(|l| l.split_whitespace().next() == Some(job)), "acknowledged job {job} is gone: {listed}");
+        let wait = env.run(&["wait", job]);
+        assert!(wait.status.success(), "{}", String::from_utf8_lossy(&wait.stderr));
+    }
     let (total, distinct, indices) = count_lines(&seen);
-    assert_eq!(distinct, 2000, "an index is missing");
-    assert_eq!(total, 2000, "an index ran twice");
-    assert_eq!(indices.last(), Some(&1999));
+    assert_eq!(distinct, 20_000, "an index is missing");
+    assert_eq!(total, 20_000, "an index ran twice");
+    assert_eq!(indices.last(), Some(&19_999));
 }
 
 #[test]
