@@ -151,6 +151,9 @@ impl Agent {
             .await
             .map_err(|e| Error::Server(e.to_string()))?;
         let status = resp.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(Error::Refused(resp.text().await.unwrap_or_default()));
+        }
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
             return Err(Error::Server(format!("{status}: {text}")));
@@ -329,6 +332,16 @@ async fn main_loop(agent: Arc<Agent>) -> Result<()> {
         };
         let resp: RegisterResponse = match agent.post("register", &req).await {
             Ok(r) => r,
+            Err(e @ Error::Refused(_)) => {
+                // No longer trusted: its work is requeued elsewhere once its lease ends, so
+                // nothing of it may go on running here.
+                let attempts: Vec<AttemptRef> = agent.lock_tracked().keys().copied().collect();
+                for a in attempts {
+                    agent.kill(a);
+                }
+                tracing::error!(error = %e, "stopping this agent and its tasks");
+                return Err(e);
+            }
             Err(e) => {
                 if !announced {
                     tracing::warn!(error = %e, "cannot register with the server; retrying");

@@ -23,6 +23,9 @@ pub enum Error {
     /// The server could not be reached or refused.
     #[error("server: {0}")]
     Server(String),
+    /// The server refused this agent's join token (revoked or wrong).
+    #[error("the server refused this agent's join token: {0}")]
+    Refused(String),
     /// A local file or process operation failed.
     #[error("{0}")]
     Io(String),

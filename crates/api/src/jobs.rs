@@ -228,12 +228,30 @@ pub struct ProjectRequest {
     pub share: Option<u32>,
 }
 
-/// `POST /api/v1/tokens`: a token for one project.
+/// `POST /api/v1/tokens`: a token for one project, or a join token for agents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
-    /// The project it acts for.
-    pub project: String,
+    /// The project it acts for (a project token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// A join token for agents instead.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub join: bool,
+}
+
+/// One token as listed by `GET /api/v1/tokens` (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenView {
+    /// Id for revoking.
+    pub id: String,
+    /// `project` or `join`.
+    pub kind: String,
+    /// The project of a project token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Refused from now on.
+    pub revoked: bool,
 }
 
 /// A new token: shown once, stored only as a hash.
@@ -243,6 +261,7 @@ pub struct TokenCreated {
     pub id: String,
     /// The token itself.
     pub token: String,
-    /// Its project.
-    pub project: String,
+    /// Its project (none for a join token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
 }

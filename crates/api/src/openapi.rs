@@ -31,6 +31,17 @@ pub fn document() -> String {
             "/jobs/{id}/cancel": {"post": op("Cancel a job or one task", Some("CancelRequest"), "CancelResponse")},
             "/jobs/{id}/tasks/{index}/log": {"get": {"summary": "A task's output; ?stream=stderr for its errors", "security": [{"bearer": []}], "responses": {"200": {"description": "text", "content": {"text/plain": {}}}}}},
             "/nodes": {"get": op("List nodes", None, "NodeList")},
+            "/nodes/{name}/drain": {"post": op("Drain a node: it finishes what runs and takes nothing new (admin)", None, "NodeView")},
+            "/nodes/{name}/resume": {"post": op("Give a drained node work again (admin)", None, "NodeView")},
+            "/projects": {
+                "get": op("List projects (admin)", None, "NameList"),
+                "post": op("Create a project with an optional quota (admin)", Some("ProjectRequest"), "ProjectCreated"),
+            },
+            "/tokens": {
+                "get": op("List project and join tokens, never the tokens themselves (admin)", None, "TokenList"),
+                "post": op("Create a project token or an agents' join token; the token is shown once (admin)", Some("TokenRequest"), "TokenCreated"),
+            },
+            "/tokens/{id}/revoke": {"post": op("Revoke a token: refused from now on; an agent that joined with it stops (admin)", None, "TokenRevoked")},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -50,6 +61,14 @@ pub fn document() -> String {
                 "JobList": {"type": "array", "items": {"$ref": "#/components/schemas/JobView"}},
                 "NodeView": {"type": "object", "properties": {"name": string, "pool": string, "state": string}},
                 "NodeList": {"type": "array", "items": {"$ref": "#/components/schemas/NodeView"}},
+                "NameList": {"type": "array", "items": string},
+                "ProjectRequest": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {"name": string, "quota": int, "borrow": int, "share": int}},
+                "ProjectCreated": {"type": "object", "properties": {"name": string}},
+                "TokenRequest": {"type": "object", "additionalProperties": false, "properties": {"project": string, "join": {"type": "boolean"}}},
+                "TokenCreated": {"type": "object", "required": ["id", "token"], "properties": {"id": string, "token": string, "project": string}},
+                "TokenView": {"type": "object", "properties": {"id": string, "kind": {"type": "string", "enum": ["project", "join"]}, "project": string, "revoked": {"type": "boolean"}}},
+                "TokenList": {"type": "array", "items": {"$ref": "#/components/schemas/TokenView"}},
+                "TokenRevoked": {"type": "object", "properties": {"id": string, "revoked": {"type": "boolean"}}},
             }
         }
     });
@@ -62,7 +81,7 @@ mod tests {
     fn the_document_is_json_with_every_route() {
         let doc: serde_json::Value = serde_json::from_str(&super::document()).unwrap();
         assert_eq!(doc["openapi"], "3.0.3");
-        for path in ["/jobs", "/jobs/{id}", "/jobs/{id}/cancel", "/jobs/{id}/tasks/{index}/log", "/nodes"] {
+        for path in ["/jobs", "/jobs/{id}", "/jobs/{id}/cancel", "/jobs/{id}/tasks/{index}/log", "/nodes", "/nodes/{name}/drain", "/projects", "/tokens", "/tokens/{id}/revoke"] {
             assert!(doc["paths"][path].is_object(), "{path}");
         }
     }

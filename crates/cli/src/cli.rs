@@ -86,12 +86,17 @@ pub enum ProjectAction {
 /// `tidepool token ...`.
 #[derive(Subcommand, Debug)]
 pub enum TokenAction {
-    /// Create a token for a project; prints it as the last line.
+    /// Create a token for a project, or a join token for agents; prints it as the last line.
     Create {
         /// The project it acts for.
+        #[arg(long, required_unless_present = "join", conflicts_with = "join")]
+        project: Option<String>,
+        /// A join token for agents (`tidepool agent --join-token`) instead.
         #[arg(long)]
-        project: String,
+        join: bool,
     },
+    /// List tokens: id, kind, project, revoked (never the tokens themselves).
+    List,
     /// Revoke a token by its id.
     Revoke {
         /// The id printed at creation (`tok_...`).

@@ -389,10 +389,18 @@ pub async fn project(action: crate::cli::ProjectAction) -> Result<u8, String> {
 pub async fn token(action: crate::cli::TokenAction) -> Result<u8, String> {
     let client = Client::from_env()?;
     match action {
-        crate::cli::TokenAction::Create { project } => {
-            let created: tidepool_api::TokenCreated = client.post("/tokens", &tidepool_api::TokenRequest { project }).await?;
-            line(&format!("token id {} for project {} (shown once; keep it secret):", created.id, created.project));
+        crate::cli::TokenAction::Create { project, join } => {
+            let created: tidepool_api::TokenCreated = client.post("/tokens", &tidepool_api::TokenRequest { project, join }).await?;
+            let what = created.project.as_ref().map_or("joining agents".to_string(), |p| format!("project {p}"));
+            line(&format!("token id {} for {what} (shown once; keep it secret):", created.id));
             line(&created.token);
+        }
+        crate::cli::TokenAction::List => {
+            let tokens: Vec<tidepool_api::TokenView> = client.get("/tokens").await?;
+            line(&format!("{:<18} {:<8} {:<16} {}", "ID", "KIND", "PROJECT", "REVOKED"));
+            for t in tokens {
+                line(&format!("{:<18} {:<8} {:<16} {}", t.id, t.kind, t.project.as_deref().unwrap_or("-"), if t.revoked { "yes" } else { "no" }));
+            }
         }
         crate::cli::TokenAction::Revoke { id } => {
             let _: serde_json::Value = client.post(&format!("/tokens/{id}/revoke"), &serde_json::json!({})).await?;

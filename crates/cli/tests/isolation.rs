@@ -68,6 +68,7 @@ fn projects_cannot_see_each_others_jobs_and_every_route_wants_a_token() {
         ("GET", "/api/v1/projects".to_string()),
         ("POST", "/api/v1/projects".to_string()),
         ("POST", "/api/v1/tokens".to_string()),
+        ("GET", "/api/v1/tokens".to_string()),
         ("POST", "/api/v1/tokens/tok_x/revoke".to_string()),
         ("POST", "/api/v1/nodes/x/drain".to_string()),
         ("POST", "/api/v1/nodes/x/resume".to_string()),
@@ -129,4 +130,37 @@ fn a_secret_env_value_reaches_the_task_and_nothing_else() {
     if let Ok(dump) = dump {
         assert!(!String::from_utf8_lossy(&dump.stdout).contains(secret), "the journal dump holds the secret");
     }
+}
+
+#[test]
+fn a_revoked_join_token_stops_its_agent_and_its_tasks() {
+    let mut env = Env::with_args("join", &["--agent-lease", "3"]);
+    let out = env.ok(&["token", "create", "--join"]);
+    let id = out.split_whitespace().nth(2).unwrap().to_string();
+    let join = out.trim().lines().last().unwrap().to_string();
+    assert!(join.starts_with("tpj_"), "{out}");
+    env.add_agent_with_token("guest", &join, &["--cpus", "1", "--feature", "guest"]);
+    let marker = env.dir.join("guest-task-alive");
+    let job = env.ok(&["submit", "--constraint", "guest", "--", "sh", "-c", &format!("while true; do touch {}; sleep 0.2; done", marker.display())]);
+    env.eventually(20, "the guest's task to run", |_| marker.exists());
+    let listed = env.ok(&["token", "list"]);
+    assert!(listed.lines().any(|l| l.starts_with(&id) && l.contains("join") && l.ends_with("no")), "{listed}");
+    assert!(!env.run(&["token", "create", "--join", "--project", "x"]).status.success(), "a token is one kind");
+
+    env.ok(&["token", "revoke", &id]);
+    assert!(env.ok(&["token", "list"]).lines().any(|l| l.starts_with(&id) && l.ends_with("yes")));
+    assert_eq!(status(&env, "POST", "/api/v1/agent/register", Some(&join)), "401", "a revoked join token is refused");
+    // The agent learns it at its next poll, stops its task and leaves.
+    let pid = env.agent_pid("guest");
+    env.eventually(20, "the refused agent to exit", |_| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
+    });
+    std::fs::remove_file(&marker).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert!(!marker.exists(), "the task of a refused agent still runs");
+    // Its lease ends and the task waits for another node with the feature, as a new attempt.
+    env.eventually(20, "the task to be requeued", |e| {
+        let v: serde_json::Value = serde_json::from_str(&e.ok(&["show", job.trim(), "--json"])).unwrap();
+        v["counts"]["pending"] == 1
+    });
 }

@@ -2,7 +2,6 @@
 
 use crate::error::{Error, Result};
 use crate::state::{Principal, Shared};
-use crate::tokens;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -31,7 +30,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/nodes/{name}/resume", post(resume_node))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/projects", get(list_projects).post(create_project))
-        .route("/api/v1/tokens", post(create_token))
+        .route("/api/v1/tokens", post(create_token).get(list_tokens))
         .route("/api/v1/tokens/{id}/revoke", post(revoke_token))
         .route("/api/v1/agent/register", post(agent_register))
         .route("/api/v1/agent/poll", post(agent_poll))
@@ -78,7 +77,7 @@ fn visible_job(shared: &Shared, who: &Principal, job_id: u64) -> Result<()> {
 
 fn require_agent(shared: &Shared, headers: &HeaderMap) -> Result<()> {
     match bearer(headers) {
-        Some(t) if tokens::same(t, &shared.join_token) => Ok(()),
+        Some(t) if shared.is_join_token(t) => Ok(()),
         _ => Err(Error::Unauthorized),
     }
 }
@@ -223,7 +222,12 @@ async fn list_projects(State(s): State<AppState>, headers: HeaderMap) -> Result<
 async fn create_token(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response> {
     require_admin(&s, &headers)?;
     let req: tidepool_api::TokenRequest = parse(&body)?;
-    Ok(Json(s.on_create_token(&req.project)?).into_response())
+    Ok(Json(s.on_create_token(&req)?).into_response())
+}
+
+async fn list_tokens(State(s): State<AppState>, headers: HeaderMap) -> Result<Response> {
+    require_admin(&s, &headers)?;
+    Ok(Json(s.token_views()).into_response())
 }
 
 async fn revoke_token(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response> {

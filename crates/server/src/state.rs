@@ -61,10 +61,9 @@ pub struct Shared {
     reader: Mutex<Journal>,
     /// The admin API token.
     pub admin_token: String,
-    /// The token agents join with.
-    pub join_token: String,
     schedule_wanted: Notify,
     /// Project tokens by hash: (id, project, revoked).
+    /// Project and join tokens by hash: (id, project or "" for a join token, revoked).
     api_tokens: Mutex<HashMap<String, (String, String, bool)>>,
     /// Held (shared) from a journal append until its in-memory apply; a snapshot holds it
     /// exclusively, so it never sees an event journaled but not yet applied.
@@ -80,6 +79,11 @@ pub enum Principal {
     Admin,
     /// A project token: that project's jobs only.
     Project(String),
+}
+
+/// A token's public id: a prefix of its hash, so the id reveals nothing usable.
+fn token_id(hash: &str) -> String {
+    format!("tok_{}", &hash[..12])
 }
 
 fn pos_of(cluster: &Cluster, job_id: JobId, index: u32) -> Option<u32> {
@@ -164,11 +168,18 @@ impl Shared {
                 inner.cluster.set_project(&p.name, limits);
             }
         }
-        let api_tokens = journal
+        let mut api_tokens: HashMap<String, (String, String, bool)> = journal
             .tokens()?
             .into_iter()
             .map(|t| (t.hash, (t.id, t.project, t.revoked)))
             .collect();
+        // The join token of the data directory is one more revocable join token.
+        let join_hash = tokens::hash(&join_token);
+        if !api_tokens.contains_key(&join_hash) {
+            let row = tidepool_store::TokenRow { id: token_id(&join_hash), hash: join_hash.clone(), project: String::new(), revoked: false };
+            journal.insert_token(&row, now_ms())?;
+            api_tokens.insert(join_hash, (row.id, row.project, false));
+        }
         let writer = JournalWriter::start(Journal::open(&db)?)?;
         Ok(Shared {
             api_tokens: Mutex::new(api_tokens),
@@ -179,7 +190,6 @@ impl Shared {
             writer,
             reader: Mutex::new(journal),
             admin_token,
-            join_token,
             schedule_wanted: Notify::new(),
         })
     }
@@ -218,9 +228,31 @@ impl Shared {
         let hash = tokens::hash(token);
         let map = self.api_tokens.lock().unwrap_or_else(|p| p.into_inner());
         match map.get(&hash) {
-            Some((_, project, false)) => Some(Principal::Project(project.clone())),
+            Some((_, project, false)) if !project.is_empty() => Some(Principal::Project(project.clone())),
             _ => None,
         }
+    }
+
+    /// Whether `token` is a join token that has not been revoked.
+    pub fn is_join_token(&self, token: &str) -> bool {
+        let map = self.api_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        matches!(map.get(&tokens::hash(token)), Some((_, project, false)) if project.is_empty())
+    }
+
+    /// Every project and join token, without the tokens themselves.
+    pub fn token_views(&self) -> Vec<tidepool_api::TokenView> {
+        let map = self.api_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let mut views: Vec<tidepool_api::TokenView> = map
+            .values()
+            .map(|(id, project, revoked)| tidepool_api::TokenView {
+                id: id.clone(),
+                kind: if project.is_empty() { "join" } else { "project" }.into(),
+                project: (!project.is_empty()).then(|| project.clone()),
+                revoked: *revoked,
+            })
+            .collect();
+        views.sort_by(|a, b| a.id.cmp(&b.id));
+        views
     }
 
     /// The project of a job, if the job exists.
@@ -261,17 +293,25 @@ impl Shared {
         Ok(self.reader.lock().unwrap_or_else(|p| p.into_inner()).projects()?.into_iter().map(|p| p.name).collect())
     }
 
-    /// A new token for a project: returned once, stored as a hash.
-    pub fn on_create_token(&self, project: &str) -> Result<tidepool_api::TokenCreated> {
-        if !self.project_names()?.iter().any(|p| p == project) {
-            return Err(Error::field("project", format!("project {project} does not exist (tidepool project create {project})")));
-        }
-        let token = tokens::random_token("tpp_")?;
-        let id = format!("tok_{}", &tokens::hash(&token)[..12]);
-        let row = tidepool_store::TokenRow { id: id.clone(), hash: tokens::hash(&token), project: project.to_string(), revoked: false };
+    /// A new token for a project, or a join token for agents: returned once, stored as a hash.
+    pub fn on_create_token(&self, req: &tidepool_api::TokenRequest) -> Result<tidepool_api::TokenCreated> {
+        let (project, prefix) = match (&req.project, req.join) {
+            (Some(_), true) => return Err(Error::field("join", "a token is either for a project or for joining agents, not both")),
+            (None, false) => return Err(Error::field("project", "name a project, or ask for a join token")),
+            (None, true) => (String::new(), "tpj_"),
+            (Some(project), false) => {
+                if !self.project_names()?.iter().any(|p| p == project) {
+                    return Err(Error::field("project", format!("project {project} does not exist (tidepool project create {project})")));
+                }
+                (project.clone(), "tpp_")
+            }
+        };
+        let token = tokens::random_token(prefix)?;
+        let hash = tokens::hash(&token);
+        let row = tidepool_store::TokenRow { id: token_id(&hash), hash, project: project.clone(), revoked: false };
         self.reader.lock().unwrap_or_else(|p| p.into_inner()).insert_token(&row, now_ms())?;
-        self.api_tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(row.hash, (id.clone(), project.to_string(), false));
-        Ok(tidepool_api::TokenCreated { id, token, project: project.to_string() })
+        self.api_tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(row.hash, (row.id.clone(), project.clone(), false));
+        Ok(tidepool_api::TokenCreated { id: row.id, token, project: (!project.is_empty()).then_some(project) })
     }
 
     /// Revokes a token by id.

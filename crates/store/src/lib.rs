@@ -142,7 +142,7 @@ pub struct TokenRow {
     pub id: String,
     /// SHA-256 of the token, hex.
     pub hash: String,
-    /// The project it acts for.
+    /// The project it acts for; empty for an agents' join token.
     pub project: String,
     /// Revoked tokens are refused.
     pub revoked: bool,

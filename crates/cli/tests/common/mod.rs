@@ -38,8 +38,13 @@ impl Env {
     /// Starts one more agent, named `name`, dialing this server.
     pub fn add_agent(&mut self, name: &str, extra: &[&str]) {
         let token = std::fs::read_to_string(self.dir.join("data/join.token")).unwrap();
+        self.add_agent_with_token(name, token.trim(), extra);
+    }
+
+    /// Starts one more agent that joins with `token`.
+    pub fn add_agent_with_token(&mut self, name: &str, token: &str, extra: &[&str]) {
         let child = Command::new(BIN)
-            .args(["agent", "--server", &self.url, "--join-token", token.trim(), "--name", name])
+            .args(["agent", "--server", &self.url, "--join-token", token, "--name", name])
             .args(["--data-dir", &format!("agent-{name}")])
             .args(extra)
             .current_dir(&self.dir)
