@@ -31,8 +31,8 @@ pub fn document() -> String {
             "/jobs/{id}/cancel": {"post": op("Cancel a job or one task", Some("CancelRequest"), "CancelResponse")},
             "/jobs/{id}/tasks/{index}/log": {"get": {"summary": "A task's output; ?stream=stderr for its errors", "security": [{"bearer": []}], "responses": {"200": {"description": "text", "content": {"text/plain": {}}}}}},
             "/nodes": {"get": op("List nodes", None, "NodeList")},
-            "/nodes/{name}/drain": {"post": op("Drain a node: it finishes what runs and takes nothing new (admin)", None, "NodeView")},
-            "/nodes/{name}/resume": {"post": op("Give a drained node work again (admin)", None, "NodeView")},
+            "/nodes/{name}/drain": {"post": op("Drain a node: it finishes what runs and takes nothing new (admin)", None, "DrainAnswer")},
+            "/nodes/{name}/resume": {"post": op("Give a drained node work again (admin)", None, "DrainAnswer")},
             "/projects": {
                 "get": op("List projects (admin)", None, "NameList"),
                 "post": op("Create a project with an optional quota (admin)", Some("ProjectRequest"), "ProjectCreated"),
@@ -62,6 +62,7 @@ pub fn document() -> String {
                 "NodeView": {"type": "object", "properties": {"name": string, "pool": string, "state": string}},
                 "NodeList": {"type": "array", "items": {"$ref": "#/components/schemas/NodeView"}},
                 "NameList": {"type": "array", "items": string},
+                "DrainAnswer": {"type": "object", "properties": {"node": string, "draining": {"type": "boolean"}}},
                 "ProjectRequest": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {"name": string, "quota": int, "borrow": int, "share": int}},
                 "ProjectCreated": {"type": "object", "properties": {"name": string}},
                 "TokenRequest": {"type": "object", "additionalProperties": false, "properties": {"project": string, "join": {"type": "boolean"}}},
