@@ -45,6 +45,24 @@ pub struct AgentConfig {
     pub supervisor_program: PathBuf,
     /// Seconds between SIGTERM and SIGKILL when a task is cancelled or times out.
     pub kill_grace_s: u64,
+    /// A CA certificate (PEM) to trust for the server's TLS, besides none.
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// An HTTP client for the server's API that trusts `ca_cert` (PEM) for TLS when given.
+pub fn api_client(ca_cert: Option<&Path>, timeout: Duration) -> std::result::Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder().timeout(timeout);
+    if let Some(path) = ca_cert {
+        let pem = std::fs::read(path).map_err(|e| format!("CA certificate {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("CA certificate {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("CA certificate {}: no certificate in the file", path.display()));
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| format!("HTTP client: {e}"))
 }
 
 impl AgentConfig {
@@ -98,10 +116,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let (plan, why) = CgroupPlan::detect();
     tracing::info!(node = %config.name, "{why}");
     let bin_dir = make_command_links(&config);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| Error::Server(e.to_string()))?;
+    let client = api_client(config.ca_cert.as_deref(), Duration::from_secs(60)).map_err(Error::Io)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let agent = Arc::new(Agent {
         config,
@@ -208,8 +223,12 @@ impl Agent {
         }
     }
 
-    fn start(&self, launch: Launch) {
+    fn start(&self, mut launch: Launch) {
         let a = launch.attempt;
+        // A task that calls sbatch or squeue reaches a TLS server with this node's CA.
+        if let Some(ca) = &self.config.ca_cert {
+            launch.env.entry("TIDEPOOL_CA_CERT".into()).or_insert_with(|| ca.display().to_string());
+        }
         if self.prekilled.lock().unwrap_or_else(|p| p.into_inner()).remove(&a) {
             let mut result = lost(a, "cancelled before it started");
             result.outcome = "cancelled".into();

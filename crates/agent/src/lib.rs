@@ -15,7 +15,7 @@ pub mod daemon;
 pub mod rundir;
 pub mod supervisor;
 
-pub use daemon::{run, AgentConfig};
+pub use daemon::{api_client, run, AgentConfig};
 
 /// What can go wrong in the agent.
 #[derive(Debug, thiserror::Error)]

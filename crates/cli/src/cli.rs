@@ -175,6 +175,12 @@ pub struct ServerArgs {
     /// Seconds an agent may stay silent before its node is lost and its tasks run elsewhere.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub agent_lease: u64,
+    /// Serve the API over TLS with this certificate chain (PEM; needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Flags of `up`.
@@ -191,6 +197,9 @@ pub struct UpArgs {
     /// The gateway's TOML file; without it, two emulated replicas and a demo tenant.
     #[arg(long)]
     pub gateway_config: Option<PathBuf>,
+    /// The CA (PEM) that signed --tls-cert, for the local agent to trust.
+    #[arg(long, env = "TIDEPOOL_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// Flags of `agent`.
@@ -202,6 +211,9 @@ pub struct AgentArgs {
     /// The join token (the server's DATA_DIR/join.token).
     #[arg(long, env = "TIDEPOOL_JOIN_TOKEN")]
     pub join_token: String,
+    /// A CA certificate (PEM) to trust for the server's TLS.
+    #[arg(long, env = "TIDEPOOL_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     /// Where this agent keeps its attempt directories.
     #[arg(long, default_value = "tidepool-agent")]
     pub data_dir: PathBuf,

@@ -17,7 +17,8 @@ pub struct Client {
 pub const DEFAULT_URL: &str = "http://127.0.0.1:7878";
 
 impl Client {
-    /// From `TIDEPOOL_URL` and `TIDEPOOL_TOKEN`, else `$TIDEPOOL_DATA_DIR/admin.token`, else
+    /// From `TIDEPOOL_URL` (https with `TIDEPOOL_CA_CERT` when the server has its own CA) and
+    /// `TIDEPOOL_TOKEN`, else `$TIDEPOOL_DATA_DIR/admin.token`, else
     /// `./tidepool-data/admin.token`.
     pub fn from_env() -> Result<Client, String> {
         let base = std::env::var("TIDEPOOL_URL").unwrap_or_else(|_| DEFAULT_URL.to_string());
@@ -36,16 +37,22 @@ impl Client {
                     })?
             }
         };
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(120))
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+        let ca = std::env::var_os("TIDEPOOL_CA_CERT").filter(|v| !v.is_empty()).map(PathBuf::from);
+        let http = tidepool_agent::api_client(ca.as_deref(), std::time::Duration::from_secs(120))?;
         Ok(Client { base: base.trim_end_matches('/').to_string(), token, http })
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, String> {
         let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
-            if e.is_connect() {
+            let mut causes = String::new();
+            let mut source: Option<&dyn std::error::Error> = Some(&e);
+            while let Some(s) = source {
+                causes.push_str(&s.to_string());
+                source = s.source();
+            }
+            if causes.contains("certificate") || causes.contains("UnknownIssuer") {
+                format!("the Tidepool server at {} presented a certificate this machine does not trust (set TIDEPOOL_CA_CERT to its CA's PEM file)", self.base)
+            } else if e.is_connect() {
                 format!("cannot reach the Tidepool server at {} (is `tidepool up` running? set TIDEPOOL_URL)", self.base)
             } else if e.is_timeout() {
                 format!("the Tidepool server at {} did not answer in time", self.base)

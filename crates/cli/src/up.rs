@@ -38,7 +38,13 @@ async fn bind(args: &ServerArgs) -> Result<(tokio::net::TcpListener, Config), St
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let data_dir = std::path::absolute(&args.data_dir).map_err(|e| e.to_string())?;
-    let mut config = Config::new(data_dir, format!("http://{addr}"));
+    let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
+    let mut config = Config::new(data_dir, format!("{scheme}://{addr}"));
+    config.tls = args.tls_cert.clone().zip(args.tls_key.clone());
+    if let Some((cert, key)) = &config.tls {
+        // Refuse bad files before anything starts, not after the agent began dialling.
+        tidepool_server::tls::server_config(cert, key).map_err(|e| e.to_string())?;
+    }
     config.max_array_size = args.max_array_size;
     config.known_pools = vec!["local".into()];
     config.agent_lease_ms = args.agent_lease * 1000;
@@ -76,6 +82,7 @@ pub async fn up(args: UpArgs) -> Result<u8, String> {
         resources: Default::default(),
         supervisor_program: std::env::current_exe().map_err(|e| e.to_string())?,
         kill_grace_s: 1,
+        ca_cert: args.ca_cert.clone(),
     };
     tracing::info!(
         "tidepool is up: API {}/api/v1, admin token in {}",
@@ -233,6 +240,7 @@ pub async fn agent(args: AgentArgs) -> Result<u8, String> {
         resources: args.resource.iter().map(|r| parse_resource(r)).collect::<Result<_, _>>()?,
         supervisor_program: std::env::current_exe().map_err(|e| e.to_string())?,
         kill_grace_s: 1,
+        ca_cert: args.ca_cert,
     };
     tokio::select! {
         r = tidepool_agent::run(config) => r.map_err(|e| e.to_string())?,

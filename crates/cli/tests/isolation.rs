@@ -164,3 +164,44 @@ fn a_revoked_join_token_stops_its_agent_and_its_tasks() {
         v["counts"]["pending"] == 1
     });
 }
+
+/// A CA and a certificate for 127.0.0.1 signed by it, made with the openssl command.
+fn make_certificates(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(&[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=tidepool test CA"]].concat());
+    openssl(&[&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]].concat());
+    std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    openssl(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext"]);
+}
+
+#[test]
+fn over_tls_the_api_agents_and_commands_work_and_plain_http_gets_nothing() {
+    let certs = std::env::temp_dir().join(format!("tidepool-it-{}-certs", std::process::id()));
+    make_certificates(&certs);
+    let path = |f: &str| certs.join(f).display().to_string();
+    let (cert, key, ca) = (path("server.pem"), path("server.key"), path("ca.pem"));
+    let env = Env::with_client_env("tls", &["--tls-cert", &cert, "--tls-key", &key, "--ca-cert", &ca], &[("TIDEPOOL_CA_CERT", &ca)]);
+    assert!(env.url.starts_with("https://"), "{}", env.url);
+    // The local agent reached the server over TLS (the harness waited for its node), and work
+    // runs through it.
+    let job = env.ok(&["submit", "--", "sh", "-c", "echo over-tls"]);
+    assert!(env.run(&["wait", job.trim()]).status.success());
+    assert_eq!(env.ok(&["logs", job.trim()]).trim(), "over-tls");
+    // Without the CA a client refuses the server, with one readable line.
+    let out = env.cmd(common::BIN, &["jobs"]).env_remove("TIDEPOOL_CA_CERT").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // curl: plain HTTP gets no answer; TLS with the CA gets the API, which still wants a token.
+    let plain = env.url.replace("https://", "http://");
+    let code = |args: &[&str]| String::from_utf8(Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}"]).args(args).output().unwrap().stdout).unwrap();
+    assert_eq!(code(&[&format!("{plain}/api/v1/jobs")]), "000", "plain HTTP must not be answered");
+    assert_eq!(code(&["--cacert", &ca, &format!("{}/api/v1/jobs", env.url)]), "401");
+    let admin = std::fs::read_to_string(env.dir.join("data/admin.token")).unwrap();
+    assert_eq!(code(&["--cacert", &ca, "-H", &format!("Authorization: Bearer {}", admin.trim()), &format!("{}/api/v1/jobs", env.url)]), "200");
+}

@@ -21,6 +21,8 @@ pub struct Config {
     pub snapshot_every: u64,
     /// Projects with quotas, borrowing limits and fair-share weights; others are unlimited.
     pub projects: Vec<(String, tidepool_core::ProjectLimits)>,
+    /// Certificate chain and private key (PEM): the API is served over TLS when set.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Config {
@@ -35,6 +37,7 @@ impl Config {
             agent_lease_ms: 60_000,
             projects: Vec::new(),
             snapshot_every: 200_000,
+            tls: None,
         }
     }
 }

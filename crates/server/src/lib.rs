@@ -8,6 +8,7 @@
 //! - [`state`]: the shared state, replay and the reactor's `on_*` functions.
 //! - [`routes`]: paths to handlers, and the handlers.
 //! - [`spec`]: validation of submissions and expansion of output patterns.
+//! - [`tls`]: the REST API over TLS (rustls) when a certificate is configured.
 
 pub mod config;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod journal;
 pub mod routes;
 pub mod spec;
 pub mod state;
+pub mod tls;
 pub mod tokens;
 
 pub use config::Config;
@@ -23,17 +25,28 @@ pub use error::{Error, Result};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-/// Runs the server on `listener` until `shutdown` resolves.
+/// Runs the server on `listener` (TLS when the config names a certificate) until `shutdown`
+/// resolves.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(tls::server_config(cert, key)?),
+        None => None,
+    };
     let shared = state::Shared::open(config)?;
     let shared = Arc::new(shared);
     let reactor = tokio::spawn(state::reactor_loop(shared.clone()));
     let app = routes::router(shared.clone());
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let served = match tls {
+        Some(tls) => {
+            let listener = tls::TlsListener::new(listener, tls).map_err(|e| Error::Internal(format!("TLS listener: {e}")))?;
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        }
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+    };
     reactor.abort();
     served.map_err(|e| Error::Internal(format!("http server: {e}")))
 }

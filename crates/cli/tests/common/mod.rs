@@ -17,6 +17,8 @@ pub struct Env {
     server: Option<Child>,
     extra_args: Vec<String>,
     agents: Vec<(String, Child)>,
+    /// Environment given to every command run against the server (e.g. its CA).
+    pub client_env: Vec<(String, String)>,
 }
 
 impl Env {
@@ -26,11 +28,20 @@ impl Env {
 
     /// A server started with extra `tidepool up` flags.
     pub fn with_args(name: &str, extra: &[&str]) -> Env {
+        Env::with_client_env(name, extra, &[])
+    }
+
+    /// A server started with extra flags, whose clients get `client_env`.
+    pub fn with_client_env(name: &str, extra: &[&str], client_env: &[(&str, &str)]) -> Env {
         let dir = std::env::temp_dir().join(format!("tidepool-it-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let extra_args = extra.iter().map(|s| s.to_string()).collect();
-        let mut env = Env { dir, url: String::new(), gateway_url: String::new(), server: None, extra_args, agents: Vec::new() };
+        Env::started(dir, extra_args, client_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    fn started(dir: PathBuf, extra_args: Vec<String>, client_env: Vec<(String, String)>) -> Env {
+        let mut env = Env { dir, url: String::new(), gateway_url: String::new(), server: None, extra_args, agents: Vec::new(), client_env };
         env.start("127.0.0.1:0");
         env
     }
@@ -131,6 +142,9 @@ impl Env {
             .env("TIDEPOOL_URL", &self.url)
             .env("TIDEPOOL_DATA_DIR", self.dir.join("data"))
             .env_remove("TIDEPOOL_TOKEN");
+        for (k, v) in &self.client_env {
+            c.env(k, v);
+        }
         c
     }
 
