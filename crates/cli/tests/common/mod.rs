@@ -33,16 +33,18 @@ impl Env {
 
     /// A server started with extra flags, whose clients get `client_env`.
     pub fn with_client_env(name: &str, extra: &[&str], client_env: &[(&str, &str)]) -> Env {
+        Env::listening(name, "127.0.0.1:0", extra, client_env)
+    }
+
+    /// A server listening on `listen`, started with extra flags, whose clients get `client_env`.
+    pub fn listening(name: &str, listen: &str, extra: &[&str], client_env: &[(&str, &str)]) -> Env {
         let dir = std::env::temp_dir().join(format!("tidepool-it-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let extra_args = extra.iter().map(|s| s.to_string()).collect();
-        Env::started(dir, extra_args, client_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
-    }
-
-    fn started(dir: PathBuf, extra_args: Vec<String>, client_env: Vec<(String, String)>) -> Env {
+        let client_env = client_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let mut env = Env { dir, url: String::new(), gateway_url: String::new(), server: None, extra_args, agents: Vec::new(), client_env };
-        env.start("127.0.0.1:0");
+        env.start(listen);
         env
     }
 
@@ -54,8 +56,16 @@ impl Env {
 
     /// Starts one more agent that joins with `token`.
     pub fn add_agent_with_token(&mut self, name: &str, token: &str, extra: &[&str]) {
-        let child = Command::new(BIN)
-            .args(["agent", "--server", &self.url, "--join-token", token, "--name", name])
+        let mut command = Command::new(BIN);
+        command.args(["agent", "--server", &self.url]);
+        self.add_agent_by(name, command, token, extra);
+    }
+
+    /// Starts one more agent with `command` (the binary and how it reaches the server, e.g.
+    /// inside a network namespace), joining with `token`.
+    pub fn add_agent_by(&mut self, name: &str, mut command: Command, token: &str, extra: &[&str]) {
+        let child = command
+            .args(["--join-token", token, "--name", name])
             .args(["--data-dir", &format!("agent-{name}")])
             .args(extra)
             .current_dir(&self.dir)
