@@ -41,8 +41,11 @@ pub struct AgentConfig {
     pub features: Vec<String>,
     /// Named countable resources offered (`fpga`, `npu`).
     pub resources: std::collections::BTreeMap<String, u64>,
-    /// The `tidepool` binary, run as `tidepool __supervise DIR`.
+    /// The supervisor, run as `PROGRAM __supervise DIR` once per task: `tidepool-supervise`
+    /// (small, quick to start) or `tidepool` itself.
     pub supervisor_program: PathBuf,
+    /// The `tidepool` binary, linked as `sbatch`, `squeue`... on tasks' PATH.
+    pub tidepool_program: PathBuf,
     /// Seconds between SIGTERM and SIGKILL when a task is cancelled or times out.
     pub kill_grace_s: u64,
     /// A CA certificate (PEM) to trust for the server's TLS, besides none.
@@ -66,6 +69,17 @@ pub fn api_client(ca_cert: Option<&Path>, timeout: Duration) -> std::result::Res
 }
 
 impl AgentConfig {
+    /// The supervisor to run beside the `tidepool` binary `tidepool`: `tidepool-supervise` in
+    /// the same directory when it is there, else `tidepool` itself.
+    pub fn supervisor_beside(tidepool: &Path) -> PathBuf {
+        let small = tidepool.with_file_name("tidepool-supervise");
+        if small.is_file() {
+            small
+        } else {
+            tidepool.to_path_buf()
+        }
+    }
+
     /// This machine's cores and memory, offered whole.
     pub fn local_capacity() -> (u64, u64) {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
@@ -141,7 +155,7 @@ fn make_command_links(config: &AgentConfig) -> Option<String> {
     for name in ["sbatch", "squeue", "scancel", "sacct", "sinfo"] {
         let link = dir.join(name);
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&config.supervisor_program, &link).ok()?;
+        std::os::unix::fs::symlink(&config.tidepool_program, &link).ok()?;
     }
     Some(dir.display().to_string())
 }

@@ -2,6 +2,7 @@
 //! link named `sbatch`, `squeue`, `scancel`, `sacct` or `sinfo`, it behaves as that command.
 
 mod bench;
+mod bench_batch;
 mod bench_gateway;
 mod bench_recovery;
 mod cli;

@@ -80,7 +80,8 @@ pub async fn up(args: UpArgs) -> Result<u8, String> {
         gpus: 0,
         features: AgentConfig::local_features(),
         resources: Default::default(),
-        supervisor_program: std::env::current_exe().map_err(|e| e.to_string())?,
+        supervisor_program: AgentConfig::supervisor_beside(&std::env::current_exe().map_err(|e| e.to_string())?),
+        tidepool_program: std::env::current_exe().map_err(|e| e.to_string())?,
         kill_grace_s: 1,
         ca_cert: args.ca_cert.clone(),
     };
@@ -238,7 +239,8 @@ pub async fn agent(args: AgentArgs) -> Result<u8, String> {
             f
         },
         resources: args.resource.iter().map(|r| parse_resource(r)).collect::<Result<_, _>>()?,
-        supervisor_program: std::env::current_exe().map_err(|e| e.to_string())?,
+        supervisor_program: AgentConfig::supervisor_beside(&std::env::current_exe().map_err(|e| e.to_string())?),
+        tidepool_program: std::env::current_exe().map_err(|e| e.to_string())?,
         kill_grace_s: 1,
         ca_cert: args.ca_cert,
     };
