@@ -5,6 +5,7 @@
 //! neither loses a result nor runs an attempt again.
 
 use crate::cgroup::CgroupPlan;
+use crate::supervisor::now_ms;
 use crate::rundir::{self, SupervisorSpec};
 use crate::{Error, Result};
 use std::collections::{HashMap, HashSet};
@@ -50,6 +51,8 @@ pub struct AgentConfig {
     pub kill_grace_s: u64,
     /// A CA certificate (PEM) to trust for the server's TLS, besides none.
     pub ca_cert: Option<PathBuf>,
+    /// Hand tasks to this Slurm cluster instead of running them here (an overflow site).
+    pub slurm: Option<crate::slurm_site::SlurmSite>,
 }
 
 /// An HTTP client for the server's API that trusts `ca_cert` (PEM) for TLS when given.
@@ -121,6 +124,8 @@ struct Agent {
     prekilled: Mutex<HashSet<AttemptRef>>,
     results: mpsc::UnboundedSender<TaskResult>,
     session: AtomicU64,
+    /// Attempts handed to Slurm: (Slurm job id, started, cancelled by us).
+    in_slurm: Mutex<HashMap<AttemptRef, (String, u64, bool)>>,
 }
 
 /// Runs the agent until the future is dropped.
@@ -141,8 +146,12 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         prekilled: Mutex::new(HashSet::new()),
         results: tx,
         session: AtomicU64::new(0),
+        in_slurm: Mutex::new(HashMap::new()),
     });
     let reporter = tokio::spawn(report_loop(agent.clone(), rx));
+    if agent.config.slurm.is_some() {
+        tokio::spawn(follow_slurm(agent.clone()));
+    }
     let outcome = main_loop(agent).await;
     reporter.abort();
     outcome
@@ -161,6 +170,10 @@ fn make_command_links(config: &AgentConfig) -> Option<String> {
 }
 
 impl Agent {
+    fn lock_in_slurm(&self) -> std::sync::MutexGuard<'_, HashMap<AttemptRef, (String, u64, bool)>> {
+        self.in_slurm.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn lock_tracked(&self) -> std::sync::MutexGuard<'_, HashMap<AttemptRef, u32>> {
         self.tracked.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -201,6 +214,11 @@ impl Agent {
             let dir = entry.path();
             if let Some(result) = rundir::read_result(&dir) {
                 finished.push(result);
+            } else if let (Some(_), Ok(id)) = (&self.config.slurm, std::fs::read_to_string(dir.join(crate::slurm_site::JOB_ID_FILE))) {
+                // Handed to Slurm by an earlier agent process: follow it again.
+                running.push(a);
+                let mut in_slurm = self.lock_in_slurm();
+                in_slurm.entry(a).or_insert_with(|| (id.trim().to_string(), now_ms(), false));
             } else if tracked.contains(&a) {
                 running.push(a);
             } else if rundir::supervisor_alive(&dir) {
@@ -251,6 +269,21 @@ impl Agent {
         }
         let dir = rundir::attempt_dir(&self.config.run_dir, &a);
         if dir.exists() {
+            return;
+        }
+        if let Some(site) = &self.config.slurm {
+            let submitted = std::fs::create_dir_all(&dir).map_err(|e| e.to_string()).and_then(|_| site.submit(&launch, &dir));
+            match submitted {
+                Ok(id) => {
+                    tracing::debug!(job = a.job_id, index = a.index, slurm_job = %id, "handed to Slurm");
+                    self.lock_in_slurm().insert(a, (id, now_ms(), false));
+                }
+                Err(e) => {
+                    let result = lost(a, &format!("cannot hand the task to Slurm: {e}"));
+                    let _ = rundir::write_result(&dir, &result);
+                    let _ = self.results.send(result);
+                }
+            }
             return;
         }
         let spec = SupervisorSpec {
@@ -308,6 +341,19 @@ impl Agent {
     }
 
     fn kill(&self, a: AttemptRef) {
+        if let Some(site) = &self.config.slurm {
+            let id = self.lock_in_slurm().get_mut(&a).map(|entry| {
+                entry.2 = true;
+                entry.0.clone()
+            });
+            match id {
+                Some(id) => site.cancel(&id),
+                None => {
+                    self.prekilled.lock().unwrap_or_else(|p| p.into_inner()).insert(a);
+                }
+            }
+            return;
+        }
         let pid = self.lock_tracked().get(&a).copied();
         let dir = rundir::attempt_dir(&self.config.run_dir, &a);
         let pid = pid.filter(|p| *p > 0).or_else(|| read_pid(&dir));
@@ -348,6 +394,32 @@ fn lost(a: AttemptRef, message: &str) -> TaskResult {
     }
 }
 
+/// Every second, asks Slurm which of the attempts handed to it are still queued or running,
+/// and reports the others as ended.
+async fn follow_slurm(agent: Arc<Agent>) {
+    let Some(site) = agent.config.slurm.clone() else { return };
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let ids: Vec<String> = agent.lock_in_slurm().values().map(|(id, _, _)| id.clone()).collect();
+        let site_for_query = site.clone();
+        let queued = tokio::task::spawn_blocking(move || site_for_query.still_queued(&ids)).await.ok().flatten();
+        let Some(queued) = queued else { continue };
+        let gone: Vec<(AttemptRef, u64, bool)> = agent
+            .lock_in_slurm()
+            .iter()
+            .filter(|(_, (id, _, _))| !queued.contains(id))
+            .map(|(a, (_, started, cancelled))| (*a, *started, *cancelled))
+            .collect();
+        for (a, started, cancelled) in gone {
+            let dir = rundir::attempt_dir(&agent.config.run_dir, &a);
+            let result = crate::slurm_site::ended(a, &dir, cancelled, started, now_ms());
+            let _ = rundir::write_result(&dir, &result);
+            agent.lock_in_slurm().remove(&a);
+            let _ = agent.results.send(result);
+        }
+    }
+}
+
 async fn main_loop(agent: Arc<Agent>) -> Result<()> {
     let mut announced = false;
     loop {
@@ -360,6 +432,7 @@ async fn main_loop(agent: Arc<Agent>) -> Result<()> {
             gpus: agent.config.gpus,
             features: agent.config.features.clone(),
             resources: agent.config.resources.clone(),
+            overflow: agent.config.slurm.is_some(),
             running,
             finished,
         };

@@ -13,6 +13,7 @@
 pub mod cgroup;
 pub mod daemon;
 pub mod rundir;
+pub mod slurm_site;
 pub mod supervisor;
 
 pub use daemon::{api_client, run, AgentConfig};

@@ -35,6 +35,10 @@ pub struct RegisterRequest {
     /// Named countable resources offered (`fpga`, `npu`).
     #[serde(default)]
     pub resources: BTreeMap<String, u64>,
+    /// A site used only for what the local nodes cannot take now (a Slurm cluster behind an
+    /// agent with `--executor slurm`).
+    #[serde(default)]
+    pub overflow: bool,
     /// Attempts still running under their supervisors.
     pub running: Vec<AttemptRef>,
     /// Attempts that ended and were not yet acknowledged.

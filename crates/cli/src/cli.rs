@@ -230,6 +230,13 @@ pub struct AgentArgs {
     /// A CA certificate (PEM) to trust for the server's TLS.
     #[arg(long, env = "TIDEPOOL_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
+    /// `local` runs tasks here; `slurm` hands them to a Slurm cluster with sbatch (an overflow
+    /// site: it gets only what local nodes cannot take; --cpus caps what is queued there).
+    #[arg(long, default_value = "local", value_parser = ["local", "slurm"])]
+    pub executor: String,
+    /// Extra sbatch argument for the Slurm executor (repeatable), e.g. --sbatch-arg=--partition=debug.
+    #[arg(long, allow_hyphen_values = true)]
+    pub sbatch_arg: Vec<String>,
     /// Where this agent keeps its attempt directories.
     #[arg(long, default_value = "tidepool-agent")]
     pub data_dir: PathBuf,

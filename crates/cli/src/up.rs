@@ -84,6 +84,7 @@ pub async fn up(args: UpArgs) -> Result<u8, String> {
         tidepool_program: std::env::current_exe().map_err(|e| e.to_string())?,
         kill_grace_s: 1,
         ca_cert: args.ca_cert.clone(),
+        slurm: None,
     };
     tracing::info!(
         "tidepool is up: API {}/api/v1, admin token in {}",
@@ -243,6 +244,7 @@ pub async fn agent(args: AgentArgs) -> Result<u8, String> {
         tidepool_program: std::env::current_exe().map_err(|e| e.to_string())?,
         kill_grace_s: 1,
         ca_cert: args.ca_cert,
+        slurm: (args.executor == "slurm").then(|| tidepool_agent::slurm_site::SlurmSite { sbatch_args: args.sbatch_arg }),
     };
     tokio::select! {
         r = tidepool_agent::run(config) => r.map_err(|e| e.to_string())?,

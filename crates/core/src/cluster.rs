@@ -319,6 +319,8 @@ pub struct Node {
     pub(crate) held_for: Option<JobId>,
     /// Finishes what it runs and takes nothing new.
     pub(crate) draining: bool,
+    /// Gets work only when no other node can take it now (a remote site such as Slurm).
+    pub(crate) overflow: bool,
 }
 
 impl Node {
@@ -603,6 +605,7 @@ impl Cluster {
                     running: BTreeSet::new(),
                     held_for: None,
                     draining: false,
+                    overflow: false,
                 });
                 self.node_by_name.insert(name.to_string(), id);
                 id
@@ -629,6 +632,13 @@ impl Cluster {
             if after.0 && after.1 > 0 {
                 self.free_index.insert((after.1, id));
             }
+        }
+    }
+
+    /// Marks a node as an overflow site: it gets work only when no other node can take it now.
+    pub fn set_node_overflow(&mut self, node_id: NodeId, overflow: bool) {
+        if let Some(node) = self.nodes.get_mut(node_id.0 as usize) {
+            node.overflow = overflow;
         }
     }
 

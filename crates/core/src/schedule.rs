@@ -133,14 +133,18 @@ impl Cluster {
                 .filter(|(i, n)| fits(*i, n))
                 .min_by_key(|(i, n)| {
                     let f = n.free();
-                    (f.n_gpus - need.n_gpus, f.named.iter().sum::<u64>(), f.cpu_millis, *i)
+                    (n.overflow, f.n_gpus - need.n_gpus, f.named.iter().sum::<u64>(), f.cpu_millis, *i)
                 })
                 .map(|(i, _)| crate::cluster::NodeId(i as u32));
         }
-        self.free_index
-            .range((need.cpu_millis, crate::cluster::NodeId(0))..)
-            .map(|(_, id)| *id)
-            .find(|id| fits(id.0 as usize, &self.nodes[id.0 as usize]))
+        // Local nodes first; an overflow site (e.g. Slurm) only gets what they cannot take now.
+        let tightest = |overflow: bool| {
+            self.free_index
+                .range((need.cpu_millis, crate::cluster::NodeId(0))..)
+                .map(|(_, id)| *id)
+                .find(|id| self.nodes[id.0 as usize].overflow == overflow && fits(id.0 as usize, &self.nodes[id.0 as usize]))
+        };
+        tightest(false).or_else(|| tightest(true))
     }
 
     /// Places a gang whole, or reserves the nodes it will get first.
@@ -151,14 +155,14 @@ impl Cluster {
             return;
         }
         let per_node = job.demand.times(u64::from(gang.tasks_per_node));
-        let mut ready: Vec<(u64, usize)> = self
+        let mut ready: Vec<(u64, u64, usize)> = self
             .gang_hosts(job, &per_node)
             .filter(|(i, n)| n.free().fits(&per_node) && self.allowed(*i, n, job_id, now_ms))
-            .map(|(i, n)| (n.free().cpu_millis, i))
+            .map(|(i, n)| (u64::from(n.overflow), n.free().cpu_millis, i))
             .collect();
         if ready.len() >= gang.n_nodes as usize {
             ready.sort_unstable();
-            for (_, i) in ready.into_iter().take(gang.n_nodes as usize) {
+            for (_, _, i) in ready.into_iter().take(gang.n_nodes as usize) {
                 for _ in 0..gang.tasks_per_node {
                     self.place_next(job_id, crate::cluster::NodeId(i as u32), now_ms, decisions);
                 }

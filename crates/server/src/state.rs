@@ -467,6 +467,7 @@ impl Shared {
         let (session, requeues, kills) = {
             let mut inner = self.lock();
             let node_id = inner.cluster.add_node_with(&req.name, &req.pool, capacity, &req.features, &named);
+            inner.cluster.set_node_overflow(node_id, req.overflow);
             inner.cluster.set_node_online(node_id, true);
             let session = inner.next_session_id;
             inner.next_session_id += 1;

@@ -48,6 +48,22 @@ fn fills_nodes_and_no_more() {
 }
 
 #[test]
+fn an_overflow_site_only_gets_what_local_nodes_cannot_take() {
+    let mut c = cluster_with_nodes(&[8, 2]);
+    c.set_node_overflow(NodeId(0), true);
+    c.submit(JobId(1), spec("0-1", 1), 0);
+    let p = placed(&mut c, 1);
+    assert!(p.iter().all(|p| p.node_id == NodeId(1)), "local first, though the site fits better: {p:?}");
+    c.submit(JobId(2), spec("0-2", 1), 0);
+    let p = placed(&mut c, 2);
+    assert_eq!(p.len(), 3);
+    assert!(p.iter().all(|p| p.node_id == NodeId(0)), "the overflow takes the rest");
+    assert!(c.finish(JobId(1), 0, 1, TaskOutcome::Succeeded, 3));
+    c.submit(JobId(3), spec("0", 1), 4);
+    assert_eq!(placed(&mut c, 5)[0].node_id, NodeId(1), "a freed local core goes before the site's free ones");
+}
+
+#[test]
 fn best_fit_keeps_whole_nodes_free() {
     let mut c = cluster_with_nodes(&[8, 8, 8]);
     c.submit(JobId(1), spec("0-3", 2), 0);

@@ -1,0 +1,208 @@
+//! A Slurm cluster as one more site of the pool: an agent started with `--executor slurm` hands
+//! each task it is given to Slurm with `sbatch --parsable`, follows it with `squeue`, ends it
+//! with `scancel`, and reports it like any other attempt.
+//!
+//! Each attempt's directory (on a filesystem the Slurm nodes share) holds the batch script, the
+//! Slurm job id (`slurm_job_id`), and the exit code the script writes as it ends
+//! (`exit_code`); a job that left `squeue` without one was killed or lost. Flow control is the
+//! agent's offer: it registers `--cpus N`, so the scheduler never gives it more than N cores of
+//! work, and no more than that is ever queued in Slurm.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use tidepool_api::{AttemptRef, Launch, TaskResult};
+
+/// The Slurm job id of an attempt handed to Slurm.
+pub const JOB_ID_FILE: &str = "slurm_job_id";
+/// The exit code the batch script leaves.
+pub const EXIT_FILE: &str = "exit_code";
+
+/// How to reach the Slurm cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlurmSite {
+    /// Extra `sbatch` arguments (`--partition=debug`, `--account=chem`).
+    pub sbatch_args: Vec<String>,
+}
+
+/// Quotes a word for `sh`.
+fn quoted(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+/// The batch script of one attempt: the task's environment, its directory, its command, and
+/// its exit code written where the agent looks.
+pub fn batch_script(launch: &Launch, dir: &Path) -> String {
+    let mut s = String::from("#!/bin/sh\n");
+    for (k, v) in &launch.env {
+        // Slurm sets its own job variables inside the allocation; Tidepool's are kept.
+        if k.starts_with("SLURM_") || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        let _ = writeln!(s, "export {k}={}", quoted(v));
+    }
+    let _ = writeln!(s, "cd {} || exit 1", quoted(&launch.workdir));
+    match &launch.script {
+        Some(_) => {
+            let _ = writeln!(s, "{}", quoted(&dir.join("script").display().to_string()));
+        }
+        None => {
+            let words: Vec<String> = launch.command.iter().map(|w| quoted(w)).collect();
+            let _ = writeln!(s, "{}", words.join(" "));
+        }
+    }
+    let exit = dir.join(EXIT_FILE).display().to_string();
+    let _ = writeln!(s, "code=$?\necho $code > {}.tmp && mv {}.tmp {}\nexit $code", quoted(&exit), quoted(&exit), quoted(&exit));
+    s
+}
+
+impl SlurmSite {
+    /// Submits an attempt; returns its Slurm job id.
+    pub fn submit(&self, launch: &Launch, dir: &Path) -> Result<String, String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let write = |name: &str, text: &str, mode: u32| -> Result<PathBuf, String> {
+            let path = dir.join(name);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .open(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            std::io::Write::write_all(&mut f, text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(path)
+        };
+        if let Some(script) = &launch.script {
+            write("script", script, 0o700)?;
+        }
+        // Slurm fails a job whose output directory is missing instead of making it.
+        for out in [&launch.stdout_path, &launch.stderr_path] {
+            if let Some(parent) = Path::new(out).parent() {
+                std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+            }
+        }
+        // Owner-only: the script holds the task's environment, secrets included.
+        let batch = write("batch.sh", &batch_script(launch, dir), 0o700)?;
+        let a = launch.attempt;
+        let mut cmd = Command::new("sbatch");
+        cmd.arg("--parsable")
+            .arg(format!("--job-name=tidepool-{}-{}", a.job_id, a.index))
+            .arg(format!("--output={}", launch.stdout_path))
+            .arg(format!("--error={}", launch.stderr_path))
+            .arg(format!("--cpus-per-task={}", launch.cpu_millis.div_ceil(1000).max(1)))
+            .arg("--export=NONE");
+        if launch.mem_bytes > 0 {
+            cmd.arg(format!("--mem={}M", launch.mem_bytes.div_ceil(1 << 20)));
+        }
+        if let Some(s) = launch.time_limit_s {
+            cmd.arg(format!("--time={}", s.div_ceil(60).max(1)));
+        }
+        let out = cmd.args(&self.sbatch_args).arg(&batch).stdin(Stdio::null()).output().map_err(|e| format!("sbatch: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("sbatch: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        // --parsable prints "ID" or "ID;CLUSTER".
+        let id = String::from_utf8_lossy(&out.stdout).trim().split(';').next().unwrap_or("").to_string();
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+            return Err(format!("sbatch printed no job id: {}", String::from_utf8_lossy(&out.stdout).trim()));
+        }
+        write(JOB_ID_FILE, &id, 0o600)?;
+        Ok(id)
+    }
+
+    /// Which of `ids` Slurm still holds (pending, running, completing); `None` when `squeue`
+    /// could not be asked (then nothing is taken to have ended).
+    pub fn still_queued(&self, ids: &[String]) -> Option<std::collections::HashSet<String>> {
+        if ids.is_empty() {
+            return Some(Default::default());
+        }
+        let out = Command::new("squeue")
+            .args(["-h", "-o", "%i %t", "-j", &ids.join(",")])
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            // squeue refuses a list whose ids all left the queue long ago.
+            let err = String::from_utf8_lossy(&out.stderr);
+            return err.contains("Invalid job id").then(Default::default);
+        }
+        Some(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| {
+                    let mut parts = l.split_whitespace();
+                    let id = parts.next()?;
+                    let state = parts.next().unwrap_or("");
+                    // Ended states linger in squeue for a while; they count as gone.
+                    (!matches!(state, "CD" | "F" | "CA" | "TO" | "NF" | "OOM" | "PR" | "BF" | "DL")).then(|| id.to_string())
+                })
+                .collect(),
+        )
+    }
+
+    /// Cancels a Slurm job.
+    pub fn cancel(&self, id: &str) {
+        let _ = Command::new("scancel").arg(id).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
+/// How an attempt ended, from what its directory holds once Slurm no longer has it.
+pub fn ended(a: AttemptRef, dir: &Path, cancelled: bool, started_ms: u64, now_ms: u64) -> TaskResult {
+    let code = std::fs::read_to_string(dir.join(EXIT_FILE)).ok().and_then(|t| t.trim().parse::<i32>().ok());
+    let outcome = match code {
+        _ if cancelled => "cancelled",
+        Some(0) => "succeeded",
+        Some(_) => "failed",
+        // Killed by Slurm (time limit, node failure, scancel from outside) before it could say.
+        None => "failed",
+    };
+    TaskResult {
+        attempt: a,
+        outcome: outcome.into(),
+        exit_code: code,
+        signal: None,
+        started_ms,
+        ended_ms: now_ms,
+        cpu_ms: 0,
+        peak_mem_bytes: 0,
+        message: code.is_none().then(|| "the Slurm job ended without an exit code".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_batch_script_quotes_everything_and_leaves_an_exit_code() {
+        let launch = Launch {
+            attempt: AttemptRef { job_id: 1, index: 2, attempt: 1 },
+            command: vec!["echo".into(), "it's".into(), "$HOME".into()],
+            script: None,
+            env: [("A".to_string(), "x'y".to_string()), ("SLURM_JOB_ID".into(), "9".into()), ("BAD-NAME".into(), "z".into())].into(),
+            workdir: "/tmp/a b".into(),
+            stdout_path: "/dev/null".into(),
+            stderr_path: "/dev/null".into(),
+            time_limit_s: None,
+            cpu_millis: 1000,
+            mem_bytes: 0,
+            discard_empty_output: false,
+        };
+        let s = batch_script(&launch, Path::new("/run/x"));
+        assert!(s.contains("export A='x'\\''y'\n"), "{s}");
+        assert!(!s.contains("SLURM_JOB_ID") && !s.contains("BAD-NAME"), "{s}");
+        assert!(s.contains("cd '/tmp/a b' || exit 1\n"));
+        assert!(s.contains("'echo' 'it'\\''s' '$HOME'\n"));
+        assert!(s.contains("mv '/run/x/exit_code'.tmp '/run/x/exit_code'"));
+        let dir = std::env::temp_dir().join(format!("tidepool-slurm-site-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = Command::new("sh").arg("-c").arg(s.replace("/run/x", &dir.display().to_string()).replace("/tmp/a b", "/")).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "it's $HOME\n");
+        let r = ended(launch.attempt, &dir, false, 1, 2);
+        assert_eq!((r.outcome.as_str(), r.exit_code), ("succeeded", Some(0)));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(ended(launch.attempt, &dir, false, 1, 2).outcome, "failed");
+        assert_eq!(ended(launch.attempt, &dir, true, 1, 2).outcome, "cancelled");
+    }
+}
