@@ -305,6 +305,9 @@ pub async fn run(json_out: bool, seconds: f64) -> Result<u8, String> {
         for load in [1u32, 2, 3] {
             let (stats, busy) = level(&gateway, &emulators, capacity_rps * f64::from(load), seconds, key).await;
             report.insert(format!("{mode}best_concurrency_share_{load}x"), json!(busy));
+            // The same as replica-seconds: the share of the replicas' best batches that was
+            // filled, times the replicas and the seconds of the level.
+            report.insert(format!("{mode}best_concurrency_replica_s_{load}x"), json!(busy * N_REPLICAS as f64 * seconds));
             for (tier, s) in stats {
                 let mut s = s;
                 let wanted = s.requests * OUTPUT_TOKENS;
@@ -353,7 +356,14 @@ pub async fn run(json_out: bool, seconds: f64) -> Result<u8, String> {
     }
     for load in [1, 2, 3] {
         let g = |k: String| report.get(&k).and_then(Value::as_f64).unwrap_or(0.0);
-        line(&format!("best-concurrency share at {load}x: {:.3} (fcfs {:.3})", g(format!("best_concurrency_share_{load}x")), g(format!("fcfs_best_concurrency_share_{load}x"))));
+        line(&format!(
+            "best-concurrency share at {load}x: {:.3} (fcfs {:.3}), {:.1} of {:.0} replica-seconds at best concurrency (fcfs {:.1})",
+            g(format!("best_concurrency_share_{load}x")),
+            g(format!("fcfs_best_concurrency_share_{load}x")),
+            g(format!("best_concurrency_replica_s_{load}x")),
+            N_REPLICAS as f64 * seconds,
+            g(format!("fcfs_best_concurrency_replica_s_{load}x")),
+        ));
     }
     line(&format!(
         "learned best concurrency after 2 x {seconds} s at 3x, starting from 4: {} (emulators' batch {BEST}); at 3x meanwhile: realtime availability {:.4}, TTFT p99 {:.1} ms, best-concurrency share {:.3}",

@@ -56,6 +56,8 @@ enum Command {
     },
     /// Benchmarks that print our figures next to a baseline's.
     Bench(BenchArgs),
+    /// Simulate a scenario or replay a log on the real scheduling core, on virtual time.
+    Sim(crate::sim::SimArgs),
     /// Run the OpenAI-compatible inference gateway from a TOML file.
     Gateway(GatewayArgs),
     /// Run an emulated OpenAI-compatible replica with a batching model.
@@ -286,6 +288,7 @@ pub async fn run(args: Vec<String>) -> Result<u8, String> {
         Command::Drain { node } => commands::drain(&node, true).await,
         Command::Resume { node } => commands::drain(&node, false).await,
         Command::Wait(a) => commands::wait(a).await,
+        Command::Sim(a) => crate::sim::run(a),
         Command::Bench(a) => match a.which.as_str() {
             "gateway" => crate::bench_gateway::run(a.json, a.seconds.clamp(1.0, 600.0)).await,
             "recovery" => crate::bench_recovery::run(a.json, 1_000_000).await,

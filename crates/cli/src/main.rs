@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_batch;
+mod sim;
 mod bench_gateway;
 mod bench_recovery;
 mod cli;

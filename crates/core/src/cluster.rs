@@ -365,11 +365,14 @@ pub struct Policy {
     pub fair_share_half_life_ms: u64,
     /// How many blocked gangs get reservations per pass.
     pub max_reservations: usize,
+    /// Place each task on the first node (in the order they joined) where it fits, instead of
+    /// the tightest: the baseline that simulations compare against.
+    pub first_fit: bool,
 }
 
 impl Default for Policy {
     fn default() -> Policy {
-        Policy { fair_share_half_life_ms: 24 * 3600 * 1000, max_reservations: 4 }
+        Policy { fair_share_half_life_ms: 24 * 3600 * 1000, max_reservations: 4, first_fit: false }
     }
 }
 

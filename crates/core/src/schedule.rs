@@ -125,6 +125,9 @@ impl Cluster {
         let fits = |i: usize, n: &Node| {
             n.online && self.node_suits(n, job) && n.free().fits(&need) && self.allowed(i, n, job_id, now_ms)
         };
+        if self.policy.first_fit {
+            return self.nodes.iter().enumerate().find(|(i, n)| fits(*i, n)).map(|(i, _)| crate::cluster::NodeId(i as u32));
+        }
         if need.n_gpus > 0 || need.named.iter().any(|v| *v > 0) {
             return self
                 .nodes

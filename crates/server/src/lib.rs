@@ -25,6 +25,31 @@ pub use error::{Error, Result};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
+/// How long open connections may finish after the shutdown signal: agents hold long polls and
+/// reuse their connections, so waiting for every connection to close would wait forever.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Serves `app` until `shutdown` resolves, then lets connections finish for [`SHUTDOWN_GRACE`].
+async fn serve_until<L>(listener: L, app: axum::Router, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    let signalled = async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    };
+    let graceful = axum::serve(listener, app).with_graceful_shutdown(signalled);
+    tokio::select! {
+        served = graceful => served,
+        _ = async {
+            let _ = rx.wait_for(|stop| *stop).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => Ok(()),
+    }
+}
+
 /// Runs the server on `listener` (TLS when the config names a certificate) until `shutdown`
 /// resolves.
 pub async fn run(
@@ -43,9 +68,9 @@ pub async fn run(
     let served = match tls {
         Some(tls) => {
             let listener = tls::TlsListener::new(listener, tls).map_err(|e| Error::Internal(format!("TLS listener: {e}")))?;
-            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+            serve_until(listener, app, shutdown).await
         }
-        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+        None => serve_until(listener, app, shutdown).await,
     };
     reactor.abort();
     served.map_err(|e| Error::Internal(format!("http server: {e}")))

@@ -1,0 +1,129 @@
+//! `tidepool sim SCENARIO`: runs a scenario (or a replayed log) through the simulator twice,
+//! with Tidepool's policy and with the baseline's, and prints the two side by side; `--out DIR`
+//! writes the plots.
+
+use crate::output::line;
+use clap::Args;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tidepool_sim::batch::{self, Pool, Report, SimJob, SimPolicy};
+
+/// Flags of `sim`.
+#[derive(Args, Debug)]
+pub struct SimArgs {
+    /// `science-burst` (100,000 tasks on a pool growing from 0 to 2,000 nodes) or `replay`
+    /// (a batch log given with --swf).
+    #[arg(value_parser = ["science-burst", "replay"])]
+    scenario: String,
+    /// Seed of the scenario's random draws: the same seed gives the same report.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Directory for the plots (SVG).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Replay: a batch log in the Standard Workload Format (Parallel Workloads Archive).
+    #[arg(long)]
+    swf: Option<PathBuf>,
+    /// Replay: nodes of the fleet.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    nodes: u32,
+    /// Replay: cores per node.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    cores_per_node: u64,
+}
+
+fn insert(report: &mut BTreeMap<String, Value>, prefix: &str, r: &Report) {
+    let mut put = |k: &str, v: Value| {
+        report.insert(format!("{prefix}{k}"), v);
+    };
+    put("tasks", json!(r.tasks));
+    put("busy_share_while_queued", json!(round(r.busy_share_while_queued, 4)));
+    put("node_hours", json!(round(r.node_hours, 1)));
+    put("makespan_h", json!(round(r.makespan_h, 3)));
+    put("tail_node_hours", json!(round(r.tail_node_hours, 1)));
+    put("mean_wait_s", json!(round(r.mean_wait_s, 1)));
+    put("p95_wait_s", json!(round(r.p95_wait_s, 1)));
+    put("peak_nodes", json!(r.peak_nodes));
+}
+
+fn round(v: f64, digits: i32) -> f64 {
+    let m = 10f64.powi(digits);
+    (v * m).round() / m
+}
+
+/// Runs the command.
+pub fn run(a: SimArgs) -> Result<u8, String> {
+    let (jobs, pool, ours, baseline, name): (Vec<SimJob>, Pool, SimPolicy, SimPolicy, String) = match a.scenario.as_str() {
+        "science-burst" => {
+            let (jobs, pool, ours, baseline) = tidepool_sim::scenario::science_burst(a.seed);
+            (jobs, pool, ours, baseline, "science-burst".into())
+        }
+        _ => {
+            let path = a.swf.as_ref().ok_or("replay needs --swf FILE (a log in the Standard Workload Format)")?;
+            let text = std::fs::read_to_string(path).map_err(|e| format!("--swf {}: {e}", path.display()))?;
+            let jobs = tidepool_sim::swf::read(&text, a.cores_per_node).map_err(|e| format!("--swf {}: {e}", path.display()))?;
+            if jobs.is_empty() {
+                return Err(format!("--swf {}: no job that ran", path.display()));
+            }
+            let pool = Pool { node_cores: a.cores_per_node, min_nodes: a.nodes, max_nodes: a.nodes, provision_s: 0.0 };
+            let policy = |first_fit| SimPolicy { first_fit, idle_release_s: f64::INFINITY };
+            (jobs, pool, policy(false), policy(true), format!("replay of {}", path.display()))
+        }
+    };
+    let too_big = jobs.iter().find(|j| j.cores > pool.node_cores || j.gang_nodes.is_some_and(|g| g > pool.max_nodes));
+    if let Some(j) = too_big {
+        return Err(format!("a job needs {} cores on {} nodes; the fleet has {} nodes of {} cores", j.cores, j.gang_nodes.unwrap_or(1), pool.max_nodes, pool.node_cores));
+    }
+    let r = batch::run(&jobs, &pool, &ours);
+    let b = batch::run(&jobs, &pool, &baseline);
+    let mut report = BTreeMap::new();
+    insert(&mut report, "", &r);
+    insert(&mut report, "baseline_", &b);
+    if let Some(dir) = &a.out {
+        std::fs::create_dir_all(dir).map_err(|e| format!("--out {}: {e}", dir.display()))?;
+        let slug = a.scenario.clone();
+        let mut ours_nodes = r.nodes_over_time.clone();
+        ours_nodes.name = "tidepool: nodes paid".into();
+        let mut base_nodes = b.nodes_over_time.clone();
+        base_nodes.name = "baseline: nodes paid".into();
+        let mut ours_busy = r.busy_over_time.clone();
+        ours_busy.name = "tidepool".into();
+        let mut base_busy = b.busy_over_time.clone();
+        base_busy.name = "baseline".into();
+        let plots = [
+            (format!("{slug}-nodes.svg"), tidepool_sim::svg::line_chart(&format!("{name}: nodes paid for"), "hours", "nodes", &[&ours_nodes, &base_nodes])),
+            (format!("{slug}-busy.svg"), tidepool_sim::svg::line_chart(&format!("{name}: busy share of online cores"), "hours", "share", &[&ours_busy, &base_busy])),
+        ];
+        for (file, svg) in plots {
+            let path = dir.join(file);
+            std::fs::write(&path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    if a.json {
+        line(&serde_json::to_string(&report).map_err(|e| e.to_string())?);
+        return Ok(0);
+    }
+    let g = |k: &str| report.get(k).cloned().unwrap_or(Value::Null);
+    line(&format!("{name}, seed {}: {} tasks", a.seed, r.tasks));
+    line(&format!("{:<28} {:>14} {:>14}", "", "tidepool", "baseline"));
+    for (label, key) in [
+        ("busy share while queued", "busy_share_while_queued"),
+        ("node-hours", "node_hours"),
+        ("makespan (h)", "makespan_h"),
+        ("tail node-hours", "tail_node_hours"),
+        ("mean wait (s)", "mean_wait_s"),
+        ("p95 wait (s)", "p95_wait_s"),
+        ("peak nodes", "peak_nodes"),
+    ] {
+        line(&format!("{label:<28} {:>14} {:>14}", g(key).to_string(), g(&format!("baseline_{key}")).to_string()));
+    }
+    line("baseline: first fit, a node released after 10 idle minutes (replay: first fit on the same fleet)");
+    if let Some(dir) = &a.out {
+        line(&format!("plots: {}/{}-nodes.svg, {}-busy.svg", dir.display(), a.scenario, a.scenario));
+    }
+    Ok(0)
+}

@@ -1,0 +1,349 @@
+//! The batch engine: jobs arrive at their submit times, the core schedules them on a pool of
+//! nodes that an autoscaler grows (each node takes a provisioning delay) and shrinks (a node
+//! idle for the release delay goes), tasks end after their run times. Virtual time advances from
+//! event to event; the scheduler runs every [`TICK_MS`], as a real control loop would.
+
+use crate::svg::Series;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use tidepool_core::{ArraySpec, Cluster, GangSpec, JobId, JobSpec, NodeId, Policy, Resources, TaskOutcome};
+
+/// How often the scheduler and the autoscaler run, in virtual ms.
+pub const TICK_MS: u64 = 5_000;
+
+/// One job of a workload: an array of equal tasks (or a gang of them) with known run times.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimJob {
+    /// When it is submitted, seconds from the start.
+    pub submit_s: f64,
+    /// Cores per task.
+    pub cores: u64,
+    /// Run time of each task, seconds (the array's size is its length).
+    pub run_s: Vec<f64>,
+    /// All tasks start together on this many distinct nodes (one task per node).
+    pub gang_nodes: Option<u32>,
+}
+
+/// A pool of nodes of one shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pool {
+    /// Cores per node.
+    pub node_cores: u64,
+    /// Nodes at the start (and never fewer).
+    pub min_nodes: u32,
+    /// The most nodes it may have.
+    pub max_nodes: u32,
+    /// Seconds from asking for a node until it takes work.
+    pub provision_s: f64,
+}
+
+/// The policy under test.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimPolicy {
+    /// First fit instead of the core's best fit.
+    pub first_fit: bool,
+    /// Seconds a node stays idle, with nothing queued, before it is released.
+    pub idle_release_s: f64,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// Tasks run.
+    pub tasks: u64,
+    /// Allocated cores over online cores while anything was queued.
+    pub busy_share_while_queued: f64,
+    /// Node-hours paid (provisioning included).
+    pub node_hours: f64,
+    /// Hours until the last task ended.
+    pub makespan_h: f64,
+    /// Node-hours paid after the last task started (the long tail).
+    pub tail_node_hours: f64,
+    /// Mean wait from submission to start, seconds.
+    pub mean_wait_s: f64,
+    /// 95th percentile of the wait, seconds.
+    pub p95_wait_s: f64,
+    /// Most nodes paid for at once.
+    pub peak_nodes: u32,
+    /// Nodes paid for over time (hours, nodes).
+    pub nodes_over_time: Series,
+    /// Busy share of online cores over time (hours, share).
+    pub busy_over_time: Series,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    Tick,
+    Submit(usize),
+    NodeUp(usize),
+    End { job: usize, pos: u32, attempt: u32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NodeState {
+    Off,
+    Provisioning,
+    Up { idle_since_ms: Option<u64> },
+}
+
+struct Sim<'a> {
+    jobs: &'a [SimJob],
+    pool: &'a Pool,
+    policy: &'a SimPolicy,
+    cluster: Cluster,
+    events: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    seq: u64,
+    nodes: Vec<(Option<NodeId>, NodeState)>,
+    /// The simulated node of each core node id.
+    by_id: Vec<usize>,
+    submitted: usize,
+    pending_tasks: u64,
+    pending_cores: u64,
+    running_tasks: u64,
+    allocated_cores: u64,
+    last_ms: u64,
+    last_start_ms: u64,
+    node_ms: f64,
+    tail_node_ms: f64,
+    queued_alloc: f64,
+    queued_online: f64,
+    waits: Vec<f64>,
+    peak_nodes: u32,
+    nodes_over_time: Series,
+    busy_over_time: Series,
+}
+
+impl Sim<'_> {
+    fn push(&mut self, at_ms: u64, event: Event) {
+        self.seq += 1;
+        self.events.push(Reverse((at_ms, self.seq, event)));
+    }
+
+    fn paid_nodes(&self) -> u32 {
+        self.nodes.iter().filter(|(_, s)| !matches!(s, NodeState::Off)).count() as u32
+    }
+
+    fn up_nodes(&self) -> u32 {
+        self.nodes.iter().filter(|(_, s)| matches!(s, NodeState::Up { .. })).count() as u32
+    }
+
+    /// Integrates the measures from the last event to `now`.
+    fn advance(&mut self, now: u64) {
+        let dt = now.saturating_sub(self.last_ms) as f64;
+        if dt > 0.0 {
+            let paid = f64::from(self.paid_nodes());
+            self.node_ms += paid * dt;
+            if self.pending_tasks > 0 {
+                self.queued_alloc += self.allocated_cores as f64 * dt;
+                self.queued_online += f64::from(self.up_nodes()) * self.pool.node_cores as f64 * dt;
+            } else if self.submitted == self.jobs.len() {
+                self.tail_node_ms += paid * dt;
+            }
+        }
+        self.last_ms = now;
+    }
+
+    fn node_up(&mut self, i: usize, now: u64) {
+        let name = format!("sim{i:05}");
+        let id = match self.nodes[i].0 {
+            Some(id) => id,
+            None => {
+                let id = self.cluster.add_node(&name, "sim", Resources::cores(self.pool.node_cores));
+                if self.by_id.len() <= id.0 as usize {
+                    self.by_id.resize(id.0 as usize + 1, usize::MAX);
+                }
+                self.by_id[id.0 as usize] = i;
+                id
+            }
+        };
+        self.cluster.set_node_online(id, true);
+        self.nodes[i] = (Some(id), NodeState::Up { idle_since_ms: Some(now) });
+    }
+
+    fn tick(&mut self, now: u64) {
+        let decisions = self.cluster.schedule(now);
+        for p in decisions.placements {
+            let job_idx = p.job_id.0 as usize - 1;
+            let job = &self.jobs[job_idx];
+            let run_ms = (job.run_s.get(p.index as usize).copied().unwrap_or(1.0) * 1000.0).max(1.0) as u64;
+            self.push(now + run_ms, Event::End { job: job_idx, pos: p.pos, attempt: p.attempt });
+            self.pending_tasks -= 1;
+            self.pending_cores -= job.cores;
+            self.running_tasks += 1;
+            self.allocated_cores += job.cores;
+            self.waits.push((now as f64 / 1000.0 - job.submit_s).max(0.0));
+            self.last_start_ms = now;
+            if let Some(slot) = self.by_id.get(p.node_id.0 as usize).and_then(|i| self.nodes.get_mut(*i)) {
+                slot.1 = NodeState::Up { idle_since_ms: None };
+            }
+        }
+        // Grow: enough nodes for what waits, counting the free cores already there or coming.
+        let free_cores: u64 = self
+            .nodes
+            .iter()
+            .filter_map(|(id, s)| match s {
+                NodeState::Up { .. } => id.and_then(|id| self.cluster.node(id)).map(|n| n.free().cpu_millis / 1000),
+                NodeState::Provisioning => Some(self.pool.node_cores),
+                NodeState::Off => None,
+            })
+            .sum();
+        let short = self.pending_cores.saturating_sub(free_cores);
+        let room = self.pool.max_nodes.saturating_sub(self.paid_nodes());
+        let wanted = (short.div_ceil(self.pool.node_cores.max(1)) as u32).min(room);
+        let provision_ms = (self.pool.provision_s * 1000.0) as u64;
+        for _ in 0..wanted {
+            let Some(i) = self.nodes.iter().position(|(_, s)| *s == NodeState::Off) else { break };
+            self.nodes[i].1 = NodeState::Provisioning;
+            self.push(now + provision_ms, Event::NodeUp(i));
+        }
+        // Shrink: nodes idle long enough while nothing waits.
+        let release_ms = (self.policy.idle_release_s * 1000.0) as u64;
+        let mut up = self.up_nodes();
+        for i in 0..self.nodes.len() {
+            let (Some(id), NodeState::Up { idle_since_ms }) = self.nodes[i] else { continue };
+            let running = self.cluster.node(id).map_or(0, |n| n.n_running());
+            let idle_since = match (running, idle_since_ms) {
+                (0, Some(t)) => t,
+                (0, None) => {
+                    self.nodes[i].1 = NodeState::Up { idle_since_ms: Some(now) };
+                    now
+                }
+                _ => {
+                    self.nodes[i].1 = NodeState::Up { idle_since_ms: None };
+                    continue;
+                }
+            };
+            if self.pending_tasks == 0 && now.saturating_sub(idle_since) >= release_ms && up > self.pool.min_nodes {
+                self.cluster.set_node_online(id, false);
+                self.nodes[i].1 = NodeState::Off;
+                up -= 1;
+            }
+        }
+        self.peak_nodes = self.peak_nodes.max(self.paid_nodes());
+        let hours = now as f64 / 3_600_000.0;
+        self.nodes_over_time.points.push((hours, f64::from(self.paid_nodes())));
+        let online = f64::from(self.up_nodes()) * self.pool.node_cores as f64;
+        self.busy_over_time.points.push((hours, if online > 0.0 { self.allocated_cores as f64 / online } else { 0.0 }));
+    }
+
+    fn work_left(&self) -> bool {
+        self.submitted < self.jobs.len() || self.pending_tasks > 0 || self.running_tasks > 0
+    }
+}
+
+/// Runs `jobs` on `pool` under `policy`.
+pub fn run(jobs: &[SimJob], pool: &Pool, policy: &SimPolicy) -> Report {
+    let cluster_policy = Policy { first_fit: policy.first_fit, ..Policy::default() };
+    let mut sim = Sim {
+        jobs,
+        pool,
+        policy,
+        cluster: Cluster::with_policy(cluster_policy),
+        events: BinaryHeap::new(),
+        seq: 0,
+        nodes: vec![(None, NodeState::Off); pool.max_nodes.max(pool.min_nodes) as usize],
+        by_id: Vec::new(),
+        submitted: 0,
+        pending_tasks: 0,
+        pending_cores: 0,
+        running_tasks: 0,
+        allocated_cores: 0,
+        last_ms: 0,
+        last_start_ms: 0,
+        node_ms: 0.0,
+        tail_node_ms: 0.0,
+        queued_alloc: 0.0,
+        queued_online: 0.0,
+        waits: Vec::new(),
+        peak_nodes: 0,
+        nodes_over_time: Series { name: "nodes paid".into(), points: Vec::new() },
+        busy_over_time: Series { name: "busy share".into(), points: Vec::new() },
+    };
+    for i in 0..pool.min_nodes as usize {
+        sim.node_up(i, 0);
+    }
+    for (i, job) in jobs.iter().enumerate() {
+        sim.push((job.submit_s.max(0.0) * 1000.0) as u64, Event::Submit(i));
+    }
+    sim.push(0, Event::Tick);
+    let mut end_ms = 0;
+    while let Some(Reverse((now, _, event))) = sim.events.pop() {
+        sim.advance(now);
+        match event {
+            Event::Submit(i) => {
+                let job = &jobs[i];
+                let n = job.run_s.len().max(1) as u32;
+                let array = ArraySpec::parse(&format!("0-{}", n - 1), u32::MAX).unwrap_or_else(|_| ArraySpec::single());
+                let mut spec = JobSpec::new(&format!("job{i}"), "sim", Resources::cores(job.cores), array);
+                spec.gang = job.gang_nodes.map(|n_nodes| GangSpec { n_nodes, tasks_per_node: 1 });
+                sim.cluster.submit(JobId(i as u64 + 1), spec, now);
+                sim.submitted += 1;
+                sim.pending_tasks += u64::from(n);
+                sim.pending_cores += u64::from(n) * job.cores;
+            }
+            Event::NodeUp(i) => sim.node_up(i, now),
+            Event::End { job, pos, attempt } => {
+                sim.cluster.finish(JobId(job as u64 + 1), pos, attempt, TaskOutcome::Succeeded, now);
+                sim.running_tasks -= 1;
+                sim.allocated_cores -= jobs[job].cores;
+                end_ms = end_ms.max(now);
+            }
+            Event::Tick => {
+                sim.tick(now);
+                if sim.work_left() {
+                    sim.push(now + TICK_MS, Event::Tick);
+                } else if sim.paid_nodes() > pool.min_nodes {
+                    // Keep ticking until the idle nodes are released, so their cost counts.
+                    sim.push(now + TICK_MS, Event::Tick);
+                }
+            }
+        }
+    }
+    let mut waits = sim.waits.clone();
+    waits.sort_by(f64::total_cmp);
+    let p95 = waits.get(((waits.len() as f64 - 1.0) * 0.95).round().max(0.0) as usize).copied().unwrap_or(0.0);
+    Report {
+        tasks: waits.len() as u64,
+        busy_share_while_queued: if sim.queued_online > 0.0 { sim.queued_alloc / sim.queued_online } else { 1.0 },
+        node_hours: sim.node_ms / 3_600_000.0,
+        makespan_h: end_ms as f64 / 3_600_000.0,
+        tail_node_hours: sim.tail_node_ms / 3_600_000.0,
+        mean_wait_s: if waits.is_empty() { 0.0 } else { waits.iter().sum::<f64>() / waits.len() as f64 },
+        p95_wait_s: p95,
+        peak_nodes: sim.peak_nodes,
+        nodes_over_time: sim.nodes_over_time,
+        busy_over_time: sim.busy_over_time,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> Pool {
+        Pool { node_cores: 4, min_nodes: 0, max_nodes: 10, provision_s: 60.0 }
+    }
+
+    #[test]
+    fn a_small_burst_runs_whole_and_the_pool_goes_back_to_zero() {
+        let jobs = vec![SimJob { submit_s: 0.0, cores: 1, run_s: vec![600.0; 40], gang_nodes: None }];
+        let r = run(&jobs, &pool(), &SimPolicy { first_fit: false, idle_release_s: 60.0 });
+        assert_eq!(r.tasks, 40);
+        assert_eq!(r.peak_nodes, 10, "forty one-core tasks on four-core nodes");
+        // 60 s provisioning, then one round of 600 s: about 0.19 h, and 10 nodes for it.
+        assert!((0.18..0.22).contains(&r.makespan_h), "{}", r.makespan_h);
+        assert!(r.node_hours > 1.8 && r.node_hours < 2.2, "{}", r.node_hours);
+        assert!(r.busy_share_while_queued > 0.0);
+        assert_eq!(r.nodes_over_time.points.last().map(|p| p.1), Some(0.0), "every node released");
+    }
+
+    #[test]
+    fn the_same_inputs_give_the_same_report() {
+        let jobs = vec![
+            SimJob { submit_s: 0.0, cores: 2, run_s: (0..30).map(|i| 100.0 + f64::from(i) * 37.0).collect(), gang_nodes: None },
+            SimJob { submit_s: 50.0, cores: 4, run_s: vec![300.0; 2], gang_nodes: Some(2) },
+        ];
+        let policy = SimPolicy { first_fit: true, idle_release_s: 600.0 };
+        assert_eq!(run(&jobs, &pool(), &policy), run(&jobs, &pool(), &policy));
+    }
+}

@@ -1,0 +1,20 @@
+//! The simulator: the very scheduling core the server runs ([`tidepool_core::Cluster`]) on
+//! virtual time, with simulated nodes that take time to provision, so a policy can be tried on
+//! a fleet no one has at hand.
+//!
+//! Layout:
+//! - [`rng`]: a seeded generator and the distributions workloads draw from.
+//! - [`batch`]: the batch engine (jobs arrive, a pool of nodes grows and shrinks, tasks run)
+//!   and its report.
+//! - [`scenario`]: the shipped scenarios (`science-burst`).
+//! - [`swf`]: the Standard Workload Format reader, for replaying real batch logs.
+//! - [`svg`]: plots as SVG.
+//!
+//! **Invariant**: no clock, no threads, no I/O: the same inputs and seed give the same report,
+//! byte for byte.
+
+pub mod batch;
+pub mod rng;
+pub mod scenario;
+pub mod svg;
+pub mod swf;

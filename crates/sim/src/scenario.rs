@@ -1,0 +1,30 @@
+//! The shipped scenarios.
+
+use crate::batch::{Pool, SimJob, SimPolicy};
+use crate::rng::Rng;
+
+/// `science-burst`: 100,000 tasks of 1, 2, 4, 8 or 16 cores with long-tailed run times
+/// (log-normal, median 15 min, shape 1.2, at most 24 h), all submitted at once, on a pool of
+/// 24-core nodes that grows from 0 to at most 2,000 (2 min to provision each) and back to 0.
+///
+/// Policies: Tidepool's best fit, releasing a node as soon as it is idle with nothing queued
+/// (after 60 s); the baseline places first fit and releases a node after 10 idle minutes, the
+/// default scale-down delay of the Kubernetes cluster autoscaler.
+pub fn science_burst(seed: u64) -> (Vec<SimJob>, Pool, SimPolicy, SimPolicy) {
+    const SIZES: [u64; 5] = [1, 2, 4, 8, 16];
+    const WEIGHTS: [u32; 5] = [40, 25, 15, 12, 8];
+    let mut rng = Rng::new(seed);
+    let mut runs: Vec<Vec<f64>> = vec![Vec::new(); SIZES.len()];
+    for _ in 0..100_000 {
+        let size = rng.weighted(&WEIGHTS);
+        runs[size].push(rng.lognormal(900.0, 1.2).clamp(30.0, 24.0 * 3600.0));
+    }
+    let jobs = SIZES
+        .iter()
+        .zip(runs)
+        .rev()
+        .map(|(cores, run_s)| SimJob { submit_s: 0.0, cores: *cores, run_s, gang_nodes: None })
+        .collect();
+    let pool = Pool { node_cores: 24, min_nodes: 0, max_nodes: 2_000, provision_s: 120.0 };
+    (jobs, pool, SimPolicy { first_fit: false, idle_release_s: 60.0 }, SimPolicy { first_fit: true, idle_release_s: 600.0 })
+}
