@@ -23,10 +23,11 @@ def main():
     n = int(sys.argv[1])
     work = pathlib.Path(sys.argv[2])
     work.mkdir(parents=True, exist_ok=True)
-    with LocalCluster(server_dir=work / "server") as cluster:
+    # The native layer takes paths as str, not pathlib objects.
+    with LocalCluster(server_dir=str(work / "server")) as cluster:
         cluster.start_worker()
         client = cluster.client()
-        job = Job(default_workdir=work)
+        job = Job(default_workdir=str(work))
         for _ in range(n):
             # No output files, as with Slurm's -o /dev/null and Tidepool's default.
             job.program(["true"], stdout=None, stderr=None)

@@ -34,7 +34,12 @@ fn main() -> ExitCode {
             _ => (String::new(), args),
         },
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Daemons and benchmarks get worker threads; a user's command makes one request or a few,
+    // and starts faster on the calling thread alone.
+    let daemon = command.is_empty()
+        && matches!(rest.get(1).map(String::as_str), Some("up" | "server" | "agent" | "gateway" | "replica-emulator" | "bench"));
+    let runtime = if daemon { tokio::runtime::Builder::new_multi_thread().enable_all().build() } else { tokio::runtime::Builder::new_current_thread().enable_all().build() };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tidepool: cannot start: {e}");

@@ -12,10 +12,13 @@ use tidepool_sim::batch::{self, Pool, Report, SimJob, SimPolicy};
 /// Flags of `sim`.
 #[derive(Args, Debug)]
 pub struct SimArgs {
-    /// `science-burst` (100,000 tasks on a pool growing from 0 to 2,000 nodes) or `replay`
-    /// (a batch log given with --swf).
-    #[arg(value_parser = ["science-burst", "replay"])]
+    /// `llm-day` (a day of a 1,000-GPU LLM fleet), `science-burst` (100,000 tasks on a pool
+    /// growing from 0 to 2,000 nodes) or `replay` (a batch log given with --swf).
+    #[arg(value_parser = ["llm-day", "science-burst", "replay"])]
     scenario: String,
+    /// llm-day: settings file (`key = value` lines) instead of the shipped one.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Seed of the scenario's random draws: the same seed gives the same report.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -55,8 +58,77 @@ fn round(v: f64, digits: i32) -> f64 {
     (v * m).round() / m
 }
 
+/// `sim llm-day`: the day under Tidepool's policy and under a static fleet.
+fn llm_day(a: &SimArgs) -> Result<u8, String> {
+    use tidepool_sim::llm::{self, LlmDay, LlmPolicy, LlmReport};
+    let text = match &a.config {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("--config {}: {e}", path.display()))?,
+        None => tidepool_sim::scenario::LLM_DAY.to_string(),
+    };
+    let day = LlmDay::parse(&text).map_err(|e| match &a.config {
+        Some(path) => format!("--config {}: {e}", path.display()),
+        None => e,
+    })?;
+    let ours = llm::run(&day, LlmPolicy::Tidepool, a.seed);
+    let base = llm::run(&day, LlmPolicy::Static, a.seed);
+    let mut report = BTreeMap::new();
+    let put = |report: &mut BTreeMap<String, Value>, prefix: &str, r: &LlmReport| {
+        report.insert(format!("{prefix}realtime_availability"), json!(round(r.realtime_availability, 6)));
+        report.insert(format!("{prefix}interruptible_availability"), json!(round(r.interruptible_availability, 4)));
+        report.insert(format!("{prefix}gpu_busy_share"), json!(round(r.gpu_busy_share, 4)));
+        report.insert(format!("{prefix}training_gpu_hours"), json!(round(r.training_gpu_hours, 1)));
+        report.insert(format!("{prefix}preemptions"), json!(r.preemptions));
+        report.insert(format!("{prefix}lost_gpu_hours"), json!(round(r.lost_gpu_hours, 1)));
+        report.insert(format!("{prefix}peak_replicas"), json!(r.peak_replicas));
+    };
+    put(&mut report, "", &ours);
+    put(&mut report, "baseline_", &base);
+    if let Some(dir) = &a.out {
+        std::fs::create_dir_all(dir).map_err(|e| format!("--out {}: {e}", dir.display()))?;
+        let mut base_replicas = base.replicas.clone();
+        base_replicas.name = "replicas (static baseline)".into();
+        let svg = tidepool_sim::svg::line_chart("llm-day: demand, replicas and training", "hours", "requests in flight / 22, replicas, GPUs", &[
+            &tidepool_sim::svg::Series {
+                name: "realtime demand / best concurrency".into(),
+                points: ours.demand.points.iter().map(|(h, v)| (*h, v / f64::from(day.best_concurrency))).collect(),
+            },
+            &ours.replicas,
+            &ours.training,
+            &base_replicas,
+        ]);
+        let path = dir.join("llm-day.svg");
+        std::fs::write(&path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if a.json {
+        line(&serde_json::to_string(&report).map_err(|e| e.to_string())?);
+        return Ok(0);
+    }
+    let g = |k: &str| report.get(k).cloned().unwrap_or(Value::Null).to_string();
+    line(&format!("llm-day, seed {}: {} GPUs, {} realtime requests/s at the peak", a.seed, day.gpus, day.peak_rps));
+    line(&format!("{:<28} {:>14} {:>14}", "", "tidepool", "static fleet"));
+    for (label, key) in [
+        ("realtime availability", "realtime_availability"),
+        ("interruptible availability", "interruptible_availability"),
+        ("GPU busy share", "gpu_busy_share"),
+        ("training GPU-hours", "training_gpu_hours"),
+        ("preemptions", "preemptions"),
+        ("training GPU-hours lost", "lost_gpu_hours"),
+        ("peak replicas", "peak_replicas"),
+    ] {
+        line(&format!("{label:<28} {:>14} {:>14}", g(key), g(&format!("baseline_{key}"))));
+    }
+    line("static fleet: replicas for yesterday's peak plus 10%, nothing lent to offline work or training");
+    if let Some(dir) = &a.out {
+        line(&format!("plot: {}/llm-day.svg", dir.display()));
+    }
+    Ok(0)
+}
+
 /// Runs the command.
 pub fn run(a: SimArgs) -> Result<u8, String> {
+    if a.scenario == "llm-day" {
+        return llm_day(&a);
+    }
     let (jobs, pool, ours, baseline, name): (Vec<SimJob>, Pool, SimPolicy, SimPolicy, String) = match a.scenario.as_str() {
         "science-burst" => {
             let (jobs, pool, ours, baseline) = tidepool_sim::scenario::science_burst(a.seed);

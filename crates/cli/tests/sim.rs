@@ -53,3 +53,23 @@ fn science_burst_is_deterministic_and_beats_its_baseline_on_node_hours() {
     assert!(share > 0.9, "busy share while queued {share}");
     assert!(v["node_hours"].as_f64().unwrap() < v["baseline_node_hours"].as_f64().unwrap(), "{v}");
 }
+
+#[test]
+fn llm_day_keeps_realtime_whole_and_the_gpus_busy() {
+    let dir = std::env::temp_dir().join(format!("tidepool-it-{}-llm-day", std::process::id()));
+    let out = dir.display().to_string();
+    let first = sim(&["llm-day", "--seed", "1", "--json", "--out", &out]);
+    assert_eq!(first, sim(&["llm-day", "--seed", "1", "--json", "--out", &out]), "byte for byte");
+    let v: serde_json::Value = serde_json::from_str(&first).unwrap();
+    for key in ["realtime_availability", "gpu_busy_share", "training_gpu_hours", "preemptions", "baseline_realtime_availability", "baseline_gpu_busy_share"] {
+        assert!(v[key].is_number(), "{key} in {v}");
+    }
+    assert!(v["realtime_availability"].as_f64().unwrap() >= 0.999, "{v}");
+    assert!(v["gpu_busy_share"].as_f64().unwrap() >= 0.95, "{v}");
+    assert!(std::fs::read_to_string(dir.join("llm-day.svg")).unwrap().contains("<polyline"));
+    let conf = dir.join("bad.conf");
+    std::fs::write(&conf, "gpus = 64\nspeed = 3\n").unwrap();
+    let bad = Command::new(BIN).args(["sim", "llm-day", "--config"]).arg(&conf).output().unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("line 2: unknown key 'speed'"));
+}

@@ -6,7 +6,8 @@
 //! - [`rng`]: a seeded generator and the distributions workloads draw from.
 //! - [`batch`]: the batch engine (jobs arrive, a pool of nodes grows and shrinks, tasks run)
 //!   and its report.
-//! - [`scenario`]: the shipped scenarios (`science-burst`).
+//! - [`llm`]: the LLM fleet over a day (replicas, forecaster, training lent the rest).
+//! - [`scenario`]: the shipped scenarios (`science-burst`, `llm-day`).
 //! - [`swf`]: the Standard Workload Format reader, for replaying real batch logs.
 //! - [`svg`]: plots as SVG.
 //!
@@ -14,6 +15,7 @@
 //! byte for byte.
 
 pub mod batch;
+pub mod llm;
 pub mod rng;
 pub mod scenario;
 pub mod svg;

@@ -1,6 +1,9 @@
 //! The shipped scenarios.
 
 use crate::batch::{Pool, SimJob, SimPolicy};
+
+/// The settings of `llm-day`, as shipped.
+pub const LLM_DAY: &str = include_str!("../scenarios/llm-day.conf");
 use crate::rng::Rng;
 
 /// `science-burst`: 100,000 tasks of 1, 2, 4, 8 or 16 cores with long-tailed run times
