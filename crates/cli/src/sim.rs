@@ -29,8 +29,16 @@ pub struct SimArgs {
     #[arg(long)]
     json: bool,
     /// Replay: a batch log in the Standard Workload Format (Parallel Workloads Archive).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "llm_trace")]
     swf: Option<PathBuf>,
+    /// Replay: an LLM request trace, JSON lines with timestamp (ms), input_length and
+    /// output_length (Mooncake), or CSV with TIMESTAMP, ContextTokens, GeneratedTokens (Azure),
+    /// on the llm-day fleet (--config, --gpus).
+    #[arg(long)]
+    llm_trace: Option<PathBuf>,
+    /// llm-day and LLM replay: GPUs in the fleet instead of the settings' value.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    gpus: Option<u32>,
     /// Replay: nodes of the fleet.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     nodes: u32,
@@ -65,12 +73,30 @@ fn llm_day(a: &SimArgs) -> Result<u8, String> {
         Some(path) => std::fs::read_to_string(path).map_err(|e| format!("--config {}: {e}", path.display()))?,
         None => tidepool_sim::scenario::LLM_DAY.to_string(),
     };
-    let day = LlmDay::parse(&text).map_err(|e| match &a.config {
+    let mut day = LlmDay::parse(&text).map_err(|e| match &a.config {
         Some(path) => format!("--config {}: {e}", path.display()),
         None => e,
     })?;
-    let ours = llm::run(&day, LlmPolicy::Tidepool, a.seed);
-    let base = llm::run(&day, LlmPolicy::Static, a.seed);
+    if let Some(gpus) = a.gpus {
+        if gpus < day.gpus_per_node {
+            return Err(format!("--gpus: fewer than one node of {}", day.gpus_per_node));
+        }
+        day.gpus = gpus;
+    }
+    let (ours, base, title) = match &a.llm_trace {
+        None => (llm::run(&day, LlmPolicy::Tidepool, a.seed), llm::run(&day, LlmPolicy::Static, a.seed), format!("llm-day, seed {}", a.seed)),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("--llm-trace {}: {e}", path.display()))?;
+            let requests = tidepool_sim::llm_trace::read(&text).map_err(|e| format!("--llm-trace {}: {e}", path.display()))?;
+            if requests.is_empty() {
+                return Err(format!("--llm-trace {}: no request", path.display()));
+            }
+            // The replica emulator's defaults: 100 µs per prompt token, 20 ms per output token.
+            let curve = tidepool_sim::llm_trace::demand_curve(&requests, 100.0, 20.0);
+            let title = format!("replay of {} ({} requests over {:.1} h)", path.display(), requests.len(), curve.len() as f64 / 3600.0);
+            (llm::run_curve(&day, LlmPolicy::Tidepool, &curve, None), llm::run_curve(&day, LlmPolicy::Static, &curve, None), title)
+        }
+    };
     let mut report = BTreeMap::new();
     let put = |report: &mut BTreeMap<String, Value>, prefix: &str, r: &LlmReport| {
         report.insert(format!("{prefix}realtime_availability"), json!(round(r.realtime_availability, 6)));
@@ -104,7 +130,7 @@ fn llm_day(a: &SimArgs) -> Result<u8, String> {
         return Ok(0);
     }
     let g = |k: &str| report.get(k).cloned().unwrap_or(Value::Null).to_string();
-    line(&format!("llm-day, seed {}: {} GPUs, {} realtime requests/s at the peak", a.seed, day.gpus, day.peak_rps));
+    line(&format!("{title}: {} GPUs", day.gpus));
     line(&format!("{:<28} {:>14} {:>14}", "", "tidepool", "static fleet"));
     for (label, key) in [
         ("realtime availability", "realtime_availability"),
@@ -117,7 +143,7 @@ fn llm_day(a: &SimArgs) -> Result<u8, String> {
     ] {
         line(&format!("{label:<28} {:>14} {:>14}", g(key), g(&format!("baseline_{key}"))));
     }
-    line("static fleet: replicas for yesterday's peak plus 10%, nothing lent to offline work or training");
+    line("static fleet: replicas for yesterday's peak (a replayed trace: its own peak) plus 10%, nothing lent to offline work or training");
     if let Some(dir) = &a.out {
         line(&format!("plot: {}/llm-day.svg", dir.display()));
     }
@@ -126,7 +152,7 @@ fn llm_day(a: &SimArgs) -> Result<u8, String> {
 
 /// Runs the command.
 pub fn run(a: SimArgs) -> Result<u8, String> {
-    if a.scenario == "llm-day" {
+    if a.scenario == "llm-day" || a.llm_trace.is_some() {
         return llm_day(&a);
     }
     let (jobs, pool, ours, baseline, name): (Vec<SimJob>, Pool, SimPolicy, SimPolicy, String) = match a.scenario.as_str() {
@@ -135,7 +161,7 @@ pub fn run(a: SimArgs) -> Result<u8, String> {
             (jobs, pool, ours, baseline, "science-burst".into())
         }
         _ => {
-            let path = a.swf.as_ref().ok_or("replay needs --swf FILE (a log in the Standard Workload Format)")?;
+            let path = a.swf.as_ref().ok_or("replay needs --swf FILE (a batch log) or --llm-trace FILE (LLM requests)")?;
             let text = std::fs::read_to_string(path).map_err(|e| format!("--swf {}: {e}", path.display()))?;
             let jobs = tidepool_sim::swf::read(&text, a.cores_per_node).map_err(|e| format!("--swf {}: {e}", path.display()))?;
             if jobs.is_empty() {

@@ -73,3 +73,26 @@ fn llm_day_keeps_realtime_whole_and_the_gpus_busy() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("line 2: unknown key 'speed'"));
 }
+
+#[test]
+fn llm_traces_in_both_public_formats_replay() {
+    let dir = std::env::temp_dir().join(format!("tidepool-it-{}-llm-trace", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mut jsonl, mut csv) = (String::new(), String::from("TIMESTAMP,ContextTokens,GeneratedTokens\n"));
+    for i in 0..3000u64 {
+        let (ms, input, output) = (i * 400 + (i * 7919) % 300, 200 + (i * 31) % 4000, 20 + (i * 17) % 400);
+        jsonl.push_str(&format!("{{\"timestamp\": {ms}, \"input_length\": {input}, \"output_length\": {output}, \"hash_ids\": [{i}]}}\n"));
+        csv.push_str(&format!("2023-11-16 18:{:02}:{:02}.{:03}0000,{input},{output}\n", 15 + ms / 60_000, (ms / 1000) % 60, ms % 1000));
+    }
+    let (a, b) = (dir.join("trace.jsonl"), dir.join("trace.csv"));
+    std::fs::write(&a, jsonl).unwrap();
+    std::fs::write(&b, csv).unwrap();
+    let run = |path: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&sim(&["replay", "--llm-trace", &path.display().to_string(), "--gpus", "16", "--json"])).unwrap()
+    };
+    let (from_jsonl, from_csv) = (run(&a), run(&b));
+    assert_eq!(from_jsonl, from_csv, "the same requests in either format give the same report");
+    assert!(from_jsonl["realtime_availability"].as_f64().unwrap() > 0.99, "{from_jsonl}");
+    let bad = Command::new(BIN).args(["sim", "replay", "--llm-trace"]).arg(&b).args(["--gpus", "4"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(1), "fewer GPUs than a node");
+}

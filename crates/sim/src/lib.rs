@@ -7,6 +7,7 @@
 //! - [`batch`]: the batch engine (jobs arrive, a pool of nodes grows and shrinks, tasks run)
 //!   and its report.
 //! - [`llm`]: the LLM fleet over a day (replicas, forecaster, training lent the rest).
+//! - [`llm_trace`]: LLM request traces (Mooncake JSONL, Azure CSV) as demand curves.
 //! - [`scenario`]: the shipped scenarios (`science-burst`, `llm-day`).
 //! - [`swf`]: the Standard Workload Format reader, for replaying real batch logs.
 //! - [`svg`]: plots as SVG.
@@ -16,6 +17,7 @@
 
 pub mod batch;
 pub mod llm;
+pub mod llm_trace;
 pub mod rng;
 pub mod scenario;
 pub mod svg;

@@ -202,6 +202,15 @@ pub fn run(d: &LlmDay, policy: LlmPolicy, seed: u64) -> LlmReport {
         .collect();
     let today = day_curve(d, &mut rng, d.level, &bursts);
     let yesterday = day_curve(d, &mut Rng::new(seed.wrapping_add(1)), 1.0, &[]);
+    run_curve(d, policy, &today, Some(&yesterday))
+}
+
+/// Runs the fleet on a realtime demand curve (concurrent requests, one value per second).
+/// With `yesterday`, the forecaster scales it by today's level; without (a replayed trace), it
+/// plans for the most asked in the last five minutes. The static fleet is sized for
+/// `yesterday`'s peak, or the curve's own.
+pub fn run_curve(d: &LlmDay, policy: LlmPolicy, today: &[f64], yesterday: Option<&[f64]>) -> LlmReport {
+    let length = today.len() as u64;
     let b = f64::from(d.best_concurrency);
     let slots_per_replica_max = b * d.max_concurrency_factor;
 
@@ -229,7 +238,8 @@ pub fn run(d: &LlmDay, policy: LlmPolicy, seed: u64) -> LlmReport {
     let mut training: Vec<Training> = Vec::new();
     let mut training_done_before: std::collections::HashMap<u32, f64> = std::collections::HashMap::new();
     let mut asked_replicas = 0u32;
-    let static_count = if lend { 0 } else { (yesterday.iter().fold(0.0_f64, |m, v| m.max(*v)) * (1.0 + d.interruptible_share) * 1.1 / b).ceil() as u32 };
+    let sized_for = yesterday.unwrap_or(today).iter().fold(0.0_f64, |m, v| m.max(*v));
+    let static_count = if lend { 0 } else { (sized_for * (1.0 + d.interruptible_share) * 1.1 / b).ceil() as u32 };
     let (mut rt_asked, mut rt_served, mut int_asked, mut int_served) = (0.0, 0.0, 0.0, 0.0);
     let (mut busy_gpu_s, mut training_gpu_s, mut lost_gpu_s) = (0.0, 0.0, 0.0);
     let mut preemptions = 0u64;
@@ -243,20 +253,25 @@ pub fn run(d: &LlmDay, policy: LlmPolicy, seed: u64) -> LlmReport {
     );
     let cold_ms = (d.cold_start_s * 1000.0) as u64;
 
-    for t in 0..DAY_S {
+    for t in 0..length {
         let now_ms = t * 1000;
         let rt = today[t as usize];
         let int = rt * d.interruptible_share;
         if t % PLAN_EVERY_S == 0 {
             // How many replicas to have: the forecast a cold start ahead, or what is asked now
             // if that is more (an unforecast burst).
-            let ahead = ((t as f64 + d.cold_start_s + 2.0 * PLAN_EVERY_S as f64) as usize).min(DAY_S as usize - 1);
-            if t >= 900 {
-                let recent: f64 = today[(t - 900) as usize..t as usize].iter().sum();
-                let before: f64 = yesterday[(t - 900) as usize..t as usize].iter().sum();
-                level_ratio = if before > 0.0 { recent / before } else { 1.0 };
-            }
-            let forecast = yesterday[ahead] * level_ratio;
+            let ahead = ((t as f64 + d.cold_start_s + 2.0 * PLAN_EVERY_S as f64) as usize).min(today.len() - 1);
+            let forecast = match yesterday {
+                Some(yesterday) => {
+                    if t >= 900 {
+                        let recent: f64 = today[(t - 900) as usize..t as usize].iter().sum();
+                        let before: f64 = yesterday[(t - 900) as usize..t as usize].iter().sum();
+                        level_ratio = if before > 0.0 { recent / before } else { 1.0 };
+                    }
+                    yesterday.get(ahead).copied().unwrap_or(0.0) * level_ratio
+                }
+                None => today[(t.saturating_sub(300)) as usize..t as usize].iter().fold(0.0_f64, |m, v| m.max(*v)) * 1.1,
+            };
             let want_slots = forecast.max(rt) * (1.0 + d.interruptible_share);
             let target = if lend { (want_slots * 1.05 / b).ceil() as u32 } else { static_count };
             let target = target.min(d.gpus);
@@ -342,7 +357,7 @@ pub fn run(d: &LlmDay, policy: LlmPolicy, seed: u64) -> LlmReport {
     LlmReport {
         realtime_availability: if rt_asked > 0.0 { rt_served / rt_asked } else { 1.0 },
         interruptible_availability: if int_asked > 0.0 { int_served / int_asked } else { 1.0 },
-        gpu_busy_share: busy_gpu_s / (f64::from(d.gpus) * DAY_S as f64),
+        gpu_busy_share: busy_gpu_s / (f64::from(d.gpus) * length.max(1) as f64),
         training_gpu_hours: training_gpu_s / 3600.0,
         preemptions,
         lost_gpu_hours: lost_gpu_s / 3600.0,
