@@ -273,7 +273,8 @@ pub fn run_curve(d: &LlmDay, policy: LlmPolicy, today: &[f64], yesterday: Option
                 None => today[(t.saturating_sub(300)) as usize..t as usize].iter().fold(0.0_f64, |m, v| m.max(*v)) * 1.1,
             };
             let want_slots = forecast.max(rt) * (1.0 + d.interruptible_share);
-            let target = if lend { (want_slots * 1.05 / b).ceil() as u32 } else { static_count };
+            // One warm spare beyond the forecast: a small fleet's next replica is a cold start away.
+            let target = if lend { (want_slots * 1.05 / b).ceil() as u32 + 1 } else { static_count };
             let target = target.min(d.gpus);
             if target > asked_replicas {
                 submit(&mut cluster, "replicas", Tier::Realtime, replica_need, target - asked_replicas, now_ms);
