@@ -61,6 +61,15 @@ fn insert(report: &mut BTreeMap<String, Value>, prefix: &str, r: &Report) {
     put("peak_nodes", json!(r.peak_nodes));
 }
 
+/// Prints `rows` of `report` with Tidepool's value (`key`) beside the other's (`baseline_key`).
+fn side_by_side(report: &BTreeMap<String, Value>, other: &str, rows: &[(&str, &str)]) {
+    let g = |k: &str| report.get(k).cloned().unwrap_or(Value::Null).to_string();
+    line(&format!("{:<28} {:>14} {:>14}", "", "tidepool", other));
+    for (label, key) in rows {
+        line(&format!("{label:<28} {:>14} {:>14}", g(key), g(&format!("baseline_{key}"))));
+    }
+}
+
 fn round(v: f64, digits: i32) -> f64 {
     let m = 10f64.powi(digits);
     (v * m).round() / m
@@ -129,10 +138,8 @@ fn llm_day(a: &SimArgs) -> Result<u8, String> {
         line(&serde_json::to_string(&report).map_err(|e| e.to_string())?);
         return Ok(0);
     }
-    let g = |k: &str| report.get(k).cloned().unwrap_or(Value::Null).to_string();
     line(&format!("{title}: {} GPUs", day.gpus));
-    line(&format!("{:<28} {:>14} {:>14}", "", "tidepool", "static fleet"));
-    for (label, key) in [
+    side_by_side(&report, "static fleet", &[
         ("realtime availability", "realtime_availability"),
         ("interruptible availability", "interruptible_availability"),
         ("GPU busy share", "gpu_busy_share"),
@@ -140,9 +147,7 @@ fn llm_day(a: &SimArgs) -> Result<u8, String> {
         ("preemptions", "preemptions"),
         ("training GPU-hours lost", "lost_gpu_hours"),
         ("peak replicas", "peak_replicas"),
-    ] {
-        line(&format!("{label:<28} {:>14} {:>14}", g(key), g(&format!("baseline_{key}"))));
-    }
+    ]);
     line("static fleet: replicas for yesterday's peak (a replayed trace: its own peak) plus 10%, nothing lent to offline work or training");
     if let Some(dir) = &a.out {
         line(&format!("plot: {}/llm-day.svg", dir.display()));
@@ -205,10 +210,8 @@ pub fn run(a: SimArgs) -> Result<u8, String> {
         line(&serde_json::to_string(&report).map_err(|e| e.to_string())?);
         return Ok(0);
     }
-    let g = |k: &str| report.get(k).cloned().unwrap_or(Value::Null);
     line(&format!("{name}, seed {}: {} tasks", a.seed, r.tasks));
-    line(&format!("{:<28} {:>14} {:>14}", "", "tidepool", "baseline"));
-    for (label, key) in [
+    side_by_side(&report, "baseline", &[
         ("busy share while queued", "busy_share_while_queued"),
         ("node-hours", "node_hours"),
         ("makespan (h)", "makespan_h"),
@@ -216,9 +219,7 @@ pub fn run(a: SimArgs) -> Result<u8, String> {
         ("mean wait (s)", "mean_wait_s"),
         ("p95 wait (s)", "p95_wait_s"),
         ("peak nodes", "peak_nodes"),
-    ] {
-        line(&format!("{label:<28} {:>14} {:>14}", g(key).to_string(), g(&format!("baseline_{key}")).to_string()));
-    }
+    ]);
     line("baseline: first fit, a node released after 10 idle minutes (replay: first fit on the same fleet)");
     if let Some(dir) = &a.out {
         line(&format!("plots: {}/{}-nodes.svg, {}-busy.svg", dir.display(), a.scenario, a.scenario));
