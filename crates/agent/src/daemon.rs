@@ -378,9 +378,7 @@ fn read_pid(dir: &Path) -> Option<u32> {
 }
 
 fn lost(a: AttemptRef, message: &str) -> TaskResult {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now = now_ms();
     TaskResult {
         attempt: a,
         outcome: "failed".into(),

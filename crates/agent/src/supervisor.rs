@@ -226,8 +226,7 @@ fn supervise(dir: &Path) -> Result<(), String> {
             break;
         }
         let now = Instant::now();
-        if let Some(at) = kill_at.filter(|at| now >= *at) {
-            let _ = at;
+        if kill_at.is_some_and(|at| now >= at) {
             signal_tree(pgid, &spec.cgroup.pids(&cgroup_name), libc::SIGKILL);
             kill_at = Some(now + Duration::from_secs(1));
         }
