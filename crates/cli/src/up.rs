@@ -40,10 +40,9 @@ async fn bind(args: &ServerArgs) -> Result<(tokio::net::TcpListener, Config), St
     let data_dir = std::path::absolute(&args.data_dir).map_err(|e| e.to_string())?;
     let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
     let mut config = Config::new(data_dir, format!("{scheme}://{addr}"));
-    config.tls = args.tls_cert.clone().zip(args.tls_key.clone());
-    if let Some((cert, key)) = &config.tls {
-        // Refuse bad files before anything starts, not after the agent began dialling.
-        tidepool_server::tls::server_config(cert, key).map_err(|e| e.to_string())?;
+    // Read here, so bad files are refused before anything starts.
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls = Some(tidepool_server::tls::server_config(cert, key).map_err(|e| e.to_string())?);
     }
     config.max_array_size = args.max_array_size;
     config.known_pools = vec!["local".into()];

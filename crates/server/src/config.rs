@@ -21,8 +21,8 @@ pub struct Config {
     pub snapshot_every: u64,
     /// Projects with quotas, borrowing limits and fair-share weights; others are unlimited.
     pub projects: Vec<(String, tidepool_core::ProjectLimits)>,
-    /// Certificate chain and private key (PEM): the API is served over TLS when set.
-    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The API is served over TLS with this (see [`crate::tls::server_config`]) when set.
+    pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 impl Config {

@@ -57,10 +57,7 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let tls = match &config.tls {
-        Some((cert, key)) => Some(tls::server_config(cert, key)?),
-        None => None,
-    };
+    let tls = config.tls.clone();
     let shared = state::Shared::open(config)?;
     let shared = Arc::new(shared);
     let reactor = tokio::spawn(state::reactor_loop(shared.clone()));
