@@ -265,14 +265,14 @@ fn run_slurm(n: u32, window_s: f64, report: &mut BTreeMap<String, Value>) -> Res
 }
 
 fn run_hq(n: u32, report: &mut BTreeMap<String, Value>) -> Result<(), String> {
-    let has = |_: ()| Command::new("python3").args(["-c", "import hyperqueue"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
-    if !has(()) {
+    let has = || Command::new("python3").args(["-c", "import hyperqueue"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if !has() {
         let _ = Command::new("python3")
             .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--root-user-action=ignore", "hyperqueue"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        if !has(()) {
+        if !has() {
             return Err("the hyperqueue Python package does not install here".into());
         }
     }

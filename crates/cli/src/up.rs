@@ -68,6 +68,7 @@ pub async fn up(args: UpArgs) -> Result<u8, String> {
     if let Some(cpus) = args.cpus {
         cpu_millis = u64::from(cpus) * 1000;
     }
+    let tidepool = std::env::current_exe().map_err(|e| e.to_string())?;
     let agent = AgentConfig {
         server_url: config.public_url.clone(),
         join_token,
@@ -79,8 +80,8 @@ pub async fn up(args: UpArgs) -> Result<u8, String> {
         gpus: 0,
         features: AgentConfig::local_features(),
         resources: Default::default(),
-        supervisor_program: AgentConfig::supervisor_beside(&std::env::current_exe().map_err(|e| e.to_string())?),
-        tidepool_program: std::env::current_exe().map_err(|e| e.to_string())?,
+        supervisor_program: AgentConfig::supervisor_beside(&tidepool),
+        tidepool_program: tidepool.clone(),
         kill_grace_s: 1,
         ca_cert: args.ca_cert.clone(),
         slurm: None,
@@ -224,6 +225,7 @@ pub async fn agent(args: AgentArgs) -> Result<u8, String> {
         cpu_millis = u64::from(cpus) * 1000;
     }
     let data_dir = std::path::absolute(&args.data_dir).map_err(|e| e.to_string())?;
+    let tidepool = std::env::current_exe().map_err(|e| e.to_string())?;
     let config = AgentConfig {
         server_url: args.server,
         join_token: args.join_token,
@@ -239,8 +241,8 @@ pub async fn agent(args: AgentArgs) -> Result<u8, String> {
             f
         },
         resources: args.resource.iter().map(|r| parse_resource(r)).collect::<Result<_, _>>()?,
-        supervisor_program: AgentConfig::supervisor_beside(&std::env::current_exe().map_err(|e| e.to_string())?),
-        tidepool_program: std::env::current_exe().map_err(|e| e.to_string())?,
+        supervisor_program: AgentConfig::supervisor_beside(&tidepool),
+        tidepool_program: tidepool.clone(),
         kill_grace_s: 1,
         ca_cert: args.ca_cert,
         slurm: (args.executor == "slurm").then(|| tidepool_agent::slurm_site::SlurmSite { sbatch_args: args.sbatch_arg }),
