@@ -87,6 +87,7 @@ fn steady_rate(samples: &[(f64, u64)], total: u64) -> f64 {
 }
 
 struct Tidepool {
+    exe: PathBuf,
     child: Child,
     dir: PathBuf,
     url: String,
@@ -106,7 +107,7 @@ impl Tidepool {
         let dir = std::env::temp_dir().join(format!("tidepool-bench-batch-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let mut child = Command::new(exe)
+        let mut child = Command::new(&exe)
             .args(["up", "--data-dir", "data", "--listen", "127.0.0.1:0", "--gateway-listen", "127.0.0.1:0"])
             .current_dir(&dir)
             .stdout(Stdio::null())
@@ -123,11 +124,11 @@ impl Tidepool {
             }
         });
         let url = rx.recv_timeout(Duration::from_secs(30)).map_err(|_| "tidepool up did not start in 30 s".to_string())?;
-        Ok(Tidepool { child, dir, url })
+        Ok(Tidepool { exe, child, dir, url })
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(std::env::current_exe().unwrap_or_else(|_| "tidepool".into()));
+        let mut c = Command::new(&self.exe);
         c.args(args).current_dir(&self.dir).env("TIDEPOOL_URL", &self.url).env("TIDEPOOL_DATA_DIR", self.dir.join("data")).env_remove("TIDEPOOL_TOKEN");
         c
     }
