@@ -57,7 +57,7 @@ fn run_core(w: &Workload, job_cores: &[u64]) -> Figures {
         c.set_node_online(id, true);
     }
     for (j, cores) in job_cores.iter().enumerate() {
-        let array = ArraySpec::parse(&format!("0-{}", w.tasks_per_job - 1), u32::MAX).unwrap_or_else(|_| ArraySpec::single());
+        let array = ArraySpec::first(w.tasks_per_job);
         let spec = JobSpec::new(&format!("job{j}"), &format!("project{}", j % 10), Resources::cores(*cores), array);
         c.submit(JobId(j as u64 + 1), spec, 0);
     }

@@ -39,6 +39,14 @@ impl ArraySpec {
         }
     }
 
+    /// Indices `0` to `n - 1` (`0-N`), or a single task when `n` is 0.
+    pub fn first(n: u32) -> ArraySpec {
+        if n == 0 {
+            return ArraySpec::single();
+        }
+        ArraySpec { ranges: vec![IndexRange { start: 0, end: n - 1, step: 1 }], n_tasks: n, max_running: None }
+    }
+
     /// Parses `A-B[:STEP][,...][%MAX]`; `max_index` is the largest index accepted.
     pub fn parse(text: &str, max_index: u32) -> Result<ArraySpec, String> {
         let text = text.trim();
@@ -174,6 +182,13 @@ impl fmt::Display for ArraySpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_n_is_the_same_as_its_text() {
+        assert_eq!(ArraySpec::first(1000), ArraySpec::parse("0-999", u32::MAX).unwrap());
+        assert_eq!(ArraySpec::first(1), ArraySpec::single());
+        assert_eq!(ArraySpec::first(0), ArraySpec::single());
+    }
 
     #[test]
     fn ranges_steps_and_throttle() {

@@ -273,8 +273,7 @@ pub fn run(jobs: &[SimJob], pool: &Pool, policy: &SimPolicy) -> Report {
             Event::Submit(i) => {
                 let job = &jobs[i];
                 let n = job.run_s.len().max(1) as u32;
-                let array = ArraySpec::parse(&format!("0-{}", n - 1), u32::MAX).unwrap_or_else(|_| ArraySpec::single());
-                let mut spec = JobSpec::new(&format!("job{i}"), "sim", Resources::cores(job.cores), array);
+                let mut spec = JobSpec::new(&format!("job{i}"), "sim", Resources::cores(job.cores), ArraySpec::first(n));
                 spec.gang = job.gang_nodes.map(|n_nodes| GangSpec { n_nodes, tasks_per_node: 1 });
                 sim.cluster.submit(JobId(i as u64 + 1), spec, now);
                 sim.submitted += 1;

@@ -226,8 +226,7 @@ pub fn run_curve(d: &LlmDay, policy: LlmPolicy, today: &[f64], yesterday: Option
     let mut submit = |cluster: &mut Cluster, name: &str, tier: Tier, need: Resources, n: u32, now_ms: u64| {
         let id = JobId(next_job);
         next_job += 1;
-        let array = ArraySpec::parse(&format!("0-{}", n.max(1) - 1), u32::MAX).unwrap_or_else(|_| ArraySpec::single());
-        let mut spec = JobSpec::new(name, "fleet", need, array);
+        let mut spec = JobSpec::new(name, "fleet", need, ArraySpec::first(n));
         spec.tier = tier;
         cluster.submit(id, spec, now_ms);
         id
