@@ -159,7 +159,10 @@ fn realtime_cuts_off_a_filler_stream_when_the_replica_is_full() {
 
 #[test]
 fn filler_waits_for_slots_and_the_best_concurrency_is_learned() {
-    let (_emulator, url) = start_emulator(6);
+    // A batch of 4: one more request slows each token by 25%, well past the learner's 15%
+    // tolerance (at a batch of 6 the next level is only 17% slower, and noise on a busy host
+    // could hide it).
+    let (_emulator, url) = start_emulator(4);
     let (_gw, base) = gateway_with(
         "learn",
         &format!("realtime_headroom = 0\nqueue_wait_ms = 60000\n[[replicas]]\nurl = \"{url}\"\nmodel = \"m\"\nbest_concurrency = 2\nlearn_best_concurrency = true\n\n[[tenants]]\nname = \"fill\"\nkeys = [\"sk-fill-tenant\"]\ntpm = 100000000\nrpm = 1000000\ntier = \"filler\"\n"),
@@ -187,8 +190,8 @@ fn filler_waits_for_slots_and_the_best_concurrency_is_learned() {
         .find_map(|l| l.strip_prefix("tidepool_gateway_best_concurrency{replica=\"0\"} "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no gauge in {metrics}"));
-    // The emulator slows down past 6 in flight; 15% tolerance admits 7 at most.
-    assert!((5..=7).contains(&learned), "learned best concurrency {learned}, emulator's batch is 6");
+    // The emulator slows down past 4 in flight; one level either side of it is noise.
+    assert!((3..=5).contains(&learned), "learned best concurrency {learned}, emulator's batch is 4");
 }
 
 fn get(base: &str, path: &str, key: &str) -> (u16, String) {
