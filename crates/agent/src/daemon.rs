@@ -1,11 +1,11 @@
-//! The agent daemon: registers, long-polls, starts supervisors, reports results.
+//! The agent daemon: registers, long-polls, hands attempts to its launcher, reports results.
 //!
 //! **Invariant**: a result file is deleted only after the server has acknowledged it, and an
 //! attempt directory is never started twice, so a crash of the agent or the server at any point
 //! neither loses a result nor runs an attempt again.
 
 use crate::cgroup::CgroupPlan;
-use crate::supervisor::now_ms;
+use crate::launcher::now_ms;
 use crate::rundir::{self, SupervisorSpec};
 use crate::{Error, Result};
 use std::collections::{HashMap, HashSet};
@@ -42,9 +42,9 @@ pub struct AgentConfig {
     pub features: Vec<String>,
     /// Named countable resources offered (`fpga`, `npu`).
     pub resources: std::collections::BTreeMap<String, u64>,
-    /// The supervisor, run as `PROGRAM __supervise DIR` once per task: `tidepool-supervise`
-    /// (small, quick to start) or `tidepool` itself.
-    pub supervisor_program: PathBuf,
+    /// The launcher, run as `PROGRAM __launch RUN_DIR` once per agent process:
+    /// `tidepool-launcher` (small) or `tidepool` itself.
+    pub launcher_program: PathBuf,
     /// The `tidepool` binary, linked as `sbatch`, `squeue`... on tasks' PATH.
     pub tidepool_program: PathBuf,
     /// Seconds between SIGTERM and SIGKILL when a task is cancelled or times out.
@@ -72,10 +72,10 @@ pub fn api_client(ca_cert: Option<&Path>, timeout: Duration) -> std::result::Res
 }
 
 impl AgentConfig {
-    /// The supervisor to run beside the `tidepool` binary `tidepool`: `tidepool-supervise` in
+    /// The launcher to run beside the `tidepool` binary `tidepool`: `tidepool-launcher` in
     /// the same directory when it is there, else `tidepool` itself.
-    pub fn supervisor_beside(tidepool: &Path) -> PathBuf {
-        let small = tidepool.with_file_name("tidepool-supervise");
+    pub fn launcher_beside(tidepool: &Path) -> PathBuf {
+        let small = tidepool.with_file_name("tidepool-launcher");
         if small.is_file() {
             small
         } else {
@@ -120,7 +120,12 @@ struct Agent {
     client: reqwest::Client,
     plan: CgroupPlan,
     bin_dir: Option<String>,
+    /// Attempts this agent follows, with the pid of the launcher that runs them.
     tracked: Mutex<HashMap<AttemptRef, u32>>,
+    /// The launcher new attempts go to, started on first use and again if it dies.
+    launcher: Mutex<Option<LauncherHandle>>,
+    /// Acknowledged attempt directories, deleted by a thread of their own.
+    remover: std::sync::mpsc::Sender<PathBuf>,
     prekilled: Mutex<HashSet<AttemptRef>>,
     results: mpsc::UnboundedSender<TaskResult>,
     session: AtomicU64,
@@ -143,6 +148,8 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         plan,
         bin_dir,
         tracked: Mutex::new(HashMap::new()),
+        launcher: Mutex::new(None),
+        remover: start_remover(),
         prekilled: Mutex::new(HashSet::new()),
         results: tx,
         session: AtomicU64::new(0),
@@ -155,6 +162,17 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let outcome = main_loop(agent).await;
     reporter.abort();
     outcome
+}
+
+/// A thread that deletes the directories it is sent.
+fn start_remover() -> std::sync::mpsc::Sender<PathBuf> {
+    let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
+    std::thread::spawn(move || {
+        for dir in rx {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    });
+    tx
 }
 
 /// Links named like Slurm's commands, so a task that calls `sbatch` finds it on its PATH.
@@ -221,41 +239,119 @@ impl Agent {
                 in_slurm.entry(a).or_insert_with(|| (id.trim().to_string(), now_ms(), false));
             } else if tracked.contains(&a) {
                 running.push(a);
-            } else if rundir::supervisor_alive(&dir) {
+            } else if rundir::launcher_alive(&dir) {
                 running.push(a);
                 self.watch_orphan(a, dir);
             } else {
-                // Never started, or its supervisor died without a word: the server requeues it.
+                // Never started, or its launcher died without a word: the server requeues it.
                 let _ = std::fs::remove_dir_all(&dir);
             }
         }
         (running, finished)
     }
 
-    /// Follows a supervisor started by an earlier agent process until it leaves its result.
+    /// Follows an attempt of a launcher left by an earlier agent process until its result.
     fn watch_orphan(&self, a: AttemptRef, dir: PathBuf) {
-        self.lock_tracked().insert(a, read_pid(&dir).unwrap_or(0));
+        self.lock_tracked().insert(a, rundir::launcher_pid(&dir).unwrap_or(0));
         let tx = self.results.clone();
         tokio::spawn(async move {
-            while rundir::supervisor_alive(&dir) {
+            while rundir::launcher_alive(&dir) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            let _ = tx.send(rundir::read_result(&dir).unwrap_or_else(|| lost(a, "supervisor ended without a result")));
+            let _ = tx.send(rundir::read_result(&dir).unwrap_or_else(|| lost(a, "the launcher ended without a result")));
         });
+    }
+
+    fn lock_launcher(&self) -> std::sync::MutexGuard<'_, Option<LauncherHandle>> {
+        self.launcher.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands the prepared attempt directory `name` to the launcher; the launcher's pid.
+    fn hand_to_launcher(self: &Arc<Self>, name: &str) -> std::result::Result<u32, String> {
+        use std::io::Write;
+        let mut launcher = self.lock_launcher();
+        for _ in 0..2 {
+            if launcher.is_none() {
+                *launcher = Some(self.start_launcher()?);
+            }
+            if let Some(handle) = launcher.as_mut() {
+                if writeln!(handle.stdin, "{name}").is_ok() {
+                    return Ok(handle.pid);
+                }
+            }
+            *launcher = None;
+        }
+        Err("the launcher takes no work".into())
+    }
+
+    /// Starts a launcher and a thread that turns its answers into results.
+    fn start_launcher(self: &Arc<Self>) -> std::result::Result<LauncherHandle, String> {
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.config.run_dir.with_file_name("launcher.log"))
+            .map_err(|e| format!("launcher log: {e}"))?;
+        let mut child = std::process::Command::new(&self.config.launcher_program)
+            .arg("__launch")
+            .arg(&self.config.run_dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot start the launcher {}: {e}", self.config.launcher_program.display()))?;
+        let pid = child.id();
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err("the launcher has no pipes".into());
+        };
+        let agent = self.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(std::result::Result::ok) {
+                if let Ok(result) = serde_json::from_str::<TaskResult>(&line) {
+                    let _ = agent.results.send(result);
+                }
+            }
+            let _ = child.wait();
+            agent.on_launcher_gone(pid);
+        });
+        Ok(LauncherHandle { stdin, pid })
+    }
+
+    /// A launcher ended: what it ran and did not answer for will never report.
+    fn on_launcher_gone(&self, pid: u32) {
+        {
+            let mut launcher = self.lock_launcher();
+            if launcher.as_ref().is_some_and(|h| h.pid == pid) {
+                *launcher = None;
+            }
+        }
+        let orphaned: Vec<AttemptRef> = self.lock_tracked().iter().filter(|(_, p)| **p == pid).map(|(a, _)| *a).collect();
+        for a in orphaned {
+            let dir = rundir::attempt_dir(&self.config.run_dir, &a);
+            if rundir::read_result(&dir).is_none() && !rundir::launcher_alive(&dir) {
+                tracing::warn!(job = a.job_id, index = a.index, "the launcher ended without a result");
+                let result = lost(a, "the launcher ended without a result");
+                let _ = rundir::write_result(&dir, &result);
+                let _ = self.results.send(result);
+            }
+        }
     }
 
     fn forget(&self, acked: &[AttemptRef]) {
         let mut tracked = self.lock_tracked();
         for a in acked {
             let dir = rundir::attempt_dir(&self.config.run_dir, a);
-            if rundir::read_result(&dir).is_some() {
-                let _ = std::fs::remove_dir_all(&dir);
+            if dir.join(rundir::RESULT_FILE).exists() {
                 tracked.remove(a);
+                // Deleting files can wait on the disk (discard); it is no one's critical path.
+                let _ = self.remover.send(dir);
             }
         }
     }
 
-    fn start(&self, mut launch: Launch) {
+    fn start(self: &Arc<Self>, mut launch: Launch) {
         let a = launch.attempt;
         // A task that calls sbatch or squeue reaches a TLS server with this node's CA.
         if let Some(ca) = &self.config.ca_cert {
@@ -309,38 +405,22 @@ impl Agent {
             let _ = self.results.send(lost(a, &format!("cannot prepare {}: {e}", dir.display())));
             return;
         }
-        let child = tokio::process::Command::new(&self.config.supervisor_program)
-            .arg("__supervise")
-            .arg(&dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .process_group(0)
-            .spawn();
-        let mut child = match child {
-            Ok(child) => child,
+        let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        // Followed before it is handed over, so that even an instant result finds it tracked.
+        self.lock_tracked().insert(a, 0);
+        match self.hand_to_launcher(&name) {
+            Ok(pid) => {
+                self.lock_tracked().insert(a, pid);
+            }
             Err(e) => {
-                let result = lost(a, &format!("cannot start the supervisor: {e}"));
+                let result = lost(a, &e);
                 let _ = rundir::write_result(&dir, &result);
                 let _ = self.results.send(result);
-                return;
             }
-        };
-        self.lock_tracked().insert(a, child.id().unwrap_or(0));
-        let tx = self.results.clone();
-        tokio::spawn(async move {
-            let _ = child.wait().await;
-            let result = rundir::read_result(&dir).unwrap_or_else(|| {
-                let err = std::fs::read_to_string(dir.join("supervisor.err")).unwrap_or_default();
-                let result = lost(a, &format!("supervisor failed: {err}"));
-                let _ = rundir::write_result(&dir, &result);
-                result
-            });
-            let _ = tx.send(result);
-        });
+        }
     }
 
-    fn kill(&self, a: AttemptRef) {
+    fn kill(self: &Arc<Self>, a: AttemptRef) {
         if let Some(site) = &self.config.slurm {
             let id = self.lock_in_slurm().get_mut(&a).map(|entry| {
                 entry.2 = true;
@@ -354,27 +434,40 @@ impl Agent {
             }
             return;
         }
-        let pid = self.lock_tracked().get(&a).copied();
         let dir = rundir::attempt_dir(&self.config.run_dir, &a);
-        let pid = pid.filter(|p| *p > 0).or_else(|| read_pid(&dir));
+        if rundir::read_result(&dir).is_some() {
+            return;
+        }
+        let tracked = self.lock_tracked().contains_key(&a);
+        // Only a launcher known to be alive is signalled: a stale pid may belong to anyone.
+        let pid = if rundir::launcher_alive(&dir) {
+            rundir::launcher_pid(&dir)
+        } else if tracked {
+            self.lock_launcher().as_ref().map(|h| h.pid)
+        } else {
+            None
+        };
         match pid {
-            Some(pid) if rundir::supervisor_alive(&dir) || self.lock_tracked().contains_key(&a) => {
-                // SAFETY: kill(2) on the supervisor we started; it forwards to the task's tree.
+            Some(pid) => {
+                // The mark is read at the start of the attempt and on SIGUSR1, so it stops the
+                // attempt whether or not the launcher has reached it yet.
+                let _ = std::fs::write(dir.join(rundir::CANCEL_FILE), b"");
+                // SAFETY: kill(2) on the launcher that runs this attempt; no memory is touched.
                 unsafe {
-                    libc::kill(pid as i32, libc::SIGTERM);
+                    libc::kill(pid as i32, libc::SIGUSR1);
                 }
             }
-            _ => {
-                if rundir::read_result(&dir).is_none() {
-                    self.prekilled.lock().unwrap_or_else(|p| p.into_inner()).insert(a);
-                }
+            None => {
+                self.prekilled.lock().unwrap_or_else(|p| p.into_inner()).insert(a);
             }
         }
     }
 }
 
-fn read_pid(dir: &Path) -> Option<u32> {
-    std::fs::read_to_string(dir.join(rundir::PID_FILE)).ok()?.trim().parse().ok()
+/// The pipe to a running launcher.
+struct LauncherHandle {
+    stdin: std::process::ChildStdin,
+    pid: u32,
 }
 
 fn lost(a: AttemptRef, message: &str) -> TaskResult {

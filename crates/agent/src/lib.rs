@@ -1,20 +1,21 @@
-//! The node agent and the per-task supervisor.
+//! The node agent and its task launcher.
 //!
 //! Layout:
-//! - [`daemon`]: dials out to the server, registers, long-polls for work, starts supervisors,
-//!   reports results. It never listens on a port.
-//! - [`supervisor`]: one small process per task attempt (the role of Slurm's slurmstepd):
-//!   runs the task in its own process group and cgroup, enforces the time limit, kills the
-//!   whole tree on cancel, measures usage and leaves the result in a file, so a restarted
-//!   agent collects it and a finished task is never started again.
+//! - [`daemon`]: dials out to the server, registers, long-polls for work, hands attempts to
+//!   the launcher, reports results. It never listens on a port.
+//! - [`launcher`]: one small process per agent (the role of Slurm's slurmstepd, for every
+//!   task of the node): starts each task with posix_spawn in its own process group and
+//!   cgroup, enforces time limits, kills the whole tree on cancel, measures usage and leaves
+//!   the result in a file, so a restarted agent collects it and a finished task is never
+//!   started again. It outlives the agent until its last task has ended.
 //! - [`cgroup`]: cgroup v2, v1 or none, decided once per node.
 //! - [`rundir`]: the on-disk layout shared by the two.
 
 pub mod cgroup;
 pub mod daemon;
+pub mod launcher;
 pub mod rundir;
 pub mod slurm_site;
-pub mod supervisor;
 
 pub use daemon::{api_client, run, AgentConfig};
 

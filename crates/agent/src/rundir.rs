@@ -1,12 +1,13 @@
 //! One directory per attempt under `RUN_DIR/`, named `JOB.INDEX.ATTEMPT`, holding what the
-//! agent asked for (`launch.json`), the supervisor's lock and pid, and its `result.json`.
+//! agent asked for (`launch.json`), the launcher's lock (holding its pid), a `cancel` mark,
+//! and its `result.json`.
 
 use crate::cgroup::CgroupPlan;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tidepool_api::{AttemptRef, Launch, TaskResult};
 
-/// What the supervisor reads.
+/// What the launcher reads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SupervisorSpec {
     /// The attempt.
@@ -17,6 +18,11 @@ pub struct SupervisorSpec {
     pub bin_dir: Option<String>,
     /// Seconds between the polite signal and SIGKILL.
     pub kill_grace_s: u64,
+}
+
+/// The pid of the launcher that holds (or held) an attempt.
+pub fn launcher_pid(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join(LOCK_FILE)).ok()?.trim().parse().ok()
 }
 
 /// The directory of one attempt.
@@ -35,10 +41,10 @@ pub fn parse_attempt_dir(name: &str) -> Option<AttemptRef> {
 
 /// The file names inside an attempt directory.
 pub const SPEC_FILE: &str = "launch.json";
-/// Held (flock) by the supervisor while it lives.
+/// Held (flock) by the launcher while the attempt runs; holds the launcher's pid.
 pub const LOCK_FILE: &str = "lock";
-/// The supervisor's pid.
-pub const PID_FILE: &str = "pid";
+/// Present when the agent asked for the attempt to stop.
+pub const CANCEL_FILE: &str = "cancel";
 /// Written once, atomically, when the attempt has ended.
 pub const RESULT_FILE: &str = "result.json";
 
@@ -56,8 +62,8 @@ pub fn write_result(dir: &Path, result: &TaskResult) -> std::io::Result<()> {
     std::fs::rename(&tmp, dir.join(RESULT_FILE))
 }
 
-/// True while a supervisor holds the attempt's lock.
-pub fn supervisor_alive(dir: &Path) -> bool {
+/// True while a launcher holds the attempt's lock.
+pub fn launcher_alive(dir: &Path) -> bool {
     use std::os::fd::AsRawFd;
     let Ok(file) = std::fs::File::open(dir.join(LOCK_FILE)) else { return false };
     // SAFETY: flock on a file descriptor we own; no memory is shared.
@@ -81,10 +87,10 @@ mod tests {
     }
 
     #[test]
-    fn a_directory_without_a_supervisor_is_not_alive() {
+    fn a_directory_without_a_launcher_is_not_alive() {
         let dir = std::env::temp_dir().join(format!("tidepool-rundir-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        assert!(!supervisor_alive(&dir));
+        assert!(!launcher_alive(&dir));
         assert!(read_result(&dir).is_none());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -39,7 +39,7 @@ pub struct RegisterRequest {
     /// agent with `--executor slurm`).
     #[serde(default)]
     pub overflow: bool,
-    /// Attempts still running under their supervisors.
+    /// Attempts still running under their launchers.
     pub running: Vec<AttemptRef>,
     /// Attempts that ended and were not yet acknowledged.
     pub finished: Vec<TaskResult>,

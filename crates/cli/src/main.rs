@@ -17,10 +17,10 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    // The supervisor runs before anything else starts: no runtime, no threads.
-    if args.get(1).map(String::as_str) == Some("__supervise") {
+    // The launcher runs before anything else starts: no runtime, no threads.
+    if args.get(1).map(String::as_str) == Some("__launch") {
         let Some(dir) = args.get(2) else { return ExitCode::from(2) };
-        return ExitCode::from(tidepool_agent::supervisor::run(std::path::Path::new(dir)) as u8);
+        return ExitCode::from(tidepool_agent::launcher::run(std::path::Path::new(dir)) as u8);
     }
     let program = args
         .first()

@@ -80,7 +80,7 @@ pub async fn up(args: UpArgs) -> Result<u8, String> {
         gpus: 0,
         features: AgentConfig::local_features(),
         resources: Default::default(),
-        supervisor_program: AgentConfig::supervisor_beside(&tidepool),
+        launcher_program: AgentConfig::launcher_beside(&tidepool),
         tidepool_program: tidepool.clone(),
         kill_grace_s: 1,
         ca_cert: args.ca_cert.clone(),
@@ -241,7 +241,7 @@ pub async fn agent(args: AgentArgs) -> Result<u8, String> {
             f
         },
         resources: args.resource.iter().map(|r| parse_resource(r)).collect::<Result<_, _>>()?,
-        supervisor_program: AgentConfig::supervisor_beside(&tidepool),
+        launcher_program: AgentConfig::launcher_beside(&tidepool),
         tidepool_program: tidepool.clone(),
         kill_grace_s: 1,
         ca_cert: args.ca_cert,

@@ -239,3 +239,34 @@ fn time_limit_ends_in_timeout_after_a_polite_signal() {
     assert_eq!(row.trim(), "TIMEOUT|3:0", "the task saw SIGTERM and ran its trap");
     assert_eq!(env.ok(&["logs", job]).trim(), "got TERM");
 }
+
+#[test]
+fn a_cancel_reaches_tasks_started_before_a_kill_9_and_one_launcher_runs_them_all() {
+    let mut env = Env::new("orphan-cancel");
+    let marker = format!("sleep 30{}", std::process::id() % 10);
+    let job = env.ok(&["submit", "--array", "0-2", "--", "sh", "-c", &marker]);
+    let job = job.trim().to_string();
+    let sleepers = || {
+        let ps = Command::new("pgrep").args(["-f", &format!("^{marker}")]).output().unwrap();
+        String::from_utf8_lossy(&ps.stdout).lines().count()
+    };
+    let launchers = |dir: &std::path::Path| {
+        let pattern = format!("__launch {}", dir.join("data/agent/run").display());
+        let ps = Command::new("pgrep").args(["-f", &pattern]).output().unwrap();
+        String::from_utf8_lossy(&ps.stdout).lines().count()
+    };
+    env.eventually(20, "three running", |_| sleepers() == 3);
+    assert_eq!(launchers(&env.dir), 1, "one launcher for the agent's three tasks");
+    // The server and its agent die; the launcher and its tasks go on, as on a real node.
+    env.kill9();
+    assert_eq!(sleepers(), 3, "tasks outlive their agent");
+    let url = env.url.trim_start_matches("http://").to_string();
+    env.start(&url);
+    env.ok(&["cancel", &job]);
+    env.eventually(10, "the old launcher's tasks to stop", |_| sleepers() == 0);
+    env.eventually(10, "the cancel recorded", |e| {
+        let s = e.ok(&["sacct", "-j", &job, "-n", "-P", "--format=State"]);
+        s.lines().filter(|l| l.trim() == "CANCELLED").count() == 3
+    });
+    env.eventually(10, "the old launcher to leave once its tasks ended", |e| launchers(&e.dir) == 0);
+}

@@ -181,7 +181,7 @@ impl Drop for Env {
             let _ = a.kill();
             let _ = a.wait();
         }
-        // Leftover supervisors of cancelled tests end on their own; the data stays for a look.
+        // Leftover launchers of cancelled tests end on their own; the data stays for a look.
     }
 }
 

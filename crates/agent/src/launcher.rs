@@ -1,0 +1,621 @@
+//! The node's launcher: `tidepool-launcher __launch RUN_DIR`, one small synchronous process
+//! that starts every task of its agent and watches each to its end (the role of Slurm's
+//! slurmstepd, for all the node's tasks at once).
+//!
+//! The agent writes one attempt directory name per line on the launcher's stdin; the launcher
+//! answers each ended attempt with its `TaskResult` as one JSON line on stdout, after writing it
+//! to `result.json`. A cancel is a `cancel` file in the attempt directory plus `SIGUSR1`, so an
+//! agent that restarted can still stop the attempts of the launcher it left behind.
+//!
+//! Tasks are started with `posix_spawn` (no `fork` of this process, whatever its size), in
+//! their own process group; to place a task in its cgroup from birth, the launcher steps into
+//! that cgroup for the spawn and back into its own (`tidepool/launcher`) right after.
+//!
+//! **Invariant**: a running attempt's `lock` is held (flock) by the launcher that runs it, and
+//! released only after `result.json` is written, so a directory with neither is an attempt that
+//! will never report and may be requeued.
+
+use crate::cgroup::CgroupPlan;
+use crate::rundir::{self, SupervisorSpec};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tidepool_api::TaskResult;
+
+/// Milliseconds since the epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How long the leftovers of an ended task may take to die before the result is written anyway.
+const LEFTOVER_WAIT: Duration = Duration::from_secs(1);
+
+/// One attempt between its start and its result.
+struct Attempt {
+    dir: PathBuf,
+    /// Held while the attempt runs: tells a restarted agent that someone still watches it.
+    _lock: File,
+    spec: SupervisorSpec,
+    /// The task's leader, also its process group.
+    pid: i32,
+    cgroup: Option<String>,
+    result: TaskResult,
+    started: Instant,
+    deadline: Option<Instant>,
+    kill_at: Option<Instant>,
+    cancelled: bool,
+    timed_out: bool,
+    /// The leader's wait status and its usage, once it has ended.
+    ended: Option<(i32, libc::rusage)>,
+    /// Until when leftovers of an ended leader are waited for.
+    leftovers_until: Option<Instant>,
+}
+
+struct Launcher {
+    run_dir: PathBuf,
+    /// Running attempts by their leader's pid.
+    running: HashMap<i32, Attempt>,
+    /// `cgroup.procs` of the launcher's own cgroup, per hierarchy, to step back into.
+    home_procs: Vec<File>,
+    /// The plan the home cgroup belongs to.
+    home_plan: Option<CgroupPlan>,
+    stdout: File,
+}
+
+/// The write end of the pipe that signal handlers write to (the self-pipe).
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn on_signal(signal: libc::c_int) {
+    let byte = signal as u8;
+    // SAFETY: write(2) is async-signal-safe; the descriptor is non-blocking, so a full pipe
+    // drops the byte (the loop already has one to wake on).
+    unsafe {
+        libc::write(SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed), (&byte as *const u8).cast(), 1);
+    }
+}
+
+/// Routes `signals` to a pipe the loop polls. Signals are caught, never blocked: posix_spawn
+/// hands the launcher's signal mask to every task, and a task must start with none blocked.
+fn signal_pipe(signals: &[i32]) -> Result<i32, String> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors we own; sigaction installs a handler that only
+    // calls write(2).
+    unsafe {
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) != 0 {
+            return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+        }
+        SIGNAL_PIPE.store(fds[1], std::sync::atomic::Ordering::Relaxed);
+        for s in signals {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(*s, &action, std::ptr::null_mut());
+        }
+    }
+    Ok(fds[0])
+}
+
+fn signal_tree(pgid: i32, cgroup_pids: &[i32], signal: i32) {
+    let me = std::process::id() as i32;
+    // SAFETY: kill(2) with a negative pid signals a process group; no memory is touched.
+    unsafe {
+        libc::kill(-pgid, signal);
+        for pid in cgroup_pids.iter().filter(|p| **p != me) {
+            libc::kill(*pid, signal);
+        }
+    }
+}
+
+fn open_output(path: &str) -> Result<File, String> {
+    if let Some(parent) = Path::new(path).parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| format!("cannot open {path}: {e}"))
+}
+
+/// The program to start and its arguments; a batch script is written to the attempt directory.
+fn program_of(spec: &SupervisorSpec, dir: &Path) -> Result<(String, Vec<String>), String> {
+    let launch = &spec.launch;
+    match &launch.script {
+        Some(script) => {
+            use std::os::unix::fs::PermissionsExt;
+            let path = dir.join("script");
+            std::fs::write(&path, script).map_err(|e| format!("script: {e}"))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(|e| format!("script: {e}"))?;
+            Ok((path.display().to_string(), vec![]))
+        }
+        None => {
+            let (first, rest) = launch.command.split_first().ok_or("empty command")?;
+            Ok((first.clone(), rest.to_vec()))
+        }
+    }
+}
+
+/// `program` as found on the task's own PATH (posix_spawn would search the launcher's).
+fn resolve(program: &str, path: &str, workdir: &str) -> String {
+    if program.contains('/') {
+        return program.to_string();
+    }
+    for entry in path.split(':') {
+        let dir = if entry.is_empty() { Path::new(workdir).to_path_buf() } else { Path::new(workdir).join(entry) };
+        let candidate = dir.join(program);
+        if is_executable(&candidate) {
+            return candidate.display().to_string();
+        }
+    }
+    program.to_string()
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Runs the launcher for `run_dir` until its stdin closes and its last attempt has ended.
+pub fn run(run_dir: &Path) -> i32 {
+    match Launcher::new(run_dir).and_then(|mut l| l.serve()) {
+        Ok(()) => 0,
+        Err(message) => {
+            let _ = writeln!(std::io::stderr(), "tidepool-launcher: {message}");
+            1
+        }
+    }
+}
+
+impl Launcher {
+    fn new(run_dir: &Path) -> Result<Launcher, String> {
+        // SAFETY: dup(2) of our own stdout, so that writing results does not go through the
+        // standard library's shared, locked handle.
+        let fd = unsafe { libc::dup(1) };
+        if fd < 0 {
+            return Err("no stdout".into());
+        }
+        // SAFETY: the descriptor was just created by dup and is owned by nobody else.
+        let stdout: File = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+        Ok(Launcher { run_dir: run_dir.to_path_buf(), running: HashMap::new(), home_procs: Vec::new(), home_plan: None, stdout })
+    }
+
+    /// Steps into (or creates) the launcher's own cgroup under `plan`, once per plan.
+    fn enter_home(&mut self, plan: &CgroupPlan) {
+        if self.home_plan.as_ref() == Some(plan) || matches!(plan, CgroupPlan::None) {
+            return;
+        }
+        self.home_plan = Some(plan.clone());
+        self.home_procs.clear();
+        if plan.create("launcher", 0).is_err() {
+            return;
+        }
+        for dir in plan.task_dirs("launcher") {
+            if let Ok(f) = OpenOptions::new().write(true).open(dir.join("cgroup.procs")) {
+                self.home_procs.push(f);
+            }
+        }
+        self.join(&self.home_procs);
+    }
+
+    fn join(&self, procs: &[File]) {
+        let me = std::process::id().to_string();
+        for mut f in procs {
+            let _ = f.write_all(me.as_bytes());
+        }
+    }
+
+    fn serve(&mut self) -> Result<(), String> {
+        // SAFETY: prctl changes only this process's own settings.
+        unsafe {
+            libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        }
+        let signals = signal_pipe(&[libc::SIGCHLD, libc::SIGUSR1, libc::SIGTERM, libc::SIGINT, libc::SIGHUP])?;
+        raise_fd_limit();
+        let mut stdin_open = true;
+        let mut pending = Vec::<u8>::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        // SAFETY: dup(2) of our own stdin; read raw, so that poll's readiness is the whole truth
+        // (a buffered reader could hold lines poll no longer sees).
+        let stdin_fd = unsafe { libc::dup(0) };
+        if stdin_fd < 0 {
+            return Err("no stdin".into());
+        }
+        // SAFETY: the descriptor was just created by dup and is owned by nobody else.
+        let mut stdin: File = unsafe { std::os::fd::FromRawFd::from_raw_fd(stdin_fd) };
+        loop {
+            if !stdin_open && self.running.is_empty() {
+                return Ok(());
+            }
+            let timeout_ms = self.next_timer().map_or(-1, |t| {
+                let d = t.saturating_duration_since(Instant::now());
+                d.as_millis().clamp(1, 60_000) as i32
+            });
+            let mut fds = [
+                libc::pollfd { fd: if stdin_open { stdin_fd } else { -1 }, events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: signals, events: libc::POLLIN, revents: 0 },
+            ];
+            // SAFETY: poll over two pollfd structs we own.
+            unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+            if fds[0].revents != 0 {
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => stdin_open = false,
+                    Ok(n) => {
+                        pending.extend_from_slice(&buf[..n]);
+                        while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+                            let line: Vec<u8> = pending.drain(..=pos).collect();
+                            let name = String::from_utf8_lossy(&line).trim().to_string();
+                            if !name.is_empty() {
+                                self.start(&name);
+                            }
+                        }
+                    }
+                }
+            }
+            if fds[1].revents != 0 {
+                let (mut chld, mut usr1, mut term) = (false, false, false);
+                let mut caught = [0u8; 256];
+                loop {
+                    // SAFETY: reads into a buffer we own from the non-blocking self-pipe.
+                    let n = unsafe { libc::read(signals, caught.as_mut_ptr().cast(), caught.len()) };
+                    if n <= 0 {
+                        break;
+                    }
+                    for signal in &caught[..n as usize] {
+                        match i32::from(*signal) {
+                            libc::SIGCHLD => chld = true,
+                            libc::SIGUSR1 => usr1 = true,
+                            _ => term = true,
+                        }
+                    }
+                }
+                if chld {
+                    self.reap();
+                }
+                if usr1 {
+                    self.check_cancels();
+                }
+                if term {
+                    // The node is going away: stop every task as a cancel would.
+                    stdin_open = false;
+                    let pids: Vec<i32> = self.running.keys().copied().collect();
+                    for pid in pids {
+                        self.cancel(pid);
+                    }
+                }
+            }
+            self.on_timers();
+        }
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        self.running
+            .values()
+            .flat_map(|a| {
+                let deadline = a.deadline.filter(|_| !a.timed_out && !a.cancelled);
+                let leftovers = a.leftovers_until.map(|_| Instant::now() + Duration::from_millis(20));
+                [deadline, a.kill_at, leftovers]
+            })
+            .flatten()
+            .min()
+    }
+
+    /// Starts the attempt in `RUN_DIR/name`, or reports at once why it cannot run.
+    fn start(&mut self, name: &str) {
+        if rundir::parse_attempt_dir(name).is_none() {
+            return;
+        }
+        let dir = self.run_dir.join(name);
+        let Ok(mut lock) = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(dir.join(rundir::LOCK_FILE))
+        else {
+            return;
+        };
+        // SAFETY: flock on our own descriptor; held until the attempt's result is written.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return; // another launcher runs it
+        }
+        if let Some(result) = rundir::read_result(&dir) {
+            self.emit(&result);
+            return;
+        }
+        let _ = lock.set_len(0).and_then(|_| lock.write_all(std::process::id().to_string().as_bytes()));
+        let spec: SupervisorSpec = match std::fs::read(dir.join(rundir::SPEC_FILE))
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
+            Ok(spec) => spec,
+            Err(e) => {
+                // Without its launch file the attempt's identity is only its directory name.
+                if let Some(a) = rundir::parse_attempt_dir(name) {
+                    let now = now_ms();
+                    let result = TaskResult {
+                        attempt: a,
+                        outcome: "failed".into(),
+                        exit_code: None,
+                        signal: None,
+                        started_ms: now,
+                        ended_ms: now,
+                        cpu_ms: 0,
+                        peak_mem_bytes: 0,
+                        message: Some(format!("launch file: {e}")),
+                    };
+                    self.write_and_emit(&dir, &result);
+                }
+                return;
+            }
+        };
+        self.enter_home(&spec.cgroup);
+        let a = spec.launch.attempt;
+        let mut result = TaskResult {
+            attempt: a,
+            outcome: "failed".into(),
+            exit_code: None,
+            signal: None,
+            started_ms: now_ms(),
+            ended_ms: 0,
+            cpu_ms: 0,
+            peak_mem_bytes: 0,
+            message: None,
+        };
+        if dir.join(rundir::CANCEL_FILE).exists() {
+            result.outcome = "cancelled".into();
+            result.message = Some("cancelled before it started".into());
+            result.ended_ms = result.started_ms;
+            self.write_and_emit(&dir, &result);
+            return;
+        }
+        // Unique per launcher: several agents (of several servers) may share one machine.
+        let cgroup_name = format!("{}.{}.{}.{}", a.job_id, a.index, a.attempt, std::process::id());
+        let cgroup = (spec.cgroup != CgroupPlan::None && spec.cgroup.create(&cgroup_name, spec.launch.mem_bytes).is_ok())
+            .then(|| cgroup_name.clone());
+        let task_procs: Vec<File> = cgroup
+            .iter()
+            .flat_map(|name| spec.cgroup.task_dirs(name))
+            .filter_map(|d| OpenOptions::new().write(true).open(d.join("cgroup.procs")).ok())
+            .collect();
+        match self.spawn(&spec, &dir, &task_procs) {
+            Ok(pid) => {
+                result.started_ms = now_ms();
+                let started = Instant::now();
+                let deadline = spec.launch.time_limit_s.map(|s| started + Duration::from_secs(s));
+                self.running.insert(
+                    pid,
+                    Attempt {
+                        dir,
+                        _lock: lock,
+                        spec,
+                        pid,
+                        cgroup,
+                        result,
+                        started,
+                        deadline,
+                        kill_at: None,
+                        cancelled: false,
+                        timed_out: false,
+                        ended: None,
+                        leftovers_until: None,
+                    },
+                );
+            }
+            Err(message) => {
+                if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(&spec.launch.stderr_path) {
+                    let _ = writeln!(f, "tidepool: {message}");
+                }
+                result.exit_code = Some(127);
+                result.message = Some(message);
+                result.ended_ms = now_ms();
+                if let Some(name) = &cgroup {
+                    spec.cgroup.remove(name);
+                }
+                self.write_and_emit(&dir, &result);
+            }
+        }
+    }
+
+    /// Spawns the task inside its cgroup; its pid.
+    fn spawn(&self, spec: &SupervisorSpec, dir: &Path, task_procs: &[File]) -> Result<i32, String> {
+        let launch = &spec.launch;
+        let stdout = open_output(&launch.stdout_path)?;
+        let stderr = if launch.stderr_path == launch.stdout_path {
+            stdout.try_clone().map_err(|e| e.to_string())?
+        } else {
+            open_output(&launch.stderr_path)?
+        };
+        let (program, args) = program_of(spec, dir)?;
+        let mut env = launch.env.clone();
+        let path = env.get("PATH").cloned().unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        let path = match &spec.bin_dir {
+            Some(bin) => format!("{bin}:{path}"),
+            None => path,
+        };
+        env.insert("PATH".into(), path.clone());
+        let resolved = resolve(&program, &path, &launch.workdir);
+        let mut cmd = Command::new(&resolved);
+        cmd.arg0(&program)
+            .args(&args)
+            .env_clear()
+            .envs(&env)
+            .current_dir(&launch.workdir)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0);
+        // No pre_exec hook: the standard library then uses posix_spawn, whose cost does not
+        // grow with this process. The child is born in whatever cgroup we stand in.
+        self.join(task_procs);
+        let spawned = cmd.spawn();
+        self.join(&self.home_procs);
+        let child = spawned.map_err(|e| format!("cannot start {program}: {e}"))?;
+        // The launcher reaps with wait4 itself; the Child handle is only forgotten.
+        let pid = child.id() as i32;
+        std::mem::forget(child);
+        Ok(pid)
+    }
+
+    fn reap(&mut self) {
+        loop {
+            let mut status = 0;
+            // SAFETY: wait4 on our own children, filling a status and rusage we own.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            let pid = unsafe { libc::wait4(-1, &mut status, libc::WNOHANG, &mut usage) };
+            if pid <= 0 {
+                return;
+            }
+            if let Some(a) = self.running.get_mut(&pid) {
+                a.ended = Some((status, usage));
+                // The leader is gone: end whatever it left behind, as Slurm does at a job's end.
+                let left = a.cgroup.as_ref().map(|c| a.spec.cgroup.pids(c)).unwrap_or_default();
+                signal_tree(a.pid, &left, libc::SIGKILL);
+                a.leftovers_until = Some(Instant::now() + LEFTOVER_WAIT);
+            }
+        }
+    }
+
+    fn check_cancels(&mut self) {
+        let asked: Vec<i32> = self
+            .running
+            .values()
+            .filter(|a| !a.cancelled && a.ended.is_none() && a.dir.join(rundir::CANCEL_FILE).exists())
+            .map(|a| a.pid)
+            .collect();
+        for pid in asked {
+            self.cancel(pid);
+        }
+    }
+
+    fn cancel(&mut self, pid: i32) {
+        let Some(a) = self.running.get_mut(&pid) else { return };
+        if a.cancelled || a.ended.is_some() {
+            return;
+        }
+        a.cancelled = true;
+        let left = a.cgroup.as_ref().map(|c| a.spec.cgroup.pids(c)).unwrap_or_default();
+        signal_tree(a.pid, &left, libc::SIGTERM);
+        a.kill_at = Some(Instant::now() + Duration::from_secs(a.spec.kill_grace_s));
+    }
+
+    fn on_timers(&mut self) {
+        let now = Instant::now();
+        let mut done = Vec::new();
+        for a in self.running.values_mut() {
+            if a.ended.is_some() {
+                let left = a.cgroup.as_ref().map(|c| a.spec.cgroup.pids(c)).unwrap_or_default();
+                if left.is_empty() || a.leftovers_until.is_some_and(|t| now >= t) {
+                    done.push(a.pid);
+                } else {
+                    signal_tree(a.pid, &left, libc::SIGKILL);
+                }
+                continue;
+            }
+            let pids = || a.cgroup.as_ref().map(|c| a.spec.cgroup.pids(c)).unwrap_or_default();
+            if a.kill_at.is_some_and(|t| now >= t) {
+                signal_tree(a.pid, &pids(), libc::SIGKILL);
+                a.kill_at = Some(now + Duration::from_secs(1));
+            }
+            if a.deadline.is_some_and(|d| now >= d) && !a.timed_out && !a.cancelled {
+                a.timed_out = true;
+                signal_tree(a.pid, &pids(), libc::SIGTERM);
+                a.kill_at = Some(now + Duration::from_secs(a.spec.kill_grace_s));
+            }
+        }
+        for pid in done {
+            if let Some(a) = self.running.remove(&pid) {
+                self.finish(a);
+            }
+        }
+    }
+
+    fn finish(&mut self, a: Attempt) {
+        let Attempt { dir, _lock, spec, cgroup, mut result, started, cancelled, timed_out, ended, .. } = a;
+        let (status, usage) = ended.unwrap_or((0, zeroed_rusage()));
+        let tv_ms = |tv: libc::timeval| tv.tv_sec as u64 * 1000 + tv.tv_usec as u64 / 1000;
+        let measured = cgroup.as_ref().and_then(|c| spec.cgroup.usage(c));
+        let (cpu_ms, peak) = measured.unwrap_or((tv_ms(usage.ru_utime) + tv_ms(usage.ru_stime), usage.ru_maxrss as u64 * 1024));
+        if let Some(c) = &cgroup {
+            spec.cgroup.remove(c);
+        }
+        result.cpu_ms = cpu_ms;
+        result.peak_mem_bytes = peak;
+        result.ended_ms = result.started_ms + started.elapsed().as_millis() as u64;
+        if libc::WIFEXITED(status) {
+            result.exit_code = Some(libc::WEXITSTATUS(status));
+        } else if libc::WIFSIGNALED(status) {
+            result.signal = Some(libc::WTERMSIG(status));
+        }
+        result.outcome = if cancelled {
+            "cancelled"
+        } else if timed_out {
+            "timeout"
+        } else if result.exit_code == Some(0) {
+            "succeeded"
+        } else {
+            "failed"
+        }
+        .into();
+        let launch = &spec.launch;
+        if launch.discard_empty_output {
+            for p in [&launch.stdout_path, &launch.stderr_path] {
+                if std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() == 0) {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+        self.write_and_emit(&dir, &result);
+        // The lock is dropped here, after the result is on disk.
+    }
+
+    fn write_and_emit(&mut self, dir: &Path, result: &TaskResult) {
+        if rundir::write_result(dir, result).is_ok() {
+            self.emit(result);
+        }
+    }
+
+    /// Tells the agent, if it still listens; a restarted agent reads `result.json` instead.
+    fn emit(&mut self, result: &TaskResult) {
+        if let Ok(mut line) = serde_json::to_vec(result) {
+            line.push(b'\n');
+            let _ = self.stdout.write_all(&line);
+        }
+    }
+}
+
+fn zeroed_rusage() -> libc::rusage {
+    // SAFETY: rusage is a plain C struct of integers; all zeroes is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// One descriptor per running attempt is held open: take the hard limit.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on this process's own limit, with a struct we own.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_are_found_on_the_tasks_own_path() {
+        assert_eq!(resolve("sh", "/nonexistent:/bin", "/"), "/bin/sh");
+        assert_eq!(resolve("./x", "/bin", "/"), "./x");
+        assert_eq!(resolve("no-such-program-here", "/bin", "/"), "no-such-program-here");
+    }
+}
