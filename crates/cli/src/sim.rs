@@ -59,6 +59,8 @@ fn insert(report: &mut BTreeMap<String, Value>, prefix: &str, r: &Report) {
     put("mean_wait_s", json!(round(r.mean_wait_s, 1)));
     put("p95_wait_s", json!(round(r.p95_wait_s, 1)));
     put("peak_nodes", json!(r.peak_nodes));
+    put("moved_tasks", json!(r.moved_tasks));
+    put("lost_core_hours", json!(round(r.lost_core_hours, 1)));
 }
 
 /// Prints `rows` of `report` with Tidepool's value (`key`) beside the other's (`baseline_key`).
@@ -173,7 +175,7 @@ pub fn run(a: SimArgs) -> Result<u8, String> {
                 return Err(format!("--swf {}: no job that ran", path.display()));
             }
             let pool = Pool { node_cores: a.cores_per_node, min_nodes: a.nodes, max_nodes: a.nodes, provision_s: 0.0 };
-            let policy = |first_fit| SimPolicy { first_fit, idle_release_s: f64::INFINITY };
+            let policy = |first_fit| SimPolicy { first_fit, idle_release_s: f64::INFINITY, compaction: None };
             (jobs, pool, policy(false), policy(true), format!("replay of {}", path.display()))
         }
     };
@@ -219,8 +221,10 @@ pub fn run(a: SimArgs) -> Result<u8, String> {
         ("mean wait (s)", "mean_wait_s"),
         ("p95 wait (s)", "p95_wait_s"),
         ("peak nodes", "peak_nodes"),
+        ("tasks moved (compaction)", "moved_tasks"),
+        ("core-hours redone", "lost_core_hours"),
     ]);
-    line("baseline: first fit, a node released after 10 idle minutes (replay: first fit on the same fleet)");
+    line("baseline: first fit, no compaction, a node released after 10 idle minutes (replay: first fit on the same fleet)");
     if let Some(dir) = &a.out {
         line(&format!("plots: {}/{}-nodes.svg, {}-busy.svg", dir.display(), a.scenario, a.scenario));
     }

@@ -52,6 +52,9 @@ fn science_burst_is_deterministic_and_beats_its_baseline_on_node_hours() {
     let share = v["busy_share_while_queued"].as_f64().unwrap();
     assert!(share > 0.9, "busy share while queued {share}");
     assert!(v["node_hours"].as_f64().unwrap() < v["baseline_node_hours"].as_f64().unwrap(), "{v}");
+    // Compaction moved tail tasks, the baseline none, and that is where the node-hours went.
+    assert!(v["moved_tasks"].as_u64().unwrap() > 0 && v["baseline_moved_tasks"] == 0, "{v}");
+    assert!(v["tail_node_hours"].as_f64().unwrap() < 0.7 * v["baseline_tail_node_hours"].as_f64().unwrap(), "{v}");
 }
 
 #[test]

@@ -35,7 +35,7 @@ pub use cluster::{
 };
 pub use job::{GangSpec, JobId, JobSpec, SpecError};
 pub use project::ProjectLimits;
-pub use scale::{PoolShape, ScaleAdvice};
+pub use scale::{Compaction, PoolShape, ScaleAdvice};
 pub use schedule::Preemption;
 pub use resources::Resources;
 pub use tier::Tier;

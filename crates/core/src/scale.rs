@@ -1,7 +1,10 @@
 //! Scale advice: how many nodes of which pool would run the pending work, and which nodes are
-//! idle and may go. A node running anything is never proposed for removal.
+//! idle and may go. A node running anything is never proposed for removal; to release such a
+//! node, [`Cluster::compaction`] first plans to move its tasks (from their last checkpoint)
+//! into the free room of the nodes that stay.
 
 use crate::cluster::{Cluster, NodeId};
+use crate::job::JobId;
 use crate::resources::Resources;
 
 /// The shape of a pool that can grow.
@@ -92,5 +95,84 @@ impl Cluster {
             .map(|(i, _)| NodeId(i as u32))
             .collect();
         advice
+    }
+}
+
+/// Moves that empty lightly used nodes into the free room of others, so they can be released.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Compaction {
+    /// Attempts to stop and requeue, (job, position, attempt); each resumes from its last
+    /// checkpoint on one of the nodes that stay.
+    pub moves: Vec<(JobId, u32, u32)>,
+    /// Nodes the moves empty: drain them, then release them once idle.
+    pub emptied: Vec<NodeId>,
+}
+
+impl Cluster {
+    /// Plans to empty the least used online nodes whose every task fits in the free room of the
+    /// nodes that stay and has checkpointed within `max_lost_ms` (so a move loses at most that
+    /// much work per task). Gangs and overflow sites are left alone. Meant for the long tail,
+    /// when nothing waits: the moved tasks are the only pending work, and the room they need
+    /// is there.
+    pub fn compaction(&self, now_ms: u64, max_lost_ms: u64) -> Compaction {
+        self.compaction_of(now_ms, max_lost_ms, usize::MAX)
+    }
+
+    /// [`Cluster::compaction`] over at most `max_candidates` nodes, the emptiest first.
+    pub fn compaction_of(&self, now_ms: u64, max_lost_ms: u64, max_candidates: usize) -> Compaction {
+        let mut plan = Compaction::default();
+        let usable = |n: &crate::cluster::Node| n.online && !n.draining && !n.overflow;
+        let mut free: Vec<Option<Resources>> =
+            self.nodes.iter().map(|n| usable(n).then(|| n.free())).collect();
+        let mut candidates: Vec<usize> =
+            (0..self.nodes.len()).filter(|i| usable(&self.nodes[*i]) && !self.nodes[*i].running.is_empty()).collect();
+        // Emptiest first: they cost a whole node for the least work.
+        candidates.sort_by_key(|i| (self.nodes[*i].allocated.cpu_millis, *i));
+        candidates.truncate(max_candidates);
+        let mut receiving = vec![false; self.nodes.len()];
+        for node_idx in candidates {
+            if receiving[node_idx] {
+                continue;
+            }
+            let node = &self.nodes[node_idx];
+            let mut tasks = Vec::new();
+            let movable = node.running.iter().all(|(job_id, pos)| {
+                let Some(job) = self.jobs.get(job_id) else { return false };
+                let Some(run) = job.running.get(pos) else { return false };
+                let fits_rules = job.spec.gang.is_none() && !run.preempting;
+                let recent = now_ms.saturating_sub(run.checkpoint_ms) <= max_lost_ms;
+                tasks.push((*job_id, *pos, run.attempt, job));
+                fits_rules && recent
+            });
+            if !movable {
+                continue;
+            }
+            // Largest first, each into the tightest node that suits it.
+            tasks.sort_by_key(|(job_id, pos, _, job)| (std::cmp::Reverse(job.demand.cpu_millis), *job_id, *pos));
+            let mut trial = free.clone();
+            trial[node_idx] = None;
+            let mut targets = Vec::with_capacity(tasks.len());
+            for (_, _, _, job) in &tasks {
+                let best = trial
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, f)| f.map(|f| (i, f)))
+                    .filter(|(i, f)| f.fits(&job.demand) && self.node_suits(&self.nodes[*i], job))
+                    .min_by_key(|(i, f)| (f.cpu_millis, *i));
+                let Some((target, room)) = best else { break };
+                trial[target] = Some(room.minus(&job.demand));
+                targets.push(target);
+            }
+            if targets.len() < tasks.len() {
+                continue;
+            }
+            free = trial;
+            for t in targets {
+                receiving[t] = true;
+            }
+            plan.emptied.push(NodeId(node_idx as u32));
+            plan.moves.extend(tasks.iter().map(|(job_id, pos, attempt, _)| (*job_id, *pos, *attempt)));
+        }
+        plan
     }
 }

@@ -2,10 +2,14 @@
 //! nodes that an autoscaler grows (each node takes a provisioning delay) and shrinks (a node
 //! idle for the release delay goes), tasks end after their run times. Virtual time advances from
 //! event to event; the scheduler runs every [`TICK_MS`], as a real control loop would.
+//!
+//! With [`Compaction`] on, tasks checkpoint periodically and, once nothing waits, the core's
+//! compaction plan moves the tasks of lightly used nodes (resuming from their last checkpoint,
+//! after a restore time) into the free room of others, so the emptied nodes are released.
 
 use crate::svg::Series;
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use tidepool_core::{ArraySpec, Cluster, GangSpec, JobId, JobSpec, NodeId, Policy, Resources, TaskOutcome};
 
 /// How often the scheduler and the autoscaler run, in virtual ms.
@@ -44,6 +48,21 @@ pub struct SimPolicy {
     pub first_fit: bool,
     /// Seconds a node stays idle, with nothing queued, before it is released.
     pub idle_release_s: f64,
+    /// Long-tail compaction; None: tasks stay where they started.
+    pub compaction: Option<Compaction>,
+}
+
+/// How tasks checkpoint and how often the tail is compacted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compaction {
+    /// Seconds between two checkpoints of a task (the most work a move loses).
+    pub checkpoint_s: f64,
+    /// Seconds a moved task spends restoring its checkpoint before it goes on.
+    pub restore_s: f64,
+    /// Seconds between two compaction plans.
+    pub every_s: f64,
+    /// Nodes considered per plan, emptiest first (bounds the cost on a large fleet).
+    pub max_candidates: usize,
 }
 
 /// What a run measured.
@@ -69,6 +88,10 @@ pub struct Report {
     pub nodes_over_time: Series,
     /// Busy share of online cores over time (hours, share).
     pub busy_over_time: Series,
+    /// Tasks moved by compaction.
+    pub moved_tasks: u64,
+    /// Core-hours of work redone: since the moved tasks' last checkpoints, plus restores.
+    pub lost_core_hours: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -111,6 +134,13 @@ struct Sim<'a> {
     peak_nodes: u32,
     nodes_over_time: Series,
     busy_over_time: Series,
+    /// When each running task (job, position) ends, in virtual ms.
+    ends: HashMap<(usize, u32), u64>,
+    /// Work left for a moved task (job, position), ms, restore included.
+    left_after_move: HashMap<(usize, u32), u64>,
+    next_compaction_ms: u64,
+    moved_tasks: u64,
+    lost_core_ms: f64,
 }
 
 impl Sim<'_> {
@@ -157,6 +187,7 @@ impl Sim<'_> {
             }
         };
         self.cluster.set_node_online(id, true);
+        self.cluster.set_node_draining(id, false);
         self.nodes[i] = (Some(id), NodeState::Up { idle_since_ms: Some(now) });
     }
 
@@ -165,13 +196,18 @@ impl Sim<'_> {
         for p in decisions.placements {
             let job_idx = p.job_id.0 as usize - 1;
             let job = &self.jobs[job_idx];
-            let run_ms = (job.run_s.get(p.index as usize).copied().unwrap_or(1.0) * 1000.0).max(1.0) as u64;
+            let run_ms = self.left_after_move.remove(&(job_idx, p.pos)).unwrap_or_else(|| {
+                (job.run_s.get(p.index as usize).copied().unwrap_or(1.0) * 1000.0).max(1.0) as u64
+            });
+            self.ends.insert((job_idx, p.pos), now + run_ms);
             self.push(now + run_ms, Event::End { job: job_idx, pos: p.pos, attempt: p.attempt });
             self.pending_tasks -= 1;
             self.pending_cores -= job.cores;
             self.running_tasks += 1;
             self.allocated_cores += job.cores;
-            self.waits.push((now as f64 / 1000.0 - job.submit_s).max(0.0));
+            if p.attempt == 1 {
+                self.waits.push((now as f64 / 1000.0 - job.submit_s).max(0.0));
+            }
             self.last_start_ms = now;
             if let Some(slot) = self.by_id.get(p.node_id.0 as usize).and_then(|i| self.nodes.get_mut(*i)) {
                 slot.1 = NodeState::Up { idle_since_ms: None };
@@ -219,11 +255,55 @@ impl Sim<'_> {
                 up -= 1;
             }
         }
+        self.compact(now);
         self.peak_nodes = self.peak_nodes.max(self.paid_nodes());
         let hours = now as f64 / 3_600_000.0;
         self.nodes_over_time.points.push((hours, f64::from(self.paid_nodes())));
         let online = f64::from(self.up_nodes()) * self.pool.node_cores as f64;
         self.busy_over_time.points.push((hours, if online > 0.0 { self.allocated_cores as f64 / online } else { 0.0 }));
+    }
+
+    /// Once nothing waits, moves the tasks of lightly used nodes into the room of others and
+    /// drains the emptied nodes, which the shrink step then releases.
+    fn compact(&mut self, now: u64) {
+        let Some(c) = self.policy.compaction.clone() else { return };
+        if self.pending_tasks > 0 || self.submitted < self.jobs.len() || now < self.next_compaction_ms {
+            return;
+        }
+        self.next_compaction_ms = now + (c.every_s * 1000.0) as u64;
+        let period_ms = ((c.checkpoint_s * 1000.0) as u64).max(1);
+        // Periodic checkpoints: tell the core the last one of every running task.
+        let running: Vec<(JobId, u32, u32)> =
+            self.nodes.iter().filter_map(|(id, _)| *id).flat_map(|id| self.cluster.running_on(id)).collect();
+        for (job_id, pos, attempt) in &running {
+            let Some(started) = self.cluster.job(*job_id).and_then(|j| j.running_task(*pos)).map(|r| r.started_ms) else { continue };
+            let last = started + (now - started.min(now)) / period_ms * period_ms;
+            self.cluster.on_checkpoint(*job_id, *pos, *attempt, last);
+        }
+        let plan = self.cluster.compaction_of(now, period_ms, c.max_candidates);
+        if plan.moves.is_empty() {
+            return;
+        }
+        for node_id in &plan.emptied {
+            self.cluster.set_node_draining(*node_id, true);
+        }
+        let restore_ms = (c.restore_s * 1000.0) as u64;
+        for (job_id, pos, attempt) in plan.moves {
+            let job_idx = job_id.0 as usize - 1;
+            let checkpoint = self.cluster.job(job_id).and_then(|j| j.running_task(pos)).map_or(now, |r| r.checkpoint_ms);
+            if !self.cluster.requeue(job_id, pos, attempt, now) {
+                continue;
+            }
+            let end = self.ends.remove(&(job_idx, pos)).unwrap_or(now);
+            self.left_after_move.insert((job_idx, pos), end.saturating_sub(checkpoint) + restore_ms);
+            let cores = self.jobs[job_idx].cores;
+            self.lost_core_ms += ((now.saturating_sub(checkpoint) + restore_ms) * cores) as f64;
+            self.moved_tasks += 1;
+            self.running_tasks -= 1;
+            self.allocated_cores -= cores;
+            self.pending_tasks += 1;
+            self.pending_cores += cores;
+        }
     }
 
     fn work_left(&self) -> bool {
@@ -258,6 +338,11 @@ pub fn run(jobs: &[SimJob], pool: &Pool, policy: &SimPolicy) -> Report {
         peak_nodes: 0,
         nodes_over_time: Series { name: "nodes paid".into(), points: Vec::new() },
         busy_over_time: Series { name: "busy share".into(), points: Vec::new() },
+        ends: HashMap::new(),
+        left_after_move: HashMap::new(),
+        next_compaction_ms: 0,
+        moved_tasks: 0,
+        lost_core_ms: 0.0,
     };
     for i in 0..pool.min_nodes as usize {
         sim.node_up(i, 0);
@@ -282,10 +367,13 @@ pub fn run(jobs: &[SimJob], pool: &Pool, policy: &SimPolicy) -> Report {
             }
             Event::NodeUp(i) => sim.node_up(i, now),
             Event::End { job, pos, attempt } => {
-                sim.cluster.finish(JobId(job as u64 + 1), pos, attempt, TaskOutcome::Succeeded, now);
-                sim.running_tasks -= 1;
-                sim.allocated_cores -= jobs[job].cores;
-                end_ms = end_ms.max(now);
+                // A moved task's old attempt ends nowhere: the core fences it out.
+                if sim.cluster.finish(JobId(job as u64 + 1), pos, attempt, TaskOutcome::Succeeded, now) {
+                    sim.ends.remove(&(job, pos));
+                    sim.running_tasks -= 1;
+                    sim.allocated_cores -= jobs[job].cores;
+                    end_ms = end_ms.max(now);
+                }
             }
             Event::Tick => {
                 sim.tick(now);
@@ -312,6 +400,8 @@ pub fn run(jobs: &[SimJob], pool: &Pool, policy: &SimPolicy) -> Report {
         peak_nodes: sim.peak_nodes,
         nodes_over_time: sim.nodes_over_time,
         busy_over_time: sim.busy_over_time,
+        moved_tasks: sim.moved_tasks,
+        lost_core_hours: sim.lost_core_ms / 3_600_000.0,
     }
 }
 
@@ -326,7 +416,7 @@ mod tests {
     #[test]
     fn a_small_burst_runs_whole_and_the_pool_goes_back_to_zero() {
         let jobs = vec![SimJob { submit_s: 0.0, cores: 1, run_s: vec![600.0; 40], gang_nodes: None }];
-        let r = run(&jobs, &pool(), &SimPolicy { first_fit: false, idle_release_s: 60.0 });
+        let r = run(&jobs, &pool(), &SimPolicy { first_fit: false, idle_release_s: 60.0, compaction: None });
         assert_eq!(r.tasks, 40);
         assert_eq!(r.peak_nodes, 10, "forty one-core tasks on four-core nodes");
         // 60 s provisioning, then one round of 600 s: about 0.19 h, and 10 nodes for it.
@@ -337,12 +427,35 @@ mod tests {
     }
 
     #[test]
+    fn compaction_moves_the_long_tail_onto_fewer_nodes() {
+        // Two nodes of four cores, each left with one ten-hour task after ten minutes.
+        let mut run_s = vec![600.0; 8];
+        run_s[0] = 36_000.0;
+        run_s[4] = 36_000.0;
+        let jobs = vec![SimJob { submit_s: 0.0, cores: 1, run_s, gang_nodes: None }];
+        let pool = Pool { node_cores: 4, min_nodes: 0, max_nodes: 2, provision_s: 60.0 };
+        let plain = SimPolicy { first_fit: false, idle_release_s: 60.0, compaction: None };
+        let compacting = SimPolicy {
+            compaction: Some(Compaction { checkpoint_s: 600.0, restore_s: 60.0, every_s: 300.0, max_candidates: 64 }),
+            ..plain.clone()
+        };
+        let (a, b) = (run(&jobs, &pool, &plain), run(&jobs, &pool, &compacting));
+        assert_eq!((a.tasks, b.tasks), (8, 8), "every task once, moves not counted as new tasks");
+        assert_eq!(a.moved_tasks, 0);
+        assert_eq!(b.moved_tasks, 1, "one tail task joins the other");
+        assert!(b.node_hours < 0.6 * a.node_hours, "{} vs {}", b.node_hours, a.node_hours);
+        // The move redoes at most a checkpoint period plus the restore, and the work still ends.
+        assert!(b.lost_core_hours > 0.0 && b.lost_core_hours <= (600.0 + 60.0) / 3600.0, "{}", b.lost_core_hours);
+        assert!(b.makespan_h >= a.makespan_h && b.makespan_h < a.makespan_h + 0.2);
+    }
+
+    #[test]
     fn the_same_inputs_give_the_same_report() {
         let jobs = vec![
             SimJob { submit_s: 0.0, cores: 2, run_s: (0..30).map(|i| 100.0 + f64::from(i) * 37.0).collect(), gang_nodes: None },
             SimJob { submit_s: 50.0, cores: 4, run_s: vec![300.0; 2], gang_nodes: Some(2) },
         ];
-        let policy = SimPolicy { first_fit: true, idle_release_s: 600.0 };
+        let policy = SimPolicy { first_fit: true, idle_release_s: 600.0, compaction: None };
         assert_eq!(run(&jobs, &pool(), &policy), run(&jobs, &pool(), &policy));
     }
 }

@@ -1,6 +1,6 @@
 //! The shipped scenarios.
 
-use crate::batch::{Pool, SimJob, SimPolicy};
+use crate::batch::{Compaction, Pool, SimJob, SimPolicy};
 
 /// The settings of `llm-day`, as shipped.
 pub const LLM_DAY: &str = include_str!("../scenarios/llm-day.conf");
@@ -11,8 +11,10 @@ use crate::rng::Rng;
 /// 24-core nodes that grows from 0 to at most 2,000 (2 min to provision each) and back to 0.
 ///
 /// Policies: Tidepool's best fit, releasing a node as soon as it is idle with nothing queued
-/// (after 60 s); the baseline places first fit and releases a node after 10 idle minutes, the
-/// default scale-down delay of the Kubernetes cluster autoscaler.
+/// (after 60 s), and compacting the tail: tasks checkpoint every 10 minutes, and every 5
+/// minutes once nothing waits the tasks of the emptiest nodes move (1 minute to restore) into
+/// the room of others. The baseline places first fit, never moves a task, and releases a node
+/// after 10 idle minutes, the default scale-down delay of the Kubernetes cluster autoscaler.
 pub fn science_burst(seed: u64) -> (Vec<SimJob>, Pool, SimPolicy, SimPolicy) {
     const SIZES: [u64; 5] = [1, 2, 4, 8, 16];
     const WEIGHTS: [u32; 5] = [40, 25, 15, 12, 8];
@@ -29,5 +31,7 @@ pub fn science_burst(seed: u64) -> (Vec<SimJob>, Pool, SimPolicy, SimPolicy) {
         .map(|(cores, run_s)| SimJob { submit_s: 0.0, cores: *cores, run_s, gang_nodes: None })
         .collect();
     let pool = Pool { node_cores: 24, min_nodes: 0, max_nodes: 2_000, provision_s: 120.0 };
-    (jobs, pool, SimPolicy { first_fit: false, idle_release_s: 60.0 }, SimPolicy { first_fit: true, idle_release_s: 600.0 })
+    let compaction = Compaction { checkpoint_s: 600.0, restore_s: 60.0, every_s: 300.0, max_candidates: 64 };
+    let ours = SimPolicy { first_fit: false, idle_release_s: 60.0, compaction: Some(compaction) };
+    (jobs, pool, ours, SimPolicy { first_fit: true, idle_release_s: 600.0, compaction: None })
 }

@@ -246,6 +246,42 @@ fn scale_advice_adds_what_pending_needs_and_never_removes_busy_nodes() {
     assert!(advice.removable.is_empty());
 }
 
+#[test]
+fn compaction_empties_the_lightest_nodes_into_the_room_of_others() {
+    // Three 4-core nodes: tasks end so that n0 keeps 3, n1 keeps 1 and n2 keeps 2.
+    let mut c = cluster_with_nodes(&[4, 4, 4]);
+    c.submit(JobId(1), spec("0-11", 1), 0);
+    let p = placed(&mut c, 1);
+    assert_eq!(p.len(), 12);
+    let keep = |node: u32| match node {
+        0 => 3,
+        1 => 1,
+        _ => 2,
+    };
+    for node in 0..3 {
+        for (i, (job, pos, attempt)) in c.running_on(NodeId(node)).into_iter().enumerate() {
+            if i >= keep(node) {
+                assert!(c.finish(job, pos, attempt, TaskOutcome::Succeeded, 2));
+            }
+        }
+    }
+    // n1's task fits n0's free core; n2's two tasks then find no room (n0 full, n1 emptied).
+    let plan = c.compaction(10, 60_000);
+    assert_eq!(plan.emptied, vec![NodeId(1)]);
+    assert_eq!(plan.moves.len(), 1);
+    assert_eq!(plan.moves[0].0, JobId(1));
+    // Work since the last checkpoint above the bound: nothing is moved.
+    assert_eq!(c.compaction(120_000, 60_000), crate::scale::Compaction::default());
+    // The move, as a caller makes it: drain, requeue, place again elsewhere.
+    let (job, pos, attempt) = plan.moves[0];
+    c.set_node_draining(NodeId(1), true);
+    assert!(c.requeue(job, pos, attempt, 11));
+    let again = placed(&mut c, 12);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].node_id, NodeId(0), "into the free room of a node that stays");
+    assert_eq!(c.node(NodeId(1)).map(|n| n.n_running()), Some(0));
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Submit { n_tasks: u32, n_cores: u64, throttle: Option<u32>, tier: usize, project: usize, gang: Option<(u32, u32)>, limit: Option<u64> },
