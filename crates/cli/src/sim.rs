@@ -61,6 +61,10 @@ fn insert(report: &mut BTreeMap<String, Value>, prefix: &str, r: &Report) {
     put("peak_nodes", json!(r.peak_nodes));
     put("moved_tasks", json!(r.moved_tasks));
     put("lost_core_hours", json!(round(r.lost_core_hours, 1)));
+    put("spot_reclaims", json!(r.spot_reclaims));
+    put("node_failures", json!(r.node_failures));
+    put("tasks_lost_with_nodes", json!(r.tasks_lost_with_nodes));
+    put("cost_node_hours", json!(round(r.cost_node_hours, 1)));
 }
 
 /// Prints `rows` of `report` with Tidepool's value (`key`) beside the other's (`baseline_key`).
@@ -174,7 +178,7 @@ pub fn run(a: SimArgs) -> Result<u8, String> {
             if jobs.is_empty() {
                 return Err(format!("--swf {}: no job that ran", path.display()));
             }
-            let pool = Pool { node_cores: a.cores_per_node, min_nodes: a.nodes, max_nodes: a.nodes, provision_s: 0.0 };
+            let pool = Pool { node_cores: a.cores_per_node, min_nodes: a.nodes, max_nodes: a.nodes, provision_s: 0.0, faults: None };
             let policy = |first_fit| SimPolicy { first_fit, idle_release_s: f64::INFINITY, compaction: None };
             (jobs, pool, policy(false), policy(true), format!("replay of {}", path.display()))
         }
@@ -223,6 +227,10 @@ pub fn run(a: SimArgs) -> Result<u8, String> {
         ("peak nodes", "peak_nodes"),
         ("tasks moved (compaction)", "moved_tasks"),
         ("core-hours redone", "lost_core_hours"),
+        ("spot reclaims", "spot_reclaims"),
+        ("node failures", "node_failures"),
+        ("tasks lost with nodes", "tasks_lost_with_nodes"),
+        ("cost (on-demand node-h)", "cost_node_hours"),
     ]);
     line("baseline: first fit, no compaction, a node released after 10 idle minutes (replay: first fit on the same fleet)");
     if let Some(dir) = &a.out {

@@ -6,7 +6,12 @@
 //! With [`Compaction`] on, tasks checkpoint periodically and, once nothing waits, the core's
 //! compaction plan moves the tasks of lightly used nodes (resuming from their last checkpoint,
 //! after a restore time) into the free room of others, so the emptied nodes are released.
+//!
+//! With [`Faults`], a share of the nodes are spot instances (cheaper, reclaimed at random) and
+//! any node may fail; the tasks of a lost node go back to the queue, resuming from their last
+//! checkpoint when the policy checkpoints, else from the start.
 
+use crate::rng::Rng;
 use crate::svg::Series;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -39,6 +44,23 @@ pub struct Pool {
     pub max_nodes: u32,
     /// Seconds from asking for a node until it takes work.
     pub provision_s: f64,
+    /// Spot instances and failures; None: nodes are on-demand and never fail.
+    pub faults: Option<Faults>,
+}
+
+/// What goes wrong with nodes, drawn per new instance from a seeded generator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Faults {
+    /// Seed of the draws.
+    pub seed: u64,
+    /// Share of new nodes that are spot instances.
+    pub spot_share: f64,
+    /// A spot node-hour's price as a share of an on-demand one.
+    pub spot_price: f64,
+    /// Reclaims per spot node-hour (a Poisson rate).
+    pub spot_reclaims_per_node_h: f64,
+    /// Failures per node-hour, spot or not.
+    pub failures_per_node_h: f64,
 }
 
 /// The policy under test.
@@ -90,8 +112,16 @@ pub struct Report {
     pub busy_over_time: Series,
     /// Tasks moved by compaction.
     pub moved_tasks: u64,
-    /// Core-hours of work redone: since the moved tasks' last checkpoints, plus restores.
+    /// Core-hours of work redone: since the moved or lost tasks' last checkpoints, plus restores.
     pub lost_core_hours: f64,
+    /// Spot nodes reclaimed.
+    pub spot_reclaims: u64,
+    /// Nodes that failed.
+    pub node_failures: u64,
+    /// Tasks whose node was lost under them.
+    pub tasks_lost_with_nodes: u64,
+    /// What the node-hours cost, in on-demand node-hours (spot hours at their price).
+    pub cost_node_hours: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -100,6 +130,8 @@ enum Event {
     Submit(usize),
     NodeUp(usize),
     End { job: usize, pos: u32, attempt: u32 },
+    /// A node's instance goes: reclaimed (spot) or failed; `generation` names the instance.
+    NodeLost { node: usize, generation: u32, reclaimed: bool },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +173,14 @@ struct Sim<'a> {
     next_compaction_ms: u64,
     moved_tasks: u64,
     lost_core_ms: f64,
+    /// Per node slot: its current instance is spot, and which instance it is.
+    spot: Vec<bool>,
+    generation: Vec<u32>,
+    rng: Rng,
+    spot_reclaims: u64,
+    node_failures: u64,
+    tasks_lost_with_nodes: u64,
+    spot_node_ms: f64,
 }
 
 impl Sim<'_> {
@@ -163,6 +203,10 @@ impl Sim<'_> {
         if dt > 0.0 {
             let paid = f64::from(self.paid_nodes());
             self.node_ms += paid * dt;
+            if self.pool.faults.is_some() {
+                let spot = self.nodes.iter().zip(&self.spot).filter(|((_, s), spot)| **spot && !matches!(s, NodeState::Off)).count();
+                self.spot_node_ms += spot as f64 * dt;
+            }
             if self.pending_tasks > 0 {
                 self.queued_alloc += self.allocated_cores as f64 * dt;
                 self.queued_online += f64::from(self.up_nodes()) * self.pool.node_cores as f64 * dt;
@@ -230,6 +274,7 @@ impl Sim<'_> {
         for _ in 0..wanted {
             let Some(i) = self.nodes.iter().position(|(_, s)| *s == NodeState::Off) else { break };
             self.nodes[i].1 = NodeState::Provisioning;
+            self.new_instance(i, now);
             self.push(now + provision_ms, Event::NodeUp(i));
         }
         // Shrink: nodes idle long enough while nothing waits.
@@ -289,21 +334,78 @@ impl Sim<'_> {
         }
         let restore_ms = (c.restore_s * 1000.0) as u64;
         for (job_id, pos, attempt) in plan.moves {
-            let job_idx = job_id.0 as usize - 1;
             let checkpoint = self.cluster.job(job_id).and_then(|j| j.running_task(pos)).map_or(now, |r| r.checkpoint_ms);
-            if !self.cluster.requeue(job_id, pos, attempt, now) {
-                continue;
+            if self.requeue_from(job_id, pos, attempt, checkpoint, restore_ms, now) {
+                self.moved_tasks += 1;
             }
-            let end = self.ends.remove(&(job_idx, pos)).unwrap_or(now);
-            self.left_after_move.insert((job_idx, pos), end.saturating_sub(checkpoint) + restore_ms);
-            let cores = self.jobs[job_idx].cores;
-            self.lost_core_ms += ((now.saturating_sub(checkpoint) + restore_ms) * cores) as f64;
-            self.moved_tasks += 1;
-            self.running_tasks -= 1;
-            self.allocated_cores -= cores;
-            self.pending_tasks += 1;
-            self.pending_cores += cores;
         }
+    }
+
+    /// A new instance in slot `i`: spot or not, and when it will be lost, if ever.
+    fn new_instance(&mut self, i: usize, now: u64) {
+        self.generation[i] += 1;
+        let Some(f) = self.pool.faults.clone() else { return };
+        let spot = self.rng.unit() < f.spot_share;
+        self.spot[i] = spot;
+        let mut draw = |rate_per_h: f64| {
+            (rate_per_h > 0.0).then(|| now + (-(1.0 - self.rng.unit()).ln() / rate_per_h * 3_600_000.0) as u64)
+        };
+        let reclaim = if spot { draw(f.spot_reclaims_per_node_h) } else { None };
+        let failure = draw(f.failures_per_node_h);
+        let generation = self.generation[i];
+        let first = match (reclaim, failure) {
+            (Some(r), Some(x)) if r <= x => Some((r, true)),
+            (_, Some(x)) => Some((x, false)),
+            (Some(r), None) => Some((r, true)),
+            (None, None) => None,
+        };
+        if let Some((at, reclaimed)) = first {
+            self.push(at, Event::NodeLost { node: i, generation, reclaimed });
+        }
+    }
+
+    /// The instance in slot `i` is gone: its tasks go back to the queue.
+    fn node_lost(&mut self, i: usize, generation: u32, reclaimed: bool, now: u64) {
+        if self.generation[i] != generation || self.nodes[i].1 == NodeState::Off {
+            return; // released before it could be lost
+        }
+        if reclaimed {
+            self.spot_reclaims += 1;
+        } else {
+            self.node_failures += 1;
+        }
+        if let Some(id) = self.nodes[i].0 {
+            let period_ms = self.policy.compaction.as_ref().map(|c| ((c.checkpoint_s * 1000.0) as u64).max(1));
+            let restore_ms = self.policy.compaction.as_ref().map_or(0, |c| (c.restore_s * 1000.0) as u64);
+            for (job_id, pos, attempt) in self.cluster.running_on(id) {
+                let started = self.cluster.job(job_id).and_then(|j| j.running_task(pos)).map_or(now, |r| r.started_ms);
+                // Without checkpoints a task starts over; with them, from the last one.
+                let resume_from = period_ms.map_or(started, |p| started + (now - started.min(now)) / p * p);
+                if self.requeue_from(job_id, pos, attempt, resume_from, restore_ms, now) {
+                    self.tasks_lost_with_nodes += 1;
+                }
+            }
+            self.cluster.set_node_online(id, false);
+        }
+        self.nodes[i].1 = NodeState::Off;
+    }
+
+    /// Puts a running task back in the queue; it resumes from `resume_from` (a checkpoint, or
+    /// its start) after `restore_ms`. False when that attempt was not running.
+    fn requeue_from(&mut self, job_id: JobId, pos: u32, attempt: u32, resume_from: u64, restore_ms: u64, now: u64) -> bool {
+        let job_idx = job_id.0 as usize - 1;
+        if !self.cluster.requeue(job_id, pos, attempt, now) {
+            return false;
+        }
+        let end = self.ends.remove(&(job_idx, pos)).unwrap_or(now);
+        self.left_after_move.insert((job_idx, pos), end.saturating_sub(resume_from) + restore_ms);
+        let cores = self.jobs[job_idx].cores;
+        self.lost_core_ms += ((now.saturating_sub(resume_from) + restore_ms) * cores) as f64;
+        self.running_tasks -= 1;
+        self.allocated_cores -= cores;
+        self.pending_tasks += 1;
+        self.pending_cores += cores;
+        true
     }
 
     fn work_left(&self) -> bool {
@@ -343,8 +445,16 @@ pub fn run(jobs: &[SimJob], pool: &Pool, policy: &SimPolicy) -> Report {
         next_compaction_ms: 0,
         moved_tasks: 0,
         lost_core_ms: 0.0,
+        spot: vec![false; pool.max_nodes.max(pool.min_nodes) as usize],
+        generation: vec![0; pool.max_nodes.max(pool.min_nodes) as usize],
+        rng: Rng::new(pool.faults.as_ref().map_or(0, |f| f.seed)),
+        spot_reclaims: 0,
+        node_failures: 0,
+        tasks_lost_with_nodes: 0,
+        spot_node_ms: 0.0,
     };
     for i in 0..pool.min_nodes as usize {
+        sim.new_instance(i, 0);
         sim.node_up(i, 0);
     }
     for (i, job) in jobs.iter().enumerate() {
@@ -365,7 +475,12 @@ pub fn run(jobs: &[SimJob], pool: &Pool, policy: &SimPolicy) -> Report {
                 sim.pending_tasks += u64::from(n);
                 sim.pending_cores += u64::from(n) * job.cores;
             }
-            Event::NodeUp(i) => sim.node_up(i, now),
+            Event::NodeUp(i) => {
+                if sim.nodes[i].1 == NodeState::Provisioning {
+                    sim.node_up(i, now);
+                }
+            }
+            Event::NodeLost { node, generation, reclaimed } => sim.node_lost(node, generation, reclaimed, now),
             Event::End { job, pos, attempt } => {
                 // A moved task's old attempt ends nowhere: the core fences it out.
                 if sim.cluster.finish(JobId(job as u64 + 1), pos, attempt, TaskOutcome::Succeeded, now) {
@@ -402,6 +517,10 @@ pub fn run(jobs: &[SimJob], pool: &Pool, policy: &SimPolicy) -> Report {
         busy_over_time: sim.busy_over_time,
         moved_tasks: sim.moved_tasks,
         lost_core_hours: sim.lost_core_ms / 3_600_000.0,
+        spot_reclaims: sim.spot_reclaims,
+        node_failures: sim.node_failures,
+        tasks_lost_with_nodes: sim.tasks_lost_with_nodes,
+        cost_node_hours: (sim.node_ms - sim.spot_node_ms * (1.0 - pool.faults.as_ref().map_or(1.0, |f| f.spot_price))) / 3_600_000.0,
     }
 }
 
@@ -410,7 +529,7 @@ mod tests {
     use super::*;
 
     fn pool() -> Pool {
-        Pool { node_cores: 4, min_nodes: 0, max_nodes: 10, provision_s: 60.0 }
+        Pool { node_cores: 4, min_nodes: 0, max_nodes: 10, provision_s: 60.0, faults: None }
     }
 
     #[test]
@@ -433,7 +552,7 @@ mod tests {
         run_s[0] = 36_000.0;
         run_s[4] = 36_000.0;
         let jobs = vec![SimJob { submit_s: 0.0, cores: 1, run_s, gang_nodes: None }];
-        let pool = Pool { node_cores: 4, min_nodes: 0, max_nodes: 2, provision_s: 60.0 };
+        let pool = Pool { node_cores: 4, min_nodes: 0, max_nodes: 2, provision_s: 60.0, faults: None };
         let plain = SimPolicy { first_fit: false, idle_release_s: 60.0, compaction: None };
         let compacting = SimPolicy {
             compaction: Some(Compaction { checkpoint_s: 600.0, restore_s: 60.0, every_s: 300.0, max_candidates: 64 }),
@@ -447,6 +566,28 @@ mod tests {
         // The move redoes at most a checkpoint period plus the restore, and the work still ends.
         assert!(b.lost_core_hours > 0.0 && b.lost_core_hours <= (600.0 + 60.0) / 3600.0, "{}", b.lost_core_hours);
         assert!(b.makespan_h >= a.makespan_h && b.makespan_h < a.makespan_h + 0.2);
+    }
+
+    #[test]
+    fn lost_nodes_lose_no_task_and_checkpoints_save_most_of_the_work() {
+        let jobs = vec![SimJob { submit_s: 0.0, cores: 1, run_s: vec![4.0 * 3600.0; 20], gang_nodes: None }];
+        let faults = Faults { seed: 7, spot_share: 0.5, spot_price: 0.3, spot_reclaims_per_node_h: 0.3, failures_per_node_h: 0.1 };
+        let pool = Pool { node_cores: 4, min_nodes: 0, max_nodes: 5, provision_s: 60.0, faults: Some(faults) };
+        let plain = SimPolicy { first_fit: false, idle_release_s: 60.0, compaction: None };
+        let checkpointing = SimPolicy {
+            compaction: Some(Compaction { checkpoint_s: 600.0, restore_s: 60.0, every_s: 300.0, max_candidates: 64 }),
+            ..plain.clone()
+        };
+        let (a, b) = (run(&jobs, &pool, &plain), run(&jobs, &pool, &checkpointing));
+        for r in [&a, &b] {
+            assert_eq!(r.tasks, 20, "each task started once as a first attempt, and finished");
+            assert!(r.spot_reclaims + r.node_failures > 0 && r.tasks_lost_with_nodes > 0, "{r:?}");
+            assert!(r.makespan_h >= 4.0);
+            assert!(r.cost_node_hours < r.node_hours, "spot hours are cheaper");
+        }
+        let per_loss = |r: &Report| r.lost_core_hours / r.tasks_lost_with_nodes as f64;
+        assert!(per_loss(&b) < 0.5 * per_loss(&a), "{} vs {} core-hours per lost task", per_loss(&b), per_loss(&a));
+        assert_eq!(run(&jobs, &pool, &checkpointing), b, "same seed, same report");
     }
 
     #[test]
