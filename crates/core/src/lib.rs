@@ -11,7 +11,8 @@
 //! - [`cluster`]: the in-memory truth about jobs, tasks, nodes and projects, and its events.
 //! - [`schedule`]: the scheduling pass (placement, gangs, reservations, backfill, preemption).
 //! - [`pending`]: why a job waits.
-//! - [`scale`]: how many nodes to add, which may go.
+//! - [`scale`]: how many nodes to add, which may go, which tail tasks to move (compaction).
+//! - [`forecast`]: Holt-Winters forecasting of a daily tide.
 //!
 //! **Architecture invariant**: this crate does no I/O, spawns nothing, reads no clock and no
 //! randomness. Time is an argument (`now_ms`), so the server and a simulator get the same
@@ -21,6 +22,7 @@ pub mod admission;
 pub mod array;
 pub mod cluster;
 pub mod concurrency;
+pub mod forecast;
 pub mod job;
 pub mod pending;
 pub mod project;

@@ -8,11 +8,13 @@
 //! Requests are a fluid: every second the demand in concurrent requests (rate x duration) meets
 //! the ready replicas' slots, realtime first up to the hard cap, interruptible up to best
 //! concurrency, offline and filler in what is left. A new replica serves after its cold start.
-//! The forecaster plans replicas for the demand a cold start ahead: yesterday's curve at that
-//! hour, scaled by how today's last 15 minutes compare with yesterday's.
+//! The forecaster plans replicas for the demand a cold start ahead: the core's Holt-Winters
+//! over one-minute buckets, its season started from yesterday and updated minute by minute
+//! with today's demand (level, trend and shape).
 
 use crate::rng::Rng;
 use crate::svg::Series;
+use tidepool_core::forecast::{HoltWinters, Smoothing};
 use tidepool_core::{ArraySpec, Cluster, JobId, JobSpec, Resources, TaskOutcome, Tier};
 
 /// The scenario's settings (the file `scenarios/llm-day.conf` holds the shipped values).
@@ -243,7 +245,10 @@ pub fn run_curve(d: &LlmDay, policy: LlmPolicy, today: &[f64], yesterday: Option
     let (mut busy_gpu_s, mut training_gpu_s, mut lost_gpu_s) = (0.0, 0.0, 0.0);
     let mut preemptions = 0u64;
     let mut peak_replicas = 0u32;
-    let mut level_ratio = 1.0;
+    // One-minute buckets: the forecaster's season is yesterday's day, minute by minute.
+    let minute_means = |curve: &[f64]| -> Vec<f64> { curve.chunks(60).map(|c| c.iter().sum::<f64>() / c.len() as f64).collect() };
+    let mut observed_minutes = 0u64;
+    let mut forecaster = yesterday.and_then(|y| HoltWinters::from_season(&minute_means(y), Smoothing::default()));
     let mut surplus_since: Option<u64> = None;
     let (mut demand_series, mut replica_series, mut training_series) = (
         Series { name: "realtime demand (requests in flight)".into(), points: Vec::new() },
@@ -260,14 +265,15 @@ pub fn run_curve(d: &LlmDay, policy: LlmPolicy, today: &[f64], yesterday: Option
             // How many replicas to have: the forecast a cold start ahead, or what is asked now
             // if that is more (an unforecast burst).
             let ahead = ((t as f64 + d.cold_start_s + 2.0 * PLAN_EVERY_S as f64) as usize).min(today.len() - 1);
-            let forecast = match yesterday {
-                Some(yesterday) => {
-                    if t >= 900 {
-                        let recent: f64 = today[(t - 900) as usize..t as usize].iter().sum();
-                        let before: f64 = yesterday[(t - 900) as usize..t as usize].iter().sum();
-                        level_ratio = if before > 0.0 { recent / before } else { 1.0 };
+            let forecast = match forecaster.as_mut() {
+                Some(hw) => {
+                    // Feed every minute that has ended; then ask for the minute `ahead` is in.
+                    while t >= 60 * (observed_minutes + 1) {
+                        let start = (60 * observed_minutes) as usize;
+                        hw.observe(today[start..start + 60].iter().sum::<f64>() / 60.0);
+                        observed_minutes += 1;
                     }
-                    yesterday.get(ahead).copied().unwrap_or(0.0) * level_ratio
+                    hw.forecast((ahead as u64 / 60 + 1).saturating_sub(observed_minutes) as usize)
                 }
                 None => today[(t.saturating_sub(300)) as usize..t as usize].iter().fold(0.0_f64, |m, v| m.max(*v)) * 1.1,
             };
