@@ -28,6 +28,12 @@ pub struct SimArgs {
     /// One JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// The policy run beside Tidepool's (its figures are the `baseline_` keys): `baseline`
+    /// (llm-day: a static fleet; science-burst: first fit, no compaction, slow release),
+    /// `no-forecast` (llm-day: lending, replicas that only react), `first-fit` or
+    /// `no-compaction` (science-burst and replay: Tidepool's policy with that one change).
+    #[arg(long, default_value = "baseline", value_parser = ["baseline", "no-forecast", "first-fit", "no-compaction"])]
+    compare: String,
     /// Replay: a batch log in the Standard Workload Format (Parallel Workloads Archive).
     #[arg(long, conflicts_with = "llm_trace")]
     swf: Option<PathBuf>,
@@ -98,8 +104,13 @@ fn llm_day(a: &SimArgs) -> Result<u8, String> {
         }
         day.gpus = gpus;
     }
+    let (other, other_name, other_says) = match a.compare.as_str() {
+        "baseline" => (LlmPolicy::Static, "static fleet", "static fleet: replicas for yesterday's peak (a replayed trace: its own peak) plus 10%, nothing lent to offline work or training"),
+        "no-forecast" => (LlmPolicy::Reactive, "no forecast", "no forecast: Tidepool's lending, replicas for the most asked in the last five minutes"),
+        c => return Err(format!("--compare {c}: llm-day compares with baseline or no-forecast")),
+    };
     let (ours, base, title) = match &a.llm_trace {
-        None => (llm::run(&day, LlmPolicy::Tidepool, a.seed), llm::run(&day, LlmPolicy::Static, a.seed), format!("llm-day, seed {}", a.seed)),
+        None => (llm::run(&day, LlmPolicy::Tidepool, a.seed), llm::run(&day, other, a.seed), format!("llm-day, seed {}", a.seed)),
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| format!("--llm-trace {}: {e}", path.display()))?;
             let requests = tidepool_sim::llm_trace::read(&text).map_err(|e| format!("--llm-trace {}: {e}", path.display()))?;
@@ -109,7 +120,7 @@ fn llm_day(a: &SimArgs) -> Result<u8, String> {
             // The replica emulator's defaults: 100 µs per prompt token, 20 ms per output token.
             let curve = tidepool_sim::llm_trace::demand_curve(&requests, 100.0, 20.0);
             let title = format!("replay of {} ({} requests over {:.1} h)", path.display(), requests.len(), curve.len() as f64 / 3600.0);
-            (llm::run_curve(&day, LlmPolicy::Tidepool, &curve, None), llm::run_curve(&day, LlmPolicy::Static, &curve, None), title)
+            (llm::run_curve(&day, LlmPolicy::Tidepool, &curve, None), llm::run_curve(&day, other, &curve, None), title)
         }
     };
     let mut report = BTreeMap::new();
@@ -127,7 +138,7 @@ fn llm_day(a: &SimArgs) -> Result<u8, String> {
     if let Some(dir) = &a.out {
         std::fs::create_dir_all(dir).map_err(|e| format!("--out {}: {e}", dir.display()))?;
         let mut base_replicas = base.replicas.clone();
-        base_replicas.name = "replicas (static baseline)".into();
+        base_replicas.name = format!("replicas ({other_name})");
         let svg = tidepool_sim::svg::line_chart("llm-day: demand, replicas and training", "hours", "requests in flight / 22, replicas, GPUs", &[
             &tidepool_sim::svg::Series {
                 name: "realtime demand / best concurrency".into(),
@@ -145,7 +156,7 @@ fn llm_day(a: &SimArgs) -> Result<u8, String> {
         return Ok(0);
     }
     line(&format!("{title}: {} GPUs", day.gpus));
-    side_by_side(&report, "static fleet", &[
+    side_by_side(&report, other_name, &[
         ("realtime availability", "realtime_availability"),
         ("interruptible availability", "interruptible_availability"),
         ("GPU busy share", "gpu_busy_share"),
@@ -154,7 +165,7 @@ fn llm_day(a: &SimArgs) -> Result<u8, String> {
         ("training GPU-hours lost", "lost_gpu_hours"),
         ("peak replicas", "peak_replicas"),
     ]);
-    line("static fleet: replicas for yesterday's peak (a replayed trace: its own peak) plus 10%, nothing lent to offline work or training");
+    line(other_says);
     if let Some(dir) = &a.out {
         line(&format!("plot: {}/llm-day.svg", dir.display()));
     }
@@ -183,6 +194,12 @@ pub fn run(a: SimArgs) -> Result<u8, String> {
             (jobs, pool, policy(false), policy(true), format!("replay of {}", path.display()))
         }
     };
+    let (baseline, other_name, other_says) = match a.compare.as_str() {
+        "baseline" => (baseline, "baseline", "baseline: first fit, no compaction, a node released after 10 idle minutes (replay: first fit on the same fleet)"),
+        "first-fit" => (SimPolicy { first_fit: true, ..ours.clone() }, "first fit", "first fit: Tidepool's policy placing first fit instead of best fit"),
+        "no-compaction" => (SimPolicy { compaction: None, ..ours.clone() }, "no compaction", "no compaction: Tidepool's policy, tasks never moved and never checkpointed"),
+        c => return Err(format!("--compare {c}: {} compares with baseline, first-fit or no-compaction", a.scenario)),
+    };
     let too_big = jobs.iter().find(|j| j.cores > pool.node_cores || j.gang_nodes.is_some_and(|g| g > pool.max_nodes));
     if let Some(j) = too_big {
         return Err(format!("a job needs {} cores on {} nodes; the fleet has {} nodes of {} cores", j.cores, j.gang_nodes.unwrap_or(1), pool.max_nodes, pool.node_cores));
@@ -198,11 +215,11 @@ pub fn run(a: SimArgs) -> Result<u8, String> {
         let mut ours_nodes = r.nodes_over_time.clone();
         ours_nodes.name = "tidepool: nodes paid".into();
         let mut base_nodes = b.nodes_over_time.clone();
-        base_nodes.name = "baseline: nodes paid".into();
+        base_nodes.name = format!("{other_name}: nodes paid");
         let mut ours_busy = r.busy_over_time.clone();
         ours_busy.name = "tidepool".into();
         let mut base_busy = b.busy_over_time.clone();
-        base_busy.name = "baseline".into();
+        base_busy.name = other_name.into();
         let plots = [
             (format!("{slug}-nodes.svg"), tidepool_sim::svg::line_chart(&format!("{name}: nodes paid for"), "hours", "nodes", &[&ours_nodes, &base_nodes])),
             (format!("{slug}-busy.svg"), tidepool_sim::svg::line_chart(&format!("{name}: busy share of online cores"), "hours", "share", &[&ours_busy, &base_busy])),
@@ -217,7 +234,7 @@ pub fn run(a: SimArgs) -> Result<u8, String> {
         return Ok(0);
     }
     line(&format!("{name}, seed {}: {} tasks", a.seed, r.tasks));
-    side_by_side(&report, "baseline", &[
+    side_by_side(&report, other_name, &[
         ("busy share while queued", "busy_share_while_queued"),
         ("node-hours", "node_hours"),
         ("makespan (h)", "makespan_h"),
@@ -232,7 +249,7 @@ pub fn run(a: SimArgs) -> Result<u8, String> {
         ("tasks lost with nodes", "tasks_lost_with_nodes"),
         ("cost (on-demand node-h)", "cost_node_hours"),
     ]);
-    line("baseline: first fit, no compaction, a node released after 10 idle minutes (replay: first fit on the same fleet)");
+    line(other_says);
     if let Some(dir) = &a.out {
         line(&format!("plots: {}/{}-nodes.svg, {}-busy.svg", dir.display(), a.scenario, a.scenario));
     }

@@ -99,3 +99,19 @@ fn llm_traces_in_both_public_formats_replay() {
     let bad = Command::new(BIN).args(["sim", "replay", "--llm-trace"]).arg(&b).args(["--gpus", "4"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(1), "fewer GPUs than a node");
 }
+
+#[test]
+fn compare_runs_the_chosen_policy_beside_tidepools() {
+    let reactive: serde_json::Value = serde_json::from_str(&sim(&["llm-day", "--compare", "no-forecast", "--json"])).unwrap();
+    let fixed: serde_json::Value = serde_json::from_str(&sim(&["llm-day", "--json"])).unwrap();
+    assert_eq!(reactive["training_gpu_hours"], fixed["training_gpu_hours"], "Tidepool's column does not change");
+    assert_eq!(fixed["baseline_training_gpu_hours"], 0.0, "the static fleet lends nothing");
+    // Without a forecast, replicas still lend, but every rise waits a cold start.
+    assert!(reactive["baseline_training_gpu_hours"].as_f64().unwrap() > 0.0, "{reactive}");
+    assert!(reactive["baseline_training_gpu_hours"].as_f64().unwrap() < reactive["training_gpu_hours"].as_f64().unwrap(), "{reactive}");
+    let out = Command::new(BIN).args(["sim", "llm-day", "--compare", "no-compaction"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--compare no-compaction"), "{err}");
+}

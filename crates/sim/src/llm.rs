@@ -124,6 +124,9 @@ pub enum LlmPolicy {
     Tidepool,
     /// A static replica count sized for yesterday's peak, nothing lent.
     Static,
+    /// Tidepool's lending without a forecast: replicas follow the most asked in the last five
+    /// minutes, so every rise waits a cold start.
+    Reactive,
 }
 
 /// What a day measured.
@@ -233,7 +236,7 @@ pub fn run_curve(d: &LlmDay, policy: LlmPolicy, today: &[f64], yesterday: Option
         cluster.submit(id, spec, now_ms);
         id
     };
-    let lend = policy == LlmPolicy::Tidepool;
+    let lend = policy != LlmPolicy::Static;
     let training_job = if lend { Some(submit(&mut cluster, "training", Tier::Preemptible, training_need, 100_000, 0)) } else { None };
     let mut replicas: Vec<Replica> = Vec::new();
     let mut training: Vec<Training> = Vec::new();
@@ -248,7 +251,7 @@ pub fn run_curve(d: &LlmDay, policy: LlmPolicy, today: &[f64], yesterday: Option
     // One-minute buckets: the forecaster's season is yesterday's day, minute by minute.
     let minute_means = |curve: &[f64]| -> Vec<f64> { curve.chunks(60).map(|c| c.iter().sum::<f64>() / c.len() as f64).collect() };
     let mut observed_minutes = 0u64;
-    let mut forecaster = yesterday.and_then(|y| HoltWinters::from_season(&minute_means(y), Smoothing::default()));
+    let mut forecaster = yesterday.filter(|_| policy != LlmPolicy::Reactive).and_then(|y| HoltWinters::from_season(&minute_means(y), Smoothing::default()));
     let mut surplus_since: Option<u64> = None;
     let (mut demand_series, mut replica_series, mut training_series) = (
         Series { name: "realtime demand (requests in flight)".into(), points: Vec::new() },
