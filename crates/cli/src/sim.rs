@@ -132,6 +132,8 @@ fn llm_day(a: &SimArgs) -> Result<u8, String> {
         report.insert(format!("{prefix}preemptions"), json!(r.preemptions));
         report.insert(format!("{prefix}lost_gpu_hours"), json!(round(r.lost_gpu_hours, 1)));
         report.insert(format!("{prefix}peak_replicas"), json!(r.peak_replicas));
+        report.insert(format!("{prefix}realtime_itl_p50_ms"), json!(round(r.realtime_itl_ms.0, 2)));
+        report.insert(format!("{prefix}realtime_itl_p99_ms"), json!(round(r.realtime_itl_ms.1, 2)));
     };
     put(&mut report, "", &ours);
     put(&mut report, "baseline_", &base);
@@ -164,6 +166,8 @@ fn llm_day(a: &SimArgs) -> Result<u8, String> {
         ("preemptions", "preemptions"),
         ("training GPU-hours lost", "lost_gpu_hours"),
         ("peak replicas", "peak_replicas"),
+        ("realtime ITL p50 (ms)", "realtime_itl_p50_ms"),
+        ("realtime ITL p99 (ms)", "realtime_itl_p99_ms"),
     ]);
     line(other_says);
     if let Some(dir) = &a.out {

@@ -50,6 +50,9 @@ pub struct LlmDay {
     pub training_s: f64,
     /// A training job checkpoints this often, seconds (work since then is lost when preempted).
     pub checkpoint_s: f64,
+    /// Time between tokens at or below best concurrency, ms (the replica emulator's model:
+    /// `itl_ms * max(1, c / best)` with `c` requests in flight).
+    pub itl_ms: f64,
 }
 
 impl LlmDay {
@@ -85,6 +88,7 @@ impl LlmDay {
                 "cold_start_s" => d.cold_start_s = num,
                 "training_s" => d.training_s = num.max(1.0),
                 "checkpoint_s" => d.checkpoint_s = num.max(1.0),
+                "itl_ms" => d.itl_ms = num.max(0.001),
                 _ => return Err(format!("line {}: unknown key '{key}'", n + 1)),
             }
         }
@@ -113,6 +117,7 @@ impl Default for LlmDay {
             cold_start_s: 40.0,
             training_s: 4.0 * 3600.0,
             checkpoint_s: 1800.0,
+            itl_ms: 20.0,
         }
     }
 }
@@ -146,6 +151,9 @@ pub struct LlmReport {
     pub lost_gpu_hours: f64,
     /// Most replicas at once.
     pub peak_replicas: u32,
+    /// Time between tokens of realtime streams, ms, 50th and 99th percentile over
+    /// request-seconds (interruptible streams share their replicas' batches, so their pace).
+    pub realtime_itl_ms: (f64, f64),
     /// Realtime demand over the day (hours, concurrent requests).
     pub demand: Series,
     /// Replicas serving over the day (hours, replicas).
@@ -259,6 +267,8 @@ pub fn run_curve(d: &LlmDay, policy: LlmPolicy, today: &[f64], yesterday: Option
         Series { name: "GPUs training".into(), points: Vec::new() },
     );
     let cold_ms = (d.cold_start_s * 1000.0) as u64;
+    // (time between tokens, realtime request-seconds at that pace), one entry per second.
+    let mut paces: Vec<(f64, f64)> = Vec::with_capacity(length as usize);
 
     for t in 0..length {
         let now_ms = t * 1000;
@@ -353,6 +363,10 @@ pub fn run_curve(d: &LlmDay, policy: LlmPolicy, today: &[f64], yesterday: Option
         // sized fleet serves only what is asked.
         let filled = if lend { ready * b } else { (served_rt + served_int).min(ready * b) };
         busy_gpu_s += filled / b;
+        if ready > 0.0 && served_rt > 0.0 {
+            let per_replica = filled.max(served_rt + served_int) / ready;
+            paces.push((d.itl_ms * (per_replica / b).max(1.0), served_rt));
+        }
         let training_gpus = training.len() as f64 * f64::from(d.gpus_per_node);
         busy_gpu_s += training_gpus;
         training_gpu_s += training_gpus;
@@ -364,6 +378,7 @@ pub fn run_curve(d: &LlmDay, policy: LlmPolicy, today: &[f64], yesterday: Option
         }
     }
     LlmReport {
+        realtime_itl_ms: (weighted_percentile(&mut paces, 0.5), weighted_percentile(&mut paces, 0.99)),
         realtime_availability: if rt_asked > 0.0 { rt_served / rt_asked } else { 1.0 },
         interruptible_availability: if int_asked > 0.0 { int_served / int_asked } else { 1.0 },
         gpu_busy_share: busy_gpu_s / (f64::from(d.gpus) * length.max(1) as f64),
@@ -375,6 +390,20 @@ pub fn run_curve(d: &LlmDay, policy: LlmPolicy, today: &[f64], yesterday: Option
         replicas: replica_series,
         training: training_series,
     }
+}
+
+/// The value below which `share` of the total weight lies, over (value, weight) pairs.
+fn weighted_percentile(pairs: &mut [(f64, f64)], share: f64) -> f64 {
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total: f64 = pairs.iter().map(|p| p.1).sum();
+    let mut seen = 0.0;
+    for (value, weight) in pairs.iter() {
+        seen += weight;
+        if seen >= share * total {
+            return *value;
+        }
+    }
+    pairs.last().map_or(0.0, |p| p.0)
 }
 
 #[cfg(test)]
