@@ -471,18 +471,7 @@ struct LauncherHandle {
 }
 
 fn lost(a: AttemptRef, message: &str) -> TaskResult {
-    let now = now_ms();
-    TaskResult {
-        attempt: a,
-        outcome: "failed".into(),
-        exit_code: None,
-        signal: None,
-        started_ms: now,
-        ended_ms: now,
-        cpu_ms: 0,
-        peak_mem_bytes: 0,
-        message: Some(message.to_string()),
-    }
+    rundir::failed_at(a, now_ms(), message)
 }
 
 /// Every second, asks Slurm which of the attempts handed to it are still queued or running,

@@ -339,18 +339,7 @@ impl Launcher {
             Err(e) => {
                 // Without its launch file the attempt's identity is only its directory name.
                 if let Some(a) = rundir::parse_attempt_dir(name) {
-                    let now = now_ms();
-                    let result = TaskResult {
-                        attempt: a,
-                        outcome: "failed".into(),
-                        exit_code: None,
-                        signal: None,
-                        started_ms: now,
-                        ended_ms: now,
-                        cpu_ms: 0,
-                        peak_mem_bytes: 0,
-                        message: Some(format!("launch file: {e}")),
-                    };
+                    let result = rundir::failed_at(a, now_ms(), &format!("launch file: {e}"));
                     self.write_and_emit(&dir, &result);
                 }
                 return;
@@ -358,17 +347,8 @@ impl Launcher {
         };
         self.enter_home(&spec.cgroup);
         let a = spec.launch.attempt;
-        let mut result = TaskResult {
-            attempt: a,
-            outcome: "failed".into(),
-            exit_code: None,
-            signal: None,
-            started_ms: now_ms(),
-            ended_ms: 0,
-            cpu_ms: 0,
-            peak_mem_bytes: 0,
-            message: None,
-        };
+        let mut result = rundir::failed_at(a, now_ms(), "");
+        result.message = None;
         if dir.join(rundir::CANCEL_FILE).exists() {
             result.outcome = "cancelled".into();
             result.message = Some("cancelled before it started".into());

@@ -48,6 +48,21 @@ pub const CANCEL_FILE: &str = "cancel";
 /// Written once, atomically, when the attempt has ended.
 pub const RESULT_FILE: &str = "result.json";
 
+/// The result of an attempt that failed at `now` without running (or whose run went unseen).
+pub fn failed_at(a: AttemptRef, now: u64, message: &str) -> TaskResult {
+    TaskResult {
+        attempt: a,
+        outcome: "failed".into(),
+        exit_code: None,
+        signal: None,
+        started_ms: now,
+        ended_ms: now,
+        cpu_ms: 0,
+        peak_mem_bytes: 0,
+        message: Some(message.to_string()),
+    }
+}
+
 /// Reads a finished attempt's result, if there is one.
 pub fn read_result(dir: &Path) -> Option<TaskResult> {
     let text = std::fs::read(dir.join(RESULT_FILE)).ok()?;
