@@ -71,3 +71,21 @@ pub struct TenantConfig {
     #[serde(default)]
     pub tier: Option<String>,
 }
+
+/// The token counts of an OpenAI-style answer, read without building the rest of it.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UsageOf {
+    /// The answer's `usage`, when it has one.
+    pub usage: Option<TokenUsage>,
+}
+
+/// `usage` of a completion: the prompt's tokens and the answer's.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+pub struct TokenUsage {
+    /// Tokens of the prompt.
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Tokens generated.
+    #[serde(default)]
+    pub completion_tokens: u64,
+}

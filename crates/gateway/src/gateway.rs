@@ -58,6 +58,8 @@ pub struct Gateway {
     tenants: Mutex<Vec<TenantState>>,
     replicas: Mutex<Vec<ReplicaState>>,
     http: reqwest::Client,
+    /// Each replica's base URL, parsed once (parsing one per request showed in profiles).
+    replica_urls: Vec<reqwest::Url>,
     next_id: AtomicU64,
     epoch: Instant,
     store: Option<Mutex<tidepool_store::batches::BatchStore>>,
@@ -161,6 +163,11 @@ impl Gateway {
             .pool_max_idle_per_host(256)
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
+        let replica_urls = config
+            .replicas
+            .iter()
+            .map(|r| reqwest::Url::parse(&r.url).map_err(|e| format!("replica url '{}': {e}", r.url)))
+            .collect::<Result<Vec<_>, String>>()?;
         let store = match &config.data_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -175,6 +182,7 @@ impl Gateway {
             tenants: Mutex::new(tenants),
             replicas: Mutex::new(replicas),
             http,
+            replica_urls,
             next_id: AtomicU64::new(1),
             epoch: Instant::now(),
             store,
@@ -373,9 +381,11 @@ impl Gateway {
     }
 
     /// Posts a request to a replica, with the key it wants; the answer's body is not read yet.
-    async fn send_upstream(&self, replica: usize, path: &str, body: &Value) -> Result<reqwest::Response, String> {
+    async fn send_upstream(&self, replica: usize, path: &str, body: Bytes) -> Result<reqwest::Response, String> {
         let upstream = &self.config.replicas[replica];
-        let mut request = self.http.post(format!("{}{path}", upstream.url)).json(body);
+        let mut url = self.replica_urls[replica].clone();
+        url.set_path(&format!("{}{path}", url.path().trim_end_matches('/')));
+        let mut request = self.http.post(url).header(header::CONTENT_TYPE, "application/json").body(body);
         if let Some(key) = &upstream.api_key {
             request = request.bearer_auth(key);
         }
@@ -384,18 +394,19 @@ impl Gateway {
 
     /// Sends a non-streaming request to a replica; returns its status and body.
     pub(crate) async fn forward_json(&self, replica: usize, path: &str, body: &Value) -> Result<(u16, Bytes), String> {
-        let resp = self.send_upstream(replica, path, body).await?;
+        let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+        let resp = self.send_upstream(replica, path, Bytes::from(bytes)).await?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.map_err(|e| format!("upstream replica: {e}"))?;
         Ok((status, bytes))
     }
 
     /// Handles one chat or completion request end to end.
-    async fn handle(self: Arc<Self>, headers: HeaderMap, body: Bytes, path: &'static str) -> Response {
+    async fn handle(self: Arc<Self>, headers: HeaderMap, raw: Bytes, path: &'static str) -> Response {
         let Some(tenant) = self.tenant_of(&headers) else {
             return error(StatusCode::UNAUTHORIZED, "Incorrect API key provided.", "invalid_request_error", None, Some("invalid_api_key"));
         };
-        let body: Value = match serde_json::from_slice(&body) {
+        let body: Value = match serde_json::from_slice(&raw) {
             Ok(v @ Value::Object(_)) => v,
             Ok(_) => return bad_request("the body must be a JSON object", "body"),
             Err(e) => return bad_request(&format!("invalid JSON body: {e}"), "body"),
@@ -472,7 +483,8 @@ impl Gateway {
                 return self.too_many(tenant, wait, &format!("The {tier} tier is at capacity; retry later."), "server_overloaded");
             }
         };
-        let resp = match self.send_upstream(replica, path, &body).await {
+        // The request goes on as the client wrote it (unknown fields included), not re-encoded.
+        let resp = match self.send_upstream(replica, path, raw).await {
             Ok(r) => r,
             Err(e) => {
                 self.settle(tenant, estimate, 0, 0);
@@ -483,10 +495,8 @@ impl Gateway {
         if !status.is_success() || !stream {
             let bytes = resp.bytes().await.unwrap_or_default();
             drop(guard);
-            let parsed: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let prompt = parsed.pointer("/usage/prompt_tokens").and_then(Value::as_u64).unwrap_or(0);
-            let completion = parsed.pointer("/usage/completion_tokens").and_then(Value::as_u64).unwrap_or(0);
-            self.settle(tenant, estimate, prompt, completion);
+            let usage = serde_json::from_slice::<tidepool_api::gateway::UsageOf>(&bytes).ok().and_then(|u| u.usage).unwrap_or_default();
+            self.settle(tenant, estimate, usage.prompt_tokens, usage.completion_tokens);
             let mut response = (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
             self.rate_headers(tenant, response.headers_mut());
             return response;
