@@ -348,21 +348,78 @@ async fn overhead(seconds: f64) -> Result<BTreeMap<String, Value>, String> {
     .ok_or("tidepool gateway did not start")?;
     // Its log goes on being read, so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let measured = overhead_of(&upstream, &gateway, seconds).await;
+    let mut measured = overhead_of(&upstream, &gateway, seconds, "").await;
     let _ = child.kill().await;
+    // nginx as a plain reverse proxy in front of the same upstream, where it is installed: what
+    // a proxy that only forwards costs on this machine.
+    if let Ok(out) = measured.as_mut() {
+        match start_nginx(&dir, &upstream).await {
+            Ok((mut nginx, url)) => {
+                if let Ok(figures) = overhead_of(&upstream, &url, seconds, "nginx_").await {
+                    out.extend(figures);
+                }
+                let _ = nginx.kill().await;
+            }
+            Err(e) => {
+                out.insert("nginx_note".into(), json!(e));
+            }
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
     measured
 }
 
-async fn overhead_of(upstream: &str, gateway: &str, seconds: f64) -> Result<BTreeMap<String, Value>, String> {
+/// Starts nginx (one worker, keep-alive to the upstream) as a reverse proxy to `upstream`.
+async fn start_nginx(dir: &std::path::Path, upstream: &str) -> Result<(tokio::process::Child, String), String> {
+    let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .ok_or("nginx is not installed here (apt-get install nginx-light adds it to this comparison)")?;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        l.local_addr().map_err(|e| e.to_string())?.port()
+    };
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err;\nevents {{ worker_connections 4096; }}\n\
+         http {{\n access_log off;\n client_body_temp_path {d};\n proxy_temp_path {d};\n\
+         upstream instant {{ server {}; keepalive 256; }}\n\
+         server {{\n  listen 127.0.0.1:{port};\n  keepalive_requests 10000000;\n\
+         location / {{ proxy_pass http://instant; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n }}\n}}\n",
+        upstream.trim_start_matches("http://")
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).map_err(|e| format!("{}: {e}", path.display()))?;
+    let child = tokio::process::Command::new(nginx)
+        .arg("-c")
+        .arg(&path)
+        .arg("-p")
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("nginx: {e}"))?;
+    let url = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok((child, url));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err("nginx did not start".into())
+}
+
+/// Added latency of the proxy at `gateway` in front of `upstream`, keys starting `prefix`.
+async fn overhead_of(upstream: &str, gateway: &str, seconds: f64, prefix: &str) -> Result<BTreeMap<String, Value>, String> {
     // A short warm-up: connections to the upstream open, buckets fill.
     paced_load(gateway, 1000.0, 0.3, 8).await?;
     let mut out = BTreeMap::new();
     for (rate, suffix) in [(1_000.0, ""), (10_000.0, "_10k")] {
         let (p50, p99, achieved) = overhead_at(upstream, gateway, rate, seconds).await?;
-        out.insert(format!("overhead_p50_ms{suffix}"), json!(p50));
-        out.insert(format!("overhead_p99_ms{suffix}"), json!(p99));
-        out.insert(format!("overhead_rps{suffix}"), json!(achieved));
+        out.insert(format!("{prefix}overhead_p50_ms{suffix}"), json!(p50));
+        out.insert(format!("{prefix}overhead_p99_ms{suffix}"), json!(p99));
+        out.insert(format!("{prefix}overhead_rps{suffix}"), json!(achieved));
     }
     Ok(out)
 }
@@ -521,6 +578,16 @@ pub async fn run(json_out: bool, seconds: f64) -> Result<u8, String> {
             g(&format!("overhead_p99_ms{suffix}")),
             g(&format!("overhead_rps{suffix}")),
         ));
+        if report.contains_key(&format!("nginx_overhead_p99_ms{suffix}")) {
+            line(&format!(
+                "nginx as a plain reverse proxy, same upstream, same load at {rate}/s: p50 {:.3} ms, p99 {:.3} ms",
+                g(&format!("nginx_overhead_p50_ms{suffix}")),
+                g(&format!("nginx_overhead_p99_ms{suffix}")),
+            ));
+        }
+    }
+    if let Some(note) = report.get("nginx_note").and_then(Value::as_str) {
+        line(note);
     }
     if litellm_ok {
         for load in [1, 2, 3] {
