@@ -521,7 +521,9 @@ async fn main_loop(agent: Arc<Agent>) -> Result<()> {
             Err(e @ Error::Refused(_)) => {
                 // No longer trusted: its work is requeued elsewhere once its lease ends, so
                 // nothing of it may go on running here.
-                let attempts: Vec<AttemptRef> = agent.lock_tracked().keys().copied().collect();
+                // Attempts handed to Slurm too: they are scancelled, or they would run twice.
+                let mut attempts: Vec<AttemptRef> = agent.lock_tracked().keys().copied().collect();
+                attempts.extend(agent.lock_in_slurm().keys().copied());
                 for a in attempts {
                     agent.kill(a);
                 }

@@ -62,3 +62,27 @@ fn an_array_splits_between_the_local_agent_and_slurm_and_cancel_reaches_slurm() 
     env.eventually(60, "Slurm to hold none of the cancelled job", |_| in_slurm(&long) == 0);
     env.eventually(30, "every task cancelled", |e| tasks(e, &long).iter().all(|t| t["state"] == "cancelled"));
 }
+
+#[test]
+fn a_slurm_site_whose_join_token_is_revoked_takes_its_jobs_out_of_slurm() {
+    if !slurm_wanted() {
+        return;
+    }
+    let mut env = Env::with_args("slurm-revoked", &["--agent-lease", "3"]);
+    let out = env.ok(&["token", "create", "--join"]);
+    let id = out.split_whitespace().nth(2).unwrap().to_string();
+    let join = out.trim().lines().last().unwrap().to_string();
+    let mut site = Command::new(BIN);
+    site.args(["agent", "--server", &env.url, "--executor", "slurm"]);
+    env.add_agent_by("hpc-revoked", site, &join, &["--cpus", "2", "--feature", "hpc-only"]);
+    let job = env.ok(&["submit", "--constraint", "hpc-only", "--", "sleep", "300"]).trim().to_string();
+    env.eventually(60, "the task queued in Slurm", |_| in_slurm(&job) == 1);
+    env.ok(&["token", "revoke", &id]);
+    // Refused at its next poll, the site agent scancels what it handed over before it leaves:
+    // the server requeues the task after the lease, so it must not also run on in Slurm.
+    env.eventually(30, "Slurm to hold none of it", |_| in_slurm(&job) == 0);
+    let pid = env.agent_pid("hpc-revoked");
+    env.eventually(20, "the refused agent to exit", |_| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
+    });
+}
