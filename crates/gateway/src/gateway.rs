@@ -768,5 +768,9 @@ pub async fn run(
 ) -> Result<(), String> {
     let gateway = Arc::new(Gateway::new(config)?);
     crate::batch::resume_all(gateway.clone());
+    // Answers go out as soon as they are written, not held back by Nagle's algorithm.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(gateway)).with_graceful_shutdown(shutdown).await.map_err(|e| e.to_string())
 }
