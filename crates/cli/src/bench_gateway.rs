@@ -375,10 +375,7 @@ async fn start_nginx(dir: &std::path::Path, upstream: &str) -> Result<(tokio::pr
         .into_iter()
         .find(|p| std::path::Path::new(p).is_file())
         .ok_or("nginx is not installed here (apt-get install nginx-light adds it to this comparison)")?;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-        l.local_addr().map_err(|e| e.to_string())?.port()
-    };
+    let port = free_port()?;
     let d = dir.display();
     let conf = format!(
         "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err;\nevents {{ worker_connections 4096; }}\n\
@@ -424,16 +421,19 @@ async fn overhead_of(upstream: &str, gateway: &str, seconds: f64, prefix: &str) 
     Ok(out)
 }
 
+/// A loopback port nobody listens on now, for a program that takes its port as an argument.
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
 fn which(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
 
 /// Starts LiteLLM's proxy in front of the emulators (its own round-robin over them).
 async fn start_litellm(emulators: &[String]) -> Result<(tokio::process::Child, String), String> {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-        l.local_addr().map_err(|e| e.to_string())?.port()
-    };
+    let port = free_port()?;
     let dir = std::env::temp_dir().join(format!("tidepool-bench-litellm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let mut yaml = String::from("model_list:\n");
