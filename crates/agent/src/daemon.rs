@@ -6,7 +6,7 @@
 
 use crate::cgroup::CgroupPlan;
 use crate::launcher::now_ms;
-use crate::rundir::{self, SupervisorSpec};
+use crate::rundir::{self, LaunchSpec};
 use crate::{Error, Result};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -382,7 +382,7 @@ impl Agent {
             }
             return;
         }
-        let spec = SupervisorSpec {
+        let spec = LaunchSpec {
             launch,
             cgroup: self.plan.clone(),
             bin_dir: self.bin_dir.clone(),

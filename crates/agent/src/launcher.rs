@@ -16,7 +16,7 @@
 //! will never report and may be requeued.
 
 use crate::cgroup::CgroupPlan;
-use crate::rundir::{self, SupervisorSpec};
+use crate::rundir::{self, LaunchSpec};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -41,7 +41,7 @@ struct Attempt {
     dir: PathBuf,
     /// Held while the attempt runs: tells a restarted agent that someone still watches it.
     _lock: File,
-    spec: SupervisorSpec,
+    spec: LaunchSpec,
     /// The task's leader, also its process group.
     pid: i32,
     cgroup: Option<String>,
@@ -55,6 +55,13 @@ struct Attempt {
     ended: Option<(i32, libc::rusage)>,
     /// Until when leftovers of an ended leader are waited for.
     leftovers_until: Option<Instant>,
+}
+
+impl Attempt {
+    /// Every process in the attempt's cgroup (none without one).
+    fn cgroup_pids(&self) -> Vec<i32> {
+        self.cgroup.as_ref().map(|c| self.spec.cgroup.pids(c)).unwrap_or_default()
+    }
 }
 
 struct Launcher {
@@ -126,7 +133,7 @@ fn open_output(path: &str) -> Result<File, String> {
 }
 
 /// The program to start and its arguments; a batch script is written to the attempt directory.
-fn program_of(spec: &SupervisorSpec, dir: &Path) -> Result<(String, Vec<String>), String> {
+fn program_of(spec: &LaunchSpec, dir: &Path) -> Result<(String, Vec<String>), String> {
     let launch = &spec.launch;
     match &launch.script {
         Some(script) => {
@@ -176,14 +183,9 @@ pub fn run(run_dir: &Path) -> i32 {
 
 impl Launcher {
     fn new(run_dir: &Path) -> Result<Launcher, String> {
-        // SAFETY: dup(2) of our own stdout, so that writing results does not go through the
-        // standard library's shared, locked handle.
-        let fd = unsafe { libc::dup(1) };
-        if fd < 0 {
-            return Err("no stdout".into());
-        }
-        // SAFETY: the descriptor was just created by dup and is owned by nobody else.
-        let stdout: File = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+        // Its own descriptor, so that writing results does not go through the standard
+        // library's shared, locked handle.
+        let stdout = dup_of(1).ok_or("no stdout")?;
         Ok(Launcher { run_dir: run_dir.to_path_buf(), running: HashMap::new(), home_procs: Vec::new(), home_plan: None, stdout })
     }
 
@@ -222,14 +224,10 @@ impl Launcher {
         let mut stdin_open = true;
         let mut pending = Vec::<u8>::new();
         let mut buf = vec![0u8; 64 * 1024];
-        // SAFETY: dup(2) of our own stdin; read raw, so that poll's readiness is the whole truth
-        // (a buffered reader could hold lines poll no longer sees).
-        let stdin_fd = unsafe { libc::dup(0) };
-        if stdin_fd < 0 {
-            return Err("no stdin".into());
-        }
-        // SAFETY: the descriptor was just created by dup and is owned by nobody else.
-        let mut stdin: File = unsafe { std::os::fd::FromRawFd::from_raw_fd(stdin_fd) };
+        // Read raw, so that poll's readiness is the whole truth (a buffered reader could hold
+        // lines poll no longer sees).
+        let mut stdin = dup_of(0).ok_or("no stdin")?;
+        let stdin_fd = stdin.as_raw_fd();
         loop {
             if !stdin_open && self.running.is_empty() {
                 return Ok(());
@@ -309,9 +307,7 @@ impl Launcher {
 
     /// Starts the attempt in `RUN_DIR/name`, or reports at once why it cannot run.
     fn start(&mut self, name: &str) {
-        if rundir::parse_attempt_dir(name).is_none() {
-            return;
-        }
+        let Some(named) = rundir::parse_attempt_dir(name) else { return };
         let dir = self.run_dir.join(name);
         let Ok(mut lock) = OpenOptions::new()
             .create(true)
@@ -331,17 +327,15 @@ impl Launcher {
             return;
         }
         let _ = lock.set_len(0).and_then(|_| lock.write_all(std::process::id().to_string().as_bytes()));
-        let spec: SupervisorSpec = match std::fs::read(dir.join(rundir::SPEC_FILE))
+        let spec: LaunchSpec = match std::fs::read(dir.join(rundir::SPEC_FILE))
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
         {
             Ok(spec) => spec,
             Err(e) => {
                 // Without its launch file the attempt's identity is only its directory name.
-                if let Some(a) = rundir::parse_attempt_dir(name) {
-                    let result = rundir::failed_at(a, now_ms(), &format!("launch file: {e}"));
-                    self.write_and_emit(&dir, &result);
-                }
+                let result = rundir::failed_at(named, now_ms(), &format!("launch file: {e}"));
+                self.write_and_emit(&dir, &result);
                 return;
             }
         };
@@ -405,7 +399,7 @@ impl Launcher {
     }
 
     /// Spawns the task inside its cgroup; its pid.
-    fn spawn(&self, spec: &SupervisorSpec, dir: &Path, task_procs: &[File]) -> Result<i32, String> {
+    fn spawn(&self, spec: &LaunchSpec, dir: &Path, task_procs: &[File]) -> Result<i32, String> {
         let launch = &spec.launch;
         let stdout = open_output(&launch.stdout_path)?;
         let stderr = if launch.stderr_path == launch.stdout_path {
@@ -455,9 +449,9 @@ impl Launcher {
             }
             if let Some(a) = self.running.get_mut(&pid) {
                 a.ended = Some((status, usage));
-                // The leader is gone: end whatever it left behind, as Slurm does at a job's end.
-                let left = a.cgroup.as_ref().map(|c| a.spec.cgroup.pids(c)).unwrap_or_default();
-                signal_tree(a.pid, &left, libc::SIGKILL);
+                // The leader is gone: end whatever it left behind, as Slurm does at a job's end
+                // (its process group now; what is left in its cgroup in `on_timers`, next).
+                signal_tree(a.pid, &[], libc::SIGKILL);
                 a.leftovers_until = Some(Instant::now() + LEFTOVER_WAIT);
             }
         }
@@ -481,8 +475,7 @@ impl Launcher {
             return;
         }
         a.cancelled = true;
-        let left = a.cgroup.as_ref().map(|c| a.spec.cgroup.pids(c)).unwrap_or_default();
-        signal_tree(a.pid, &left, libc::SIGTERM);
+        signal_tree(a.pid, &a.cgroup_pids(), libc::SIGTERM);
         a.kill_at = Some(Instant::now() + Duration::from_secs(a.spec.kill_grace_s));
     }
 
@@ -491,7 +484,7 @@ impl Launcher {
         let mut done = Vec::new();
         for a in self.running.values_mut() {
             if a.ended.is_some() {
-                let left = a.cgroup.as_ref().map(|c| a.spec.cgroup.pids(c)).unwrap_or_default();
+                let left = a.cgroup_pids();
                 if left.is_empty() || a.leftovers_until.is_some_and(|t| now >= t) {
                     done.push(a.pid);
                 } else {
@@ -499,14 +492,13 @@ impl Launcher {
                 }
                 continue;
             }
-            let pids = || a.cgroup.as_ref().map(|c| a.spec.cgroup.pids(c)).unwrap_or_default();
             if a.kill_at.is_some_and(|t| now >= t) {
-                signal_tree(a.pid, &pids(), libc::SIGKILL);
+                signal_tree(a.pid, &a.cgroup_pids(), libc::SIGKILL);
                 a.kill_at = Some(now + Duration::from_secs(1));
             }
             if a.deadline.is_some_and(|d| now >= d) && !a.timed_out && !a.cancelled {
                 a.timed_out = true;
-                signal_tree(a.pid, &pids(), libc::SIGTERM);
+                signal_tree(a.pid, &a.cgroup_pids(), libc::SIGTERM);
                 a.kill_at = Some(now + Duration::from_secs(a.spec.kill_grace_s));
             }
         }
@@ -568,6 +560,15 @@ impl Launcher {
             line.push(b'\n');
             let _ = self.stdout.write_all(&line);
         }
+    }
+}
+
+/// A descriptor of our own for `fd` (0: stdin, 1: stdout).
+fn dup_of(fd: i32) -> Option<File> {
+    // SAFETY: dup(2) creates a new descriptor that nobody else owns; File takes it over.
+    unsafe {
+        let own = libc::dup(fd);
+        (own >= 0).then(|| std::os::fd::FromRawFd::from_raw_fd(own))
     }
 }
 

@@ -9,7 +9,7 @@ use tidepool_api::{AttemptRef, Launch, TaskResult};
 
 /// What the launcher reads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SupervisorSpec {
+pub struct LaunchSpec {
     /// The attempt.
     pub launch: Launch,
     /// How to confine and measure it.
