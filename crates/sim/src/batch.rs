@@ -87,6 +87,24 @@ pub struct Compaction {
     pub max_candidates: usize,
 }
 
+impl Compaction {
+    /// The checkpoint period, ms (at least 1).
+    fn period_ms(&self) -> u64 {
+        ((self.checkpoint_s * 1000.0) as u64).max(1)
+    }
+
+    /// The restore time, ms.
+    fn restore_ms(&self) -> u64 {
+        (self.restore_s * 1000.0) as u64
+    }
+
+    /// When a task started at `started` last checkpointed, by `now`.
+    fn last_checkpoint(&self, started: u64, now: u64) -> u64 {
+        let period = self.period_ms();
+        started + now.saturating_sub(started) / period * period
+    }
+}
+
 /// What a run measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
@@ -175,6 +193,8 @@ struct Sim<'a> {
     lost_core_ms: f64,
     /// Per node slot: its current instance is spot, and which instance it is.
     spot: Vec<bool>,
+    /// Spot instances paid for now (provisioning or up).
+    paid_spot: u32,
     generation: Vec<u32>,
     rng: Rng,
     spot_reclaims: u64,
@@ -203,10 +223,7 @@ impl Sim<'_> {
         if dt > 0.0 {
             let paid = f64::from(self.paid_nodes());
             self.node_ms += paid * dt;
-            if self.pool.faults.is_some() {
-                let spot = self.nodes.iter().zip(&self.spot).filter(|((_, s), spot)| **spot && !matches!(s, NodeState::Off)).count();
-                self.spot_node_ms += spot as f64 * dt;
-            }
+            self.spot_node_ms += f64::from(self.paid_spot) * dt;
             if self.pending_tasks > 0 {
                 self.queued_alloc += self.allocated_cores as f64 * dt;
                 self.queued_online += f64::from(self.up_nodes()) * self.pool.node_cores as f64 * dt;
@@ -296,7 +313,7 @@ impl Sim<'_> {
             };
             if self.pending_tasks == 0 && now.saturating_sub(idle_since) >= release_ms && up > self.pool.min_nodes {
                 self.cluster.set_node_online(id, false);
-                self.nodes[i].1 = NodeState::Off;
+                self.release(i);
                 up -= 1;
             }
         }
@@ -316,14 +333,13 @@ impl Sim<'_> {
             return;
         }
         self.next_compaction_ms = now + (c.every_s * 1000.0) as u64;
-        let period_ms = ((c.checkpoint_s * 1000.0) as u64).max(1);
+        let period_ms = c.period_ms();
         // Periodic checkpoints: tell the core the last one of every running task.
         let running: Vec<(JobId, u32, u32)> =
             self.nodes.iter().filter_map(|(id, _)| *id).flat_map(|id| self.cluster.running_on(id)).collect();
         for (job_id, pos, attempt) in &running {
             let Some(started) = self.cluster.job(*job_id).and_then(|j| j.running_task(*pos)).map(|r| r.started_ms) else { continue };
-            let last = started + (now - started.min(now)) / period_ms * period_ms;
-            self.cluster.on_checkpoint(*job_id, *pos, *attempt, last);
+            self.cluster.on_checkpoint(*job_id, *pos, *attempt, c.last_checkpoint(started, now));
         }
         let plan = self.cluster.compaction_of(now, period_ms, c.max_candidates);
         if plan.moves.is_empty() {
@@ -332,7 +348,7 @@ impl Sim<'_> {
         for node_id in &plan.emptied {
             self.cluster.set_node_draining(*node_id, true);
         }
-        let restore_ms = (c.restore_s * 1000.0) as u64;
+        let restore_ms = c.restore_ms();
         for (job_id, pos, attempt) in plan.moves {
             let checkpoint = self.cluster.job(job_id).and_then(|j| j.running_task(pos)).map_or(now, |r| r.checkpoint_ms);
             if self.requeue_from(job_id, pos, attempt, checkpoint, restore_ms, now) {
@@ -347,6 +363,7 @@ impl Sim<'_> {
         let Some(f) = self.pool.faults.clone() else { return };
         let spot = self.rng.unit() < f.spot_share;
         self.spot[i] = spot;
+        self.paid_spot += u32::from(spot);
         let mut draw = |rate_per_h: f64| {
             (rate_per_h > 0.0).then(|| now + (-(1.0 - self.rng.unit()).ln() / rate_per_h * 3_600_000.0) as u64)
         };
@@ -375,19 +392,27 @@ impl Sim<'_> {
             self.node_failures += 1;
         }
         if let Some(id) = self.nodes[i].0 {
-            let period_ms = self.policy.compaction.as_ref().map(|c| ((c.checkpoint_s * 1000.0) as u64).max(1));
-            let restore_ms = self.policy.compaction.as_ref().map_or(0, |c| (c.restore_s * 1000.0) as u64);
+            let checkpoints = self.policy.compaction.clone();
+            let restore_ms = checkpoints.as_ref().map_or(0, Compaction::restore_ms);
             for (job_id, pos, attempt) in self.cluster.running_on(id) {
                 let started = self.cluster.job(job_id).and_then(|j| j.running_task(pos)).map_or(now, |r| r.started_ms);
                 // Without checkpoints a task starts over; with them, from the last one.
-                let resume_from = period_ms.map_or(started, |p| started + (now - started.min(now)) / p * p);
+                let resume_from = checkpoints.as_ref().map_or(started, |c| c.last_checkpoint(started, now));
                 if self.requeue_from(job_id, pos, attempt, resume_from, restore_ms, now) {
                     self.tasks_lost_with_nodes += 1;
                 }
             }
             self.cluster.set_node_online(id, false);
         }
+        self.release(i);
+    }
+
+    /// Slot `i` stops being paid for: released, reclaimed or failed.
+    fn release(&mut self, i: usize) {
         self.nodes[i].1 = NodeState::Off;
+        if std::mem::take(&mut self.spot[i]) {
+            self.paid_spot -= 1;
+        }
     }
 
     /// Puts a running task back in the queue; it resumes from `resume_from` (a checkpoint, or
@@ -446,6 +471,7 @@ pub fn run(jobs: &[SimJob], pool: &Pool, policy: &SimPolicy) -> Report {
         moved_tasks: 0,
         lost_core_ms: 0.0,
         spot: vec![false; pool.max_nodes.max(pool.min_nodes) as usize],
+        paid_spot: 0,
         generation: vec![0; pool.max_nodes.max(pool.min_nodes) as usize],
         rng: Rng::new(pool.faults.as_ref().map_or(0, |f| f.seed)),
         spot_reclaims: 0,
