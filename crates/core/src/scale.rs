@@ -134,19 +134,18 @@ impl Cluster {
             if receiving[node_idx] {
                 continue;
             }
-            let node = &self.nodes[node_idx];
-            let mut tasks = Vec::new();
-            let movable = node.running.iter().all(|(job_id, pos)| {
-                let Some(job) = self.jobs.get(job_id) else { return false };
-                let Some(run) = job.running.get(pos) else { return false };
-                let fits_rules = job.spec.gang.is_none() && !run.preempting;
-                let recent = now_ms.saturating_sub(run.checkpoint_ms) <= max_lost_ms;
-                tasks.push((*job_id, *pos, run.attempt, job));
-                fits_rules && recent
-            });
-            if !movable {
-                continue;
-            }
+            // Every task of the node, or None when one of them may not move.
+            let movable: Option<Vec<_>> = self.nodes[node_idx]
+                .running
+                .iter()
+                .map(|(job_id, pos)| {
+                    let job = self.jobs.get(job_id)?;
+                    let run = job.running.get(pos)?;
+                    let recent = now_ms.saturating_sub(run.checkpoint_ms) <= max_lost_ms;
+                    (job.spec.gang.is_none() && !run.preempting && recent).then_some((*job_id, *pos, run.attempt, job))
+                })
+                .collect();
+            let Some(mut tasks) = movable else { continue };
             // Largest first, each into the tightest node that suits it.
             tasks.sort_by_key(|(job_id, pos, _, job)| (std::cmp::Reverse(job.demand.cpu_millis), *job_id, *pos));
             let mut trial = free.clone();
