@@ -57,9 +57,7 @@ pub struct Gateway {
     keys: HashMap<String, usize>,
     tenants: Mutex<Vec<TenantState>>,
     replicas: Mutex<Vec<ReplicaState>>,
-    http: reqwest::Client,
-    /// Each replica's base URL, parsed once (parsing one per request showed in profiles).
-    replica_urls: Vec<reqwest::Url>,
+    upstreams: crate::upstream::Upstreams,
     next_id: AtomicU64,
     epoch: Instant,
     store: Option<Mutex<tidepool_store::batches::BatchStore>>,
@@ -159,15 +157,8 @@ impl Gateway {
                 learner: r.learn.map(|l| ConcurrencyLearner::new(r.best_concurrency, l.cap)),
             })
             .collect();
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
-        let replica_urls = config
-            .replicas
-            .iter()
-            .map(|r| reqwest::Url::parse(&r.url).map_err(|e| format!("replica url '{}': {e}", r.url)))
-            .collect::<Result<Vec<_>, String>>()?;
+        let urls: Vec<(String, Option<String>)> = config.replicas.iter().map(|r| (r.url.clone(), r.api_key.clone())).collect();
+        let upstreams = crate::upstream::Upstreams::new(&urls)?;
         let store = match &config.data_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -181,8 +172,7 @@ impl Gateway {
             keys,
             tenants: Mutex::new(tenants),
             replicas: Mutex::new(replicas),
-            http,
-            replica_urls,
+            upstreams,
             next_id: AtomicU64::new(1),
             epoch: Instant::now(),
             store,
@@ -381,23 +371,16 @@ impl Gateway {
     }
 
     /// Posts a request to a replica, with the key it wants; the answer's body is not read yet.
-    async fn send_upstream(&self, replica: usize, path: &str, body: Bytes) -> Result<reqwest::Response, String> {
-        let upstream = &self.config.replicas[replica];
-        let mut url = self.replica_urls[replica].clone();
-        url.set_path(&format!("{}{path}", url.path().trim_end_matches('/')));
-        let mut request = self.http.post(url).header(header::CONTENT_TYPE, "application/json").body(body);
-        if let Some(key) = &upstream.api_key {
-            request = request.bearer_auth(key);
-        }
-        request.send().await.map_err(|e| format!("upstream replica unreachable: {e}"))
+    async fn send_upstream(&self, replica: usize, path: &str, body: Bytes) -> Result<crate::upstream::Answer, String> {
+        self.upstreams.post(replica, path, body).await
     }
 
     /// Sends a non-streaming request to a replica; returns its status and body.
     pub(crate) async fn forward_json(&self, replica: usize, path: &str, body: &Value) -> Result<(u16, Bytes), String> {
         let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
         let resp = self.send_upstream(replica, path, Bytes::from(bytes)).await?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| format!("upstream replica: {e}"))?;
+        let status = resp.status;
+        let bytes = resp.bytes().await?;
         Ok((status, bytes))
     }
 
@@ -491,7 +474,7 @@ impl Gateway {
                 return error(StatusCode::BAD_GATEWAY, &e, "server_error", None, Some("upstream_error"));
             }
         };
-        let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
         if !status.is_success() || !stream {
             let bytes = resp.bytes().await.unwrap_or_default();
             drop(guard);
@@ -524,7 +507,7 @@ impl Gateway {
     #[allow(clippy::too_many_arguments)]
     fn stream_through(
         self: Arc<Self>,
-        resp: reqwest::Response,
+        resp: crate::upstream::Answer,
         guard: SlotGuard,
         cut: Arc<Notify>,
         tenant: usize,
@@ -533,7 +516,7 @@ impl Gateway {
         prompt: u64,
     ) -> Response {
         struct Pass {
-            upstream: futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+            upstream: futures_util::stream::BoxStream<'static, Result<Bytes, String>>,
             buffer: Vec<u8>,
             guard: Option<SlotGuard>,
             cut: Arc<Notify>,
@@ -618,7 +601,7 @@ impl Gateway {
         let pass = Pass {
             replica: guard.replica,
             last_token: None,
-            upstream: resp.bytes_stream().boxed(),
+            upstream: resp.into_stream(),
             buffer: Vec::new(),
             guard: Some(guard),
             cut,

@@ -14,6 +14,7 @@ pub mod batch;
 pub mod config;
 pub mod emulator;
 pub mod gateway;
+mod upstream;
 
 pub use config::GatewayConfig;
 pub use gateway::{router, run};
