@@ -256,12 +256,12 @@ async fn instant_upstream() -> Result<String, String> {
 /// Latencies (ms, send to last byte) of requests sent at `rate` per second for `seconds`
 /// over `n_conns` keep-alive connections to `base`, each request at its own time (an open
 /// loop, not one after another), and the rate achieved.
-async fn paced_load(base: &str, rate: f64, seconds: f64, n_conns: usize) -> Result<(Vec<f64>, f64), String> {
+async fn paced_load(base: &str, key: &str, rate: f64, seconds: f64, n_conns: usize) -> Result<(Vec<f64>, f64), String> {
     use tokio::io::AsyncWriteExt;
     let addr = base.trim_start_matches("http://").to_string();
     let body = r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":1}"#;
     let request = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer sk-bench-overhead\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
     let interval = Duration::from_secs_f64(n_conns as f64 / rate);
@@ -295,46 +295,47 @@ async fn paced_load(base: &str, rate: f64, seconds: f64, n_conns: usize) -> Resu
     while let Some(done) = tasks.join_next().await {
         all.extend(done.map_err(|e| e.to_string())??);
     }
-    let achieved = all.len() as f64 / seconds;
+    // Over the time the answers really took: a proxy that falls behind answers late, not less.
+    let achieved = all.len() as f64 / start.elapsed().as_secs_f64().max(seconds);
     Ok((all, achieved))
 }
 
 /// The gateway's own latency at a rate: the same requests at the same pace straight to an
 /// instant upstream and through the gateway in front of it; the differences of p50 and p99,
 /// and the rate achieved through the gateway.
-async fn overhead_at(direct: &str, gateway: &str, rate: f64, seconds: f64) -> Result<(f64, f64, f64), String> {
+async fn overhead_at(direct: &str, gateway: &str, key: &str, rate: f64, seconds: f64) -> Result<(f64, f64, f64), String> {
     let n_conns = ((rate / 300.0).ceil() as usize).clamp(4, 64);
-    let (mut straight, _) = paced_load(direct, rate, seconds, n_conns).await?;
-    let (mut via, achieved) = paced_load(gateway, rate, seconds, n_conns).await?;
+    let (mut straight, _) = paced_load(direct, key, rate, seconds, n_conns).await?;
+    let (mut via, achieved) = paced_load(gateway, key, rate, seconds, n_conns).await?;
     // Differences of percentiles measured in two runs: noise can make them negative, and they
     // are printed as measured.
     Ok((pct(&mut via, 0.5) - pct(&mut straight, 0.5), pct(&mut via, 0.99) - pct(&mut straight, 0.99), achieved))
 }
 
-/// The gateway in front of an instant upstream, measured at 1,000 and at 10,000 requests/s.
-/// The gateway is the real binary in a process of its own, as it is deployed; the client and
-/// the upstream share this one.
-async fn overhead(seconds: f64) -> Result<BTreeMap<String, Value>, String> {
+/// The key the added-latency load sends, known to the gateways measured.
+const OVERHEAD_KEY: &str = "sk-bench-overhead";
+
+/// Starts the real gateway binary in a process of its own, as it is deployed, in front of
+/// `upstream` with tiers on or off (the first-come-first-served proxy); the process and its URL.
+async fn start_gateway_process(dir: &std::path::Path, upstream: &str, tiers_on: bool) -> Result<(tokio::process::Child, String), String> {
     use tokio::io::AsyncBufReadExt;
-    let upstream = instant_upstream().await?;
-    let toml = format!("listen = \"127.0.0.1:0\"\n[[replicas]]\nurl = \"{upstream}\"\nmodel = \"m\"\nbest_concurrency = 100000\nmax_concurrency = 100000\n[[tenants]]\nname = \"t\"\nkeys = [\"sk-bench-overhead\"]\ntpm = 1000000000000\nrpm = 1000000000000\n");
-    let dir = std::env::temp_dir().join(format!("tidepool-bench-overhead-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let config = dir.join("gateway.toml");
+    let admission = if tiers_on { "realtime_headroom = 1\nqueue_wait_ms = 1000\n" } else { "realtime_headroom = 0\nqueue_wait_ms = 0\n" };
+    let toml = format!("listen = \"127.0.0.1:0\"\n{admission}[[replicas]]\nurl = \"{upstream}\"\nmodel = \"m\"\nbest_concurrency = 100000\nmax_concurrency = 100000\n[[tenants]]\nname = \"t\"\nkeys = [\"{OVERHEAD_KEY}\"]\ntpm = 1000000000000\nrpm = 1000000000000\n");
+    let config = dir.join(if tiers_on { "gateway.toml" } else { "fcfs.toml" });
     std::fs::write(&config, toml).map_err(|e| format!("{}: {e}", config.display()))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = tokio::process::Command::new(exe)
         .arg("gateway")
         .arg("--config")
         .arg(&config)
-        .current_dir(&dir)
+        .current_dir(dir)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("tidepool gateway: {e}"))?;
     let mut lines = tokio::io::BufReader::new(child.stderr.take().ok_or("tidepool gateway: no stderr")?).lines();
-    let gateway = tokio::time::timeout(Duration::from_secs(30), async {
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
         while let Ok(Some(l)) = lines.next_line().await {
             if let Some(rest) = l.split("gateway listening on ").nth(1) {
                 return Some(rest.trim().to_string());
@@ -348,25 +349,68 @@ async fn overhead(seconds: f64) -> Result<BTreeMap<String, Value>, String> {
     .ok_or("tidepool gateway did not start")?;
     // Its log goes on being read, so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let mut measured = overhead_of(&upstream, &gateway, seconds, "").await;
-    let _ = child.kill().await;
-    // nginx as a plain reverse proxy in front of the same upstream, where it is installed: what
-    // a proxy that only forwards costs on this machine.
-    if let Ok(out) = measured.as_mut() {
-        match start_nginx(&dir, &upstream).await {
-            Ok((mut nginx, url)) => {
-                if let Ok(figures) = overhead_of(&upstream, &url, seconds, "nginx_").await {
-                    out.extend(figures);
+    Ok((child, url))
+}
+
+/// The gateway in front of an instant upstream, measured at 1,000 and at 10,000 requests/s;
+/// then the same gateway with tiers off, nginx as a plain reverse proxy and LiteLLM's proxy,
+/// each where it runs, in front of the same upstream under the same load. The client and the
+/// upstream share this process.
+async fn overhead(seconds: f64) -> Result<BTreeMap<String, Value>, String> {
+    let upstream = instant_upstream().await?;
+    let dir = std::env::temp_dir().join(format!("tidepool-bench-overhead-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut out = BTreeMap::new();
+    for (prefix, tiers_on) in [("", true), ("fcfs_", false)] {
+        let (mut child, url) = start_gateway_process(&dir, &upstream, tiers_on).await?;
+        let measured = overhead_of(&upstream, &url, OVERHEAD_KEY, seconds, prefix).await;
+        let _ = child.kill().await;
+        out.extend(measured?);
+    }
+    // What a proxy that only forwards costs on this machine.
+    match start_nginx(&dir, &upstream).await {
+        Ok((nginx, url)) => {
+            if let Ok(figures) = overhead_of(&upstream, &url, OVERHEAD_KEY, seconds, "nginx_").await {
+                out.extend(figures);
+            }
+            stop(nginx).await;
+        }
+        Err(e) => {
+            out.insert("nginx_note".into(), json!(e));
+        }
+    }
+    if which("litellm") {
+        // LiteLLM does not reach these rates: its achieved rate is part of its figures.
+        match start_litellm(std::slice::from_ref(&upstream)).await {
+            Ok((litellm, url)) => {
+                match overhead_of(&upstream, &url, LITELLM_KEY, seconds, "litellm_").await {
+                    Ok(figures) => out.extend(figures),
+                    Err(e) => {
+                        out.insert("litellm_overhead_note".into(), json!(e));
+                    }
                 }
-                let _ = nginx.kill().await;
+                stop(litellm).await;
             }
             Err(e) => {
-                out.insert("nginx_note".into(), json!(e));
+                out.insert("litellm_overhead_note".into(), json!(e));
             }
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    measured
+    Ok(out)
+}
+
+/// Stops a proxy as its operator would (SIGTERM: nginx's master then stops its workers,
+/// which a SIGKILL would leave running), killing it if it has not gone within 5 s.
+async fn stop(mut child: tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: a signal to a child of ours that has not been reaped.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_ok() {
+            return;
+        }
+    }
+    let _ = child.kill().await;
 }
 
 /// Starts nginx (one worker, keep-alive to the upstream) as a reverse proxy to `upstream`.
@@ -408,12 +452,12 @@ async fn start_nginx(dir: &std::path::Path, upstream: &str) -> Result<(tokio::pr
 }
 
 /// Added latency of the proxy at `gateway` in front of `upstream`, keys starting `prefix`.
-async fn overhead_of(upstream: &str, gateway: &str, seconds: f64, prefix: &str) -> Result<BTreeMap<String, Value>, String> {
+async fn overhead_of(upstream: &str, gateway: &str, key: &str, seconds: f64, prefix: &str) -> Result<BTreeMap<String, Value>, String> {
     // A short warm-up: connections to the upstream open, buckets fill.
-    paced_load(gateway, 1000.0, 0.3, 8).await?;
+    paced_load(gateway, key, 1000.0, 0.3, 8).await?;
     let mut out = BTreeMap::new();
     for (rate, suffix) in [(1_000.0, ""), (10_000.0, "_10k")] {
-        let (p50, p99, achieved) = overhead_at(upstream, gateway, rate, seconds).await?;
+        let (p50, p99, achieved) = overhead_at(upstream, gateway, key, rate, seconds).await?;
         out.insert(format!("{prefix}overhead_p50_ms{suffix}"), json!(p50));
         out.insert(format!("{prefix}overhead_p99_ms{suffix}"), json!(p99));
         out.insert(format!("{prefix}overhead_rps{suffix}"), json!(achieved));
@@ -431,6 +475,9 @@ fn which(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
 
+/// LiteLLM's master key in the benchmark (it refuses to start without one).
+const LITELLM_KEY: &str = "sk-bench-master";
+
 /// Starts LiteLLM's proxy in front of the emulators (its own round-robin over them).
 async fn start_litellm(emulators: &[String]) -> Result<(tokio::process::Child, String), String> {
     let port = free_port()?;
@@ -440,7 +487,7 @@ async fn start_litellm(emulators: &[String]) -> Result<(tokio::process::Child, S
     for u in emulators {
         yaml.push_str(&format!("  - model_name: m\n    litellm_params:\n      model: openai/m\n      api_base: {u}/v1\n      api_key: none\n"));
     }
-    yaml.push_str("general_settings:\n  master_key: sk-bench-master\n");
+    yaml.push_str(&format!("general_settings:\n  master_key: {LITELLM_KEY}\n"));
     let config = dir.join("litellm.yaml");
     std::fs::write(&config, yaml).map_err(|e| e.to_string())?;
     let child = tokio::process::Command::new("litellm")
@@ -502,7 +549,7 @@ pub async fn run(json_out: bool, seconds: f64) -> Result<u8, String> {
             "litellm_" => {
                 let (child, url) = start_litellm(&emulators).await?;
                 litellm_child = Some(child);
-                (url, Some("sk-bench-master"))
+                (url, Some(LITELLM_KEY))
             }
             m => (start_gateway(&emulators, m.is_empty(), false).await?, None),
         };
@@ -528,8 +575,8 @@ pub async fn run(json_out: bool, seconds: f64) -> Result<u8, String> {
                 report.insert(p("itl_p99_ms"), json!(pct(&mut s.itl_ms, 0.99)));
             }
         }
-        if let Some(mut child) = litellm_child {
-            let _ = child.kill().await;
+        if let Some(child) = litellm_child {
+            stop(child).await;
         }
     }
     let learned = learned_run(capacity_rps * 3.0, seconds).await?;
@@ -578,16 +625,21 @@ pub async fn run(json_out: bool, seconds: f64) -> Result<u8, String> {
             g(&format!("overhead_p99_ms{suffix}")),
             g(&format!("overhead_rps{suffix}")),
         ));
-        if report.contains_key(&format!("nginx_overhead_p99_ms{suffix}")) {
-            line(&format!(
-                "nginx as a plain reverse proxy, same upstream, same load at {rate}/s: p50 {:.3} ms, p99 {:.3} ms",
-                g(&format!("nginx_overhead_p50_ms{suffix}")),
-                g(&format!("nginx_overhead_p99_ms{suffix}")),
-            ));
+        for (prefix, what) in [("fcfs_", "the gateway with tiers off (first come, first served)"), ("nginx_", "nginx as a plain reverse proxy"), ("litellm_", "LiteLLM's proxy")] {
+            if report.contains_key(&format!("{prefix}overhead_p99_ms{suffix}")) {
+                line(&format!(
+                    "{what}, same upstream, same load at {rate}/s: p50 {:.3} ms, p99 {:.3} ms (achieved {:.0} requests/s)",
+                    g(&format!("{prefix}overhead_p50_ms{suffix}")),
+                    g(&format!("{prefix}overhead_p99_ms{suffix}")),
+                    g(&format!("{prefix}overhead_rps{suffix}")),
+                ));
+            }
         }
     }
-    if let Some(note) = report.get("nginx_note").and_then(Value::as_str) {
-        line(note);
+    for note in ["nginx_note", "litellm_overhead_note"] {
+        if let Some(note) = report.get(note).and_then(Value::as_str) {
+            line(note);
+        }
     }
     if litellm_ok {
         for load in [1, 2, 3] {
