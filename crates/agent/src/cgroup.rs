@@ -4,6 +4,9 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// The most memory an emptied cgroup may still have charged to be used for another task.
+const REUSE_MAX_CHARGED_BYTES: u64 = 1 << 20;
+
 /// How this node confines and measures tasks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CgroupPlan {
@@ -87,6 +90,34 @@ impl CgroupPlan {
             }
         }
         Ok(())
+    }
+
+    /// Whether an emptied task cgroup can serve another task: under v1 when its last task left
+    /// next to no memory charged to it (page cache it wrote would count in the next task's
+    /// peak; emptying it with `memory.force_empty` costs more than a new cgroup); never under
+    /// v2, whose `cpu.stat` cannot be reset.
+    pub fn reusable(&self, name: &str) -> bool {
+        match self {
+            CgroupPlan::V1 { memory, .. } => std::fs::read_to_string(memory.join(name).join("memory.usage_in_bytes"))
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .is_some_and(|bytes| bytes <= REUSE_MAX_CHARGED_BYTES),
+            CgroupPlan::V2 { .. } | CgroupPlan::None => false,
+        }
+    }
+
+    /// Readies an emptied task cgroup for its next task: its memory limit set, its CPU time
+    /// and peak memory counted from zero; false when that failed.
+    pub fn reset(&self, name: &str, mem_limit: u64) -> bool {
+        match self {
+            CgroupPlan::V1 { memory, cpuacct } => {
+                let limit = if mem_limit > 0 { mem_limit.to_string() } else { "-1".into() };
+                std::fs::write(memory.join(name).join("memory.limit_in_bytes"), limit).is_ok()
+                    && std::fs::write(memory.join(name).join("memory.max_usage_in_bytes"), "0").is_ok()
+                    && std::fs::write(cpuacct.join(name).join("cpuacct.usage"), "0").is_ok()
+            }
+            CgroupPlan::V2 { .. } | CgroupPlan::None => false,
+        }
     }
 
     /// (CPU ms, peak memory bytes) of a task's cgroup.

@@ -72,6 +72,11 @@ struct Launcher {
     home_procs: Vec<File>,
     /// The plan the home cgroup belongs to.
     home_plan: Option<CgroupPlan>,
+    /// Emptied task cgroups kept for the next tasks: creating and removing one per task was
+    /// a third of the launcher's time on a stream of short tasks.
+    idle_cgroups: Vec<(CgroupPlan, String)>,
+    /// Task cgroups made so far (their names' numbers).
+    cgroups_made: u64,
     stdout: File,
 }
 
@@ -186,7 +191,15 @@ impl Launcher {
         // Its own descriptor, so that writing results does not go through the standard
         // library's shared, locked handle.
         let stdout = dup_of(1).ok_or("no stdout")?;
-        Ok(Launcher { run_dir: run_dir.to_path_buf(), running: HashMap::new(), home_procs: Vec::new(), home_plan: None, stdout })
+        Ok(Launcher {
+            run_dir: run_dir.to_path_buf(),
+            running: HashMap::new(),
+            home_procs: Vec::new(),
+            home_plan: None,
+            idle_cgroups: Vec::new(),
+            cgroups_made: 0,
+            stdout,
+        })
     }
 
     /// Steps into (or creates) the launcher's own cgroup under `plan`, once per plan.
@@ -205,6 +218,34 @@ impl Launcher {
             }
         }
         self.join(&self.home_procs);
+    }
+
+    /// A cgroup for a task under `plan` limited to `mem_limit`: an idle one reset, else a new
+    /// one (named with this launcher's pid: several agents may share one machine).
+    fn take_cgroup(&mut self, plan: &CgroupPlan, mem_limit: u64) -> Option<String> {
+        if *plan == CgroupPlan::None {
+            return None;
+        }
+        while let Some(i) = self.idle_cgroups.iter().rposition(|(p, _)| p == plan) {
+            let (_, name) = self.idle_cgroups.swap_remove(i);
+            if plan.reset(&name, mem_limit) {
+                return Some(name);
+            }
+            plan.remove(&name);
+        }
+        self.cgroups_made += 1;
+        let name = format!("task{}.{}", self.cgroups_made, std::process::id());
+        plan.create(&name, mem_limit).is_ok().then_some(name)
+    }
+
+    /// Gives back a task's cgroup once its task is over: kept for the next task when it is
+    /// empty and its counters can be reset, else removed.
+    fn release_cgroup(&mut self, plan: &CgroupPlan, name: String) {
+        if plan.pids(&name).is_empty() && plan.reusable(&name) {
+            self.idle_cgroups.push((plan.clone(), name));
+        } else {
+            plan.remove(&name);
+        }
     }
 
     fn join(&self, procs: &[File]) {
@@ -230,6 +271,9 @@ impl Launcher {
         let stdin_fd = stdin.as_raw_fd();
         loop {
             if !stdin_open && self.running.is_empty() {
+                for (plan, name) in self.idle_cgroups.drain(..) {
+                    plan.remove(&name);
+                }
                 return Ok(());
             }
             let timeout_ms = self.next_timer().map_or(-1, |t| {
@@ -350,10 +394,7 @@ impl Launcher {
             self.write_and_emit(&dir, &result);
             return;
         }
-        // Unique per launcher: several agents (of several servers) may share one machine.
-        let cgroup_name = format!("{}.{}.{}.{}", a.job_id, a.index, a.attempt, std::process::id());
-        let cgroup = (spec.cgroup != CgroupPlan::None && spec.cgroup.create(&cgroup_name, spec.launch.mem_bytes).is_ok())
-            .then(|| cgroup_name.clone());
+        let cgroup = self.take_cgroup(&spec.cgroup, spec.launch.mem_bytes);
         let task_procs: Vec<File> = cgroup
             .iter()
             .flat_map(|name| spec.cgroup.task_dirs(name))
@@ -390,8 +431,8 @@ impl Launcher {
                 result.exit_code = Some(127);
                 result.message = Some(message);
                 result.ended_ms = now_ms();
-                if let Some(name) = &cgroup {
-                    spec.cgroup.remove(name);
+                if let Some(name) = cgroup {
+                    self.release_cgroup(&spec.cgroup, name);
                 }
                 self.write_and_emit(&dir, &result);
             }
@@ -515,8 +556,8 @@ impl Launcher {
         let tv_ms = |tv: libc::timeval| tv.tv_sec as u64 * 1000 + tv.tv_usec as u64 / 1000;
         let measured = cgroup.as_ref().and_then(|c| spec.cgroup.usage(c));
         let (cpu_ms, peak) = measured.unwrap_or((tv_ms(usage.ru_utime) + tv_ms(usage.ru_stime), usage.ru_maxrss as u64 * 1024));
-        if let Some(c) = &cgroup {
-            spec.cgroup.remove(c);
+        if let Some(c) = cgroup {
+            self.release_cgroup(&spec.cgroup, c);
         }
         result.cpu_ms = cpu_ms;
         result.peak_mem_bytes = peak;

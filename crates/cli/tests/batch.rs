@@ -270,3 +270,42 @@ fn a_cancel_reaches_tasks_started_before_a_kill_9_and_one_launcher_runs_them_all
     });
     env.eventually(10, "the old launcher to leave once its tasks ended", |e| launchers(&e.dir) == 0);
 }
+
+/// Peak memory in KiB of a finished one-task job, as sacct prints it.
+fn peak_kib(env: &Env, job: &str) -> (String, u64) {
+    let row = env.ok(&["sacct", "-j", job, "--format=State,MaxRSS", "-P", "-n"]);
+    let mut fields = row.trim().split('|');
+    let state = fields.next().unwrap_or("").to_string();
+    let kib = fields.next().and_then(|m| m.trim_end_matches('K').parse().ok()).unwrap_or(0);
+    (state, kib)
+}
+
+/// The launcher keeps an emptied task cgroup for the next task where it can (cgroup v1):
+/// each task must still run under its own memory limit and report its own peak.
+#[test]
+fn each_task_gets_its_own_memory_limit_and_peak_in_turn() {
+    let v1 = std::path::Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists();
+    let v2 = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"));
+    if !v1 && !v2 {
+        eprintln!("skipped: no memory cgroup here, limits are not enforced");
+        return;
+    }
+    let env = Env::new("cgroup-turns");
+    let run = |args: &[&str]| {
+        let job = env.ok(args).trim().to_string();
+        let _ = env.run(&["wait", &job]);
+        peak_kib(&env, &job)
+    };
+    let alloc = |mib: u32| format!("b = bytearray({mib} << 20)");
+    let (state, small_limit_peak) = run(&["submit", "--mem", "64M", "--", "python3", "-c", &alloc(40)]);
+    assert_eq!(state, "COMPLETED", "40 MiB under a 64 MiB limit");
+    assert!(small_limit_peak > 40 * 1024, "its peak counts its 40 MiB: {small_limit_peak} KiB");
+    let (state, big_peak) = run(&["submit", "--", "python3", "-c", &alloc(160)]);
+    assert_eq!(state, "COMPLETED", "no limit now: the last task's 64 MiB must not stay");
+    assert!(big_peak > 160 * 1024, "{big_peak} KiB");
+    let (state, _) = run(&["submit", "--mem", "48M", "--", "python3", "-c", &alloc(160)]);
+    assert_ne!(state, "COMPLETED", "160 MiB under a 48 MiB limit must not succeed");
+    let (state, tiny_peak) = run(&["submit", "--", "true"]);
+    assert_eq!(state, "COMPLETED");
+    assert!(tiny_peak < 32 * 1024, "`true` reports its own peak, not an earlier task's 160 MiB: {tiny_peak} KiB");
+}
