@@ -353,13 +353,7 @@ impl Launcher {
     fn start(&mut self, name: &str) {
         let Some(named) = rundir::parse_attempt_dir(name) else { return };
         let dir = self.run_dir.join(name);
-        let Ok(mut lock) = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(dir.join(rundir::LOCK_FILE))
-        else {
+        let Ok(lock) = OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC | libc::O_DIRECTORY).open(&dir) else {
             return;
         };
         // SAFETY: flock on our own descriptor; held until the attempt's result is written.
@@ -370,7 +364,11 @@ impl Launcher {
             self.emit(&result);
             return;
         }
-        let _ = lock.set_len(0).and_then(|_| lock.write_all(std::process::id().to_string().as_bytes()));
+        let me = std::process::id();
+        for earlier in rundir::launcher_pids(&dir).into_iter().filter(|p| *p != me) {
+            let _ = std::fs::remove_file(dir.join(format!("{}{earlier}", rundir::LAUNCHER_FILE_PREFIX)));
+        }
+        let _ = File::create(dir.join(format!("{}{me}", rundir::LAUNCHER_FILE_PREFIX)));
         let spec: LaunchSpec = match std::fs::read(dir.join(rundir::SPEC_FILE))
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))

@@ -1,6 +1,7 @@
 //! One directory per attempt under `RUN_DIR/`, named `JOB.INDEX.ATTEMPT`, holding what the
-//! agent asked for (`launch.json`), the launcher's lock (holding its pid), a `cancel` mark,
-//! and its `result.json`.
+//! agent asked for (`launch.json`), an empty `launcher.PID` naming the launcher that took it
+//! (which holds a lock on the directory itself while the attempt runs), a `cancel` mark, and
+//! its `result.json`.
 
 use crate::cgroup::CgroupPlan;
 use serde::{Deserialize, Serialize};
@@ -20,9 +21,18 @@ pub struct LaunchSpec {
     pub kill_grace_s: u64,
 }
 
+/// The pids named by `launcher.PID` files in an attempt's directory.
+pub fn launcher_pids(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix(LAUNCHER_FILE_PREFIX)?.parse().ok())
+        .collect()
+}
+
 /// The pid of the launcher that holds (or held) an attempt.
 pub fn launcher_pid(dir: &Path) -> Option<u32> {
-    std::fs::read_to_string(dir.join(LOCK_FILE)).ok()?.trim().parse().ok()
+    // A launcher that takes an attempt over removes the names of earlier ones.
+    launcher_pids(dir).into_iter().max()
 }
 
 /// The directory of one attempt.
@@ -41,8 +51,10 @@ pub fn parse_attempt_dir(name: &str) -> Option<AttemptRef> {
 
 /// The file names inside an attempt directory.
 pub const SPEC_FILE: &str = "launch.json";
-/// Held (flock) by the launcher while the attempt runs; holds the launcher's pid.
-pub const LOCK_FILE: &str = "lock";
+/// An empty file `launcher.PID` names the launcher that took the attempt; the lock itself is
+/// a flock on the directory (an empty file and no lock file: creating and writing one per
+/// attempt showed in profiles, its pid write forcing a block allocation).
+pub const LAUNCHER_FILE_PREFIX: &str = "launcher.";
 /// Present when the agent asked for the attempt to stop.
 pub const CANCEL_FILE: &str = "cancel";
 /// Written once, atomically, when the attempt has ended.
@@ -80,7 +92,7 @@ pub fn write_result(dir: &Path, result: &TaskResult) -> std::io::Result<()> {
 /// True while a launcher holds the attempt's lock.
 pub fn launcher_alive(dir: &Path) -> bool {
     use std::os::fd::AsRawFd;
-    let Ok(file) = std::fs::File::open(dir.join(LOCK_FILE)) else { return false };
+    let Ok(file) = std::fs::File::open(dir) else { return false };
     // SAFETY: flock on a file descriptor we own; no memory is shared.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
     rc != 0
