@@ -277,7 +277,9 @@ async fn paced_load(base: &str, key: &str, rate: f64, seconds: f64, n_conns: usi
             let mut latencies = Vec::new();
             // Connections take turns, so the requests are spread evenly over time.
             let mut at = start + interval.mul_f64(conn as f64 / n_conns as f64);
-            while at < end {
+            // A proxy that falls behind is not waited for past the end: what it did not take
+            // by then is not sent.
+            while at < end && tokio::time::Instant::now() < end {
                 tokio::time::sleep_until(at).await;
                 let sent = Instant::now();
                 sock.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
@@ -311,6 +313,9 @@ async fn overhead_at(direct: &str, gateway: &str, key: &str, rate: f64, seconds:
     // are printed as measured.
     Ok((pct(&mut via, 0.5) - pct(&mut straight, 0.5), pct(&mut via, 0.99) - pct(&mut straight, 0.99), achieved))
 }
+
+/// Runs of each added-latency figure; the median is reported.
+const OVERHEAD_RUNS: usize = 3;
 
 /// The key the added-latency load sends, known to the gateways measured.
 const OVERHEAD_KEY: &str = "sk-bench-overhead";
@@ -457,10 +462,19 @@ async fn overhead_of(upstream: &str, gateway: &str, key: &str, seconds: f64, pre
     paced_load(gateway, key, 1000.0, 0.3, 8).await?;
     let mut out = BTreeMap::new();
     for (rate, suffix) in [(1_000.0, ""), (10_000.0, "_10k")] {
-        let (p50, p99, achieved) = overhead_at(upstream, gateway, key, rate, seconds).await?;
-        out.insert(format!("{prefix}overhead_p50_ms{suffix}"), json!(p50));
-        out.insert(format!("{prefix}overhead_p99_ms{suffix}"), json!(p99));
-        out.insert(format!("{prefix}overhead_rps{suffix}"), json!(achieved));
+        // On two cores shared by client, proxy and upstream one stall of a few milliseconds
+        // moves a 3-second p99: each figure is the median of three runs, all three kept.
+        let mut runs = Vec::new();
+        for _ in 0..OVERHEAD_RUNS {
+            runs.push(overhead_at(upstream, gateway, key, rate, seconds).await?);
+        }
+        let mut p50s: Vec<f64> = runs.iter().map(|r| r.0).collect();
+        let mut p99s: Vec<f64> = runs.iter().map(|r| r.1).collect();
+        let mut achieved: Vec<f64> = runs.iter().map(|r| r.2).collect();
+        out.insert(format!("{prefix}overhead_p99_ms{suffix}_runs"), json!(p99s));
+        out.insert(format!("{prefix}overhead_p50_ms{suffix}"), json!(pct(&mut p50s, 0.5)));
+        out.insert(format!("{prefix}overhead_p99_ms{suffix}"), json!(pct(&mut p99s, 0.5)));
+        out.insert(format!("{prefix}overhead_rps{suffix}"), json!(pct(&mut achieved, 0.5)));
     }
     Ok(out)
 }
@@ -620,9 +634,11 @@ pub async fn run(json_out: bool, seconds: f64) -> Result<u8, String> {
     let g = |k: &str| report.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
     for (rate, suffix) in [("1,000", ""), ("10,000", "_10k")] {
         line(&format!(
-            "gateway's added latency at {rate} requests/s (instant upstream, paced open-loop client): p50 {:.3} ms, p99 {:.3} ms (achieved {:.0} requests/s; goal p99 < 0.5 ms at 10,000)",
+            "gateway's added latency at {rate} requests/s (instant upstream, paced open-loop client; median of {OVERHEAD_RUNS} runs of {:.0} s): p50 {:.3} ms, p99 {:.3} ms (runs {}; achieved {:.0} requests/s; goal p99 < 0.5 ms at 10,000)",
+            seconds.min(3.0),
             g(&format!("overhead_p50_ms{suffix}")),
             g(&format!("overhead_p99_ms{suffix}")),
+            report.get(&format!("overhead_p99_ms{suffix}_runs")).map_or("?".into(), |v| v.to_string()),
             g(&format!("overhead_rps{suffix}")),
         ));
         for (prefix, what) in [("fcfs_", "the gateway with tiers off (first come, first served)"), ("nginx_", "nginx as a plain reverse proxy"), ("litellm_", "LiteLLM's proxy")] {

@@ -22,6 +22,9 @@ use tidepool_core::concurrency::ConcurrencyLearner;
 use tidepool_core::Tier;
 use tokio::sync::Notify;
 
+/// The largest request body taken: a whole batch input file, and room for the form around it.
+const MAX_BODY_BYTES: usize = crate::batch::MAX_FILE_BYTES + (1 << 20);
+
 /// Completion tokens assumed when a request sets no limit (for the TPM estimate).
 const DEFAULT_COMPLETION_ESTIMATE: u64 = 256;
 
@@ -701,7 +704,7 @@ impl Gateway {
 /// `HeaderMap` extractor clones them, which showed in profiles at 10,000 requests/s).
 async fn headers_and_body(request: axum::extract::Request) -> Result<(HeaderMap, Bytes), Response> {
     let (parts, body) = request.into_parts();
-    match axum::body::to_bytes(body, crate::batch::MAX_FILE_BYTES + (1 << 20)).await {
+    match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(bytes) => Ok((parts.headers, bytes)),
         Err(e) => Err(error(StatusCode::PAYLOAD_TOO_LARGE, &format!("cannot read the request body: {e}"), "invalid_request_error", Some("body"), None)),
     }
@@ -753,7 +756,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/batches/{id}", get(crate::batch::get_batch))
         .route("/v1/batches/{id}/cancel", post(crate::batch::cancel_batch))
         .route("/metrics", get(metrics))
-        .layer(axum::extract::DefaultBodyLimit::max(crate::batch::MAX_FILE_BYTES + (1 << 20)))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(not_found)
         .with_state(gateway)
 }
