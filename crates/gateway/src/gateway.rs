@@ -7,7 +7,7 @@ use crate::config::GatewayConfig;
 use crate::emulator::{max_output_tokens, prompt_tokens};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -239,16 +239,20 @@ impl Gateway {
         let now = self.now_ms();
         let mut tenants = self.lock_tenants();
         let Some(t) = tenants.get_mut(tenant) else { return };
-        let mut set = |name: &'static str, value: HeaderValue| {
-            headers.insert(name, value);
-        };
+        // Names built once: from a &str at each insert, they showed in profiles.
+        const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+        const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+        const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+        const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+        const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+        const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
         let ms = |ms: u64| HeaderValue::from_str(&format!("{ms}ms")).unwrap_or(HeaderValue::from_static("0ms"));
-        set("x-ratelimit-limit-requests", HeaderValue::from(t.rpm.capacity()));
-        set("x-ratelimit-limit-tokens", HeaderValue::from(t.tpm.capacity()));
-        set("x-ratelimit-remaining-requests", HeaderValue::from(t.rpm.remaining(now)));
-        set("x-ratelimit-remaining-tokens", HeaderValue::from(t.tpm.remaining(now)));
-        set("x-ratelimit-reset-requests", ms(t.rpm.ms_to_full(now)));
-        set("x-ratelimit-reset-tokens", ms(t.tpm.ms_to_full(now)));
+        headers.insert(LIMIT_REQUESTS, HeaderValue::from(t.rpm.capacity()));
+        headers.insert(LIMIT_TOKENS, HeaderValue::from(t.tpm.capacity()));
+        headers.insert(REMAINING_REQUESTS, HeaderValue::from(t.rpm.remaining(now)));
+        headers.insert(REMAINING_TOKENS, HeaderValue::from(t.tpm.remaining(now)));
+        headers.insert(RESET_REQUESTS, ms(t.rpm.ms_to_full(now)));
+        headers.insert(RESET_TOKENS, ms(t.tpm.ms_to_full(now)));
     }
 
     fn too_many(&self, tenant: usize, retry_after_ms: u64, message: &str, code: &str) -> Response {
