@@ -238,10 +238,10 @@ impl Launcher {
         plan.create(&name, mem_limit).is_ok().then_some(name)
     }
 
-    /// Gives back a task's cgroup once its task is over: kept for the next task when it is
-    /// empty and its counters can be reset, else removed.
-    fn release_cgroup(&mut self, plan: &CgroupPlan, name: String) {
-        if plan.pids(&name).is_empty() && plan.reusable(&name) {
+    /// Gives back a task's cgroup once its task is over: kept for the next task when it was
+    /// seen `emptied` and its counters can be reset, else removed.
+    fn release_cgroup(&mut self, plan: &CgroupPlan, name: String, emptied: bool) {
+        if emptied && plan.reusable(&name) {
             self.idle_cgroups.push((plan.clone(), name));
         } else {
             plan.remove(&name);
@@ -366,9 +366,9 @@ impl Launcher {
         }
         let me = std::process::id();
         for earlier in rundir::launcher_pids(&dir).into_iter().filter(|p| *p != me) {
-            let _ = std::fs::remove_file(dir.join(format!("{}{earlier}", rundir::LAUNCHER_FILE_PREFIX)));
+            let _ = std::fs::remove_file(rundir::launcher_file(&dir, earlier));
         }
-        let _ = File::create(dir.join(format!("{}{me}", rundir::LAUNCHER_FILE_PREFIX)));
+        let _ = File::create(rundir::launcher_file(&dir, me));
         let spec: LaunchSpec = match std::fs::read(dir.join(rundir::SPEC_FILE))
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
@@ -429,8 +429,9 @@ impl Launcher {
                 result.exit_code = Some(127);
                 result.message = Some(message);
                 result.ended_ms = now_ms();
+                // Nothing was started in it.
                 if let Some(name) = cgroup {
-                    self.release_cgroup(&spec.cgroup, name);
+                    self.release_cgroup(&spec.cgroup, name, true);
                 }
                 self.write_and_emit(&dir, &result);
             }
@@ -525,7 +526,7 @@ impl Launcher {
             if a.ended.is_some() {
                 let left = a.cgroup_pids();
                 if left.is_empty() || a.leftovers_until.is_some_and(|t| now >= t) {
-                    done.push(a.pid);
+                    done.push((a.pid, left.is_empty()));
                 } else {
                     signal_tree(a.pid, &left, libc::SIGKILL);
                 }
@@ -541,21 +542,22 @@ impl Launcher {
                 a.kill_at = Some(now + Duration::from_secs(a.spec.kill_grace_s));
             }
         }
-        for pid in done {
+        for (pid, emptied) in done {
             if let Some(a) = self.running.remove(&pid) {
-                self.finish(a);
+                self.finish(a, emptied);
             }
         }
     }
 
-    fn finish(&mut self, a: Attempt) {
+    /// Writes and sends an ended attempt's result; `emptied` when its cgroup has no process left.
+    fn finish(&mut self, a: Attempt, emptied: bool) {
         let Attempt { dir, _lock, spec, cgroup, mut result, started, cancelled, timed_out, ended, .. } = a;
         let (status, usage) = ended.unwrap_or((0, zeroed_rusage()));
         let tv_ms = |tv: libc::timeval| tv.tv_sec as u64 * 1000 + tv.tv_usec as u64 / 1000;
         let measured = cgroup.as_ref().and_then(|c| spec.cgroup.usage(c));
         let (cpu_ms, peak) = measured.unwrap_or((tv_ms(usage.ru_utime) + tv_ms(usage.ru_stime), usage.ru_maxrss as u64 * 1024));
         if let Some(c) = cgroup {
-            self.release_cgroup(&spec.cgroup, c);
+            self.release_cgroup(&spec.cgroup, c, emptied);
         }
         result.cpu_ms = cpu_ms;
         result.peak_mem_bytes = peak;

@@ -21,6 +21,11 @@ pub struct LaunchSpec {
     pub kill_grace_s: u64,
 }
 
+/// The empty file that names launcher `pid` in an attempt's directory.
+pub fn launcher_file(dir: &Path, pid: u32) -> PathBuf {
+    dir.join(format!("{LAUNCHER_FILE_PREFIX}{pid}"))
+}
+
 /// The pids named by `launcher.PID` files in an attempt's directory.
 pub fn launcher_pids(dir: &Path) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
