@@ -46,11 +46,21 @@ async fn start_emulators(itl_ms: f64) -> Result<Vec<String>, String> {
     Ok(urls)
 }
 
+/// The gateway's admission settings with tiers on, or off (a plain first-come-first-served
+/// proxy). With tiers on, the lowest tiers wait at most one packing round for a slot, then get
+/// their 429.
+fn admission_settings(tiers_on: bool) -> &'static str {
+    if tiers_on {
+        "realtime_headroom = 1\ntypical_request_ms = 250\nqueue_wait_ms = 1000\n"
+    } else {
+        "realtime_headroom = 0\ntypical_request_ms = 250\nqueue_wait_ms = 0\n"
+    }
+}
+
 /// Starts a gateway in front of `urls`; with `learn`, it starts from a best concurrency of 4
 /// and learns the rest.
 async fn start_gateway(urls: &[String], tiers_on: bool, learn: bool) -> Result<String, String> {
-    // The lowest tiers wait at most one packing round for a slot, then get their 429.
-    let mut toml = String::from(if tiers_on { "realtime_headroom = 1\ntypical_request_ms = 250\nqueue_wait_ms = 1000\n" } else { "realtime_headroom = 0\ntypical_request_ms = 250\nqueue_wait_ms = 0\n" });
+    let mut toml = String::from(admission_settings(tiers_on));
     for u in urls {
         // Tiers off: a plain proxy that admits up to the best batch, first come first served.
         let max = if tiers_on { BEST + BEST / 2 } else { BEST };
@@ -324,7 +334,7 @@ const OVERHEAD_KEY: &str = "sk-bench-overhead";
 /// `upstream` with tiers on or off (the first-come-first-served proxy); the process and its URL.
 async fn start_gateway_process(dir: &std::path::Path, upstream: &str, tiers_on: bool) -> Result<(tokio::process::Child, String), String> {
     use tokio::io::AsyncBufReadExt;
-    let admission = if tiers_on { "realtime_headroom = 1\nqueue_wait_ms = 1000\n" } else { "realtime_headroom = 0\nqueue_wait_ms = 0\n" };
+    let admission = admission_settings(tiers_on);
     let toml = format!("listen = \"127.0.0.1:0\"\n{admission}[[replicas]]\nurl = \"{upstream}\"\nmodel = \"m\"\nbest_concurrency = 100000\nmax_concurrency = 100000\n[[tenants]]\nname = \"t\"\nkeys = [\"{OVERHEAD_KEY}\"]\ntpm = 1000000000000\nrpm = 1000000000000\n");
     let config = dir.join(if tiers_on { "gateway.toml" } else { "fcfs.toml" });
     std::fs::write(&config, toml).map_err(|e| format!("{}: {e}", config.display()))?;
@@ -370,7 +380,13 @@ async fn overhead(seconds: f64) -> Result<BTreeMap<String, Value>, String> {
         let (mut child, url) = start_gateway_process(&dir, &upstream, tiers_on).await?;
         let measured = overhead_of(&upstream, &url, OVERHEAD_KEY, seconds, prefix).await;
         let _ = child.kill().await;
-        out.extend(measured?);
+        match measured {
+            Ok(figures) => out.extend(figures),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        }
     }
     // What a proxy that only forwards costs on this machine.
     match start_nginx(&dir, &upstream).await {

@@ -376,15 +376,10 @@ impl Gateway {
         self.config.replicas.iter().enumerate().filter(|(_, r)| r.model == model).map(|(i, _)| i).collect()
     }
 
-    /// Posts a request to a replica, with the key it wants; the answer's body is not read yet.
-    async fn send_upstream(&self, replica: usize, path: &str, body: Bytes) -> Result<crate::upstream::Answer, String> {
-        self.upstreams.post(replica, path, body).await
-    }
-
     /// Sends a non-streaming request to a replica; returns its status and body.
     pub(crate) async fn forward_json(&self, replica: usize, path: &str, body: &Value) -> Result<(u16, Bytes), String> {
         let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
-        let resp = self.send_upstream(replica, path, Bytes::from(bytes)).await?;
+        let resp = self.upstreams.post(replica, path, Bytes::from(bytes)).await?;
         let status = resp.status;
         let bytes = resp.bytes().await?;
         Ok((status, bytes))
@@ -473,7 +468,7 @@ impl Gateway {
             }
         };
         // The request goes on as the client wrote it (unknown fields included), not re-encoded.
-        let resp = match self.send_upstream(replica, path, raw).await {
+        let resp = match self.upstreams.post(replica, path, raw).await {
             Ok(r) => r,
             Err(e) => {
                 self.settle(tenant, estimate, 0, 0);

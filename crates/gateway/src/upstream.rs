@@ -32,13 +32,13 @@ struct Plain {
 
 enum Target {
     Plain(Arc<Plain>),
-    Tls(reqwest::Url),
+    /// Its base URL and bearer key.
+    Tls(reqwest::Url, Option<String>),
 }
 
 /// The replicas, each with its connections.
 pub(crate) struct Upstreams {
     targets: Vec<Target>,
-    keys: Vec<Option<String>>,
     tls: reqwest::Client,
 }
 
@@ -106,7 +106,7 @@ impl Upstreams {
         let mut targets = Vec::new();
         for (url, key) in urls {
             let target = if url.starts_with("https://") {
-                Target::Tls(reqwest::Url::parse(url).map_err(|e| format!("replica url '{url}': {e}"))?)
+                Target::Tls(reqwest::Url::parse(url).map_err(|e| format!("replica url '{url}': {e}"))?, key.clone())
             } else {
                 let (addr, host, path_prefix) = split_plain_url(url).ok_or_else(|| format!("replica url '{url}': not http://host[:port][/path]"))?;
                 let mut head_start = format!("host: {host}\r\ncontent-type: application/json\r\n");
@@ -117,18 +117,18 @@ impl Upstreams {
             };
             targets.push(target);
         }
-        Ok(Upstreams { targets, keys: urls.iter().map(|(_, k)| k.clone()).collect(), tls })
+        Ok(Upstreams { targets, tls })
     }
 
     /// Posts `body` (JSON) to `path` of replica `replica`; the answer's body is not read yet.
     pub(crate) async fn post(&self, replica: usize, path: &str, body: Bytes) -> Result<Answer, String> {
         match &self.targets[replica] {
             Target::Plain(plain) => plain.clone().post(path, &body).await,
-            Target::Tls(base) => {
+            Target::Tls(base, key) => {
                 let mut url = base.clone();
                 url.set_path(&format!("{}{path}", url.path().trim_end_matches('/')));
                 let mut request = self.tls.post(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
-                if let Some(key) = &self.keys[replica] {
+                if let Some(key) = key {
                     request = request.bearer_auth(key);
                 }
                 let resp = request.send().await.map_err(|e| format!("upstream replica unreachable: {e}"))?;
