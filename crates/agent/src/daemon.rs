@@ -169,7 +169,12 @@ fn start_remover() -> std::sync::mpsc::Sender<PathBuf> {
     let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
     std::thread::spawn(move || {
         for dir in rx {
-            let _ = std::fs::remove_dir_all(&dir);
+            // An attempt directory most often holds its result alone: unlinked by name, the
+            // directory need not be opened and listed.
+            let _ = std::fs::remove_file(dir.join(rundir::RESULT_FILE));
+            if std::fs::remove_dir(&dir).is_err() {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
         }
     });
     tx
@@ -239,20 +244,27 @@ impl Agent {
                 in_slurm.entry(a).or_insert_with(|| (id.trim().to_string(), now_ms(), false));
             } else if tracked.contains(&a) {
                 running.push(a);
-            } else if rundir::launcher_alive(&dir) {
-                running.push(a);
-                self.watch_orphan(a, dir);
             } else {
-                // Never started, or its launcher died without a word: the server requeues it.
-                let _ = std::fs::remove_dir_all(&dir);
+                match rundir::examine(&dir) {
+                    rundir::Found::Running => {
+                        running.push(a);
+                        self.watch_orphan(a, dir);
+                    }
+                    rundir::Found::Ended(result) => finished.push(result),
+                    // The server requeues it.
+                    rundir::Found::Abandoned => {}
+                }
             }
         }
+        // Files of launchers that died are removed.
+        let _ = rundir::live_launchers(&self.config.run_dir);
         (running, finished)
     }
 
     /// Follows an attempt of a launcher left by an earlier agent process until its result.
     fn watch_orphan(&self, a: AttemptRef, dir: PathBuf) {
-        self.lock_tracked().insert(a, rundir::launcher_pid(&dir).unwrap_or(0));
+        // Not our launcher's: its pid matters to no one (a cancel signals every live launcher).
+        self.lock_tracked().insert(a, 0);
         let tx = self.results.clone();
         tokio::spawn(async move {
             while rundir::launcher_alive(&dir) {
@@ -266,8 +278,8 @@ impl Agent {
         self.launcher.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Hands the prepared attempt directory `name` to the launcher; the launcher's pid.
-    fn hand_to_launcher(self: &Arc<Self>, name: &str) -> std::result::Result<u32, String> {
+    /// Hands an attempt, as one line of JSON, to the launcher; the launcher's pid.
+    fn hand_to_launcher(self: &Arc<Self>, line: &[u8]) -> std::result::Result<u32, String> {
         use std::io::Write;
         let mut launcher = self.lock_launcher();
         for _ in 0..2 {
@@ -275,7 +287,7 @@ impl Agent {
                 *launcher = Some(self.start_launcher()?);
             }
             if let Some(handle) = launcher.as_mut() {
-                if writeln!(handle.stdin, "{name}").is_ok() {
+                if handle.stdin.write_all(line).is_ok() {
                     return Ok(handle.pid);
                 }
             }
@@ -364,12 +376,17 @@ impl Agent {
             return;
         }
         let dir = rundir::attempt_dir(&self.config.run_dir, &a);
-        if dir.exists() {
-            return;
+        // An attempt directory is made once: one that exists was handed over already.
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return,
+            Err(e) => {
+                let _ = self.results.send(lost(a, &format!("cannot prepare {}: {e}", dir.display())));
+                return;
+            }
         }
         if let Some(site) = &self.config.slurm {
-            let submitted = std::fs::create_dir_all(&dir).map_err(|e| e.to_string()).and_then(|_| site.submit(&launch, &dir));
-            match submitted {
+            match site.submit(&launch, &dir) {
                 Ok(id) => {
                     tracing::debug!(job = a.job_id, index = a.index, slurm_job = %id, "handed to Slurm");
                     self.lock_in_slurm().insert(a, (id, now_ms(), false));
@@ -388,27 +405,17 @@ impl Agent {
             bin_dir: self.bin_dir.clone(),
             kill_grace_s: self.config.kill_grace_s,
         };
-        // The launch holds the task's environment, secrets included: owner-only.
-        let written = std::fs::create_dir_all(&dir).and_then(|_| {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let bytes = serde_json::to_vec(&spec).map_err(std::io::Error::other)?;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(dir.join(rundir::SPEC_FILE))?
-                .write_all(&bytes)
-        });
-        if let Err(e) = written {
-            let _ = self.results.send(lost(a, &format!("cannot prepare {}: {e}", dir.display())));
-            return;
-        }
-        let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let mut line = match serde_json::to_vec(&spec) {
+            Ok(line) => line,
+            Err(e) => {
+                let _ = self.results.send(lost(a, &format!("cannot encode the launch: {e}")));
+                return;
+            }
+        };
+        line.push(b'\n');
         // Followed before it is handed over, so that even an instant result finds it tracked.
         self.lock_tracked().insert(a, 0);
-        match self.hand_to_launcher(&name) {
+        match self.hand_to_launcher(&line) {
             Ok(pid) => {
                 self.lock_tracked().insert(a, pid);
             }
@@ -438,27 +445,26 @@ impl Agent {
         if rundir::read_result(&dir).is_some() {
             return;
         }
-        let tracked = self.lock_tracked().contains_key(&a);
+        let tracked = self.lock_tracked().get(&a).copied();
+        let own = self.lock_launcher().as_ref().map(|h| h.pid);
         // Only a launcher known to be alive is signalled: a stale pid may belong to anyone.
-        let pid = if rundir::launcher_alive(&dir) {
-            rundir::launcher_pid(&dir)
-        } else if tracked {
-            self.lock_launcher().as_ref().map(|h| h.pid)
-        } else {
-            None
+        let pids: Vec<u32> = match tracked {
+            Some(pid) if pid != 0 && Some(pid) == own => vec![pid],
+            _ if rundir::launcher_alive(&dir) => rundir::live_launchers(&self.config.run_dir),
+            Some(_) => own.into_iter().collect(),
+            None => Vec::new(),
         };
-        match pid {
-            Some(pid) => {
-                // The mark is read at the start of the attempt and on SIGUSR1, so it stops the
-                // attempt whether or not the launcher has reached it yet.
-                let _ = std::fs::write(dir.join(rundir::CANCEL_FILE), b"");
-                // SAFETY: kill(2) on the launcher that runs this attempt; no memory is touched.
-                unsafe {
-                    libc::kill(pid as i32, libc::SIGUSR1);
-                }
-            }
-            None => {
-                self.prekilled.lock().unwrap_or_else(|p| p.into_inner()).insert(a);
+        if pids.is_empty() {
+            self.prekilled.lock().unwrap_or_else(|p| p.into_inner()).insert(a);
+            return;
+        }
+        // The mark is read at the start of the attempt and on SIGUSR1, so it stops the
+        // attempt whether or not the launcher has reached it yet.
+        let _ = std::fs::write(dir.join(rundir::CANCEL_FILE), b"");
+        for pid in pids {
+            // SAFETY: kill(2) on a launcher alive in this run directory; no memory is touched.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGUSR1);
             }
         }
     }

@@ -2,10 +2,11 @@
 //! that starts every task of its agent and watches each to its end (the role of Slurm's
 //! slurmstepd, for all the node's tasks at once).
 //!
-//! The agent writes one attempt directory name per line on the launcher's stdin; the launcher
-//! answers each ended attempt with its `TaskResult` as one JSON line on stdout, after writing it
-//! to `result.json`. A cancel is a `cancel` file in the attempt directory plus `SIGUSR1`, so an
-//! agent that restarted can still stop the attempts of the launcher it left behind.
+//! The agent makes the attempt's directory and writes its `LaunchSpec` as one JSON line on the
+//! launcher's stdin; the launcher answers each ended attempt with its `TaskResult` as one JSON
+//! line on stdout, after writing it to `result.json`. A cancel is a `cancel` file in the attempt
+//! directory plus `SIGUSR1`, so an agent that restarted can still stop the attempts of the
+//! launchers it left behind (each names itself by a locked `launcher.PID` in the run directory).
 //!
 //! Tasks are started with `posix_spawn` (no `fork` of this process, whatever its size), in
 //! their own process group; to place a task in its cgroup from birth, the launcher steps into
@@ -32,6 +33,10 @@ use tidepool_api::TaskResult;
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
+
+/// How long a program found on a PATH is taken to stay there (one installed earlier on the
+/// PATH is seen after this).
+const RESOLVED_FOR: Duration = Duration::from_secs(1);
 
 /// How long the leftovers of an ended task may take to die before the result is written anyway.
 const LEFTOVER_WAIT: Duration = Duration::from_secs(1);
@@ -78,6 +83,11 @@ struct Launcher {
     /// Task cgroups made so far (their names' numbers).
     cgroups_made: u64,
     stdout: File,
+    /// `RUN_DIR/launcher.PID`, locked for the launcher's life.
+    named: Option<File>,
+    /// Where programs were found, by (program, PATH, working directory): a search of the
+    /// task's PATH per task was a stat per PATH entry.
+    resolved: HashMap<(String, String, String), (String, Instant)>,
 }
 
 /// The write end of the pipe that signal handlers write to (the self-pipe).
@@ -126,15 +136,18 @@ fn signal_tree(pgid: i32, cgroup_pids: &[i32], signal: i32) {
 }
 
 fn open_output(path: &str) -> Result<File, String> {
-    if let Some(parent) = Path::new(path).parent() {
-        let _ = std::fs::create_dir_all(parent);
-    }
-    OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(path)
-        .map_err(|e| format!("cannot open {path}: {e}"))
+    let open = || OpenOptions::new().create(true).write(true).truncate(true).open(path);
+    let opened = match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Missing directories of the output path are made, as Slurm users expect.
+            if let Some(parent) = Path::new(path).parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            open()
+        }
+        opened => opened,
+    };
+    opened.map_err(|e| format!("cannot open {path}: {e}"))
 }
 
 /// The program to start and its arguments; a batch script is written to the attempt directory.
@@ -199,7 +212,28 @@ impl Launcher {
             idle_cgroups: Vec::new(),
             cgroups_made: 0,
             stdout,
+            named: None,
+            resolved: HashMap::new(),
         })
+    }
+
+    /// Names this launcher in the run directory by a file it keeps locked, so that a restarted
+    /// agent can signal it.
+    fn name_itself(&mut self) -> Result<(), String> {
+        let path = rundir::launcher_file(&self.run_dir, std::process::id());
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        // SAFETY: flock on our own descriptor, held until this process exits.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(format!("{}: locked by another process", path.display()));
+        }
+        self.named = Some(file);
+        Ok(())
     }
 
     /// Steps into (or creates) the launcher's own cgroup under `plan`, once per plan.
@@ -262,6 +296,7 @@ impl Launcher {
         }
         let signals = signal_pipe(&[libc::SIGCHLD, libc::SIGUSR1, libc::SIGTERM, libc::SIGINT, libc::SIGHUP])?;
         raise_fd_limit();
+        self.name_itself()?;
         let mut stdin_open = true;
         let mut pending = Vec::<u8>::new();
         let mut buf = vec![0u8; 64 * 1024];
@@ -274,6 +309,7 @@ impl Launcher {
                 for (plan, name) in self.idle_cgroups.drain(..) {
                     plan.remove(&name);
                 }
+                let _ = std::fs::remove_file(rundir::launcher_file(&self.run_dir, std::process::id()));
                 return Ok(());
             }
             let timeout_ms = self.next_timer().map_or(-1, |t| {
@@ -291,13 +327,18 @@ impl Launcher {
                     Ok(0) | Err(_) => stdin_open = false,
                     Ok(n) => {
                         pending.extend_from_slice(&buf[..n]);
-                        while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
-                            let line: Vec<u8> = pending.drain(..=pos).collect();
-                            let name = String::from_utf8_lossy(&line).trim().to_string();
-                            if !name.is_empty() {
-                                self.start(&name);
+                        let mut from = 0;
+                        while let Some(len) = pending[from..].iter().position(|b| *b == b'\n') {
+                            let line = &pending[from..from + len];
+                            from += len + 1;
+                            match serde_json::from_slice::<LaunchSpec>(line) {
+                                Ok(spec) => self.start(spec),
+                                Err(e) => {
+                                    let _ = writeln!(std::io::stderr(), "tidepool-launcher: a launch that is not one: {e}");
+                                }
                             }
                         }
+                        pending.drain(..from);
                     }
                 }
             }
@@ -349,38 +390,20 @@ impl Launcher {
             .min()
     }
 
-    /// Starts the attempt in `RUN_DIR/name`, or reports at once why it cannot run.
-    fn start(&mut self, name: &str) {
-        let Some(named) = rundir::parse_attempt_dir(name) else { return };
-        let dir = self.run_dir.join(name);
+    /// Starts the attempt in its directory (made by the agent), or reports at once why it
+    /// cannot run.
+    fn start(&mut self, spec: LaunchSpec) {
+        let dir = rundir::attempt_dir(&self.run_dir, &spec.launch.attempt);
         let Ok(lock) = OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC | libc::O_DIRECTORY).open(&dir) else {
             return;
         };
         // SAFETY: flock on our own descriptor; held until the attempt's result is written.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return; // another launcher runs it
+            return; // a restarted agent is looking at it, and will have the server requeue it
         }
-        if let Some(result) = rundir::read_result(&dir) {
-            self.emit(&result);
-            return;
+        if lock.metadata().map_or(true, |m| std::os::unix::fs::MetadataExt::nlink(&m) == 0) {
+            return; // removed as abandoned before we took it
         }
-        let me = std::process::id();
-        for earlier in rundir::launcher_pids(&dir).into_iter().filter(|p| *p != me) {
-            let _ = std::fs::remove_file(rundir::launcher_file(&dir, earlier));
-        }
-        let _ = File::create(rundir::launcher_file(&dir, me));
-        let spec: LaunchSpec = match std::fs::read(dir.join(rundir::SPEC_FILE))
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-        {
-            Ok(spec) => spec,
-            Err(e) => {
-                // Without its launch file the attempt's identity is only its directory name.
-                let result = rundir::failed_at(named, now_ms(), &format!("launch file: {e}"));
-                self.write_and_emit(&dir, &result);
-                return;
-            }
-        };
         self.enter_home(&spec.cgroup);
         let a = spec.launch.attempt;
         let mut result = rundir::failed_at(a, now_ms(), "");
@@ -438,8 +461,25 @@ impl Launcher {
         }
     }
 
+    /// `program` on the task's PATH, as found at most `RESOLVED_FOR` ago.
+    fn resolve_cached(&mut self, program: &str, path: &str, workdir: &str) -> String {
+        let key = (program.to_string(), path.to_string(), workdir.to_string());
+        let now = Instant::now();
+        if let Some((found, at)) = self.resolved.get(&key) {
+            if now.duration_since(*at) < RESOLVED_FOR {
+                return found.clone();
+            }
+        }
+        if self.resolved.len() >= 1024 {
+            self.resolved.clear();
+        }
+        let found = resolve(program, path, workdir);
+        self.resolved.insert(key, (found.clone(), now));
+        found
+    }
+
     /// Spawns the task inside its cgroup; its pid.
-    fn spawn(&self, spec: &LaunchSpec, dir: &Path, task_procs: &[File]) -> Result<i32, String> {
+    fn spawn(&mut self, spec: &LaunchSpec, dir: &Path, task_procs: &[File]) -> Result<i32, String> {
         let launch = &spec.launch;
         let stdout = open_output(&launch.stdout_path)?;
         let stderr = if launch.stderr_path == launch.stdout_path {
@@ -455,7 +495,7 @@ impl Launcher {
             None => path,
         };
         env.insert("PATH".into(), path.clone());
-        let resolved = resolve(&program, &path, &launch.workdir);
+        let resolved = self.resolve_cached(&program, &path, &launch.workdir);
         let mut cmd = Command::new(&resolved);
         cmd.arg0(&program)
             .args(&args)

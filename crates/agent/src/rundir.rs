@@ -1,7 +1,8 @@
-//! One directory per attempt under `RUN_DIR/`, named `JOB.INDEX.ATTEMPT`, holding what the
-//! agent asked for (`launch.json`), an empty `launcher.PID` naming the launcher that took it
-//! (which holds a lock on the directory itself while the attempt runs), a `cancel` mark, and
-//! its `result.json`.
+//! One directory per attempt under `RUN_DIR/`, named `JOB.INDEX.ATTEMPT`, locked (flock) by
+//! the launcher that runs it, holding a `cancel` mark when asked to stop and its `result.json`
+//! once ended; beside them one `launcher.PID` per live launcher, locked by it for its life.
+//! What to run reaches the launcher through its stdin, never the disk (it holds secrets, and
+//! files created and deleted per task were a tenth of the node's CPU on short tasks).
 
 use crate::cgroup::CgroupPlan;
 use serde::{Deserialize, Serialize};
@@ -21,23 +22,26 @@ pub struct LaunchSpec {
     pub kill_grace_s: u64,
 }
 
-/// The empty file that names launcher `pid` in an attempt's directory.
-pub fn launcher_file(dir: &Path, pid: u32) -> PathBuf {
-    dir.join(format!("{LAUNCHER_FILE_PREFIX}{pid}"))
+/// The file by which launcher `pid` names itself in the run directory.
+pub fn launcher_file(run_dir: &Path, pid: u32) -> PathBuf {
+    run_dir.join(format!("{LAUNCHER_FILE_PREFIX}{pid}"))
 }
 
-/// The pids named by `launcher.PID` files in an attempt's directory.
-pub fn launcher_pids(dir: &Path) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix(LAUNCHER_FILE_PREFIX)?.parse().ok())
-        .collect()
-}
-
-/// The pid of the launcher that holds (or held) an attempt.
-pub fn launcher_pid(dir: &Path) -> Option<u32> {
-    // A launcher that takes an attempt over removes the names of earlier ones.
-    launcher_pids(dir).into_iter().max()
+/// The pids of the launchers alive in `run_dir`; the files of dead ones are removed.
+pub fn live_launchers(run_dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(run_dir) else { return Vec::new() };
+    let mut alive = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.strip_prefix(LAUNCHER_FILE_PREFIX)?.parse().ok()) else {
+            continue;
+        };
+        if is_locked(&entry.path()) {
+            alive.push(pid);
+        } else {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    alive
 }
 
 /// The directory of one attempt.
@@ -54,11 +58,7 @@ pub fn parse_attempt_dir(name: &str) -> Option<AttemptRef> {
     parts.next().is_none().then_some(AttemptRef { job_id, index, attempt })
 }
 
-/// The file names inside an attempt directory.
-pub const SPEC_FILE: &str = "launch.json";
-/// An empty file `launcher.PID` names the launcher that took the attempt; the lock itself is
-/// a flock on the directory (an empty file and no lock file: creating and writing one per
-/// attempt showed in profiles, its pid write forcing a block allocation).
+/// `launcher.PID` in the run directory: a live launcher, which holds a flock on it.
 pub const LAUNCHER_FILE_PREFIX: &str = "launcher.";
 /// Present when the agent asked for the attempt to stop.
 pub const CANCEL_FILE: &str = "cancel";
@@ -96,11 +96,43 @@ pub fn write_result(dir: &Path, result: &TaskResult) -> std::io::Result<()> {
 
 /// True while a launcher holds the attempt's lock.
 pub fn launcher_alive(dir: &Path) -> bool {
+    is_locked(dir)
+}
+
+/// True while someone holds a flock on `path`.
+fn is_locked(path: &Path) -> bool {
     use std::os::fd::AsRawFd;
-    let Ok(file) = std::fs::File::open(dir) else { return false };
+    let Ok(file) = std::fs::File::open(path) else { return false };
     // SAFETY: flock on a file descriptor we own; no memory is shared.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
     rc != 0
+}
+
+/// What an attempt directory that no agent follows holds.
+#[derive(Debug)]
+pub enum Found {
+    /// A launcher runs it.
+    Running,
+    /// It ended with this result.
+    Ended(TaskResult),
+    /// It never started, or its launcher died without a word: the directory is removed.
+    Abandoned,
+}
+
+/// Looks at an attempt directory under its lock, so that no launcher takes it up or ends it
+/// between the look and the removal of an abandoned one.
+pub fn examine(dir: &Path) -> Found {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::File::open(dir) else { return Found::Abandoned };
+    // SAFETY: flock on a file descriptor we own; no memory is shared.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Found::Running;
+    }
+    if let Some(result) = read_result(dir) {
+        return Found::Ended(result);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    Found::Abandoned
 }
 
 #[cfg(test)]
