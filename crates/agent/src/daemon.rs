@@ -124,8 +124,9 @@ struct Agent {
     tracked: Mutex<HashMap<AttemptRef, u32>>,
     /// The launcher new attempts go to, started on first use and again if it dies.
     launcher: Mutex<Option<LauncherHandle>>,
-    /// Acknowledged attempt directories, deleted by a thread of their own.
+    /// Acknowledged attempt directories, given back by a thread of their own.
     remover: std::sync::mpsc::Sender<PathBuf>,
+    spares: Arc<SpareDirs>,
     prekilled: Mutex<HashSet<AttemptRef>>,
     results: mpsc::UnboundedSender<TaskResult>,
     session: AtomicU64,
@@ -142,6 +143,8 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let bin_dir = make_command_links(&config);
     let client = api_client(config.ca_cert.as_deref(), Duration::from_secs(60)).map_err(Error::Io)?;
     let (tx, rx) = mpsc::unbounded_channel();
+    let spares = Arc::new(SpareDirs::adopt(&config.run_dir));
+    let remover = start_remover(config.run_dir.clone(), config.slurm.is_none().then(|| spares.clone()));
     let agent = Arc::new(Agent {
         config,
         client,
@@ -149,7 +152,8 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         bin_dir,
         tracked: Mutex::new(HashMap::new()),
         launcher: Mutex::new(None),
-        remover: start_remover(),
+        remover,
+        spares,
         prekilled: Mutex::new(HashSet::new()),
         results: tx,
         session: AtomicU64::new(0),
@@ -164,16 +168,86 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     outcome
 }
 
-/// A thread that deletes the directories it is sent.
-fn start_remover() -> std::sync::mpsc::Sender<PathBuf> {
+/// The most emptied attempt directories kept for later attempts.
+const MAX_SPARE_DIRS: usize = 256;
+
+/// Emptied attempt directories kept to be renamed into place for the next attempts.
+#[derive(Default)]
+struct SpareDirs {
+    dirs: Mutex<Vec<PathBuf>>,
+    made: AtomicU64,
+}
+
+impl SpareDirs {
+    /// The spares an earlier agent process left in `run_dir`.
+    fn adopt(run_dir: &Path) -> SpareDirs {
+        let spares = SpareDirs::default();
+        if let Ok(entries) = std::fs::read_dir(run_dir) {
+            let mut dirs = spares.lock();
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(rundir::SPARE_PREFIX) {
+                    dirs.push(entry.path());
+                }
+            }
+        }
+        spares
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
+        self.dirs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes the directory `dir` for an attempt, from a spare when there is one; fails with
+    /// `AlreadyExists` when it exists.
+    fn make(&self, dir: &Path) -> std::io::Result<()> {
+        loop {
+            // Popped apart from the match: the lock must not be held while a spare is put back.
+            let popped = self.lock().pop();
+            let Some(spare) = popped else { break };
+            match rundir::rename_no_replace(&spare, dir) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    self.lock().push(spare);
+                    return Err(e);
+                }
+                // Gone, or a file system without renameat2: a new directory instead.
+                Err(_) => {
+                    let _ = std::fs::remove_dir_all(&spare);
+                }
+            }
+        }
+        std::fs::create_dir(dir)
+    }
+
+    /// Empties an acknowledged attempt directory and keeps it as a spare, or removes it.
+    fn give_back(&self, run_dir: &Path, dir: &Path) {
+        let _ = std::fs::remove_file(dir.join(rundir::CANCEL_FILE));
+        let _ = std::fs::remove_file(dir.join(rundir::SCRIPT_FILE));
+        if self.lock().len() < MAX_SPARE_DIRS
+            && std::fs::rename(dir.join(rundir::RESULT_FILE), dir.join(rundir::RESULT_TMP_FILE)).is_ok()
+        {
+            let n = self.made.fetch_add(1, Ordering::Relaxed);
+            let spare = run_dir.join(format!("{}{}.{n}", rundir::SPARE_PREFIX, std::process::id()));
+            if rundir::rename_no_replace(dir, &spare).is_ok() {
+                self.lock().push(spare);
+                return;
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// A thread that gives back the acknowledged attempt directories it is sent: kept as spares
+/// for local attempts, removed for those handed to Slurm (which leave files of their own).
+fn start_remover(run_dir: PathBuf, spares: Option<Arc<SpareDirs>>) -> std::sync::mpsc::Sender<PathBuf> {
     let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
     std::thread::spawn(move || {
         for dir in rx {
-            // An attempt directory most often holds its result alone: unlinked by name, the
-            // directory need not be opened and listed.
-            let _ = std::fs::remove_file(dir.join(rundir::RESULT_FILE));
-            if std::fs::remove_dir(&dir).is_err() {
-                let _ = std::fs::remove_dir_all(&dir);
+            match &spares {
+                Some(spares) => spares.give_back(&run_dir, &dir),
+                None => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
             }
         }
     });
@@ -377,7 +451,7 @@ impl Agent {
         }
         let dir = rundir::attempt_dir(&self.config.run_dir, &a);
         // An attempt directory is made once: one that exists was handed over already.
-        match std::fs::create_dir(&dir) {
+        match self.spares.make(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return,
             Err(e) => {
@@ -601,5 +675,41 @@ async fn report_loop(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<TaskResu
                 pending.retain(|r| rundir::attempt_dir(&agent.config.run_dir, &r.attempt).exists());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_emptied_attempt_directory_serves_the_next_attempt() {
+        use std::os::unix::fs::MetadataExt;
+        let run = std::env::temp_dir().join(format!("tidepool-spares-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&run);
+        std::fs::create_dir_all(&run).unwrap();
+        let spares = SpareDirs::adopt(&run);
+        let first = rundir::attempt_dir(&run, &AttemptRef { job_id: 1, index: 0, attempt: 1 });
+        spares.make(&first).unwrap();
+        let inode = std::fs::metadata(&first).unwrap().ino();
+        rundir::write_result(&first, &lost(AttemptRef { job_id: 1, index: 0, attempt: 1 }, "x")).unwrap();
+        std::fs::write(first.join(rundir::CANCEL_FILE), b"").unwrap();
+        spares.give_back(&run, &first);
+        assert!(!first.exists());
+        let second = rundir::attempt_dir(&run, &AttemptRef { job_id: 1, index: 1, attempt: 1 });
+        spares.make(&second).unwrap();
+        assert_eq!(std::fs::metadata(&second).unwrap().ino(), inode, "the spare was renamed into place");
+        assert!(rundir::read_result(&second).is_none(), "no result carried over");
+        assert!(!second.join(rundir::CANCEL_FILE).exists(), "no cancel mark carried over");
+        // A directory made twice is refused, and the spare kept (not lost, no deadlock).
+        rundir::write_result(&second, &lost(AttemptRef { job_id: 1, index: 1, attempt: 1 }, "y")).unwrap();
+        spares.give_back(&run, &second);
+        std::fs::create_dir(&first).unwrap();
+        let twice = spares.make(&first).unwrap_err();
+        assert_eq!(twice.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(spares.lock().len(), 1);
+        // A restarted agent adopts what the earlier one kept.
+        assert_eq!(SpareDirs::adopt(&run).lock().len(), 1);
+        let _ = std::fs::remove_dir_all(&run);
     }
 }

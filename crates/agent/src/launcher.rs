@@ -156,7 +156,7 @@ fn program_of(spec: &LaunchSpec, dir: &Path) -> Result<(String, Vec<String>), St
     match &launch.script {
         Some(script) => {
             use std::os::unix::fs::PermissionsExt;
-            let path = dir.join("script");
+            let path = dir.join(rundir::SCRIPT_FILE);
             std::fs::write(&path, script).map_err(|e| format!("script: {e}"))?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(|e| format!("script: {e}"))?;
             Ok((path.display().to_string(), vec![]))
@@ -394,15 +394,20 @@ impl Launcher {
     /// cannot run.
     fn start(&mut self, spec: LaunchSpec) {
         let dir = rundir::attempt_dir(&self.run_dir, &spec.launch.attempt);
-        let Ok(lock) = OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC | libc::O_DIRECTORY).open(&dir) else {
-            return;
+        let skip = |why: &str| {
+            let _ = writeln!(std::io::stderr(), "tidepool-launcher: {} not started: {why}", dir.display());
+        };
+        let lock = match OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC | libc::O_DIRECTORY).open(&dir) {
+            Ok(lock) => lock,
+            Err(e) => return skip(&e.to_string()),
         };
         // SAFETY: flock on our own descriptor; held until the attempt's result is written.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return; // a restarted agent is looking at it, and will have the server requeue it
+            // A restarted agent is looking at it, and will have the server requeue it.
+            return skip("locked by another process");
         }
         if lock.metadata().map_or(true, |m| std::os::unix::fs::MetadataExt::nlink(&m) == 0) {
-            return; // removed as abandoned before we took it
+            return skip("removed as abandoned before it was taken");
         }
         self.enter_home(&spec.cgroup);
         let a = spec.launch.attempt;

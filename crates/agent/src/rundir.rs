@@ -64,6 +64,28 @@ pub const LAUNCHER_FILE_PREFIX: &str = "launcher.";
 pub const CANCEL_FILE: &str = "cancel";
 /// Written once, atomically, when the attempt has ended.
 pub const RESULT_FILE: &str = "result.json";
+/// Where the result is written before it is renamed into place.
+pub const RESULT_TMP_FILE: &str = "result.json.tmp";
+/// A batch script the launcher writes for the attempt.
+pub const SCRIPT_FILE: &str = "script";
+/// `spare.N` in the run directory: an emptied attempt directory kept for a later attempt
+/// (renamed into place), holding only its last result file to write over. Creating and
+/// deleting a directory and a file per task was the largest cost of ext4 on short tasks.
+pub const SPARE_PREFIX: &str = "spare.";
+
+/// Renames `from` to `to`, failing with `AlreadyExists` if `to` exists.
+pub fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: renameat2(2) on two NUL-terminated paths we own.
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
 
 /// The result of an attempt that failed at `now` without running (or whose run went unseen).
 pub fn failed_at(a: AttemptRef, now: u64, message: &str) -> TaskResult {
@@ -86,11 +108,16 @@ pub fn read_result(dir: &Path) -> Option<TaskResult> {
     serde_json::from_slice(&text).ok()
 }
 
-/// Writes the result atomically (temporary file, then rename).
+/// Writes the result atomically (temporary file, then rename). A spare directory's last result
+/// file is written over, not truncated first: ext4 flushes a file truncated to zero at close.
 pub fn write_result(dir: &Path, result: &TaskResult) -> std::io::Result<()> {
-    let tmp = dir.join("result.json.tmp");
+    use std::io::Write;
+    let tmp = dir.join(RESULT_TMP_FILE);
     let text = serde_json::to_vec(result).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, text)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&tmp)?;
+    file.write_all(&text)?;
+    file.set_len(text.len() as u64)?;
+    drop(file);
     std::fs::rename(&tmp, dir.join(RESULT_FILE))
 }
 
@@ -156,6 +183,25 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         assert!(!launcher_alive(&dir));
         assert!(read_result(&dir).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_result_written_over_a_longer_one_is_read_back_whole() {
+        let dir = std::env::temp_dir().join(format!("tidepool-rundir-over-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(RESULT_TMP_FILE), vec![b'x'; 4096]).unwrap();
+        let result = failed_at(AttemptRef { job_id: 1, index: 2, attempt: 3 }, 5, "short");
+        write_result(&dir, &result).unwrap();
+        assert_eq!(read_result(&dir).unwrap().message.as_deref(), Some("short"));
+        assert!(!dir.join(RESULT_TMP_FILE).exists());
+        let other = dir.join("other");
+        std::fs::create_dir(&other).unwrap();
+        let moved = dir.join("moved");
+        rename_no_replace(&other, &moved).unwrap();
+        std::fs::create_dir(&other).unwrap();
+        let refused = rename_no_replace(&other, &moved).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::AlreadyExists);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
