@@ -2,6 +2,8 @@
 //! `cpuacct` where that is what is mounted, none otherwise (usage then comes from getrusage).
 
 use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// The most memory an emptied cgroup may still have charged to be used for another task.
@@ -92,66 +94,42 @@ impl CgroupPlan {
         Ok(())
     }
 
-    /// Whether an emptied task cgroup can serve another task: under v1 when its last task left
-    /// next to no memory charged to it (page cache it wrote would count in the next task's
-    /// peak; emptying it with `memory.force_empty` costs more than a new cgroup); never under
-    /// v2, whose `cpu.stat` cannot be reset.
-    pub fn reusable(&self, name: &str) -> bool {
-        match self {
-            CgroupPlan::V1 { memory, .. } => std::fs::read_to_string(memory.join(name).join("memory.usage_in_bytes"))
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .is_some_and(|bytes| bytes <= REUSE_MAX_CHARGED_BYTES),
-            CgroupPlan::V2 { .. } | CgroupPlan::None => false,
-        }
-    }
-
-    /// Readies an emptied task cgroup for its next task: its memory limit set, its CPU time
-    /// and peak memory counted from zero; false when that failed.
-    pub fn reset(&self, name: &str, mem_limit: u64) -> bool {
-        match self {
+    /// A task cgroup made by `create`, with its control files opened.
+    pub fn open(&self, name: &str) -> std::io::Result<TaskCgroup> {
+        let dirs = self.task_dirs(name);
+        let write = |p: PathBuf| OpenOptions::new().write(true).open(p);
+        let join = dirs.iter().map(|d| write(d.join("cgroup.procs"))).collect::<std::io::Result<Vec<File>>>()?;
+        let members = dirs.first().map(|d| File::open(d.join("cgroup.procs"))).transpose()?;
+        let counters = match self {
             CgroupPlan::V1 { memory, cpuacct } => {
-                let limit = if mem_limit > 0 { mem_limit.to_string() } else { "-1".into() };
-                std::fs::write(memory.join(name).join("memory.limit_in_bytes"), limit).is_ok()
-                    && std::fs::write(memory.join(name).join("memory.max_usage_in_bytes"), "0").is_ok()
-                    && std::fs::write(cpuacct.join(name).join("cpuacct.usage"), "0").is_ok()
+                let rw = |p: PathBuf| OpenOptions::new().read(true).write(true).open(p);
+                Some(V1Counters {
+                    limit: write(memory.join(name).join("memory.limit_in_bytes"))?,
+                    peak: rw(memory.join(name).join("memory.max_usage_in_bytes"))?,
+                    usage: File::open(memory.join(name).join("memory.usage_in_bytes"))?,
+                    cpu: rw(cpuacct.join(name).join("cpuacct.usage"))?,
+                })
             }
-            CgroupPlan::V2 { .. } | CgroupPlan::None => false,
-        }
+            CgroupPlan::V2 { .. } | CgroupPlan::None => None,
+        };
+        Ok(TaskCgroup { name: name.to_string(), join, members, counters })
     }
 
-    /// (CPU ms, peak memory bytes) of a task's cgroup.
-    pub fn usage(&self, name: &str) -> Option<(u64, u64)> {
+    /// (CPU ms, peak memory bytes) of a task's cgroup v2, read once at its end (a v2 cgroup
+    /// serves one task, so its files are not kept open).
+    fn v2_usage(&self, name: &str) -> Option<(u64, u64)> {
+        let CgroupPlan::V2 { root } = self else { return None };
         let read = |p: PathBuf| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
-        match self {
-            CgroupPlan::None => None,
-            CgroupPlan::V1 { memory, cpuacct } => {
-                let cpu_ns = read(cpuacct.join(name).join("cpuacct.usage"))?;
-                let peak = read(memory.join(name).join("memory.max_usage_in_bytes")).unwrap_or(0);
-                Some((cpu_ns / 1_000_000, peak))
-            }
-            CgroupPlan::V2 { root } => {
-                let stat = std::fs::read_to_string(root.join(name).join("cpu.stat")).ok()?;
-                let usec: u64 = stat
-                    .lines()
-                    .find_map(|l| l.strip_prefix("usage_usec "))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                let peak = read(root.join(name).join("memory.peak"))
-                    .or_else(|| read(root.join(name).join("memory.current")))
-                    .unwrap_or(0);
-                Some((usec / 1000, peak))
-            }
-        }
-    }
-
-    /// Every process in a task's cgroup.
-    pub fn pids(&self, name: &str) -> Vec<i32> {
-        self.task_dirs(name)
-            .into_iter()
-            .take(1)
-            .flat_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<i32>>())
-            .collect()
+        let stat = std::fs::read_to_string(root.join(name).join("cpu.stat")).ok()?;
+        let usec: u64 = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let peak = read(root.join(name).join("memory.peak"))
+            .or_else(|| read(root.join(name).join("memory.current")))
+            .unwrap_or(0);
+        Some((usec / 1000, peak))
     }
 
     /// Removes a task's (empty) cgroup.
@@ -159,5 +137,79 @@ impl CgroupPlan {
         for dir in self.task_dirs(name) {
             let _ = std::fs::remove_dir(dir);
         }
+    }
+}
+
+/// The cgroup v1 counters of a task cgroup.
+struct V1Counters {
+    limit: File,
+    peak: File,
+    usage: File,
+    cpu: File,
+}
+
+/// A task cgroup with its control files held open for as long as it is used and kept for
+/// later tasks (opening kernfs files per task showed in the launcher's profile).
+pub struct TaskCgroup {
+    /// Its name under the plan's `tidepool/`.
+    pub name: String,
+    /// `cgroup.procs` of each hierarchy, written to join it.
+    join: Vec<File>,
+    /// `cgroup.procs` of the first hierarchy, read to list its processes.
+    members: Option<File>,
+    counters: Option<V1Counters>,
+}
+
+/// The whole text of an open kernfs file, read from its start.
+fn read_from_start(file: &File) -> Option<String> {
+    let mut text = Vec::with_capacity(64);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = file.read_at(&mut chunk, text.len() as u64).ok()?;
+        if n == 0 {
+            return String::from_utf8(text).ok();
+        }
+        text.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn read_number(file: &File) -> Option<u64> {
+    read_from_start(file)?.trim().parse().ok()
+}
+
+impl TaskCgroup {
+    /// The `cgroup.procs` files that a process writes its pid to in order to join.
+    pub fn join_files(&self) -> &[File] {
+        &self.join
+    }
+
+    /// Every process in it.
+    pub fn pids(&self) -> Vec<i32> {
+        let text = self.members.as_ref().and_then(read_from_start).unwrap_or_default();
+        text.lines().filter_map(|l| l.trim().parse().ok()).collect()
+    }
+
+    /// (CPU ms, peak memory bytes) of what ran in it.
+    pub fn usage(&self, plan: &CgroupPlan) -> Option<(u64, u64)> {
+        match &self.counters {
+            Some(c) => Some((read_number(&c.cpu)? / 1_000_000, read_number(&c.peak).unwrap_or(0))),
+            None => plan.v2_usage(&self.name),
+        }
+    }
+
+    /// Whether it can serve another task once emptied: under v1 when its last task left next
+    /// to no memory charged to it (page cache it wrote would count in the next task's peak;
+    /// emptying it with `memory.force_empty` costs more than a new cgroup); never under v2,
+    /// whose `cpu.stat` cannot be reset.
+    pub fn reusable(&self) -> bool {
+        self.counters.as_ref().and_then(|c| read_number(&c.usage)).is_some_and(|bytes| bytes <= REUSE_MAX_CHARGED_BYTES)
+    }
+
+    /// Readies it, emptied, for its next task: its memory limit set, its CPU time and peak
+    /// memory counted from zero; false when that failed.
+    pub fn reset(&self, mem_limit: u64) -> bool {
+        let Some(c) = &self.counters else { return false };
+        let limit = if mem_limit > 0 { mem_limit.to_string() } else { "-1".into() };
+        c.limit.write_at(limit.as_bytes(), 0).is_ok() && c.peak.write_at(b"0", 0).is_ok() && c.cpu.write_at(b"0", 0).is_ok()
     }
 }

@@ -223,7 +223,11 @@ impl SpareDirs {
     fn give_back(&self, run_dir: &Path, dir: &Path) {
         let _ = std::fs::remove_file(dir.join(rundir::CANCEL_FILE));
         let _ = std::fs::remove_file(dir.join(rundir::SCRIPT_FILE));
+        // A task spawned while the attempt ran holds a copy of its lock until its exec closes
+        // it, which can come after the attempt's end: a directory still locked is not reused,
+        // or the next attempt's launcher would find it taken. Once free, nothing relocks it.
         if self.lock().len() < MAX_SPARE_DIRS
+            && !rundir::launcher_alive(dir)
             && std::fs::rename(dir.join(rundir::RESULT_FILE), dir.join(rundir::RESULT_TMP_FILE)).is_ok()
         {
             let n = self.made.fetch_add(1, Ordering::Relaxed);
@@ -710,6 +714,17 @@ mod tests {
         assert_eq!(spares.lock().len(), 1);
         // A restarted agent adopts what the earlier one kept.
         assert_eq!(SpareDirs::adopt(&run).lock().len(), 1);
+        // A directory whose lock someone still holds is removed, not kept.
+        let third = rundir::attempt_dir(&run, &AttemptRef { job_id: 1, index: 2, attempt: 1 });
+        std::fs::create_dir(&third).unwrap();
+        rundir::write_result(&third, &lost(AttemptRef { job_id: 1, index: 2, attempt: 1 }, "z")).unwrap();
+        let holder = std::fs::File::open(&third).unwrap();
+        // SAFETY: flock on a descriptor this test owns.
+        assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&holder), libc::LOCK_EX) }, 0);
+        spares.give_back(&run, &third);
+        assert!(!third.exists());
+        assert_eq!(spares.lock().len(), 1, "a locked directory is not a spare");
+        drop(holder);
         let _ = std::fs::remove_dir_all(&run);
     }
 }

@@ -16,7 +16,7 @@
 //! released only after `result.json` is written, so a directory with neither is an attempt that
 //! will never report and may be requeued.
 
-use crate::cgroup::CgroupPlan;
+use crate::cgroup::{CgroupPlan, TaskCgroup};
 use crate::rundir::{self, LaunchSpec};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -49,7 +49,7 @@ struct Attempt {
     spec: LaunchSpec,
     /// The task's leader, also its process group.
     pid: i32,
-    cgroup: Option<String>,
+    cgroup: Option<TaskCgroup>,
     result: TaskResult,
     started: Instant,
     deadline: Option<Instant>,
@@ -65,7 +65,7 @@ struct Attempt {
 impl Attempt {
     /// Every process in the attempt's cgroup (none without one).
     fn cgroup_pids(&self) -> Vec<i32> {
-        self.cgroup.as_ref().map(|c| self.spec.cgroup.pids(c)).unwrap_or_default()
+        self.cgroup.as_ref().map(TaskCgroup::pids).unwrap_or_default()
     }
 }
 
@@ -79,7 +79,7 @@ struct Launcher {
     home_plan: Option<CgroupPlan>,
     /// Emptied task cgroups kept for the next tasks: creating and removing one per task was
     /// a third of the launcher's time on a stream of short tasks.
-    idle_cgroups: Vec<(CgroupPlan, String)>,
+    idle_cgroups: Vec<(CgroupPlan, TaskCgroup)>,
     /// Task cgroups made so far (their names' numbers).
     cgroups_made: u64,
     stdout: File,
@@ -256,28 +256,39 @@ impl Launcher {
 
     /// A cgroup for a task under `plan` limited to `mem_limit`: an idle one reset, else a new
     /// one (named with this launcher's pid: several agents may share one machine).
-    fn take_cgroup(&mut self, plan: &CgroupPlan, mem_limit: u64) -> Option<String> {
+    fn take_cgroup(&mut self, plan: &CgroupPlan, mem_limit: u64) -> Option<TaskCgroup> {
         if *plan == CgroupPlan::None {
             return None;
         }
         while let Some(i) = self.idle_cgroups.iter().rposition(|(p, _)| p == plan) {
-            let (_, name) = self.idle_cgroups.swap_remove(i);
-            if plan.reset(&name, mem_limit) {
-                return Some(name);
+            let (_, cgroup) = self.idle_cgroups.swap_remove(i);
+            if cgroup.reset(mem_limit) {
+                return Some(cgroup);
             }
+            let name = cgroup.name.clone();
+            drop(cgroup);
             plan.remove(&name);
         }
         self.cgroups_made += 1;
         let name = format!("task{}.{}", self.cgroups_made, std::process::id());
-        plan.create(&name, mem_limit).is_ok().then_some(name)
+        plan.create(&name, mem_limit).ok()?;
+        match plan.open(&name) {
+            Ok(cgroup) => Some(cgroup),
+            Err(_) => {
+                plan.remove(&name);
+                None
+            }
+        }
     }
 
     /// Gives back a task's cgroup once its task is over: kept for the next task when it was
     /// seen `emptied` and its counters can be reset, else removed.
-    fn release_cgroup(&mut self, plan: &CgroupPlan, name: String, emptied: bool) {
-        if emptied && plan.reusable(&name) {
-            self.idle_cgroups.push((plan.clone(), name));
+    fn release_cgroup(&mut self, plan: &CgroupPlan, cgroup: TaskCgroup, emptied: bool) {
+        if emptied && cgroup.reusable() {
+            self.idle_cgroups.push((plan.clone(), cgroup));
         } else {
+            let name = cgroup.name.clone();
+            drop(cgroup);
             plan.remove(&name);
         }
     }
@@ -306,7 +317,9 @@ impl Launcher {
         let stdin_fd = stdin.as_raw_fd();
         loop {
             if !stdin_open && self.running.is_empty() {
-                for (plan, name) in self.idle_cgroups.drain(..) {
+                for (plan, cgroup) in self.idle_cgroups.drain(..) {
+                    let name = cgroup.name.clone();
+                    drop(cgroup);
                     plan.remove(&name);
                 }
                 let _ = std::fs::remove_file(rundir::launcher_file(&self.run_dir, std::process::id()));
@@ -421,12 +434,7 @@ impl Launcher {
             return;
         }
         let cgroup = self.take_cgroup(&spec.cgroup, spec.launch.mem_bytes);
-        let task_procs: Vec<File> = cgroup
-            .iter()
-            .flat_map(|name| spec.cgroup.task_dirs(name))
-            .filter_map(|d| OpenOptions::new().write(true).open(d.join("cgroup.procs")).ok())
-            .collect();
-        match self.spawn(&spec, &dir, &task_procs) {
+        match self.spawn(&spec, &dir, cgroup.as_ref().map_or(&[], TaskCgroup::join_files)) {
             Ok(pid) => {
                 result.started_ms = now_ms();
                 let started = Instant::now();
@@ -458,8 +466,8 @@ impl Launcher {
                 result.message = Some(message);
                 result.ended_ms = now_ms();
                 // Nothing was started in it.
-                if let Some(name) = cgroup {
-                    self.release_cgroup(&spec.cgroup, name, true);
+                if let Some(cgroup) = cgroup {
+                    self.release_cgroup(&spec.cgroup, cgroup, true);
                 }
                 self.write_and_emit(&dir, &result);
             }
@@ -599,7 +607,7 @@ impl Launcher {
         let Attempt { dir, _lock, spec, cgroup, mut result, started, cancelled, timed_out, ended, .. } = a;
         let (status, usage) = ended.unwrap_or((0, zeroed_rusage()));
         let tv_ms = |tv: libc::timeval| tv.tv_sec as u64 * 1000 + tv.tv_usec as u64 / 1000;
-        let measured = cgroup.as_ref().and_then(|c| spec.cgroup.usage(c));
+        let measured = cgroup.as_ref().and_then(|c| c.usage(&spec.cgroup));
         let (cpu_ms, peak) = measured.unwrap_or((tv_ms(usage.ru_utime) + tv_ms(usage.ru_stime), usage.ru_maxrss as u64 * 1024));
         if let Some(c) = cgroup {
             self.release_cgroup(&spec.cgroup, c, emptied);
