@@ -132,6 +132,13 @@ impl CgroupPlan {
         Some((usec / 1000, peak))
     }
 
+    /// Closes a task cgroup's files and removes it (it must be empty).
+    pub fn discard(&self, cgroup: TaskCgroup) {
+        let name = cgroup.name.clone();
+        drop(cgroup);
+        self.remove(&name);
+    }
+
     /// Removes a task's (empty) cgroup.
     pub fn remove(&self, name: &str) {
         for dir in self.task_dirs(name) {

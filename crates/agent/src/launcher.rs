@@ -265,9 +265,7 @@ impl Launcher {
             if cgroup.reset(mem_limit) {
                 return Some(cgroup);
             }
-            let name = cgroup.name.clone();
-            drop(cgroup);
-            plan.remove(&name);
+            plan.discard(cgroup);
         }
         self.cgroups_made += 1;
         let name = format!("task{}.{}", self.cgroups_made, std::process::id());
@@ -287,9 +285,7 @@ impl Launcher {
         if emptied && cgroup.reusable() {
             self.idle_cgroups.push((plan.clone(), cgroup));
         } else {
-            let name = cgroup.name.clone();
-            drop(cgroup);
-            plan.remove(&name);
+            plan.discard(cgroup);
         }
     }
 
@@ -318,9 +314,7 @@ impl Launcher {
         loop {
             if !stdin_open && self.running.is_empty() {
                 for (plan, cgroup) in self.idle_cgroups.drain(..) {
-                    let name = cgroup.name.clone();
-                    drop(cgroup);
-                    plan.remove(&name);
+                    plan.discard(cgroup);
                 }
                 let _ = std::fs::remove_file(rundir::launcher_file(&self.run_dir, std::process::id()));
                 return Ok(());
