@@ -27,8 +27,13 @@ fi
 chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
 mkdir -p /run/munge /var/lib/munge /var/log/munge && chown munge:munge /run/munge /var/lib/munge /var/log/munge
 if ! munge -n >/dev/null 2>&1; then
-    runuser -u munge -- munged --pid-file="$dir/munged.pid" --force
-    for _ in $(seq 50); do munge -n >/dev/null 2>&1 && break; sleep 0.1; done
+    # munged runs as the munge user, who cannot reach "$dir" when it is root's and 0700 (as
+    # mktemp makes it; munged then refuses to start): its pid file goes to munge's own run
+    # directory, and is copied beside the others for stop.sh.
+    munge_pid="/run/munge/munged.$(basename "$dir").pid"
+    runuser -u munge -- munged --pid-file="$munge_pid" --force
+    for _ in $(seq 50); do munge -n >/dev/null 2>&1 && [ -s "$munge_pid" ] && break; sleep 0.1; done
+    cp "$munge_pid" "$dir/munged.pid"
 fi
 
 node_line=$(slurmd -C | head -1)
