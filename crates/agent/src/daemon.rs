@@ -719,8 +719,7 @@ mod tests {
         std::fs::create_dir(&third).unwrap();
         rundir::write_result(&third, &lost(AttemptRef { job_id: 1, index: 2, attempt: 1 }, "z")).unwrap();
         let holder = std::fs::File::open(&third).unwrap();
-        // SAFETY: flock on a descriptor this test owns.
-        assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&holder), libc::LOCK_EX) }, 0);
+        assert!(rundir::try_flock(&holder, true));
         spares.give_back(&run, &third);
         assert!(!third.exists());
         assert_eq!(spares.lock().len(), 1, "a locked directory is not a spare");

@@ -228,8 +228,8 @@ impl Launcher {
             .custom_flags(libc::O_CLOEXEC)
             .open(&path)
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        // SAFETY: flock on our own descriptor, held until this process exits.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        // Held until this process exits.
+        if !rundir::try_flock(&file, true) {
             return Err(format!("{}: locked by another process", path.display()));
         }
         self.named = Some(file);
@@ -408,8 +408,8 @@ impl Launcher {
             Ok(lock) => lock,
             Err(e) => return skip(&e.to_string()),
         };
-        // SAFETY: flock on our own descriptor; held until the attempt's result is written.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        // Held until the attempt's result is written.
+        if !rundir::try_flock(&lock, true) {
             // A restarted agent is looking at it, and will have the server requeue it.
             return skip("locked by another process");
         }

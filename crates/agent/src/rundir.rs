@@ -126,13 +126,18 @@ pub fn launcher_alive(dir: &Path) -> bool {
     is_locked(dir)
 }
 
+/// Takes a flock on `file` without waiting, `exclusive` or shared; false when someone holds
+/// one that conflicts. It lasts as long as the file's descriptor (and its copies).
+pub fn try_flock(file: &std::fs::File, exclusive: bool) -> bool {
+    use std::os::fd::AsRawFd;
+    let mode = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+    // SAFETY: flock on a file descriptor the caller owns; no memory is shared.
+    unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) == 0 }
+}
+
 /// True while someone holds a flock on `path`.
 fn is_locked(path: &Path) -> bool {
-    use std::os::fd::AsRawFd;
-    let Ok(file) = std::fs::File::open(path) else { return false };
-    // SAFETY: flock on a file descriptor we own; no memory is shared.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
-    rc != 0
+    std::fs::File::open(path).is_ok_and(|file| !try_flock(&file, false))
 }
 
 /// What an attempt directory that no agent follows holds.
@@ -149,10 +154,8 @@ pub enum Found {
 /// Looks at an attempt directory under its lock, so that no launcher takes it up or ends it
 /// between the look and the removal of an abandoned one.
 pub fn examine(dir: &Path) -> Found {
-    use std::os::fd::AsRawFd;
     let Ok(file) = std::fs::File::open(dir) else { return Found::Abandoned };
-    // SAFETY: flock on a file descriptor we own; no memory is shared.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if !try_flock(&file, true) {
         return Found::Running;
     }
     if let Some(result) = read_result(dir) {
