@@ -185,54 +185,58 @@ const INSTANT_ANSWER: &str = concat!(
     "\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}"
 );
 
-/// Appends what `sock` has to `buf`; None when the peer closed.
-async fn more(sock: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<()> {
-    use tokio::io::AsyncReadExt;
-    let mut chunk = [0u8; 16 * 1024];
-    let n = sock.read(&mut chunk).await.ok().filter(|n| *n > 0)?;
-    buf.extend_from_slice(&chunk[..n]);
-    Some(())
-}
-
-/// Reads one HTTP/1.1 message (headers, then a Content-Length or chunked body) from `sock`
-/// into `buf`; its head, or None when the peer closed. Bytes of a next message stay in `buf`.
-async fn read_message(sock: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<String> {
-    let head_end = loop {
-        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos + 4;
-        }
-        more(sock, buf).await?;
-    };
+/// Where the first HTTP/1.1 message in `buf` (headers, then a Content-Length or chunked
+/// body) ends, with its head in lower case; Ok(None) while it is not all there yet, Err when
+/// its framing is not HTTP.
+fn complete_message(buf: &[u8]) -> Result<Option<(usize, String)>, ()> {
+    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4) else { return Ok(None) };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
     let header = |name: &str| head.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()));
     let mut end = head_end;
     if header("transfer-encoding:").is_some_and(|v| v.contains("chunked")) {
         loop {
             // A chunk: size in hex, CRLF, data, CRLF; the last has size 0 and ends the body.
-            let line_end = loop {
-                if let Some(pos) = buf[end..].windows(2).position(|w| w == b"\r\n") {
-                    break end + pos;
-                }
-                more(sock, buf).await?;
-            };
-            let size = usize::from_str_radix(String::from_utf8_lossy(&buf[end..line_end]).split(';').next()?.trim(), 16).ok()?;
-            let next = line_end + 2 + size + 2;
-            while buf.len() < next {
-                more(sock, buf).await?;
-            }
-            end = next;
+            let Some(line_end) = buf[end..].windows(2).position(|w| w == b"\r\n").map(|p| end + p) else { return Ok(None) };
+            let size_text = String::from_utf8_lossy(&buf[end..line_end]).split(';').next().unwrap_or("").trim().to_string();
+            let size = usize::from_str_radix(&size_text, 16).map_err(|_| ())?;
+            end = line_end + 2 + size + 2;
             if size == 0 {
                 break;
             }
         }
     } else {
         end += header("content-length:").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
-        while buf.len() < end {
-            more(sock, buf).await?;
-        }
     }
-    buf.drain(..end);
-    Some(head)
+    Ok((buf.len() >= end).then_some((end, head)))
+}
+
+/// Reads one HTTP/1.1 message from `sock` into `buf`; its head, or None when the peer closed
+/// or spoke no HTTP. Bytes of a next message stay in `buf`.
+async fn read_message(sock: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some((end, head)) = complete_message(buf).ok()? {
+            buf.drain(..end);
+            return Some(head);
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        let n = sock.read(&mut chunk).await.ok().filter(|n| *n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// `read_message` on a blocking socket.
+fn read_message_blocking(sock: &mut std::net::TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    use std::io::Read;
+    loop {
+        if let Some((end, head)) = complete_message(buf).ok()? {
+            buf.drain(..end);
+            return Some(head);
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        let n = sock.read(&mut chunk).ok().filter(|n| *n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// An upstream that answers every request at once, in raw HTTP/1.1 on keep-alive
@@ -263,62 +267,95 @@ async fn instant_upstream() -> Result<String, String> {
     Ok(url)
 }
 
-/// Latencies (ms, send to last byte) of requests sent at `rate` per second for `seconds`
-/// over `n_conns` keep-alive connections to `base`, each request at its own time (an open
-/// loop, not one after another), and the rate achieved.
-async fn paced_load(base: &str, key: &str, rate: f64, seconds: f64, n_conns: usize) -> Result<(Vec<f64>, f64), String> {
-    use tokio::io::AsyncWriteExt;
-    let addr = base.trim_start_matches("http://").to_string();
+/// How long the paced load stays with one target before it turns to the next.
+const PACED_BLOCK: Duration = Duration::from_millis(100);
+
+/// Latencies (ms, send to last byte) of requests sent at `rate` per second over `n_conns`
+/// keep-alive connections to each of `bases`, each request at its own time (an open loop, not
+/// one after another), and the rate each achieved. The targets take turns in blocks of
+/// `PACED_BLOCK` until each has had `seconds`, so a slow spell of the machine falls on all of
+/// them alike rather than on whichever ran then.
+///
+/// Each connection is a thread of its own that sleeps on a high-resolution timer until its
+/// next request is due: tokio's timer rounds every wake-up to the next millisecond, which at
+/// 10,000 requests/s sent them ten at a time instead of one every 100 microseconds.
+async fn paced_load(bases: &[&str], key: &str, rate: f64, seconds: f64, n_conns: usize) -> Result<Vec<(Vec<f64>, f64)>, String> {
     let body = r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":1}"#;
-    let request = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let targets: Vec<(String, String)> = bases
+        .iter()
+        .map(|base| {
+            let addr = base.trim_start_matches("http://").to_string();
+            let request = format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            (addr, request)
+        })
+        .collect();
     let interval = Duration::from_secs_f64(n_conns as f64 / rate);
-    let start = tokio::time::Instant::now() + Duration::from_millis(50);
-    let end = start + Duration::from_secs_f64(seconds);
-    let mut tasks = tokio::task::JoinSet::new();
-    for conn in 0..n_conns {
-        let (addr, request) = (addr.clone(), request.clone());
-        tasks.spawn(async move {
-            let mut sock = tokio::net::TcpStream::connect(&addr).await.map_err(|e| format!("{addr}: {e}"))?;
-            let _ = sock.set_nodelay(true);
-            let mut buf = Vec::with_capacity(4096);
-            let mut latencies = Vec::new();
+    tokio::task::spawn_blocking(move || {
+        let n_targets = targets.len();
+        let start = Instant::now() + Duration::from_millis(50);
+        let end = start + Duration::from_secs_f64(seconds * n_targets as f64);
+        let one_connection = |conn: usize| -> Result<Vec<Vec<f64>>, String> {
+            // SAFETY: prctl with integer arguments changes only this thread's timer slack
+            // (50 us by default, which would spread the pacing by as much).
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0u64, 0u64, 0u64) };
+            let mut socks = Vec::new();
+            for (addr, _) in &targets {
+                let sock = std::net::TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
+                let _ = sock.set_nodelay(true);
+                let _ = sock.set_read_timeout(Some(Duration::from_secs(30)));
+                socks.push((sock, Vec::with_capacity(4096)));
+            }
+            let mut latencies = vec![Vec::new(); n_targets];
             // Connections take turns, so the requests are spread evenly over time.
             let mut at = start + interval.mul_f64(conn as f64 / n_conns as f64);
             // A proxy that falls behind is not waited for past the end: what it did not take
             // by then is not sent.
-            while at < end && tokio::time::Instant::now() < end {
-                tokio::time::sleep_until(at).await;
+            while at < end && Instant::now() < end {
+                std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                let target = (at.duration_since(start).as_nanos() / PACED_BLOCK.as_nanos()) as usize % n_targets;
+                let (sock, buf) = &mut socks[target];
                 let sent = Instant::now();
-                sock.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-                let head = read_message(&mut sock, &mut buf).await.ok_or("the connection closed")?;
+                std::io::Write::write_all(sock, targets[target].1.as_bytes()).map_err(|e| e.to_string())?;
+                let head = read_message_blocking(sock, buf).ok_or("the connection closed")?;
                 if !head.starts_with("http/1.1 200") {
                     return Err(format!("answer: {}", head.lines().next().unwrap_or("")));
                 }
-                latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                latencies[target].push(sent.elapsed().as_secs_f64() * 1000.0);
                 at += interval;
             }
-            Ok::<Vec<f64>, String>(latencies)
-        });
-    }
-    let mut all = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        all.extend(done.map_err(|e| e.to_string())??);
-    }
-    // Over the time the answers really took: a proxy that falls behind answers late, not less.
-    let achieved = all.len() as f64 / start.elapsed().as_secs_f64().max(seconds);
-    Ok((all, achieved))
+            Ok(latencies)
+        };
+        let mut all = vec![Vec::new(); n_targets];
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..n_conns).map(|conn| scope.spawn(move || one_connection(conn))).collect();
+            for t in threads {
+                let per_target = t.join().map_err(|_| "a load thread panicked".to_string())??;
+                for (into, from) in all.iter_mut().zip(per_target) {
+                    into.extend(from);
+                }
+            }
+            Ok::<(), String>(())
+        })?;
+        // Over the time the answers really took: a proxy that falls behind answers late, not less.
+        let elapsed = start.elapsed().as_secs_f64().max(seconds * n_targets as f64);
+        Ok(all.into_iter().map(|l| { let achieved = l.len() as f64 * n_targets as f64 / elapsed; (l, achieved) }).collect())
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// The gateway's own latency at a rate: the same requests at the same pace straight to an
-/// instant upstream and through the gateway in front of it; the differences of p50 and p99,
-/// and the rate achieved through the gateway.
+/// instant upstream and through the gateway in front of it, in turns; the differences of p50
+/// and p99, and the rate achieved through the gateway.
 async fn overhead_at(direct: &str, gateway: &str, key: &str, rate: f64, seconds: f64) -> Result<(f64, f64, f64), String> {
     let n_conns = ((rate / 300.0).ceil() as usize).clamp(4, 64);
-    let (mut straight, _) = paced_load(direct, key, rate, seconds, n_conns).await?;
-    let (mut via, achieved) = paced_load(gateway, key, rate, seconds, n_conns).await?;
+    let mut runs = paced_load(&[direct, gateway], key, rate, seconds, n_conns).await?.into_iter();
+    let (Some((mut straight, _)), Some((mut via, achieved))) = (runs.next(), runs.next()) else {
+        return Err("paced load: a target measured nothing".into());
+    };
     // Differences of percentiles measured in two runs: noise can make them negative, and they
     // are printed as measured.
     Ok((pct(&mut via, 0.5) - pct(&mut straight, 0.5), pct(&mut via, 0.99) - pct(&mut straight, 0.99), achieved))
@@ -475,7 +512,7 @@ async fn start_nginx(dir: &std::path::Path, upstream: &str) -> Result<(tokio::pr
 /// Added latency of the proxy at `gateway` in front of `upstream`, keys starting `prefix`.
 async fn overhead_of(upstream: &str, gateway: &str, key: &str, seconds: f64, prefix: &str) -> Result<BTreeMap<String, Value>, String> {
     // A short warm-up: connections to the upstream open, buckets fill.
-    paced_load(gateway, key, 1000.0, 0.3, 8).await?;
+    paced_load(&[gateway], key, 1000.0, 0.3, 8).await?;
     let mut out = BTreeMap::new();
     for (rate, suffix) in [(1_000.0, ""), (10_000.0, "_10k")] {
         // On two cores shared by client, proxy and upstream one stall of a few milliseconds
@@ -685,4 +722,21 @@ pub async fn run(json_out: bool, seconds: f64) -> Result<u8, String> {
         line("LiteLLM: not installed here (pip install 'litellm[proxy]' adds it to this comparison)");
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::complete_message;
+
+    #[test]
+    fn a_message_is_complete_only_when_its_whole_body_is_there() {
+        let sized = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1";
+        assert_eq!(complete_message(sized), Ok(Some((43, "http/1.1 200 ok\r\ncontent-length: 5\r\n\r\n".to_string()))));
+        assert_eq!(complete_message(&sized[..40]), Ok(None));
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        let (end, head) = complete_message(chunked).unwrap().unwrap();
+        assert_eq!((end, head.starts_with("http/1.1 200")), (chunked.len(), true));
+        assert_eq!(complete_message(&chunked[..chunked.len() - 1]), Ok(None));
+        assert_eq!(complete_message(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"), Err(()));
+    }
 }
