@@ -17,4 +17,4 @@ pub mod gateway;
 mod upstream;
 
 pub use config::GatewayConfig;
-pub use gateway::{router, run};
+pub use gateway::{router, run, run_on_workers};

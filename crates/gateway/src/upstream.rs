@@ -27,7 +27,8 @@ struct Plain {
     /// Everything of a request's head before its length: request line start, host, type, key.
     head_start: Vec<u8>,
     path_prefix: String,
-    idle: Mutex<Vec<TcpStream>>,
+    /// Kept-alive connections, each with the thread whose event loop it is registered with.
+    idle: Mutex<Vec<(std::thread::ThreadId, TcpStream)>>,
 }
 
 enum Target {
@@ -140,9 +141,15 @@ impl Upstreams {
 
 impl Plain {
     /// An idle connection that the replica has not closed, if one is kept.
+    ///
+    /// On a thread with an event loop of its own only a connection registered there is
+    /// taken: one of another loop would be woken through that loop's thread.
     fn take_idle(&self) -> Option<TcpStream> {
+        let here = std::thread::current().id();
+        let any_thread = tokio::runtime::Handle::current().runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread;
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(sock) = idle.pop() {
+        while let Some(at) = idle.iter().rposition(|(thread, _)| any_thread || *thread == here) {
+            let (_, sock) = idle.remove(at);
             let mut probe = [0u8; 1];
             // Readable while idle means the replica closed it (or sent something unasked).
             match sock.try_read(&mut probe) {
@@ -156,7 +163,7 @@ impl Plain {
     fn give_back(&self, sock: TcpStream) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push(sock);
+            idle.push((std::thread::current().id(), sock));
         }
     }
 
@@ -457,4 +464,37 @@ mod tests {
         assert!(cut.contains("mid-answer"), "{cut}");
         server.await.unwrap();
     }
+
+    #[test]
+    fn a_kept_connection_serves_only_the_event_loop_it_is_registered_with() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let up = Arc::new(Upstreams::new(&[(url, None)]).unwrap());
+        let Target::Plain(plain) = &up.targets[0] else { panic!("a plain replica") };
+        let on_own_loop = |plain: Arc<Plain>, job: fn(&Plain) -> usize| {
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async move { job(&plain) })
+            })
+            .join()
+            .unwrap()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let sock = plain.connect().await.unwrap();
+            plain.give_back(sock);
+            assert_eq!(on_own_loop(plain.clone(), |p| usize::from(p.take_idle().is_some())), 0, "another loop's connection");
+            assert!(plain.take_idle().is_some(), "its own loop's connection");
+        });
+        // On a shared multi-threaded runtime any worker may take any kept connection.
+        let shared = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let plain2 = plain.clone();
+        shared.block_on(async move {
+            let sock = plain2.connect().await.unwrap();
+            let p = plain2.clone();
+            tokio::task::spawn_blocking(move || p.give_back(sock)).await.unwrap();
+            assert!(plain2.take_idle().is_some());
+        });
+    }
+
 }
