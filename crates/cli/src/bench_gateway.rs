@@ -362,7 +362,7 @@ async fn overhead_at(direct: &str, gateway: &str, key: &str, rate: f64, seconds:
 }
 
 /// Runs of each added-latency figure; the median is reported.
-const OVERHEAD_RUNS: usize = 3;
+const OVERHEAD_RUNS: usize = 5;
 
 /// The key the added-latency load sends, known to the gateways measured.
 const OVERHEAD_KEY: &str = "sk-bench-overhead";
@@ -516,7 +516,7 @@ async fn overhead_of(upstream: &str, gateway: &str, key: &str, seconds: f64, pre
     let mut out = BTreeMap::new();
     for (rate, suffix) in [(1_000.0, ""), (10_000.0, "_10k")] {
         // On two cores shared by client, proxy and upstream one stall of a few milliseconds
-        // moves a 3-second p99: each figure is the median of three runs, all three kept.
+        // moves a 3-second p99: each figure is the median of five runs, all five kept.
         let mut runs = Vec::new();
         for _ in 0..OVERHEAD_RUNS {
             runs.push(overhead_at(upstream, gateway, key, rate, seconds).await?);
