@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest answer head read from a replica.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// Idle connections kept per replica.
+/// Idle connections kept per replica (per event loop where each has its own).
 const MAX_IDLE: usize = 256;
 
 /// A replica reached over plain HTTP/1.1.
@@ -161,9 +161,11 @@ impl Plain {
     }
 
     fn give_back(&self, sock: TcpStream) {
+        let here = std::thread::current().id();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push((std::thread::current().id(), sock));
+        // Counted per thread: one event loop's burst must not leave another none to keep.
+        if idle.iter().filter(|(thread, _)| *thread == here).count() < MAX_IDLE {
+            idle.push((here, sock));
         }
     }
 
@@ -496,5 +498,4 @@ mod tests {
             assert!(plain2.take_idle().is_some());
         });
     }
-
 }
