@@ -22,6 +22,10 @@ pub struct GatewayConfigFile {
     /// Directory for uploaded files and batches (SQLite).
     #[serde(default)]
     pub data_dir: Option<String>,
+    /// Event-loop threads of `tidepool gateway`, each serving its share of the connections
+    /// (default: one per core).
+    #[serde(default)]
+    pub workers: Option<u32>,
     /// Upstream replicas.
     #[serde(default)]
     pub replicas: Vec<ReplicaConfig>,

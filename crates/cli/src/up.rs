@@ -154,8 +154,7 @@ pub async fn gateway(args: GatewayArgs) -> Result<u8, String> {
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!("gateway listening on http://{addr}");
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    tidepool_gateway::run_on_workers(listener, config, workers, shutdown_signal()).await?;
+    tidepool_gateway::run_on_workers(listener, config, shutdown_signal()).await?;
     Ok(0)
 }
 

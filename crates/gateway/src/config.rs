@@ -66,7 +66,12 @@ pub struct GatewayConfig {
     pub tenants: Vec<Tenant>,
     /// Where files and batches are kept (needed for the Files and Batches APIs).
     pub data_dir: Option<std::path::PathBuf>,
+    /// Event-loop threads of a gateway that runs in a process of its own.
+    pub workers: usize,
 }
+
+/// The most event-loop threads a gateway may be given.
+const MAX_WORKERS: u32 = 1024;
 
 impl GatewayConfig {
     /// Reads and checks a TOML file's text; errors name the field.
@@ -120,6 +125,11 @@ impl GatewayConfig {
             };
             tenants.push(Tenant { name: t.name, keys: t.keys, tpm: t.tpm, rpm: t.rpm, tier });
         }
+        let workers = match raw.workers {
+            Some(n) if n == 0 || n > MAX_WORKERS => return Err(format!("workers: must be between 1 and {MAX_WORKERS}, not {n}")),
+            Some(n) => n as usize,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
         Ok(GatewayConfig {
             listen: raw.listen.unwrap_or_else(|| "127.0.0.1:7879".into()),
             realtime_headroom: raw.realtime_headroom.unwrap_or(1),
@@ -128,6 +138,7 @@ impl GatewayConfig {
             replicas,
             tenants,
             data_dir: raw.data_dir.map(std::path::PathBuf::from),
+            workers,
         })
     }
 }
@@ -152,6 +163,10 @@ mod tests {
         let learned = GatewayConfig::from_toml("[[replicas]]\nurl = \"http://h\"\nmodel = \"m\"\nlearn_best_concurrency = true\n").unwrap();
         assert_eq!(learned.replicas[0].best_concurrency, 4);
         assert_eq!(learned.replicas[0].learn, Some(Learn { cap: LEARN_CAP, fixed_max: false }));
+        assert_eq!(GatewayConfig::from_toml("workers = 3\n").unwrap().workers, 3);
+        assert!(GatewayConfig::from_toml("").unwrap().workers >= 1);
+        let err = GatewayConfig::from_toml("workers = 0\n").unwrap_err();
+        assert!(err.contains("workers"), "{err}");
         let err = GatewayConfig::from_toml("listen = 1\nbogus = 2\n").unwrap_err();
         assert!(err.contains("bogus") || err.contains("listen"), "{err}");
     }

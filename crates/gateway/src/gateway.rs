@@ -804,15 +804,15 @@ impl axum::serve::Listener for HandedConnections {
 }
 
 /// Runs the gateway on `listener` until `shutdown` resolves, its connections spread over
-/// `workers` threads that each run their own event loop: a request is read, proxied and
+/// the configured number of threads that each run their own event loop: a request is read, proxied and
 /// answered on one thread, with no wake-up of another thread on the way (on a shared
 /// work-stealing runtime those cost about a quarter of the gateway's CPU per request).
 pub async fn run_on_workers(
     listener: tokio::net::TcpListener,
     config: GatewayConfig,
-    workers: usize,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    let workers = config.workers;
     let gateway = Arc::new(Gateway::new(config)?);
     crate::batch::resume_all(gateway.clone());
     let local_addr = listener.local_addr().map_err(|e| e.to_string())?;
