@@ -557,7 +557,7 @@ async fn start_litellm(emulators: &[String]) -> Result<(tokio::process::Child, S
     yaml.push_str(&format!("general_settings:\n  master_key: {LITELLM_KEY}\n"));
     let config = dir.join("litellm.yaml");
     std::fs::write(&config, yaml).map_err(|e| e.to_string())?;
-    let child = tokio::process::Command::new("litellm")
+    let spawned = tokio::process::Command::new("litellm")
         .arg("--config")
         .arg(&config)
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
@@ -566,17 +566,27 @@ async fn start_litellm(emulators: &[String]) -> Result<(tokio::process::Child, S
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot start litellm: {e}"))?;
+        .map_err(|e| format!("cannot start litellm: {e}"));
     let url = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(90) {
-        if client.get(format!("{url}/health/liveliness")).send().await.is_ok_and(|r| r.status().is_success()) {
-            return Ok((child, url));
+    let ready = match spawned {
+        Ok(child) => {
+            let client = reqwest::Client::new();
+            let started = Instant::now();
+            loop {
+                if client.get(format!("{url}/health/liveliness")).send().await.is_ok_and(|r| r.status().is_success()) {
+                    break Ok(child);
+                }
+                if started.elapsed() > Duration::from_secs(90) {
+                    break Err("litellm did not become ready in 90 s".to_string());
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    Err("litellm did not become ready in 90 s".into())
+        Err(e) => Err(e),
+    };
+    // Its configuration has been read once it answers (or it never will): the file goes.
+    let _ = std::fs::remove_dir_all(&dir);
+    ready.map(|child| (child, url))
 }
 
 /// The tiered gateway learning its replicas' best concurrency from 4: one level at 3x to learn,
