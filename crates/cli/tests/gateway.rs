@@ -32,13 +32,17 @@ fn post(base: &str, path: &str, key: &str, extra_headers: &[(&str, &str)], body:
 }
 
 /// A child process killed when the test ends, pass or fail (else it would hold the test's
-/// output pipe open and the run would never end).
-struct Killed(Child);
+/// output pipe open and the run would never end), and the directory it ran in, removed when
+/// the test passed (kept for a look when it failed).
+struct Killed(Child, Option<std::path::PathBuf>);
 
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if let Some(dir) = self.1.take().filter(|_| !std::thread::panicking()) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -46,7 +50,7 @@ impl Drop for Killed {
 fn start_gateway(config: &std::path::Path) -> (Killed, String) {
     let mut gw = Command::new(BIN).args(["gateway", "--config"]).arg(config).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(gw.stderr.take().unwrap()).lines();
-    let gw = Killed(gw);
+    let gw = Killed(gw, None);
     let base = loop {
         let line = lines.next().unwrap().unwrap();
         if let Some(rest) = line.split("gateway listening on ").nth(1) {
@@ -63,7 +67,9 @@ fn gateway_with(name: &str, body: &str) -> (Killed, String) {
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("gateway.toml");
     std::fs::write(&config, format!("listen = \"127.0.0.1:0\"\n{body}")).unwrap();
-    start_gateway(&config)
+    let (mut gw, base) = start_gateway(&config);
+    gw.1 = Some(dir);
+    (gw, base)
 }
 
 fn start_emulator(best: u32) -> (Killed, String) {
@@ -82,7 +88,7 @@ fn start_emulator(best: u32) -> (Killed, String) {
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    (Killed(child), url)
+    (Killed(child, None), url)
 }
 
 #[test]

@@ -168,5 +168,7 @@ mod tests {
         s.put_result("batch_1", 0, false, "b").unwrap();
         assert_eq!(s.results("batch_1").unwrap(), vec![(0, true, "a".to_string())]);
         assert!(s.delete_file("file-1").unwrap());
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

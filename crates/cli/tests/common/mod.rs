@@ -181,7 +181,11 @@ impl Drop for Env {
             let _ = a.kill();
             let _ = a.wait();
         }
-        // Leftover launchers of cancelled tests end on their own; the data stays for a look.
+        // Leftover launchers of cancelled tests end on their own. The data of a failed test
+        // stays for a look; a passed one's goes.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
