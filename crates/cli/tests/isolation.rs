@@ -181,7 +181,7 @@ fn make_certificates(dir: &std::path::Path) {
 
 #[test]
 fn over_tls_the_api_agents_and_commands_work_and_plain_http_gets_nothing() {
-    let certs = std::env::temp_dir().join(format!("tidepool-it-{}-certs", std::process::id()));
+    let certs = common::Scratch::new("certs");
     make_certificates(&certs);
     let path = |f: &str| certs.join(f).display().to_string();
     let (cert, key, ca) = (path("server.pem"), path("server.key"), path("ca.pem"));

@@ -14,8 +14,7 @@ fn sim(args: &[&str]) -> String {
 
 #[test]
 fn a_swf_log_replays_the_same_twice_and_bad_input_is_named() {
-    let dir = std::env::temp_dir().join(format!("tidepool-it-{}-sim", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::Scratch::new("sim");
     let log = dir.join("log.swf");
     let mut text = String::from("; a small log in the Standard Workload Format\n");
     for i in 0..300u64 {
@@ -59,7 +58,7 @@ fn science_burst_is_deterministic_and_beats_its_baseline_on_node_hours() {
 
 #[test]
 fn llm_day_keeps_realtime_whole_and_the_gpus_busy() {
-    let dir = std::env::temp_dir().join(format!("tidepool-it-{}-llm-day", std::process::id()));
+    let dir = common::Scratch::new("llm-day");
     let out = dir.display().to_string();
     let first = sim(&["llm-day", "--seed", "1", "--json", "--out", &out]);
     assert_eq!(first, sim(&["llm-day", "--seed", "1", "--json", "--out", &out]), "byte for byte");
@@ -79,8 +78,7 @@ fn llm_day_keeps_realtime_whole_and_the_gpus_busy() {
 
 #[test]
 fn llm_traces_in_both_public_formats_replay() {
-    let dir = std::env::temp_dir().join(format!("tidepool-it-{}-llm-trace", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::Scratch::new("llm-trace");
     let (mut jsonl, mut csv) = (String::new(), String::from("TIMESTAMP,ContextTokens,GeneratedTokens\n"));
     for i in 0..3000u64 {
         let (ms, input, output) = (i * 400 + (i * 7919) % 300, 200 + (i * 31) % 4000, 20 + (i * 17) % 400);

@@ -189,6 +189,35 @@ impl Drop for Env {
     }
 }
 
+/// A directory of a test's own under the temporary directory, removed when the test passed
+/// (kept for a look when it failed).
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    /// `tidepool-it-PID-NAME`, made afresh.
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("tidepool-it-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 pub fn rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
