@@ -32,17 +32,14 @@ fn post(base: &str, path: &str, key: &str, extra_headers: &[(&str, &str)], body:
 }
 
 /// A child process killed when the test ends, pass or fail (else it would hold the test's
-/// output pipe open and the run would never end), and the directory it ran in, removed when
-/// the test passed (kept for a look when it failed).
-struct Killed(Child, Option<std::path::PathBuf>);
+/// output pipe open and the run would never end), and the directory it ran in, which goes
+/// after it.
+struct Killed(Child, Option<common::Scratch>);
 
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-        if let Some(dir) = self.1.take().filter(|_| !std::thread::panicking()) {
-            let _ = std::fs::remove_dir_all(dir);
-        }
     }
 }
 
@@ -63,8 +60,7 @@ fn start_gateway(config: &std::path::Path) -> (Killed, String) {
 
 /// Writes a gateway file (listening on a free port) and starts the gateway on it.
 fn gateway_with(name: &str, body: &str) -> (Killed, String) {
-    let dir = std::env::temp_dir().join(format!("tidepool-gw-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::Scratch::new(&format!("gw-{name}"));
     let config = dir.join("gateway.toml");
     std::fs::write(&config, format!("listen = \"127.0.0.1:0\"\n{body}")).unwrap();
     let (mut gw, base) = start_gateway(&config);

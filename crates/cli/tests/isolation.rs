@@ -111,7 +111,7 @@ fn a_secret_env_value_reaches_the_task_and_nothing_else() {
     let bad = env.run(&["submit", "--secret-env", &format!("1BAD={secret}"), "--", "true"]);
     assert!(!String::from_utf8_lossy(&bad.stderr).contains(secret), "an error echoes the secret");
     // Everything the server wrote, except the one file meant to keep it.
-    let mut stack = vec![env.dir.clone()];
+    let mut stack = vec![env.dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap().flatten() {
             let path = entry.path();

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_tidepool");
 
 /// A `tidepool up` in its own directory, killed when dropped.
 pub struct Env {
-    pub dir: PathBuf,
+    pub dir: Scratch,
     pub url: String,
     /// The inference gateway's base URL.
     pub gateway_url: String,
@@ -38,9 +38,7 @@ impl Env {
 
     /// A server listening on `listen`, started with extra flags, whose clients get `client_env`.
     pub fn listening(name: &str, listen: &str, extra: &[&str], client_env: &[(&str, &str)]) -> Env {
-        let dir = std::env::temp_dir().join(format!("tidepool-it-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = Scratch::new(name);
         let extra_args = extra.iter().map(|s| s.to_string()).collect();
         let client_env = client_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let mut env = Env { dir, url: String::new(), gateway_url: String::new(), server: None, extra_args, agents: Vec::new(), client_env };
@@ -181,11 +179,8 @@ impl Drop for Env {
             let _ = a.kill();
             let _ = a.wait();
         }
-        // Leftover launchers of cancelled tests end on their own. The data of a failed test
-        // stays for a look; a passed one's goes.
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        // Leftover launchers of cancelled tests end on their own; the directory goes (or, for
+        // a failed test, stays) with `dir` once the processes are stopped.
     }
 }
 
@@ -206,6 +201,12 @@ impl Scratch {
 impl std::ops::Deref for Scratch {
     type Target = std::path::Path;
     fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Scratch {
+    fn as_ref(&self) -> &std::path::Path {
         &self.0
     }
 }
