@@ -482,6 +482,8 @@ impl Agent {
             cgroup: self.plan.clone(),
             bin_dir: self.bin_dir.clone(),
             kill_grace_s: self.config.kill_grace_s,
+            node_cpu_millis: self.config.cpu_millis,
+            node_mem_bytes: self.config.mem_bytes,
         };
         let mut line = match serde_json::to_vec(&spec) {
             Ok(line) => line,

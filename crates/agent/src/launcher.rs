@@ -12,13 +12,17 @@
 //! their own process group; to place a task in its cgroup from birth, the launcher steps into
 //! that cgroup for the spawn and back into its own (`tidepool/launcher`) right after.
 //!
+//! The server may send short tasks ahead of free cores; an attempt that does not fit beside
+//! the running ones (by the node's cores and memory in its `LaunchSpec`) is taken, its lock
+//! held, and started in arrival order the moment a running leader exits.
+//!
 //! **Invariant**: a running attempt's `lock` is held (flock) by the launcher that runs it, and
 //! released only after `result.json` is written, so a directory with neither is an attempt that
 //! will never report and may be requeued.
 
 use crate::cgroup::{CgroupPlan, TaskCgroup};
 use crate::rundir::{self, LaunchSpec};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -69,10 +73,23 @@ impl Attempt {
     }
 }
 
+/// An attempt taken but not started.
+struct Waiting {
+    spec: LaunchSpec,
+    dir: PathBuf,
+    lock: File,
+}
+
 struct Launcher {
     run_dir: PathBuf,
     /// Running attempts by their leader's pid.
     running: HashMap<i32, Attempt>,
+    /// Attempts taken (their directory locked) that wait for room beside the running ones,
+    /// in the order they came: the server may send short tasks ahead of free cores.
+    waiting: VecDeque<Waiting>,
+    /// Cores (thousandths) and memory the running attempts were given.
+    cpu_in_use: u64,
+    mem_in_use: u64,
     /// `cgroup.procs` of the launcher's own cgroup, per hierarchy, to step back into.
     home_procs: Vec<File>,
     /// The plan the home cgroup belongs to.
@@ -207,6 +224,9 @@ impl Launcher {
         Ok(Launcher {
             run_dir: run_dir.to_path_buf(),
             running: HashMap::new(),
+            waiting: VecDeque::new(),
+            cpu_in_use: 0,
+            mem_in_use: 0,
             home_procs: Vec::new(),
             home_plan: None,
             idle_cgroups: Vec::new(),
@@ -312,7 +332,7 @@ impl Launcher {
         let mut stdin = dup_of(0).ok_or("no stdin")?;
         let stdin_fd = stdin.as_raw_fd();
         loop {
-            if !stdin_open && self.running.is_empty() {
+            if !stdin_open && self.running.is_empty() && self.waiting.is_empty() {
                 for (plan, cgroup) in self.idle_cgroups.drain(..) {
                     plan.discard(cgroup);
                 }
@@ -368,6 +388,7 @@ impl Launcher {
                 }
                 if chld {
                     self.reap();
+                    self.start_waiting();
                 }
                 if usr1 {
                     self.check_cancels();
@@ -375,6 +396,9 @@ impl Launcher {
                 if term {
                     // The node is going away: stop every task as a cancel would.
                     stdin_open = false;
+                    for w in std::mem::take(&mut self.waiting) {
+                        self.end_unstarted(&w.dir, w.spec.launch.attempt);
+                    }
                     let pids: Vec<i32> = self.running.keys().copied().collect();
                     for pid in pids {
                         self.cancel(pid);
@@ -382,7 +406,34 @@ impl Launcher {
                 }
             }
             self.on_timers();
+            self.start_waiting();
         }
+    }
+
+    /// True when an attempt needing `spec`'s resources fits beside the running ones (one
+    /// always runs, whatever it asks; an attempt whose leader exited holds nothing).
+    fn fits(&self, spec: &LaunchSpec) -> bool {
+        let launch = &spec.launch;
+        let cpu_ok = spec.node_cpu_millis == 0 || self.cpu_in_use + launch.cpu_millis <= spec.node_cpu_millis;
+        let mem_ok = spec.node_mem_bytes == 0 || self.mem_in_use + launch.mem_bytes <= spec.node_mem_bytes;
+        self.cpu_in_use == 0 || (cpu_ok && mem_ok)
+    }
+
+    /// Starts waiting attempts, oldest first, while the oldest fits.
+    fn start_waiting(&mut self) {
+        while self.waiting.front().is_some_and(|w| self.fits(&w.spec)) {
+            if let Some(w) = self.waiting.pop_front() {
+                self.begin(w.spec, w.dir, w.lock);
+            }
+        }
+    }
+
+    /// Ends an attempt that was never started as cancelled.
+    fn end_unstarted(&mut self, dir: &Path, a: tidepool_api::AttemptRef) {
+        let mut result = rundir::failed_at(a, now_ms(), "cancelled before it started");
+        result.outcome = "cancelled".into();
+        result.ended_ms = result.started_ms;
+        self.write_and_emit(dir, &result);
     }
 
     fn next_timer(&self) -> Option<Instant> {
@@ -397,8 +448,8 @@ impl Launcher {
             .min()
     }
 
-    /// Starts the attempt in its directory (made by the agent), or reports at once why it
-    /// cannot run.
+    /// Takes the attempt in its directory (made by the agent): starts it when it fits beside
+    /// the running ones and none waits before it, else keeps it waiting.
     fn start(&mut self, spec: LaunchSpec) {
         let dir = rundir::attempt_dir(&self.run_dir, &spec.launch.attempt);
         let skip = |why: &str| {
@@ -416,23 +467,30 @@ impl Launcher {
         if lock.metadata().map_or(true, |m| std::os::unix::fs::MetadataExt::nlink(&m) == 0) {
             return skip("removed as abandoned before it was taken");
         }
+        if self.waiting.is_empty() && self.fits(&spec) {
+            self.begin(spec, dir, lock);
+        } else {
+            self.waiting.push_back(Waiting { spec, dir, lock });
+        }
+    }
+
+    /// Starts a taken attempt now, or reports at once why it cannot run.
+    fn begin(&mut self, spec: LaunchSpec, dir: PathBuf, lock: File) {
         self.enter_home(&spec.cgroup);
         let a = spec.launch.attempt;
+        if dir.join(rundir::CANCEL_FILE).exists() {
+            return self.end_unstarted(&dir, a);
+        }
         let mut result = rundir::failed_at(a, now_ms(), "");
         result.message = None;
-        if dir.join(rundir::CANCEL_FILE).exists() {
-            result.outcome = "cancelled".into();
-            result.message = Some("cancelled before it started".into());
-            result.ended_ms = result.started_ms;
-            self.write_and_emit(&dir, &result);
-            return;
-        }
         let cgroup = self.take_cgroup(&spec.cgroup, spec.launch.mem_bytes);
         match self.spawn(&spec, &dir, cgroup.as_ref().map_or(&[], TaskCgroup::join_files)) {
             Ok(pid) => {
                 result.started_ms = now_ms();
                 let started = Instant::now();
                 let deadline = spec.launch.time_limit_s.map(|s| started + Duration::from_secs(s));
+                self.cpu_in_use += spec.launch.cpu_millis;
+                self.mem_in_use += spec.launch.mem_bytes;
                 self.running.insert(
                     pid,
                     Attempt {
@@ -536,6 +594,10 @@ impl Launcher {
             }
             if let Some(a) = self.running.get_mut(&pid) {
                 a.ended = Some((status, usage));
+                // Its room is free once its leader has exited (what it left is killed now):
+                // the next attempt starts before this one's result is written.
+                self.cpu_in_use -= a.spec.launch.cpu_millis;
+                self.mem_in_use -= a.spec.launch.mem_bytes;
                 // The leader is gone: end whatever it left behind, as Slurm does at a job's end
                 // (its process group now; what is left in its cgroup in `on_timers`, next).
                 signal_tree(a.pid, &[], libc::SIGKILL);
@@ -545,6 +607,13 @@ impl Launcher {
     }
 
     fn check_cancels(&mut self) {
+        // A waiting attempt asked to stop ends without starting (`begin` sees the mark).
+        let (asked, kept): (VecDeque<Waiting>, VecDeque<Waiting>) =
+            std::mem::take(&mut self.waiting).into_iter().partition(|w| w.dir.join(rundir::CANCEL_FILE).exists());
+        self.waiting = kept;
+        for w in asked {
+            self.begin(w.spec, w.dir, w.lock);
+        }
         let asked: Vec<i32> = self
             .running
             .values()

@@ -20,6 +20,13 @@ pub struct LaunchSpec {
     pub bin_dir: Option<String>,
     /// Seconds between the polite signal and SIGKILL.
     pub kill_grace_s: u64,
+    /// The node's cores (thousandths) and memory (bytes): an attempt that does not fit beside
+    /// those running waits for one to end (0: no limit).
+    #[serde(default)]
+    pub node_cpu_millis: u64,
+    /// See `node_cpu_millis`.
+    #[serde(default)]
+    pub node_mem_bytes: u64,
 }
 
 /// The file by which launcher `pid` names itself in the run directory.

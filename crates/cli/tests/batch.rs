@@ -38,6 +38,38 @@ fn an_array_of_1000_writes_1000_files_and_sacct_shows_usage() {
 }
 
 #[test]
+fn short_tasks_wait_on_the_node_ahead_of_free_cores_and_a_cancel_reaches_them() {
+    // The test node offers 4 cores.
+    let env = Env::new("prefetch");
+    let job = env.ok(&["submit", "--array", "0-1999", "--", "sh", "-c", "echo $TIDEPOOL_TASK_INDEX >> ran.log"]);
+    let job = job.trim();
+    let counts = |env: &Env| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(&env.ok(&["show", job, "--json"])).unwrap()["counts"].clone()
+    };
+    // Once its tasks are known to be short, the node is sent more than its cores take.
+    let mut most_running = 0;
+    env.eventually(60, "tasks sent ahead of the free core", |env| {
+        let c = counts(env);
+        most_running = most_running.max(c["running"].as_u64().unwrap());
+        most_running > 4 && c["succeeded"].as_u64().unwrap() > 100
+    });
+    env.ok(&["cancel", job]);
+    env.run(&["wait", job]);
+    let c = counts(&env);
+    let (succeeded, cancelled) = (c["succeeded"].as_u64().unwrap(), c["cancelled"].as_u64().unwrap());
+    assert_eq!(succeeded + cancelled, 2000, "every task ended once: {c}");
+    assert!(cancelled > 0, "the cancel came before the end: {c}");
+    let ran = std::fs::read_to_string(env.dir.join("ran.log")).unwrap();
+    let mut indices: Vec<u32> = ran.lines().map(|l| l.parse().unwrap()).collect();
+    let n_lines = indices.len() as u64;
+    indices.sort_unstable();
+    indices.dedup();
+    assert_eq!(indices.len() as u64, n_lines, "no task ran twice");
+    // What ran is what succeeded, but for the few the cancel caught running.
+    assert!((succeeded..=succeeded + 4).contains(&n_lines), "{n_lines} ran, {succeeded} succeeded");
+}
+
+#[test]
 fn sbatch_throttle_squeue_and_scancel() {
     let env = Env::new("sbatch");
     std::fs::write(

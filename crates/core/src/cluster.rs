@@ -177,6 +177,9 @@ pub struct RunningTask {
     pub checkpoint_ms: u64,
     /// Told to stop for a higher-priority task.
     pub preempting: bool,
+    /// Sent to its node ahead of free resources: it waits there, holding none, until a task
+    /// of the node ends (see `Policy::prefetch_ms`).
+    pub queued: bool,
 }
 
 /// Why a job's next task is not running, in Slurm's reason code and in words.
@@ -206,6 +209,10 @@ pub struct Job {
     /// Features every node must have, as this cluster's bits.
     pub(crate) feature_mask: u64,
     pub(crate) project_idx: usize,
+    /// Attempts that ended on their own (not requeued) and their summed run time, from
+    /// dispatch to end: how long this job's tasks take, for the prefetch window.
+    pub(crate) n_timed: u64,
+    pub(crate) timed_ms: u64,
 }
 
 impl Job {
@@ -269,6 +276,10 @@ impl Job {
         }
         None
     }
+    /// The mean run time of its ended tasks, once enough have ended to say.
+    pub(crate) fn mean_run_ms(&self) -> Option<u64> {
+        (self.n_timed >= MIN_TIMED_TASKS).then(|| self.timed_ms / self.n_timed)
+    }
     pub(crate) fn throttled(&self) -> bool {
         self.spec.array.max_running.is_some_and(|max| self.counts.running >= max)
     }
@@ -305,6 +316,9 @@ pub fn task_state_from_u8(v: u8) -> Option<TaskState> {
     })
 }
 
+/// Tasks of a job that must have ended before its mean run time is trusted.
+const MIN_TIMED_TASKS: u64 = 8;
+
 /// A machine that runs tasks.
 #[derive(Debug, Clone)]
 pub struct Node {
@@ -315,6 +329,10 @@ pub struct Node {
     pub(crate) online: bool,
     pub(crate) features: u64,
     pub(crate) running: BTreeSet<(JobId, u32)>,
+    /// Tasks sent ahead of free resources, in the order the node starts them.
+    pub(crate) queued: VecDeque<(JobId, u32)>,
+    /// The cores those queued tasks will take.
+    pub(crate) queued_cpu_millis: u64,
     /// Held for a job that preempted work here, until it places a task on it.
     pub(crate) held_for: Option<JobId>,
     /// Finishes what it runs and takes nothing new.
@@ -352,6 +370,10 @@ impl Node {
     pub fn n_running(&self) -> u32 {
         self.running.len() as u32
     }
+    /// How many tasks wait on it for a running one to end.
+    pub fn n_queued(&self) -> u32 {
+        self.queued.len() as u32
+    }
     /// True while it is being drained by hand.
     pub fn is_draining(&self) -> bool {
         self.draining
@@ -368,11 +390,15 @@ pub struct Policy {
     /// Place each task on the first node (in the order they joined) where it fits, instead of
     /// the tightest: the baseline that simulations compare against.
     pub first_fit: bool,
+    /// How much work, in milliseconds per core, a node may be sent beyond its free cores, for
+    /// jobs whose tasks are known to be short: the node starts the next one the moment one
+    /// ends instead of a round trip to the server later (0: never).
+    pub prefetch_ms: u64,
 }
 
 impl Default for Policy {
     fn default() -> Policy {
-        Policy { fair_share_half_life_ms: 24 * 3600 * 1000, max_reservations: 4, first_fit: false }
+        Policy { fair_share_half_life_ms: 24 * 3600 * 1000, max_reservations: 4, first_fit: false, prefetch_ms: 50 }
     }
 }
 
@@ -534,6 +560,8 @@ impl Cluster {
             demand,
             feature_mask,
             project_idx,
+            n_timed: 0,
+            timed_ms: 0,
             spec,
         };
         self.queue.insert((job.spec.tier, job_id));
@@ -606,6 +634,8 @@ impl Cluster {
                     online: false,
                     features: 0,
                     running: BTreeSet::new(),
+                    queued: VecDeque::new(),
+                    queued_cpu_millis: 0,
                     held_for: None,
                     draining: false,
                     overflow: false,
@@ -657,11 +687,12 @@ impl Cluster {
         }
     }
 
-    /// Every attempt running on a node: (job, position, attempt).
+    /// Every attempt running on a node, or queued there: (job, position, attempt).
     pub fn running_on(&self, node_id: NodeId) -> Vec<(JobId, u32, u32)> {
         let Some(node) = self.node(node_id) else { return vec![] };
         node.running
             .iter()
+            .chain(node.queued.iter())
             .filter_map(|(job_id, pos)| {
                 let run = self.jobs.get(job_id)?.running.get(pos)?;
                 Some((*job_id, *pos, run.attempt))
@@ -670,6 +701,7 @@ impl Cluster {
     }
 
     /// Records that an attempt was handed to a node. Used by the scheduling pass and by replay.
+    /// An attempt that does not fit the node's free resources waits in the node's queue.
     pub fn apply_dispatch(
         &mut self,
         job_id: JobId,
@@ -687,13 +719,14 @@ impl Cluster {
         }
         let half_life = self.policy.fair_share_half_life_ms;
         self.projects[job.project_idx].advance(now_ms, half_life);
+        let demand = job.demand;
+        let queued = !self.nodes[node_id.0 as usize].free().fits(&demand);
         job.set_state(pos, TaskState::Running);
         job.running.insert(
             pos,
-            RunningTask { node_id, attempt, started_ms: now_ms, checkpoint_ms: now_ms, preempting: false },
+            RunningTask { node_id, attempt, started_ms: now_ms, checkpoint_ms: now_ms, preempting: false, queued },
         );
         job.last_attempt.insert(pos, attempt);
-        let demand = job.demand;
         let tier = job.spec.tier;
         let project_idx = job.project_idx;
         let drained = !job.has_pending();
@@ -702,13 +735,43 @@ impl Cluster {
         }
         self.projects[project_idx].allocated_cpu_millis += demand.cpu_millis;
         self.update_node(node_id, |node| {
-            node.allocated = node.allocated.plus(&demand);
-            node.running.insert((job_id, pos));
+            if queued {
+                node.queued.push_back((job_id, pos));
+                node.queued_cpu_millis += demand.cpu_millis;
+            } else {
+                node.allocated = node.allocated.plus(&demand);
+                node.running.insert((job_id, pos));
+            }
             if node.held_for == Some(job_id) {
                 node.held_for = None;
             }
         });
         Ok(())
+    }
+
+    /// Starts the node's queued tasks, oldest first, while the first fits what is free: what
+    /// the node's agent does the moment a task ends there.
+    fn promote_queued(&mut self, node_id: NodeId, now_ms: u64) {
+        loop {
+            let Some(node) = self.nodes.get(node_id.0 as usize) else { return };
+            let Some(&(job_id, pos)) = node.queued.front() else { return };
+            let Some(job) = self.jobs.get_mut(&job_id) else { return };
+            let demand = job.demand;
+            if !node.free().fits(&demand) {
+                return;
+            }
+            if let Some(run) = job.running.get_mut(&pos) {
+                run.queued = false;
+                run.started_ms = now_ms;
+                run.checkpoint_ms = now_ms;
+            }
+            self.update_node(node_id, |node| {
+                node.queued.pop_front();
+                node.queued_cpu_millis -= demand.cpu_millis;
+                node.allocated = node.allocated.plus(&demand);
+                node.running.insert((job_id, pos));
+            });
+        }
     }
 
     /// Takes a running attempt off its node; false when that attempt is not the one running.
@@ -724,19 +787,32 @@ impl Cluster {
         self.projects[project_idx].advance(now_ms, half_life);
         self.projects[project_idx].allocated_cpu_millis -= demand.cpu_millis;
         self.update_node(run.node_id, |node| {
-            node.allocated = node.allocated.minus(&demand);
-            node.running.remove(&(job_id, pos));
+            if run.queued {
+                node.queued.retain(|t| *t != (job_id, pos));
+                node.queued_cpu_millis -= demand.cpu_millis;
+            } else {
+                node.allocated = node.allocated.minus(&demand);
+                node.running.remove(&(job_id, pos));
+            }
         });
+        if !run.queued {
+            self.promote_queued(run.node_id, now_ms);
+        }
         true
     }
 
     /// Records how an attempt ended. Returns false, changing nothing, when that attempt is not
     /// the one running (a stale or repeated report): a completion is recorded once.
     pub fn finish(&mut self, job_id: JobId, pos: u32, attempt: u32, outcome: TaskOutcome, now_ms: u64) -> bool {
+        let started_ms = self.jobs.get(&job_id).and_then(|j| j.running.get(&pos)).map(|r| r.started_ms);
         if !self.release_attempt(job_id, pos, attempt, now_ms) {
             return false;
         }
         let Some(job) = self.jobs.get_mut(&job_id) else { return false };
+        if outcome != TaskOutcome::Cancelled {
+            job.n_timed += 1;
+            job.timed_ms += now_ms.saturating_sub(started_ms.unwrap_or(now_ms));
+        }
         job.set_state(pos, outcome.state());
         if job.is_finished() {
             job.ended_ms = Some(now_ms);
@@ -925,6 +1001,8 @@ impl Cluster {
     pub fn sanity_check(&self) -> Result<(), String> {
         let mut allocated = vec![Resources::default(); self.nodes.len()];
         let mut n_running = vec![0u32; self.nodes.len()];
+        let mut queued_cpu = vec![0u64; self.nodes.len()];
+        let mut n_queued = vec![0u32; self.nodes.len()];
         let mut project_cpu = vec![0u64; self.projects.len()];
         for job in self.jobs.values() {
             let mut counts = TaskCounts::default();
@@ -942,9 +1020,17 @@ impl Cluster {
                     return Err(format!("job {} task {pos}: in running map, not running", job.id));
                 }
                 let i = run.node_id.0 as usize;
+                project_cpu[job.project_idx] += job.demand.cpu_millis;
+                if run.queued {
+                    queued_cpu[i] += job.demand.cpu_millis;
+                    n_queued[i] += 1;
+                    if !self.nodes[i].queued.contains(&(job.id, *pos)) {
+                        return Err(format!("job {} task {pos}: missing from its node's queue", job.id));
+                    }
+                    continue;
+                }
                 allocated[i] = allocated[i].plus(&job.demand);
                 n_running[i] += 1;
-                project_cpu[job.project_idx] += job.demand.cpu_millis;
                 if !self.nodes[i].running.contains(&(job.id, *pos)) {
                     return Err(format!("job {} task {pos}: missing from its node", job.id));
                 }
@@ -960,6 +1046,9 @@ impl Cluster {
             }
             if !node.capacity.fits(&node.allocated) {
                 return Err(format!("node {}: over-committed", node.name));
+            }
+            if node.queued_cpu_millis != queued_cpu[i] || node.queued.len() as u32 != n_queued[i] {
+                return Err(format!("node {}: queue out of step", node.name));
             }
             let indexed = self.free_index.contains(&(node.free().cpu_millis, NodeId(i as u32)));
             if indexed != (node.online && node.free().cpu_millis > 0) {

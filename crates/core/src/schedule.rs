@@ -50,6 +50,7 @@ impl Cluster {
         let any_borrowing = self.projects.iter().any(|p| p.is_borrowing());
         let mut decisions = Decisions::default();
         let mut n_searches = 0;
+        let mut refilling = Vec::new();
         for (tier, _, job_id) in order {
             let Some(job) = self.jobs.get(&job_id) else { continue };
             if self.dependencies_met(job) != Ok(true) {
@@ -65,7 +66,7 @@ impl Cluster {
                 if job.throttled() || !job.has_pending() || !self.quota_allows(job, 1) {
                     break;
                 }
-                match self.best_node(job_id, now_ms) {
+                match self.best_node(job_id, now_ms).or_else(|| self.prefetch_node(job_id, now_ms, &mut refilling)) {
                     Some(node_id) => self.place_next(job_id, node_id, now_ms, &mut decisions),
                     None => {
                         blocked = true;
@@ -148,6 +149,45 @@ impl Cluster {
                 .find(|id| self.nodes[id.0 as usize].overflow == overflow && fits(id.0 as usize, &self.nodes[id.0 as usize]))
         };
         tightest(false).or_else(|| tightest(true))
+    }
+
+    /// A node where one more task of a job known to be short may wait for a running task of
+    /// the same job to end: the node's queue holds at most `Policy::prefetch_ms` of such work
+    /// per core, so what waits there waits no longer than that. A queue is topped up once it
+    /// is down to half (the nodes being topped up in this pass are in `refilling`), so that
+    /// launches go out in batches rather than one per ended task.
+    fn prefetch_node(&self, job_id: JobId, now_ms: u64, refilling: &mut Vec<crate::cluster::NodeId>) -> Option<crate::cluster::NodeId> {
+        let job = self.jobs.get(&job_id)?;
+        let prefetch_ms = self.policy.prefetch_ms;
+        let mean_ms = job.mean_run_ms()?.max(1);
+        if prefetch_ms == 0 || job.spec.gang.is_some() || mean_ms > prefetch_ms {
+            return None;
+        }
+        let need = job.demand;
+        if need.n_gpus > 0 || need.named.iter().any(|v| *v > 0) {
+            return None;
+        }
+        let chosen = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| {
+                let window = n.capacity.cpu_millis.saturating_mul(prefetch_ms) / mean_ms;
+                let topping_up = refilling.contains(&crate::cluster::NodeId(*i as u32)) || n.queued_cpu_millis * 2 <= window;
+                topping_up
+                    && n.online
+                    && !n.overflow
+                    && self.node_suits(n, job)
+                    && self.allowed(*i, n, job_id, now_ms)
+                    && n.queued_cpu_millis + need.cpu_millis <= window
+                    && n.running.range((job_id, 0)..=(job_id, u32::MAX)).next().is_some()
+            })
+            .min_by_key(|(i, n)| (n.queued_cpu_millis, *i))
+            .map(|(i, _)| crate::cluster::NodeId(i as u32))?;
+        if !refilling.contains(&chosen) {
+            refilling.push(chosen);
+        }
+        Some(chosen)
     }
 
     /// Places a gang whole, or reserves the nodes it will get first.

@@ -48,6 +48,45 @@ fn fills_nodes_and_no_more() {
 }
 
 #[test]
+fn short_tasks_wait_on_their_node_and_start_as_one_ends() {
+    let mut c = cluster_with_nodes(&[2]);
+    c.submit(JobId(1), spec("0-999", 1), 0);
+    c.submit(JobId(2), JobSpec { tier: Tier::Offline, ..spec("0-9", 1) }, 0);
+    // Until enough tasks have ended, nothing is sent beyond the free cores.
+    let mut now = 0;
+    for _ in 0..4 {
+        let p = placed(&mut c, now);
+        assert_eq!(p.len(), 2, "{p:?}");
+        now += 2;
+        for t in p {
+            assert!(c.finish(t.job_id, t.pos, t.attempt, TaskOutcome::Succeeded, now));
+        }
+    }
+    // Tasks of 2 ms: the node may hold 50 ms of them per core beyond its two cores.
+    let p = placed(&mut c, now);
+    assert!(p.iter().all(|t| t.job_id == JobId(1)), "only the short job's tasks wait there: {p:?}");
+    assert_eq!(p.len(), 2 + 50, "{p:?}");
+    let node = c.node(NodeId(0)).unwrap();
+    assert_eq!((node.n_running(), node.n_queued()), (2, 50));
+    assert!(placed(&mut c, now).is_empty(), "the window is full");
+    // The first ended task's core goes to the oldest waiting one, in the same step.
+    let first_queued = p[2];
+    assert!(c.job(JobId(1)).unwrap().running_task(first_queued.pos).unwrap().queued);
+    assert!(c.finish(p[0].job_id, p[0].pos, p[0].attempt, TaskOutcome::Succeeded, now + 1));
+    c.sanity_check().unwrap();
+    let run = c.job(JobId(1)).unwrap().running_task(first_queued.pos).unwrap();
+    assert!(!run.queued && run.started_ms == now + 1, "{run:?}");
+    assert_eq!(c.node(NodeId(0)).unwrap().n_queued(), 49);
+    // A waiting task cancelled or requeued leaves the queue without taking a core.
+    let last = p[51];
+    assert!(c.requeue(last.job_id, last.pos, last.attempt, now + 1));
+    c.sanity_check().unwrap();
+    assert_eq!(c.node(NodeId(0)).unwrap().n_queued(), 48);
+    // A lost node gives back the waiting tasks with the running ones.
+    assert_eq!(c.running_on(NodeId(0)).len(), 2 + 48);
+}
+
+#[test]
 fn an_overflow_site_only_gets_what_local_nodes_cannot_take() {
     let mut c = cluster_with_nodes(&[8, 2]);
     c.set_node_overflow(NodeId(0), true);
