@@ -654,6 +654,11 @@ async fn main_loop(agent: Arc<Agent>) -> Result<()> {
     }
 }
 
+/// How long the first of a batch of results waits for others before they are reported: a
+/// stream of short tasks costs one report (and one journal commit) per several tasks rather
+/// than one each, and a node with tasks queued on it keeps running them meanwhile.
+const REPORT_GATHER: Duration = Duration::from_millis(10);
+
 async fn report_loop(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<TaskResult>) {
     let mut pending: Vec<TaskResult> = Vec::new();
     loop {
@@ -662,6 +667,8 @@ async fn report_loop(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<TaskResu
                 Some(r) => pending.push(r),
                 None => return,
             }
+            // The results of the next few milliseconds go in the same report.
+            tokio::time::sleep(REPORT_GATHER).await;
         }
         while let Ok(r) = rx.try_recv() {
             pending.push(r);
