@@ -804,14 +804,20 @@ impl Cluster {
     /// Records how an attempt ended. Returns false, changing nothing, when that attempt is not
     /// the one running (a stale or repeated report): a completion is recorded once.
     pub fn finish(&mut self, job_id: JobId, pos: u32, attempt: u32, outcome: TaskOutcome, now_ms: u64) -> bool {
-        let started_ms = self.jobs.get(&job_id).and_then(|j| j.running.get(&pos)).map(|r| r.started_ms);
+        let started_ms = self.jobs.get(&job_id).and_then(|j| j.running.get(&pos)).map_or(now_ms, |r| r.started_ms);
+        self.finish_after(job_id, pos, attempt, outcome, now_ms, now_ms.saturating_sub(started_ms))
+    }
+
+    /// `finish`, with how long the task really ran as its node measured it (the time from
+    /// dispatch also holds the launch's and the report's way there and back).
+    pub fn finish_after(&mut self, job_id: JobId, pos: u32, attempt: u32, outcome: TaskOutcome, now_ms: u64, ran_ms: u64) -> bool {
         if !self.release_attempt(job_id, pos, attempt, now_ms) {
             return false;
         }
         let Some(job) = self.jobs.get_mut(&job_id) else { return false };
         if outcome != TaskOutcome::Cancelled {
             job.n_timed += 1;
-            job.timed_ms += now_ms.saturating_sub(started_ms.unwrap_or(now_ms));
+            job.timed_ms += ran_ms;
         }
         job.set_state(pos, outcome.state());
         if job.is_finished() {

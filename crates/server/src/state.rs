@@ -939,9 +939,10 @@ impl Inner {
                     }
                 }
             }
-            Event::TaskEnded { job_id, index, attempt, outcome, at_ms, .. } => {
+            Event::TaskEnded { job_id, index, attempt, outcome, ending, at_ms } => {
                 if let Some(pos) = pos_of(&self.cluster, JobId(job_id), index) {
-                    self.cluster.finish(JobId(job_id), pos, attempt, core_outcome(outcome), at_ms);
+                    let ran_ms = at_ms.saturating_sub(ending.started_ms);
+                    self.cluster.finish_after(JobId(job_id), pos, attempt, core_outcome(outcome), at_ms, ran_ms);
                 }
                 self.cancel_pending.remove(&AttemptRef { job_id, index, attempt });
                 self.preempt_pending.remove(&AttemptRef { job_id, index, attempt });

@@ -87,6 +87,22 @@ fn short_tasks_wait_on_their_node_and_start_as_one_ends() {
 }
 
 #[test]
+fn the_prefetch_window_follows_how_long_tasks_ran_on_their_node() {
+    let mut c = cluster_with_nodes(&[1]);
+    c.submit(JobId(1), spec("0-999", 1), 0);
+    let mut now = 0;
+    for _ in 0..8 {
+        let p = placed(&mut c, now);
+        assert_eq!(p.len(), 1);
+        // 25 ms from dispatch to the journaled end, of which the process ran 5.
+        now += 25;
+        assert!(c.finish_after(p[0].job_id, p[0].pos, p[0].attempt, TaskOutcome::Succeeded, now, 5));
+    }
+    // 50 ms of 5 ms tasks on one core: ten wait beside the one running.
+    assert_eq!(placed(&mut c, now).len(), 1 + 10);
+}
+
+#[test]
 fn an_overflow_site_only_gets_what_local_nodes_cannot_take() {
     let mut c = cluster_with_nodes(&[8, 2]);
     c.set_node_overflow(NodeId(0), true);
