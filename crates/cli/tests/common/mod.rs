@@ -179,8 +179,29 @@ impl Drop for Env {
             let _ = a.kill();
             let _ = a.wait();
         }
-        // Leftover launchers of cancelled tests end on their own; the directory goes (or, for
-        // a failed test, stays) with `dir` once the processes are stopped.
+        // A launcher outlives its agent and goes on with the tasks queued on its node: it is
+        // stopped (SIGTERM ends what it runs and what waits) before the directory goes (or,
+        // for a failed test, stays) with `dir`.
+        let run_dir = self.dir.join("data/agent/run");
+        let launchers: Vec<String> = std::fs::read_dir(&run_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix("launcher.").map(str::to_string))
+            .filter(|pid| pid.parse::<u32>().is_ok())
+            .collect();
+        for pid in &launchers {
+            let _ = Command::new("kill").args(["-TERM", pid]).status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Gone once it exits (a zombie waiting for init to reap it counts as gone).
+        let running = |pid: &String| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+        };
+        while launchers.iter().any(running) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
