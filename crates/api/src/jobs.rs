@@ -209,6 +209,9 @@ pub struct NodeView {
     pub gpus: u32,
     /// Tasks running.
     pub n_running: u32,
+    /// Short tasks sent ahead of free cores, waiting there for a running one to end.
+    #[serde(default)]
+    pub n_queued: u32,
 }
 
 /// `POST /api/v1/projects`: a project with optional quota (cores), borrowing limit and share.

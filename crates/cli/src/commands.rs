@@ -343,17 +343,18 @@ pub async fn logs(a: LogsArgs) -> Result<u8, String> {
 pub async fn nodes() -> Result<u8, String> {
     let client = Client::from_env()?;
     let nodes: Vec<NodeView> = client.get("/nodes").await?;
-    line(&format!("{:<20} {:<10} {:<10} {:>11} {:>15} {:>5} {:>8}", "NODE", "POOL", "STATE", "CPUS(A/T)", "MEM(A/T)", "GPUS", "RUNNING"));
+    line(&format!("{:<20} {:<10} {:<10} {:>11} {:>15} {:>5} {:>8} {:>7}", "NODE", "POOL", "STATE", "CPUS(A/T)", "MEM(A/T)", "GPUS", "RUNNING", "QUEUED"));
     for n in nodes {
         line(&format!(
-            "{:<20} {:<10} {:<10} {:>11} {:>15} {:>5} {:>8}",
+            "{:<20} {:<10} {:<10} {:>11} {:>15} {:>5} {:>8} {:>7}",
             n.name,
             n.pool,
             n.state,
             format!("{}/{}", n.cpus_allocated, n.cpus),
             format!("{}/{}", format_bytes(n.mem_allocated_bytes), format_bytes(n.mem_bytes)),
             n.gpus,
-            n.n_running
+            n.n_running,
+            n.n_queued
         ));
     }
     Ok(0)

@@ -809,6 +809,7 @@ impl Shared {
                     mem_allocated_bytes: alloc.mem_bytes,
                     gpus: cap.n_gpus,
                     n_running: n.n_running(),
+                    n_queued: n.n_queued(),
                 }
             })
             .collect()
