@@ -209,8 +209,8 @@ pub struct Job {
     /// Features every node must have, as this cluster's bits.
     pub(crate) feature_mask: u64,
     pub(crate) project_idx: usize,
-    /// Attempts that ended on their own (not requeued) and their summed run time, from
-    /// dispatch to end: how long this job's tasks take, for the prefetch window.
+    /// Attempts that ended on their own (not requeued or cancelled) and their summed run time
+    /// as their nodes measured it: how long this job's tasks take, for the prefetch window.
     pub(crate) n_timed: u64,
     pub(crate) timed_ms: u64,
 }

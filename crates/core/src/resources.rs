@@ -24,6 +24,11 @@ impl Resources {
         Resources { cpu_millis: n * 1000, ..Resources::default() }
     }
 
+    /// True when it asks for GPUs or a named resource, not only CPU and memory.
+    pub fn has_devices(&self) -> bool {
+        self.n_gpus > 0 || self.named.iter().any(|v| *v > 0)
+    }
+
     /// True when `other` fits inside `self`.
     pub fn fits(&self, other: &Resources) -> bool {
         other.cpu_millis <= self.cpu_millis

@@ -129,7 +129,7 @@ impl Cluster {
         if self.policy.first_fit {
             return self.nodes.iter().enumerate().find(|(i, n)| fits(*i, n)).map(|(i, _)| crate::cluster::NodeId(i as u32));
         }
-        if need.n_gpus > 0 || need.named.iter().any(|v| *v > 0) {
+        if need.has_devices() {
             return self
                 .nodes
                 .iter()
@@ -151,8 +151,8 @@ impl Cluster {
         tightest(false).or_else(|| tightest(true))
     }
 
-    /// A node where one more task of a job known to be short may wait for a running task of
-    /// the same job to end: the node's queue holds at most `Policy::prefetch_ms` of such work
+    /// A node running a task of a job known to be short where one more may wait for a running
+    /// task to end (the node's queue starts in arrival order): the node's queue holds at most `Policy::prefetch_ms` of such work
     /// per core, so what waits there waits no longer than that. A queue is topped up once it
     /// is down to half (the nodes being topped up in this pass are in `refilling`), so that
     /// launches go out in batches rather than one per ended task.
@@ -164,7 +164,7 @@ impl Cluster {
             return None;
         }
         let need = job.demand;
-        if need.n_gpus > 0 || need.named.iter().any(|v| *v > 0) {
+        if need.has_devices() {
             return None;
         }
         let chosen = self
