@@ -448,9 +448,7 @@ impl Agent {
             launch.env.entry("TIDEPOOL_CA_CERT".into()).or_insert_with(|| ca.display().to_string());
         }
         if self.prekilled.lock().unwrap_or_else(|p| p.into_inner()).remove(&a) {
-            let mut result = lost(a, "cancelled before it started");
-            result.outcome = "cancelled".into();
-            let _ = self.results.send(result);
+            let _ = self.results.send(rundir::cancelled_unstarted(a, now_ms()));
             return;
         }
         let dir = rundir::attempt_dir(&self.config.run_dir, &a);

@@ -430,10 +430,7 @@ impl Launcher {
 
     /// Ends an attempt that was never started as cancelled.
     fn end_unstarted(&mut self, dir: &Path, a: tidepool_api::AttemptRef) {
-        let mut result = rundir::failed_at(a, now_ms(), "cancelled before it started");
-        result.outcome = "cancelled".into();
-        result.ended_ms = result.started_ms;
-        self.write_and_emit(dir, &result);
+        self.write_and_emit(dir, &rundir::cancelled_unstarted(a, now_ms()));
     }
 
     fn next_timer(&self) -> Option<Instant> {

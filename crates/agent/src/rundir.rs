@@ -109,6 +109,11 @@ pub fn failed_at(a: AttemptRef, now: u64, message: &str) -> TaskResult {
     }
 }
 
+/// The result of an attempt cancelled before it started.
+pub fn cancelled_unstarted(a: AttemptRef, now: u64) -> TaskResult {
+    TaskResult { outcome: "cancelled".into(), ..failed_at(a, now, "cancelled before it started") }
+}
+
 /// Reads a finished attempt's result, if there is one.
 pub fn read_result(dir: &Path) -> Option<TaskResult> {
     let text = std::fs::read(dir.join(RESULT_FILE)).ok()?;
