@@ -182,14 +182,8 @@ impl Drop for Env {
         // A launcher outlives its agent and goes on with the tasks queued on its node: it is
         // stopped (SIGTERM ends what it runs and what waits) before the directory goes (or,
         // for a failed test, stays) with `dir`.
-        let run_dir = self.dir.join("data/agent/run");
-        let launchers: Vec<String> = std::fs::read_dir(&run_dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.strip_prefix("launcher.").map(str::to_string))
-            .filter(|pid| pid.parse::<u32>().is_ok())
-            .collect();
+        let launchers: Vec<String> =
+            tidepool_agent::rundir::live_launchers(&self.dir.join("data/agent/run")).iter().map(u32::to_string).collect();
         for pid in &launchers {
             let _ = Command::new("kill").args(["-TERM", pid]).status();
         }
