@@ -106,6 +106,8 @@ impl Drop for Tidepool {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The node's launcher outlives its agent and would go on writing in the directory.
+        tidepool_agent::rundir::stop_launchers(&self.dir.join("data/agent/run"), Duration::from_secs(10));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

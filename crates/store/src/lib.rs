@@ -555,6 +555,8 @@ mod tests {
         assert_eq!(recs[0].outcome, Some(Outcome::Succeeded));
         assert_eq!(recs[0].ending.map(|e| e.cpu_ms), Some(7));
         assert_eq!(j.n_events().unwrap(), 5);
+        drop(j);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[test]
@@ -568,5 +570,7 @@ mod tests {
         ]);
         assert!(dup.is_err());
         assert_eq!(j.n_events().unwrap(), 0);
+        drop(j);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }

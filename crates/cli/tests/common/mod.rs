@@ -182,20 +182,7 @@ impl Drop for Env {
         // A launcher outlives its agent and goes on with the tasks queued on its node: it is
         // stopped (SIGTERM ends what it runs and what waits) before the directory goes (or,
         // for a failed test, stays) with `dir`.
-        let launchers: Vec<String> =
-            tidepool_agent::rundir::live_launchers(&self.dir.join("data/agent/run")).iter().map(u32::to_string).collect();
-        for pid in &launchers {
-            let _ = Command::new("kill").args(["-TERM", pid]).status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        // Gone once it exits (a zombie waiting for init to reap it counts as gone).
-        let running = |pid: &String| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
-        };
-        while launchers.iter().any(running) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        tidepool_agent::rundir::stop_launchers(&self.dir.join("data/agent/run"), Duration::from_secs(10));
     }
 }
 
