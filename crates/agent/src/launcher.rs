@@ -13,8 +13,9 @@
 //! that cgroup for the spawn and back into its own (`tidepool/launcher`) right after.
 //!
 //! The server may send short tasks ahead of free cores; an attempt that does not fit beside
-//! the running ones (by the node's cores and memory in its `LaunchSpec`) is taken, its lock
-//! held, and started in arrival order the moment a running leader exits.
+//! the running ones (by the node's cores and memory in its `LaunchSpec`) waits, and is started
+//! in arrival order the moment a running leader exits. Its directory is locked only then: an
+//! agent that restarts meanwhile has it requeued and removes it, and the launcher skips it.
 //!
 //! **Invariant**: a running attempt's `lock` is held (flock) by the launcher that runs it, and
 //! released only after `result.json` is written, so a directory with neither is an attempt that
@@ -23,13 +24,12 @@
 use crate::cgroup::{CgroupPlan, TaskCgroup};
 use crate::rundir::{self, LaunchSpec};
 use std::collections::{HashMap, VecDeque};
+use std::ffi::{CStr, CString};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tidepool_api::TaskResult;
 
@@ -74,18 +74,22 @@ impl Attempt {
 }
 
 /// An attempt taken but not started.
+/// An attempt waiting for room. Its directory is not taken (opened and locked) until it
+/// starts: a launcher's descriptors are copied into every task it spawns and closed there one
+/// by one at exec, and a hundred waiting locks made each launch pay for them. An agent that
+/// restarts meanwhile finds the directory free and has it requeued; the launcher then finds
+/// it gone and skips it, so it never runs twice.
 struct Waiting {
     spec: LaunchSpec,
     dir: PathBuf,
-    lock: File,
 }
 
 struct Launcher {
     run_dir: PathBuf,
     /// Running attempts by their leader's pid.
     running: HashMap<i32, Attempt>,
-    /// Attempts taken (their directory locked) that wait for room beside the running ones,
-    /// in the order they came: the server may send short tasks ahead of free cores.
+    /// Attempts that wait for room beside the running ones, in the order they came: the
+    /// server may send short tasks ahead of free cores.
     waiting: VecDeque<Waiting>,
     /// Cores (thousandths) and memory the running attempts were given.
     cpu_in_use: u64,
@@ -119,8 +123,8 @@ extern "C" fn on_signal(signal: libc::c_int) {
     }
 }
 
-/// Routes `signals` to a pipe the loop polls. Signals are caught, never blocked: posix_spawn
-/// hands the launcher's signal mask to every task, and a task must start with none blocked.
+/// Routes `signals` to a pipe the loop polls. Signals are caught, never blocked, so none is
+/// lost between a task's end and the poll.
 fn signal_pipe(signals: &[i32]) -> Result<i32, String> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two descriptors we own; sigaction installs a handler that only
@@ -349,26 +353,8 @@ impl Launcher {
             ];
             // SAFETY: poll over two pollfd structs we own.
             unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
-            if fds[0].revents != 0 {
-                match stdin.read(&mut buf) {
-                    Ok(0) | Err(_) => stdin_open = false,
-                    Ok(n) => {
-                        pending.extend_from_slice(&buf[..n]);
-                        let mut from = 0;
-                        while let Some(len) = pending[from..].iter().position(|b| *b == b'\n') {
-                            let line = &pending[from..from + len];
-                            from += len + 1;
-                            match serde_json::from_slice::<LaunchSpec>(line) {
-                                Ok(spec) => self.start(spec),
-                                Err(e) => {
-                                    let _ = writeln!(std::io::stderr(), "tidepool-launcher: a launch that is not one: {e}");
-                                }
-                            }
-                        }
-                        pending.drain(..from);
-                    }
-                }
-            }
+            // Ends first: a core that freed waits for its next task while the lines that
+            // came meanwhile are read.
             if fds[1].revents != 0 {
                 let (mut chld, mut usr1, mut term) = (false, false, false);
                 let mut caught = [0u8; 256];
@@ -397,11 +383,35 @@ impl Launcher {
                     // The node is going away: stop every task as a cancel would.
                     stdin_open = false;
                     for w in std::mem::take(&mut self.waiting) {
-                        self.end_unstarted(&w.dir, w.spec.launch.attempt);
+                        if let Some(lock) = take_dir(&w.dir) {
+                            self.end_unstarted(&w.dir, w.spec.launch.attempt);
+                            drop(lock);
+                        }
                     }
                     let pids: Vec<i32> = self.running.keys().copied().collect();
                     for pid in pids {
                         self.cancel(pid);
+                    }
+                }
+            }
+            // Nothing more is taken once told to stop.
+            if stdin_open && fds[0].revents != 0 {
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => stdin_open = false,
+                    Ok(n) => {
+                        pending.extend_from_slice(&buf[..n]);
+                        let mut from = 0;
+                        while let Some(len) = pending[from..].iter().position(|b| *b == b'\n') {
+                            let line = &pending[from..from + len];
+                            from += len + 1;
+                            match serde_json::from_slice::<LaunchSpec>(line) {
+                                Ok(spec) => self.start(spec),
+                                Err(e) => {
+                                    let _ = writeln!(std::io::stderr(), "tidepool-launcher: a launch that is not one: {e}");
+                                }
+                            }
+                        }
+                        pending.drain(..from);
                     }
                 }
             }
@@ -423,7 +433,7 @@ impl Launcher {
     fn start_waiting(&mut self) {
         while self.waiting.front().is_some_and(|w| self.fits(&w.spec)) {
             if let Some(w) = self.waiting.pop_front() {
-                self.begin(w.spec, w.dir, w.lock);
+                self.take_and_begin(w.spec, w.dir);
             }
         }
     }
@@ -445,29 +455,21 @@ impl Launcher {
             .min()
     }
 
-    /// Takes the attempt in its directory (made by the agent): starts it when it fits beside
-    /// the running ones and none waits before it, else keeps it waiting.
+    /// Starts the attempt when it fits beside the running ones and none waits before it, else
+    /// keeps it waiting.
     fn start(&mut self, spec: LaunchSpec) {
         let dir = rundir::attempt_dir(&self.run_dir, &spec.launch.attempt);
-        let skip = |why: &str| {
-            let _ = writeln!(std::io::stderr(), "tidepool-launcher: {} not started: {why}", dir.display());
-        };
-        let lock = match OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC | libc::O_DIRECTORY).open(&dir) {
-            Ok(lock) => lock,
-            Err(e) => return skip(&e.to_string()),
-        };
-        // Held until the attempt's result is written.
-        if !rundir::try_flock(&lock, true) {
-            // A restarted agent is looking at it, and will have the server requeue it.
-            return skip("locked by another process");
-        }
-        if lock.metadata().map_or(true, |m| std::os::unix::fs::MetadataExt::nlink(&m) == 0) {
-            return skip("removed as abandoned before it was taken");
-        }
         if self.waiting.is_empty() && self.fits(&spec) {
-            self.begin(spec, dir, lock);
+            self.take_and_begin(spec, dir);
         } else {
-            self.waiting.push_back(Waiting { spec, dir, lock });
+            self.waiting.push_back(Waiting { spec, dir });
+        }
+    }
+
+    /// Takes the attempt's directory (made by the agent) and begins it.
+    fn take_and_begin(&mut self, spec: LaunchSpec, dir: PathBuf) {
+        if let Some(lock) = take_dir(&dir) {
+            self.begin(spec, dir, lock);
         }
     }
 
@@ -544,40 +546,33 @@ impl Launcher {
     fn spawn(&mut self, spec: &LaunchSpec, dir: &Path, task_procs: &[File]) -> Result<i32, String> {
         let launch = &spec.launch;
         let stdout = open_output(&launch.stdout_path)?;
-        let stderr = if launch.stderr_path == launch.stdout_path {
-            stdout.try_clone().map_err(|e| e.to_string())?
-        } else {
-            open_output(&launch.stderr_path)?
-        };
+        // One file for both when they are the same path.
+        let stderr = if launch.stderr_path == launch.stdout_path { None } else { Some(open_output(&launch.stderr_path)?) };
         let (program, args) = program_of(spec, dir)?;
-        let mut env = launch.env.clone();
-        let path = env.get("PATH").cloned().unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        let path = launch.env.get("PATH").map_or("/usr/local/bin:/usr/bin:/bin", String::as_str);
         let path = match &spec.bin_dir {
             Some(bin) => format!("{bin}:{path}"),
-            None => path,
+            None => path.to_string(),
         };
-        env.insert("PATH".into(), path.clone());
         let resolved = self.resolve_cached(&program, &path, &launch.workdir);
-        let mut cmd = Command::new(&resolved);
-        cmd.arg0(&program)
-            .args(&args)
-            .env_clear()
-            .envs(&env)
-            .current_dir(&launch.workdir)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .process_group(0);
-        // No pre_exec hook: the standard library then uses posix_spawn, whose cost does not
-        // grow with this process. The child is born in whatever cgroup we stand in.
+        let c_string = |s: String, what: &str| CString::new(s).map_err(|_| format!("cannot start {program}: {what} holds a NUL byte"));
+        let mut argv = Vec::with_capacity(args.len() + 1);
+        argv.push(c_string(program.clone(), "the program")?);
+        for arg in args {
+            argv.push(c_string(arg, "an argument")?);
+        }
+        let mut envp = Vec::with_capacity(launch.env.len() + 1);
+        for (key, value) in launch.env.iter().filter(|(key, _)| key.as_str() != "PATH") {
+            envp.push(c_string(format!("{key}={value}"), "the environment")?);
+        }
+        envp.push(c_string(format!("PATH={path}"), "PATH")?);
+        let file = c_string(resolved, "the program")?;
+        let workdir = c_string(launch.workdir.clone(), "the working directory")?;
+        // The child is born in whatever cgroup we stand in.
         self.join(task_procs);
-        let spawned = cmd.spawn();
+        let spawned = spawn_task(&file, &argv, &envp, &workdir, &stdout, stderr.as_ref().unwrap_or(&stdout));
         self.join(&self.home_procs);
-        let child = spawned.map_err(|e| format!("cannot start {program}: {e}"))?;
-        // The launcher reaps with wait4 itself; the Child handle is only forgotten.
-        let pid = child.id() as i32;
-        std::mem::forget(child);
-        Ok(pid)
+        spawned.map_err(|e| format!("cannot start {program}: {e}"))
     }
 
     fn reap(&mut self) {
@@ -609,7 +604,7 @@ impl Launcher {
             std::mem::take(&mut self.waiting).into_iter().partition(|w| w.dir.join(rundir::CANCEL_FILE).exists());
         self.waiting = kept;
         for w in asked {
-            self.begin(w.spec, w.dir, w.lock);
+            self.take_and_begin(w.spec, w.dir);
         }
         let asked: Vec<i32> = self
             .running
@@ -715,6 +710,74 @@ impl Launcher {
             let _ = self.stdout.write_all(&line);
         }
     }
+}
+
+/// Starts `file` with exactly `argv` and `envp` in `workdir`, its stdin from /dev/null and its
+/// stdout and stderr on the given files, in a process group of its own, with every signal at
+/// its default and none blocked; its pid. posix_spawn runs no code of ours in the child, so
+/// its cost does not grow with this process (a fork would), and the argument and environment
+/// arrays are built once here rather than by `Command`'s maps on every launch.
+fn spawn_task(file: &CStr, argv: &[CString], envp: &[CString], workdir: &CStr, stdout: &File, stderr: &File) -> std::io::Result<i32> {
+    let nul_ended = |strings: &[CString]| strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect::<Vec<_>>();
+    let (argv, envp) = (nul_ended(argv), nul_ended(envp));
+    let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::from_raw_os_error(rc)) };
+    // SAFETY: the attribute and file-action objects are initialised before use and destroyed
+    // on every path; every pointer handed over (paths, argv, envp, descriptors) outlives the call.
+    unsafe {
+        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        check(libc::posix_spawn_file_actions_init(&mut actions))?;
+        if let Err(e) = check(libc::posix_spawnattr_init(&mut attr)) {
+            libc::posix_spawn_file_actions_destroy(&mut actions);
+            return Err(e);
+        }
+        let spawned = (|| {
+            check(libc::posix_spawn_file_actions_addopen(&mut actions, 0, c"/dev/null".as_ptr(), libc::O_RDONLY, 0))?;
+            check(libc::posix_spawn_file_actions_adddup2(&mut actions, stdout.as_raw_fd(), 1))?;
+            check(libc::posix_spawn_file_actions_adddup2(&mut actions, stderr.as_raw_fd(), 2))?;
+            check(libc::posix_spawn_file_actions_addchdir_np(&mut actions, workdir.as_ptr()))?;
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::sigemptyset(&mut none);
+            check(libc::posix_spawnattr_setsigdefault(&mut attr, &all))?;
+            check(libc::posix_spawnattr_setsigmask(&mut attr, &none))?;
+            check(libc::posix_spawnattr_setpgroup(&mut attr, 0))?;
+            let flags = libc::POSIX_SPAWN_SETPGROUP | libc::POSIX_SPAWN_SETSIGDEF | libc::POSIX_SPAWN_SETSIGMASK;
+            check(libc::posix_spawnattr_setflags(&mut attr, flags as libc::c_short))?;
+            let mut pid: libc::pid_t = 0;
+            check(libc::posix_spawn(&mut pid, file.as_ptr(), &actions, &attr, argv.as_ptr().cast(), envp.as_ptr().cast()))?;
+            Ok(pid)
+        })();
+        libc::posix_spawnattr_destroy(&mut attr);
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        spawned
+    }
+}
+
+/// Opens and locks an attempt's directory, held until its result is written; None (said on
+/// stderr) when a restarted agent holds it or has removed it as abandoned, and will have the
+/// server requeue it.
+fn take_dir(dir: &Path) -> Option<File> {
+    let skip = |why: &str| {
+        let _ = writeln!(std::io::stderr(), "tidepool-launcher: {} not started: {why}", dir.display());
+    };
+    let lock = match OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC | libc::O_DIRECTORY).open(dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            skip(&e.to_string());
+            return None;
+        }
+    };
+    if !rundir::try_flock(&lock, true) {
+        skip("locked by another process");
+        return None;
+    }
+    if lock.metadata().map_or(true, |m| std::os::unix::fs::MetadataExt::nlink(&m) == 0) {
+        skip("removed as abandoned before it was taken");
+        return None;
+    }
+    Some(lock)
 }
 
 /// A descriptor of our own for `fd` (0: stdin, 1: stdout).
