@@ -173,10 +173,11 @@ fn read_from_start(file: &File) -> Option<String> {
     let mut chunk = [0u8; 4096];
     loop {
         let n = file.read_at(&mut chunk, text.len() as u64).ok()?;
-        if n == 0 {
+        text.extend_from_slice(&chunk[..n]);
+        // A kernfs read fills the buffer unless it reached the end: a short one is the last.
+        if n < chunk.len() {
             return String::from_utf8(text).ok();
         }
-        text.extend_from_slice(&chunk[..n]);
     }
 }
 

@@ -111,42 +111,54 @@ struct Launcher {
     resolved: HashMap<(String, String, String), (String, Instant)>,
 }
 
-/// The write end of the pipe that signal handlers write to (the self-pipe).
-static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
-
-extern "C" fn on_signal(signal: libc::c_int) {
-    let byte = signal as u8;
-    // SAFETY: write(2) is async-signal-safe; the descriptor is non-blocking, so a full pipe
-    // drops the byte (the loop already has one to wake on).
+/// A descriptor the loop polls for `signals`, which are blocked and read from it instead of
+/// caught: no handler runs, and no byte goes through a pipe, per ended task. Tasks start with
+/// none blocked (`spawn_task` sets their mask).
+fn signal_fd(signals: &[i32]) -> Result<i32, String> {
+    // SAFETY: the set is initialised before use; sigprocmask and signalfd only read it.
     unsafe {
-        libc::write(SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed), (&byte as *const u8).cast(), 1);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in signals {
+            libc::sigaddset(&mut set, *s);
+        }
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(format!("sigprocmask: {}", std::io::Error::last_os_error()));
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(format!("signalfd: {}", std::io::Error::last_os_error()));
+        }
+        Ok(fd)
     }
 }
 
-/// Routes `signals` to a pipe the loop polls. Signals are caught, never blocked, so none is
-/// lost between a task's end and the poll.
-fn signal_pipe(signals: &[i32]) -> Result<i32, String> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two descriptors we own; sigaction installs a handler that only
-    // calls write(2).
-    unsafe {
-        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) != 0 {
-            return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+/// The signals waiting on `fd` (from `signal_fd`), oldest first.
+fn take_signals(fd: i32) -> Vec<i32> {
+    let mut taken = Vec::new();
+    loop {
+        // SAFETY: signalfd_siginfo is plain data; read fills whole structs into memory we own.
+        let mut infos: [libc::signalfd_siginfo; 16] = unsafe { std::mem::zeroed() };
+        let n = unsafe { libc::read(fd, infos.as_mut_ptr().cast(), std::mem::size_of_val(&infos)) };
+        if n <= 0 {
+            return taken;
         }
-        SIGNAL_PIPE.store(fds[1], std::sync::atomic::Ordering::Relaxed);
-        for s in signals {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(*s, &action, std::ptr::null_mut());
+        let count = n as usize / std::mem::size_of::<libc::signalfd_siginfo>();
+        taken.extend(infos[..count].iter().map(|i| i.ssi_signo as i32));
+        if count < infos.len() {
+            return taken;
         }
     }
-    Ok(fds[0])
+}
+
+/// This process's pid (asked once: getpid is a system call).
+fn own_pid() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
 }
 
 fn signal_tree(pgid: i32, cgroup_pids: &[i32], signal: i32) {
-    let me = std::process::id() as i32;
+    let me = own_pid() as i32;
     // SAFETY: kill(2) with a negative pid signals a process group; no memory is touched.
     unsafe {
         libc::kill(-pgid, signal);
@@ -244,7 +256,7 @@ impl Launcher {
     /// Names this launcher in the run directory by a file it keeps locked, so that a restarted
     /// agent can signal it.
     fn name_itself(&mut self) -> Result<(), String> {
-        let path = rundir::launcher_file(&self.run_dir, std::process::id());
+        let path = rundir::launcher_file(&self.run_dir, own_pid());
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -292,7 +304,7 @@ impl Launcher {
             plan.discard(cgroup);
         }
         self.cgroups_made += 1;
-        let name = format!("task{}.{}", self.cgroups_made, std::process::id());
+        let name = format!("task{}.{}", self.cgroups_made, own_pid());
         plan.create(&name, mem_limit).ok()?;
         match plan.open(&name) {
             Ok(cgroup) => Some(cgroup),
@@ -314,7 +326,7 @@ impl Launcher {
     }
 
     fn join(&self, procs: &[File]) {
-        let me = std::process::id().to_string();
+        let me = own_pid().to_string();
         for mut f in procs {
             let _ = f.write_all(me.as_bytes());
         }
@@ -325,7 +337,7 @@ impl Launcher {
         unsafe {
             libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
         }
-        let signals = signal_pipe(&[libc::SIGCHLD, libc::SIGUSR1, libc::SIGTERM, libc::SIGINT, libc::SIGHUP])?;
+        let signals = signal_fd(&[libc::SIGCHLD, libc::SIGUSR1, libc::SIGTERM, libc::SIGINT, libc::SIGHUP])?;
         raise_fd_limit();
         self.name_itself()?;
         let mut stdin_open = true;
@@ -340,7 +352,7 @@ impl Launcher {
                 for (plan, cgroup) in self.idle_cgroups.drain(..) {
                     plan.discard(cgroup);
                 }
-                let _ = std::fs::remove_file(rundir::launcher_file(&self.run_dir, std::process::id()));
+                let _ = std::fs::remove_file(rundir::launcher_file(&self.run_dir, own_pid()));
                 return Ok(());
             }
             let timeout_ms = self.next_timer().map_or(-1, |t| {
@@ -357,19 +369,11 @@ impl Launcher {
             // came meanwhile are read.
             if fds[1].revents != 0 {
                 let (mut chld, mut usr1, mut term) = (false, false, false);
-                let mut caught = [0u8; 256];
-                loop {
-                    // SAFETY: reads into a buffer we own from the non-blocking self-pipe.
-                    let n = unsafe { libc::read(signals, caught.as_mut_ptr().cast(), caught.len()) };
-                    if n <= 0 {
-                        break;
-                    }
-                    for signal in &caught[..n as usize] {
-                        match i32::from(*signal) {
-                            libc::SIGCHLD => chld = true,
-                            libc::SIGUSR1 => usr1 = true,
-                            _ => term = true,
-                        }
+                for signal in take_signals(signals) {
+                    match signal {
+                        libc::SIGCHLD => chld = true,
+                        libc::SIGUSR1 => usr1 = true,
+                        _ => term = true,
                     }
                 }
                 if chld {

@@ -286,6 +286,23 @@ fn time_limit_ends_in_timeout_after_a_polite_signal() {
 }
 
 #[test]
+fn a_task_starts_with_no_signal_blocked_or_ignored() {
+    // The launcher blocks the signals it reads; what the agent's parent ignores is not passed on.
+    let env = Env::new("signals");
+    let job = env.ok(&["submit", "--", "grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"]);
+    let job = job.trim();
+    assert!(env.run(&["wait", job]).status.success());
+    let status = env.ok(&["logs", job]);
+    let mask = |name: &str| {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in {status}"));
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    assert_eq!(mask("SigBlk:"), 0, "{status}");
+    // Signals 32 and 33 are the C library's own, which it always ignores across posix_spawn.
+    assert_eq!(mask("SigIgn:") & 0x7fff_ffff, 0, "a standard signal is ignored: {status}");
+}
+
+#[test]
 fn a_cancel_reaches_tasks_started_before_a_kill_9_and_one_launcher_runs_them_all() {
     let mut env = Env::new("orphan-cancel");
     let marker = format!("sleep 30{}", std::process::id() % 10);
