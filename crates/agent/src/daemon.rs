@@ -226,10 +226,7 @@ impl SpareDirs {
         // A task spawned while the attempt ran holds a copy of its lock until its exec closes
         // it, which can come after the attempt's end: a directory still locked is not reused,
         // or the next attempt's launcher would find it taken. Once free, nothing relocks it.
-        if self.lock().len() < MAX_SPARE_DIRS
-            && !rundir::launcher_alive(dir)
-            && std::fs::rename(dir.join(rundir::RESULT_FILE), dir.join(rundir::RESULT_TMP_FILE)).is_ok()
-        {
+        if self.lock().len() < MAX_SPARE_DIRS && !rundir::launcher_alive(dir) {
             let n = self.made.fetch_add(1, Ordering::Relaxed);
             let spare = run_dir.join(format!("{}{}.{n}", rundir::SPARE_PREFIX, std::process::id()));
             if rundir::rename_no_replace(dir, &spare).is_ok() {
@@ -433,7 +430,7 @@ impl Agent {
         let mut tracked = self.lock_tracked();
         for a in acked {
             let dir = rundir::attempt_dir(&self.config.run_dir, a);
-            if dir.join(rundir::RESULT_FILE).exists() {
+            if rundir::read_result(&dir).is_some() {
                 tracked.remove(a);
                 // Deleting files can wait on the disk (discard); it is no one's critical path.
                 let _ = self.remover.send(dir);

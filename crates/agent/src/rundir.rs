@@ -88,10 +88,9 @@ pub fn parse_attempt_dir(name: &str) -> Option<AttemptRef> {
 pub const LAUNCHER_FILE_PREFIX: &str = "launcher.";
 /// Present when the agent asked for the attempt to stop.
 pub const CANCEL_FILE: &str = "cancel";
-/// Written once, atomically, when the attempt has ended.
+/// Written when the attempt has ended, over the last attempt's in a spare directory: it is
+/// the attempt's result only when it parses whole and names that attempt.
 pub const RESULT_FILE: &str = "result.json";
-/// Where the result is written before it is renamed into place.
-pub const RESULT_TMP_FILE: &str = "result.json.tmp";
 /// A batch script the launcher writes for the attempt.
 pub const SCRIPT_FILE: &str = "script";
 /// `spare.N` in the run directory: an emptied attempt directory kept for a later attempt
@@ -136,20 +135,22 @@ pub fn cancelled_unstarted(a: AttemptRef, now: u64) -> TaskResult {
 /// Reads a finished attempt's result, if there is one.
 pub fn read_result(dir: &Path) -> Option<TaskResult> {
     let text = std::fs::read(dir.join(RESULT_FILE)).ok()?;
-    serde_json::from_slice(&text).ok()
+    let result: TaskResult = serde_json::from_slice(&text).ok()?;
+    // A spare directory keeps its last attempt's result until the next one is written over it.
+    let named = dir.file_name().and_then(|n| n.to_str()).and_then(parse_attempt_dir);
+    named.is_none_or(|a| a == result.attempt).then_some(result)
 }
 
-/// Writes the result atomically (temporary file, then rename). A spare directory's last result
-/// file is written over, not truncated first: ext4 flushes a file truncated to zero at close.
+/// Writes the result over the directory's last one in one write, then cuts what is left of
+/// a longer one: a reader (or a restart after a crash between the two) sees either a whole
+/// result, or text that does not parse, or the last attempt's, which names another attempt.
+/// No rename and no truncation to zero, which ext4 flushes at close.
 pub fn write_result(dir: &Path, result: &TaskResult) -> std::io::Result<()> {
     use std::io::Write;
-    let tmp = dir.join(RESULT_TMP_FILE);
     let text = serde_json::to_vec(result).map_err(std::io::Error::other)?;
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&tmp)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(dir.join(RESULT_FILE))?;
     file.write_all(&text)?;
-    file.set_len(text.len() as u64)?;
-    drop(file);
-    std::fs::rename(&tmp, dir.join(RESULT_FILE))
+    file.set_len(text.len() as u64)
 }
 
 /// True while a launcher holds the attempt's lock.
@@ -224,11 +225,19 @@ mod tests {
     fn a_result_written_over_a_longer_one_is_read_back_whole() {
         let dir = std::env::temp_dir().join(format!("tidepool-rundir-over-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(RESULT_TMP_FILE), vec![b'x'; 4096]).unwrap();
+        std::fs::write(dir.join(RESULT_FILE), vec![b'x'; 4096]).unwrap();
+        assert!(read_result(&dir).is_none(), "text that does not parse is no result");
         let result = failed_at(AttemptRef { job_id: 1, index: 2, attempt: 3 }, 5, "short");
         write_result(&dir, &result).unwrap();
         assert_eq!(read_result(&dir).unwrap().message.as_deref(), Some("short"));
-        assert!(!dir.join(RESULT_TMP_FILE).exists());
+        // The directory renamed for the next attempt still holds this result: not the next one's.
+        let next = dir.join("1.2.4");
+        std::fs::create_dir(&next).unwrap();
+        write_result(&next, &result).unwrap();
+        assert!(read_result(&next).is_none(), "a result naming another attempt is not this one's");
+        let own = dir.join("1.2.3");
+        rename_no_replace(&next, &own).unwrap();
+        assert_eq!(read_result(&own).unwrap().attempt, result.attempt);
         let other = dir.join("other");
         std::fs::create_dir(&other).unwrap();
         let moved = dir.join("moved");
