@@ -73,7 +73,6 @@ impl Attempt {
     }
 }
 
-/// An attempt taken but not started.
 /// An attempt waiting for room. Its directory is not taken (opened and locked) until it
 /// starts: a launcher's descriptors are copied into every task it spawns and closed there one
 /// by one at exec, and a hundred waiting locks made each launch pay for them. An agent that
