@@ -766,13 +766,19 @@ pub async fn run(
     config: GatewayConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    let gateway = Arc::new(Gateway::new(config)?);
-    crate::batch::resume_all(gateway.clone());
+    let gateway = serving(config)?;
     // Answers go out as soon as they are written, not held back by Nagle's algorithm.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
     axum::serve(listener, router(gateway)).with_graceful_shutdown(shutdown).await.map_err(|e| e.to_string())
+}
+
+/// The gateway for `config`, with the batches it had journaled running again.
+fn serving(config: GatewayConfig) -> Result<Arc<Gateway>, String> {
+    let gateway = Arc::new(Gateway::new(config)?);
+    crate::batch::resume_all(gateway.clone());
+    Ok(gateway)
 }
 
 /// Connections handed to one worker thread by the thread that accepts them.
@@ -813,8 +819,7 @@ pub async fn run_on_workers(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let workers = config.workers;
-    let gateway = Arc::new(Gateway::new(config)?);
-    crate::batch::resume_all(gateway.clone());
+    let gateway = serving(config)?;
     let local_addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut senders = Vec::new();
