@@ -371,3 +371,21 @@ fn each_task_gets_its_own_memory_limit_and_peak_in_turn() {
     assert_eq!(state, "COMPLETED");
     assert!(tiny_peak < 32 * 1024, "`true` reports its own peak, not an earlier task's 160 MiB: {tiny_peak} KiB");
 }
+
+#[test]
+fn bench_batch_prints_ours_beside_the_floor() {
+    // Small and without Slurm or HyperQueue, which the full run adds (and CI's Slurm serves the
+    // Slurm-site tests): the command and its figures, not their size.
+    let out = Command::new(BIN)
+        .args(["bench", "batch", "--json", "--tasks", "2000", "--no-slurm", "--no-hq"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["submit_100k_ms", "submit_1m_ms", "drain_100k_s", "tasks_per_s", "server_rss_mb", "floor_tasks_per_s", "tasks_per_s_vs_floor"] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key} in {v}");
+    }
+    let (before, after) = (v["floor_tasks_per_s_before"].as_f64().unwrap(), v["floor_tasks_per_s_after"].as_f64().unwrap());
+    assert!((v["floor_tasks_per_s"].as_f64().unwrap() - (before + after) / 2.0).abs() < 1e-6);
+    assert_eq!(v["tasks"], 2000);
+}
