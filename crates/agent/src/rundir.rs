@@ -137,8 +137,10 @@ pub fn read_result(dir: &Path) -> Option<TaskResult> {
     let text = std::fs::read(dir.join(RESULT_FILE)).ok()?;
     let result: TaskResult = serde_json::from_slice(&text).ok()?;
     // A spare directory keeps its last attempt's result until the next one is written over it.
-    let named = dir.file_name().and_then(|n| n.to_str()).and_then(parse_attempt_dir);
-    named.is_none_or(|a| a == result.attempt).then_some(result)
+    match dir.file_name().and_then(|n| n.to_str()).and_then(parse_attempt_dir) {
+        Some(named) if named != result.attempt => None,
+        _ => Some(result),
+    }
 }
 
 /// Writes the result over the directory's last one in one write, then cuts what is left of
