@@ -53,21 +53,24 @@ pub fn live_launchers(run_dir: &Path) -> Vec<u32> {
 
 /// Stops the launchers alive in `run_dir` (SIGTERM ends what each runs and what waits on it) and
 /// waits up to `timeout` for them to exit, so that whoever removes the directory next does not
-/// race a launcher still starting queued tasks in it. A zombie waiting to be reaped counts as gone.
+/// race a launcher still starting queued tasks in it.
 pub fn stop_launchers(run_dir: &Path, timeout: std::time::Duration) {
     let launchers = live_launchers(run_dir);
     for &pid in &launchers {
         // SAFETY: kill with a pid and a signal number has no memory effects.
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     }
-    let running = |pid: &u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
-    };
     let deadline = std::time::Instant::now() + timeout;
-    while launchers.iter().any(running) && std::time::Instant::now() < deadline {
+    while launchers.iter().any(|&pid| process_running(pid)) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// True while process `pid` exists and has not exited (a zombie waiting to be reaped has).
+/// Its state is read after the last `)` of /proc/PID/stat, as a command name may hold spaces.
+pub fn process_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
 }
 
 /// The directory of one attempt.

@@ -152,9 +152,7 @@ fn a_revoked_join_token_stops_its_agent_and_its_tasks() {
     assert_eq!(status(&env, "POST", "/api/v1/agent/register", Some(&join)), "401", "a revoked join token is refused");
     // The agent learns it at its next poll, stops its task and leaves.
     let pid = env.agent_pid("guest");
-    env.eventually(20, "the refused agent to exit", |_| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
-    });
+    env.eventually(20, "the refused agent to exit", |_| !tidepool_agent::rundir::process_running(pid));
     std::fs::remove_file(&marker).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(2500));
     assert!(!marker.exists(), "the task of a refused agent still runs");

@@ -51,7 +51,7 @@ fn tasks(env: &Env, job: &str) -> Vec<serde_json::Value> {
 }
 
 fn alive(pid: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.split_whitespace().nth(2) != Some("Z"))
+    pid.parse().is_ok_and(tidepool_agent::rundir::process_running)
 }
 
 #[test]

@@ -82,7 +82,5 @@ fn a_slurm_site_whose_join_token_is_revoked_takes_its_jobs_out_of_slurm() {
     // the server requeues the task after the lease, so it must not also run on in Slurm.
     env.eventually(30, "Slurm to hold none of it", |_| in_slurm(&job) == 0);
     let pid = env.agent_pid("hpc-revoked");
-    env.eventually(20, "the refused agent to exit", |_| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
-    });
+    env.eventually(20, "the refused agent to exit", |_| !tidepool_agent::rundir::process_running(pid));
 }
