@@ -152,8 +152,8 @@ impl Cluster {
     }
 
     /// A node running a task of a job known to be short where one more may wait for a running
-    /// task to end (the node's queue starts in arrival order): the node's queue holds at most `Policy::prefetch_ms` of such work
-    /// per core, so what waits there waits no longer than that. A queue is topped up once it
+    /// task to end (the node's queue starts in arrival order): the node's queue holds at most
+    /// `Policy::prefetch_ms` of such work per core, so what waits there waits no longer than that. A queue is topped up once it
     /// is down to half (the nodes being topped up in this pass are in `refilling`), so that
     /// launches go out in batches rather than one per ended task.
     fn prefetch_node(&self, job_id: JobId, now_ms: u64, refilling: &mut Vec<crate::cluster::NodeId>) -> Option<crate::cluster::NodeId> {
