@@ -225,46 +225,55 @@ async fn read_message(sock: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Op
     }
 }
 
-/// `read_message` on a blocking socket.
-fn read_message_blocking(sock: &mut std::net::TcpStream, buf: &mut Vec<u8>) -> Option<String> {
-    use std::io::Read;
-    loop {
-        if let Some((end, head)) = complete_message(buf).ok()? {
-            buf.drain(..end);
-            return Some(head);
-        }
-        let mut chunk = [0u8; 16 * 1024];
-        let n = sock.read(&mut chunk).ok().filter(|n| *n > 0)?;
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 /// An upstream that answers every request at once, in raw HTTP/1.1 on keep-alive
 /// connections, so that it costs this machine next to nothing (the role nginx plays in a
-/// proxy benchmark); its base URL.
-async fn instant_upstream() -> Result<String, String> {
-    use tokio::io::AsyncWriteExt;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+/// proxy benchmark). It has a thread and an event loop of its own: on the benchmark's shared
+/// runtime its connections moved between worker threads and each answer paid a cross-thread
+/// wake-up. It stops when dropped.
+struct InstantUpstream {
+    /// Its base URL.
+    url: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+fn instant_upstream() -> Result<InstantUpstream, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let url = format!("http://{}", l.local_addr().map_err(|e| e.to_string())?);
+    l.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().map_err(|e| e.to_string())?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let answer = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{INSTANT_ANSWER}",
         INSTANT_ANSWER.len()
     );
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = l.accept().await {
-            let _ = sock.set_nodelay(true);
-            let answer = answer.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::with_capacity(4096);
-                while read_message(&mut sock, &mut buf).await.is_some() {
-                    if sock.write_all(answer.as_bytes()).await.is_err() {
-                        return;
+    std::thread::Builder::new()
+        .name("instant-upstream".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                use tokio::io::AsyncWriteExt;
+                let Ok(l) = tokio::net::TcpListener::from_std(l) else { return };
+                let accepting = async {
+                    while let Ok((mut sock, _)) = l.accept().await {
+                        let _ = sock.set_nodelay(true);
+                        let answer = answer.clone();
+                        tokio::spawn(async move {
+                            let mut buf = Vec::with_capacity(4096);
+                            while read_message(&mut sock, &mut buf).await.is_some() {
+                                if sock.write_all(answer.as_bytes()).await.is_err() {
+                                    return;
+                                }
+                            }
+                        });
                     }
+                };
+                tokio::select! {
+                    _ = accepting => {}
+                    _ = stopped => {}
                 }
-            });
-        }
-    });
-    Ok(url)
+            })
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(InstantUpstream { url, _stop: stop })
 }
 
 /// How long the paced load stays with one target before it turns to the next.
@@ -276,9 +285,10 @@ const PACED_BLOCK: Duration = Duration::from_millis(100);
 /// `PACED_BLOCK` until each has had `seconds`, so a slow spell of the machine falls on all of
 /// them alike rather than on whichever ran then.
 ///
-/// Each connection is a thread of its own that sleeps on a high-resolution timer until its
-/// next request is due: tokio's timer rounds every wake-up to the next millisecond, which at
-/// 10,000 requests/s sent them ten at a time instead of one every 100 microseconds.
+/// One thread sends and reads on every connection, woken by epoll and by a timerfd set to the
+/// next request due: tokio's timer rounds every wake-up to the next millisecond, which at
+/// 10,000 requests/s sent them ten at a time instead of one every 100 microseconds, and a
+/// thread per connection spent more of this machine's two cores than the proxy measured.
 async fn paced_load(bases: &[&str], key: &str, rate: f64, seconds: f64, n_conns: usize) -> Result<Vec<(Vec<f64>, f64)>, String> {
     let body = r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":1}"#;
     let targets: Vec<(String, String)> = bases
@@ -292,59 +302,148 @@ async fn paced_load(bases: &[&str], key: &str, rate: f64, seconds: f64, n_conns:
             (addr, request)
         })
         .collect();
-    let interval = Duration::from_secs_f64(n_conns as f64 / rate);
-    tokio::task::spawn_blocking(move || {
-        let n_targets = targets.len();
-        let start = Instant::now() + Duration::from_millis(50);
-        let end = start + Duration::from_secs_f64(seconds * n_targets as f64);
-        let one_connection = |conn: usize| -> Result<Vec<Vec<f64>>, String> {
-            // SAFETY: prctl with integer arguments changes only this thread's timer slack
-            // (50 us by default, which would spread the pacing by as much).
-            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0u64, 0u64, 0u64) };
-            let mut socks = Vec::new();
-            for (addr, _) in &targets {
-                let sock = std::net::TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
-                let _ = sock.set_nodelay(true);
-                let _ = sock.set_read_timeout(Some(Duration::from_secs(30)));
-                socks.push((sock, Vec::with_capacity(4096)));
+    tokio::task::spawn_blocking(move || paced_load_blocking(&targets, rate, seconds, n_conns)).await.map_err(|e| e.to_string())?
+}
+
+/// Nanoseconds on the monotonic clock, the one a timerfd's absolute time is given in.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A file descriptor made by a system call, or the call's error.
+fn owned_fd(fd: i32, call: &str) -> Result<std::os::fd::OwnedFd, String> {
+    if fd < 0 {
+        return Err(format!("{call}: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a descriptor just returned by the kernel and owned by nobody else.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}
+
+/// One request slot of the paced load: its connection to each target and its schedule.
+struct PacedSlot {
+    socks: Vec<(std::net::TcpStream, Vec<u8>)>,
+    /// When its next request is due.
+    next_at: u64,
+    /// The target and send time of the request it waits on.
+    in_flight: Option<(usize, u64)>,
+}
+
+/// `paced_load` on the calling thread, `targets` as (address, raw request).
+fn paced_load_blocking(targets: &[(String, String)], rate: f64, seconds: f64, n_conns: usize) -> Result<Vec<(Vec<f64>, f64)>, String> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: prctl with integer arguments changes only this thread's timer slack (50 us by
+    // default, which would spread the pacing by as much).
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0u64, 0u64, 0u64) };
+    let n_targets = targets.len();
+    // SAFETY: plain system calls that return a new descriptor or -1.
+    let epoll = owned_fd(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) }, "epoll_create1")?;
+    let timer = owned_fd(unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) }, "timerfd_create")?;
+    const TIMER: u64 = u64::MAX;
+    let watch = |fd: i32, token: u64| -> Result<(), String> {
+        let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
+        // SAFETY: both descriptors are open; the event is read during the call only.
+        if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) } != 0 {
+            return Err(format!("epoll_ctl: {}", std::io::Error::last_os_error()));
+        }
+        Ok(())
+    };
+    watch(timer.as_raw_fd(), TIMER)?;
+    let interval = (n_conns as f64 / rate * 1e9) as u64;
+    let start = monotonic_ns() + 50_000_000;
+    let end = start + (seconds * n_targets as f64 * 1e9) as u64;
+    let block = PACED_BLOCK.as_nanos() as u64;
+    let mut slots = Vec::with_capacity(n_conns);
+    for slot in 0..n_conns {
+        let mut socks = Vec::new();
+        for (target, (addr, _)) in targets.iter().enumerate() {
+            let sock = std::net::TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
+            let _ = sock.set_nodelay(true);
+            sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+            watch(sock.as_raw_fd(), (slot * n_targets + target) as u64)?;
+            socks.push((sock, Vec::with_capacity(4096)));
+        }
+        // Slots take turns, so the requests are spread evenly over time.
+        slots.push(PacedSlot { socks, next_at: start + interval * slot as u64 / n_conns as u64, in_flight: None });
+    }
+    let mut latencies = vec![Vec::new(); n_targets];
+    let mut armed = None;
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    loop {
+        let now = monotonic_ns();
+        // A proxy that falls behind is not waited for past the end: what it did not take by
+        // then is not sent.
+        let mut earliest = None;
+        for slot in slots.iter_mut().filter(|s| s.in_flight.is_none() && s.next_at < end && now < end) {
+            if slot.next_at <= now {
+                let target = ((slot.next_at - start) / block) as usize % n_targets;
+                std::io::Write::write_all(&mut slot.socks[target].0, targets[target].1.as_bytes()).map_err(|e| e.to_string())?;
+                slot.in_flight = Some((target, monotonic_ns()));
+            } else {
+                earliest = Some(earliest.map_or(slot.next_at, |e: u64| e.min(slot.next_at)));
             }
-            let mut latencies = vec![Vec::new(); n_targets];
-            // Connections take turns, so the requests are spread evenly over time.
-            let mut at = start + interval.mul_f64(conn as f64 / n_conns as f64);
-            // A proxy that falls behind is not waited for past the end: what it did not take
-            // by then is not sent.
-            while at < end && Instant::now() < end {
-                std::thread::sleep(at.saturating_duration_since(Instant::now()));
-                let target = (at.duration_since(start).as_nanos() / PACED_BLOCK.as_nanos()) as usize % n_targets;
-                let (sock, buf) = &mut socks[target];
-                let sent = Instant::now();
-                std::io::Write::write_all(sock, targets[target].1.as_bytes()).map_err(|e| e.to_string())?;
-                let head = read_message_blocking(sock, buf).ok_or("the connection closed")?;
-                if !head.starts_with("http/1.1 200") {
-                    return Err(format!("answer: {}", head.lines().next().unwrap_or("")));
+        }
+        if earliest.is_none() && slots.iter().all(|s| s.in_flight.is_none()) {
+            break;
+        }
+        if let Some(at) = earliest.filter(|at| armed != Some(*at)) {
+            let value = libc::timespec { tv_sec: (at / 1_000_000_000) as libc::time_t, tv_nsec: (at % 1_000_000_000) as libc::c_long };
+            let spec = libc::itimerspec { it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 }, it_value: value };
+            // SAFETY: the timer is open; the spec is read during the call only.
+            unsafe { libc::timerfd_settime(timer.as_raw_fd(), libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut()) };
+            armed = Some(at);
+        }
+        // SAFETY: the buffer holds `events.len()` events for the kernel to fill.
+        let n = unsafe { libc::epoll_wait(epoll.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, 30_000) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(format!("epoll_wait: {e}"));
+        }
+        if n == 0 {
+            return Err("no answer within 30 s".into());
+        }
+        for event in &events[..n as usize] {
+            let token = event.u64;
+            if token == TIMER {
+                let mut expirations = 0u64;
+                // SAFETY: reads the timer's 8-byte count of expirations into a u64.
+                unsafe { libc::read(timer.as_raw_fd(), (&mut expirations as *mut u64).cast(), 8) };
+                armed = None;
+                continue;
+            }
+            let (slot, target) = (token as usize / n_targets, token as usize % n_targets);
+            let slot = &mut slots[slot];
+            let (sock, buf) = &mut slot.socks[target];
+            let mut chunk = [0u8; 16 * 1024];
+            loop {
+                match std::io::Read::read(sock, &mut chunk) {
+                    Ok(0) => return Err("the connection closed".into()),
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.to_string()),
                 }
-                latencies[target].push(sent.elapsed().as_secs_f64() * 1000.0);
-                at += interval;
             }
-            Ok(latencies)
-        };
-        let mut all = vec![Vec::new(); n_targets];
-        std::thread::scope(|scope| {
-            let threads: Vec<_> = (0..n_conns).map(|conn| scope.spawn(move || one_connection(conn))).collect();
-            for t in threads {
-                let per_target = t.join().map_err(|_| "a load thread panicked".to_string())??;
-                for (into, from) in all.iter_mut().zip(per_target) {
-                    into.extend(from);
-                }
+            let Some((end_of_answer, head)) = complete_message(buf).map_err(|_| "the answer is not HTTP".to_string())? else { continue };
+            let received = monotonic_ns();
+            if !head.starts_with("http/1.1 200") {
+                return Err(format!("answer: {}", head.lines().next().unwrap_or("")));
             }
-            Ok::<(), String>(())
-        })?;
-        // Over the time the answers really took: a proxy that falls behind answers late, not less.
-        let elapsed = start.elapsed().as_secs_f64().max(seconds * n_targets as f64);
-        Ok(all.into_iter().map(|l| { let achieved = l.len() as f64 * n_targets as f64 / elapsed; (l, achieved) }).collect())
-    })
-    .await
-    .map_err(|e| e.to_string())?
+            buf.drain(..end_of_answer);
+            if let Some((waited_on, sent)) = slot.in_flight.take().filter(|(t, _)| *t == target) {
+                latencies[waited_on].push((received - sent) as f64 / 1e6);
+                slot.next_at += interval;
+            }
+        }
+    }
+    // Over the time the answers really took: a proxy that falls behind answers late, not less.
+    let elapsed = ((monotonic_ns() - start) as f64 / 1e9).max(seconds * n_targets as f64);
+    Ok(latencies.into_iter().map(|l| { let achieved = l.len() as f64 * n_targets as f64 / elapsed; (l, achieved) }).collect())
 }
 
 /// The gateway's own latency at a rate: the same requests at the same pace straight to an
@@ -409,7 +508,8 @@ async fn start_gateway_process(dir: &std::path::Path, upstream: &str, tiers_on: 
 /// each where it runs, in front of the same upstream under the same load. The client and the
 /// upstream share this process.
 async fn overhead(seconds: f64) -> Result<BTreeMap<String, Value>, String> {
-    let upstream = instant_upstream().await?;
+    let instant = instant_upstream()?;
+    let upstream = instant.url.clone();
     let dir = std::env::temp_dir().join(format!("tidepool-bench-overhead-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let mut out = BTreeMap::new();
@@ -736,7 +836,26 @@ pub async fn run(json_out: bool, seconds: f64) -> Result<u8, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::complete_message;
+    use super::{complete_message, instant_upstream, paced_load};
+
+    #[tokio::test]
+    async fn the_paced_load_sends_each_target_its_share_and_times_every_answer() {
+        let (a, b) = (instant_upstream().unwrap(), instant_upstream().unwrap());
+        let runs = paced_load(&[&a.url, &b.url], "k", 2_000.0, 0.5, 4).await.unwrap();
+        assert_eq!(runs.len(), 2);
+        for (latencies, achieved) in &runs {
+            // 2,000/s over the two targets' 1 s together: about 1,000 requests each.
+            assert!((800..=1_050).contains(&latencies.len()), "{} answers", latencies.len());
+            assert!(latencies.iter().all(|ms| *ms > 0.0 && *ms < 1_000.0), "{latencies:?}");
+            assert!((1_500.0..=2_100.0).contains(achieved), "achieved {achieved}/s");
+        }
+        // A target that answers no HTTP is an error, not a figure.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", silent.local_addr().unwrap());
+        let closer = std::thread::spawn(move || drop(silent.accept()));
+        assert!(paced_load(&[&url], "k", 100.0, 0.2, 1).await.is_err());
+        closer.join().unwrap();
+    }
 
     #[test]
     fn a_message_is_complete_only_when_its_whole_body_is_there() {
