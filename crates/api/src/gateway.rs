@@ -83,6 +83,58 @@ pub struct UsageOf {
     pub usage: Option<TokenUsage>,
 }
 
+/// The `usage` of an OpenAI-style answer (a JSON object). Its top-level key is found by a
+/// scan that only tracks strings and nesting, and only the value is parsed: a full parse that
+/// skips the rest of the answer cost as much as the whole of the gateway's own work on it.
+/// An answer the scan cannot read is parsed in full.
+pub fn usage_of(answer: &[u8]) -> Option<TokenUsage> {
+    match top_level_value(answer, b"usage") {
+        Some(value) => Option::<TokenUsage>::deserialize(&mut serde_json::Deserializer::from_slice(value)).ok().flatten(),
+        None => serde_json::from_slice::<UsageOf>(answer).ok().and_then(|u| u.usage),
+    }
+}
+
+/// The bytes from where the value of `key` in the top-level object `json` starts, to the
+/// end; None when the object has no such key written plainly.
+fn top_level_value<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while let Some(&byte) = json.get(i) {
+        match byte {
+            b'"' => {
+                let start = i + 1;
+                let mut end = start;
+                loop {
+                    end += json.get(end..)?.iter().position(|&b| b == b'"' || b == b'\\')?;
+                    if json[end] == b'"' {
+                        break;
+                    }
+                    end += 2;
+                }
+                i = end + 1;
+                // A key is followed by a colon; a string value that reads the same is not.
+                if depth == 1 && &json[start..end] == key {
+                    let rest = &json[i..];
+                    let after = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+                    if rest[after] == b':' {
+                        return Some(&rest[after + 1..]);
+                    }
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
 /// `usage` of a completion: the prompt's tokens and the answer's.
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 pub struct TokenUsage {
@@ -92,4 +144,32 @@ pub struct TokenUsage {
     /// Tokens generated.
     #[serde(default)]
     pub completion_tokens: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(answer: &str) -> Option<(u64, u64)> {
+        usage_of(answer.as_bytes()).map(|u| (u.prompt_tokens, u.completion_tokens))
+    }
+
+    #[test]
+    fn usage_is_read_from_the_top_level_only() {
+        let answer = r#"{"id":"c","choices":[{"message":{"content":"the \"usage\": {\"prompt_tokens\": 9} and usage"},"usage":{"prompt_tokens":7}}],"object":"usage","usage" : {"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
+        assert_eq!(counts(answer), Some((3, 4)));
+        assert_eq!(counts(r#"{"usage":{"prompt_tokens":1,"completion_tokens":2},"choices":[]}"#), Some((1, 2)));
+        assert_eq!(counts(r#"{"usage":null}"#), None);
+        assert_eq!(counts(r#"{"choices":[{"usage":{"prompt_tokens":5}}]}"#), None);
+        assert_eq!(counts(r#"{"choices":"\\"}"#), None);
+    }
+
+    #[test]
+    fn an_answer_the_scan_cannot_read_is_parsed_in_full() {
+        // An escaped key is not found by the scan; the full parse still reads it.
+        assert_eq!(counts(r#"{"usag\u0065":{"prompt_tokens":2,"completion_tokens":5}}"#), Some((2, 5)));
+        assert_eq!(counts("not json"), None);
+        assert_eq!(counts(r#"{"content":"unterminated"#), None);
+        assert_eq!(counts(r#"{"usage":"#), None);
+    }
 }

@@ -246,13 +246,33 @@ impl Gateway {
         const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
         const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
         const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
-        let ms = |ms: u64| HeaderValue::from_str(&format!("{ms}ms")).unwrap_or(HeaderValue::from_static("0ms"));
-        headers.insert(LIMIT_REQUESTS, HeaderValue::from(t.rpm.capacity()));
-        headers.insert(LIMIT_TOKENS, HeaderValue::from(t.tpm.capacity()));
-        headers.insert(REMAINING_REQUESTS, HeaderValue::from(t.rpm.remaining(now)));
-        headers.insert(REMAINING_TOKENS, HeaderValue::from(t.tpm.remaining(now)));
-        headers.insert(RESET_REQUESTS, ms(t.rpm.ms_to_full(now)));
-        headers.insert(RESET_TOKENS, ms(t.tpm.ms_to_full(now)));
+        let values = [
+            (LIMIT_REQUESTS, t.rpm.capacity(), ""),
+            (LIMIT_TOKENS, t.tpm.capacity(), ""),
+            (REMAINING_REQUESTS, t.rpm.remaining(now), ""),
+            (REMAINING_TOKENS, t.tpm.remaining(now), ""),
+            (RESET_REQUESTS, t.rpm.ms_to_full(now), "ms"),
+            (RESET_TOKENS, t.tpm.ms_to_full(now), "ms"),
+        ];
+        drop(tenants);
+        // The six values are written into one buffer and shared from it: one allocation
+        // instead of one or two per header.
+        let mut text = bytes::BytesMut::with_capacity(128);
+        let mut ends = [0usize; 6];
+        for (end, (_, value, unit)) in ends.iter_mut().zip(&values) {
+            text.extend_from_slice(itoa::Buffer::new().format(*value).as_bytes());
+            text.extend_from_slice(unit.as_bytes());
+            *end = text.len();
+        }
+        let text = text.freeze();
+        headers.reserve(values.len());
+        let mut start = 0;
+        for ((name, _, _), end) in values.into_iter().zip(ends) {
+            if let Ok(value) = HeaderValue::from_maybe_shared(text.slice(start..end)) {
+                headers.insert(name, value);
+            }
+            start = end;
+        }
     }
 
     fn too_many(&self, tenant: usize, retry_after_ms: u64, message: &str, code: &str) -> Response {
@@ -479,7 +499,7 @@ impl Gateway {
         if !status.is_success() || !stream {
             let bytes = resp.bytes().await.unwrap_or_default();
             drop(guard);
-            let usage = serde_json::from_slice::<tidepool_api::gateway::UsageOf>(&bytes).ok().and_then(|u| u.usage).unwrap_or_default();
+            let usage = tidepool_api::gateway::usage_of(&bytes).unwrap_or_default();
             self.settle(tenant, estimate, usage.prompt_tokens, usage.completion_tokens);
             let mut response = (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
             self.rate_headers(tenant, response.headers_mut());
