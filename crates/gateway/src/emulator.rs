@@ -122,6 +122,11 @@ pub fn prompt_tokens(body: &Value) -> u64 {
         Some(Value::Array(items)) => chars += items.iter().filter_map(Value::as_str).map(str::len).sum::<usize>(),
         _ => {}
     }
+    tokens_of_chars(chars)
+}
+
+/// Tokens of a prompt of `chars` characters: four to a token, at least one.
+pub fn tokens_of_chars(chars: usize) -> u64 {
     (chars as u64).div_ceil(4).max(1)
 }
 

@@ -4,7 +4,7 @@
 //! stream) ends, so the admission counts are the replica's real concurrency as seen from here.
 
 use crate::config::GatewayConfig;
-use crate::emulator::{max_output_tokens, prompt_tokens};
+use crate::request::{BodyError, Count, RequestFacts};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -410,31 +410,30 @@ impl Gateway {
         let Some(tenant) = self.tenant_of(&headers) else {
             return error(StatusCode::UNAUTHORIZED, "Incorrect API key provided.", "invalid_request_error", None, Some("invalid_api_key"));
         };
-        let body: Value = match serde_json::from_slice(&raw) {
-            Ok(v @ Value::Object(_)) => v,
-            Ok(_) => return bad_request("the body must be a JSON object", "body"),
-            Err(e) => return bad_request(&format!("invalid JSON body: {e}"), "body"),
+        let facts = match RequestFacts::of(&raw) {
+            Ok(facts) => facts,
+            Err(BodyError::NotAnObject) => return bad_request("the body must be a JSON object", "body"),
+            Err(BodyError::Invalid(e)) => return bad_request(&format!("invalid JSON body: {e}"), "body"),
         };
         let chat = path.ends_with("chat/completions");
-        let Some(model) = body.get("model").and_then(Value::as_str).map(str::to_string) else {
+        let Some(model) = facts.model.as_deref() else {
             return bad_request("you must provide a model parameter", "model");
         };
-        let model = model.as_str();
-        if chat && !body.get("messages").is_some_and(|m| m.as_array().is_some_and(|a| !a.is_empty())) {
+        if chat && !facts.messages.is_some_and(|n| n > 0) {
             return bad_request("'messages' must be a non-empty array", "messages");
         }
-        if !chat && body.get("prompt").is_none() {
+        if !chat && !facts.has_prompt {
             return bad_request("'prompt' is a required property", "prompt");
         }
-        let n = match body.get("n") {
-            None | Some(Value::Null) => 1,
-            Some(v) => match v.as_u64() {
+        let n = match facts.n {
+            Count::Absent | Count::Null => 1,
+            given => match given.get() {
                 Some(n) if (1..=128).contains(&n) => n,
                 _ => return bad_request("'n' must be an integer from 1 to 128", "n"),
             },
         };
-        for field in ["max_tokens", "max_completion_tokens"] {
-            if body.get(field).is_some_and(|v| !v.is_null() && v.as_u64().is_none()) {
+        for (field, value) in [("max_tokens", facts.max_tokens), ("max_completion_tokens", facts.max_completion_tokens)] {
+            if value.is_invalid() {
                 return bad_request(&format!("'{field}' must be a non-negative integer"), field);
             }
         }
@@ -449,8 +448,8 @@ impl Gateway {
             Some(Ok(t)) => return bad_request(&format!("tier {t} is above this key's tier {base_tier}; a header may only lower it"), "x-tidepool-tier"),
             Some(Err(e)) => return bad_request(&e, "x-tidepool-tier"),
         };
-        let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-        let estimate = prompt_tokens(&body) + max_output_tokens(&body).unwrap_or(DEFAULT_COMPLETION_ESTIMATE) * n;
+        let stream = facts.stream;
+        let estimate = facts.prompt_tokens() + facts.max_output_tokens().unwrap_or(DEFAULT_COMPLETION_ESTIMATE) * n;
         let now = self.now_ms();
         {
             let mut tenants = self.lock_tenants();
@@ -505,7 +504,7 @@ impl Gateway {
             self.rate_headers(tenant, response.headers_mut());
             return response;
         }
-        self.stream_through(resp, guard, cut, tenant, estimate, chat, prompt_tokens(&body))
+        self.stream_through(resp, guard, cut, tenant, estimate, chat, facts.prompt_tokens())
     }
 
     /// Records what a request really used and returns the unused part of its estimate.

@@ -5,6 +5,7 @@
 //! Layout:
 //! - [`config`]: the TOML file, validated.
 //! - [`gateway`]: the state, the handlers and the proxying.
+//! - `request`: the few facts the gateway reads of a completion request, in one pass.
 //! - [`batch`]: the Files and Batches APIs and the batch runner.
 //! - [`emulator`]: an OpenAI-compatible replica whose pace follows a batching model.
 //!
@@ -14,6 +15,7 @@ pub mod batch;
 pub mod config;
 pub mod emulator;
 pub mod gateway;
+mod request;
 mod upstream;
 
 pub use config::GatewayConfig;
