@@ -446,18 +446,50 @@ fn paced_load_blocking(targets: &[(String, String)], rate: f64, seconds: f64, n_
     Ok(latencies.into_iter().map(|l| { let achieved = l.len() as f64 * n_targets as f64 / elapsed; (l, achieved) }).collect())
 }
 
+/// One run of the added-latency load through a proxy.
+struct OverheadRun {
+    /// p50 and p99 through the proxy less the same straight to the upstream (ms).
+    added_p50_ms: f64,
+    added_p99_ms: f64,
+    /// p99 straight to the upstream (ms): how quiet the machine was.
+    direct_p99_ms: f64,
+    /// The rate achieved through the proxy.
+    achieved: f64,
+    /// The share of this machine's CPU time its host took for others (steal), in percent.
+    steal_pct: Option<f64>,
+}
+
+/// The steal and total CPU time of this machine so far (ticks), from /proc/stat.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+    Some((*ticks.get(7)?, ticks.iter().take(8).sum()))
+}
+
 /// The gateway's own latency at a rate: the same requests at the same pace straight to an
-/// instant upstream and through the gateway in front of it, in turns; the differences of p50
-/// and p99, and the rate achieved through the gateway.
-async fn overhead_at(direct: &str, gateway: &str, key: &str, rate: f64, seconds: f64) -> Result<(f64, f64, f64), String> {
+/// instant upstream and through the gateway in front of it, in turns.
+async fn overhead_at(direct: &str, gateway: &str, key: &str, rate: f64, seconds: f64) -> Result<OverheadRun, String> {
     let n_conns = ((rate / 300.0).ceil() as usize).clamp(4, 64);
+    let before = cpu_ticks();
     let mut runs = paced_load(&[direct, gateway], key, rate, seconds, n_conns).await?.into_iter();
+    let after = cpu_ticks();
     let (Some((mut straight, _)), Some((mut via, achieved))) = (runs.next(), runs.next()) else {
         return Err("paced load: a target measured nothing".into());
     };
+    let steal_pct = match (before, after) {
+        (Some((s0, t0)), Some((s1, t1))) if t1 > t0 => Some(100.0 * (s1 - s0) as f64 / (t1 - t0) as f64),
+        _ => None,
+    };
+    let direct_p99_ms = pct(&mut straight, 0.99);
     // Differences of percentiles measured in two runs: noise can make them negative, and they
     // are printed as measured.
-    Ok((pct(&mut via, 0.5) - pct(&mut straight, 0.5), pct(&mut via, 0.99) - pct(&mut straight, 0.99), achieved))
+    Ok(OverheadRun {
+        added_p50_ms: pct(&mut via, 0.5) - pct(&mut straight, 0.5),
+        added_p99_ms: pct(&mut via, 0.99) - direct_p99_ms,
+        direct_p99_ms,
+        achieved,
+        steal_pct,
+    })
 }
 
 /// Runs of each added-latency figure; the median is reported.
@@ -621,12 +653,18 @@ async fn overhead_of(upstream: &str, gateway: &str, key: &str, seconds: f64, pre
         for _ in 0..OVERHEAD_RUNS {
             runs.push(overhead_at(upstream, gateway, key, rate, seconds).await?);
         }
-        let mut p50s: Vec<f64> = runs.iter().map(|r| r.0).collect();
-        let mut p99s: Vec<f64> = runs.iter().map(|r| r.1).collect();
-        let mut achieved: Vec<f64> = runs.iter().map(|r| r.2).collect();
+        let mut p50s: Vec<f64> = runs.iter().map(|r| r.added_p50_ms).collect();
+        let mut p99s: Vec<f64> = runs.iter().map(|r| r.added_p99_ms).collect();
+        let mut direct: Vec<f64> = runs.iter().map(|r| r.direct_p99_ms).collect();
+        let mut achieved: Vec<f64> = runs.iter().map(|r| r.achieved).collect();
+        let mut steal: Vec<f64> = runs.iter().filter_map(|r| r.steal_pct).collect();
         out.insert(format!("{prefix}overhead_p99_ms{suffix}_runs"), json!(p99s));
         out.insert(format!("{prefix}overhead_p50_ms{suffix}"), json!(pct(&mut p50s, 0.5)));
         out.insert(format!("{prefix}overhead_p99_ms{suffix}"), json!(pct(&mut p99s, 0.5)));
+        out.insert(format!("{prefix}direct_p99_ms{suffix}"), json!(pct(&mut direct, 0.5)));
+        if !steal.is_empty() {
+            out.insert(format!("{prefix}steal_pct{suffix}"), json!(pct(&mut steal, 0.5)));
+        }
         out.insert(format!("{prefix}overhead_rps{suffix}"), json!(pct(&mut achieved, 0.5)));
     }
     Ok(out)
@@ -803,6 +841,13 @@ pub async fn run(json_out: bool, seconds: f64) -> Result<u8, String> {
             g(&format!("overhead_p99_ms{suffix}")),
             report.get(&format!("overhead_p99_ms{suffix}_runs")).map_or("?".into(), |v| v.to_string()),
             g(&format!("overhead_rps{suffix}")),
+        ));
+        // What the machine itself gave: a p99 straight to the upstream of a millisecond or
+        // more, or CPU time taken by the host, moves every proxy's p99 with it.
+        line(&format!(
+            "  this machine meanwhile: p99 straight to the upstream {:.3} ms, CPU time taken by its host (steal) {:.1}%",
+            g(&format!("direct_p99_ms{suffix}")),
+            g(&format!("steal_pct{suffix}")),
         ));
         for (prefix, what) in [("fcfs_", "the gateway with tiers off (first come, first served)"), ("nginx_", "nginx as a plain reverse proxy"), ("litellm_", "LiteLLM's proxy")] {
             if report.contains_key(&format!("{prefix}overhead_p99_ms{suffix}")) {
