@@ -120,8 +120,18 @@ fn over_its_tpm_a_tenant_gets_429_with_retry_after_and_under_it_never() {
     }
     assert!(refused >= 2, "100 TPM allows 3 requests of ~32 tokens, refused {refused}");
     for _ in 0..20 {
-        let (status, _, text) = post(&base, "/v1/chat/completions", "sk-big-tenant", &[], body);
+        let (status, head, text) = post(&base, "/v1/chat/completions", "sk-big-tenant", &[], body);
         assert_eq!(status, 200, "a tenant under its limit is never refused: {text}");
+        // Each rate-limit header carries its own value (a bucket this large is full again
+        // within milliseconds, so the remaining counts may be whole).
+        let value = |name: &str| head.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).unwrap_or_default();
+        assert_eq!(value("x-ratelimit-limit-requests:"), "100000", "{head}");
+        assert_eq!(value("x-ratelimit-limit-tokens:"), "1000000", "{head}");
+        assert!(value("x-ratelimit-remaining-requests:").parse::<u64>().is_ok_and(|n| n <= 100000), "{head}");
+        assert!(value("x-ratelimit-remaining-tokens:").parse::<u64>().is_ok_and(|n| n <= 1000000), "{head}");
+        for reset in ["x-ratelimit-reset-requests:", "x-ratelimit-reset-tokens:"] {
+            assert!(value(reset).strip_suffix("ms").is_some_and(|ms| ms.parse::<u64>().is_ok()), "{head}");
+        }
     }
     let (status, _, text) = post(&base, "/v1/chat/completions", "sk-nobody-key", &[], body);
     assert_eq!(status, 401);
