@@ -3,7 +3,11 @@
 Usage: python3 openai_client.py BASE_URL API_KEY MODEL
 Prints one line per check and exits non-zero on the first failure.
 """
+import asyncio
+import io
+import json
 import sys
+import time
 
 import openai
 
@@ -70,9 +74,46 @@ try:
     raise SystemExit("wrong key accepted")
 except openai.AuthenticationError:
     print("wrong key: 401")
-import io
-import json
-import time
+
+assert client.models.retrieve(model).id == model
+try:
+    client.models.retrieve("no-such-model")
+    raise SystemExit("unknown model retrieved")
+except openai.NotFoundError:
+    print("models.retrieve: ok, unknown 404")
+
+for field, value in [("temperature", "hot"), ("top_p", 3), ("stop", [1]), ("n", 0)]:
+    try:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], **{field: value})
+        raise SystemExit(f"{field}={value!r} accepted")
+    except openai.BadRequestError as e:
+        assert e.param == field and field in e.message, (field, e.param, e.message)
+print("invalid parameters: 400 naming each")
+
+several = client.completions.create(model=model, prompt=["The tide", "The pool"], n=2, max_tokens=2, echo=True)
+assert sorted(c.index for c in several.choices) == [0, 1, 2, 3], several.choices
+assert [c.text.split(" ")[1] for c in sorted(several.choices, key=lambda c: c.index)] == ["tide", "tide", "pool", "pool"], several.choices
+assert several.usage.completion_tokens == 8, several.usage
+ids = client.completions.create(model=model, prompt=[101, 102, 103, 104, 105], max_tokens=1)
+assert ids.usage.prompt_tokens == 5, ids.usage
+print("completions: 2 prompts x n=2 ->", len(several.choices), "choices; token-id prompt", ids.usage.prompt_tokens, "tokens")
+
+texts = {}
+for chunk in client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], n=2, max_tokens=3, stream=True):
+    for choice in chunk.choices:
+        texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+assert sorted(texts) == [0, 1] and all(len(t.split()) == 3 for t in texts.values()), texts
+print("stream n=2:", texts)
+
+async def streamed_async():
+    async_client = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key=api_key, max_retries=0)
+    stream = await async_client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], max_tokens=4, stream=True)
+    return [c async for c in stream]
+
+
+chunks = asyncio.run(streamed_async())
+assert sum(1 for c in chunks for ch in c.choices if ch.delta.content) == 4, chunks
+print("async stream:", len(chunks), "chunks")
 
 lines = [
     json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
@@ -99,7 +140,23 @@ assert all(r["response"]["status_code"] == 200 for r in records)
 assert records[0]["response"]["body"]["usage"]["completion_tokens"] == 2
 print("batch:", batch.status, batch.request_counts.completed, "lines ->", batch.output_file_id)
 
+mixed = [json.dumps({"custom_id": "good", "method": "POST", "url": "/v1/chat/completions",
+                      "body": {"model": model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}}),
+         json.dumps({"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions",
+                     "body": {"model": model, "messages": [{"role": "user", "content": "x"}], "temperature": 9}})]
+mixed_file = client.files.create(file=("mixed.jsonl", io.BytesIO("\n".join(mixed).encode())), purpose="batch")
+second = client.batches.create(input_file_id=mixed_file.id, endpoint="/v1/chat/completions", completion_window="24h")
+deadline = time.time() + 120
+while second.status not in ("completed", "failed", "cancelled", "expired"):
+    assert time.time() < deadline, second
+    time.sleep(0.2)
+    second = client.batches.retrieve(second.id)
+assert second.status == "completed" and (second.request_counts.completed, second.request_counts.failed) == (1, 1), second
+errors = [json.loads(line) for line in client.files.content(second.error_file_id).text.strip().split("\n")]
+assert [(e["custom_id"], e["response"]["status_code"], e["response"]["body"]["error"]["param"]) for e in errors] == [("bad", 400, "temperature")], errors
+print("batch with a bad line: 1 completed, 1 failed with", errors[0]["response"]["body"]["error"]["message"])
+
 page = client.batches.list(limit=1)
-assert len(page.data) == 1 and page.data[0].id == batch.id, page
+assert len(page.data) == 1 and page.data[0].id == second.id, page
 assert any(f.id == upload.id for f in client.files.list())
 print("ok")

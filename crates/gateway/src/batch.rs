@@ -5,6 +5,7 @@
 //! TPM budget; a refused request waits for its Retry-After and tries again.
 
 use crate::gateway::Gateway;
+use crate::request::RequestFacts;
 use axum::body::Bytes;
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -24,7 +25,7 @@ const BATCH_CONCURRENCY: usize = 64;
 const ENDPOINTS: [&str; 2] = ["/v1/chat/completions", "/v1/completions"];
 
 fn err(status: StatusCode, message: &str, param: Option<&str>) -> Response {
-    (status, axum::Json(json!({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": null}}))).into_response()
+    crate::openai::error(status, message, "invalid_request_error", param, None)
 }
 
 fn now_s() -> u64 {
@@ -64,7 +65,7 @@ fn page(items: Vec<Value>, q: &HashMap<String, String>, default_limit: usize, ma
 impl Gateway {
     fn tenant_name(&self, headers: &HeaderMap) -> Result<String, Response> {
         self.tenant_of(headers).and_then(|i| self.config().tenants.get(i)).map(|t| t.name.clone()).ok_or_else(|| {
-            (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}))).into_response()
+            crate::openai::unauthorized()
         })
     }
 
@@ -425,7 +426,13 @@ async fn run_line(g: Arc<Gateway>, tenant: &str, batch_id: &str, endpoint: &str,
     }
     let record_id = format!("batch_req_{}_{line}", batch_id.trim_start_matches("batch_"));
     let candidates = g.replicas_for(&model);
-    let (ok, record) = if candidates.is_empty() {
+    // A line the gateway would refuse online is answered as it would be, without a slot.
+    let chat = endpoint.ends_with("chat/completions");
+    let problem = serde_json::to_vec(&req.body).ok().and_then(|raw| RequestFacts::of(&raw).ok()).and_then(|facts| facts.problem(chat));
+    let (ok, record) = if let Some((message, param)) = problem {
+        let error = crate::openai::error_object(&message, "invalid_request_error", Some(param), None);
+        (false, json!({"id": record_id, "custom_id": req.custom_id, "response": {"status_code": 400, "request_id": new_id("req_"), "body": error}, "error": null}))
+    } else if candidates.is_empty() {
         (false, json!({"id": record_id, "custom_id": req.custom_id, "response": null,
             "error": {"code": "model_not_found", "message": format!("The model `{model}` does not exist.")}}))
     } else {

@@ -6,7 +6,9 @@
 //! - time between tokens: `itl_ms * max(1, c / B)`. Throughput `c / itl` grows with `c` up to `B`
 //!   and stays at `B / itl_ms` tokens per ms beyond it, while each request slows down;
 //! - time to first token: `prompt_tokens * prefill_us_per_token / 1000` ms, then one token time;
-//! - prompt tokens: characters / 4, rounded up (no tokenizer);
+//! - prompt tokens: characters / 4, rounded up (no tokenizer), plus one per token id given;
+//! - choices: `n` for each prompt (a completion's `prompt` may be an array of prompts), as
+//!   OpenAI numbers them: prompt `p`'s choices have indexes `p * n` to `p * n + n - 1`;
 //! - output: `max_completion_tokens` or `max_tokens` tokens when given (`finish_reason: length`),
 //!   else `default_output_tokens` (`finish_reason: stop`).
 
@@ -20,6 +22,8 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use crate::openai::{bad_request, model_not_found, model_object};
+use crate::request::{BodyError, RequestFacts};
 
 /// Settings of one emulated replica.
 #[derive(Debug, Clone)]
@@ -72,6 +76,7 @@ pub fn router(config: EmulatorConfig) -> Router {
     let state = Arc::new(Emulator { config, in_flight: AtomicU32::new(0), next_id: AtomicU64::new(1), served: AtomicU64::new(0) });
     Router::new()
         .route("/v1/models", get(models))
+        .route("/v1/models/{model}", get(model))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/metrics", get(metrics))
@@ -88,7 +93,14 @@ fn now_s() -> u64 {
 }
 
 async fn models(State(e): State<Arc<Emulator>>) -> Response {
-    axum::Json(json!({"object": "list", "data": [{"id": e.config.model, "object": "model", "created": 0, "owned_by": "tidepool-emulator"}]})).into_response()
+    axum::Json(json!({"object": "list", "data": [model_object(&e.config.model, "tidepool-emulator")]})).into_response()
+}
+
+async fn model(State(e): State<Arc<Emulator>>, axum::extract::Path(name): axum::extract::Path<String>) -> Response {
+    if name != e.config.model {
+        return model_not_found(&name);
+    }
+    axum::Json(model_object(&e.config.model, "tidepool-emulator")).into_response()
 }
 
 async fn metrics(State(e): State<Arc<Emulator>>) -> String {
@@ -99,45 +111,15 @@ async fn metrics(State(e): State<Arc<Emulator>>) -> String {
     )
 }
 
-fn bad(message: &str, param: &str) -> Response {
-    (StatusCode::BAD_REQUEST, axum::Json(json!({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": null}}))).into_response()
-}
-
-/// Prompt tokens of a chat or completion request: characters / 4.
-pub fn prompt_tokens(body: &Value) -> u64 {
-    let mut chars = 0usize;
-    if let Some(messages) = body.get("messages").and_then(Value::as_array) {
-        for m in messages {
-            match m.get("content") {
-                Some(Value::String(s)) => chars += s.len(),
-                Some(Value::Array(parts)) => {
-                    chars += parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).map(str::len).sum::<usize>()
-                }
-                _ => {}
-            }
-        }
-    }
-    match body.get("prompt") {
-        Some(Value::String(s)) => chars += s.len(),
-        Some(Value::Array(items)) => chars += items.iter().filter_map(Value::as_str).map(str::len).sum::<usize>(),
-        _ => {}
-    }
-    tokens_of_chars(chars)
-}
-
 /// Tokens of a prompt of `chars` characters: four to a token, at least one.
 pub fn tokens_of_chars(chars: usize) -> u64 {
     (chars as u64).div_ceil(4).max(1)
 }
 
-/// How many tokens a request may produce per choice, if it says.
-pub fn max_output_tokens(body: &Value) -> Option<u64> {
-    body.get("max_completion_tokens").or_else(|| body.get("max_tokens")).and_then(Value::as_u64)
-}
-
 struct Plan {
     id: String,
     model: String,
+    /// Choices in all: `n` for each prompt.
     n: u64,
     n_tokens: u64,
     finish: &'static str,
@@ -145,19 +127,26 @@ struct Plan {
     logprobs: bool,
     top_logprobs: u64,
     include_usage: bool,
-    echo: Option<String>,
+    /// With `echo`, the text of each prompt (empty for token ids, which it cannot decode).
+    echo: Option<Vec<String>>,
+    /// `n`, the choices of each prompt.
+    per_prompt: u64,
+    stream: bool,
 }
 
-fn plan(e: &Emulator, body: &Value, chat: bool) -> Result<Plan, Response> {
-    let model = body.get("model").and_then(Value::as_str).ok_or_else(|| bad("you must provide a model parameter", "model"))?;
-    if chat && !body.get("messages").is_some_and(Value::is_array) {
-        return Err(bad("'messages' is a required property", "messages"));
+fn plan(e: &Emulator, raw: &[u8], chat: bool) -> Result<Plan, Response> {
+    let facts = match RequestFacts::of(raw) {
+        Ok(facts) => facts,
+        Err(BodyError::NotAnObject) => return Err(bad_request("the body must be a JSON object", "body")),
+        Err(BodyError::Invalid(err)) => return Err(bad_request(&format!("invalid JSON: {err}"), "body")),
+    };
+    if let Some((message, param)) = facts.problem(chat) {
+        return Err(bad_request(&message, param));
     }
-    if !chat && body.get("prompt").is_none() {
-        return Err(bad("'prompt' is a required property", "prompt"));
-    }
-    let n = body.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, 16);
-    let (n_tokens, finish) = match max_output_tokens(body) {
+    // Valid JSON by now: the rest is read from the parsed body.
+    let body: Value = serde_json::from_slice(raw).unwrap_or_default();
+    let per_prompt = facts.choices();
+    let (n_tokens, finish) = match facts.max_output_tokens() {
         Some(m) => (m, "length"),
         None => (u64::from(e.config.default_output_tokens), "stop"),
     };
@@ -172,23 +161,35 @@ fn plan(e: &Emulator, body: &Value, chat: bool) -> Result<Plan, Response> {
         .or_else(|| if chat { None } else { body.get("logprobs").and_then(Value::as_u64) })
         .unwrap_or(0)
         .min(20);
+    let echo = (!chat && body.get("echo").and_then(Value::as_bool).unwrap_or(false)).then(|| match body.get("prompt") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => items.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+        Some(Value::Array(items)) if items.iter().all(Value::is_array) => vec![String::new(); items.len()],
+        _ => vec![String::new()],
+    });
     let id = e.next_id.fetch_add(1, Ordering::SeqCst);
     Ok(Plan {
         id: if chat { format!("chatcmpl-emu{id}") } else { format!("cmpl-emu{id}") },
-        model: model.to_string(),
-        n,
+        model: facts.model.clone().unwrap_or_default(),
+        n: per_prompt * facts.prompts(),
         n_tokens,
         finish,
-        prompt_tokens: prompt_tokens(body),
+        prompt_tokens: facts.prompt_tokens(),
         logprobs,
         top_logprobs,
         include_usage: body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false),
-        echo: if !chat && body.get("echo").and_then(Value::as_bool).unwrap_or(false) {
-            body.get("prompt").and_then(Value::as_str).map(str::to_string)
-        } else {
-            None
-        },
+        echo,
+        per_prompt,
+        stream: facts.streamed(),
     })
+}
+
+impl Plan {
+    /// What choice `i` echoes of its prompt.
+    fn echoed(&self, i: u64) -> Option<&str> {
+        let prompts = self.echo.as_ref()?;
+        prompts.get((i / self.per_prompt.max(1)) as usize).map(String::as_str)
+    }
 }
 
 fn token(i: u64) -> &'static str {
@@ -237,22 +238,17 @@ async fn completions(State(e): State<Arc<Emulator>>, body: Bytes) -> Response {
     respond(e, body, false).await
 }
 
-async fn respond(e: Arc<Emulator>, body: Bytes, chat: bool) -> Response {
-    let body: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(err) => return bad(&format!("invalid JSON: {err}"), "body"),
-    };
-    let p = match plan(&e, &body, chat) {
+async fn respond(e: Arc<Emulator>, raw: Bytes, chat: bool) -> Response {
+    let p = match plan(&e, &raw, chat) {
         Ok(p) => p,
         Err(r) => return r,
     };
     e.in_flight.fetch_add(1, Ordering::SeqCst);
     e.served.fetch_add(1, Ordering::SeqCst);
     let slot = Slot(e.clone());
-    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let created = now_s();
     let usage = json!({"prompt_tokens": p.prompt_tokens, "completion_tokens": p.n_tokens * p.n, "total_tokens": p.prompt_tokens + p.n_tokens * p.n});
-    if !stream {
+    if !p.stream {
         tokio::time::sleep(e.prefill(p.prompt_tokens)).await;
         for _ in 0..p.n_tokens {
             tokio::time::sleep(e.itl()).await;
@@ -267,7 +263,7 @@ async fn respond(e: Arc<Emulator>, body: Bytes, chat: bool) -> Response {
                         "logprobs": if p.logprobs { chat_logprobs(&tokens, p.top_logprobs) } else { Value::Null },
                         "finish_reason": p.finish})
                 } else {
-                    let prefix = p.echo.clone().unwrap_or_default();
+                    let prefix = p.echoed(i).unwrap_or_default();
                     json!({"index": i, "text": format!("{prefix}{text}"),
                         "logprobs": if p.logprobs { completion_logprobs(&tokens, p.top_logprobs, prefix.len()) } else { Value::Null },
                         "finish_reason": p.finish})
@@ -299,8 +295,8 @@ async fn respond(e: Arc<Emulator>, body: Bytes, chat: bool) -> Response {
                 if chat {
                     let choices: Vec<Value> = (0..p.n).map(|i| json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null})).collect();
                     out.push(chunk(json!(choices), Value::Null));
-                } else if let Some(prefix) = &p.echo {
-                    let choices: Vec<Value> = (0..p.n).map(|i| json!({"index": i, "text": prefix, "logprobs": null, "finish_reason": null})).collect();
+                } else if p.echo.is_some() {
+                    let choices: Vec<Value> = (0..p.n).map(|i| json!({"index": i, "text": p.echoed(i), "logprobs": null, "finish_reason": null})).collect();
                     out.push(chunk(json!(choices), Value::Null));
                 }
             }

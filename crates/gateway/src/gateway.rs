@@ -4,7 +4,8 @@
 //! stream) ends, so the admission counts are the replica's real concurrency as seen from here.
 
 use crate::config::GatewayConfig;
-use crate::request::{BodyError, Count, RequestFacts};
+use crate::openai::{bad_request, error, model_not_found, model_object, unauthorized};
+use crate::request::{BodyError, RequestFacts};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -90,15 +91,6 @@ impl Drop for WaiterGuard<'_> {
 
 fn tier_idx(t: Tier) -> usize {
     Tier::ALL.iter().position(|x| *x == t).unwrap_or(0)
-}
-
-/// An OpenAI error object with a status.
-fn error(status: StatusCode, message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Response {
-    (status, axum::Json(json!({"error": {"message": message, "type": kind, "param": param, "code": code}}))).into_response()
-}
-
-fn bad_request(message: &str, param: &str) -> Response {
-    error(StatusCode::BAD_REQUEST, message, "invalid_request_error", Some(param), None)
 }
 
 /// Releases a request's slot when its answer ends, however it ends.
@@ -408,7 +400,7 @@ impl Gateway {
     /// Handles one chat or completion request end to end.
     async fn handle(self: Arc<Self>, headers: HeaderMap, raw: Bytes, path: &'static str) -> Response {
         let Some(tenant) = self.tenant_of(&headers) else {
-            return error(StatusCode::UNAUTHORIZED, "Incorrect API key provided.", "invalid_request_error", None, Some("invalid_api_key"));
+            return unauthorized();
         };
         let facts = match RequestFacts::of(&raw) {
             Ok(facts) => facts,
@@ -416,30 +408,13 @@ impl Gateway {
             Err(BodyError::Invalid(e)) => return bad_request(&format!("invalid JSON body: {e}"), "body"),
         };
         let chat = path.ends_with("chat/completions");
-        let Some(model) = facts.model.as_deref() else {
-            return bad_request("you must provide a model parameter", "model");
-        };
-        if chat && !facts.messages.is_some_and(|n| n > 0) {
-            return bad_request("'messages' must be a non-empty array", "messages");
+        if let Some((message, param)) = facts.problem(chat) {
+            return bad_request(&message, param);
         }
-        if !chat && !facts.has_prompt {
-            return bad_request("'prompt' is a required property", "prompt");
-        }
-        let n = match facts.n {
-            Count::Absent | Count::Null => 1,
-            given => match given.get() {
-                Some(n) if (1..=128).contains(&n) => n,
-                _ => return bad_request("'n' must be an integer from 1 to 128", "n"),
-            },
-        };
-        for (field, value) in [("max_tokens", facts.max_tokens), ("max_completion_tokens", facts.max_completion_tokens)] {
-            if value.is_invalid() {
-                return bad_request(&format!("'{field}' must be a non-negative integer"), field);
-            }
-        }
+        let model = facts.model.as_deref().unwrap_or_default();
         let candidates = self.replicas_for(model);
         if candidates.is_empty() {
-            return error(StatusCode::NOT_FOUND, &format!("The model `{model}` does not exist."), "invalid_request_error", Some("model"), Some("model_not_found"));
+            return model_not_found(model);
         }
         let base_tier = self.lock_tenants().get(tenant).map_or(Tier::Realtime, |t| t.tier);
         let tier = match headers.get("x-tidepool-tier").map(|v| v.to_str().unwrap_or("").parse::<Tier>()) {
@@ -448,8 +423,8 @@ impl Gateway {
             Some(Ok(t)) => return bad_request(&format!("tier {t} is above this key's tier {base_tier}; a header may only lower it"), "x-tidepool-tier"),
             Some(Err(e)) => return bad_request(&e, "x-tidepool-tier"),
         };
-        let stream = facts.stream;
-        let estimate = facts.prompt_tokens() + facts.max_output_tokens().unwrap_or(DEFAULT_COMPLETION_ESTIMATE) * n;
+        let stream = facts.streamed();
+        let estimate = facts.prompt_tokens() + facts.max_output_tokens().unwrap_or(DEFAULT_COMPLETION_ESTIMATE) * facts.choices() * facts.prompts();
         let now = self.now_ms();
         {
             let mut tenants = self.lock_tenants();
@@ -744,13 +719,23 @@ async fn completions(State(g): State<Arc<Gateway>>, request: axum::extract::Requ
 
 async fn models(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     if g.tenant_of(&headers).is_none() {
-        return error(StatusCode::UNAUTHORIZED, "Incorrect API key provided.", "invalid_request_error", None, Some("invalid_api_key"));
+        return unauthorized();
     }
     let mut names: Vec<&str> = g.config.replicas.iter().map(|r| r.model.as_str()).collect();
     names.sort_unstable();
     names.dedup();
-    let data: Vec<Value> = names.iter().map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "tidepool"})).collect();
+    let data: Vec<Value> = names.into_iter().map(|m| model_object(m, "tidepool")).collect();
     axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+async fn model(State(g): State<Arc<Gateway>>, headers: HeaderMap, axum::extract::Path(name): axum::extract::Path<String>) -> Response {
+    if g.tenant_of(&headers).is_none() {
+        return unauthorized();
+    }
+    if g.replicas_for(&name).is_empty() {
+        return model_not_found(&name);
+    }
+    axum::Json(model_object(&name, "tidepool")).into_response()
 }
 
 async fn metrics(State(g): State<Arc<Gateway>>) -> Response {
@@ -767,6 +752,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
+        .route("/v1/models/{model}", get(model))
         .route("/v1/files", post(crate::batch::upload).get(crate::batch::list_files))
         .route("/v1/files/{id}", get(crate::batch::get_file).delete(crate::batch::delete_file))
         .route("/v1/files/{id}/content", get(crate::batch::file_content))

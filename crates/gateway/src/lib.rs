@@ -5,6 +5,7 @@
 //! Layout:
 //! - [`config`]: the TOML file, validated.
 //! - [`gateway`]: the state, the handlers and the proxying.
+//! - `openai`: OpenAI's error and model objects, answered by all of the above.
 //! - `request`: the few facts the gateway reads of a completion request, in one pass.
 //! - [`batch`]: the Files and Batches APIs and the batch runner.
 //! - [`emulator`]: an OpenAI-compatible replica whose pace follows a batching model.
@@ -15,6 +16,7 @@ pub mod batch;
 pub mod config;
 pub mod emulator;
 pub mod gateway;
+mod openai;
 mod request;
 mod upstream;
 

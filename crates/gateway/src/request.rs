@@ -2,10 +2,11 @@
 //!
 //! The request goes upstream as the client wrote it, so the gateway needs only a few facts
 //! from it: the model, the shape of `messages` or `prompt` and how much text they hold, `n`,
-//! the token limits and `stream`. Building a `serde_json::Value` of the whole body for that
-//! (a map and a string for every message) was a sixth of the gateway's own instructions per
-//! request. Values of the wrong type are kept as "not what was asked for", so the handler
-//! still answers with OpenAI's message naming the field rather than a parse error.
+//! the token limits, `stream`, and the type of every sampling parameter it validates. Building
+//! a `serde_json::Value` of the whole body for that (a map and a string for every message) was
+//! a sixth of the gateway's own instructions per request. Values of the wrong type are kept as
+//! such, so the handler answers with OpenAI's message naming the field rather than a parse
+//! error.
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::fmt;
@@ -35,6 +36,51 @@ impl Count {
     }
 }
 
+/// A parameter's value as sent, reduced to its type (and its value when it is a number).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) enum Scalar {
+    #[default]
+    Absent,
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str,
+    /// An array: how many entries, and whether all of them are strings.
+    Array { len: usize, all_strings: bool },
+    Object,
+}
+
+impl Scalar {
+    /// Its value when it is a number.
+    fn number(self) -> Option<f64> {
+        match self {
+            Scalar::Int(i) => Some(i as f64),
+            Scalar::Float(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// Absent or null: the parameter is not used.
+    fn unset(self) -> bool {
+        matches!(self, Scalar::Absent | Scalar::Null)
+    }
+}
+
+/// What `prompt` holds, as the completions endpoint takes it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) enum Prompt {
+    #[default]
+    Absent,
+    /// How many prompts, and the token ids given instead of text.
+    Given { prompts: usize, token_ids: usize },
+    /// Not a string, an array of strings, an array of token ids or an array of those.
+    Invalid,
+}
+
+/// The roles a chat message may have.
+const ROLES: [&str; 6] = ["system", "developer", "user", "assistant", "tool", "function"];
+
 /// The facts of a chat or completion request body.
 #[derive(Debug, Default, PartialEq)]
 pub(crate) struct RequestFacts {
@@ -42,8 +88,10 @@ pub(crate) struct RequestFacts {
     pub model: Option<String>,
     /// How many entries `messages` has, when it is an array.
     pub messages: Option<usize>,
-    /// Whether the body has a `prompt` key at all.
-    pub has_prompt: bool,
+    /// The first message that is not an object with a known `role`.
+    pub bad_message: Option<usize>,
+    /// What `prompt` holds.
+    pub prompt: Prompt,
     /// Characters of text in the messages' contents and the prompt.
     pub text_chars: usize,
     /// `n`, the number of choices.
@@ -52,8 +100,26 @@ pub(crate) struct RequestFacts {
     pub max_tokens: Count,
     /// `max_completion_tokens`, which takes the place of `max_tokens` when given.
     pub max_completion_tokens: Count,
-    /// `stream`, when it is `true`.
-    pub stream: bool,
+    /// `stream`.
+    pub stream: Scalar,
+    /// The sampling and output parameters the gateway checks, by name.
+    pub params: Params,
+}
+
+/// The request parameters whose types and ranges are checked before a request goes upstream.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Params {
+    pub temperature: Scalar,
+    pub top_p: Scalar,
+    pub presence_penalty: Scalar,
+    pub frequency_penalty: Scalar,
+    pub logprobs: Scalar,
+    pub top_logprobs: Scalar,
+    pub echo: Scalar,
+    pub seed: Scalar,
+    pub user: Scalar,
+    pub stop: Scalar,
+    pub stream_options: Scalar,
 }
 
 /// Why a body gave no facts.
@@ -64,6 +130,9 @@ pub(crate) enum BodyError {
     /// JSON, but not an object.
     NotAnObject,
 }
+
+/// A refused request: OpenAI's message, and the parameter it names.
+pub(crate) type Problem = (String, &'static str);
 
 impl RequestFacts {
     /// The facts of `body`, which must be one JSON object.
@@ -77,9 +146,25 @@ impl RequestFacts {
         }
     }
 
-    /// The prompt's size in tokens, as the emulator and the TPM estimate count it.
+    /// How many prompts: one for a chat, one per entry of a completion's prompt array.
+    pub(crate) fn prompts(&self) -> u64 {
+        match self.prompt {
+            Prompt::Given { prompts, .. } => prompts.max(1) as u64,
+            _ => 1,
+        }
+    }
+
+    /// The prompt's size in tokens, as the emulator and the TPM estimate count it: a token
+    /// for every four characters of text (at least one) and one for every token id.
     pub(crate) fn prompt_tokens(&self) -> u64 {
-        crate::emulator::tokens_of_chars(self.text_chars)
+        let ids = match self.prompt {
+            Prompt::Given { token_ids, .. } => token_ids as u64,
+            _ => 0,
+        };
+        if ids > 0 && self.text_chars == 0 {
+            return ids;
+        }
+        crate::emulator::tokens_of_chars(self.text_chars) + ids
     }
 
     /// How many tokens a request may produce per choice, if it says.
@@ -88,6 +173,99 @@ impl RequestFacts {
             Count::Absent => self.max_tokens.get(),
             given => given.get(),
         }
+    }
+
+    /// Choices per prompt (`n`), 1 when not given; only meaningful once `problem` is None.
+    pub(crate) fn choices(&self) -> u64 {
+        self.n.get().unwrap_or(1)
+    }
+
+    /// Whether the answer is to be streamed.
+    pub(crate) fn streamed(&self) -> bool {
+        self.stream == Scalar::Bool(true)
+    }
+
+    /// The first thing wrong with a request to the chat (`chat`) or the completions endpoint,
+    /// in OpenAI's words, and the parameter it is about; None for a valid request.
+    pub(crate) fn problem(&self, chat: bool) -> Option<Problem> {
+        let refuse = |message: String, param: &'static str| Some((message, param));
+        if self.model.is_none() {
+            return refuse("you must provide a model parameter".into(), "model");
+        }
+        if chat {
+            if self.messages.is_none_or(|n| n == 0) {
+                return refuse("'messages' must be a non-empty array".into(), "messages");
+            }
+            if let Some(i) = self.bad_message {
+                return refuse(format!("'messages[{i}]' must be an object with a 'role' of {}", ROLES.join(", ")), "messages");
+            }
+        } else {
+            match self.prompt {
+                Prompt::Absent => return refuse("'prompt' is a required property".into(), "prompt"),
+                Prompt::Invalid => {
+                    return refuse("'prompt' must be a string, an array of strings, an array of token ids or an array of token-id arrays, not empty".into(), "prompt")
+                }
+                Prompt::Given { .. } => {}
+            }
+        }
+        match self.n {
+            Count::Absent | Count::Null => {}
+            given if given.get().is_some_and(|n| (1..=128).contains(&n)) => {}
+            _ => return refuse("'n' must be an integer from 1 to 128".into(), "n"),
+        }
+        for (field, value) in [("max_tokens", self.max_tokens), ("max_completion_tokens", self.max_completion_tokens)] {
+            if value.is_invalid() {
+                return refuse(format!("'{field}' must be a non-negative integer"), field);
+            }
+        }
+        if !matches!(self.stream, Scalar::Absent | Scalar::Null | Scalar::Bool(_)) {
+            return refuse("'stream' must be a boolean".into(), "stream");
+        }
+        let p = &self.params;
+        for (field, value, low, high) in [
+            ("temperature", p.temperature, 0.0, 2.0),
+            ("top_p", p.top_p, 0.0, 1.0),
+            ("presence_penalty", p.presence_penalty, -2.0, 2.0),
+            ("frequency_penalty", p.frequency_penalty, -2.0, 2.0),
+        ] {
+            if !value.unset() && !value.number().is_some_and(|v| (low..=high).contains(&v)) {
+                return refuse(format!("'{field}' must be a number from {low} to {high}"), field);
+            }
+        }
+        let integer_in = |value: Scalar, low: i64, high: i64| matches!(value, Scalar::Int(i) if (low..=high).contains(&i));
+        if chat {
+            if !matches!(p.logprobs, Scalar::Absent | Scalar::Null | Scalar::Bool(_)) {
+                return refuse("'logprobs' must be a boolean".into(), "logprobs");
+            }
+            if !p.top_logprobs.unset() {
+                if !integer_in(p.top_logprobs, 0, 20) {
+                    return refuse("'top_logprobs' must be an integer from 0 to 20".into(), "top_logprobs");
+                }
+                if p.logprobs != Scalar::Bool(true) {
+                    return refuse("'logprobs' must be true when 'top_logprobs' is given".into(), "logprobs");
+                }
+            }
+        } else {
+            if !p.logprobs.unset() && !integer_in(p.logprobs, 0, 20) {
+                return refuse("'logprobs' must be an integer from 0 to 20".into(), "logprobs");
+            }
+            if !matches!(p.echo, Scalar::Absent | Scalar::Null | Scalar::Bool(_)) {
+                return refuse("'echo' must be a boolean".into(), "echo");
+            }
+        }
+        if !p.seed.unset() && !matches!(p.seed, Scalar::Int(_)) {
+            return refuse("'seed' must be an integer".into(), "seed");
+        }
+        if !matches!(p.user, Scalar::Absent | Scalar::Null | Scalar::Str) {
+            return refuse("'user' must be a string".into(), "user");
+        }
+        if !matches!(p.stop, Scalar::Absent | Scalar::Null | Scalar::Str | Scalar::Array { all_strings: true, .. }) {
+            return refuse("'stop' must be a string or an array of strings".into(), "stop");
+        }
+        if !matches!(p.stream_options, Scalar::Absent | Scalar::Null | Scalar::Object) {
+            return refuse("'stream_options' must be an object".into(), "stream_options");
+        }
+        None
     }
 }
 
@@ -101,10 +279,23 @@ enum Read {
     Content,
     Part,
     Prompt,
+    PromptItem,
+    TokenId,
     StrLen,
     Count,
-    Stream,
-    Skip,
+    Scalar,
+}
+
+/// One entry of a prompt array.
+#[derive(Clone, Copy, PartialEq)]
+enum Item {
+    /// A string of this many characters.
+    Text(usize),
+    /// A token id.
+    Id,
+    /// An array of this many token ids.
+    Ids(usize),
+    Bad,
 }
 
 /// What one value gave.
@@ -114,10 +305,14 @@ enum Got {
     Text(String),
     /// Characters of text.
     Chars(usize),
-    /// Entries of an array and the characters of text in them.
-    Entries(usize, usize),
+    /// A message: the characters of text in it, and whether its role is known.
+    Message(usize, bool),
+    /// Entries of the messages array, the characters of text in them, the first bad one.
+    Messages(usize, usize, Option<usize>),
+    Prompt(Prompt, usize),
+    Item(Item),
     Count(Count),
-    True,
+    Scalar(Scalar),
 }
 
 impl Got {
@@ -127,9 +322,19 @@ impl Got {
             _ => 0,
         }
     }
+
+    /// What a value of the wrong type gives where `read` was expected.
+    fn wrong_type(read: Read) -> Got {
+        match read {
+            Read::Count => Got::Count(Count::Other),
+            Read::Prompt => Got::Prompt(Prompt::Invalid, 0),
+            Read::PromptItem | Read::TokenId => Got::Item(Item::Bad),
+            _ => Got::Nothing,
+        }
+    }
 }
 
-/// The top-level keys the gateway reads.
+/// The top-level keys the gateway reads, and those of messages and their parts.
 #[derive(Clone, Copy)]
 enum Key {
     Model,
@@ -139,6 +344,8 @@ enum Key {
     MaxTokens,
     MaxCompletionTokens,
     Stream,
+    Param(fn(&mut Params) -> &mut Scalar),
+    Role,
     Content,
     Text,
     Other,
@@ -168,6 +375,18 @@ impl Visitor<'_> for KeyOf {
             (Read::Top, "max_tokens") => Key::MaxTokens,
             (Read::Top, "max_completion_tokens") => Key::MaxCompletionTokens,
             (Read::Top, "stream") => Key::Stream,
+            (Read::Top, "temperature") => Key::Param(|p| &mut p.temperature),
+            (Read::Top, "top_p") => Key::Param(|p| &mut p.top_p),
+            (Read::Top, "presence_penalty") => Key::Param(|p| &mut p.presence_penalty),
+            (Read::Top, "frequency_penalty") => Key::Param(|p| &mut p.frequency_penalty),
+            (Read::Top, "logprobs") => Key::Param(|p| &mut p.logprobs),
+            (Read::Top, "top_logprobs") => Key::Param(|p| &mut p.top_logprobs),
+            (Read::Top, "echo") => Key::Param(|p| &mut p.echo),
+            (Read::Top, "seed") => Key::Param(|p| &mut p.seed),
+            (Read::Top, "user") => Key::Param(|p| &mut p.user),
+            (Read::Top, "stop") => Key::Param(|p| &mut p.stop),
+            (Read::Top, "stream_options") => Key::Param(|p| &mut p.stream_options),
+            (Read::Message, "role") => Key::Role,
             (Read::Message, "content") => Key::Content,
             (Read::Part, "text") => Key::Text,
             _ => Key::Other,
@@ -190,84 +409,136 @@ impl<'de> Visitor<'de> for Read {
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<Got, E> {
-        Ok(match self {
-            Read::Stream if v => Got::True,
-            Read::Count => Got::Count(Count::Other),
-            _ => Got::Nothing,
-        })
+        Ok(if self == Read::Scalar { Got::Scalar(Scalar::Bool(v)) } else { Got::wrong_type(self) })
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Got, E> {
-        Ok(if self == Read::Count { Got::Count(Count::Is(v)) } else { Got::Nothing })
+        Ok(match self {
+            Read::Count => Got::Count(Count::Is(v)),
+            Read::Scalar => Got::Scalar(i64::try_from(v).map_or(Scalar::Float(v as f64), Scalar::Int)),
+            Read::PromptItem | Read::TokenId => Got::Item(Item::Id),
+            _ => Got::wrong_type(self),
+        })
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Got, E> {
         match u64::try_from(v) {
             Ok(v) => self.visit_u64(v),
-            Err(_) => Ok(if self == Read::Count { Got::Count(Count::Other) } else { Got::Nothing }),
+            Err(_) => Ok(if self == Read::Scalar { Got::Scalar(Scalar::Int(v)) } else { Got::wrong_type(self) }),
         }
     }
 
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Got, E> {
-        Ok(if self == Read::Count { Got::Count(Count::Other) } else { Got::Nothing })
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Got, E> {
+        Ok(if self == Read::Scalar { Got::Scalar(Scalar::Float(v)) } else { Got::wrong_type(self) })
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Got, E> {
-        Ok(if self == Read::Count { Got::Count(Count::Null) } else { Got::Nothing })
+        Ok(match self {
+            Read::Count => Got::Count(Count::Null),
+            Read::Scalar => Got::Scalar(Scalar::Null),
+            _ => Got::wrong_type(self),
+        })
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Got, E> {
         Ok(match self {
             Read::Model => Got::Text(v.to_string()),
-            Read::Content | Read::Prompt | Read::StrLen => Got::Chars(v.len()),
-            Read::Count => Got::Count(Count::Other),
-            _ => Got::Nothing,
+            Read::Content | Read::StrLen => Got::Chars(v.len()),
+            Read::Prompt => Got::Prompt(Prompt::Given { prompts: 1, token_ids: 0 }, v.len()),
+            Read::PromptItem => Got::Item(Item::Text(v.len())),
+            Read::Scalar => Got::Scalar(Scalar::Str),
+            _ => Got::wrong_type(self),
         })
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Got, A::Error> {
-        // A message's content is an array of parts with text; a prompt, an array of strings
-        // (or of token ids, which hold no text).
-        let each = match self {
-            Read::Messages => Read::Message,
-            Read::Content => Read::Part,
-            Read::Prompt => Read::StrLen,
-            _ => Read::Skip,
-        };
-        let (mut entries, mut chars) = (0, 0);
-        while let Some(got) = seq.next_element_seed(each)? {
-            entries += 1;
-            chars += got.chars();
+        match self {
+            Read::Messages => {
+                let (mut entries, mut chars, mut bad) = (0, 0, None);
+                while let Some(got) = seq.next_element_seed(Read::Message)? {
+                    match got {
+                        Got::Message(c, true) => chars += c,
+                        _ => bad = bad.or(Some(entries)),
+                    }
+                    entries += 1;
+                }
+                Ok(Got::Messages(entries, chars, bad))
+            }
+            // A message's content may be an array of parts with text.
+            Read::Content => {
+                let mut chars = 0;
+                while let Some(got) = seq.next_element_seed(Read::Part)? {
+                    chars += got.chars();
+                }
+                Ok(Got::Chars(chars))
+            }
+            Read::Prompt => {
+                let mut items = Vec::new();
+                while let Some(got) = seq.next_element_seed(Read::PromptItem)? {
+                    items.push(if let Got::Item(item) = got { item } else { Item::Bad });
+                }
+                let chars = items.iter().map(|i| if let Item::Text(c) = i { *c } else { 0 }).sum();
+                let shape = if items.is_empty() || items.contains(&Item::Bad) {
+                    Prompt::Invalid
+                } else if items.iter().all(|i| matches!(i, Item::Text(_))) {
+                    Prompt::Given { prompts: items.len(), token_ids: 0 }
+                } else if items.iter().all(|i| *i == Item::Id) {
+                    Prompt::Given { prompts: 1, token_ids: items.len() }
+                } else if items.iter().all(|i| matches!(i, Item::Ids(_))) {
+                    Prompt::Given { prompts: items.len(), token_ids: items.iter().map(|i| if let Item::Ids(n) = i { *n } else { 0 }).sum() }
+                } else {
+                    Prompt::Invalid
+                };
+                Ok(Got::Prompt(shape, chars))
+            }
+            Read::PromptItem => {
+                let (mut ids, mut all_ids) = (0, true);
+                while let Some(got) = seq.next_element_seed(Read::TokenId)? {
+                    ids += 1;
+                    all_ids &= matches!(got, Got::Item(Item::Id));
+                }
+                Ok(Got::Item(if all_ids && ids > 0 { Item::Ids(ids) } else { Item::Bad }))
+            }
+            Read::Scalar => {
+                let (mut len, mut all_strings) = (0, true);
+                while let Some(got) = seq.next_element_seed(Read::Scalar)? {
+                    len += 1;
+                    all_strings &= matches!(got, Got::Scalar(Scalar::Str));
+                }
+                Ok(Got::Scalar(Scalar::Array { len, all_strings }))
+            }
+            _ => {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Got::wrong_type(self))
+            }
         }
-        Ok(match self {
-            Read::Messages => Got::Entries(entries, chars),
-            Read::Content | Read::Prompt => Got::Chars(chars),
-            Read::Count => Got::Count(Count::Other),
-            _ => Got::Nothing,
-        })
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Got, A::Error> {
         let mut facts = RequestFacts::default();
         // Each is its key's last value: a key given twice counts once, as in a parsed object.
-        let (mut message_chars, mut prompt_chars, mut chars) = (0, 0, 0);
+        let (mut message_chars, mut prompt_chars, mut chars, mut role_known) = (0, 0, 0, false);
         while let Some(key) = map.next_key_seed(KeyOf(self))? {
             match key {
                 Key::Model => facts.model = if let Got::Text(m) = map.next_value_seed(Read::Model)? { Some(m) } else { None },
                 Key::Messages => {
-                    (facts.messages, message_chars) = match map.next_value_seed(Read::Messages)? {
-                        Got::Entries(n, c) => (Some(n), c),
-                        _ => (None, 0),
+                    (facts.messages, message_chars, facts.bad_message) = match map.next_value_seed(Read::Messages)? {
+                        Got::Messages(n, c, bad) => (Some(n), c, bad),
+                        _ => (None, 0, None),
                     }
                 }
                 Key::Prompt => {
-                    facts.has_prompt = true;
-                    prompt_chars = map.next_value_seed(Read::Prompt)?.chars();
+                    (facts.prompt, prompt_chars) = match map.next_value_seed(Read::Prompt)? {
+                        Got::Prompt(shape, c) => (shape, c),
+                        _ => (Prompt::Invalid, 0),
+                    }
                 }
                 Key::N => facts.n = count(map.next_value_seed(Read::Count)?),
                 Key::MaxTokens => facts.max_tokens = count(map.next_value_seed(Read::Count)?),
                 Key::MaxCompletionTokens => facts.max_completion_tokens = count(map.next_value_seed(Read::Count)?),
-                Key::Stream => facts.stream = matches!(map.next_value_seed(Read::Stream)?, Got::True),
+                Key::Stream => facts.stream = scalar(map.next_value_seed(Read::Scalar)?),
+                Key::Param(field) => *field(&mut facts.params) = scalar(map.next_value_seed(Read::Scalar)?),
+                Key::Role => role_known = matches!(map.next_value_seed(Read::Model)?, Got::Text(r) if ROLES.contains(&r.as_str())),
                 Key::Content => chars = map.next_value_seed(Read::Content)?.chars(),
                 Key::Text => chars = map.next_value_seed(Read::StrLen)?.chars(),
                 Key::Other => {
@@ -278,9 +549,10 @@ impl<'de> Visitor<'de> for Read {
         facts.text_chars = message_chars + prompt_chars;
         Ok(match self {
             Read::Top => Got::Facts(Box::new(facts)),
-            Read::Message | Read::Part => Got::Chars(chars),
-            Read::Count => Got::Count(Count::Other),
-            _ => Got::Nothing,
+            Read::Message => Got::Message(chars, role_known),
+            Read::Part => Got::Chars(chars),
+            Read::Scalar => Got::Scalar(Scalar::Object),
+            _ => Got::wrong_type(self),
         })
     }
 }
@@ -292,53 +564,116 @@ fn count(got: Got) -> Count {
     }
 }
 
+fn scalar(got: Got) -> Scalar {
+    match got {
+        Got::Scalar(s) => s,
+        _ => Scalar::Absent,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::{json, Value};
 
-    /// The facts as read from a parsed `Value`, the way the handler read them before.
-    fn from_value(body: &Value) -> RequestFacts {
-        let count = |field: &str| match body.get(field) {
-            None => Count::Absent,
-            Some(Value::Null) => Count::Null,
-            Some(v) => v.as_u64().map_or(Count::Other, Count::Is),
-        };
-        RequestFacts {
-            model: body.get("model").and_then(Value::as_str).map(str::to_string),
-            messages: body.get("messages").and_then(Value::as_array).map(Vec::len),
-            has_prompt: body.get("prompt").is_some(),
-            text_chars: 0,
-            n: count("n"),
-            max_tokens: count("max_tokens"),
-            max_completion_tokens: count("max_completion_tokens"),
-            stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
-        }
+    fn facts(body: &Value) -> RequestFacts {
+        RequestFacts::of(&serde_json::to_vec(body).unwrap()).unwrap()
     }
 
     #[test]
-    fn the_facts_match_a_full_parse_of_real_request_shapes() {
-        let bodies = [
-            json!({"model": "m", "messages": [{"role": "user", "content": "héllo \"there\""}], "max_tokens": 5, "stream": true, "stream_options": {"include_usage": true}}),
-            json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "abc"}, {"type": "image_url", "image_url": {"url": "x"}}]}, {"role": "assistant", "content": null, "tool_calls": [{"id": "t"}]}], "n": 3, "max_completion_tokens": 9}),
-            json!({"model": "m", "prompt": ["ab", "cde", [1, 2]], "n": null, "max_tokens": null, "logprobs": 2, "echo": true, "metadata": {"k": "v"}, "user": "u"}),
-            json!({"model": "m", "prompt": [1, 2, 3], "n": 2.0, "max_tokens": -1, "stream": "yes"}),
-            json!({"model": 7, "messages": "not an array", "n": "3", "max_tokens": [1], "max_completion_tokens": {"a": 1}, "stream": 1}),
-            json!({"model": "m", "messages": [], "prompt": "", "n": 128}),
-            json!({}),
-        ];
-        for body in bodies {
-            let raw = serde_json::to_vec(&body).unwrap();
-            let mut facts = RequestFacts::of(&raw).unwrap();
-            assert_eq!(crate::emulator::prompt_tokens(&body), facts.prompt_tokens(), "{body}");
-            assert_eq!(crate::emulator::max_output_tokens(&body), facts.max_output_tokens(), "{body}");
-            facts.text_chars = 0;
-            assert_eq!(facts, from_value(&body), "{body}");
+    fn the_facts_of_real_request_shapes() {
+        let chat = facts(&json!({"model": "m", "messages": [
+            {"role": "system", "content": "héllo \"there\""},
+            {"role": "user", "content": [{"type": "text", "text": "abc"}, {"type": "image_url", "image_url": {"url": "x"}}]},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "t"}]}],
+            "n": 3, "max_completion_tokens": 9, "max_tokens": 4, "stream": true, "stream_options": {"include_usage": true}}));
+        assert_eq!((chat.model.as_deref(), chat.messages, chat.bad_message), (Some("m"), Some(3), None));
+        assert_eq!(chat.text_chars, "héllo \"there\"".len() + 3);
+        assert_eq!((chat.choices(), chat.max_output_tokens(), chat.streamed()), (3, Some(9), true));
+        assert_eq!(chat.params.stream_options, Scalar::Object);
+        assert_eq!(chat.problem(true), None);
+
+        let prompt = |p: Value| facts(&json!({"model": "m", "prompt": p}));
+        let one = prompt(json!("abcdefgh"));
+        assert_eq!((one.prompt, one.prompts(), one.prompt_tokens()), (Prompt::Given { prompts: 1, token_ids: 0 }, 1, 2));
+        let strings = prompt(json!(["ab", "cde", ""]));
+        assert_eq!((strings.prompts(), strings.text_chars, strings.prompt_tokens()), (3, 5, 2));
+        let ids = prompt(json!([1, 2, 3]));
+        assert_eq!((ids.prompts(), ids.prompt_tokens()), (1, 3));
+        let id_arrays = prompt(json!([[1, 2], [3, 4, 5]]));
+        assert_eq!((id_arrays.prompts(), id_arrays.prompt_tokens()), (2, 5));
+        for bad in [json!([]), json!(["ab", [1]]), json!([1, "a"]), json!([[]]), json!([-1]), json!([[1.5]]), json!(null), json!(7), json!({"a": 1})] {
+            let f = prompt(bad.clone());
+            assert_eq!(f.prompt, Prompt::Invalid, "{bad}");
+            assert_eq!(f.problem(false).map(|p| p.1), Some("prompt"), "{bad}");
         }
-        let facts = RequestFacts::of(br#"{"model":"m","messages":[{"content":"abcd"},{"content":[{"text":"efgh"}]}],"prompt":"ij"}"#).unwrap();
-        assert_eq!((facts.messages, facts.text_chars, facts.has_prompt), (Some(2), 10, true));
-        let last_wins = RequestFacts::of(br#"{"model":"a","model":"b","stream":true,"stream":false,"messages":[{"content":"abcd"}],"messages":"x"}"#).unwrap();
-        assert_eq!((last_wins.model.as_deref(), last_wins.stream, last_wins.messages, last_wins.text_chars), (Some("b"), false, None, 0));
+        assert_eq!(facts(&json!({"model": "m"})).problem(false).map(|p| p.1), Some("prompt"));
+
+        let last_wins = RequestFacts::of(br#"{"model":"a","model":"b","stream":true,"stream":false,"messages":[{"role":"user","content":"abcd"}],"messages":"x"}"#).unwrap();
+        assert_eq!((last_wins.model.as_deref(), last_wins.streamed(), last_wins.messages, last_wins.text_chars), (Some("b"), false, None, 0));
+    }
+
+    #[test]
+    fn what_real_clients_send_is_valid() {
+        let chat = json!({"model": "m", "messages": [{"role": "developer", "content": "be brief"}, {"role": "user", "content": "hi", "name": "u"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c", "content": "42"}],
+            "n": 2, "logprobs": true, "top_logprobs": 2, "max_completion_tokens": 5, "temperature": 0.3, "top_p": 1, "seed": -7,
+            "stop": ["\n", "END"], "user": "u", "metadata": {"a": "b"}, "store": false, "presence_penalty": -0.5, "frequency_penalty": 2,
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}], "tool_choice": "auto",
+            "response_format": {"type": "json_object"}, "logit_bias": {"1": 1}, "parallel_tool_calls": false, "top_k": 5, "repetition_penalty": 1.1,
+            "stream": false, "stream_options": null});
+        assert_eq!(facts(&chat).problem(true), None);
+        let completion = json!({"model": "m", "prompt": "hello", "echo": true, "logprobs": 2, "max_tokens": 3, "n": 2, "best_of": 2, "suffix": null,
+            "stop": "\n", "temperature": 0, "seed": 1, "stream": true});
+        assert_eq!(facts(&completion).problem(false), None);
+    }
+
+    #[test]
+    fn each_invalid_parameter_is_named() {
+        let base = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        let cases: [(&str, Value, &str); 24] = [
+            ("model", json!(7), "model"),
+            ("messages", json!([]), "messages"),
+            ("messages", json!("hi"), "messages"),
+            ("messages", json!([{"content": "no role"}]), "messages"),
+            ("messages", json!([{"role": "wizard", "content": "x"}]), "messages"),
+            ("messages", json!(["just text"]), "messages"),
+            ("n", json!(0), "n"),
+            ("n", json!(129), "n"),
+            ("n", json!("2"), "n"),
+            ("max_tokens", json!(-1), "max_tokens"),
+            ("max_completion_tokens", json!(2.5), "max_completion_tokens"),
+            ("stream", json!("yes"), "stream"),
+            ("temperature", json!("hot"), "temperature"),
+            ("temperature", json!(2.5), "temperature"),
+            ("top_p", json!(-0.1), "top_p"),
+            ("presence_penalty", json!(3), "presence_penalty"),
+            ("frequency_penalty", json!([1]), "frequency_penalty"),
+            ("logprobs", json!(3), "logprobs"),
+            ("top_logprobs", json!(21), "top_logprobs"),
+            ("top_logprobs", json!(2), "logprobs"),
+            ("seed", json!(1.5), "seed"),
+            ("user", json!(5), "user"),
+            ("stop", json!([1, 2]), "stop"),
+            ("stream_options", json!(true), "stream_options"),
+        ];
+        for (field, value, named) in cases {
+            let mut body = base.clone();
+            body[field] = value.clone();
+            let (message, param) = facts(&body).problem(true).unwrap_or_else(|| panic!("{field}={value} was taken"));
+            assert_eq!(param, named, "{field}={value}: {message}");
+            assert!(message.contains(named), "{message}");
+        }
+        let completion = |field: &str, value: Value| {
+            let mut body = json!({"model": "m", "prompt": "x"});
+            body[field] = value;
+            facts(&body).problem(false).map(|p| p.1)
+        };
+        assert_eq!(completion("logprobs", json!(true)), Some("logprobs"));
+        assert_eq!(completion("logprobs", json!(21)), Some("logprobs"));
+        assert_eq!(completion("echo", json!("yes")), Some("echo"));
+        assert_eq!(completion("logprobs", json!(5)), None);
     }
 
     #[test]
