@@ -27,6 +27,11 @@ struct TierStats {
     itl_ms: Vec<f64>,
 }
 
+/// The `p` percentile of `v`, or null where nothing was measured (no request answered).
+fn percentile_or_null(v: &mut [f64], p: f64) -> Value {
+    if v.is_empty() { Value::Null } else { json!(pct(v, p)) }
+}
+
 fn pct(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -492,8 +497,25 @@ async fn overhead_at(direct: &str, gateway: &str, key: &str, rate: f64, seconds:
     })
 }
 
+/// The rates every proxy's added latency is measured at, with the suffix of their keys.
+const OVERHEAD_RATES: [(f64, &str); 2] = [(1_000.0, ""), (10_000.0, "_10k")];
+
+/// A rate LiteLLM's proxy sustains on this machine (it tops out near 100-200 requests/s), at
+/// which it and the gateway are also measured, so that its added latency is compared with
+/// ours unqueued as well as at the rates it cannot reach.
+const SUSTAINED_RATE: (f64, &str) = (50.0, "_50");
+
 /// Runs of each added-latency figure; the median is reported.
 const OVERHEAD_RUNS: usize = 5;
+
+/// Runs at the goal's rate, 10,000 requests/s, where one stall of the host moves a run's p99
+/// by a millisecond or more: more runs, so that the median is the proxy's and not the host's.
+const OVERHEAD_RUNS_10K: usize = 9;
+
+/// How many runs measure the added latency at `rate`.
+fn overhead_runs(rate: f64) -> usize {
+    if rate >= 10_000.0 { OVERHEAD_RUNS_10K } else { OVERHEAD_RUNS }
+}
 
 /// The key the added-latency load sends, known to the gateways measured.
 const OVERHEAD_KEY: &str = "sk-bench-overhead";
@@ -545,9 +567,14 @@ async fn overhead(seconds: f64) -> Result<BTreeMap<String, Value>, String> {
     let dir = std::env::temp_dir().join(format!("tidepool-bench-overhead-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let mut out = BTreeMap::new();
+    let litellm_ok = which("litellm");
     for (prefix, tiers_on) in [("", true), ("fcfs_", false)] {
         let (mut child, url) = start_gateway_process(&dir, &upstream, tiers_on).await?;
-        let measured = overhead_of(&upstream, &url, OVERHEAD_KEY, seconds, prefix).await;
+        let mut rates = OVERHEAD_RATES.to_vec();
+        if tiers_on && litellm_ok {
+            rates.insert(0, SUSTAINED_RATE);
+        }
+        let measured = overhead_of(&upstream, &url, OVERHEAD_KEY, seconds, prefix, &rates).await;
         let _ = child.kill().await;
         match measured {
             Ok(figures) => out.extend(figures),
@@ -557,10 +584,14 @@ async fn overhead(seconds: f64) -> Result<BTreeMap<String, Value>, String> {
             }
         }
     }
-    // What a proxy that only forwards costs on this machine.
+    // What a proxy that only forwards costs on this machine, at the same rates as the gateway.
+    let mut nginx_rates = OVERHEAD_RATES.to_vec();
+    if litellm_ok {
+        nginx_rates.insert(0, SUSTAINED_RATE);
+    }
     match start_nginx(&dir, &upstream).await {
         Ok((nginx, url)) => {
-            if let Ok(figures) = overhead_of(&upstream, &url, OVERHEAD_KEY, seconds, "nginx_").await {
+            if let Ok(figures) = overhead_of(&upstream, &url, OVERHEAD_KEY, seconds, "nginx_", &nginx_rates).await {
                 out.extend(figures);
             }
             stop(nginx).await;
@@ -569,11 +600,12 @@ async fn overhead(seconds: f64) -> Result<BTreeMap<String, Value>, String> {
             out.insert("nginx_note".into(), json!(e));
         }
     }
-    if which("litellm") {
-        // LiteLLM does not reach these rates: its achieved rate is part of its figures.
+    if litellm_ok {
+        // LiteLLM does not reach the higher rates: its achieved rate is part of its figures.
         match start_litellm(std::slice::from_ref(&upstream)).await {
             Ok((litellm, url)) => {
-                match overhead_of(&upstream, &url, LITELLM_KEY, seconds, "litellm_").await {
+                let rates = [&[SUSTAINED_RATE][..], &OVERHEAD_RATES[..]].concat();
+                match overhead_of(&upstream, &url, LITELLM_KEY, seconds, "litellm_", &rates).await {
                     Ok(figures) => out.extend(figures),
                     Err(e) => {
                         out.insert("litellm_overhead_note".into(), json!(e));
@@ -642,15 +674,15 @@ async fn start_nginx(dir: &std::path::Path, upstream: &str) -> Result<(tokio::pr
 }
 
 /// Added latency of the proxy at `gateway` in front of `upstream`, keys starting `prefix`.
-async fn overhead_of(upstream: &str, gateway: &str, key: &str, seconds: f64, prefix: &str) -> Result<BTreeMap<String, Value>, String> {
+async fn overhead_of(upstream: &str, gateway: &str, key: &str, seconds: f64, prefix: &str, rates: &[(f64, &str)]) -> Result<BTreeMap<String, Value>, String> {
     // A short warm-up: connections to the upstream open, buckets fill.
     paced_load(&[gateway], key, 1000.0, 0.3, 8).await?;
     let mut out = BTreeMap::new();
-    for (rate, suffix) in [(1_000.0, ""), (10_000.0, "_10k")] {
+    for &(rate, suffix) in rates {
         // On two cores shared by client, proxy and upstream one stall of a few milliseconds
-        // moves a 3-second p99: each figure is the median of five runs, all five kept.
+        // moves a 3-second p99: each figure is the median of several runs, all of them kept.
         let mut runs = Vec::new();
-        for _ in 0..OVERHEAD_RUNS {
+        for _ in 0..overhead_runs(rate) {
             runs.push(overhead_at(upstream, gateway, key, rate, seconds).await?);
         }
         let mut p50s: Vec<f64> = runs.iter().map(|r| r.added_p50_ms).collect();
@@ -659,6 +691,8 @@ async fn overhead_of(upstream: &str, gateway: &str, key: &str, seconds: f64, pre
         let mut achieved: Vec<f64> = runs.iter().map(|r| r.achieved).collect();
         let mut steal: Vec<f64> = runs.iter().filter_map(|r| r.steal_pct).collect();
         out.insert(format!("{prefix}overhead_p99_ms{suffix}_runs"), json!(p99s));
+        out.insert(format!("{prefix}direct_p99_ms{suffix}_runs"), json!(direct));
+        out.insert(format!("{prefix}steal_pct{suffix}_runs"), json!(steal));
         out.insert(format!("{prefix}overhead_p50_ms{suffix}"), json!(pct(&mut p50s, 0.5)));
         out.insert(format!("{prefix}overhead_p99_ms{suffix}"), json!(pct(&mut p99s, 0.5)));
         out.insert(format!("{prefix}direct_p99_ms{suffix}"), json!(pct(&mut direct, 0.5)));
@@ -784,10 +818,10 @@ pub async fn run(json_out: bool, seconds: f64) -> Result<u8, String> {
                 report.insert(p("429s"), json!(s.refused));
                 report.insert(p("cut_off"), json!(s.cut));
                 report.insert(p("availability"), json!(availability));
-                report.insert(p("ttft_p50_ms"), json!(pct(&mut s.ttft_ms, 0.5)));
-                report.insert(p("ttft_p99_ms"), json!(pct(&mut s.ttft_ms, 0.99)));
-                report.insert(p("itl_p50_ms"), json!(pct(&mut s.itl_ms, 0.5)));
-                report.insert(p("itl_p99_ms"), json!(pct(&mut s.itl_ms, 0.99)));
+                report.insert(p("ttft_p50_ms"), percentile_or_null(&mut s.ttft_ms, 0.5));
+                report.insert(p("ttft_p99_ms"), percentile_or_null(&mut s.ttft_ms, 0.99));
+                report.insert(p("itl_p50_ms"), percentile_or_null(&mut s.itl_ms, 0.5));
+                report.insert(p("itl_p99_ms"), percentile_or_null(&mut s.itl_ms, 0.99));
             }
         }
         if let Some(child) = litellm_child {
@@ -798,6 +832,12 @@ pub async fn run(json_out: bool, seconds: f64) -> Result<u8, String> {
     report.extend(learned);
     report.extend(overhead(seconds.min(3.0)).await?);
     report.insert("litellm_run".into(), json!(litellm_ok));
+    let p50_at_50 = |k: &str| report.get(k).and_then(Value::as_f64);
+    if let (Some(ours), Some(theirs)) = (p50_at_50("overhead_p50_ms_50"), p50_at_50("litellm_overhead_p50_ms_50")) {
+        if ours > 0.0 {
+            report.insert("litellm_overhead_p50_ratio_50".into(), json!(theirs / ours));
+        }
+    }
     if json_out {
         line(&serde_json::to_string(&report).map_err(|e| e.to_string())?);
         return Ok(0);
@@ -806,7 +846,7 @@ pub async fn run(json_out: bool, seconds: f64) -> Result<u8, String> {
     line(&format!("{:<14} {:>4} {:>21} {:>21} {:>19} {:>19}", "tier", "load", "availability (fcfs)", "429s (fcfs)", "TTFT p99 ms (fcfs)", "ITL p99 ms (fcfs)"));
     for (tier, _) in TIERS {
         for load in [1, 2, 3] {
-            let g = |m: &str, k: &str| report.get(&format!("{m}{tier}_{k}_{load}x")).and_then(Value::as_f64).unwrap_or(0.0);
+            let g = |m: &str, k: &str| report.get(&format!("{m}{tier}_{k}_{load}x")).and_then(Value::as_f64).unwrap_or(f64::NAN);
             line(&format!(
                 "{tier:<14} {load:>3}x {:>10.4} ({:>8.4}) {:>10} ({:>8}) {:>9.1} ({:>7.1}) {:>9.1} ({:>7.1})",
                 g("", "availability"), g("fcfs_", "availability"), g("", "429s"), g("fcfs_", "429s"),
@@ -833,9 +873,10 @@ pub async fn run(json_out: bool, seconds: f64) -> Result<u8, String> {
         report.get("learned_best_concurrency_share_3x").and_then(Value::as_f64).unwrap_or(0.0),
     ));
     let g = |k: &str| report.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
-    for (rate, suffix) in [("1,000", ""), ("10,000", "_10k")] {
+    for (rate, suffix) in OVERHEAD_RATES {
         line(&format!(
-            "gateway's added latency at {rate} requests/s (instant upstream, paced open-loop client; median of {OVERHEAD_RUNS} runs of {:.0} s): p50 {:.3} ms, p99 {:.3} ms (runs {}; achieved {:.0} requests/s; goal p99 < 0.5 ms at 10,000)",
+            "gateway's added latency at {rate:.0} requests/s (instant upstream, paced open-loop client; median of {} runs of {:.0} s): p50 {:.3} ms, p99 {:.3} ms (runs {}; achieved {:.0} requests/s; goal p99 < 0.5 ms at 10,000)",
+            overhead_runs(rate),
             seconds.min(3.0),
             g(&format!("overhead_p50_ms{suffix}")),
             g(&format!("overhead_p99_ms{suffix}")),
@@ -852,13 +893,27 @@ pub async fn run(json_out: bool, seconds: f64) -> Result<u8, String> {
         for (prefix, what) in [("fcfs_", "the gateway with tiers off (first come, first served)"), ("nginx_", "nginx as a plain reverse proxy"), ("litellm_", "LiteLLM's proxy")] {
             if report.contains_key(&format!("{prefix}overhead_p99_ms{suffix}")) {
                 line(&format!(
-                    "{what}, same upstream, same load at {rate}/s: p50 {:.3} ms, p99 {:.3} ms (achieved {:.0} requests/s)",
+                    "{what}, same upstream, same load at {rate:.0}/s: p50 {:.3} ms, p99 {:.3} ms (achieved {:.0} requests/s)",
                     g(&format!("{prefix}overhead_p50_ms{suffix}")),
                     g(&format!("{prefix}overhead_p99_ms{suffix}")),
                     g(&format!("{prefix}overhead_rps{suffix}")),
                 ));
             }
         }
+    }
+    if report.contains_key("litellm_overhead_p50_ms_50") {
+        line(&format!(
+            "at {:.0} requests/s, a rate LiteLLM's proxy sustains: the gateway adds p50 {:.3} ms, p99 {:.3} ms; nginx p50 {:.3} ms, p99 {:.3} ms; LiteLLM's proxy p50 {:.3} ms ({:.0}x the gateway's), p99 {:.3} ms (achieved {:.0} requests/s)",
+            SUSTAINED_RATE.0,
+            g("overhead_p50_ms_50"),
+            g("overhead_p99_ms_50"),
+            g("nginx_overhead_p50_ms_50"),
+            g("nginx_overhead_p99_ms_50"),
+            g("litellm_overhead_p50_ms_50"),
+            g("litellm_overhead_p50_ratio_50"),
+            g("litellm_overhead_p99_ms_50"),
+            g("litellm_overhead_rps_50"),
+        ));
     }
     for note in ["nginx_note", "litellm_overhead_note"] {
         if let Some(note) = report.get(note).and_then(Value::as_str) {
@@ -867,7 +922,7 @@ pub async fn run(json_out: bool, seconds: f64) -> Result<u8, String> {
     }
     if litellm_ok {
         for load in [1, 2, 3] {
-            let g = |k: &str| report.get(&format!("litellm_realtime_{k}_{load}x")).and_then(Value::as_f64).unwrap_or(0.0);
+            let g = |k: &str| report.get(&format!("litellm_realtime_{k}_{load}x")).and_then(Value::as_f64).unwrap_or(f64::NAN);
             line(&format!(
                 "LiteLLM proxy, realtime at {load}x: availability {:.4}, 429s {}, TTFT p99 {:.1} ms, ITL p99 {:.1} ms",
                 g("availability"), g("429s"), g("ttft_p99_ms"), g("itl_p99_ms")
