@@ -113,6 +113,7 @@ fn over_its_tpm_a_tenant_gets_429_with_retry_after_and_under_it_never() {
             refused += 1;
             assert!(head.contains("retry-after: "), "{head}");
             assert!(text.contains("rate_limit_exceeded"), "{text}");
+            assert!(text.contains("\"type\":\"tokens\""), "the limit hit is the TPM: {text}");
             assert!(head.contains("x-ratelimit-remaining-tokens"), "{head}");
         } else {
             assert_eq!(status, 200, "{text}");
@@ -150,7 +151,7 @@ fn realtime_cuts_off_a_filler_stream_when_the_replica_is_full() {
         "cut",
         &format!("realtime_headroom = 0\nqueue_wait_ms = 0\n[[replicas]]\nurl = \"{url}\"\nmodel = \"m\"\nbest_concurrency = 2\nmax_concurrency = 2\n\n[[tenants]]\nname = \"chat\"\nkeys = [\"sk-chat-tenant\"]\ntpm = 1000000\nrpm = 100000\n"),
     );
-    let long = r#"{"model":"m","messages":[{"role":"user","content":"fill"}],"max_tokens":400,"stream":true}"#;
+    let long = r#"{"model":"m","messages":[{"role":"user","content":"fill"}],"max_tokens":400,"n":2,"stream":true}"#;
     let fillers: Vec<_> = (0..2)
         .map(|_| {
             let base = base.clone();
@@ -164,8 +165,17 @@ fn realtime_cuts_off_a_filler_stream_when_the_replica_is_full() {
     let (status, _, text) = post(&base, "/v1/chat/completions", "sk-chat-tenant", &[], short);
     assert_eq!(status, 200, "realtime is admitted: {text}");
     let results: Vec<(u16, String, String)> = fillers.into_iter().map(|h| h.join().unwrap()).collect();
-    let cut = results.iter().filter(|(_, _, body)| body.contains("\"finish_reason\":\"preempted\"")).count();
-    assert_eq!(cut, 1, "exactly one filler stream cut off with a clear finish_reason");
+    let cut: Vec<&String> = results.iter().map(|(_, _, body)| body).filter(|body| body.contains("\"finish_reason\":\"preempted\"")).collect();
+    assert_eq!(cut.len(), 1, "exactly one filler stream cut off with a clear finish_reason");
+    let preempted: Vec<u64> = cut[0]
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|data| serde_json::from_str::<serde_json::Value>(data).ok())
+        .flat_map(|event| event["choices"].as_array().cloned().unwrap_or_default())
+        .filter(|choice| choice["finish_reason"] == "preempted")
+        .filter_map(|choice| choice["index"].as_u64())
+        .collect();
+    assert_eq!(preempted, [0, 1], "each of the n choices is ended: {}", cut[0]);
     assert!(results.iter().all(|(_, _, body)| body.contains("data: [DONE]")));
 }
 

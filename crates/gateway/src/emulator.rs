@@ -8,7 +8,8 @@
 //! - time to first token: `prompt_tokens * prefill_us_per_token / 1000` ms, then one token time;
 //! - prompt tokens: characters / 4, rounded up (no tokenizer), plus one per token id given;
 //! - choices: `n` for each prompt (a completion's `prompt` may be an array of prompts), as
-//!   OpenAI numbers them: prompt `p`'s choices have indexes `p * n` to `p * n + n - 1`;
+//!   OpenAI numbers them: prompt `p`'s choices have indexes `p * n` to `p * n + n - 1`; a
+//!   stream carries each choice's delta in a chunk of its own, as OpenAI's does;
 //! - output: `max_completion_tokens` or `max_tokens` tokens when given (`finish_reason: length`),
 //!   else `default_output_tokens` (`finish_reason: stop`).
 
@@ -294,10 +295,10 @@ async fn respond(e: Arc<Emulator>, raw: Bytes, chat: bool) -> Response {
                 tokio::time::sleep(e.prefill(p.prompt_tokens)).await;
                 if chat {
                     let choices: Vec<Value> = (0..p.n).map(|i| json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null})).collect();
-                    out.push(chunk(json!(choices), Value::Null));
+                    out.extend(choices.into_iter().map(|c| chunk(json!([c]), Value::Null)));
                 } else if p.echo.is_some() {
                     let choices: Vec<Value> = (0..p.n).map(|i| json!({"index": i, "text": p.echoed(i), "logprobs": null, "finish_reason": null})).collect();
-                    out.push(chunk(json!(choices), Value::Null));
+                    out.extend(choices.into_iter().map(|c| chunk(json!([c]), Value::Null)));
                 }
             }
             if step < p.n_tokens {
@@ -312,14 +313,14 @@ async fn respond(e: Arc<Emulator>, raw: Bytes, chat: bool) -> Response {
                         }
                     })
                     .collect();
-                out.push(chunk(json!(choices), Value::Null));
+                out.extend(choices.into_iter().map(|c| chunk(json!([c]), Value::Null)));
                 let bytes: Vec<u8> = out.concat();
                 return Some((Ok::<Bytes, std::io::Error>(Bytes::from(bytes)), (step + 1, slot, p, false)));
             }
             let choices: Vec<Value> = (0..p.n)
                 .map(|i| if chat { json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": p.finish}) } else { json!({"index": i, "text": "", "logprobs": null, "finish_reason": p.finish}) })
                 .collect();
-            out.push(chunk(json!(choices), Value::Null));
+            out.extend(choices.into_iter().map(|c| chunk(json!([c]), Value::Null)));
             if p.include_usage {
                 let usage = json!({"prompt_tokens": p.prompt_tokens, "completion_tokens": p.n_tokens * p.n, "total_tokens": p.prompt_tokens + p.n_tokens * p.n});
                 out.push(chunk(json!([]), usage));

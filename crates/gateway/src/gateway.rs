@@ -267,8 +267,9 @@ impl Gateway {
         }
     }
 
-    fn too_many(&self, tenant: usize, retry_after_ms: u64, message: &str, code: &str) -> Response {
-        let mut response = error(StatusCode::TOO_MANY_REQUESTS, message, "requests", None, Some(code));
+    /// A 429 of error type `kind` (OpenAI's: `requests` or `tokens` for the limit that was hit).
+    fn too_many(&self, tenant: usize, retry_after_ms: u64, message: &str, kind: &str, code: &str) -> Response {
+        let mut response = error(StatusCode::TOO_MANY_REQUESTS, message, kind, None, Some(code));
         let secs = retry_after_ms.div_ceil(1000).max(1);
         if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
             response.headers_mut().insert(header::RETRY_AFTER, v);
@@ -432,13 +433,13 @@ impl Gateway {
             if let Err(wait) = t.rpm.take(1, now) {
                 t.refused += 1;
                 drop(tenants);
-                return self.too_many(tenant, wait, "Rate limit reached for requests per minute.", "rate_limit_exceeded");
+                return self.too_many(tenant, wait, "Rate limit reached for requests per minute.", "requests", "rate_limit_exceeded");
             }
             if let Err(wait) = t.tpm.take(estimate, now) {
                 t.rpm.give_back(1, now);
                 t.refused += 1;
                 drop(tenants);
-                return self.too_many(tenant, wait, "Rate limit reached for tokens per minute.", "rate_limit_exceeded");
+                return self.too_many(tenant, wait, "Rate limit reached for tokens per minute.", "tokens", "rate_limit_exceeded");
             }
         }
         // Realtime never waits (it has slots up to the hard cap); interruptible waits briefly,
@@ -458,7 +459,7 @@ impl Gateway {
                     t.refused += 1;
                 }
                 drop(tenants);
-                return self.too_many(tenant, wait, &format!("The {tier} tier is at capacity; retry later."), "server_overloaded");
+                return self.too_many(tenant, wait, &format!("The {tier} tier is at capacity; retry later."), "requests", "server_overloaded");
             }
         };
         // The request goes on as the client wrote it (unknown fields included), not re-encoded.
@@ -521,6 +522,8 @@ impl Gateway {
             prompt: u64,
             completion: u64,
             usage_seen: bool,
+            /// One more than the highest choice index seen: each is ended when cut off.
+            choices_seen: u64,
             chat: bool,
             template: Option<Value>,
             done: bool,
@@ -549,6 +552,9 @@ impl Gateway {
                         self.completion = u.get("completion_tokens").and_then(Value::as_u64).unwrap_or(self.completion);
                     }
                     if let Some(choices) = v.get("choices").and_then(Value::as_array) {
+                        for index in choices.iter().filter_map(|c| c.get("index").and_then(Value::as_u64)) {
+                            self.choices_seen = self.choices_seen.max(index.saturating_add(1));
+                        }
                         let here = choices
                             .iter()
                             .filter(|c| {
@@ -574,18 +580,24 @@ impl Gateway {
                 }
                 out
             }
+            /// A last chunk per choice with `finish_reason: "preempted"`, then `[DONE]`.
             fn cut_off_tail(&self) -> Bytes {
                 let mut v = self.template.clone().unwrap_or_else(|| json!({}));
-                let choice = if self.chat {
-                    json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": "preempted"})
-                } else {
-                    json!({"index": 0, "text": "", "logprobs": null, "finish_reason": "preempted"})
-                };
-                v["choices"] = json!([choice]);
                 if let Some(obj) = v.as_object_mut() {
                     obj.remove("usage");
                 }
-                Bytes::from(format!("data: {v}\n\ndata: [DONE]\n\n"))
+                let mut tail = String::new();
+                for index in 0..self.choices_seen.min(128) {
+                    let choice = if self.chat {
+                        json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": "preempted"})
+                    } else {
+                        json!({"index": index, "text": "", "logprobs": null, "finish_reason": "preempted"})
+                    };
+                    v["choices"] = json!([choice]);
+                    tail.push_str(&format!("data: {v}\n\n"));
+                }
+                tail.push_str("data: [DONE]\n\n");
+                Bytes::from(tail)
             }
         }
         impl Drop for Pass {
@@ -606,6 +618,7 @@ impl Gateway {
             prompt,
             completion: 0,
             usage_seen: false,
+            choices_seen: 1,
             chat,
             template: None,
             done: false,

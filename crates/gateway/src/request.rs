@@ -169,8 +169,9 @@ impl RequestFacts {
 
     /// How many tokens a request may produce per choice, if it says.
     pub(crate) fn max_output_tokens(&self) -> Option<u64> {
+        // A null max_completion_tokens (as some clients send for "unset") leaves max_tokens.
         match self.max_completion_tokens {
-            Count::Absent => self.max_tokens.get(),
+            Count::Absent | Count::Null => self.max_tokens.get(),
             given => given.get(),
         }
     }
@@ -592,6 +593,8 @@ mod tests {
         assert_eq!((chat.choices(), chat.max_output_tokens(), chat.streamed()), (3, Some(9), true));
         assert_eq!(chat.params.stream_options, Scalar::Object);
         assert_eq!(chat.problem(true), None);
+        let unset = facts(&json!({"model": "m", "messages": [], "max_tokens": 7, "max_completion_tokens": null}));
+        assert_eq!(unset.max_output_tokens(), Some(7), "a null max_completion_tokens leaves max_tokens");
 
         let prompt = |p: Value| facts(&json!({"model": "m", "prompt": p}));
         let one = prompt(json!("abcdefgh"));
