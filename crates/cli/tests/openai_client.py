@@ -98,6 +98,20 @@ ids = client.completions.create(model=model, prompt=[101, 102, 103, 104, 105], m
 assert ids.usage.prompt_tokens == 5, ids.usage
 print("completions: 2 prompts x n=2 ->", len(several.choices), "choices; token-id prompt", ids.usage.prompt_tokens, "tokens")
 
+# The SDK asks for base64 and decodes it unless told otherwise.
+vectors = client.embeddings.create(model=model, input=["The tide comes in", "and the pool fills"])
+assert [d.index for d in vectors.data] == [0, 1] and len(vectors.data[0].embedding) == 64, vectors
+assert abs(sum(x * x for x in vectors.data[0].embedding) - 1.0) < 1e-4 and vectors.data[0].embedding != vectors.data[1].embedding
+assert vectors.usage.prompt_tokens == 9, vectors.usage
+floats = client.embeddings.create(model=model, input="tide", dimensions=8, encoding_format="float")
+assert len(floats.data) == 1 and len(floats.data[0].embedding) == 8, floats
+try:
+    client.embeddings.create(model=model, input=[])
+    raise SystemExit("an empty input accepted")
+except openai.BadRequestError as e:
+    assert e.param == "input", e
+print("embeddings:", len(vectors.data), "vectors of", len(vectors.data[0].embedding), "from base64;", len(floats.data[0].embedding), "floats with dimensions=8")
+
 texts = {}
 for chunk in client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], n=2, max_tokens=3, stream=True):
     for choice in chunk.choices:

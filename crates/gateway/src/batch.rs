@@ -5,7 +5,7 @@
 //! TPM budget; a refused request waits for its Retry-After and tries again.
 
 use crate::gateway::Gateway;
-use crate::request::RequestFacts;
+use crate::request::{Endpoint, RequestFacts};
 use axum::body::Bytes;
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -22,7 +22,7 @@ use tidepool_store::batches::FileMeta;
 pub const MAX_FILE_BYTES: usize = 200 << 20;
 /// Requests of one batch in flight at once.
 const BATCH_CONCURRENCY: usize = 64;
-const ENDPOINTS: [&str; 2] = ["/v1/chat/completions", "/v1/completions"];
+const ENDPOINTS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
 
 fn err(status: StatusCode, message: &str, param: Option<&str>) -> Response {
     crate::openai::error(status, message, "invalid_request_error", param, None)
@@ -427,8 +427,10 @@ async fn run_line(g: Arc<Gateway>, tenant: &str, batch_id: &str, endpoint: &str,
     let record_id = format!("batch_req_{}_{line}", batch_id.trim_start_matches("batch_"));
     let candidates = g.replicas_for(&model);
     // A line the gateway would refuse online is answered as it would be, without a slot.
-    let chat = endpoint.ends_with("chat/completions");
-    let problem = serde_json::to_vec(&req.body).ok().and_then(|raw| RequestFacts::of(&raw).ok()).and_then(|facts| facts.problem(chat));
+    let problem = match (Endpoint::of(endpoint), serde_json::to_vec(&req.body).ok().and_then(|raw| RequestFacts::of(&raw).ok())) {
+        (Some(at), Some(facts)) => facts.problem_at(at),
+        _ => None,
+    };
     let (ok, record) = if let Some((message, param)) = problem {
         let error = crate::openai::error_object(&message, "invalid_request_error", Some(param), None);
         (false, json!({"id": record_id, "custom_id": req.custom_id, "response": {"status_code": 400, "request_id": new_id("req_"), "body": error}, "error": null}))

@@ -12,6 +12,8 @@
 //!   stream carries each choice's delta in a chunk of its own, as OpenAI's does;
 //! - output: `max_completion_tokens` or `max_tokens` tokens when given (`finish_reason: length`),
 //!   else `default_output_tokens` (`finish_reason: stop`).
+//! - embeddings: one unit vector per input (`dimensions` long, 64 when not given) after the
+//!   input's prefill time, as floats or as base64 of little-endian f32s (`encoding_format`).
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -24,7 +26,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use crate::openai::{bad_request, model_not_found, model_object};
-use crate::request::{BodyError, RequestFacts};
+use crate::request::{BodyError, Endpoint, RequestFacts};
 
 /// Settings of one emulated replica.
 #[derive(Debug, Clone)]
@@ -80,6 +82,7 @@ pub fn router(config: EmulatorConfig) -> Router {
         .route("/v1/models/{model}", get(model))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -135,15 +138,21 @@ struct Plan {
     stream: bool,
 }
 
-fn plan(e: &Emulator, raw: &[u8], chat: bool) -> Result<Plan, Response> {
+/// The facts of a body valid for `endpoint`, or the 400 that says what is wrong with it.
+fn valid_facts(raw: &[u8], endpoint: Endpoint) -> Result<RequestFacts, Response> {
     let facts = match RequestFacts::of(raw) {
         Ok(facts) => facts,
         Err(BodyError::NotAnObject) => return Err(bad_request("the body must be a JSON object", "body")),
         Err(BodyError::Invalid(err)) => return Err(bad_request(&format!("invalid JSON: {err}"), "body")),
     };
-    if let Some((message, param)) = facts.problem(chat) {
-        return Err(bad_request(&message, param));
+    match facts.problem_at(endpoint) {
+        Some((message, param)) => Err(bad_request(&message, param)),
+        None => Ok(facts),
     }
+}
+
+fn plan(e: &Emulator, raw: &[u8], chat: bool) -> Result<Plan, Response> {
+    let facts = valid_facts(raw, if chat { Endpoint::Chat } else { Endpoint::Completions })?;
     // Valid JSON by now: the rest is read from the parsed body.
     let body: Value = serde_json::from_slice(raw).unwrap_or_default();
     let per_prompt = facts.choices();
@@ -237,6 +246,65 @@ async fn chat(State(e): State<Arc<Emulator>>, body: Bytes) -> Response {
 
 async fn completions(State(e): State<Arc<Emulator>>, body: Bytes) -> Response {
     respond(e, body, false).await
+}
+
+/// Vectors this long when a request does not ask for `dimensions`.
+const DEFAULT_EMBEDDING_DIMENSIONS: u64 = 64;
+
+/// `POST /v1/embeddings`: one vector per input after the input's prefill time, as floats or
+/// as base64 of little-endian f32s (what the openai SDK asks for by default).
+async fn embeddings(State(e): State<Arc<Emulator>>, raw: Bytes) -> Response {
+    let facts = match valid_facts(&raw, Endpoint::Embeddings) {
+        Ok(facts) => facts,
+        Err(refused) => return refused,
+    };
+    e.in_flight.fetch_add(1, Ordering::SeqCst);
+    e.served.fetch_add(1, Ordering::SeqCst);
+    let slot = Slot(e.clone());
+    let tokens = facts.input_tokens();
+    tokio::time::sleep(e.prefill(tokens)).await;
+    drop(slot);
+    let dimensions = facts.dimensions.get().unwrap_or(DEFAULT_EMBEDDING_DIMENSIONS);
+    let base64 = facts.encoding_format.as_deref() == Some("base64");
+    let data: Vec<Value> = (0..facts.inputs())
+        .map(|i| {
+            let vector = unit_vector(i, dimensions);
+            let embedding = if base64 {
+                json!(base64_of(&vector.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    axum::Json(json!({"object": "list", "data": data, "model": facts.model.unwrap_or_default(),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
+    .into_response()
+}
+
+/// A vector of length one that differs from input to input.
+fn unit_vector(input: u64, dimensions: u64) -> Vec<f32> {
+    let raw: Vec<f32> = (0..dimensions).map(|j| ((input * 31 + j * 17) % 101) as f32 - 50.0).collect();
+    let norm = raw.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+    raw.into_iter().map(|x| x / norm).collect()
+}
+
+/// Standard base64 with padding.
+fn base64_of(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for group in bytes.chunks(3) {
+        let b = [group[0], *group.get(1).unwrap_or(&0), *group.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for k in 0..4 {
+            if k <= group.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * k)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 async fn respond(e: Arc<Emulator>, raw: Bytes, chat: bool) -> Response {
@@ -336,4 +404,24 @@ async fn respond(e: Arc<Emulator>, raw: Bytes, chat: bool) -> Response {
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(events))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_is_the_standard_alphabet_with_padding() {
+        for (bytes, text) in [(&b""[..], ""), (b"f", "Zg=="), (b"fo", "Zm8="), (b"foo", "Zm9v"), (b"foobar", "Zm9vYmFy"), (&[0xff, 0xfe, 0x00][..], "//4A")] {
+            assert_eq!(base64_of(bytes), text);
+        }
+    }
+
+    #[test]
+    fn each_input_gets_its_own_unit_vector() {
+        let (a, b) = (unit_vector(0, 8), unit_vector(1, 8));
+        assert_eq!(a.len(), 8);
+        assert!((a.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-5);
+        assert_ne!(a, b);
+    }
 }

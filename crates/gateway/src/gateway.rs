@@ -5,7 +5,7 @@
 
 use crate::config::GatewayConfig;
 use crate::openai::{bad_request, error, model_not_found, model_object, unauthorized};
-use crate::request::{BodyError, RequestFacts};
+use crate::request::{BodyError, Endpoint, RequestFacts};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -399,7 +399,7 @@ impl Gateway {
     }
 
     /// Handles one chat or completion request end to end.
-    async fn handle(self: Arc<Self>, headers: HeaderMap, raw: Bytes, path: &'static str) -> Response {
+    async fn handle(self: Arc<Self>, headers: HeaderMap, raw: Bytes, endpoint: Endpoint) -> Response {
         let Some(tenant) = self.tenant_of(&headers) else {
             return unauthorized();
         };
@@ -408,8 +408,8 @@ impl Gateway {
             Err(BodyError::NotAnObject) => return bad_request("the body must be a JSON object", "body"),
             Err(BodyError::Invalid(e)) => return bad_request(&format!("invalid JSON body: {e}"), "body"),
         };
-        let chat = path.ends_with("chat/completions");
-        if let Some((message, param)) = facts.problem(chat) {
+        let chat = endpoint == Endpoint::Chat;
+        if let Some((message, param)) = facts.problem_at(endpoint) {
             return bad_request(&message, param);
         }
         let model = facts.model.as_deref().unwrap_or_default();
@@ -424,8 +424,8 @@ impl Gateway {
             Some(Ok(t)) => return bad_request(&format!("tier {t} is above this key's tier {base_tier}; a header may only lower it"), "x-tidepool-tier"),
             Some(Err(e)) => return bad_request(&e, "x-tidepool-tier"),
         };
-        let stream = facts.streamed();
-        let estimate = facts.prompt_tokens() + facts.max_output_tokens().unwrap_or(DEFAULT_COMPLETION_ESTIMATE) * facts.choices() * facts.prompts();
+        let stream = endpoint != Endpoint::Embeddings && facts.streamed();
+        let estimate = facts.estimate(endpoint, DEFAULT_COMPLETION_ESTIMATE);
         let now = self.now_ms();
         {
             let mut tenants = self.lock_tenants();
@@ -463,7 +463,7 @@ impl Gateway {
             }
         };
         // The request goes on as the client wrote it (unknown fields included), not re-encoded.
-        let resp = match self.upstreams.post(replica, path, raw).await {
+        let resp = match self.upstreams.post(replica, endpoint.path(), raw).await {
             Ok(r) => r,
             Err(e) => {
                 self.settle(tenant, estimate, 0, 0);
@@ -718,14 +718,21 @@ async fn headers_and_body(request: axum::extract::Request) -> Result<(HeaderMap,
 
 async fn chat_completions(State(g): State<Arc<Gateway>>, request: axum::extract::Request) -> Response {
     match headers_and_body(request).await {
-        Ok((headers, body)) => g.handle(headers, body, "/v1/chat/completions").await,
+        Ok((headers, body)) => g.handle(headers, body, Endpoint::Chat).await,
         Err(refused) => refused,
     }
 }
 
 async fn completions(State(g): State<Arc<Gateway>>, request: axum::extract::Request) -> Response {
     match headers_and_body(request).await {
-        Ok((headers, body)) => g.handle(headers, body, "/v1/completions").await,
+        Ok((headers, body)) => g.handle(headers, body, Endpoint::Completions).await,
+        Err(refused) => refused,
+    }
+}
+
+async fn embeddings(State(g): State<Arc<Gateway>>, request: axum::extract::Request) -> Response {
+    match headers_and_body(request).await {
+        Ok((headers, body)) => g.handle(headers, body, Endpoint::Embeddings).await,
         Err(refused) => refused,
     }
 }
@@ -764,6 +771,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/v1/models/{model}", get(model))
         .route("/v1/files", post(crate::batch::upload).get(crate::batch::list_files))

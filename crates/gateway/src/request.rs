@@ -81,7 +81,36 @@ pub(crate) enum Prompt {
 /// The roles a chat message may have.
 const ROLES: [&str; 6] = ["system", "developer", "user", "assistant", "tool", "function"];
 
-/// The facts of a chat or completion request body.
+/// The endpoints whose bodies are read here.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Endpoint {
+    Chat,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    /// The endpoint at `path`, if it is one of these.
+    pub(crate) fn of(path: &str) -> Option<Endpoint> {
+        match path {
+            "/v1/chat/completions" => Some(Endpoint::Chat),
+            "/v1/completions" => Some(Endpoint::Completions),
+            "/v1/embeddings" => Some(Endpoint::Embeddings),
+            _ => None,
+        }
+    }
+
+    /// Its path.
+    pub(crate) fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::Embeddings => "/v1/embeddings",
+        }
+    }
+}
+
+/// The facts of a chat, completion or embedding request body.
 #[derive(Debug, Default, PartialEq)]
 pub(crate) struct RequestFacts {
     /// `model`, when it is a string.
@@ -94,6 +123,14 @@ pub(crate) struct RequestFacts {
     pub prompt: Prompt,
     /// Characters of text in the messages' contents and the prompt.
     pub text_chars: usize,
+    /// What an embedding request's `input` holds (the same shapes as a prompt).
+    pub input: Prompt,
+    /// Characters of text in `input`.
+    pub input_chars: usize,
+    /// An embedding request's `encoding_format`, when it is a string.
+    pub encoding_format: Option<String>,
+    /// An embedding request's `dimensions`.
+    pub dimensions: Count,
     /// `n`, the number of choices.
     pub n: Count,
     /// `max_tokens`.
@@ -165,6 +202,70 @@ impl RequestFacts {
             return ids;
         }
         crate::emulator::tokens_of_chars(self.text_chars) + ids
+    }
+
+    /// An embedding request's input in tokens, counted as a prompt is.
+    pub(crate) fn input_tokens(&self) -> u64 {
+        let ids = match self.input {
+            Prompt::Given { token_ids, .. } => token_ids as u64,
+            _ => 0,
+        };
+        if ids > 0 && self.input_chars == 0 {
+            return ids;
+        }
+        crate::emulator::tokens_of_chars(self.input_chars) + ids
+    }
+
+    /// How many inputs an embedding request has, one vector each.
+    pub(crate) fn inputs(&self) -> u64 {
+        match self.input {
+            Prompt::Given { prompts, token_ids } if prompts == 1 && token_ids > 0 => 1,
+            Prompt::Given { prompts, .. } => prompts.max(1) as u64,
+            _ => 1,
+        }
+    }
+
+    /// The tokens a request is charged before its answer says: prompt (or input) and the
+    /// most it may generate, `default_output` per choice when it does not say.
+    pub(crate) fn estimate(&self, endpoint: Endpoint, default_output: u64) -> u64 {
+        match endpoint {
+            Endpoint::Embeddings => self.input_tokens(),
+            _ => self.prompt_tokens() + self.max_output_tokens().unwrap_or(default_output) * self.choices() * self.prompts(),
+        }
+    }
+
+    /// The first thing wrong with a request to `endpoint`, as `problem` words it.
+    pub(crate) fn problem_at(&self, endpoint: Endpoint) -> Option<Problem> {
+        match endpoint {
+            Endpoint::Chat => self.problem(true),
+            Endpoint::Completions => self.problem(false),
+            Endpoint::Embeddings => self.embedding_problem(),
+        }
+    }
+
+    /// The first thing wrong with an embedding request, in OpenAI's words.
+    fn embedding_problem(&self) -> Option<Problem> {
+        let refuse = |message: &str, param: &'static str| Some((message.to_string(), param));
+        if self.model.is_none() {
+            return refuse("you must provide a model parameter", "model");
+        }
+        match self.input {
+            Prompt::Absent => return refuse("'input' is a required property", "input"),
+            Prompt::Invalid => return refuse("'input' must be a string, an array of strings, an array of token ids or an array of token-id arrays, not empty", "input"),
+            Prompt::Given { .. } => {}
+        }
+        if self.encoding_format.as_deref().is_some_and(|f| f != "float" && f != "base64") {
+            return refuse("'encoding_format' must be 'float' or 'base64'", "encoding_format");
+        }
+        match self.dimensions {
+            Count::Absent | Count::Null => {}
+            given if given.get().is_some_and(|d| (1..=65_536).contains(&d)) => {}
+            _ => return refuse("'dimensions' must be an integer from 1 to 65536", "dimensions"),
+        }
+        if !matches!(self.params.user, Scalar::Absent | Scalar::Null | Scalar::Str) {
+            return refuse("'user' must be a string", "user");
+        }
+        None
     }
 
     /// How many tokens a request may produce per choice, if it says.
@@ -341,6 +442,9 @@ enum Key {
     Model,
     Messages,
     Prompt,
+    Input,
+    EncodingFormat,
+    Dimensions,
     N,
     MaxTokens,
     MaxCompletionTokens,
@@ -372,6 +476,9 @@ impl Visitor<'_> for KeyOf {
             (Read::Top, "model") => Key::Model,
             (Read::Top, "messages") => Key::Messages,
             (Read::Top, "prompt") => Key::Prompt,
+            (Read::Top, "input") => Key::Input,
+            (Read::Top, "encoding_format") => Key::EncodingFormat,
+            (Read::Top, "dimensions") => Key::Dimensions,
             (Read::Top, "n") => Key::N,
             (Read::Top, "max_tokens") => Key::MaxTokens,
             (Read::Top, "max_completion_tokens") => Key::MaxCompletionTokens,
@@ -534,6 +641,20 @@ impl<'de> Visitor<'de> for Read {
                         _ => (Prompt::Invalid, 0),
                     }
                 }
+                Key::Input => {
+                    (facts.input, facts.input_chars) = match map.next_value_seed(Read::Prompt)? {
+                        Got::Prompt(shape, c) => (shape, c),
+                        _ => (Prompt::Invalid, 0),
+                    }
+                }
+                Key::EncodingFormat => {
+                    // Null and other types read as unset: a string is what is checked here.
+                    facts.encoding_format = match map.next_value_seed(Read::Model)? {
+                        Got::Text(f) => Some(f),
+                        _ => None,
+                    }
+                }
+                Key::Dimensions => facts.dimensions = count(map.next_value_seed(Read::Count)?),
                 Key::N => facts.n = count(map.next_value_seed(Read::Count)?),
                 Key::MaxTokens => facts.max_tokens = count(map.next_value_seed(Read::Count)?),
                 Key::MaxCompletionTokens => facts.max_completion_tokens = count(map.next_value_seed(Read::Count)?),
@@ -614,6 +735,32 @@ mod tests {
 
         let last_wins = RequestFacts::of(br#"{"model":"a","model":"b","stream":true,"stream":false,"messages":[{"role":"user","content":"abcd"}],"messages":"x"}"#).unwrap();
         assert_eq!((last_wins.model.as_deref(), last_wins.streamed(), last_wins.messages, last_wins.text_chars), (Some("b"), false, None, 0));
+    }
+
+    #[test]
+    fn embedding_requests_are_read_and_checked() {
+        let valid = facts(&json!({"model": "e", "input": ["abcd", "efghijkl"], "encoding_format": "base64", "dimensions": 8, "user": "u"}));
+        assert_eq!(valid.problem_at(Endpoint::Embeddings), None);
+        assert_eq!((valid.inputs(), valid.input_tokens(), valid.dimensions.get()), (2, 3, Some(8)));
+        assert_eq!(valid.estimate(Endpoint::Embeddings, 256), 3, "an embedding is charged its input only");
+        let ids = facts(&json!({"model": "e", "input": [1, 2, 3]}));
+        assert_eq!((ids.inputs(), ids.input_tokens()), (1, 3));
+        assert_eq!(facts(&json!({"model": "e", "input": [[1, 2], [3]]})).inputs(), 2);
+        assert_eq!(facts(&json!({"model": "e", "input": "x", "encoding_format": null})).problem_at(Endpoint::Embeddings), None);
+        for (body, param) in [
+            (json!({"input": "x"}), "model"),
+            (json!({"model": "e"}), "input"),
+            (json!({"model": "e", "input": []}), "input"),
+            (json!({"model": "e", "input": {"a": 1}}), "input"),
+            (json!({"model": "e", "input": "x", "encoding_format": "int8"}), "encoding_format"),
+            (json!({"model": "e", "input": "x", "dimensions": 0}), "dimensions"),
+            (json!({"model": "e", "input": "x", "dimensions": "8"}), "dimensions"),
+            (json!({"model": "e", "input": "x", "user": 1}), "user"),
+        ] {
+            assert_eq!(facts(&body).problem_at(Endpoint::Embeddings).map(|p| p.1), Some(param), "{body}");
+        }
+        assert_eq!(Endpoint::of("/v1/embeddings").map(Endpoint::path), Some("/v1/embeddings"));
+        assert_eq!(Endpoint::of("/v1/responses"), None);
     }
 
     #[test]

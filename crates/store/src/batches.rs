@@ -87,7 +87,7 @@ impl BatchStore {
     /// A tenant's files, newest first.
     pub fn files(&self, tenant: &str) -> Result<Vec<FileMeta>> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, tenant, purpose, filename, bytes, created_at FROM files WHERE tenant = ?1 ORDER BY created_at DESC, id DESC",
+            "SELECT id, tenant, purpose, filename, bytes, created_at FROM files WHERE tenant = ?1 ORDER BY created_at DESC, rowid DESC",
         )?;
         let rows = stmt.query_map(params![tenant], Self::meta)?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -118,14 +118,14 @@ impl BatchStore {
 
     /// A tenant's batches, newest first.
     pub fn batches(&self, tenant: &str) -> Result<Vec<String>> {
-        let mut stmt = self.conn.prepare("SELECT object FROM batches WHERE tenant = ?1 ORDER BY created_at DESC, id DESC")?;
+        let mut stmt = self.conn.prepare("SELECT object FROM batches WHERE tenant = ?1 ORDER BY created_at DESC, rowid DESC")?;
         let rows = stmt.query_map(params![tenant], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
     }
 
     /// Every batch: (id, tenant, object).
     pub fn all_batches(&self) -> Result<Vec<(String, String, String)>> {
-        let mut stmt = self.conn.prepare("SELECT id, tenant, object FROM batches ORDER BY created_at, id")?;
+        let mut stmt = self.conn.prepare("SELECT id, tenant, object FROM batches ORDER BY created_at, rowid")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
@@ -164,6 +164,11 @@ mod tests {
         s.put_batch("batch_1", "t", 1, "{\"status\":\"validating\"}").unwrap();
         s.put_batch("batch_1", "t", 1, "{\"status\":\"completed\"}").unwrap();
         assert_eq!(s.batch("batch_1").unwrap().unwrap().1, "{\"status\":\"completed\"}");
+        // Created in the same second, listed newest first all the same, even once updated,
+        // whatever their random ids.
+        s.put_batch("batch_0", "t", 1, "second").unwrap();
+        s.put_batch("batch_1", "t", 1, "first, updated").unwrap();
+        assert_eq!(s.batches("t").unwrap(), ["second", "first, updated"]);
         s.put_result("batch_1", 0, true, "a").unwrap();
         s.put_result("batch_1", 0, false, "b").unwrap();
         assert_eq!(s.results("batch_1").unwrap(), vec![(0, true, "a".to_string())]);
