@@ -26,6 +26,10 @@ pub struct GatewayConfigFile {
     /// (default: one per core).
     #[serde(default)]
     pub workers: Option<u32>,
+    /// Whether each event-loop thread is kept on a CPU of its own, the n-th worker on the n-th
+    /// CPU the process may use (default false: the kernel places them).
+    #[serde(default)]
+    pub pin_workers: Option<bool>,
     /// Upstream replicas.
     #[serde(default)]
     pub replicas: Vec<ReplicaConfig>,

@@ -521,11 +521,12 @@ fn overhead_runs(rate: f64) -> usize {
 const OVERHEAD_KEY: &str = "sk-bench-overhead";
 
 /// Starts the real gateway binary in a process of its own, as it is deployed, in front of
-/// `upstream` with tiers on or off (the first-come-first-served proxy); the process and its URL.
+/// `upstream` with tiers on or off (the first-come-first-served proxy), its workers kept on a CPU
+/// each as on a node of its own; the process and its URL.
 async fn start_gateway_process(dir: &std::path::Path, upstream: &str, tiers_on: bool) -> Result<(tokio::process::Child, String), String> {
     use tokio::io::AsyncBufReadExt;
     let admission = admission_settings(tiers_on);
-    let toml = format!("listen = \"127.0.0.1:0\"\n{admission}[[replicas]]\nurl = \"{upstream}\"\nmodel = \"m\"\nbest_concurrency = 100000\nmax_concurrency = 100000\n[[tenants]]\nname = \"t\"\nkeys = [\"{OVERHEAD_KEY}\"]\ntpm = 1000000000000\nrpm = 1000000000000\n");
+    let toml = format!("listen = \"127.0.0.1:0\"\npin_workers = true\n{admission}[[replicas]]\nurl = \"{upstream}\"\nmodel = \"m\"\nbest_concurrency = 100000\nmax_concurrency = 100000\n[[tenants]]\nname = \"t\"\nkeys = [\"{OVERHEAD_KEY}\"]\ntpm = 1000000000000\nrpm = 1000000000000\n");
     let config = dir.join(if tiers_on { "gateway.toml" } else { "fcfs.toml" });
     std::fs::write(&config, toml).map_err(|e| format!("{}: {e}", config.display()))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -635,7 +636,8 @@ async fn stop(mut child: tokio::process::Child) {
     let _ = child.kill().await;
 }
 
-/// Starts nginx (one worker, keep-alive to the upstream) as a reverse proxy to `upstream`.
+/// Starts nginx as a reverse proxy to `upstream`, keep-alive to it, with its workers set up as
+/// the gateway's are: one per core, each kept on its own CPU.
 async fn start_nginx(dir: &std::path::Path, upstream: &str) -> Result<(tokio::process::Child, String), String> {
     let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
         .into_iter()
@@ -644,7 +646,7 @@ async fn start_nginx(dir: &std::path::Path, upstream: &str) -> Result<(tokio::pr
     let port = free_port()?;
     let d = dir.display();
     let conf = format!(
-        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err;\nevents {{ worker_connections 4096; }}\n\
+        "worker_processes auto;\nworker_cpu_affinity auto;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err;\nevents {{ worker_connections 4096; }}\n\
          http {{\n access_log off;\n client_body_temp_path {d};\n proxy_temp_path {d};\n\
          upstream instant {{ server {}; keepalive 256; }}\n\
          server {{\n  listen 127.0.0.1:{port};\n  keepalive_requests 10000000;\n\

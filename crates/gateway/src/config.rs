@@ -68,6 +68,8 @@ pub struct GatewayConfig {
     pub data_dir: Option<std::path::PathBuf>,
     /// Event-loop threads of a gateway that runs in a process of its own.
     pub workers: usize,
+    /// Each event-loop thread kept on a CPU of its own.
+    pub pin_workers: bool,
 }
 
 /// The most event-loop threads a gateway may be given.
@@ -139,6 +141,7 @@ impl GatewayConfig {
             tenants,
             data_dir: raw.data_dir.map(std::path::PathBuf::from),
             workers,
+            pin_workers: raw.pin_workers.unwrap_or(false),
         })
     }
 }
@@ -165,6 +168,10 @@ mod tests {
         assert_eq!(learned.replicas[0].learn, Some(Learn { cap: LEARN_CAP, fixed_max: false }));
         assert_eq!(GatewayConfig::from_toml("workers = 3\n").unwrap().workers, 3);
         assert!(GatewayConfig::from_toml("").unwrap().workers >= 1);
+        assert!(GatewayConfig::from_toml("pin_workers = true\n").unwrap().pin_workers);
+        assert!(!GatewayConfig::from_toml("").unwrap().pin_workers);
+        let err = GatewayConfig::from_toml("pin_workers = 1\n").unwrap_err();
+        assert!(err.contains("pin_workers"), "{err}");
         let err = GatewayConfig::from_toml("workers = 0\n").unwrap_err();
         assert!(err.contains("workers"), "{err}");
         let err = GatewayConfig::from_toml("listen = 1\nbogus = 2\n").unwrap_err();

@@ -807,6 +807,37 @@ fn serving(config: GatewayConfig) -> Result<Arc<Gateway>, String> {
     Ok(gateway)
 }
 
+/// The CPUs this process may run on, in order.
+fn allowed_cpus() -> Result<Vec<usize>, String> {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set, and sched_getaffinity writes at most
+    // the size it is given.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the set is as large as the size passed.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return Err(format!("pin_workers: sched_getaffinity: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: CPU_ISSET reads the set for an index below CPU_SETSIZE.
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect();
+    if cpus.is_empty() {
+        return Err("pin_workers: the process may run on no CPU".into());
+    }
+    Ok(cpus)
+}
+
+/// Keeps the calling thread on `cpu`: its connections' data stays in that CPU's caches and
+/// it is not moved behind another busy thread.
+fn pin_this_thread(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET panics on, rather than writes past, an index beyond the set.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: the set is as large as the size passed; pid 0 is the calling thread.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Connections handed to one worker thread by the thread that accepts them.
 struct HandedConnections {
     incoming: tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, std::net::SocketAddr)>,
@@ -845,6 +876,7 @@ pub async fn run_on_workers(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let workers = config.workers;
+    let cpus = if config.pin_workers { allowed_cpus()? } else { Vec::new() };
     let gateway = serving(config)?;
     let local_addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -856,9 +888,15 @@ pub async fn run_on_workers(
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("gateway worker: {e}"))?;
         let app = router(gateway.clone());
         let mut stop = stop_rx.clone();
+        let cpu = (!cpus.is_empty()).then(|| cpus[n % cpus.len()]);
         let thread = std::thread::Builder::new()
             .name(format!("gateway-{n}"))
             .spawn(move || {
+                if let Some(cpu) = cpu {
+                    if let Err(e) = pin_this_thread(cpu) {
+                        tracing::warn!("gateway-{n}: not kept on CPU {cpu}: {e}");
+                    }
+                }
                 let stopped = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
@@ -897,4 +935,45 @@ pub async fn run_on_workers(
         r.map_err(|_| "a gateway worker panicked".to_string())?.map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CPUs a thread of this process named `name` may run on, once it exists.
+    fn cpus_of_thread(name: &str) -> Option<String> {
+        for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim() == name {
+                let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+                return status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(|v| v.trim().to_string());
+            }
+        }
+        None
+    }
+
+    #[tokio::test]
+    async fn pinned_workers_each_keep_to_one_allowed_cpu() {
+        let allowed = allowed_cpus().unwrap_or_default();
+        assert!(!allowed.is_empty());
+        let config = GatewayConfig::from_toml("workers = 2\npin_workers = true\n").unwrap_or_else(|e| unreachable!("{e}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| unreachable!("{e}"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(run_on_workers(listener, config, async move {
+            let _ = stopped.await;
+        }));
+        let mut seen = Vec::new();
+        for _ in 0..200 {
+            seen = ["gateway-0", "gateway-1"].iter().filter_map(|n| cpus_of_thread(n)).collect();
+            if seen.len() == 2 && seen.iter().all(|c| !c.contains(['-', ','])) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let _ = stop.send(());
+        assert!(served.await.is_ok_and(|r| r.is_ok()));
+        let expected: Vec<String> = (0..2).map(|n| allowed[n % allowed.len()].to_string()).collect();
+        assert_eq!(seen, expected);
+    }
 }
