@@ -558,10 +558,20 @@ async fn start_gateway_process(dir: &std::path::Path, upstream: &str, tiers_on: 
     Ok((child, url))
 }
 
+/// A proxy whose added latency is measured: its keys' prefix, URL, the key it knows and the
+/// rates it is measured at.
+struct MeasuredProxy {
+    prefix: &'static str,
+    url: String,
+    key: &'static str,
+    rates: Vec<(f64, &'static str)>,
+}
+
 /// The gateway in front of an instant upstream, measured at 1,000 and at 10,000 requests/s;
 /// then the same gateway with tiers off, nginx as a plain reverse proxy and LiteLLM's proxy,
 /// each where it runs, in front of the same upstream under the same load. The client and the
-/// upstream share this process.
+/// upstream share this process. The gateway, the gateway with tiers off and nginx run side by
+/// side and take turns run by run, so that a slow spell of the host falls on all three.
 async fn overhead(seconds: f64) -> Result<BTreeMap<String, Value>, String> {
     let instant = instant_upstream()?;
     let upstream = instant.url.clone();
@@ -569,44 +579,53 @@ async fn overhead(seconds: f64) -> Result<BTreeMap<String, Value>, String> {
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let mut out = BTreeMap::new();
     let litellm_ok = which("litellm");
+    let with_sustained = |rates: &[(f64, &'static str)]| if litellm_ok { [&[SUSTAINED_RATE][..], rates].concat() } else { rates.to_vec() };
+    let mut children = Vec::new();
+    let mut proxies = Vec::new();
     for (prefix, tiers_on) in [("", true), ("fcfs_", false)] {
-        let (mut child, url) = start_gateway_process(&dir, &upstream, tiers_on).await?;
-        let mut rates = OVERHEAD_RATES.to_vec();
-        if tiers_on && litellm_ok {
-            rates.insert(0, SUSTAINED_RATE);
-        }
-        let measured = overhead_of(&upstream, &url, OVERHEAD_KEY, seconds, prefix, &rates).await;
-        let _ = child.kill().await;
-        match measured {
-            Ok(figures) => out.extend(figures),
+        let (child, url) = match start_gateway_process(&dir, &upstream, tiers_on).await {
+            Ok(started) => started,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(e);
             }
-        }
+        };
+        children.push(child);
+        let rates = if tiers_on { with_sustained(&OVERHEAD_RATES) } else { OVERHEAD_RATES.to_vec() };
+        proxies.push(MeasuredProxy { prefix, url, key: OVERHEAD_KEY, rates });
     }
     // What a proxy that only forwards costs on this machine, at the same rates as the gateway.
-    let mut nginx_rates = OVERHEAD_RATES.to_vec();
-    if litellm_ok {
-        nginx_rates.insert(0, SUSTAINED_RATE);
-    }
-    match start_nginx(&dir, &upstream).await {
+    let nginx = match start_nginx(&dir, &upstream).await {
         Ok((nginx, url)) => {
-            if let Ok(figures) = overhead_of(&upstream, &url, OVERHEAD_KEY, seconds, "nginx_", &nginx_rates).await {
-                out.extend(figures);
-            }
-            stop(nginx).await;
+            proxies.push(MeasuredProxy { prefix: "nginx_", url, key: OVERHEAD_KEY, rates: with_sustained(&OVERHEAD_RATES) });
+            Some(nginx)
         }
         Err(e) => {
             out.insert("nginx_note".into(), json!(e));
+            None
+        }
+    };
+    let measured = overhead_in_turns(&upstream, &proxies, seconds).await;
+    for mut child in children {
+        let _ = child.kill().await;
+    }
+    if let Some(nginx) = nginx {
+        stop(nginx).await;
+    }
+    match measured {
+        Ok(figures) => out.extend(figures),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
         }
     }
     if litellm_ok {
         // LiteLLM does not reach the higher rates: its achieved rate is part of its figures.
+        // It is measured alone, as its idle workers would otherwise weigh on the others' runs.
         match start_litellm(std::slice::from_ref(&upstream)).await {
             Ok((litellm, url)) => {
-                let rates = [&[SUSTAINED_RATE][..], &OVERHEAD_RATES[..]].concat();
-                match overhead_of(&upstream, &url, LITELLM_KEY, seconds, "litellm_", &rates).await {
+                let proxy = MeasuredProxy { prefix: "litellm_", url, key: LITELLM_KEY, rates: with_sustained(&OVERHEAD_RATES) };
+                match overhead_in_turns(&upstream, std::slice::from_ref(&proxy), seconds).await {
                     Ok(figures) => out.extend(figures),
                     Err(e) => {
                         out.insert("litellm_overhead_note".into(), json!(e));
@@ -675,33 +694,45 @@ async fn start_nginx(dir: &std::path::Path, upstream: &str) -> Result<(tokio::pr
     Err("nginx did not start".into())
 }
 
-/// Added latency of the proxy at `gateway` in front of `upstream`, keys starting `prefix`.
-async fn overhead_of(upstream: &str, gateway: &str, key: &str, seconds: f64, prefix: &str, rates: &[(f64, &str)]) -> Result<BTreeMap<String, Value>, String> {
-    // A short warm-up: connections to the upstream open, buckets fill.
-    paced_load(&[gateway], key, 1000.0, 0.3, 8).await?;
+/// The added latency of each of `proxies` in front of `upstream` at each of its rates: at each
+/// rate, run by run, the proxies take turns.
+async fn overhead_in_turns(upstream: &str, proxies: &[MeasuredProxy], seconds: f64) -> Result<BTreeMap<String, Value>, String> {
+    for proxy in proxies {
+        // A short warm-up: connections to the upstream open, buckets fill.
+        paced_load(&[&proxy.url], proxy.key, 1000.0, 0.3, 8).await?;
+    }
+    let mut rates: Vec<(f64, &str)> = proxies.iter().flat_map(|p| p.rates.iter().copied()).collect();
+    rates.sort_by(|a, b| a.0.total_cmp(&b.0));
+    rates.dedup_by(|a, b| a.0 == b.0);
     let mut out = BTreeMap::new();
-    for &(rate, suffix) in rates {
+    for (rate, suffix) in rates {
+        let taking_part: Vec<&MeasuredProxy> = proxies.iter().filter(|p| p.rates.iter().any(|r| r.0 == rate)).collect();
         // On two cores shared by client, proxy and upstream one stall of a few milliseconds
         // moves a 3-second p99: each figure is the median of several runs, all of them kept.
-        let mut runs = Vec::new();
+        let mut runs: Vec<Vec<OverheadRun>> = taking_part.iter().map(|_| Vec::new()).collect();
         for _ in 0..overhead_runs(rate) {
-            runs.push(overhead_at(upstream, gateway, key, rate, seconds).await?);
+            for (proxy, its_runs) in taking_part.iter().zip(runs.iter_mut()) {
+                its_runs.push(overhead_at(upstream, &proxy.url, proxy.key, rate, seconds).await?);
+            }
         }
-        let mut p50s: Vec<f64> = runs.iter().map(|r| r.added_p50_ms).collect();
-        let mut p99s: Vec<f64> = runs.iter().map(|r| r.added_p99_ms).collect();
-        let mut direct: Vec<f64> = runs.iter().map(|r| r.direct_p99_ms).collect();
-        let mut achieved: Vec<f64> = runs.iter().map(|r| r.achieved).collect();
-        let mut steal: Vec<f64> = runs.iter().filter_map(|r| r.steal_pct).collect();
-        out.insert(format!("{prefix}overhead_p99_ms{suffix}_runs"), json!(p99s));
-        out.insert(format!("{prefix}direct_p99_ms{suffix}_runs"), json!(direct));
-        out.insert(format!("{prefix}steal_pct{suffix}_runs"), json!(steal));
-        out.insert(format!("{prefix}overhead_p50_ms{suffix}"), json!(pct(&mut p50s, 0.5)));
-        out.insert(format!("{prefix}overhead_p99_ms{suffix}"), json!(pct(&mut p99s, 0.5)));
-        out.insert(format!("{prefix}direct_p99_ms{suffix}"), json!(pct(&mut direct, 0.5)));
-        if !steal.is_empty() {
-            out.insert(format!("{prefix}steal_pct{suffix}"), json!(pct(&mut steal, 0.5)));
+        for (proxy, runs) in taking_part.iter().zip(runs) {
+            let prefix = proxy.prefix;
+            let mut p50s: Vec<f64> = runs.iter().map(|r| r.added_p50_ms).collect();
+            let mut p99s: Vec<f64> = runs.iter().map(|r| r.added_p99_ms).collect();
+            let mut direct: Vec<f64> = runs.iter().map(|r| r.direct_p99_ms).collect();
+            let mut achieved: Vec<f64> = runs.iter().map(|r| r.achieved).collect();
+            let mut steal: Vec<f64> = runs.iter().filter_map(|r| r.steal_pct).collect();
+            out.insert(format!("{prefix}overhead_p99_ms{suffix}_runs"), json!(p99s));
+            out.insert(format!("{prefix}direct_p99_ms{suffix}_runs"), json!(direct));
+            out.insert(format!("{prefix}steal_pct{suffix}_runs"), json!(steal));
+            out.insert(format!("{prefix}overhead_p50_ms{suffix}"), json!(pct(&mut p50s, 0.5)));
+            out.insert(format!("{prefix}overhead_p99_ms{suffix}"), json!(pct(&mut p99s, 0.5)));
+            out.insert(format!("{prefix}direct_p99_ms{suffix}"), json!(pct(&mut direct, 0.5)));
+            if !steal.is_empty() {
+                out.insert(format!("{prefix}steal_pct{suffix}"), json!(pct(&mut steal, 0.5)));
+            }
+            out.insert(format!("{prefix}overhead_rps{suffix}"), json!(pct(&mut achieved, 0.5)));
         }
-        out.insert(format!("{prefix}overhead_rps{suffix}"), json!(pct(&mut achieved, 0.5)));
     }
     Ok(out)
 }
