@@ -809,8 +809,7 @@ fn serving(config: GatewayConfig) -> Result<Arc<Gateway>, String> {
 
 /// The CPUs this process may run on, in order.
 fn allowed_cpus() -> Result<Vec<usize>, String> {
-    // SAFETY: an all-zero cpu_set_t is a valid empty set, and sched_getaffinity writes at most
-    // the size it is given.
+    // SAFETY: an all-zero cpu_set_t is a valid empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: the set is as large as the size passed.
     if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
