@@ -181,6 +181,11 @@ impl Gateway {
         &self.config
     }
 
+    /// Whether files and batches are kept (the config names a data directory).
+    pub(crate) fn has_store(&self) -> bool {
+        self.store.is_some()
+    }
+
     /// Runs `f` on the files-and-batches store.
     pub(crate) fn with_store<T>(&self, f: impl FnOnce(&tidepool_store::batches::BatchStore) -> tidepool_store::Result<T>) -> Result<T, String> {
         let store = self.store.as_ref().ok_or("files and batches need data_dir in the gateway config")?;
@@ -222,7 +227,12 @@ impl Gateway {
     }
 
     pub(crate) fn tenant_of(&self, headers: &HeaderMap) -> Option<usize> {
-        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        self.tenant_of_key(headers.get(header::AUTHORIZATION))
+    }
+
+    /// The tenant whose key an `authorization` header carries.
+    fn tenant_of_key(&self, authorization: Option<&HeaderValue>) -> Option<usize> {
+        let value = authorization?.to_str().ok()?;
         let key = value.strip_prefix("Bearer ").unwrap_or(value).trim();
         self.keys.get(key).copied()
     }
@@ -399,8 +409,8 @@ impl Gateway {
     }
 
     /// Handles one chat or completion request end to end.
-    async fn handle(self: Arc<Self>, headers: HeaderMap, raw: Bytes, endpoint: Endpoint) -> Response {
-        let Some(tenant) = self.tenant_of(&headers) else {
+    pub(crate) async fn handle(self: Arc<Self>, headers: CompletionHeaders, raw: Bytes, endpoint: Endpoint) -> Response {
+        let Some(tenant) = self.tenant_of_key(headers.authorization.as_ref()) else {
             return unauthorized();
         };
         let facts = match RequestFacts::of(&raw) {
@@ -418,7 +428,7 @@ impl Gateway {
             return model_not_found(model);
         }
         let base_tier = self.lock_tenants().get(tenant).map_or(Tier::Realtime, |t| t.tier);
-        let tier = match headers.get("x-tidepool-tier").map(|v| v.to_str().unwrap_or("").parse::<Tier>()) {
+        let tier = match headers.tier.map(|v| v.to_str().unwrap_or("").parse::<Tier>()) {
             None => base_tier,
             Some(Ok(t)) if t >= base_tier => t,
             Some(Ok(t)) => return bad_request(&format!("tier {t} is above this key's tier {base_tier}; a header may only lower it"), "x-tidepool-tier"),
@@ -706,12 +716,25 @@ impl Gateway {
     }
 }
 
-/// A request's headers and whole body, taken apart without copying the headers (axum's
-/// `HeaderMap` extractor clones them, which showed in profiles at 10,000 requests/s).
-async fn headers_and_body(request: axum::extract::Request) -> Result<(HeaderMap, Bytes), Response> {
-    let (parts, body) = request.into_parts();
+/// The header that lowers a request's tier.
+pub(crate) const TIER_HEADER: HeaderName = HeaderName::from_static("x-tidepool-tier");
+
+/// The only headers a completion request is judged by: its key and the tier it asks for.
+#[derive(Default)]
+pub(crate) struct CompletionHeaders {
+    /// `authorization`: the tenant's key.
+    pub authorization: Option<HeaderValue>,
+    /// `x-tidepool-tier`: a tier at or below the key's.
+    pub tier: Option<HeaderValue>,
+}
+
+/// A request's headers that matter and whole body, taken apart without copying the headers
+/// (axum's `HeaderMap` extractor clones them, which showed in profiles at 10,000 requests/s).
+async fn headers_and_body(request: axum::extract::Request) -> Result<(CompletionHeaders, Bytes), Response> {
+    let (mut parts, body) = request.into_parts();
+    let headers = CompletionHeaders { authorization: parts.headers.remove(header::AUTHORIZATION), tier: parts.headers.remove(TIER_HEADER) };
     match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(bytes) => Ok((parts.headers, bytes)),
+        Ok(bytes) => Ok((headers, bytes)),
         Err(e) => Err(error(StatusCode::PAYLOAD_TOO_LARGE, &format!("cannot read the request body: {e}"), "invalid_request_error", Some("body"), None)),
     }
 }
@@ -786,18 +809,88 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .with_state(gateway)
 }
 
-/// Runs the gateway on `listener` until `shutdown` resolves.
+/// Runs the gateway on `listener` until `shutdown` resolves, on the caller's runtime.
 pub async fn run(
     listener: tokio::net::TcpListener,
     config: GatewayConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let gateway = serving(config)?;
-    // Answers go out as soon as they are written, not held back by Nagle's algorithm.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router(gateway)).with_graceful_shutdown(shutdown).await.map_err(|e| e.to_string())
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (handed, incoming) = tokio::sync::mpsc::unbounded_channel();
+    let served = tokio::spawn(serve_handed(incoming, gateway.clone(), router(gateway), stop_rx));
+    accept_until(listener, &[handed], shutdown).await;
+    let _ = stop_tx.send(true);
+    served.await.map_err(|e| e.to_string())
+}
+
+/// Accepts connections on `listener` and hands them to `workers` in turn until `shutdown`
+/// resolves or every worker is gone.
+async fn accept_until(
+    listener: tokio::net::TcpListener,
+    workers: &[tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>],
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut next = 0;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    // Answers go out as soon as they are written, not held back by Nagle's algorithm.
+                    let _ = stream.set_nodelay(true);
+                    let Ok(std_stream) = stream.into_std() else { continue };
+                    if workers[next].send(std_stream).is_err() {
+                        return;
+                    }
+                    next = (next + 1) % workers.len();
+                }
+                // Out of file descriptors and the like: the listener stays, and is tried again soon.
+                Err(e) => {
+                    tracing::warn!("gateway: accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Serves the connections handed over on `incoming`, each in a task of the current event
+/// loop, until `stop` is set; then waits until those under way have ended.
+async fn serve_handed(
+    mut incoming: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>,
+    gateway: Arc<Gateway>,
+    app: Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    // Every connection's task holds a sender; the channel closes when the last one ends.
+    let (open, mut all_ended) = tokio::sync::mpsc::channel::<()>(1);
+    let connection_stop = stop.clone();
+    let handed_all = loop {
+        tokio::select! {
+            handed = incoming.recv() => match handed {
+                Some(std_stream) => match tokio::net::TcpStream::from_std(std_stream) {
+                    Ok(stream) => {
+                        let served = crate::connection::serve(stream, gateway.clone(), app.clone(), connection_stop.clone());
+                        let open = open.clone();
+                        tokio::spawn(async move {
+                            served.await;
+                            drop(open);
+                        });
+                    }
+                    Err(e) => tracing::warn!("gateway: a connection could not be taken up: {e}"),
+                },
+                None => break true,
+            },
+            _ = stop.wait_for(|s| *s) => break false,
+        }
+    };
+    if handed_all {
+        let _ = stop.wait_for(|s| *s).await;
+    }
+    drop(open);
+    let _ = all_ended.recv().await;
 }
 
 /// The gateway for `config`, with the batches it had journaled running again.
@@ -837,34 +930,6 @@ fn pin_this_thread(cpu: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Connections handed to one worker thread by the thread that accepts them.
-struct HandedConnections {
-    incoming: tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, std::net::SocketAddr)>,
-    local_addr: std::net::SocketAddr,
-}
-
-impl axum::serve::Listener for HandedConnections {
-    type Io = tokio::net::TcpStream;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.incoming.recv().await {
-                Some((std_stream, peer)) => match tokio::net::TcpStream::from_std(std_stream) {
-                    Ok(stream) => return (stream, peer),
-                    Err(e) => tracing::warn!("gateway: a connection from {peer} could not be taken up: {e}"),
-                },
-                // No more connections come: wait for the shutdown that follows.
-                None => std::future::pending::<()>().await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local_addr)
-    }
-}
-
 /// Runs the gateway on `listener` until `shutdown` resolves, its connections spread over
 /// the configured number of threads that each run their own event loop: a request is read, proxied and
 /// answered on one thread, with no wake-up of another thread on the way (on a shared
@@ -877,7 +942,6 @@ pub async fn run_on_workers(
     let workers = config.workers;
     let cpus = if config.pin_workers { allowed_cpus()? } else { Vec::new() };
     let gateway = serving(config)?;
-    let local_addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut senders = Vec::new();
     let mut threads = Vec::new();
@@ -886,7 +950,8 @@ pub async fn run_on_workers(
         senders.push(tx);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("gateway worker: {e}"))?;
         let app = router(gateway.clone());
-        let mut stop = stop_rx.clone();
+        let stop = stop_rx.clone();
+        let gateway = gateway.clone();
         let cpu = (!cpus.is_empty()).then(|| cpus[n % cpus.len()]);
         let thread = std::thread::Builder::new()
             .name(format!("gateway-{n}"))
@@ -896,42 +961,17 @@ pub async fn run_on_workers(
                         tracing::warn!("gateway-{n}: not kept on CPU {cpu}: {e}");
                     }
                 }
-                let stopped = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
-                runtime.block_on(std::future::IntoFuture::into_future(axum::serve(HandedConnections { incoming, local_addr }, app).with_graceful_shutdown(stopped)))
+                runtime.block_on(serve_handed(incoming, gateway, app, stop));
             })
             .map_err(|e| format!("gateway worker: {e}"))?;
         threads.push(thread);
     }
-    tokio::pin!(shutdown);
-    let mut next = 0;
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    // Answers go out as soon as they are written, not held back by Nagle's algorithm.
-                    let _ = stream.set_nodelay(true);
-                    let Ok(std_stream) = stream.into_std() else { continue };
-                    if senders[next].send((std_stream, peer)).is_err() {
-                        break;
-                    }
-                    next = (next + 1) % senders.len();
-                }
-                // Out of file descriptors and the like: the listener stays, and is tried again soon.
-                Err(e) => {
-                    tracing::warn!("gateway: accept: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
+    accept_until(listener, &senders, shutdown).await;
     let _ = stop_tx.send(true);
     drop(senders);
     let results = tokio::task::spawn_blocking(move || threads.into_iter().map(|t| t.join()).collect::<Vec<_>>()).await.map_err(|e| e.to_string())?;
     for r in results {
-        r.map_err(|_| "a gateway worker panicked".to_string())?.map_err(|e| e.to_string())?;
+        r.map_err(|_| "a gateway worker panicked".to_string())?;
     }
     Ok(())
 }

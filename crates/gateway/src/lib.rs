@@ -5,6 +5,8 @@
 //! Layout:
 //! - [`config`]: the TOML file, validated.
 //! - [`gateway`]: the state, the handlers and the proxying.
+//! - `connection`: one client connection; the completion endpoints' plain HTTP/1.1 read and
+//!   answered there, the rest handed to hyper and the router.
 //! - `openai`: OpenAI's error and model objects, answered by all of the above.
 //! - `request`: the few facts the gateway reads of a completion request, in one pass.
 //! - [`batch`]: the Files and Batches APIs and the batch runner.
@@ -14,6 +16,7 @@
 
 pub mod batch;
 pub mod config;
+mod connection;
 pub mod emulator;
 pub mod gateway;
 mod openai;
