@@ -347,6 +347,7 @@ mod http_date {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{answer, completion, gateway_on_loopback, LOOPBACK_REPLICA};
 
     fn fast(raw: &str) -> Option<FastRequest> {
         match next_request(raw.as_bytes()) {
@@ -403,76 +404,9 @@ mod tests {
         assert_eq!(&http_date::format(1_798_761_599), b"Thu, 31 Dec 2026 23:59:59 GMT");
     }
 
-    /// A gateway on loopback in front of an emulated replica, served by `run`; stopped by
-    /// sending on the returned channel.
-    async fn gateway_on_loopback() -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), String>>) {
-        let replica = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let replica_addr = replica.local_addr().unwrap();
-        let emulated = crate::emulator::EmulatorConfig { model: "m".into(), itl_ms: 1.0, ..Default::default() };
-        tokio::spawn(crate::emulator::serve(replica, emulated));
-        let config = crate::GatewayConfig::from_toml(&format!(
-            "[[replicas]]\nurl = \"http://{replica_addr}\"\nmodel = \"m\"\nbest_concurrency = 8\n[[tenants]]\nname = \"t\"\nkeys = [\"key-0001\"]\ntpm = 1000000\nrpm = 100000\n"
-        ))
-        .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let served = tokio::spawn(crate::run(listener, config, async move {
-            let _ = stopped.await;
-        }));
-        (addr, stop, served)
-    }
-
-    fn completion(path: &str, body: &str, extra: &str) -> String {
-        format!("POST {path} HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer key-0001\r\n{extra}Content-Length: {}\r\n\r\n{body}", body.len())
-    }
-
-    /// Reads one whole answer (by its length, or its chunks) off `sock`: (head, body).
-    async fn answer(sock: &mut TcpStream, buf: &mut Vec<u8>) -> (String, String) {
-        loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let rest = &buf[end + 4..];
-                let length = head.lines().find_map(|l| l.strip_prefix("content-length: ")).map(|v| v.trim().parse::<usize>().unwrap());
-                let body = match length {
-                    Some(n) if rest.len() >= n => Some((rest[..n].to_vec(), end + 4 + n)),
-                    Some(_) => None,
-                    None => dechunk(rest).map(|(body, used)| (body, end + 4 + used)),
-                };
-                if let Some((body, used)) = body {
-                    buf.drain(..used);
-                    return (head, String::from_utf8(body).unwrap());
-                }
-            }
-            let mut chunk = [0u8; 8192];
-            let n = sock.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "the connection closed mid-answer: {:?}", String::from_utf8_lossy(buf));
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    /// A whole chunked body at the start of `raw`, and the bytes it took; None if cut short.
-    fn dechunk(raw: &[u8]) -> Option<(Vec<u8>, usize)> {
-        let mut body = Vec::new();
-        let mut at = 0;
-        loop {
-            let line_end = at + raw[at..].windows(2).position(|w| w == b"\r\n")?;
-            let size = usize::from_str_radix(std::str::from_utf8(&raw[at..line_end]).unwrap(), 16).unwrap();
-            at = line_end + 2;
-            if size == 0 {
-                return (raw.len() >= at + 2).then_some((body, at + 2));
-            }
-            if raw.len() < at + size + 2 {
-                return None;
-            }
-            body.extend_from_slice(&raw[at..at + size]);
-            at += size + 2;
-        }
-    }
-
     #[tokio::test]
     async fn one_kept_connection_serves_completions_here_and_the_rest_through_the_router() {
-        let (addr, stop, served) = gateway_on_loopback().await;
+        let (addr, stop, served) = gateway_on_loopback("", LOOPBACK_REPLICA, 1.0).await;
         let mut sock = TcpStream::connect(addr).await.unwrap();
         let mut buf = Vec::new();
         let chat = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":3}"#;
@@ -497,7 +431,7 @@ mod tests {
 
     #[tokio::test]
     async fn pipelined_and_streamed_answers_come_back_whole_and_in_order() {
-        let (addr, stop, served) = gateway_on_loopback().await;
+        let (addr, stop, served) = gateway_on_loopback("", LOOPBACK_REPLICA, 1.0).await;
         let mut sock = TcpStream::connect(addr).await.unwrap();
         let streamed = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":4,"stream":true}"#;
         let bad = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":-1}"#;
@@ -530,7 +464,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stop_waits_for_the_request_under_way_and_closes_idle_connections() {
-        let (addr, stop, served) = gateway_on_loopback().await;
+        let (addr, stop, served) = gateway_on_loopback("", LOOPBACK_REPLICA, 1.0).await;
         let mut idle = TcpStream::connect(addr).await.unwrap();
         let mut busy = TcpStream::connect(addr).await.unwrap();
         // 30 tokens at 1 ms each: still streaming when the stop comes.

@@ -452,10 +452,13 @@ impl Gateway {
                 return self.too_many(tenant, wait, "Rate limit reached for tokens per minute.", "tokens", "rate_limit_exceeded");
             }
         }
-        // Realtime never waits (it has slots up to the hard cap); interruptible waits briefly,
-        // ahead of the lower tiers, and is shed when that is not enough; the lower tiers queue.
+        // Realtime has slots up to the hard cap and waits only there, ahead of everyone, for
+        // at most the Retry-After it would otherwise get: a slot frees every few milliseconds
+        // at the cap, and a chat client told to retry comes back a second later at best.
+        // Interruptible waits briefly, ahead of the lower tiers, and is shed when that is not
+        // enough; the lower tiers queue.
         let wait_ms = match tier {
-            Tier::Realtime => 0,
+            Tier::Realtime => (self.config.typical_request_ms / 4).min(self.config.queue_wait_ms),
             Tier::Interruptible => (self.config.typical_request_ms / 2).min(self.config.queue_wait_ms),
             _ => self.config.queue_wait_ms,
         };
@@ -1014,5 +1017,37 @@ mod tests {
         assert!(served.await.is_ok_and(|r| r.is_ok()));
         let expected: Vec<String> = (0..2).map(|n| allowed[n % allowed.len()].to_string()).collect();
         assert_eq!(seen, expected);
+    }
+
+    #[tokio::test]
+    async fn realtime_at_the_hard_cap_waits_for_a_slot_rather_than_a_429_but_not_for_long() {
+        use crate::testing::{answer, completion, gateway_on_loopback};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // One slot; realtime waits at most 800 / 4 = 200 ms for it.
+        let (addr, stop, served) = gateway_on_loopback("typical_request_ms = 800\nrealtime_headroom = 0\n", "best_concurrency = 1\nmax_concurrency = 1\n", 20.0).await;
+        let stream = |tokens: u32| completion("/v1/completions", &format!(r#"{{"model":"m","prompt":"x","max_tokens":{tokens},"stream":true}}"#), "");
+        let one_more = completion("/v1/completions", r#"{"model":"m","prompt":"x","max_tokens":1}"#, "");
+        // A stream of 4 tokens (about 100 ms) holds the slot: the next realtime request waits and is served.
+        let mut holder = tokio::net::TcpStream::connect(addr).await.unwrap();
+        holder.write_all(stream(4).as_bytes()).await.unwrap();
+        holder.read_exact(&mut [0u8; 12]).await.unwrap();
+        let mut waiting = tokio::net::TcpStream::connect(addr).await.unwrap();
+        waiting.write_all(one_more.as_bytes()).await.unwrap();
+        let (head, body) = answer(&mut waiting, &mut Vec::new()).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}: {body}");
+        // A stream of 100 tokens (2 s) holds it past the wait: a 429 with Retry-After, after the wait.
+        let mut holder = tokio::net::TcpStream::connect(addr).await.unwrap();
+        holder.write_all(stream(100).as_bytes()).await.unwrap();
+        holder.read_exact(&mut [0u8; 12]).await.unwrap();
+        let mut refused = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let asked = std::time::Instant::now();
+        refused.write_all(one_more.as_bytes()).await.unwrap();
+        let (head, body) = answer(&mut refused, &mut Vec::new()).await;
+        let waited = asked.elapsed();
+        assert!(head.starts_with("http/1.1 429") && head.contains("\r\nretry-after: 1"), "{head}: {body}");
+        assert!(waited >= std::time::Duration::from_millis(190) && waited < std::time::Duration::from_millis(1500), "{waited:?}");
+        drop(holder);
+        let _ = stop.send(());
+        assert!(served.await.unwrap().is_ok());
     }
 }

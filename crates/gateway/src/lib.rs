@@ -21,6 +21,8 @@ pub mod emulator;
 pub mod gateway;
 mod openai;
 mod request;
+#[cfg(test)]
+mod testing;
 mod upstream;
 
 pub use config::GatewayConfig;
