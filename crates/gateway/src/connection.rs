@@ -151,17 +151,39 @@ pub(crate) async fn serve(mut stream: TcpStream, gateway: Arc<Gateway>, app: Rou
         }
         buf.advance(request.head_len);
         let body = buf.split_to(request.body_len).freeze();
-        let response = gateway.clone().handle(request.headers, body, request.endpoint).await;
+        // A client that gives up (a timeout, a closed tab) frees its slot and its replica's
+        // connection at once, not when the answer would have come.
+        let response = tokio::select! {
+            response = gateway.clone().handle(request.headers, body, request.endpoint) => response,
+            _ = client_gone(&stream, &mut buf) => return,
+        };
         let keep_alive = !request.close && !*stop.borrow();
-        if write_response(&mut stream, response, keep_alive).await.is_err() || !keep_alive {
+        if write_response(&mut stream, &mut buf, response, keep_alive).await.is_err() || !keep_alive {
             return;
         }
     }
 }
 
+/// Resolves when the client has closed the connection. What it sends meanwhile (the next
+/// request, pipelined) is kept in `buf` for later, up to one request's worth.
+async fn client_gone(stream: &TcpStream, buf: &mut BytesMut) {
+    loop {
+        if buf.len() >= MAX_HEAD_BYTES + MAX_FAST_BODY_BYTES || stream.readable().await.is_err() {
+            return std::future::pending().await;
+        }
+        buf.reserve(4096);
+        match stream.try_read_buf(buf) {
+            Ok(0) => return,
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => return,
+            _ => {}
+        }
+    }
+}
+
 /// Writes `response` in HTTP/1.1: with its length when known, else in chunks as its body
-/// comes (a streamed completion), each chunk sent as soon as it is there.
-async fn write_response(stream: &mut TcpStream, response: Response, keep_alive: bool) -> std::io::Result<()> {
+/// comes (a streamed completion), each chunk sent as soon as it is there. A client that closes
+/// the connection while a stream waits for its next chunk ends the stream.
+async fn write_response(stream: &mut TcpStream, buf: &mut BytesMut, response: Response, keep_alive: bool) -> std::io::Result<()> {
     let (parts, body) = response.into_parts();
     let length = axum::body::HttpBody::size_hint(&body).exact();
     let mut out = BytesMut::with_capacity(512);
@@ -213,7 +235,12 @@ async fn write_response(stream: &mut TcpStream, response: Response, keep_alive: 
         None => {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
             stream.write_all(&out).await?;
-            while let Some(chunk) = data.next().await {
+            loop {
+                let next = tokio::select! {
+                    next = data.next() => next,
+                    _ = client_gone(stream, buf) => return Err(std::io::ErrorKind::ConnectionReset.into()),
+                };
+                let Some(chunk) = next else { break };
                 // An error mid-stream closes the connection without the last chunk, so the
                 // client sees the answer cut short rather than complete.
                 let chunk = chunk.map_err(std::io::Error::other)?;
@@ -481,5 +508,30 @@ mod tests {
         assert!(text.contains("data: [DONE]") && text.ends_with("0\r\n\r\n"), "{text}");
         assert_eq!(tokio::time::timeout(within, idle.read(&mut [0u8; 16])).await.expect("the idle connection is closed").unwrap(), 0);
         assert!(tokio::time::timeout(within, served).await.expect("the gateway stops").unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_goes_away_frees_its_slot_at_once() {
+        // One slot, which a realtime request waits at most 200 ms for.
+        let (addr, stop, served) = gateway_on_loopback("typical_request_ms = 800\nrealtime_headroom = 0\n", "best_concurrency = 1\nmax_concurrency = 1\n", 20.0).await;
+        let one_more = completion("/v1/completions", r#"{"model":"m","prompt":"x","max_tokens":1}"#, "");
+        // 100 tokens take 2 s: one client leaves before its answer, another in the middle of its stream.
+        for streamed in [false, true] {
+            let long = completion("/v1/completions", &format!(r#"{{"model":"m","prompt":"x","max_tokens":100,"stream":{streamed}}}"#), "");
+            let mut leaving = TcpStream::connect(addr).await.unwrap();
+            leaving.write_all(long.as_bytes()).await.unwrap();
+            if streamed {
+                leaving.read_exact(&mut [0u8; 12]).await.unwrap();
+            } else {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            drop(leaving);
+            let mut next = TcpStream::connect(addr).await.unwrap();
+            next.write_all(one_more.as_bytes()).await.unwrap();
+            let (head, body) = answer(&mut next, &mut Vec::new()).await;
+            assert!(head.starts_with("http/1.1 200"), "streamed {streamed}: {head}: {body}");
+        }
+        let _ = stop.send(());
+        assert!(served.await.unwrap().is_ok());
     }
 }
