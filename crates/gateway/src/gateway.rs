@@ -68,6 +68,32 @@ pub struct Gateway {
     cancel_flags: Mutex<HashMap<String, Arc<std::sync::atomic::AtomicBool>>>,
     /// Requests waiting for a slot; a freed slot wakes the highest-tier, oldest one.
     waiters: Mutex<Vec<Waiter>>,
+    /// 429s per tier (index = tier order) and per [`Refusal`].
+    refusals: [[AtomicU64; Refusal::ALL.len()]; Tier::ALL.len()],
+}
+
+/// Why a request was answered 429.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// Its tenant's requests per minute.
+    Requests,
+    /// Its tenant's tokens per minute.
+    Tokens,
+    /// No slot for its tier within its wait.
+    Capacity,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 3] = [Refusal::Requests, Refusal::Tokens, Refusal::Capacity];
+
+    /// Its label in the metrics.
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::Requests => "rpm",
+            Refusal::Tokens => "tpm",
+            Refusal::Capacity => "capacity",
+        }
+    }
 }
 
 /// A request waiting for a slot.
@@ -173,6 +199,7 @@ impl Gateway {
             store,
             cancel_flags: Mutex::new(HashMap::new()),
             waiters: Mutex::new(Vec::new()),
+            refusals: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
         })
     }
 
@@ -443,12 +470,14 @@ impl Gateway {
             if let Err(wait) = t.rpm.take(1, now) {
                 t.refused += 1;
                 drop(tenants);
+                self.count_refusal(tier, Refusal::Requests);
                 return self.too_many(tenant, wait, "Rate limit reached for requests per minute.", "requests", "rate_limit_exceeded");
             }
             if let Err(wait) = t.tpm.take(estimate, now) {
                 t.rpm.give_back(1, now);
                 t.refused += 1;
                 drop(tenants);
+                self.count_refusal(tier, Refusal::Tokens);
                 return self.too_many(tenant, wait, "Rate limit reached for tokens per minute.", "tokens", "rate_limit_exceeded");
             }
         }
@@ -472,6 +501,7 @@ impl Gateway {
                     t.refused += 1;
                 }
                 drop(tenants);
+                self.count_refusal(tier, Refusal::Capacity);
                 return self.too_many(tenant, wait, &format!("The {tier} tier is at capacity; retry later."), "requests", "server_overloaded");
             }
         };
@@ -494,6 +524,10 @@ impl Gateway {
             return response;
         }
         self.stream_through(resp, guard, cut, tenant, estimate, chat, facts.prompt_tokens())
+    }
+
+    fn count_refusal(&self, tier: Tier, why: Refusal) {
+        self.refusals[tier_idx(tier)][why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records what a request really used and returns the unused part of its estimate.
@@ -700,6 +734,21 @@ impl Gateway {
             out.push_str(&format!("tidepool_gateway_refused_total{{tenant=\"{}\"}} {}\n", t.name, t.refused));
         }
         drop(tenants);
+        out.push_str("# HELP tidepool_gateway_refused_by_tier_total Requests answered 429 per tier and limit hit (rpm, tpm, capacity).\n# TYPE tidepool_gateway_refused_by_tier_total counter\n");
+        for tier in Tier::ALL {
+            for why in Refusal::ALL {
+                let n = self.refusals[tier_idx(tier)][why as usize].load(Ordering::Relaxed);
+                out.push_str(&format!("tidepool_gateway_refused_by_tier_total{{tier=\"{tier}\",limit=\"{}\"}} {n}\n", why.label()));
+            }
+        }
+        out.push_str("# HELP tidepool_gateway_waiting Requests waiting for a slot per tier.\n# TYPE tidepool_gateway_waiting gauge\n");
+        let mut waiting = [0u64; Tier::ALL.len()];
+        for w in self.lock_waiters().iter() {
+            waiting[tier_idx(w.tier)] += 1;
+        }
+        for tier in Tier::ALL {
+            out.push_str(&format!("tidepool_gateway_waiting{{tier=\"{tier}\"}} {}\n", waiting[tier_idx(tier)]));
+        }
         out.push_str("# HELP tidepool_gateway_in_flight Requests in flight per replica and tier.\n# TYPE tidepool_gateway_in_flight gauge\n");
         let replicas = self.lock_replicas();
         for (i, r) in replicas.iter().enumerate() {
@@ -1021,7 +1070,7 @@ mod tests {
 
     #[tokio::test]
     async fn realtime_at_the_hard_cap_waits_for_a_slot_rather_than_a_429_but_not_for_long() {
-        use crate::testing::{answer, completion, gateway_on_loopback};
+        use crate::testing::{answer, completion, gateway_on_loopback, metrics};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         // One slot; realtime waits at most 800 / 4 = 200 ms for it.
         let (addr, stop, served) = gateway_on_loopback("typical_request_ms = 800\nrealtime_headroom = 0\n", "best_concurrency = 1\nmax_concurrency = 1\n", 20.0).await;
@@ -1042,10 +1091,17 @@ mod tests {
         let mut refused = tokio::net::TcpStream::connect(addr).await.unwrap();
         let asked = std::time::Instant::now();
         refused.write_all(one_more.as_bytes()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let seen = metrics(addr).await;
+        assert!(seen.contains("\ntidepool_gateway_waiting{tier=\"realtime\"} 1\n"), "{seen}");
         let (head, body) = answer(&mut refused, &mut Vec::new()).await;
         let waited = asked.elapsed();
         assert!(head.starts_with("http/1.1 429") && head.contains("\r\nretry-after: 1"), "{head}: {body}");
         assert!(waited >= std::time::Duration::from_millis(190) && waited < std::time::Duration::from_millis(1500), "{waited:?}");
+        let seen = metrics(addr).await;
+        assert!(seen.contains("\ntidepool_gateway_waiting{tier=\"realtime\"} 0\n"), "{seen}");
+        assert!(seen.contains("\ntidepool_gateway_refused_by_tier_total{tier=\"realtime\",limit=\"capacity\"} 1\n"), "{seen}");
+        assert!(seen.contains("\ntidepool_gateway_refused_by_tier_total{tier=\"realtime\",limit=\"tpm\"} 0\n"), "{seen}");
         drop(holder);
         let _ = stop.send(());
         assert!(served.await.unwrap().is_ok());

@@ -33,6 +33,14 @@ pub(crate) fn completion(path: &str, body: &str, extra: &str) -> String {
     format!("POST {path} HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer key-0001\r\n{extra}Content-Length: {}\r\n\r\n{body}", body.len())
 }
 
+/// The gateway's `/metrics` page.
+pub(crate) async fn metrics(addr: std::net::SocketAddr) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut sock = TcpStream::connect(addr).await.unwrap();
+    sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: g\r\n\r\n").await.unwrap();
+    answer(&mut sock, &mut Vec::new()).await.1
+}
+
 /// Reads one whole answer (by its length, or its chunks) off `sock`: (head, body).
 pub(crate) async fn answer(sock: &mut TcpStream, buf: &mut Vec<u8>) -> (String, String) {
     loop {
