@@ -4,6 +4,7 @@
 //! by hand at the edge, so the core can change without breaking a client.
 
 pub mod agent;
+pub mod dates;
 pub mod gateway;
 pub mod jobs;
 pub mod openapi;

@@ -343,27 +343,9 @@ mod http_date {
         })
     }
 
-    /// `secs` since the epoch as an IMF-fixdate.
-    pub(super) fn format(secs: u64) -> [u8; 29] {
-        const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-        const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-        let days = secs / 86_400;
-        let (hour, minute, second) = ((secs % 86_400) / 3600, (secs % 3600) / 60, secs % 60);
-        // Days to a civil date (proleptic Gregorian), counted from 0000-03-01 in eras of 400 years.
-        let z = days as i64 + 719_468;
-        let era = z.div_euclid(146_097);
-        let day_of_era = z.rem_euclid(146_097);
-        let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-        let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-        let shifted_month = (5 * day_of_year + 2) / 153;
-        let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-        let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 };
-        let year = year_of_era + era * 400 + i64::from(month <= 2);
-        let text = format!(
-            "{}, {day:02} {} {year:04} {hour:02}:{minute:02}:{second:02} GMT",
-            DAYS[(days % 7) as usize],
-            MONTHS[(month - 1) as usize]
-        );
+    /// `secs` since the epoch as an IMF-fixdate, always 29 bytes long until the year 10000.
+    fn format(secs: u64) -> [u8; 29] {
+        let text = tidepool_api::dates::http_date(secs);
         let mut out = [b' '; 29];
         let n = text.len().min(29);
         out[..n].copy_from_slice(&text.as_bytes()[..n]);
@@ -421,14 +403,6 @@ mod tests {
     fn a_head_cut_short_waits_for_more() {
         assert!(matches!(next_request(b"POST /v1/chat/completions HTTP/1.1\r\ncontent-le"), Next::Partial));
         assert!(matches!(next_request(b""), Next::Partial));
-    }
-
-    #[test]
-    fn dates_are_imf_fixdates() {
-        assert_eq!(&http_date::format(784_111_777), b"Sun, 06 Nov 1994 08:49:37 GMT");
-        assert_eq!(&http_date::format(0), b"Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(&http_date::format(951_782_400), b"Tue, 29 Feb 2000 00:00:00 GMT");
-        assert_eq!(&http_date::format(1_798_761_599), b"Thu, 31 Dec 2026 23:59:59 GMT");
     }
 
     #[tokio::test]
