@@ -139,14 +139,14 @@ fn top_level_value<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     None
 }
 
-/// `usage` of a completion: the prompt's tokens and the answer's.
+/// `usage` of a completion or a response: the prompt's tokens and the answer's.
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 pub struct TokenUsage {
-    /// Tokens of the prompt.
-    #[serde(default)]
+    /// Tokens of the prompt (`input_tokens` in a Responses API answer).
+    #[serde(default, alias = "input_tokens")]
     pub prompt_tokens: u64,
-    /// Tokens generated.
-    #[serde(default)]
+    /// Tokens generated (`output_tokens` in a Responses API answer).
+    #[serde(default, alias = "output_tokens")]
     pub completion_tokens: u64,
 }
 

@@ -129,6 +129,22 @@ chunks = asyncio.run(streamed_async())
 assert sum(1 for c in chunks for ch in c.choices if ch.delta.content) == 4, chunks
 print("async stream:", len(chunks), "chunks")
 
+# The Responses API: a limit met ends it incomplete, as OpenAI does; the stream helper
+# gathers the deltas into the final response.
+limited = client.responses.create(model=model, input="Say something about tides.", max_output_tokens=5)
+assert limited.status == "incomplete" and limited.incomplete_details.reason == "max_output_tokens", limited
+assert len(limited.output_text.split()) == 5 and limited.usage.output_tokens == 5, limited
+with client.responses.stream(model=model, instructions="Be brief.", input=[{"role": "user", "content": "Hello"}]) as events:
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    final = events.get_final_response()
+assert final.status == "completed" and final.output_text == "".join(deltas) and final.usage.output_tokens == len(deltas), final
+try:
+    client.responses.create(model=model, input=5)
+    raise SystemExit("a number as input accepted")
+except openai.BadRequestError as e:
+    assert e.param == "input", e
+print("responses:", limited.status, repr(limited.output_text), "| stream:", len(deltas), "deltas,", final.status)
+
 lines = [
     json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
                 "body": {"model": model, "messages": [{"role": "user", "content": f"line {i}"}], "max_tokens": 2}})
@@ -170,7 +186,21 @@ errors = [json.loads(line) for line in client.files.content(second.error_file_id
 assert [(e["custom_id"], e["response"]["status_code"], e["response"]["body"]["error"]["param"]) for e in errors] == [("bad", 400, "temperature")], errors
 print("batch with a bad line: 1 completed, 1 failed with", errors[0]["response"]["body"]["error"]["message"])
 
+response_lines = [json.dumps({"custom_id": f"resp-{i}", "method": "POST", "url": "/v1/responses",
+                               "body": {"model": model, "input": f"line {i}", "max_output_tokens": 3}}) for i in range(3)]
+response_file = client.files.create(file=("responses.jsonl", io.BytesIO("\n".join(response_lines).encode())), purpose="batch")
+third = client.batches.create(input_file_id=response_file.id, endpoint="/v1/responses", completion_window="24h")
+deadline = time.time() + 120
+while third.status not in ("completed", "failed", "cancelled", "expired"):
+    assert time.time() < deadline, third
+    time.sleep(0.2)
+    third = client.batches.retrieve(third.id)
+assert third.status == "completed" and third.request_counts.completed == 3, third
+answers = [json.loads(line)["response"]["body"] for line in client.files.content(third.output_file_id).text.strip().split("\n")]
+assert all(a["object"] == "response" and a["usage"]["output_tokens"] == 3 for a in answers), answers
+print("batch of responses:", third.status, third.request_counts.completed, "lines")
+
 page = client.batches.list(limit=1)
-assert len(page.data) == 1 and page.data[0].id == second.id, page
+assert len(page.data) == 1 and page.data[0].id == third.id, page
 assert any(f.id == upload.id for f in client.files.list())
 print("ok")

@@ -22,7 +22,7 @@ use tidepool_store::batches::FileMeta;
 pub const MAX_FILE_BYTES: usize = 200 << 20;
 /// Requests of one batch in flight at once.
 const BATCH_CONCURRENCY: usize = 64;
-const ENDPOINTS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
+const ENDPOINTS: [&str; 4] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"];
 
 fn err(status: StatusCode, message: &str, param: Option<&str>) -> Response {
     crate::openai::error(status, message, "invalid_request_error", param, None)
@@ -432,10 +432,10 @@ async fn run_line(g: Arc<Gateway>, tenant: &str, batch_id: &str, endpoint: &str,
     let record_id = format!("batch_req_{}_{line}", batch_id.trim_start_matches("batch_"));
     let candidates = g.replicas_for(&model);
     // A line the gateway would refuse online is answered as it would be, without a slot.
-    let problem = match (Endpoint::of(endpoint), serde_json::to_vec(&req.body).ok().and_then(|raw| RequestFacts::of(&raw).ok())) {
-        (Some(at), Some(facts)) => facts.problem_at(at),
-        _ => None,
-    };
+    let problem = Endpoint::of(endpoint).and_then(|at| {
+        let raw = serde_json::to_vec(&req.body).ok()?;
+        RequestFacts::of_request(&raw, at).ok()?.problem_at(at)
+    });
     let (ok, record) = if let Some((message, param)) = problem {
         let error = crate::openai::error_object(&message, "invalid_request_error", Some(param), None);
         (false, json!({"id": record_id, "custom_id": req.custom_id, "response": {"status_code": 400, "request_id": new_id("req_"), "body": error}, "error": null}))

@@ -63,12 +63,7 @@ fn next_request(buf: &[u8]) -> Next {
     if request.method != Some("POST") || request.version != Some(1) {
         return Next::Other;
     }
-    let endpoint = match request.path {
-        Some("/v1/chat/completions") => Endpoint::Chat,
-        Some("/v1/completions") => Endpoint::Completions,
-        Some("/v1/embeddings") => Endpoint::Embeddings,
-        _ => return Next::Other,
-    };
+    let Some(endpoint) = request.path.and_then(Endpoint::of) else { return Next::Other };
     let mut body_len = None;
     let mut close = false;
     let mut headers = CompletionHeaders::default();

@@ -12,6 +12,11 @@
 //!   stream carries each choice's delta in a chunk of its own, as OpenAI's does;
 //! - output: `max_completion_tokens` or `max_tokens` tokens when given (`finish_reason: length`),
 //!   else `default_output_tokens` (`finish_reason: stop`).
+//! - responses (`/v1/responses`): one assistant message of output text, paced as a chat
+//!   completion; `input` and `instructions` are the prompt; with `max_output_tokens` that many
+//!   tokens and status `incomplete` (reason `max_output_tokens`), else `default_output_tokens`
+//!   and `completed`; streamed as OpenAI's typed events, from `response.created` to
+//!   `response.completed` (or `response.incomplete`);
 //! - embeddings: one unit vector per input (`dimensions` long, 64 when not given) after the
 //!   input's prefill time, as floats or as base64 of little-endian f32s (`encoding_format`).
 
@@ -83,6 +88,7 @@ pub fn router(config: EmulatorConfig) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -140,7 +146,7 @@ struct Plan {
 
 /// The facts of a body valid for `endpoint`, or the 400 that says what is wrong with it.
 fn valid_facts(raw: &[u8], endpoint: Endpoint) -> Result<RequestFacts, Response> {
-    let facts = match RequestFacts::of(raw) {
+    let facts = match RequestFacts::of_request(raw, endpoint) {
         Ok(facts) => facts,
         Err(BodyError::NotAnObject) => return Err(bad_request("the body must be a JSON object", "body")),
         Err(BodyError::Invalid(err)) => return Err(bad_request(&format!("invalid JSON: {err}"), "body")),
@@ -280,6 +286,137 @@ async fn embeddings(State(e): State<Arc<Emulator>>, raw: Bytes) -> Response {
     axum::Json(json!({"object": "list", "data": data, "model": facts.model.unwrap_or_default(),
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
     .into_response()
+}
+
+/// One Responses API answer in the making: what its objects and events are built from.
+struct ResponsePlan {
+    id: String,
+    item_id: String,
+    model: String,
+    created: u64,
+    prompt_tokens: u64,
+    n_tokens: u64,
+    /// Cut short by `max_output_tokens`.
+    limited: bool,
+}
+
+impl ResponsePlan {
+    /// The status it ends with.
+    fn final_status(&self) -> &'static str {
+        if self.limited { "incomplete" } else { "completed" }
+    }
+
+    /// The output text.
+    fn text(&self) -> String {
+        (0..self.n_tokens).map(token).collect()
+    }
+
+    /// The text part of its message.
+    fn part(&self, text: &str) -> Value {
+        json!({"type": "output_text", "text": text, "annotations": []})
+    }
+
+    /// Its message, with the parts given.
+    fn message(&self, status: &str, content: Value) -> Value {
+        json!({"type": "message", "id": self.item_id, "status": status, "role": "assistant", "content": content})
+    }
+
+    /// The response object with `status` and `output`; the usage once it has ended.
+    fn object(&self, status: &str, output: Value) -> Value {
+        let ended = status != "in_progress";
+        json!({"id": self.id, "object": "response", "created_at": self.created, "status": status, "model": self.model,
+            "error": null,
+            "incomplete_details": if status == "incomplete" { json!({"reason": "max_output_tokens"}) } else { Value::Null },
+            "instructions": null, "metadata": {}, "parallel_tool_calls": true, "temperature": 1.0, "top_p": 1.0,
+            "tool_choice": "auto", "tools": [], "output": output,
+            "usage": if ended { json!({"input_tokens": self.prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": self.n_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": self.prompt_tokens + self.n_tokens}) } else { Value::Null }})
+    }
+
+    /// The whole answer, ended.
+    fn ended(&self) -> Value {
+        let text = self.text();
+        self.object(self.final_status(), json!([self.message(self.final_status(), json!([self.part(&text)]))]))
+    }
+}
+
+/// One server-sent event of a Responses stream, numbered.
+fn response_event(kind: &str, sequence: &mut u64, mut fields: Value) -> Bytes {
+    fields["type"] = json!(kind);
+    fields["sequence_number"] = json!(*sequence);
+    *sequence += 1;
+    Bytes::from(format!("event: {kind}\ndata: {fields}\n\n"))
+}
+
+/// `POST /v1/responses`: see the module's model.
+async fn responses(State(e): State<Arc<Emulator>>, raw: Bytes) -> Response {
+    let facts = match valid_facts(&raw, Endpoint::Responses) {
+        Ok(facts) => facts,
+        Err(refused) => return refused,
+    };
+    e.in_flight.fetch_add(1, Ordering::SeqCst);
+    e.served.fetch_add(1, Ordering::SeqCst);
+    let slot = Slot(e.clone());
+    let n = e.next_id.fetch_add(1, Ordering::SeqCst);
+    let (n_tokens, limited) = match facts.max_output_tokens() {
+        Some(m) => (m, true),
+        None => (u64::from(e.config.default_output_tokens), false),
+    };
+    let plan = ResponsePlan {
+        id: format!("resp_emu{n}"),
+        item_id: format!("msg_emu{n}"),
+        model: facts.model.clone().unwrap_or_default(),
+        created: now_s(),
+        prompt_tokens: facts.prompt_tokens(),
+        n_tokens,
+        limited,
+    };
+    if !facts.streamed() {
+        tokio::time::sleep(e.prefill(plan.prompt_tokens)).await;
+        for _ in 0..plan.n_tokens {
+            tokio::time::sleep(e.itl()).await;
+        }
+        drop(slot);
+        return axum::Json(plan.ended()).into_response();
+    }
+    let events = futures_util::stream::unfold((0u64, 0u64, slot, plan, false), |(step, mut sequence, slot, plan, done)| async move {
+        if done {
+            return None;
+        }
+        let e = slot.0.clone();
+        let mut out = Vec::new();
+        if step == 0 {
+            tokio::time::sleep(e.prefill(plan.prompt_tokens)).await;
+            let started = plan.object("in_progress", json!([]));
+            out.push(response_event("response.created", &mut sequence, json!({"response": started})));
+            out.push(response_event("response.in_progress", &mut sequence, json!({"response": started})));
+            out.push(response_event("response.output_item.added", &mut sequence, json!({"output_index": 0, "item": plan.message("in_progress", json!([]))})));
+            out.push(response_event("response.content_part.added", &mut sequence,
+                json!({"item_id": plan.item_id, "output_index": 0, "content_index": 0, "part": plan.part("")})));
+        }
+        if step < plan.n_tokens {
+            tokio::time::sleep(e.itl()).await;
+            out.push(response_event("response.output_text.delta", &mut sequence,
+                json!({"item_id": plan.item_id, "output_index": 0, "content_index": 0, "delta": token(step), "logprobs": []})));
+            return Some((Ok::<Bytes, std::io::Error>(Bytes::from(out.concat())), (step + 1, sequence, slot, plan, false)));
+        }
+        let text = plan.text();
+        let status = plan.final_status();
+        out.push(response_event("response.output_text.done", &mut sequence,
+            json!({"item_id": plan.item_id, "output_index": 0, "content_index": 0, "text": text, "logprobs": []})));
+        out.push(response_event("response.content_part.done", &mut sequence,
+            json!({"item_id": plan.item_id, "output_index": 0, "content_index": 0, "part": plan.part(&text)})));
+        out.push(response_event("response.output_item.done", &mut sequence, json!({"output_index": 0, "item": plan.message(status, json!([plan.part(&text)]))})));
+        out.push(response_event(&format!("response.{status}"), &mut sequence, json!({"response": plan.ended()})));
+        Some((Ok(Bytes::from(out.concat())), (step + 1, sequence, slot, plan, true)))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(events))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 /// A vector of length one that differs from input to input.

@@ -227,8 +227,10 @@ impl Gateway {
 
     /// Adds an answer's usage to a tenant's accounts (batch work: not charged to online TPM).
     pub(crate) fn account_usage(&self, tenant: &str, answer: &Value) {
-        let prompt = answer.pointer("/usage/prompt_tokens").and_then(Value::as_u64).unwrap_or(0);
-        let completion = answer.pointer("/usage/completion_tokens").and_then(Value::as_u64).unwrap_or(0);
+        // A Responses API answer says input and output tokens.
+        let usage = |names: [&str; 2]| names.iter().find_map(|n| answer.get("usage")?.get(n)?.as_u64()).unwrap_or(0);
+        let prompt = usage(["prompt_tokens", "input_tokens"]);
+        let completion = usage(["completion_tokens", "output_tokens"]);
         let mut tenants = self.lock_tenants();
         if let Some(t) = tenants.iter_mut().find(|t| t.name == tenant) {
             t.requests += 1;
@@ -435,17 +437,16 @@ impl Gateway {
         Ok((status, bytes))
     }
 
-    /// Handles one chat or completion request end to end.
+    /// Handles one chat, completion, embedding or Responses API request end to end.
     pub(crate) async fn handle(self: Arc<Self>, headers: CompletionHeaders, raw: Bytes, endpoint: Endpoint) -> Response {
         let Some(tenant) = self.tenant_of_key(headers.authorization.as_ref()) else {
             return unauthorized();
         };
-        let facts = match RequestFacts::of(&raw) {
+        let facts = match RequestFacts::of_request(&raw, endpoint) {
             Ok(facts) => facts,
             Err(BodyError::NotAnObject) => return bad_request("the body must be a JSON object", "body"),
             Err(BodyError::Invalid(e)) => return bad_request(&format!("invalid JSON body: {e}"), "body"),
         };
-        let chat = endpoint == Endpoint::Chat;
         if let Some((message, param)) = facts.problem_at(endpoint) {
             return bad_request(&message, param);
         }
@@ -523,7 +524,7 @@ impl Gateway {
             self.rate_headers(tenant, response.headers_mut());
             return response;
         }
-        self.stream_through(resp, guard, cut, tenant, estimate, chat, facts.prompt_tokens())
+        self.stream_through(resp, guard, cut, tenant, estimate, endpoint, facts.prompt_tokens())
     }
 
     fn count_refusal(&self, tier: Tier, why: Refusal) {
@@ -555,7 +556,7 @@ impl Gateway {
         cut: Arc<Notify>,
         tenant: usize,
         estimate: u64,
-        chat: bool,
+        endpoint: Endpoint,
         prompt: u64,
     ) -> Response {
         struct Pass {
@@ -571,8 +572,12 @@ impl Gateway {
             usage_seen: bool,
             /// One more than the highest choice index seen: each is ended when cut off.
             choices_seen: u64,
-            chat: bool,
+            endpoint: Endpoint,
+            /// The first event (a Responses stream: the response object of the first event
+            /// that carries one), the shape of the cut-off tail.
             template: Option<Value>,
+            /// A Responses stream's last `sequence_number`.
+            sequence: u64,
             done: bool,
             replica: usize,
             last_token: Option<Instant>,
@@ -593,6 +598,10 @@ impl Gateway {
                 for event in out.split(|b| *b == b'\n') {
                     let Some(data) = event.strip_prefix(b"data: ") else { continue };
                     let Ok(v) = serde_json::from_slice::<Value>(data) else { continue };
+                    if self.endpoint == Endpoint::Responses {
+                        tokens += self.take_response_event(&v);
+                        continue;
+                    }
                     if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
                         self.usage_seen = true;
                         self.prompt = u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(self.prompt);
@@ -627,15 +636,45 @@ impl Gateway {
                 }
                 out
             }
-            /// A last chunk per choice with `finish_reason: "preempted"`, then `[DONE]`.
+            /// Reads one event of a Responses stream: its text deltas are tokens, and the
+            /// usage comes with the response that ends it; returns the tokens it carried.
+            fn take_response_event(&mut self, event: &Value) -> u64 {
+                self.sequence = self.sequence.max(event.get("sequence_number").and_then(Value::as_u64).unwrap_or(0));
+                if let Some(response) = event.get("response") {
+                    if let Some(u) = response.get("usage").filter(|u| !u.is_null()) {
+                        self.usage_seen = true;
+                        self.prompt = u.get("input_tokens").and_then(Value::as_u64).unwrap_or(self.prompt);
+                        self.completion = u.get("output_tokens").and_then(Value::as_u64).unwrap_or(self.completion);
+                    }
+                    if self.template.is_none() {
+                        self.template = Some(response.clone());
+                    }
+                }
+                let delta = event.get("type").and_then(Value::as_str) == Some("response.output_text.delta")
+                    && event.get("delta").and_then(Value::as_str).is_some_and(|d| !d.is_empty());
+                if delta && !self.usage_seen {
+                    self.completion += 1;
+                }
+                u64::from(delta)
+            }
+            /// How a stream cut off for realtime ends: a Responses stream with its response
+            /// `incomplete` for the reason `preempted`, the others with a last chunk per choice
+            /// whose `finish_reason` is `preempted`, then `[DONE]`.
             fn cut_off_tail(&self) -> Bytes {
+                if self.endpoint == Endpoint::Responses {
+                    let mut response = self.template.clone().unwrap_or_else(|| json!({}));
+                    response["status"] = json!("incomplete");
+                    response["incomplete_details"] = json!({"reason": "preempted"});
+                    let event = json!({"type": "response.incomplete", "sequence_number": self.sequence + 1, "response": response});
+                    return Bytes::from(format!("event: response.incomplete\ndata: {event}\n\n"));
+                }
                 let mut v = self.template.clone().unwrap_or_else(|| json!({}));
                 if let Some(obj) = v.as_object_mut() {
                     obj.remove("usage");
                 }
                 let mut tail = String::new();
                 for index in 0..self.choices_seen.min(128) {
-                    let choice = if self.chat {
+                    let choice = if self.endpoint == Endpoint::Chat {
                         json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": "preempted"})
                     } else {
                         json!({"index": index, "text": "", "logprobs": null, "finish_reason": "preempted"})
@@ -666,8 +705,9 @@ impl Gateway {
             completion: 0,
             usage_seen: false,
             choices_seen: 1,
-            chat,
+            endpoint,
             template: None,
+            sequence: 0,
             done: false,
         };
         let body = futures_util::stream::unfold(pass, |mut pass| async move {
@@ -805,6 +845,13 @@ async fn completions(State(g): State<Arc<Gateway>>, request: axum::extract::Requ
     }
 }
 
+async fn responses(State(g): State<Arc<Gateway>>, request: axum::extract::Request) -> Response {
+    match headers_and_body(request).await {
+        Ok((headers, body)) => g.handle(headers, body, Endpoint::Responses).await,
+        Err(refused) => refused,
+    }
+}
+
 async fn embeddings(State(g): State<Arc<Gateway>>, request: axum::extract::Request) -> Response {
     match headers_and_body(request).await {
         Ok((headers, body)) => g.handle(headers, body, Endpoint::Embeddings).await,
@@ -847,6 +894,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses))
         .route("/v1/models", get(models))
         .route("/v1/models/{model}", get(model))
         .route("/v1/files", post(crate::batch::upload).get(crate::batch::list_files))
@@ -1103,6 +1151,48 @@ mod tests {
         assert!(seen.contains("\ntidepool_gateway_refused_by_tier_total{tier=\"realtime\",limit=\"capacity\"} 1\n"), "{seen}");
         assert!(seen.contains("\ntidepool_gateway_refused_by_tier_total{tier=\"realtime\",limit=\"tpm\"} 0\n"), "{seen}");
         drop(holder);
+        let _ = stop.send(());
+        assert!(served.await.unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn realtime_ends_a_filler_responses_stream_as_incomplete_and_its_tokens_are_counted() {
+        use crate::testing::{answer, completion, gateway_on_loopback, metrics};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (addr, stop, served) = gateway_on_loopback("realtime_headroom = 0\n", "best_concurrency = 1\nmax_concurrency = 1\n", 20.0).await;
+        // 100 tokens at 20 ms: still streaming when realtime comes.
+        let long = r#"{"model":"m","input":"x","max_output_tokens":100,"stream":true}"#;
+        let mut filler = tokio::net::TcpStream::connect(addr).await.unwrap();
+        filler.write_all(completion("/v1/responses", long, "X-Tidepool-Tier: filler\r\nConnection: close\r\n").as_bytes()).await.unwrap();
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains("response.output_text.delta") {
+            let mut chunk = [0u8; 4096];
+            let n = filler.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            seen.extend_from_slice(&chunk[..n]);
+        }
+        let mut realtime = tokio::net::TcpStream::connect(addr).await.unwrap();
+        realtime.write_all(completion("/v1/responses", r#"{"model":"m","input":"abcdefgh","max_output_tokens":3}"#, "").as_bytes()).await.unwrap();
+        let (head, body) = answer(&mut realtime, &mut Vec::new()).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}: {body}");
+        let answered: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!((answered["usage"]["input_tokens"].as_u64(), answered["usage"]["output_tokens"].as_u64()), (Some(2), Some(3)));
+        let mut rest = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(10), filler.read_to_end(&mut rest)).await.expect("the cut stream ends").unwrap();
+        seen.extend_from_slice(&rest);
+        let text = String::from_utf8_lossy(&seen);
+        let tail = text.split("event: response.incomplete\ndata: ").nth(1).unwrap_or_else(|| panic!("no response.incomplete in {text}"));
+        let event: serde_json::Value = serde_json::from_str(tail.split("\n\n").next().unwrap().trim_end_matches("\r\n0")).unwrap();
+        assert_eq!(event["response"]["status"], "incomplete");
+        assert_eq!(event["response"]["incomplete_details"]["reason"], "preempted");
+        assert!(!text.contains("response.completed"), "{text}");
+        let page = metrics(addr).await;
+        assert!(page.contains("tidepool_gateway_cut_off_total{replica=\"0\"} 1\n"), "{page}");
+        // The realtime answer's 2 + 3 tokens, and the cut stream's prompt token and the deltas it had.
+        let prompt: u64 = page.lines().find_map(|l| l.strip_prefix("tidepool_gateway_tokens_total{tenant=\"t\",kind=\"prompt\"} ")).unwrap().parse().unwrap();
+        let completion_tokens: u64 = page.lines().find_map(|l| l.strip_prefix("tidepool_gateway_tokens_total{tenant=\"t\",kind=\"completion\"} ")).unwrap().parse().unwrap();
+        let deltas = text.matches("event: response.output_text.delta").count() as u64;
+        assert_eq!((prompt, completion_tokens), (2 + 1, 3 + deltas), "{page}");
         let _ = stop.send(());
         assert!(served.await.unwrap().is_ok());
     }

@@ -87,6 +87,8 @@ pub(crate) enum Endpoint {
     Chat,
     Completions,
     Embeddings,
+    /// OpenAI's Responses API.
+    Responses,
 }
 
 impl Endpoint {
@@ -96,6 +98,7 @@ impl Endpoint {
             "/v1/chat/completions" => Some(Endpoint::Chat),
             "/v1/completions" => Some(Endpoint::Completions),
             "/v1/embeddings" => Some(Endpoint::Embeddings),
+            "/v1/responses" => Some(Endpoint::Responses),
             _ => None,
         }
     }
@@ -106,6 +109,7 @@ impl Endpoint {
             Endpoint::Chat => "/v1/chat/completions",
             Endpoint::Completions => "/v1/completions",
             Endpoint::Embeddings => "/v1/embeddings",
+            Endpoint::Responses => "/v1/responses",
         }
     }
 }
@@ -172,6 +176,64 @@ pub(crate) enum BodyError {
 pub(crate) type Problem = (String, &'static str);
 
 impl RequestFacts {
+    /// The facts of `body`, a request to `endpoint`, which must be one JSON object.
+    pub(crate) fn of_request(body: &[u8], endpoint: Endpoint) -> Result<RequestFacts, BodyError> {
+        match endpoint {
+            Endpoint::Responses => RequestFacts::of_response_request(body),
+            _ => RequestFacts::of(body),
+        }
+    }
+
+    /// The facts of a Responses API request: `input` as the prompt (its text counted with
+    /// `instructions`), `max_output_tokens` as the limit. Read into a `Value`: this endpoint
+    /// is not the one served ten thousand times a second.
+    fn of_response_request(body: &[u8]) -> Result<RequestFacts, BodyError> {
+        use serde_json::Value;
+        let value: Value = serde_json::from_slice(body).map_err(|e| BodyError::Invalid(e.to_string()))?;
+        let Value::Object(fields) = value else { return Err(BodyError::NotAnObject) };
+        let scalar = |name: &str| match fields.get(name) {
+            None => Scalar::Absent,
+            Some(Value::Null) => Scalar::Null,
+            Some(Value::Bool(b)) => Scalar::Bool(*b),
+            Some(Value::Number(n)) => n.as_i64().map_or(Scalar::Float(n.as_f64().unwrap_or(f64::NAN)), Scalar::Int),
+            Some(Value::String(_)) => Scalar::Str,
+            Some(Value::Array(items)) => Scalar::Array { len: items.len(), all_strings: items.iter().all(Value::is_string) },
+            Some(Value::Object(_)) => Scalar::Object,
+        };
+        let count = |name: &str| match fields.get(name) {
+            None => Count::Absent,
+            Some(Value::Null) => Count::Null,
+            Some(v) => v.as_u64().map_or(Count::Other, Count::Is),
+        };
+        // An input item's text: a string content, or the `text` of each of its parts.
+        let item_chars = |item: &Value| -> Option<usize> {
+            let content = item.get("content")?;
+            match content {
+                Value::String(text) => Some(text.chars().count()),
+                Value::Array(parts) => Some(parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).map(|t| t.chars().count()).sum()),
+                _ => Some(0),
+            }
+        };
+        let (prompt, input_chars) = match fields.get("input") {
+            None | Some(Value::Null) => (Prompt::Absent, 0),
+            Some(Value::String(text)) => (Prompt::Given { prompts: 1, token_ids: 0 }, text.chars().count()),
+            Some(Value::Array(items)) if !items.is_empty() && items.iter().all(Value::is_object) => {
+                (Prompt::Given { prompts: 1, token_ids: 0 }, items.iter().filter_map(item_chars).sum())
+            }
+            Some(_) => (Prompt::Invalid, 0),
+        };
+        let instructions = fields.get("instructions").and_then(Value::as_str).map_or(0, |t| t.chars().count());
+        Ok(RequestFacts {
+            model: fields.get("model").and_then(Value::as_str).map(str::to_string),
+            prompt,
+            text_chars: input_chars + instructions,
+            max_tokens: count("max_output_tokens"),
+            stream: scalar("stream"),
+            params: Params { temperature: scalar("temperature"), top_p: scalar("top_p"), user: scalar("user"), ..Params::default() },
+            ..RequestFacts::default()
+        })
+    }
+
     /// The facts of `body`, which must be one JSON object.
     pub(crate) fn of(body: &[u8]) -> Result<RequestFacts, BodyError> {
         let mut de = serde_json::Deserializer::from_slice(body);
@@ -240,7 +302,37 @@ impl RequestFacts {
             Endpoint::Chat => self.problem(true),
             Endpoint::Completions => self.problem(false),
             Endpoint::Embeddings => self.embedding_problem(),
+            Endpoint::Responses => self.response_request_problem(),
         }
+    }
+
+    /// The first thing wrong with a Responses API request, in OpenAI's words.
+    fn response_request_problem(&self) -> Option<Problem> {
+        let refuse = |message: &str, param: &'static str| Some((message.to_string(), param));
+        if self.model.is_none() {
+            return refuse("you must provide a model parameter", "model");
+        }
+        match self.prompt {
+            Prompt::Absent => return refuse("'input' is a required property", "input"),
+            Prompt::Invalid => return refuse("'input' must be a string or a non-empty array of input items", "input"),
+            Prompt::Given { .. } => {}
+        }
+        if self.max_tokens.is_invalid() {
+            return refuse("'max_output_tokens' must be a non-negative integer", "max_output_tokens");
+        }
+        if !matches!(self.stream, Scalar::Absent | Scalar::Null | Scalar::Bool(_)) {
+            return refuse("'stream' must be a boolean", "stream");
+        }
+        let p = &self.params;
+        for (field, value, low, high) in [("temperature", p.temperature, 0.0, 2.0), ("top_p", p.top_p, 0.0, 1.0)] {
+            if !value.unset() && !value.number().is_some_and(|v| (low..=high).contains(&v)) {
+                return Some((format!("'{field}' must be a number from {low} to {high}"), field));
+            }
+        }
+        if !matches!(p.user, Scalar::Absent | Scalar::Null | Scalar::Str) {
+            return refuse("'user' must be a string", "user");
+        }
+        None
     }
 
     /// The first thing wrong with an embedding request, in OpenAI's words.
@@ -702,6 +794,41 @@ mod tests {
         RequestFacts::of(&serde_json::to_vec(body).unwrap()).unwrap()
     }
 
+    fn response_request(body: &Value) -> RequestFacts {
+        RequestFacts::of_request(&serde_json::to_vec(body).unwrap(), Endpoint::Responses).unwrap()
+    }
+
+    #[test]
+    fn responses_api_requests_are_read_and_checked() {
+        let plain = response_request(&json!({"model": "m", "input": "abcdefgh", "max_output_tokens": 7, "stream": true}));
+        assert_eq!((plain.model.as_deref(), plain.prompt_tokens(), plain.max_output_tokens(), plain.streamed()), (Some("m"), 2, Some(7), true));
+        assert_eq!(plain.estimate(Endpoint::Responses, 256), 9);
+        assert_eq!(plain.problem_at(Endpoint::Responses), None);
+        // Items with a string content or with parts, and the instructions, all count as prompt.
+        let items = response_request(&json!({"model": "m", "instructions": "abcd", "input": [
+            {"role": "user", "content": "abcd"},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "abcdefgh"}, {"type": "input_image", "image_url": "x"}]},
+            {"type": "function_call_output", "call_id": "c", "output": "{}"}
+        ], "temperature": 0.5, "metadata": {"k": "v"}, "unknown": 1}));
+        assert_eq!((items.prompt_tokens(), items.max_output_tokens()), (4, None));
+        assert_eq!(items.problem_at(Endpoint::Responses), None);
+        for (body, param) in [
+            (json!({"input": "x"}), "model"),
+            (json!({"model": "m"}), "input"),
+            (json!({"model": "m", "input": 5}), "input"),
+            (json!({"model": "m", "input": []}), "input"),
+            (json!({"model": "m", "input": ["x"]}), "input"),
+            (json!({"model": "m", "input": "x", "max_output_tokens": -1}), "max_output_tokens"),
+            (json!({"model": "m", "input": "x", "stream": "yes"}), "stream"),
+            (json!({"model": "m", "input": "x", "temperature": 3}), "temperature"),
+            (json!({"model": "m", "input": "x", "top_p": "all"}), "top_p"),
+        ] {
+            assert_eq!(response_request(&body).problem_at(Endpoint::Responses).map(|p| p.1), Some(param), "{body}");
+        }
+        assert_eq!(RequestFacts::of_request(b"[]", Endpoint::Responses), Err(BodyError::NotAnObject));
+        assert!(matches!(RequestFacts::of_request(b"{", Endpoint::Responses), Err(BodyError::Invalid(_))));
+    }
+
     #[test]
     fn the_facts_of_real_request_shapes() {
         let chat = facts(&json!({"model": "m", "messages": [
@@ -760,7 +887,8 @@ mod tests {
             assert_eq!(facts(&body).problem_at(Endpoint::Embeddings).map(|p| p.1), Some(param), "{body}");
         }
         assert_eq!(Endpoint::of("/v1/embeddings").map(Endpoint::path), Some("/v1/embeddings"));
-        assert_eq!(Endpoint::of("/v1/responses"), None);
+        assert_eq!(Endpoint::of("/v1/responses"), Some(Endpoint::Responses));
+        assert_eq!(Endpoint::of("/v1/images/generations"), None);
     }
 
     #[test]
