@@ -145,6 +145,16 @@ except openai.BadRequestError as e:
     assert e.param == "input", e
 print("responses:", limited.status, repr(limited.output_text), "| stream:", len(deltas), "deltas,", final.status)
 
+def ended(batch):
+    """The batch once it has ended, polled as a client would."""
+    deadline = time.time() + 120
+    while batch.status not in ("completed", "failed", "cancelled", "expired"):
+        assert time.time() < deadline, batch
+        time.sleep(0.2)
+        batch = client.batches.retrieve(batch.id)
+    return batch
+
+
 lines = [
     json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
                 "body": {"model": model, "messages": [{"role": "user", "content": f"line {i}"}], "max_tokens": 2}})
@@ -155,11 +165,7 @@ assert upload.purpose == "batch" and upload.bytes > 0, upload
 batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h",
                               metadata={"run": "test"})
 assert batch.status in ("validating", "in_progress"), batch.status
-deadline = time.time() + 120
-while batch.status not in ("completed", "failed", "cancelled", "expired"):
-    assert time.time() < deadline, batch
-    time.sleep(0.2)
-    batch = client.batches.retrieve(batch.id)
+batch = ended(batch)
 assert batch.status == "completed", batch
 assert batch.request_counts.total == 100 and batch.request_counts.completed == 100, batch.request_counts
 output = client.files.content(batch.output_file_id).text.strip().split("\n")
@@ -176,11 +182,7 @@ mixed = [json.dumps({"custom_id": "good", "method": "POST", "url": "/v1/chat/com
                      "body": {"model": model, "messages": [{"role": "user", "content": "x"}], "temperature": 9}})]
 mixed_file = client.files.create(file=("mixed.jsonl", io.BytesIO("\n".join(mixed).encode())), purpose="batch")
 second = client.batches.create(input_file_id=mixed_file.id, endpoint="/v1/chat/completions", completion_window="24h")
-deadline = time.time() + 120
-while second.status not in ("completed", "failed", "cancelled", "expired"):
-    assert time.time() < deadline, second
-    time.sleep(0.2)
-    second = client.batches.retrieve(second.id)
+second = ended(second)
 assert second.status == "completed" and (second.request_counts.completed, second.request_counts.failed) == (1, 1), second
 errors = [json.loads(line) for line in client.files.content(second.error_file_id).text.strip().split("\n")]
 assert [(e["custom_id"], e["response"]["status_code"], e["response"]["body"]["error"]["param"]) for e in errors] == [("bad", 400, "temperature")], errors
@@ -190,11 +192,7 @@ response_lines = [json.dumps({"custom_id": f"resp-{i}", "method": "POST", "url":
                                "body": {"model": model, "input": f"line {i}", "max_output_tokens": 3}}) for i in range(3)]
 response_file = client.files.create(file=("responses.jsonl", io.BytesIO("\n".join(response_lines).encode())), purpose="batch")
 third = client.batches.create(input_file_id=response_file.id, endpoint="/v1/responses", completion_window="24h")
-deadline = time.time() + 120
-while third.status not in ("completed", "failed", "cancelled", "expired"):
-    assert time.time() < deadline, third
-    time.sleep(0.2)
-    third = client.batches.retrieve(third.id)
+third = ended(third)
 assert third.status == "completed" and third.request_counts.completed == 3, third
 answers = [json.loads(line)["response"]["body"] for line in client.files.content(third.output_file_id).text.strip().split("\n")]
 assert all(a["object"] == "response" and a["usage"]["output_tokens"] == 3 for a in answers), answers

@@ -22,7 +22,6 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -30,7 +29,7 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use crate::openai::{bad_request, model_not_found, model_object};
+use crate::openai::{bad_request, event_stream, model_not_found, model_object};
 use crate::request::{BodyError, Endpoint, RequestFacts};
 
 /// Settings of one emulated replica.
@@ -70,6 +69,15 @@ struct Emulator {
 
 /// Holds one slot of the replica while it lives.
 struct Slot(Arc<Emulator>);
+
+impl Slot {
+    /// A slot for one more request, counted as served.
+    fn taken(e: &Arc<Emulator>) -> Slot {
+        e.in_flight.fetch_add(1, Ordering::SeqCst);
+        e.served.fetch_add(1, Ordering::SeqCst);
+        Slot(e.clone())
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -264,9 +272,7 @@ async fn embeddings(State(e): State<Arc<Emulator>>, raw: Bytes) -> Response {
         Ok(facts) => facts,
         Err(refused) => return refused,
     };
-    e.in_flight.fetch_add(1, Ordering::SeqCst);
-    e.served.fetch_add(1, Ordering::SeqCst);
-    let slot = Slot(e.clone());
+    let slot = Slot::taken(&e);
     let tokens = facts.input_tokens();
     tokio::time::sleep(e.prefill(tokens)).await;
     drop(slot);
@@ -355,9 +361,7 @@ async fn responses(State(e): State<Arc<Emulator>>, raw: Bytes) -> Response {
         Ok(facts) => facts,
         Err(refused) => return refused,
     };
-    e.in_flight.fetch_add(1, Ordering::SeqCst);
-    e.served.fetch_add(1, Ordering::SeqCst);
-    let slot = Slot(e.clone());
+    let slot = Slot::taken(&e);
     let n = e.next_id.fetch_add(1, Ordering::SeqCst);
     let (n_tokens, limited) = match facts.max_output_tokens() {
         Some(m) => (m, true),
@@ -411,12 +415,7 @@ async fn responses(State(e): State<Arc<Emulator>>, raw: Bytes) -> Response {
         out.push(response_event(&format!("response.{status}"), &mut sequence, json!({"response": plan.ended()})));
         Some((Ok(Bytes::from(out.concat())), (step + 1, sequence, slot, plan, true)))
     });
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(events))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    event_stream(Body::from_stream(events))
 }
 
 /// A vector of length one that differs from input to input.
@@ -449,9 +448,7 @@ async fn respond(e: Arc<Emulator>, raw: Bytes, chat: bool) -> Response {
         Ok(p) => p,
         Err(r) => return r,
     };
-    e.in_flight.fetch_add(1, Ordering::SeqCst);
-    e.served.fetch_add(1, Ordering::SeqCst);
-    let slot = Slot(e.clone());
+    let slot = Slot::taken(&e);
     let created = now_s();
     let usage = json!({"prompt_tokens": p.prompt_tokens, "completion_tokens": p.n_tokens * p.n, "total_tokens": p.prompt_tokens + p.n_tokens * p.n});
     if !p.stream {
@@ -535,12 +532,7 @@ async fn respond(e: Arc<Emulator>, raw: Bytes, chat: bool) -> Response {
             Some((Ok(Bytes::from(bytes)), (step + 1, slot, p, true)))
         }
     });
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(events))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    event_stream(Body::from_stream(events))
 }
 
 #[cfg(test)]

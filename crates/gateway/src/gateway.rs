@@ -747,12 +747,7 @@ impl Gateway {
                 }
             }
         });
-        let mut response = Response::builder()
-            .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, "text/event-stream")
-            .header(header::CACHE_CONTROL, "no-cache")
-            .body(Body::from_stream(body))
-            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        let mut response = crate::openai::event_stream(Body::from_stream(body));
         self.rate_headers(tenant, response.headers_mut());
         response
     }

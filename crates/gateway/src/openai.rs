@@ -14,6 +14,11 @@ pub fn error(status: StatusCode, message: &str, kind: &str, param: Option<&str>,
     (status, axum::Json(error_object(message, kind, param, code))).into_response()
 }
 
+/// A 200 whose body is a stream of server-sent events, sent as they come.
+pub fn event_stream(body: axum::body::Body) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "text/event-stream"), (axum::http::header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
 /// A 400 naming the parameter at fault.
 pub fn bad_request(message: &str, param: &str) -> Response {
     error(StatusCode::BAD_REQUEST, message, "invalid_request_error", Some(param), None)
