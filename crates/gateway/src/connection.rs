@@ -1,12 +1,13 @@
 //! One client connection of the gateway.
 //!
-//! Requests to the completion endpoints are the gateway's hot path: their plain HTTP/1.1 shape
-//! (a `content-length` body, nothing to upgrade, nothing to expect) is read and answered here,
-//! one read and one write per request when the client sends a request in one piece. Anything
-//! else (other routes, chunked bodies, `Expect`, HTTP/1.0, a head that does not parse) hands
-//! the connection, with what was read of it, to hyper and the router, which serve it from then
-//! on. hyper's general server (its dispatch, the request and response objects, the router's
-//! layers) had become most of the gateway's own work per proxied request.
+//! Requests to the inference endpoints (chat, completions, embeddings, responses) are the
+//! gateway's hot path: their plain HTTP/1.1 shape (a `content-length` body, nothing to
+//! upgrade, nothing to expect) is read and answered here, one read and one write per request
+//! when the client sends a request in one piece. Anything else (other routes, chunked bodies,
+//! `Expect`, HTTP/1.0, a head that does not parse) hands the connection, with what was read of
+//! it, to hyper and the router, which serve it from then on. hyper's general server (its
+//! dispatch, the request and response objects, the router's layers) had become most of the
+//! gateway's own work per proxied request.
 
 use crate::gateway::{CompletionHeaders, Gateway, TIER_HEADER};
 use crate::request::Endpoint;
