@@ -324,10 +324,8 @@ impl RequestFacts {
             return refuse("'stream' must be a boolean", "stream");
         }
         let p = &self.params;
-        for (field, value, low, high) in [("temperature", p.temperature, 0.0, 2.0), ("top_p", p.top_p, 0.0, 1.0)] {
-            if !value.unset() && !value.number().is_some_and(|v| (low..=high).contains(&v)) {
-                return Some((format!("'{field}' must be a number from {low} to {high}"), field));
-            }
+        if let Some(problem) = first_out_of_range(&[("temperature", p.temperature, 0.0, 2.0), ("top_p", p.top_p, 0.0, 1.0)]) {
+            return Some(problem);
         }
         if !matches!(p.user, Scalar::Absent | Scalar::Null | Scalar::Str) {
             return refuse("'user' must be a string", "user");
@@ -416,15 +414,13 @@ impl RequestFacts {
             return refuse("'stream' must be a boolean".into(), "stream");
         }
         let p = &self.params;
-        for (field, value, low, high) in [
+        if let Some(problem) = first_out_of_range(&[
             ("temperature", p.temperature, 0.0, 2.0),
             ("top_p", p.top_p, 0.0, 1.0),
             ("presence_penalty", p.presence_penalty, -2.0, 2.0),
             ("frequency_penalty", p.frequency_penalty, -2.0, 2.0),
-        ] {
-            if !value.unset() && !value.number().is_some_and(|v| (low..=high).contains(&v)) {
-                return refuse(format!("'{field}' must be a number from {low} to {high}"), field);
-            }
+        ]) {
+            return Some(problem);
         }
         let integer_in = |value: Scalar, low: i64, high: i64| matches!(value, Scalar::Int(i) if (low..=high).contains(&i));
         if chat {
@@ -461,6 +457,15 @@ impl RequestFacts {
         }
         None
     }
+}
+
+/// The first of `fields` (name, value, lowest, highest) sent with a value that is not a number
+/// in its range, in OpenAI's words.
+fn first_out_of_range(fields: &[(&'static str, Scalar, f64, f64)]) -> Option<Problem> {
+    fields
+        .iter()
+        .find(|(_, value, low, high)| !value.unset() && !value.number().is_some_and(|v| (*low..=*high).contains(&v)))
+        .map(|(field, _, low, high)| (format!("'{field}' must be a number from {low} to {high}"), *field))
 }
 
 /// What is read from one JSON value: which part of a request it is.
