@@ -227,10 +227,9 @@ impl Gateway {
 
     /// Adds an answer's usage to a tenant's accounts (batch work: not charged to online TPM).
     pub(crate) fn account_usage(&self, tenant: &str, answer: &Value) {
-        // A Responses API answer says input and output tokens.
-        let usage = |names: [&str; 2]| names.iter().find_map(|n| answer.get("usage")?.get(n)?.as_u64()).unwrap_or(0);
-        let prompt = usage(["prompt_tokens", "input_tokens"]);
-        let completion = usage(["completion_tokens", "output_tokens"]);
+        // TokenUsage also reads a Responses API answer's input and output tokens.
+        let usage = answer.get("usage").and_then(|u| <tidepool_api::gateway::TokenUsage as serde::Deserialize>::deserialize(u).ok()).unwrap_or_default();
+        let (prompt, completion) = (usage.prompt_tokens, usage.completion_tokens);
         let mut tenants = self.lock_tenants();
         if let Some(t) = tenants.iter_mut().find(|t| t.name == tenant) {
             t.requests += 1;
