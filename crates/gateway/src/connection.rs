@@ -199,7 +199,7 @@ async fn write_response(stream: &mut TcpStream, buf: &mut BytesMut, response: Re
     }
     if !parts.headers.contains_key(header::DATE) {
         out.extend_from_slice(b"date: ");
-        out.extend_from_slice(&http_date::now());
+        http_date::append_now(&mut out);
         out.extend_from_slice(b"\r\n");
     }
     if !keep_alive {
@@ -244,7 +244,8 @@ async fn write_response(stream: &mut TcpStream, buf: &mut BytesMut, response: Re
                     continue;
                 }
                 out.clear();
-                out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                // Written into the buffer: no string made per chunk.
+                let _ = std::fmt::Write::write_fmt(&mut out, format_args!("{:x}\r\n", chunk.len()));
                 out.extend_from_slice(&chunk);
                 out.extend_from_slice(b"\r\n");
                 stream.write_all(&out).await?;
@@ -324,28 +325,19 @@ mod http_date {
     use std::time::{SystemTime, UNIX_EPOCH};
 
     thread_local! {
-        static CACHED: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+        static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
 
-    /// Now, as `Sun, 06 Nov 1994 08:49:37 GMT`.
-    pub(super) fn now() -> [u8; 29] {
+    /// Appends now, as `Sun, 06 Nov 1994 08:49:37 GMT`, to `out`.
+    pub(super) fn append_now(out: &mut bytes::BytesMut) {
         let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         CACHED.with(|cached| {
             let mut cached = cached.borrow_mut();
             if cached.0 != secs {
-                *cached = (secs, format(secs));
+                *cached = (secs, tidepool_api::dates::http_date(secs));
             }
-            cached.1
+            out.extend_from_slice(cached.1.as_bytes());
         })
-    }
-
-    /// `secs` since the epoch as an IMF-fixdate, always 29 bytes long until the year 10000.
-    fn format(secs: u64) -> [u8; 29] {
-        let text = tidepool_api::dates::http_date(secs);
-        let mut out = [b' '; 29];
-        let n = text.len().min(29);
-        out[..n].copy_from_slice(&text.as_bytes()[..n]);
-        out
     }
 }
 
