@@ -53,6 +53,9 @@ pub struct AgentConfig {
     pub ca_cert: Option<PathBuf>,
     /// Hand tasks to this Slurm cluster instead of running them here (an overflow site).
     pub slurm: Option<crate::slurm_site::SlurmSite>,
+    /// On an orderly stop, leave the tasks running for the next agent to re-attach to, rather
+    /// than stop them (they then run again as new attempts).
+    pub keep_tasks: bool,
 }
 
 /// An HTTP client for the server's API that trusts `ca_cert` (PEM) for TLS when given.
@@ -136,6 +139,13 @@ struct Agent {
 
 /// Runs the agent until the future is dropped.
 pub async fn run(config: AgentConfig) -> Result<()> {
+    run_until(config, std::future::pending()).await
+}
+
+/// Runs the agent until `shutdown` completes, then stops in order: unless `keep_tasks`, its
+/// tasks are stopped and reported as such, so the server runs them again as new attempts and
+/// nothing of this agent runs on after it.
+pub async fn run_until(config: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     std::fs::create_dir_all(&config.run_dir)
         .map_err(|e| Error::Io(format!("creating {}: {e}", config.run_dir.display())))?;
     let (plan, why) = CgroupPlan::detect();
@@ -163,9 +173,38 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     if agent.config.slurm.is_some() {
         tokio::spawn(follow_slurm(agent.clone()));
     }
-    let outcome = main_loop(agent).await;
+    let outcome = tokio::select! {
+        outcome = main_loop(agent.clone()) => outcome,
+        () = shutdown => {
+            stop_in_order(&agent).await;
+            Ok(())
+        }
+    };
     reporter.abort();
     outcome
+}
+
+/// How long a stopping agent waits for the server to acknowledge its stopped tasks.
+const STOP_REPORT_WAIT: Duration = Duration::from_secs(5);
+
+/// Stops the launchers (their tasks end as `stopped`, their whole trees killed) and waits for
+/// the results to be acknowledged; what is not stays on disk for the next registration.
+async fn stop_in_order(agent: &Arc<Agent>) {
+    let config = &agent.config;
+    if config.keep_tasks || config.slurm.is_some() {
+        // Attempts in Slurm run on without us and are followed again at the next start.
+        tracing::info!(node = %config.name, "stopping; tasks keep running for the next agent");
+        return;
+    }
+    let n_running = agent.lock_tracked().len();
+    tracing::info!(node = %config.name, n_running, "stopping this node's tasks; they run again at the next start");
+    let run_dir = config.run_dir.clone();
+    let grace = Duration::from_secs(config.kill_grace_s + 5);
+    let _ = tokio::task::spawn_blocking(move || rundir::stop_launchers(&run_dir, grace)).await;
+    let deadline = tokio::time::Instant::now() + STOP_REPORT_WAIT;
+    while !agent.lock_tracked().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The most emptied attempt directories kept for later attempts.

@@ -108,6 +108,9 @@ struct Launcher {
     /// Where programs were found, by (program, PATH, working directory): a search of the
     /// task's PATH per task was a stat per PATH entry.
     resolved: HashMap<(String, String, String), (String, Instant)>,
+    /// Told to stop (SIGTERM, SIGINT, SIGHUP): what it ends from then on was stopped with the
+    /// node, not cancelled by its owner, and runs again elsewhere or later.
+    stopping: bool,
 }
 
 /// A descriptor the loop polls for `signals`, which are blocked and read from it instead of
@@ -167,18 +170,35 @@ fn signal_tree(pgid: i32, cgroup_pids: &[i32], signal: i32) {
     }
 }
 
-fn open_output(path: &str) -> Result<File, String> {
-    let open = || OpenOptions::new().create(true).write(true).truncate(true).open(path);
-    let opened = match open() {
+/// The file-creation mask a task starts with, as a login shell's; the launcher's own is 077.
+const TASK_UMASK: libc::mode_t = 0o022;
+
+/// Runs `f` with the process's file-creation mask set to `mask`; the launcher is one thread,
+/// so nothing else creates a file meanwhile.
+fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
+    // SAFETY: umask(2) swaps this process's mask and cannot fail.
+    let old = unsafe { libc::umask(mask) };
+    let out = f();
+    // SAFETY: as above, putting the earlier mask back.
+    unsafe { libc::umask(old) };
+    out
+}
+
+/// Opens (truncating) a task's output file, making missing directories as Slurm users expect:
+/// owner-only in Tidepool's own log directory (`private`), else as the task's umask allows.
+fn open_output(path: &str, private: bool) -> Result<File, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let (mask, file_mode, dir_mode) = if private { (0o077, 0o600, 0o700) } else { (TASK_UMASK, 0o666, 0o777) };
+    let open = || OpenOptions::new().create(true).write(true).truncate(true).mode(file_mode).open(path);
+    let opened = with_umask(mask, || match open() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // Missing directories of the output path are made, as Slurm users expect.
             if let Some(parent) = Path::new(path).parent() {
-                let _ = std::fs::create_dir_all(parent);
+                let _ = std::fs::DirBuilder::new().recursive(true).mode(dir_mode).create(parent);
             }
             open()
         }
         opened => opened,
-    };
+    });
     opened.map_err(|e| format!("cannot open {path}: {e}"))
 }
 
@@ -190,7 +210,7 @@ fn program_of(spec: &LaunchSpec, dir: &Path) -> Result<(String, Vec<String>), St
             use std::os::unix::fs::PermissionsExt;
             let path = dir.join(rundir::SCRIPT_FILE);
             std::fs::write(&path, script).map_err(|e| format!("script: {e}"))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(|e| format!("script: {e}"))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).map_err(|e| format!("script: {e}"))?;
             Ok((path.display().to_string(), vec![]))
         }
         None => {
@@ -249,6 +269,7 @@ impl Launcher {
             stdout,
             named: None,
             resolved: HashMap::new(),
+            stopping: false,
         })
     }
 
@@ -385,9 +406,11 @@ impl Launcher {
                 if term {
                     // The node is going away: stop every task as a cancel would.
                     stdin_open = false;
+                    self.stopping = true;
                     for w in std::mem::take(&mut self.waiting) {
                         if let Some(lock) = take_dir(&w.dir) {
-                            self.end_unstarted(&w.dir, w.spec.launch.attempt);
+                            let result = rundir::stopped_at(w.spec.launch.attempt, now_ms(), "its node stopped before it started");
+                            self.write_and_emit(&w.dir, &result);
                             drop(lock);
                         }
                     }
@@ -548,9 +571,10 @@ impl Launcher {
     /// Spawns the task inside its cgroup; its pid.
     fn spawn(&mut self, spec: &LaunchSpec, dir: &Path, task_procs: &[File]) -> Result<i32, String> {
         let launch = &spec.launch;
-        let stdout = open_output(&launch.stdout_path)?;
+        let private = launch.discard_empty_output;
+        let stdout = open_output(&launch.stdout_path, private)?;
         // One file for both when they are the same path.
-        let stderr = if launch.stderr_path == launch.stdout_path { None } else { Some(open_output(&launch.stderr_path)?) };
+        let stderr = if launch.stderr_path == launch.stdout_path { None } else { Some(open_output(&launch.stderr_path, private)?) };
         let (program, args) = program_of(spec, dir)?;
         let path = launch.env.get("PATH").map_or("/usr/local/bin:/usr/bin:/bin", String::as_str);
         let path = match &spec.bin_dir {
@@ -573,7 +597,7 @@ impl Launcher {
         let workdir = c_string(launch.workdir.clone(), "the working directory")?;
         // The child is born in whatever cgroup we stand in.
         self.join(task_procs);
-        let spawned = spawn_task(&file, &argv, &envp, &workdir, &stdout, stderr.as_ref().unwrap_or(&stdout));
+        let spawned = with_umask(TASK_UMASK, || spawn_task(&file, &argv, &envp, &workdir, &stdout, stderr.as_ref().unwrap_or(&stdout)));
         self.join(&self.home_procs);
         spawned.map_err(|e| format!("cannot start {program}: {e}"))
     }
@@ -678,7 +702,10 @@ impl Launcher {
         } else if libc::WIFSIGNALED(status) {
             result.signal = Some(libc::WTERMSIG(status));
         }
-        result.outcome = if cancelled {
+        result.outcome = if cancelled && self.stopping && !dir.join(rundir::CANCEL_FILE).exists() {
+            result.message = Some("stopped with its node".into());
+            rundir::STOPPED
+        } else if cancelled {
             "cancelled"
         } else if timed_out {
             "timeout"

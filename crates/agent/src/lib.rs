@@ -17,7 +17,7 @@ pub mod launcher;
 pub mod rundir;
 pub mod slurm_site;
 
-pub use daemon::{api_client, run, AgentConfig};
+pub use daemon::{api_client, run, run_until, AgentConfig};
 
 /// What can go wrong in the agent.
 #[derive(Debug, thiserror::Error)]

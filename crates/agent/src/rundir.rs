@@ -135,6 +135,15 @@ pub fn cancelled_unstarted(a: AttemptRef, now: u64) -> TaskResult {
     TaskResult { outcome: "cancelled".into(), ..failed_at(a, now, "cancelled before it started") }
 }
 
+/// The outcome of an attempt ended because its node stopped or its launcher died: the server
+/// runs it again as a new attempt, rather than count it failed or cancelled.
+pub const STOPPED: &str = "stopped";
+
+/// The result of an attempt stopped with its node, started or not.
+pub fn stopped_at(a: AttemptRef, now: u64, message: &str) -> TaskResult {
+    TaskResult { outcome: STOPPED.into(), ..failed_at(a, now, message) }
+}
+
 /// Reads a finished attempt's result, if there is one.
 pub fn read_result(dir: &Path) -> Option<TaskResult> {
     let text = std::fs::read(dir.join(RESULT_FILE)).ok()?;

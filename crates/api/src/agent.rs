@@ -107,7 +107,8 @@ pub struct Launch {
 pub struct TaskResult {
     /// Which attempt.
     pub attempt: AttemptRef,
-    /// `succeeded`, `failed`, `cancelled`, `timeout`, or `lost` (never started).
+    /// `succeeded`, `failed`, `cancelled`, `timeout`, `lost` (never started), or `stopped`
+    /// (ended because its node stopped or its launcher died: run again as a new attempt).
     pub outcome: String,
     /// Exit code, when it exited.
     pub exit_code: Option<i32>,

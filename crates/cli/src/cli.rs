@@ -218,6 +218,10 @@ pub struct UpArgs {
     /// The CA (PEM) that signed --tls-cert, for the local agent to trust.
     #[arg(long, env = "TIDEPOOL_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
+    /// On SIGINT/SIGTERM leave the local tasks running for the next start to re-attach to
+    /// (default: stop them; they run again as new attempts at the next start).
+    #[arg(long)]
+    pub keep_tasks: bool,
 }
 
 /// Flags of `agent`.
@@ -226,9 +230,18 @@ pub struct AgentArgs {
     /// The server's URL.
     #[arg(long)]
     pub server: String,
-    /// The join token (the server's DATA_DIR/join.token).
-    #[arg(long, env = "TIDEPOOL_JOIN_TOKEN")]
-    pub join_token: String,
+    /// A file holding the join token (the server's DATA_DIR/join.token, or one from
+    /// `tidepool token create --join`).
+    #[arg(long, conflicts_with = "join_token")]
+    pub join_token_file: Option<PathBuf>,
+    /// The join token itself; visible to every user of this machine in `ps` when given here,
+    /// so prefer --join-token-file or the environment variable.
+    #[arg(long, env = "TIDEPOOL_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// On SIGINT/SIGTERM leave the tasks running for the next agent to re-attach to (default:
+    /// stop them; the server runs them again as new attempts).
+    #[arg(long)]
+    pub keep_tasks: bool,
     /// A CA certificate (PEM) to trust for the server's TLS.
     #[arg(long, env = "TIDEPOOL_CA_CERT")]
     pub ca_cert: Option<PathBuf>,

@@ -38,6 +38,12 @@ fn main() -> ExitCode {
     // and starts faster on the calling thread alone.
     let daemon = command.is_empty()
         && matches!(rest.get(1).map(String::as_str), Some("up" | "server" | "agent" | "gateway" | "replica-emulator" | "bench"));
+    if daemon {
+        // Everything a daemon creates (journal, logs, tokens, run directories) is its owner's
+        // alone; tasks get the usual 022 from their launcher.
+        // SAFETY: umask(2) changes only this process's file-creation mask.
+        unsafe { libc::umask(0o077) };
+    }
     let runtime = if daemon { tokio::runtime::Builder::new_multi_thread().enable_all().build() } else { tokio::runtime::Builder::new_current_thread().enable_all().build() };
     let runtime = match runtime {
         Ok(rt) => rt,

@@ -16,12 +16,14 @@ fn init_logging() {
         .try_init();
 }
 
+/// Completes on the first SIGINT or SIGTERM, after logging which came.
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-    }
+    let name = tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => "SIGTERM",
+    };
+    tracing::info!("{name}: stopping");
 }
 
 fn host_name() -> String {
@@ -52,8 +54,42 @@ async fn bind(args: &ServerArgs) -> Result<(tokio::net::TcpListener, Config), St
     Ok((listener, config))
 }
 
+/// Creates `dir` owner-only, or makes an existing one so: a directory that others could enter
+/// (made by an older release, or by hand) has every entry under it stripped of group and
+/// other permissions, once, with one log line.
+pub fn make_private(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let fail = |e: std::io::Error| format!("cannot make {} private: {e}", dir.display());
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(fail);
+        }
+        Err(e) => return Err(fail(e)),
+        Ok(m) if m.permissions().mode() & 0o077 == 0 => return Ok(()),
+        Ok(_) => {}
+    }
+    let mut n_fixed = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7700)).map_err(fail)?;
+            n_fixed += 1;
+        }
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&path).map_err(fail)?.flatten().map(|e| e.path()));
+        }
+    }
+    tracing::warn!(dir = %dir.display(), n_fixed, "the data directory was readable by others: made it and everything in it owner-only");
+    Ok(())
+}
+
 fn prepare_tokens(data_dir: &Path) -> Result<String, String> {
-    std::fs::create_dir_all(data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+    make_private(data_dir)?;
     tidepool_server::tokens::load_or_create(&data_dir.join("admin.token"), "tpa_").map_err(|e| e.to_string())?;
     let (join, _) = tidepool_server::tokens::load_or_create(&data_dir.join("join.token"), "tpj_").map_err(|e| e.to_string())?;
     Ok(join)
@@ -85,6 +121,7 @@ pub async fn up(args: UpArgs) -> Result<u8, String> {
         kill_grace_s: 1,
         ca_cert: args.ca_cert.clone(),
         slurm: None,
+        keep_tasks: args.keep_tasks,
     };
     tracing::info!(
         "tidepool is up: API {}/api/v1, admin token in {}",
@@ -103,12 +140,26 @@ pub async fn up(args: UpArgs) -> Result<u8, String> {
         .map_err(|e| format!("cannot listen on {}: {e}", args.gateway_listen))?;
     let gateway_addr = gateway_listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!("gateway listening on http://{gateway_addr}");
-    let server = tokio::spawn(tidepool_server::run(listener, config, shutdown_signal()));
-    let agent_task = tokio::spawn(tidepool_agent::run(agent));
+    // In order: the agent stops its tasks and reports them while the server still listens,
+    // then the server stops, then the gateway.
+    let (agent_stopped, server_stop) = tokio::sync::oneshot::channel::<()>();
+    let agent_task = tokio::spawn(async move {
+        let outcome = tidepool_agent::run_until(agent, shutdown_signal()).await;
+        if let Err(e) = &outcome {
+            // The control plane serves on without its local agent until told to stop.
+            tracing::error!(error = %e, "the local agent stopped");
+            shutdown_signal().await;
+        }
+        let _ = agent_stopped.send(());
+    });
+    let server = tokio::spawn(tidepool_server::run(listener, config, async move {
+        let _ = server_stop.await;
+    }));
     let gateway_task = tokio::spawn(tidepool_gateway::run(gateway_listener, gateway_config, std::future::pending()));
     let outcome = server.await;
     agent_task.abort();
     gateway_task.abort();
+    tracing::info!("stopped");
     match outcome {
         Ok(Ok(())) => Ok(0),
         Ok(Err(e)) => Err(e.to_string()),
@@ -146,6 +197,9 @@ async fn demo_gateway(data_dir: &Path) -> Result<GatewayConfig, String> {
 pub async fn gateway(args: GatewayArgs) -> Result<u8, String> {
     init_logging();
     let mut config = read_gateway_config(&args.config)?;
+    if let Some(dir) = &config.data_dir {
+        make_private(dir)?;
+    }
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
@@ -225,10 +279,27 @@ pub async fn agent(args: AgentArgs) -> Result<u8, String> {
         cpu_millis = u64::from(cpus) * 1000;
     }
     let data_dir = std::path::absolute(&args.data_dir).map_err(|e| e.to_string())?;
+    make_private(&data_dir)?;
     let tidepool = std::env::current_exe().map_err(|e| e.to_string())?;
+    let join_token = match (&args.join_token_file, &args.join_token) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read --join-token-file {}: {e}", path.display()))?
+            .trim()
+            .to_string(),
+        (None, Some(token)) => {
+            if std::env::args().any(|a| a == "--join-token" || a.starts_with("--join-token=")) {
+                tracing::warn!("--join-token puts the token in this process's arguments, readable by every user in ps: use --join-token-file or TIDEPOOL_JOIN_TOKEN");
+            }
+            token.clone()
+        }
+        (None, None) => return Err("no join token: give --join-token-file FILE (or TIDEPOOL_JOIN_TOKEN)".into()),
+    };
+    if join_token.is_empty() {
+        return Err("the join token is empty".into());
+    }
     let config = AgentConfig {
         server_url: args.server,
-        join_token: args.join_token,
+        join_token,
         run_dir: data_dir.join("run"),
         name: args.name.unwrap_or_else(host_name),
         pool: args.pool,
@@ -246,10 +317,9 @@ pub async fn agent(args: AgentArgs) -> Result<u8, String> {
         kill_grace_s: 1,
         ca_cert: args.ca_cert,
         slurm: (args.executor == "slurm").then(|| tidepool_agent::slurm_site::SlurmSite { sbatch_args: args.sbatch_arg }),
+        keep_tasks: args.keep_tasks,
     };
-    tokio::select! {
-        r = tidepool_agent::run(config) => r.map_err(|e| e.to_string())?,
-        _ = shutdown_signal() => {}
-    }
+    tidepool_agent::run_until(config, shutdown_signal()).await.map_err(|e| e.to_string())?;
+    tracing::info!("stopped");
     Ok(0)
 }

@@ -112,7 +112,9 @@ fn sbatch_throttle_squeue_and_scancel() {
     }
 
     // scancel ends the whole process tree, including a child that ignores SIGTERM.
-    let out = env.ok(&["sbatch", "--parsable", "--wrap", "sh -c 'trap \"\" TERM; sleep 300' & sleep 300"]);
+    // A marker of this test's own: other tests (or the machine) may run sleeps of their own.
+    let marker = format!("sleep 300.{}", std::process::id());
+    let out = env.ok(&["sbatch", "--parsable", "--wrap", &format!("sh -c 'trap \"\" TERM; {marker}' & {marker}")]);
     let job: u64 = out.trim().parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !env.ok(&["squeue", "-h"]).contains(" R ") {
@@ -121,7 +123,7 @@ fn sbatch_throttle_squeue_and_scancel() {
     }
     std::thread::sleep(Duration::from_millis(300));
     let sleepers = || {
-        let ps = Command::new("pgrep").args(["-f", "sleep 300"]).output().unwrap();
+        let ps = Command::new("pgrep").args(["-f", &format!("^{marker}")]).output().unwrap();
         String::from_utf8_lossy(&ps.stdout).lines().count()
     };
     assert!(sleepers() >= 2);
@@ -305,7 +307,7 @@ fn a_task_starts_with_no_signal_blocked_or_ignored() {
 #[test]
 fn a_cancel_reaches_tasks_started_before_a_kill_9_and_one_launcher_runs_them_all() {
     let mut env = Env::new("orphan-cancel");
-    let marker = format!("sleep 30{}", std::process::id() % 10);
+    let marker = format!("sleep 30.{}", std::process::id());
     let job = env.ok(&["submit", "--array", "0-2", "--", "sh", "-c", &marker]);
     let job = job.trim().to_string();
     let sleepers = || {

@@ -27,12 +27,22 @@ fn a_gang_starts_whole_across_agents_and_says_why_when_it_cannot() {
     assert_eq!(node_ids.len(), 2);
     assert!(text.lines().all(|l| l.contains("second") && l.contains(',')), "every rank sees both nodes: {text}");
 
-    let big = env.ok(&["submit", "--nodes", "3", "--", "true"]);
-    let v = json(&env, big.trim());
+    let too_big = env.run(&["submit", "--nodes", "3", "--", "true"]);
+    let err = String::from_utf8_lossy(&too_big.stderr);
+    assert!(!too_big.status.success(), "no 3 nodes have ever joined: {err}");
+    assert!(err.contains("nodes") && err.contains("Requested node configuration is not available"), "{err}");
+
+    let marker = format!("sleep 30.{}", std::process::id());
+    let blocker = env.ok(&["submit", "--nodes", "2", "--tasks-per-node", "4", "--", "sh", "-c", &marker]);
+    env.eventually(20, "the blocker to hold both nodes", |e| json(e, blocker.trim())["counts"]["running"] == 8);
+    let waiting = env.ok(&["submit", "--nodes", "2", "--", "true"]);
+    let v = json(&env, waiting.trim());
     let reason = v["pending_reason"].as_str().unwrap();
-    assert!(reason.contains("needs 3 nodes") && reason.contains("only 2"), "{reason}");
-    let q = env.ok(&["squeue", "-h", "-j", big.trim()]);
+    assert!(reason.contains("needs 2 nodes") && reason.contains("free each"), "{reason}");
+    let q = env.ok(&["squeue", "-h", "-j", waiting.trim()]);
     assert!(q.contains("(Resources)"), "{q}");
+    env.ok(&["cancel", blocker.trim()]);
+    assert!(env.run(&["wait", waiting.trim()]).status.success());
 }
 
 #[test]
@@ -68,12 +78,14 @@ fn project_quota_caps_running_work_and_says_so() {
 }
 
 #[test]
-fn required_features_wait_for_a_node_that_has_them() {
+fn required_features_are_refused_where_no_node_has_them_and_run_where_one_does() {
     let mut env = Env::new("features");
+    let refused = env.run(&["submit", "--constraint", "rdma", "--", "true"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("constraint") && err.contains("rdma"), "{err}");
+    env.add_agent("fabric", &["--cpus", "1", "--feature", "rdma"]);
     let job = env.ok(&["submit", "--constraint", "rdma", "--", "sh", "-c", "echo $SLURMD_NODENAME"]);
     let job = job.trim().to_string();
-    env.eventually(10, "a reason", |e| json(e, &job)["pending_reason"] == "no node has the feature rdma");
-    env.add_agent("fabric", &["--cpus", "1", "--feature", "rdma"]);
     assert!(env.run(&["wait", &job]).status.success());
     assert_eq!(env.ok(&["logs", &job]).trim(), "fabric");
 }

@@ -530,7 +530,7 @@ impl Cluster {
                 ));
             }
         }
-        Ok(())
+        self.check_some_node_could_hold(spec)
     }
 
     /// Accepts a job (already validated and journaled).
@@ -1073,5 +1073,6 @@ impl Cluster {
     }
 }
 
+mod feasible;
 #[cfg(test)]
 mod tests;

@@ -160,7 +160,8 @@ pub fn parse_time_limit(text: &str) -> Result<Option<u64>, String> {
         return Ok(None);
     }
     let number = |s: &str| -> Result<u64, String> {
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        // Nine digits at most, so that no sum below can overflow.
+        if s.is_empty() || s.len() > 9 || !s.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
         }
         s.parse::<u64>().map_err(|_| bad())

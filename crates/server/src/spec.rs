@@ -10,6 +10,24 @@ use tidepool_core::{ArraySpec, GangSpec, JobId, JobSpec, Resources, Tier};
 const MAX_NAME_LEN: usize = 200;
 /// Largest script accepted, in bytes.
 const MAX_SCRIPT_BYTES: usize = 4 << 20;
+/// Most cores one task may ask for (the largest machines sold have a few thousand).
+const MAX_CPUS: u32 = 65_536;
+/// Most GPUs one task may ask for.
+const MAX_GPUS: u32 = 4_096;
+/// Most memory one task may ask for: 1 PiB.
+const MAX_MEM_BYTES: u64 = 1 << 50;
+/// Longest time limit: one year (`unlimited` asks for none).
+const MAX_TIME_LIMIT_S: u64 = 365 * 86_400;
+/// Most nodes one multi-node job may span.
+const MAX_NODES: u32 = 10_000;
+/// Most of one named resource a task may ask for.
+const MAX_NAMED_COUNT: u64 = 1_000_000;
+/// Longest single argument or environment string: the kernel refuses longer ones at exec
+/// (MAX_ARG_STRLEN, 32 pages).
+const MAX_ARG_BYTES: usize = 128 * 1024;
+/// Most bytes of command and environment together: exec's limit is 2 MiB with a default
+/// stack, and Tidepool adds variables of its own.
+const MAX_EXEC_BYTES: usize = 1 << 20;
 
 /// Checks a request and turns it into the core's spec. Nothing is written here.
 pub fn validate(req: &SubmitRequest, max_array_size: u32) -> Result<JobSpec> {
@@ -53,10 +71,22 @@ pub fn validate(req: &SubmitRequest, max_array_size: u32) -> Result<JobSpec> {
     if cpus == 0 {
         return Err(Error::field("cpus", "must be at least 1"));
     }
+    if cpus > MAX_CPUS {
+        return Err(Error::field("cpus", format!("{cpus} is more than the {MAX_CPUS} cores a task may ask for")));
+    }
+    if let Some(gpus) = req.gpus.filter(|g| *g > MAX_GPUS) {
+        return Err(Error::field("gpus", format!("{gpus} is more than the {MAX_GPUS} GPUs a task may ask for")));
+    }
     let mem_bytes = match &req.mem {
         Some(m) => parse_mem_size(m).map_err(|e| Error::field("mem", e))?,
         None => 0,
     };
+    if mem_bytes > MAX_MEM_BYTES {
+        return Err(Error::field("mem", format!("'{}' is more than the 1 PiB a task may ask for", req.mem.as_deref().unwrap_or(""))));
+    }
+    if let Some(nodes) = req.nodes.filter(|n| *n > MAX_NODES) {
+        return Err(Error::field("nodes", format!("{nodes} is more than the {MAX_NODES} nodes a job may span")));
+    }
     let gang = match (req.nodes, req.tasks_per_node) {
         (None, None) => None,
         (Some(0), _) => return Err(Error::field("nodes", "must be at least 1")),
@@ -91,6 +121,9 @@ pub fn validate(req: &SubmitRequest, max_array_size: u32) -> Result<JobSpec> {
         if matches!(name.as_str(), "cpu" | "cpus" | "mem" | "memory" | "gpu" | "gpus") {
             return Err(Error::field("resources", format!("'{name}' has its own field")));
         }
+        if req.resources[name] > MAX_NAMED_COUNT {
+            return Err(Error::field("resources", format!("{name}={} is more than the {MAX_NAMED_COUNT} a task may ask for", req.resources[name])));
+        }
     }
     let tier: Tier = match &req.tier {
         Some(t) => t.parse().map_err(|e: String| Error::field("tier", e))?,
@@ -100,6 +133,9 @@ pub fn validate(req: &SubmitRequest, max_array_size: u32) -> Result<JobSpec> {
         Some(t) => parse_time_limit(t).map_err(|e| Error::field("time_limit", e))?,
         None => None,
     };
+    if time_limit_s.is_some_and(|s| s > MAX_TIME_LIMIT_S) {
+        return Err(Error::field("time_limit", "is longer than a year (use 'unlimited' for no limit)"));
+    }
     let project = req.project.clone().unwrap_or_else(|| "default".to_string());
     if project.is_empty() || !project.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         return Err(Error::field("project", "use letters, digits, '-', '_' and '.'"));
@@ -121,6 +157,7 @@ pub fn validate(req: &SubmitRequest, max_array_size: u32) -> Result<JobSpec> {
             return Err(Error::field("env", format!("the value of {key} contains a NUL byte")));
         }
     }
+    check_exec_sizes(req)?;
     for key in req.secret_env.keys() {
         let valid = !key.is_empty()
             && !key.starts_with(|c: char| c.is_ascii_digit())
@@ -152,6 +189,27 @@ pub fn validate(req: &SubmitRequest, max_array_size: u32) -> Result<JobSpec> {
         named: req.resources.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         gang,
     })
+}
+
+/// Refuses a command or environment that exec would refuse, naming the field.
+fn check_exec_sizes(req: &SubmitRequest) -> Result<()> {
+    let kib = |n: usize| n / 1024;
+    if let Some(arg) = req.command.iter().find(|a| a.len() >= MAX_ARG_BYTES) {
+        return Err(Error::field("command", format!("an argument of {} KiB is longer than exec allows ({} KiB)", kib(arg.len()), kib(MAX_ARG_BYTES))));
+    }
+    let variables = req.env.iter().map(|(k, v)| ("env", k, v)).chain(req.secret_env.iter().map(|(k, v)| ("secret_env", k, v)));
+    let mut total: usize = req.command.iter().map(|a| a.len() + 1).sum();
+    for (field, key, value) in variables {
+        let len = key.len() + value.len() + 2;
+        if len >= MAX_ARG_BYTES {
+            return Err(Error::field(field, format!("{key} is {} KiB, longer than exec allows for one variable ({} KiB)", kib(len), kib(MAX_ARG_BYTES))));
+        }
+        total += len;
+    }
+    if total > MAX_EXEC_BYTES {
+        return Err(Error::field("env", format!("the command and environment take {} KiB, more than the {} KiB a task may be started with", kib(total), kib(MAX_EXEC_BYTES))));
+    }
+    Ok(())
 }
 
 fn default_name(req: &SubmitRequest) -> String {

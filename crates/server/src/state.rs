@@ -72,6 +72,9 @@ pub struct Shared {
     events_at_snapshot: std::sync::atomic::AtomicU64,
 }
 
+/// Variables that carry Tidepool's own tokens: never journaled, never handed to a task.
+const TOKEN_VARIABLES: [&str; 2] = ["TIDEPOOL_TOKEN", "TIDEPOOL_JOIN_TOKEN"];
+
 /// Who is asking.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
@@ -93,7 +96,8 @@ fn pos_of(cluster: &Cluster, job_id: JobId, index: u32) -> Option<u32> {
 fn outcome_of(result: &TaskResult) -> Outcome {
     match result.outcome.as_str() {
         "succeeded" => Outcome::Succeeded,
-        "cancelled" => Outcome::Cancelled,
+        // Stopped with its node after its owner had cancelled it.
+        "cancelled" | "stopped" => Outcome::Cancelled,
         "timeout" => Outcome::Timeout,
         _ => Outcome::Failed,
     }
@@ -255,6 +259,32 @@ impl Shared {
         views
     }
 
+    /// True when `text` holds a token this server knows (admin, project or join, revoked
+    /// included), as a whole word.
+    fn holds_known_token(&self, text: &str) -> bool {
+        if text.contains(self.admin_token.as_str()) {
+            return true;
+        }
+        let map = self.api_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| word.len() > 4 && word.starts_with("tp") && word.as_bytes()[3] == b'_')
+            .any(|word| map.contains_key(&tokens::hash(word)))
+    }
+
+    /// Removes from a job's environment every variable that names or holds a token Tidepool
+    /// knows, so that none reaches the journal (or a task of the job); the names removed.
+    fn drop_known_tokens(&self, env: &mut std::collections::BTreeMap<String, String>) -> Vec<String> {
+        let dropped: Vec<String> = env
+            .iter()
+            .filter(|(key, value)| TOKEN_VARIABLES.contains(&key.as_str()) || self.holds_known_token(value))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &dropped {
+            env.remove(key);
+        }
+        dropped
+    }
+
     /// The project of a job, if the job exists.
     pub fn job_project(&self, job_id: u64) -> Option<String> {
         self.lock().cluster.job(JobId(job_id)).map(|j| j.spec().project.clone())
@@ -338,6 +368,10 @@ impl Shared {
         if req.workdir.is_none() {
             req.workdir = Some("/".to_string());
         }
+        let dropped = self.drop_known_tokens(&mut req.env);
+        if !dropped.is_empty() {
+            tracing::info!(variables = %dropped.join(","), "kept tokens out of a job's environment");
+        }
         let job_id = {
             let mut inner = self.lock();
             inner.cluster.validate(&spec, &self.config.known_pools)?;
@@ -412,7 +446,10 @@ impl Shared {
                 .iter()
                 .filter(|r| inner.is_running(&r.attempt))
                 .map(|r| {
-                    if inner.preempt_pending.contains(&r.attempt) && r.outcome != "succeeded" {
+                    // Preempted, or stopped with its node (or its launcher): it runs again as a
+                    // new attempt, neither failed nor cancelled.
+                    let stopped = r.outcome == "stopped" && !inner.cancel_pending.contains(&r.attempt);
+                    if (stopped || inner.preempt_pending.contains(&r.attempt)) && r.outcome != "succeeded" {
                         return Event::TaskRequeued {
                             job_id: r.attempt.job_id,
                             index: r.attempt.index,
