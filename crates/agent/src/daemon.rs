@@ -677,6 +677,9 @@ async fn main_loop(agent: Arc<Agent>) -> Result<()> {
                     for a in work.kill {
                         agent.kill(a);
                     }
+                    for read in work.log_reads {
+                        tokio::spawn(answer_log_read(agent.clone(), resp.session, read));
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "lost the server; registering again");
@@ -685,6 +688,33 @@ async fn main_loop(agent: Arc<Agent>) -> Result<()> {
                 }
             }
         }
+    }
+}
+
+/// Reads the piece of a task's log the server asked for, from the file the task wrote, and
+/// posts it back.
+async fn answer_log_read(agent: Arc<Agent>, session: u64, read: tidepool_api::LogRead) {
+    let dir = crate::outputs::dir_of(&agent.config.run_dir);
+    let r = read.clone();
+    let piece = tokio::task::spawn_blocking(move || crate::outputs::read(&dir, r.job_id, r.index, &r.stream, r.offset, r.limit, r.tail_lines))
+        .await
+        .unwrap_or_else(|e| Err(crate::outputs::Unreadable::Io(e.to_string())));
+    let mut query = vec![("session", session.to_string()), ("request", read.request.to_string())];
+    let body = match piece {
+        Ok(p) => {
+            query.push(("start", p.start.to_string()));
+            query.push(("size", p.size.to_string()));
+            p.bytes
+        }
+        Err(e) => {
+            query.push(("error", e.to_string()));
+            Vec::new()
+        }
+    };
+    let url = format!("{}/api/v1/agent/log", agent.config.server_url.trim_end_matches('/'));
+    let sent = agent.client.post(url).bearer_auth(&agent.config.join_token).query(&query).body(body).send().await;
+    if let Err(e) = sent.and_then(reqwest::Response::error_for_status) {
+        tracing::debug!(error = %e, request = read.request, "log piece not delivered");
     }
 }
 

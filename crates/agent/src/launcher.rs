@@ -85,6 +85,8 @@ struct Waiting {
 
 struct Launcher {
     run_dir: PathBuf,
+    /// Where the files tasks' output went to are recorded.
+    outputs_dir: PathBuf,
     /// Running attempts by their leader's pid.
     running: HashMap<i32, Attempt>,
     /// Attempts that wait for room beside the running ones, in the order they came: the
@@ -189,7 +191,9 @@ fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
 fn open_output(path: &str, private: bool) -> Result<File, String> {
     use std::os::unix::fs::DirBuilderExt;
     let (mask, file_mode, dir_mode) = if private { (0o077, 0o600, 0o700) } else { (TASK_UMASK, 0o666, 0o777) };
-    let open = || OpenOptions::new().create(true).write(true).truncate(true).mode(file_mode).open(path);
+    // Never through a symlink: a link planted at the path would aim the task's output (and the
+    // truncation) at another file.
+    let open = || OpenOptions::new().create(true).write(true).truncate(true).mode(file_mode).custom_flags(libc::O_NOFOLLOW).open(path);
     let opened = with_umask(mask, || match open() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(parent) = Path::new(path).parent() {
@@ -199,7 +203,10 @@ fn open_output(path: &str, private: bool) -> Result<File, String> {
         }
         opened => opened,
     });
-    opened.map_err(|e| format!("cannot open {path}: {e}"))
+    opened.map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) => format!("cannot open {path}: it is a symbolic link, and output is never written through one"),
+        _ => format!("cannot open {path}: {e}"),
+    })
 }
 
 /// The program to start and its arguments; a batch script is written to the attempt directory.
@@ -258,6 +265,7 @@ impl Launcher {
         let stdout = dup_of(1).ok_or("no stdout")?;
         Ok(Launcher {
             run_dir: run_dir.to_path_buf(),
+            outputs_dir: crate::outputs::dir_of(run_dir),
             running: HashMap::new(),
             waiting: VecDeque::new(),
             cpu_in_use: 0,
@@ -536,8 +544,16 @@ impl Launcher {
                 );
             }
             Err(message) => {
-                if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(&spec.launch.stderr_path) {
-                    let _ = writeln!(f, "tidepool: {message}");
+                let launch = &spec.launch;
+                let opened = OpenOptions::new().create(true).append(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&launch.stderr_path);
+                if let Ok(mut f) = opened {
+                    if writeln!(f, "tidepool: {message}").is_ok() {
+                        let mut files = vec![("stderr", launch.stderr_path.as_str(), &f)];
+                        if launch.stdout_path == launch.stderr_path {
+                            files.push(("stdout", launch.stdout_path.as_str(), &f));
+                        }
+                        let _ = crate::outputs::record(&self.outputs_dir, launch.attempt, &files);
+                    }
                 }
                 result.exit_code = Some(127);
                 result.message = Some(message);
@@ -575,6 +591,9 @@ impl Launcher {
         let stdout = open_output(&launch.stdout_path, private)?;
         // One file for both when they are the same path.
         let stderr = if launch.stderr_path == launch.stdout_path { None } else { Some(open_output(&launch.stderr_path, private)?) };
+        let files = [("stdout", launch.stdout_path.as_str(), &stdout), ("stderr", launch.stderr_path.as_str(), stderr.as_ref().unwrap_or(&stdout))];
+        // Unrecorded, the output is still written; only reading it back through Tidepool fails.
+        let _ = crate::outputs::record(&self.outputs_dir, launch.attempt, &files);
         let (program, args) = program_of(spec, dir)?;
         let path = launch.env.get("PATH").map_or("/usr/local/bin:/usr/bin:/bin", String::as_str);
         let path = match &spec.bin_dir {

@@ -10,10 +10,12 @@
 //!   started again. It outlives the agent until its last task has ended.
 //! - [`cgroup`]: cgroup v2, v1 or none, decided once per node.
 //! - [`rundir`]: the on-disk layout shared by the two.
+//! - [`outputs`]: which file each task's output went to, so logs are read only from there.
 
 pub mod cgroup;
 pub mod daemon;
 pub mod launcher;
+pub mod outputs;
 pub mod rundir;
 pub mod slurm_site;
 

@@ -75,12 +75,19 @@ impl SlurmSite {
         if let Some(script) = &launch.script {
             write("script", script, 0o700)?;
         }
-        // Slurm fails a job whose output directory is missing instead of making it.
-        for out in [&launch.stdout_path, &launch.stderr_path] {
+        // Slurm fails a job whose output directory is missing instead of making it. The files
+        // are made here, so the log is read back from the very file Slurm then writes into.
+        let mut opened = Vec::new();
+        for (stream, out) in [("stdout", &launch.stdout_path), ("stderr", &launch.stderr_path)] {
             if let Some(parent) = Path::new(out).parent() {
                 std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
             }
+            let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_NOFOLLOW).open(out);
+            opened.push((stream, out.as_str(), file.map_err(|e| format!("{out}: {e}"))?));
         }
+        let files: Vec<(&str, &str, &std::fs::File)> = opened.iter().map(|(s, p, f)| (*s, *p, f)).collect();
+        let outputs = crate::outputs::dir_of(dir.parent().unwrap_or(dir));
+        let _ = crate::outputs::record(&outputs, launch.attempt, &files);
         // Owner-only: the script holds the task's environment, secrets included.
         let batch = write("batch.sh", &batch_script(launch, dir), 0o700)?;
         let a = launch.attempt;

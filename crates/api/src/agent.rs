@@ -73,6 +73,48 @@ pub struct PollResponse {
     pub kill: Vec<AttemptRef>,
     /// The session is no longer valid: register again.
     pub reregister: bool,
+    /// Pieces of task logs a client asked for: answer each with `POST /api/v1/agent/log`.
+    #[serde(default)]
+    pub log_reads: Vec<LogRead>,
+}
+
+/// A piece of a task's log the server wants from the node that ran it. The agent reads it only
+/// from the file it recorded the task writing, never from a path the server names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRead {
+    /// Quote it in the answer.
+    pub request: u64,
+    /// The job.
+    pub job_id: u64,
+    /// The task's array index.
+    pub index: u32,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// First byte wanted.
+    pub offset: u64,
+    /// Most bytes wanted.
+    pub limit: u64,
+    /// Start instead at the beginning of the last this many lines.
+    pub tail_lines: Option<u64>,
+}
+
+/// `POST /api/v1/agent/log?session=S&request=R&start=O&size=N` with the bytes as the body, or
+/// `...&error=TEXT` when the piece cannot be read: the answer to a [`LogRead`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogAnswerQuery {
+    /// From the registration.
+    pub session: u64,
+    /// From the [`LogRead`].
+    pub request: u64,
+    /// Where the bytes start in the file.
+    #[serde(default)]
+    pub start: u64,
+    /// The file's size when read.
+    #[serde(default)]
+    pub size: u64,
+    /// Why nothing could be read.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// Everything an agent needs to start one attempt.

@@ -81,10 +81,9 @@ impl Client {
         resp.json().await.map_err(|e| format!("unreadable answer: {e}"))
     }
 
-    /// GET text.
-    pub async fn get_text(&self, path: &str) -> Result<String, String> {
-        let resp = self.send(self.http.get(format!("{}/api/v1{path}", self.base))).await?;
-        resp.text().await.map_err(|e| format!("unreadable answer: {e}"))
+    /// GET, the answer's headers and body left to read as it comes.
+    pub async fn get_streamed(&self, path: &str) -> Result<reqwest::Response, String> {
+        self.send(self.http.get(format!("{}/api/v1{path}", self.base))).await
     }
 
     /// POST JSON, read JSON.

@@ -316,6 +316,12 @@ pub struct LogsArgs {
     /// Standard error instead of standard output.
     #[arg(long)]
     stderr: bool,
+    /// Only the last N lines.
+    #[arg(long, value_name = "N")]
+    tail: Option<u64>,
+    /// Keep printing what the task writes until it ends.
+    #[arg(long, short = 'f')]
+    follow: bool,
 }
 
 /// Prints a task's output.
@@ -333,9 +339,44 @@ pub async fn logs(a: LogsArgs) -> Result<u8, String> {
         }
     };
     let stream = if a.stderr { "stderr" } else { "stdout" };
-    let text = client.get_text(&format!("/jobs/{job_id}/tasks/{index}/log?stream={stream}")).await?;
     let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes());
+    let (mut offset, mut printed) = (0u64, 0u64);
+    let mut range = match a.tail {
+        Some(n) => format!("tail={n}"),
+        None => "offset=0".to_string(),
+    };
+    loop {
+        let path = format!("/jobs/{job_id}/tasks/{index}/log?stream={stream}&{range}");
+        let mut resp = match client.get_streamed(&path).await {
+            // Following a task that has not started: wait for it.
+            Err(e) if a.follow && e.contains("has not run yet") => {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+            answered => answered?,
+        };
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let ended = header("x-task-ended").as_deref() == Some("true");
+        let start: u64 = header("x-log-start").and_then(|v| v.parse().ok()).unwrap_or(offset);
+        let mut read = 0u64;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("reading the log: {e}"))? {
+            out.write_all(&chunk).map_err(|e| format!("writing the log: {e}"))?;
+            read += chunk.len() as u64;
+        }
+        let _ = out.flush();
+        offset = start + read;
+        printed += read;
+        range = format!("offset={offset}");
+        if !a.follow || (ended && read == 0) {
+            break;
+        }
+        if read == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+    if printed == 0 {
+        eprintln!("tidepool: the {stream} log of {job_id}.{index} is empty");
+    }
     Ok(0)
 }
 

@@ -21,6 +21,12 @@ pub enum Error {
     /// No such thing (or not yours).
     #[error("{0}")]
     NotFound(String),
+    /// What is asked lives on a node that cannot answer now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The request body is over the cap.
+    #[error("{0}")]
+    TooLarge(String),
     /// The journal refused; nothing was acknowledged.
     #[error("journal: {0}")]
     Journal(String),
@@ -44,6 +50,8 @@ impl Error {
             Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Journal(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -52,7 +60,7 @@ impl Error {
     /// How loudly to log it.
     pub fn level(&self) -> tracing::Level {
         match self {
-            Error::BadRequest { .. } | Error::Unauthorized | Error::NotFound(_) => {
+            Error::BadRequest { .. } | Error::Unauthorized | Error::NotFound(_) | Error::Unavailable(_) | Error::TooLarge(_) => {
                 tracing::Level::DEBUG
             }
             Error::Journal(_) | Error::Internal(_) => tracing::Level::ERROR,

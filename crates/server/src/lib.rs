@@ -5,6 +5,7 @@
 //! - [`config`]: what the server is told at start.
 //! - [`error`]: the one error type and its HTTP mapping.
 //! - [`journal`]: the group-commit writer in front of the store.
+//! - [`logs`]: task logs relayed from the agent that wrote them, streamed in pieces.
 //! - [`state`]: the shared state, replay and the reactor's `on_*` functions.
 //! - [`routes`]: paths to handlers, and the handlers.
 //! - [`spec`]: validation of submissions and expansion of output patterns.
@@ -13,6 +14,7 @@
 pub mod config;
 pub mod error;
 pub mod journal;
+pub mod logs;
 pub mod routes;
 pub mod spec;
 pub mod state;

@@ -10,6 +10,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
+use futures_util::StreamExt;
 use std::sync::Arc;
 use tidepool_api::{
     CancelRequest, PollRequest, RegisterRequest, ReportRequest, ReportResponse, SubmitRequest,
@@ -35,6 +36,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/agent/register", post(agent_register))
         .route("/api/v1/agent/poll", post(agent_poll))
         .route("/api/v1/agent/report", post(agent_report))
+        .route("/api/v1/agent/log", post(agent_log))
         .fallback(not_found)
         .with_state(shared)
 }
@@ -166,28 +168,43 @@ async fn task_log(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response> {
     let who = authorize(&s, &headers)?;
-    let id = parse_id(&id, "job")?;
-    visible_job(&s, &who, id)?;
-    let index = parse_id(&index, "task")? as u32;
-    let stream = q.get("stream").map(String::as_str).unwrap_or("stdout");
-    if stream != "stdout" && stream != "stderr" {
-        return Err(Error::field("stream", "must be stdout or stderr"));
-    }
+    let job_id = parse_id(&id, "job")?;
+    visible_job(&s, &who, job_id)?;
+    let index = u32::try_from(parse_id(&index, "task")?).map_err(|_| Error::field("task", "is not an array index"))?;
+    let stderr = match q.get("stream").map(String::as_str) {
+        None | Some("stdout") => false,
+        Some("stderr") => true,
+        Some(_) => return Err(Error::field("stream", "must be stdout or stderr")),
+    };
+    let number = |name: &str| -> Result<Option<u64>> {
+        q.get(name).map(|v| v.parse::<u64>().map_err(|_| Error::field(name, "must be a whole number of bytes or lines"))).transpose()
+    };
+    let wanted = crate::logs::Wanted {
+        job_id,
+        index,
+        stderr,
+        offset: number("offset")?.unwrap_or(0),
+        limit: number("limit")?.unwrap_or(u64::MAX),
+        tail_lines: number("tail")?,
+    };
     let shared = s.clone();
-    let (out, err) = tokio::task::spawn_blocking(move || shared.log_paths(id, index))
+    let (node, ended) = tokio::task::spawn_blocking(move || shared.log_node(job_id, index))
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
-    let path = if stream == "stdout" { out } else { err };
-    let text = match tokio::fs::read(&path).await {
-        Ok(bytes) => {
-            const MAX: usize = 16 << 20;
-            let start = bytes.len().saturating_sub(MAX);
-            String::from_utf8_lossy(&bytes[start..]).into_owned()
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(Error::Internal(format!("reading {path}: {e}"))),
-    };
-    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+    let (first, rest) = crate::logs::stream(s.clone(), node, wanted).await?;
+    let (start, size) = (first.start, first.size);
+    let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(first.bytes) }).chain(rest);
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_string()),
+            (header::HeaderName::from_static("x-log-start"), start.to_string()),
+            (header::HeaderName::from_static("x-log-size"), size.to_string()),
+            (header::HeaderName::from_static("x-task-ended"), ended.to_string()),
+        ],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
 }
 
 async fn list_nodes(State(s): State<AppState>, headers: HeaderMap) -> Result<Response> {
@@ -260,4 +277,17 @@ async fn agent_report(State(s): State<AppState>, headers: HeaderMap, body: Bytes
     }
     let acked = s.on_results(&req.results).await?;
     Ok(Json(ReportResponse { acked, reregister: false }).into_response())
+}
+
+async fn agent_log(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<tidepool_api::LogAnswerQuery>,
+    body: Bytes,
+) -> Result<Response> {
+    require_agent(&s, &headers)?;
+    if !s.log_relay.deliver(&q, body) {
+        return Err(Error::NotFound(format!("no log read {} awaits an answer from this session", q.request)));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -32,8 +32,21 @@ struct Session {
     id: u64,
     launches: Vec<Launch>,
     kills: Vec<AttemptRef>,
+    log_reads: Vec<tidepool_api::LogRead>,
     wake: Arc<Notify>,
     last_seen: Instant,
+}
+
+impl Session {
+    /// What the agent is to do next, handed over.
+    fn take_work(&mut self) -> PollResponse {
+        PollResponse {
+            launch: std::mem::take(&mut self.launches),
+            kill: std::mem::take(&mut self.kills),
+            reregister: false,
+            log_reads: std::mem::take(&mut self.log_reads),
+        }
+    }
 }
 
 /// Everything behind the lock.
@@ -70,6 +83,8 @@ pub struct Shared {
     apply_gate: tokio::sync::RwLock<()>,
     /// Events journaled when the last snapshot was taken.
     events_at_snapshot: std::sync::atomic::AtomicU64,
+    /// Log reads handed to agents, awaiting their answers.
+    pub log_relay: crate::logs::Relay,
 }
 
 /// Variables that carry Tidepool's own tokens: never journaled, never handed to a task.
@@ -189,6 +204,7 @@ impl Shared {
             api_tokens: Mutex::new(api_tokens),
             apply_gate: tokio::sync::RwLock::new(()),
             events_at_snapshot: std::sync::atomic::AtomicU64::new(if n_events > config.snapshot_every { u64::MAX } else { 0 }),
+            log_relay: crate::logs::Relay::default(),
             config,
             inner: Mutex::new(inner),
             writer,
@@ -514,6 +530,7 @@ impl Shared {
                     id: session,
                     launches: Vec::new(),
                     kills: Vec::new(),
+                    log_reads: Vec::new(),
                     wake: Arc::new(Notify::new()),
                     last_seen: Instant::now(),
                 },
@@ -556,12 +573,8 @@ impl Shared {
                 return Ok(PollResponse { reregister: true, ..PollResponse::default() });
             };
             s.last_seen = Instant::now();
-            if !s.launches.is_empty() || !s.kills.is_empty() {
-                return Ok(PollResponse {
-                    launch: std::mem::take(&mut s.launches),
-                    kill: std::mem::take(&mut s.kills),
-                    reregister: false,
-                });
+            if !s.launches.is_empty() || !s.kills.is_empty() || !s.log_reads.is_empty() {
+                return Ok(s.take_work());
             }
             s.wake.clone()
         };
@@ -572,11 +585,7 @@ impl Shared {
             return Ok(PollResponse { reregister: true, ..PollResponse::default() });
         };
         s.last_seen = Instant::now();
-        Ok(PollResponse {
-            launch: std::mem::take(&mut s.launches),
-            kill: std::mem::take(&mut s.kills),
-            reregister: false,
-        })
+        Ok(s.take_work())
     }
 
     /// True when `session` is an agent's current session.
@@ -779,19 +788,17 @@ impl Shared {
         Ok(view)
     }
 
-    /// Where a task's output and errors are written: (stdout, stderr).
-    pub fn log_paths(&self, job_id: u64, index: u32) -> Result<(String, String)> {
+    /// The node that holds a task's output (where it runs, or where it last ran), and whether
+    /// the task has ended for good.
+    pub fn log_node(&self, job_id: u64, index: u32) -> Result<(String, bool)> {
         let inner = self.lock();
+        let job = inner.cluster.job(JobId(job_id)).ok_or_else(|| Error::NotFound(format!("job {job_id} does not exist")))?;
         let pos = pos_of(&inner.cluster, JobId(job_id), index)
             .ok_or_else(|| Error::NotFound(format!("job {job_id} has no task {index}")))?;
-        let node = inner
-            .cluster
-            .job(JobId(job_id))
-            .and_then(|j| j.running_task(pos))
-            .and_then(|r| inner.cluster.node(r.node_id))
-            .map(|n| n.name().to_string());
+        let ended = job.task_state(pos).is_some_and(|s| !matches!(s, TaskState::Pending | TaskState::Running));
+        let running_on = job.running_task(pos).and_then(|r| inner.cluster.node(r.node_id)).map(|n| n.name().to_string());
         drop(inner);
-        let node = match node {
+        let node = match running_on {
             Some(n) => n,
             None => self
                 .reader
@@ -803,15 +810,19 @@ impl Shared {
                 .and_then(|r| r.node)
                 .ok_or_else(|| Error::NotFound(format!("task {job_id}.{index} has not run yet")))?,
         };
-        let inner = self.lock();
-        let req = inner
-            .requests
-            .get(&JobId(job_id))
-            .ok_or_else(|| Error::NotFound(format!("job {job_id} does not exist")))?;
-        let spec = inner.cluster.job(JobId(job_id)).map(|j| j.spec().clone());
-        let spec = spec.ok_or_else(|| Error::NotFound(format!("job {job_id} does not exist")))?;
-        let (out, err, _) = output_paths(&self.config, req, &spec, job_id, index, &node);
-        Ok((out, err))
+        Ok((node, ended))
+    }
+
+    /// Hands `read` to the agent of `node` and wakes it, its answer to go to `answer`; false when
+    /// no agent of that node is connected.
+    pub fn ask_agent(&self, node: &str, read: tidepool_api::LogRead, answer: crate::logs::AnswerTo) -> bool {
+        let mut inner = self.lock();
+        let Some(session) = inner.cluster.node_id(node).and_then(|id| inner.sessions.get_mut(&id)) else { return false };
+        // Awaited before the agent can see the read, so its answer always finds it.
+        self.log_relay.expect(read.request, session.id, answer);
+        session.log_reads.push(read);
+        session.wake.notify_one();
+        true
     }
 
     /// Every node.
