@@ -97,6 +97,9 @@ pub struct CancelResponse {
     pub n_cancelled: u32,
     /// Running tasks told to stop.
     pub n_signalled: u32,
+    /// The job (or the task named) had ended before: nothing was done.
+    #[serde(default)]
+    pub already_ended: bool,
 }
 
 /// Tasks per state.

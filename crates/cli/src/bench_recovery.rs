@@ -50,7 +50,7 @@ pub async fn run(json: bool, n_tasks: u32) -> Result<u8, String> {
         let started = Instant::now();
         let shared = tidepool_server::state::Shared::open(config).map_err(|e| e.to_string())?;
         let took = started.elapsed().as_secs_f64();
-        let succeeded = shared.job_views(false, None).first().map_or(0, |j| j.counts.succeeded);
+        let succeeded = shared.job_views(false, None).0.first().map_or(0, |j| j.counts.succeeded);
         if succeeded != n_tasks {
             return Err(format!("restart found {succeeded} succeeded tasks, expected {n_tasks}"));
         }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 /// Tidepool: one scheduler for a shared fleet of CPU and GPU nodes.
 #[derive(Parser, Debug)]
-#[command(name = "tidepool", version, about)]
+#[command(name = "tidepool", version, about, after_help = "Slurm's commands, with Slurm's options (each has --help):\n  sbatch   Submit a batch script\n  squeue   List queued and running jobs\n  scancel  Cancel jobs or array tasks\n  sacct    Report finished and running jobs\n  sinfo    List nodes\nRun them as `tidepool sbatch ...`, or through a link named like them (tasks find those on their PATH).")]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -191,19 +191,21 @@ pub struct JobsArgs {
 pub async fn jobs(a: JobsArgs) -> Result<u8, String> {
     let client = Client::from_env()?;
     let path = if a.all { "/jobs" } else { "/jobs?active=true" };
-    let jobs: Vec<JobView> = client.get(path).await?;
+    let resp = client.get_streamed(path).await?;
+    let hidden: u64 = resp.headers().get("x-finished-not-shown").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+    let jobs: Vec<JobView> = resp.json().await.map_err(|e| format!("unreadable answer: {e}"))?;
     if a.json {
         line(&serde_json::to_string_pretty(&jobs).map_err(|e| e.to_string())?);
         return Ok(0);
     }
     line(&format!(
-        "{:>8} {:<16} {:<10} {:>8} {:>8} {:>8} {:>9} {:>7}  REASON",
-        "JOB", "NAME", "STATE", "TASKS", "PENDING", "RUNNING", "SUCCEEDED", "FAILED"
+        "{:>8} {:<16} {:<10} {:>8} {:>8} {:>8} {:>9} {:>7} {:>9}  REASON",
+        "JOB", "NAME", "STATE", "TASKS", "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
     ));
     for j in jobs {
         let c = j.counts;
         line(&format!(
-            "{:>8} {:<16} {:<10} {:>8} {:>8} {:>8} {:>9} {:>7}  {}",
+            "{:>8} {:<16} {:<10} {:>8} {:>8} {:>8} {:>9} {:>7} {:>9}  {}",
             j.id,
             truncate(&j.name, 16),
             j.state,
@@ -211,9 +213,14 @@ pub async fn jobs(a: JobsArgs) -> Result<u8, String> {
             c.pending,
             c.running,
             c.succeeded,
-            c.failed + c.timeout + c.cancelled,
+            c.failed + c.timeout,
+            c.cancelled,
             j.pending_reason.unwrap_or_default()
         ));
+    }
+    if hidden > 0 {
+        let jobs = if hidden == 1 { "job" } else { "jobs" };
+        eprintln!("({hidden} finished {jobs} not shown: tidepool jobs --all)");
     }
     Ok(0)
 }
@@ -303,7 +310,13 @@ pub async fn cancel(a: CancelArgs) -> Result<u8, String> {
     let client = Client::from_env()?;
     let targets: Vec<(u64, Option<u32>)> = a.targets.iter().map(|t| parse_target(t)).collect::<Result<_, _>>()?;
     for (job_id, index) in targets {
-        let _: CancelResponse = client.post(&format!("/jobs/{job_id}/cancel"), &CancelRequest { index }).await?;
+        let answer: CancelResponse = client.post(&format!("/jobs/{job_id}/cancel"), &CancelRequest { index }).await?;
+        if answer.already_ended {
+            match index {
+                Some(i) => eprintln!("tidepool: task {job_id}.{i} had already ended"),
+                None => eprintln!("tidepool: job {job_id} had already ended"),
+            }
+        }
     }
     Ok(0)
 }

@@ -10,6 +10,10 @@ use tidepool_core::resources::{format_elapsed, parse_mem_size};
 
 /// Runs one of the Slurm commands with its arguments.
 pub async fn run(command: &str, args: Vec<String>) -> Result<u8, String> {
+    if asks_for_help(command, &args) {
+        print!("{}", usage(command));
+        return Ok(0);
+    }
     match command {
         "sbatch" => sbatch(args).await,
         "squeue" => squeue(args).await,
@@ -17,6 +21,56 @@ pub async fn run(command: &str, args: Vec<String>) -> Result<u8, String> {
         "sacct" => sacct(args).await,
         _ => sinfo(args).await,
     }
+}
+
+/// True when `--help` or `--usage` comes among the command's own options (for `sbatch`, before
+/// the script, whose own arguments may be anything).
+fn asks_for_help(command: &str, args: &[String]) -> bool {
+    let own = args.iter().take_while(|a| command != "sbatch" || a.starts_with('-') || !std::path::Path::new(a.as_str()).is_file());
+    own.take_while(|a| a.as_str() != "--").any(|a| a == "--help" || a == "--usage")
+}
+
+/// The usage of one of the Slurm commands, as Slurm's own `--help` lays it out.
+fn usage(command: &str) -> String {
+    let mut text = match command {
+        "sbatch" => String::from("Usage: sbatch [OPTIONS(0)...] [ : [OPTIONS(N)...]] script(0) [args(0)...]\n\nOptions:\n"),
+        "squeue" => String::from("Usage: squeue [OPTIONS]\n\nOptions:\n"),
+        "scancel" => String::from("Usage: scancel [OPTIONS] [job_id[_array_id]...]\n\nJobs are named JOB or JOB_INDEX (JOB.INDEX also works).\n"),
+        "sacct" => String::from("Usage: sacct [OPTIONS]\n\nOptions:\n"),
+        _ => String::from("Usage: sinfo [OPTIONS]\n\nOptions:\n"),
+    };
+    let lines: Vec<String> = match command {
+        "sbatch" => SBATCH_OPTIONS
+            .iter()
+            .map(|(long, short, takes)| {
+                let short = short.map_or("    ".to_string(), |c| format!("-{c}, "));
+                let value = match takes {
+                    Takes::Value => "=VALUE",
+                    Takes::OptionalValue => "[=VALUE]",
+                    Takes::Flag => "",
+                };
+                let note = if NO_MEANING_HERE.contains(long) { "  (accepted; no effect on this fleet)" } else { "" };
+                format!("  {short}--{long}{value}{note}")
+            })
+            .chain(["      --wrap=COMMAND runs COMMAND as a one-line script".to_string()])
+            .collect(),
+        "squeue" => ["-j, --jobs=LIST", "-t, --states=LIST", "-h, --noheader", "-u, --user, -A, --account, -p, --partition=NAME (accepted)", "--me, -a, --all, -l, --long, -r, --array (accepted)"]
+            .iter()
+            .map(|l| format!("  {l}"))
+            .collect(),
+        "sacct" => ["-j, --jobs=LIST", "-o, --format=FIELDS", "-n, --noheader", "-P, --parsable2", "-p, --parsable", "-X, -a, -b, -l (accepted)", "-S, -E, -u, -A, -s VALUE (accepted)"]
+            .iter()
+            .map(|l| format!("  {l}"))
+            .collect(),
+        "scancel" => Vec::new(),
+        _ => ["-h, --noheader", "-N, --Node, -l, --long, -a, --all (accepted)"].iter().map(|l| format!("  {l}")).collect(),
+    };
+    for l in lines {
+        text.push_str(&l);
+        text.push('\n');
+    }
+    text.push_str("\nThis is Tidepool's front for Slurm's command; `tidepool --help` lists its own commands.\n");
+    text
 }
 
 /// How an sbatch option takes its value.

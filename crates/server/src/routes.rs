@@ -128,7 +128,8 @@ async fn list_jobs(
         Principal::Admin => None,
         Principal::Project(p) => Some(p.as_str()),
     };
-    Ok(Json(s.job_views(active, project)).into_response())
+    let (views, hidden) = s.job_views(active, project);
+    Ok(([(header::HeaderName::from_static("x-finished-not-shown"), hidden.to_string())], Json(views)).into_response())
 }
 
 async fn show_job(

@@ -431,6 +431,19 @@ impl Shared {
                 }
             }
         }
+        let already_ended = {
+            let inner = self.lock();
+            let job = inner.cluster.job(JobId(job_id));
+            match index {
+                None => job.is_some_and(|j| j.is_finished()),
+                Some(i) => job
+                    .and_then(|j| j.task_state(j.spec().array.position_of(i)?))
+                    .is_some_and(|s| !matches!(s, TaskState::Pending | TaskState::Running)),
+            }
+        };
+        if already_ended {
+            return Ok(CancelResponse { n_cancelled: 0, n_signalled: 0, already_ended });
+        }
         let _gate = self.apply_gate.read().await;
         self.writer
             .append(vec![Event::JobCancelled { job_id, index, at_ms: now_ms() }])
@@ -448,7 +461,7 @@ impl Shared {
                 session.wake.notify_one();
             }
         }
-        Ok(CancelResponse { n_cancelled: after.cancelled - before.cancelled, n_signalled })
+        Ok(CancelResponse { n_cancelled: after.cancelled - before.cancelled, n_signalled, already_ended })
     }
 
     /// Journals and applies results from an agent. Returns the attempts the agent may forget
@@ -701,16 +714,23 @@ impl Shared {
         self.journal_then_apply(vec![event]).await
     }
 
-    /// Every job (`active`: only those with tasks left; `project`: only that project's).
-    pub fn job_views(&self, active_only: bool, project: Option<&str>) -> Vec<JobView> {
+    /// The jobs visible to `project` (all for `None`), active ones only when asked, and how many
+    /// finished ones that left out.
+    pub fn job_views(&self, active_only: bool, project: Option<&str>) -> (Vec<JobView>, usize) {
         let inner = self.lock();
-        inner
+        let mut hidden = 0;
+        let views = inner
             .cluster
             .jobs()
-            .filter(|j| !active_only || !j.is_finished())
             .filter(|j| project.is_none_or(|p| j.spec().project == p))
+            .filter(|j| {
+                let shown = !active_only || !j.is_finished();
+                hidden += usize::from(!shown);
+                shown
+            })
             .filter_map(|j| inner.job_view(j.id()))
-            .collect()
+            .collect();
+        (views, hidden)
     }
 
     /// One job; with `with_tasks`, every task's detail from the journal.
