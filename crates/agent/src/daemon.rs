@@ -135,6 +135,8 @@ struct Agent {
     session: AtomicU64,
     /// Attempts handed to Slurm: (Slurm job id, started, cancelled by us).
     in_slurm: Mutex<HashMap<AttemptRef, (String, u64, bool)>>,
+    /// Attempts this agent's launchers started and have not ended, with their process group.
+    started: Mutex<HashMap<AttemptRef, rundir::Started>>,
 }
 
 /// Runs the agent until the future is dropped.
@@ -168,6 +170,7 @@ pub async fn run_until(config: AgentConfig, shutdown: impl std::future::Future<O
         results: tx,
         session: AtomicU64::new(0),
         in_slurm: Mutex::new(HashMap::new()),
+        started: Mutex::new(HashMap::new()),
     });
     let reporter = tokio::spawn(report_loop(agent.clone(), rx));
     if agent.config.slurm.is_some() {
@@ -198,6 +201,12 @@ async fn stop_in_order(agent: &Arc<Agent>) {
     }
     let n_running = agent.lock_tracked().len();
     tracing::info!(node = %config.name, n_running, "stopping this node's tasks; they run again at the next start");
+    // First the server stops placing work here, or what stops would be sent straight back.
+    let session = agent.session.load(Ordering::SeqCst);
+    let left: Result<serde_json::Value> = agent.post("leave", &PollRequest { session }).await;
+    if let Err(e) = left {
+        tracing::warn!(error = %e, "could not tell the server this node is leaving");
+    }
     let run_dir = config.run_dir.clone();
     let grace = Duration::from_secs(config.kill_grace_s + 5);
     let _ = tokio::task::spawn_blocking(move || rundir::stop_launchers(&run_dir, grace)).await;
@@ -436,7 +445,10 @@ impl Agent {
             use std::io::BufRead;
             for line in std::io::BufReader::new(stdout).lines().map_while(std::result::Result::ok) {
                 if let Ok(result) = serde_json::from_str::<TaskResult>(&line) {
+                    agent.lock_started().remove(&result.attempt);
                     let _ = agent.results.send(result);
+                } else if let Ok(started) = serde_json::from_str::<rundir::Started>(&line) {
+                    agent.lock_started().insert(started.started, started);
                 }
             }
             let _ = child.wait();
@@ -445,7 +457,13 @@ impl Agent {
         Ok(LauncherHandle { stdin, pid })
     }
 
-    /// A launcher ended: what it ran and did not answer for will never report.
+    fn lock_started(&self) -> std::sync::MutexGuard<'_, HashMap<AttemptRef, rundir::Started>> {
+        self.started.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A launcher ended: what it ran and did not answer for will never report. Its tasks are
+    /// killed, whole trees, and reported stopped, so the server runs them again (the next
+    /// attempt goes to a new launcher) and the node never runs more than it offers.
     fn on_launcher_gone(&self, pid: u32) {
         {
             let mut launcher = self.lock_launcher();
@@ -456,9 +474,13 @@ impl Agent {
         let orphaned: Vec<AttemptRef> = self.lock_tracked().iter().filter(|(_, p)| **p == pid).map(|(a, _)| *a).collect();
         for a in orphaned {
             let dir = rundir::attempt_dir(&self.config.run_dir, &a);
+            let started = self.lock_started().remove(&a);
             if rundir::read_result(&dir).is_none() && !rundir::launcher_alive(&dir) {
-                tracing::warn!(job = a.job_id, index = a.index, "the launcher ended without a result");
-                let result = lost(a, "the launcher ended without a result");
+                if let Some(started) = &started {
+                    rundir::kill_started(started);
+                }
+                tracing::warn!(job = a.job_id, index = a.index, "the launcher ended without a result: the task is stopped and runs again");
+                let result = rundir::stopped_at(a, now_ms(), "its launcher died; it was stopped and runs again as a new attempt");
                 let _ = rundir::write_result(&dir, &result);
                 let _ = self.results.send(result);
             }

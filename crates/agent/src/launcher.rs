@@ -260,6 +260,7 @@ pub fn run(run_dir: &Path) -> i32 {
 
 impl Launcher {
     fn new(run_dir: &Path) -> Result<Launcher, String> {
+        close_on_exec_from(3);
         // Its own descriptor, so that writing results does not go through the standard
         // library's shared, locked handle.
         let stdout = dup_of(1).ok_or("no stdout")?;
@@ -519,6 +520,8 @@ impl Launcher {
         let cgroup = self.take_cgroup(&spec.cgroup, spec.launch.mem_bytes);
         match self.spawn(&spec, &dir, cgroup.as_ref().map_or(&[], TaskCgroup::join_files)) {
             Ok(pid) => {
+                let cgroup_procs = cgroup.as_ref().and_then(|c| spec.cgroup.task_dirs(&c.name).into_iter().next()).map(|d| d.join("cgroup.procs"));
+                self.emit_line(&rundir::Started { started: a, pgid: pid, cgroup_procs });
                 result.started_ms = now_ms();
                 let started = Instant::now();
                 let deadline = spec.launch.time_limit_s.map(|s| started + Duration::from_secs(s));
@@ -754,7 +757,12 @@ impl Launcher {
 
     /// Tells the agent, if it still listens; a restarted agent reads `result.json` instead.
     fn emit(&mut self, result: &TaskResult) {
-        if let Ok(mut line) = serde_json::to_vec(result) {
+        self.emit_line(result);
+    }
+
+    /// One line of JSON to the agent, if it still listens.
+    fn emit_line(&mut self, what: &impl serde::Serialize) {
+        if let Ok(mut line) = serde_json::to_vec(what) {
             line.push(b'\n');
             let _ = self.stdout.write_all(&line);
         }
@@ -830,10 +838,27 @@ fn take_dir(dir: &Path) -> Option<File> {
 }
 
 /// A descriptor of our own for `fd` (0: stdin, 1: stdout).
+/// Marks every descriptor from `first` on close-on-exec: tasks inherit none of what the
+/// launcher (or the agent that started it) holds open, pipes to the agent included, so a task
+/// can neither write to them nor keep them open after the launcher is gone.
+fn close_on_exec_from(first: i32) {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else { return };
+    let fds: Vec<i32> = entries.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).filter(|fd| *fd >= first).collect();
+    for fd in fds {
+        // SAFETY: fcntl on a descriptor number has no memory effects; a closed one fails.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
 fn dup_of(fd: i32) -> Option<File> {
     // SAFETY: dup(2) creates a new descriptor that nobody else owns; File takes it over.
     unsafe {
-        let own = libc::dup(fd);
+        let own = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3);
         (own >= 0).then(|| std::os::fd::FromRawFd::from_raw_fd(own))
     }
 }

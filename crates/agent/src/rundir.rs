@@ -29,6 +29,37 @@ pub struct LaunchSpec {
     pub node_mem_bytes: u64,
 }
 
+/// What the launcher tells the agent as an attempt starts, so that a launcher that dies leaves
+/// no task running unsupervised: the agent ends the task's process group and cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Started {
+    /// The attempt.
+    pub started: AttemptRef,
+    /// Its process group (the task's first process).
+    pub pgid: i32,
+    /// `cgroup.procs` of its cgroup, when it has one: every process of its tree.
+    pub cgroup_procs: Option<PathBuf>,
+}
+
+/// Kills everything of a started attempt: its process group and whatever its cgroup holds
+/// (processes that left the group), until the cgroup is empty or a second has passed.
+pub fn kill_started(s: &Started) {
+    // SAFETY: kill has no memory effects; a negative pid names the process group.
+    unsafe { libc::kill(-s.pgid, libc::SIGKILL) };
+    let Some(procs) = &s.cgroup_procs else { return };
+    for _ in 0..100 {
+        let pids: Vec<i32> = std::fs::read_to_string(procs).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// The file by which launcher `pid` names itself in the run directory.
 pub fn launcher_file(run_dir: &Path, pid: u32) -> PathBuf {
     run_dir.join(format!("{LAUNCHER_FILE_PREFIX}{pid}"))

@@ -37,6 +37,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/agent/poll", post(agent_poll))
         .route("/api/v1/agent/report", post(agent_report))
         .route("/api/v1/agent/log", post(agent_log))
+        .route("/api/v1/agent/leave", post(agent_leave))
         .fallback(not_found)
         .with_state(shared)
 }
@@ -291,4 +292,11 @@ async fn agent_log(
         return Err(Error::NotFound(format!("no log read {} awaits an answer from this session", q.request)));
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn agent_leave(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response> {
+    require_agent(&s, &headers)?;
+    let req: PollRequest = parse(&body)?;
+    let current = s.on_leave(req.session);
+    Ok(Json(serde_json::json!({"left": current})).into_response())
 }

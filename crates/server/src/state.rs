@@ -601,6 +601,15 @@ impl Shared {
         Ok(s.take_work())
     }
 
+    /// An agent stopping in order: its node takes no new work (the attempts it still runs
+    /// report as they stop); its next registration brings it back. False for a stale session.
+    pub fn on_leave(&self, session: u64) -> bool {
+        let mut inner = self.lock();
+        let Some(node_id) = inner.sessions.iter().find(|(_, s)| s.id == session).map(|(id, _)| *id) else { return false };
+        inner.cluster.set_node_online(node_id, false);
+        true
+    }
+
     /// True when `session` is an agent's current session.
     pub fn session_is_current(&self, session: u64) -> bool {
         self.lock().sessions.values().any(|s| s.id == session)

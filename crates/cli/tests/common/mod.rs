@@ -136,6 +136,13 @@ impl Env {
         panic!("no node joined");
     }
 
+    /// Stops `tidepool up` as Ctrl-C would, and waits for it to exit; its exit status.
+    pub fn interrupt(&mut self) -> std::process::ExitStatus {
+        let mut c = self.server.take().expect("no server");
+        let _ = Command::new("kill").args(["-INT", &c.id().to_string()]).status();
+        c.wait().unwrap()
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.server.take() {
             c.kill().unwrap();
@@ -240,3 +247,9 @@ pub fn count_lines(path: &Path) -> (usize, usize, Vec<u32>) {
     (total, seen.len(), seen)
 }
 
+
+/// The processes whose command line starts with `marker`: a test's own, whatever else runs.
+pub fn pids_of(marker: &str) -> Vec<u32> {
+    let out = Command::new("pgrep").args(["-f", &format!("^{marker}")]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
+}

@@ -1,0 +1,95 @@
+//! An orderly stop, and no over-commit whatever happened before a start: Ctrl-C stops `up` and
+//! its tasks, which run again at the next start; `--keep-tasks` leaves them for the next agent;
+//! a launcher killed outright takes its task trees with it and they run again.
+
+mod common;
+
+use common::{pids_of, Env};
+
+fn json(env: &Env, job: &str) -> serde_json::Value {
+    serde_json::from_str(&env.ok(&["show", job, "--json", "--tasks"])).unwrap()
+}
+
+fn attempts(v: &serde_json::Value) -> Vec<u64> {
+    v["tasks"].as_array().unwrap().iter().map(|t| t["attempt"].as_u64().unwrap_or(0)).collect()
+}
+
+#[test]
+fn ctrl_c_stops_the_tasks_and_the_next_start_runs_them_again_within_the_node() {
+    let mut env = Env::new("stop");
+    let marker = format!("sleep 300.{}", std::process::id());
+    let job = env.ok(&["submit", "--array", "0-7", "--", "sh", "-c", &format!("exec {marker}")]);
+    let job = job.trim().to_string();
+    env.eventually(20, "four tasks to run", |_| pids_of(&marker).len() == 4);
+
+    let status = env.interrupt();
+    assert!(status.success(), "up exited {status}");
+    let log = std::fs::read_to_string(env.dir.join("server.log")).unwrap();
+    assert!(log.contains("SIGINT: stopping"), "{log}");
+    assert!(pids_of(&marker).is_empty(), "tasks outlived up: {:?}", pids_of(&marker));
+
+    env.start("127.0.0.1:0");
+    env.eventually(20, "four tasks to run again", |e| json(e, &job)["counts"]["running"] == 4);
+    env.eventually(10, "their processes", |_| pids_of(&marker).len() == 4);
+    // A while later still two: the node never runs more than it offers.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(pids_of(&marker).len(), 4, "over-committed after a restart");
+    let v = json(&env, &job);
+    assert_eq!(v["counts"]["failed"], 0, "a stop is not a failure: {v}");
+    assert!(attempts(&v).iter().filter(|a| **a == 2).count() >= 4, "the stopped ones run as new attempts: {v}");
+    env.ok(&["cancel", &job]);
+    env.eventually(20, "the cancelled tasks to end", |_| pids_of(&marker).is_empty());
+}
+
+#[test]
+fn keep_tasks_leaves_them_running_for_the_next_agent() {
+    let mut env = Env::with_args("keep", &["--keep-tasks"]);
+    let marker = format!("sleep 301.{}", std::process::id());
+    let job = env.ok(&["submit", "--array", "0-1", "--", "sh", "-c", &format!("exec {marker}")]);
+    let job = job.trim().to_string();
+    env.eventually(20, "two tasks to run", |_| pids_of(&marker).len() == 2);
+    let before = pids_of(&marker);
+    assert!(env.interrupt().success());
+    assert_eq!(pids_of(&marker), before, "--keep-tasks stopped them");
+    env.start("127.0.0.1:0");
+    env.eventually(20, "the tasks to be re-attached", |e| json(e, &job)["counts"]["running"] == 2);
+    assert_eq!(pids_of(&marker), before, "the same processes, not new attempts");
+    assert_eq!(attempts(&json(&env, &job)), [1, 1]);
+    env.ok(&["cancel", &job]);
+    env.eventually(20, "the cancelled tasks to end", |_| pids_of(&marker).is_empty());
+}
+
+#[test]
+fn a_killed_launcher_takes_its_task_trees_with_it_and_they_run_again() {
+    let env = Env::new("launcher-kill");
+    let marker = format!("sleep 302.{}", std::process::id());
+    // A tree: the task's shell, and a child that left its process group.
+    let script = format!("setsid {marker} & exec {marker}");
+    let job = env.ok(&["submit", "--", "sh", "-c", &script]);
+    let job = job.trim().to_string();
+    env.eventually(20, "the tree to run", |_| pids_of(&marker).len() == 2);
+    let run_dir = env.dir.join("data/agent/run");
+    let launchers = tidepool_agent::rundir::live_launchers(&run_dir);
+    assert_eq!(launchers.len(), 1, "{launchers:?}");
+    let first = pids_of(&marker);
+    let _ = std::process::Command::new("kill").args(["-KILL", &launchers[0].to_string()]).status();
+
+    // Killed with its launcher, then run again under a new one as attempt 2.
+    env.eventually(20, "the task to run again", |e| attempts(&json(e, &job)) == [2] && json(e, &job)["counts"]["running"] == 1);
+    env.eventually(20, "the new tree", |_| pids_of(&marker).len() == 2);
+    let now = pids_of(&marker);
+    assert!(first.iter().all(|p| !now.contains(p)), "the first tree still runs: {first:?} {now:?}");
+    assert_eq!(json(&env, &job)["counts"]["failed"], 0);
+    env.ok(&["cancel", &job]);
+    env.eventually(20, "the cancelled tree to end", |_| pids_of(&marker).is_empty());
+}
+
+#[test]
+fn a_task_inherits_no_descriptor_of_the_launcher_or_the_agent() {
+    let env = Env::new("descriptors");
+    let job = env.ok(&["submit", "--", "sh", "-c", "ls /proc/$$/fd"]);
+    assert!(env.run(&["wait", job.trim()]).status.success());
+    let fds = env.ok(&["logs", job.trim()]);
+    let fds: Vec<&str> = fds.split_whitespace().collect();
+    assert_eq!(fds, ["0", "1", "2"], "a task holds more than its standard streams");
+}
