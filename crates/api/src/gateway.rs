@@ -30,6 +30,17 @@ pub struct GatewayConfigFile {
     /// CPU the process may use (default false: the kernel places them).
     #[serde(default)]
     pub pin_workers: Option<bool>,
+    /// The key Prometheus sends (`Authorization: Bearer KEY`) to scrape `/metrics`, which names
+    /// every tenant; without one, `/metrics` answers only on `metrics_listen`.
+    #[serde(default)]
+    pub metrics_key: Option<String>,
+    /// A separate address serving only `/metrics` (loopback unless `metrics_key` is set, which
+    /// it then also wants).
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+    /// Lets a tenant with `open = true` be served on an address other than loopback.
+    #[serde(default)]
+    pub allow_open_tenant_on_network: bool,
     /// Upstream replicas.
     #[serde(default)]
     pub replicas: Vec<ReplicaConfig>,
@@ -78,6 +89,10 @@ pub struct TenantConfig {
     /// The tier its requests get (default `realtime`).
     #[serde(default)]
     pub tier: Option<String>,
+    /// Any key, or none, that is no other tenant's maps to this one, as a local vLLM expects
+    /// (clients send `EMPTY`); only on loopback unless `allow_open_tenant_on_network`.
+    #[serde(default)]
+    pub open: bool,
 }
 
 /// The token counts of an OpenAI-style answer, read without building the rest of it.

@@ -63,9 +63,12 @@ fn admission_settings(tiers_on: bool) -> &'static str {
 }
 
 /// Starts a gateway in front of `urls`; with `learn`, it starts from a best concurrency of 4
+/// The key the benchmark's gateways want for `/metrics`.
+const BENCH_METRICS_KEY: &str = "mk-bench-metrics";
+
 /// and learns the rest.
 async fn start_gateway(urls: &[String], tiers_on: bool, learn: bool) -> Result<String, String> {
-    let mut toml = String::from(admission_settings(tiers_on));
+    let mut toml = format!("metrics_key = \"{BENCH_METRICS_KEY}\"\n{}", admission_settings(tiers_on));
     for u in urls {
         // Tiers off: a plain proxy that admits up to the best batch, first come first served.
         let max = if tiers_on { BEST + BEST / 2 } else { BEST };
@@ -801,7 +804,8 @@ async fn learned_run(rate: f64, seconds: f64) -> Result<BTreeMap<String, Value>,
     let gateway = start_gateway(&emulators, true, true).await?;
     let _ = level(&gateway, &emulators, rate, seconds, None).await;
     let (mut stats, busy) = level(&gateway, &emulators, rate, seconds, None).await;
-    let metrics = reqwest::get(format!("{gateway}/metrics")).await.map_err(|e| e.to_string())?.text().await.map_err(|e| e.to_string())?;
+    let scrape = reqwest::Client::new().get(format!("{gateway}/metrics")).bearer_auth(BENCH_METRICS_KEY).send().await;
+    let metrics = scrape.map_err(|e| e.to_string())?.text().await.map_err(|e| e.to_string())?;
     let learned: Vec<u32> = metrics
         .lines()
         .filter(|l| l.starts_with("tidepool_gateway_best_concurrency{"))

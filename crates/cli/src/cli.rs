@@ -138,6 +138,9 @@ pub struct EmulatorArgs {
     /// Output tokens when a request sets no limit.
     #[arg(long, default_value_t = 16)]
     pub default_output_tokens: u32,
+    /// A file holding the key every request must carry (the gateway's replica `api_key`).
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<std::path::PathBuf>,
 }
 
 /// Flags of `bench`.

@@ -172,24 +172,38 @@ fn read_gateway_config(path: &Path) -> Result<GatewayConfig, String> {
     GatewayConfig::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Two emulated replicas on loopback and a demo tenant whose key is kept in DATA_DIR.
+/// The key in a file, trimmed; a readable error naming the file otherwise.
+fn read_key(path: &Path) -> Result<String, String> {
+    let key = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("{} holds no key", path.display()));
+    }
+    Ok(key.to_string())
+}
+
+/// Two emulated replicas on loopback, which answer only the gateway (a key made afresh and
+/// never written down), and a demo tenant and a metrics key kept in DATA_DIR.
 async fn demo_gateway(data_dir: &Path) -> Result<GatewayConfig, String> {
     let key_path = data_dir.join("gateway-demo.key");
     let (key, _) = tidepool_server::tokens::load_or_create(&key_path, "sk-tp-").map_err(|e| e.to_string())?;
+    let metrics_path = data_dir.join("gateway-metrics.key");
+    let (metrics_key, _) = tidepool_server::tokens::load_or_create(&metrics_path, "mk-tp-").map_err(|e| e.to_string())?;
+    let upstream_key = tidepool_server::tokens::random_token("uk-tp-").map_err(|e| e.to_string())?;
     let mut replicas = String::new();
     for _ in 0..2 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let emulator = EmulatorConfig::default();
+        let emulator = EmulatorConfig { api_key: Some(upstream_key.clone()), ..EmulatorConfig::default() };
         replicas.push_str(&format!(
-            "[[replicas]]\nurl = \"http://{addr}\"\nmodel = \"{}\"\nbest_concurrency = {}\n\n",
+            "[[replicas]]\nurl = \"http://{addr}\"\nmodel = \"{}\"\nbest_concurrency = {}\napi_key = \"{upstream_key}\"\n\n",
             emulator.model, emulator.best_concurrency
         ));
         tokio::spawn(tidepool_gateway::emulator::serve(listener, emulator));
     }
-    tracing::info!(key_file = %key_path.display(), "demo tenant's gateway key");
+    tracing::info!(key_file = %key_path.display(), metrics_key_file = %metrics_path.display(), "demo tenant's gateway key, and the key to scrape its /metrics");
     GatewayConfig::from_toml(&format!(
-        "{replicas}[[tenants]]\nname = \"demo\"\nkeys = [\"{key}\"]\ntpm = 200000\nrpm = 1200\n"
+        "metrics_key = \"{metrics_key}\"\n{replicas}[[tenants]]\nname = \"demo\"\nkeys = [\"{key}\"]\ntpm = 200000\nrpm = 1200\n"
     ))
 }
 
@@ -226,6 +240,10 @@ pub async fn replica_emulator(args: EmulatorArgs) -> Result<u8, String> {
         itl_ms: args.itl_ms,
         prefill_us_per_token: args.prefill_us_per_token,
         default_output_tokens: args.default_output_tokens,
+        api_key: match &args.api_key_file {
+            Some(path) => Some(read_key(path)?),
+            None => None,
+        },
     };
     tokio::select! {
         r = tidepool_gateway::emulator::serve(listener, config) => r.map_err(|e| e.to_string())?,

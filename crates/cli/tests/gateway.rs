@@ -187,7 +187,7 @@ fn filler_waits_for_slots_and_the_best_concurrency_is_learned() {
     let (_emulator, url) = start_emulator(4);
     let (_gw, base) = gateway_with(
         "learn",
-        &format!("realtime_headroom = 0\nqueue_wait_ms = 60000\n[[replicas]]\nurl = \"{url}\"\nmodel = \"m\"\nbest_concurrency = 2\nlearn_best_concurrency = true\n\n[[tenants]]\nname = \"fill\"\nkeys = [\"sk-fill-tenant\"]\ntpm = 100000000\nrpm = 1000000\ntier = \"filler\"\n"),
+        &format!("realtime_headroom = 0\nqueue_wait_ms = 60000\nmetrics_key = \"mk-test-metrics\"\n[[replicas]]\nurl = \"{url}\"\nmodel = \"m\"\nbest_concurrency = 2\nlearn_best_concurrency = true\n\n[[tenants]]\nname = \"fill\"\nkeys = [\"sk-fill-tenant\"]\ntpm = 100000000\nrpm = 1000000\ntier = \"filler\"\n"),
     );
     let body = r#"{"model":"m","messages":[{"role":"user","content":"fill"}],"max_tokens":30,"stream":true}"#;
     let until = std::time::Instant::now() + Duration::from_secs(8);
@@ -206,7 +206,7 @@ fn filler_waits_for_slots_and_the_best_concurrency_is_learned() {
         .collect();
     let statuses: Vec<u16> = clients.into_iter().flat_map(|h| h.join().unwrap()).collect();
     assert!(statuses.iter().all(|s| *s == 200), "queued filler is served, not refused: {statuses:?}");
-    let (_, metrics) = get(&base, "/metrics", "");
+    let (_, metrics) = get(&base, "/metrics", "mk-test-metrics");
     let learned: u32 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("tidepool_gateway_best_concurrency{replica=\"0\"} "))

@@ -47,6 +47,8 @@ pub struct Tenant {
     pub rpm: u64,
     /// Tier of its requests (a header may lower it).
     pub tier: Tier,
+    /// Takes every request whose key is no other tenant's.
+    pub open: bool,
 }
 
 /// The gateway's settings.
@@ -70,7 +72,16 @@ pub struct GatewayConfig {
     pub workers: usize,
     /// Each event-loop thread kept on a CPU of its own.
     pub pin_workers: bool,
+    /// The bearer key `/metrics` wants.
+    pub metrics_key: Option<String>,
+    /// The address that serves only `/metrics`.
+    pub metrics_listen: Option<String>,
+    /// An open tenant may be served beyond loopback.
+    pub allow_open_tenant_on_network: bool,
 }
+
+/// Keys shorter than this are refused: they are guessed.
+const MIN_KEY_CHARS: usize = 8;
 
 /// The most event-loop threads a gateway may be given.
 const MAX_WORKERS: u32 = 1024;
@@ -106,13 +117,18 @@ impl GatewayConfig {
         }
         let mut seen = HashSet::new();
         let mut tenants = Vec::new();
+        let mut n_open = 0;
         for (i, t) in raw.tenants.into_iter().enumerate() {
-            if t.keys.is_empty() {
-                return Err(format!("tenants[{i}].keys: a tenant needs at least one key"));
+            if t.keys.is_empty() && !t.open {
+                return Err(format!("tenants[{i}].keys: a tenant needs at least one key, or open = true"));
+            }
+            n_open += usize::from(t.open);
+            if n_open > 1 {
+                return Err(format!("tenants[{i}].open: only one tenant may be open"));
             }
             for k in &t.keys {
-                if k.len() < 8 {
-                    return Err(format!("tenants[{i}].keys: keys must be at least 8 characters"));
+                if k.len() < MIN_KEY_CHARS {
+                    return Err(format!("tenants[{i}].keys: keys must be at least {MIN_KEY_CHARS} characters (a local client's `EMPTY` key is served by a tenant with open = true)"));
                 }
                 if !seen.insert(k.clone()) {
                     return Err(format!("tenants[{i}].keys: a key is used twice"));
@@ -125,7 +141,15 @@ impl GatewayConfig {
                 Some(s) => s.parse::<Tier>().map_err(|e| format!("tenants[{i}].tier: {e}"))?,
                 None => Tier::Realtime,
             };
-            tenants.push(Tenant { name: t.name, keys: t.keys, tpm: t.tpm, rpm: t.rpm, tier });
+            tenants.push(Tenant { name: t.name, keys: t.keys, tpm: t.tpm, rpm: t.rpm, tier, open: t.open });
+        }
+        if let Some(key) = &raw.metrics_key {
+            if key.len() < MIN_KEY_CHARS {
+                return Err(format!("metrics_key: must be at least {MIN_KEY_CHARS} characters"));
+            }
+            if seen.contains(key) {
+                return Err("metrics_key: is also a tenant's key".into());
+            }
         }
         let workers = match raw.workers {
             Some(n) if n == 0 || n > MAX_WORKERS => return Err(format!("workers: must be between 1 and {MAX_WORKERS}, not {n}")),
@@ -142,7 +166,30 @@ impl GatewayConfig {
             data_dir: raw.data_dir.map(std::path::PathBuf::from),
             workers,
             pin_workers: raw.pin_workers.unwrap_or(false),
+            metrics_key: raw.metrics_key,
+            metrics_listen: raw.metrics_listen,
+            allow_open_tenant_on_network: raw.allow_open_tenant_on_network,
         })
+    }
+
+    /// Refuses what would be open beyond this machine once bound to `listening` (the gateway)
+    /// and `metrics` (the metrics address, if any): an open tenant off loopback unless allowed,
+    /// keyless metrics off loopback.
+    pub fn check_exposure(&self, listening: std::net::SocketAddr, metrics: Option<std::net::SocketAddr>) -> Result<(), String> {
+        if let Some(t) = self.tenants.iter().find(|t| t.open) {
+            if !listening.ip().is_loopback() && !self.allow_open_tenant_on_network {
+                return Err(format!(
+                    "tenants: '{}' is open (any key is accepted) and the gateway listens on {listening}, beyond loopback; listen on 127.0.0.1 or set allow_open_tenant_on_network = true",
+                    t.name
+                ));
+            }
+        }
+        if let Some(m) = metrics {
+            if !m.ip().is_loopback() && self.metrics_key.is_none() {
+                return Err(format!("metrics_listen: {m} is beyond loopback; set metrics_key so that scrapes need it"));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -45,6 +45,8 @@ pub struct EmulatorConfig {
     pub prefill_us_per_token: f64,
     /// Output length when the request sets none.
     pub default_output_tokens: u32,
+    /// The bearer key every request must carry, when set (the gateway in front holds it).
+    pub api_key: Option<String>,
 }
 
 impl Default for EmulatorConfig {
@@ -55,6 +57,7 @@ impl Default for EmulatorConfig {
             itl_ms: 20.0,
             prefill_us_per_token: 100.0,
             default_output_tokens: 16,
+            api_key: None,
         }
     }
 }
@@ -89,7 +92,20 @@ const WORDS: [&str; 12] = [" The", " tide", " comes", " in", " and", " the", " p
 
 /// The emulator's routes.
 pub fn router(config: EmulatorConfig) -> Router {
+    let key = config.api_key.clone();
     let state = Arc::new(Emulator { config, in_flight: AtomicU32::new(0), next_id: AtomicU64::new(1), served: AtomicU64::new(0) });
+    let wants_key = move |request: axum::extract::Request, next: axum::middleware::Next| {
+        let key = key.clone();
+        async move {
+            if let Some(want) = &key {
+                let given = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+                if !given.is_some_and(|g| crate::openai::same_key(g.trim(), want)) {
+                    return crate::openai::unauthorized();
+                }
+            }
+            next.run(request).await
+        }
+    };
     Router::new()
         .route("/v1/models", get(models))
         .route("/v1/models/{model}", get(model))
@@ -98,6 +114,7 @@ pub fn router(config: EmulatorConfig) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/responses", post(responses))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn(wants_key))
         .with_state(state)
 }
 

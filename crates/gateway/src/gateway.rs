@@ -59,6 +59,8 @@ struct ReplicaState {
 pub struct Gateway {
     config: GatewayConfig,
     keys: HashMap<String, usize>,
+    /// The tenant of every key that is no other's, when one is open.
+    open_tenant: Option<usize>,
     tenants: Mutex<Vec<TenantState>>,
     replicas: Mutex<Vec<ReplicaState>>,
     upstreams: crate::upstream::Upstreams,
@@ -189,6 +191,7 @@ impl Gateway {
             None => None,
         };
         Ok(Gateway {
+            open_tenant: config.tenants.iter().position(|t| t.open),
             config,
             keys,
             tenants: Mutex::new(tenants),
@@ -260,9 +263,23 @@ impl Gateway {
 
     /// The tenant whose key an `authorization` header carries.
     fn tenant_of_key(&self, authorization: Option<&HeaderValue>) -> Option<usize> {
-        let value = authorization?.to_str().ok()?;
-        let key = value.strip_prefix("Bearer ").unwrap_or(value).trim();
-        self.keys.get(key).copied()
+        let key = authorization.and_then(|v| v.to_str().ok()).map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim());
+        key.and_then(|k| self.keys.get(k).copied()).or(self.open_tenant)
+    }
+
+    /// True when `headers` carry the metrics key.
+    fn may_scrape(&self, headers: &HeaderMap) -> bool {
+        let Some(want) = &self.config.metrics_key else { return false };
+        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        given.is_some_and(|g| crate::openai::same_key(g.trim(), want))
+    }
+
+    /// Logs why a replica failed with its address, and answers the client without it.
+    fn upstream_failed(&self, replica: usize, why: &str) -> String {
+        let url = self.config.replicas.get(replica).map_or("", |r| r.url.as_str());
+        tracing::warn!(replica = url, "upstream failed: {why}");
+        let model = self.config.replicas.get(replica).map_or("", |r| r.model.as_str());
+        format!("A replica of `{model}` failed to answer; retry later.")
     }
 
     fn rate_headers(&self, tenant: usize, headers: &mut HeaderMap) {
@@ -430,9 +447,9 @@ impl Gateway {
     /// Sends a non-streaming request to a replica; returns its status and body.
     pub(crate) async fn forward_json(&self, replica: usize, path: &str, body: &Value) -> Result<(u16, Bytes), String> {
         let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
-        let resp = self.upstreams.post(replica, path, Bytes::from(bytes)).await?;
+        let resp = self.upstreams.post(replica, path, Bytes::from(bytes)).await.map_err(|e| self.upstream_failed(replica, &e))?;
         let status = resp.status;
-        let bytes = resp.bytes().await?;
+        let bytes = resp.bytes().await.map_err(|e| self.upstream_failed(replica, &e))?;
         Ok((status, bytes))
     }
 
@@ -510,7 +527,7 @@ impl Gateway {
             Ok(r) => r,
             Err(e) => {
                 self.settle(tenant, estimate, 0, 0);
-                return error(StatusCode::BAD_GATEWAY, &e, "server_error", None, Some("upstream_error"));
+                return error(StatusCode::BAD_GATEWAY, &self.upstream_failed(replica, &e), "server_error", None, Some("upstream_error"));
             }
         };
         let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -874,8 +891,40 @@ async fn model(State(g): State<Arc<Gateway>>, headers: HeaderMap, axum::extract:
     axum::Json(model_object(&name, "tidepool")).into_response()
 }
 
-async fn metrics(State(g): State<Arc<Gateway>>) -> Response {
+/// `/metrics` beside the API: it names every tenant, so only the metrics key reads it.
+async fn metrics(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if g.config.metrics_key.is_none() {
+        return error(StatusCode::NOT_FOUND, "Metrics are served on metrics_listen, or here with metrics_key set.", "invalid_request_error", None, Some("unknown_url"));
+    }
+    if !g.may_scrape(&headers) {
+        return unauthorized();
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], g.metrics_text()).into_response()
+}
+
+/// `/metrics` on its own address: open on loopback, else behind the metrics key.
+async fn metrics_alone(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if g.config.metrics_key.is_some() && !g.may_scrape(&headers) {
+        return unauthorized();
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], g.metrics_text()).into_response()
+}
+
+/// Binds `metrics_listen` if configured, checks what the gateway would expose, and serves
+/// `/metrics` there on the current runtime.
+async fn expose(gateway: &Arc<Gateway>, listening: std::net::SocketAddr) -> Result<(), String> {
+    let metrics = match &gateway.config.metrics_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("metrics_listen: cannot listen on {addr}: {e}"))?),
+        None => None,
+    };
+    let metrics_addr = metrics.as_ref().map(|l| l.local_addr()).transpose().map_err(|e| e.to_string())?;
+    gateway.config.check_exposure(listening, metrics_addr)?;
+    if let (Some(listener), Some(addr)) = (metrics, metrics_addr) {
+        tracing::info!("gateway metrics on http://{addr}/metrics");
+        let app = Router::new().route("/metrics", get(metrics_alone)).with_state(gateway.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
+    Ok(())
 }
 
 async fn not_found() -> Response {
@@ -910,6 +959,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let gateway = serving(config)?;
+    expose(&gateway, listener.local_addr().map_err(|e| e.to_string())?).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (handed, incoming) = tokio::sync::mpsc::unbounded_channel();
     let served = tokio::spawn(serve_handed(incoming, gateway.clone(), router(gateway), stop_rx));
@@ -1036,6 +1086,7 @@ pub async fn run_on_workers(
     let workers = config.workers;
     let cpus = if config.pin_workers { allowed_cpus()? } else { Vec::new() };
     let gateway = serving(config)?;
+    expose(&gateway, listener.local_addr().map_err(|e| e.to_string())?).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut senders = Vec::new();
     let mut threads = Vec::new();

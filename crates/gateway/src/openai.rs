@@ -38,3 +38,8 @@ pub fn model_not_found(model: &str) -> Response {
 pub fn model_object(name: &str, owned_by: &str) -> Value {
     json!({"id": name, "object": "model", "created": 0, "owned_by": owned_by})
 }
+
+/// Compares two keys in time independent of where they differ.
+pub fn same_key(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -4,6 +4,9 @@
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
+/// The key the test gateways want for `/metrics`.
+pub(crate) const TEST_METRICS_KEY: &str = "mk-test-0001";
+
 /// Replica settings of a gateway that has room for everything the tests send.
 pub(crate) const LOOPBACK_REPLICA: &str = "best_concurrency = 8\n";
 
@@ -16,7 +19,7 @@ pub(crate) async fn gateway_on_loopback(settings: &str, replica_settings: &str, 
     let emulated = crate::emulator::EmulatorConfig { model: "m".into(), itl_ms, ..Default::default() };
     tokio::spawn(crate::emulator::serve(replica, emulated));
     let config = crate::GatewayConfig::from_toml(&format!(
-        "{settings}[[replicas]]\nurl = \"http://{replica_addr}\"\nmodel = \"m\"\n{replica_settings}[[tenants]]\nname = \"t\"\nkeys = [\"key-0001\"]\ntpm = 1000000\nrpm = 100000\n"
+        "metrics_key = \"{TEST_METRICS_KEY}\"\n{settings}[[replicas]]\nurl = \"http://{replica_addr}\"\nmodel = \"m\"\n{replica_settings}[[tenants]]\nname = \"t\"\nkeys = [\"key-0001\"]\ntpm = 1000000\nrpm = 100000\n"
     ))
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -37,7 +40,7 @@ pub(crate) fn completion(path: &str, body: &str, extra: &str) -> String {
 pub(crate) async fn metrics(addr: std::net::SocketAddr) -> String {
     use tokio::io::AsyncWriteExt;
     let mut sock = TcpStream::connect(addr).await.unwrap();
-    sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: g\r\n\r\n").await.unwrap();
+    sock.write_all(format!("GET /metrics HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {TEST_METRICS_KEY}\r\n\r\n").as_bytes()).await.unwrap();
     answer(&mut sock, &mut Vec::new()).await.1
 }
 
