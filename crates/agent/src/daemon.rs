@@ -58,9 +58,14 @@ pub struct AgentConfig {
     pub keep_tasks: bool,
 }
 
+/// How long a connection to the server may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// An HTTP client for the server's API that trusts `ca_cert` (PEM) for TLS when given.
 pub fn api_client(ca_cert: Option<&Path>, timeout: Duration) -> std::result::Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder().timeout(timeout);
+    // A stopped server (its socket still accepting) is noticed: nothing read for `timeout`
+    // ends the request, while a long answer that keeps coming is read to its end.
+    let mut builder = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).read_timeout(timeout);
     if let Some(path) = ca_cert {
         let pem = std::fs::read(path).map_err(|e| format!("CA certificate {}: {e}", path.display()))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("CA certificate {}: {e}", path.display()))?;

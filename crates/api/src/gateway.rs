@@ -41,6 +41,19 @@ pub struct GatewayConfigFile {
     /// Lets a tenant with `open = true` be served on an address other than loopback.
     #[serde(default)]
     pub allow_open_tenant_on_network: bool,
+    /// The largest inference request body, bytes (default 32 MiB); a larger one gets 413.
+    #[serde(default)]
+    pub max_request_bytes: Option<u64>,
+    /// Seconds a client has to send a request's head (default 30).
+    #[serde(default)]
+    pub header_timeout_s: Option<u64>,
+    /// Seconds a connection may wait between requests, or mid-body, before it is closed
+    /// (default 120).
+    #[serde(default)]
+    pub idle_timeout_s: Option<u64>,
+    /// Connections served at once; more are closed as they come (default 16384).
+    #[serde(default)]
+    pub max_connections: Option<u64>,
     /// Upstream replicas.
     #[serde(default)]
     pub replicas: Vec<ReplicaConfig>,

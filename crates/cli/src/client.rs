@@ -11,10 +11,27 @@ pub struct Client {
     base: String,
     token: String,
     http: reqwest::Client,
+    /// How long it waits for the server to send anything.
+    timeout: std::time::Duration,
 }
 
 /// The default server URL.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:7878";
+
+/// How long the CLI waits for the server to send anything before it gives up, unless
+/// `TIDEPOOL_TIMEOUT` (seconds) says otherwise.
+const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The answer timeout: `TIDEPOOL_TIMEOUT` seconds when set, else [`ANSWER_WITHIN`].
+fn answer_within() -> Result<std::time::Duration, String> {
+    match std::env::var("TIDEPOOL_TIMEOUT") {
+        Err(_) => Ok(ANSWER_WITHIN),
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(s) if (1..=86_400).contains(&s) => Ok(std::time::Duration::from_secs(s)),
+            _ => Err(format!("TIDEPOOL_TIMEOUT: '{v}' is not a number of seconds between 1 and 86400")),
+        },
+    }
+}
 
 impl Client {
     /// From `TIDEPOOL_URL` (https with `TIDEPOOL_CA_CERT` when the server has its own CA) and
@@ -38,8 +55,9 @@ impl Client {
             }
         };
         let ca = std::env::var_os("TIDEPOOL_CA_CERT").filter(|v| !v.is_empty()).map(PathBuf::from);
-        let http = tidepool_agent::api_client(ca.as_deref(), std::time::Duration::from_secs(120))?;
-        Ok(Client { base: base.trim_end_matches('/').to_string(), token, http })
+        let timeout = answer_within()?;
+        let http = tidepool_agent::api_client(ca.as_deref(), timeout)?;
+        Ok(Client { base: base.trim_end_matches('/').to_string(), token, http, timeout })
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, String> {
@@ -55,7 +73,7 @@ impl Client {
             } else if e.is_connect() {
                 format!("cannot reach the Tidepool server at {} (is `tidepool up` running? set TIDEPOOL_URL)", self.base)
             } else if e.is_timeout() {
-                format!("the Tidepool server at {} did not answer in time", self.base)
+                format!("the Tidepool server at {} did not answer within {} s", self.base, self.timeout.as_secs())
             } else {
                 format!("request to {} failed: {e}", self.base)
             }

@@ -4,6 +4,7 @@ use crate::cli::{AgentArgs, EmulatorArgs, GatewayArgs, ServerArgs, UpArgs};
 use tidepool_gateway::emulator::EmulatorConfig;
 use tidepool_gateway::GatewayConfig;
 use std::path::Path;
+use std::time::Duration;
 use tidepool_agent::AgentConfig;
 use tidepool_server::Config;
 
@@ -50,6 +51,12 @@ async fn bind(args: &ServerArgs) -> Result<(tokio::net::TcpListener, Config), St
     config.known_pools = vec!["local".into()];
     config.agent_lease_ms = args.agent_lease * 1000;
     config.snapshot_every = args.snapshot_every;
+    config.limits = tidepool_server::http::Limits {
+        header_read_timeout: Duration::from_secs(args.header_timeout),
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        max_connections: args.max_connections as usize,
+        max_body_bytes: (args.max_body_mib << 20) as usize,
+    };
     config.projects = args.project.iter().map(|p| parse_project(p)).collect::<Result<_, _>>()?;
     Ok((listener, config))
 }

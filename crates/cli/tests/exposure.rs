@@ -11,7 +11,8 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-struct Killed(Child, common::Scratch);
+/// A process, killed when the test ends, and the directory it runs in, removed after it.
+struct Killed(Child, #[allow(dead_code)] common::Scratch);
 
 impl Drop for Killed {
     fn drop(&mut self) {

@@ -78,6 +78,25 @@ pub struct GatewayConfig {
     pub metrics_listen: Option<String>,
     /// An open tenant may be served beyond loopback.
     pub allow_open_tenant_on_network: bool,
+    /// The largest inference request body, bytes.
+    pub max_request_bytes: usize,
+    /// How long a request's head may take to arrive.
+    pub header_timeout: std::time::Duration,
+    /// How long a connection may stay silent between requests or mid-body.
+    pub idle_timeout: std::time::Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+}
+
+/// What one client connection may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest inference request body, bytes.
+    pub max_request_bytes: usize,
+    /// How long a request's head may take to arrive.
+    pub header_timeout: std::time::Duration,
+    /// How long a connection may stay silent between requests or mid-body.
+    pub idle_timeout: std::time::Duration,
 }
 
 /// Keys shorter than this are refused: they are guessed.
@@ -156,7 +175,20 @@ impl GatewayConfig {
             Some(n) => n as usize,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
+        let within = |value: Option<u64>, default: u64, max: u64, name: &str| match value {
+            None => Ok(default),
+            Some(v) if (1..=max).contains(&v) => Ok(v),
+            Some(v) => Err(format!("{name}: must be between 1 and {max}, not {v}")),
+        };
+        let max_request_bytes = within(raw.max_request_bytes, 32 << 20, 1 << 30, "max_request_bytes")? as usize;
+        let header_timeout = std::time::Duration::from_secs(within(raw.header_timeout_s, 30, 3600, "header_timeout_s")?);
+        let idle_timeout = std::time::Duration::from_secs(within(raw.idle_timeout_s, 120, 86_400, "idle_timeout_s")?);
+        let max_connections = within(raw.max_connections, 16_384, 10_000_000, "max_connections")? as usize;
         Ok(GatewayConfig {
+            max_request_bytes,
+            header_timeout,
+            idle_timeout,
+            max_connections,
             listen: raw.listen.unwrap_or_else(|| "127.0.0.1:7879".into()),
             realtime_headroom: raw.realtime_headroom.unwrap_or(1),
             typical_request_ms: raw.typical_request_ms.unwrap_or(2000).max(1),

@@ -38,6 +38,8 @@ enum Next {
     Fast(FastRequest),
     /// Anything else: the connection goes to hyper.
     Other,
+    /// An inference request whose body is over the cap: answered 413 without reading it.
+    TooLarge,
     /// The head is not all there yet.
     Partial,
 }
@@ -53,7 +55,7 @@ struct FastRequest {
 }
 
 /// Reads the head at the start of `buf`.
-fn next_request(buf: &[u8]) -> Next {
+fn next_request(buf: &[u8], max_body: usize) -> Next {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut slots);
     let head_len = match request.parse(buf) {
@@ -74,6 +76,7 @@ fn next_request(buf: &[u8]) -> Next {
             // A second length, or one that is not plain digits, is hyper's to refuse.
             let len = std::str::from_utf8(h.value).ok().filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())).and_then(|v| v.parse::<usize>().ok());
             match (body_len, len) {
+                (None, Some(len)) if len > max_body => return Next::TooLarge,
                 (None, Some(len)) if len <= MAX_FAST_BODY_BYTES => body_len = Some(len),
                 _ => return Next::Other,
             }
@@ -113,35 +116,54 @@ fn slot_of<'a>(headers: &'a mut CompletionHeaders, name: &str) -> Option<&'a mut
 /// Serves one client connection until it closes, or until `stop` is set and no request is
 /// under way.
 pub(crate) async fn serve(mut stream: TcpStream, gateway: Arc<Gateway>, app: Router, mut stop: watch::Receiver<bool>) {
+    let limits = gateway.limits();
     let mut buf = BytesMut::with_capacity(8 * 1024);
+    // When the first byte of the head being read came: the whole head is due a timeout after.
+    let mut head_began: Option<tokio::time::Instant> = None;
     loop {
-        let request = match next_request(&buf) {
+        let request = match next_request(&buf, limits.max_request_bytes) {
             Next::Fast(request) => request,
-            Next::Other => return hand_to_hyper(Prefixed { prefix: buf, stream }, app, stop).await,
+            Next::Other => return hand_to_hyper(Prefixed { prefix: buf, stream }, app, stop, &limits).await,
+            Next::TooLarge => {
+                // The body is not read: the connection closes after the answer.
+                let _ = write_response(&mut stream, &mut buf, crate::openai::too_large(limits.max_request_bytes), false).await;
+                return;
+            }
             Next::Partial => {
                 if buf.is_empty() && *stop.borrow() {
                     return;
                 }
+                let now = tokio::time::Instant::now();
+                let due = match head_began {
+                    Some(began) => began + limits.header_timeout,
+                    None => now + limits.idle_timeout,
+                };
                 // Room for a whole request, taken back from the start of the buffer once the
                 // requests read before are gone, rather than grown 64 bytes at a time.
                 buf.reserve(4096);
                 let read = tokio::select! {
                     read = stream.read_buf(&mut buf) => read,
                     _ = stop.wait_for(|s| *s), if buf.is_empty() => return,
+                    // A head dribbled out, or a connection kept idle: its socket is freed.
+                    () = tokio::time::sleep_until(due) => return,
                 };
                 match read {
                     Ok(0) | Err(_) => return,
-                    Ok(_) => continue,
+                    Ok(_) => {
+                        head_began.get_or_insert(now);
+                        continue;
+                    }
                 }
             }
         };
+        head_began = None;
         let whole = request.head_len + request.body_len;
         if buf.len() < whole {
             buf.reserve(whole - buf.len());
             while buf.len() < whole {
-                match stream.read_buf(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
+                match tokio::time::timeout(limits.idle_timeout, stream.read_buf(&mut buf)).await {
+                    Ok(Ok(0) | Err(_)) | Err(_) => return,
+                    Ok(Ok(_)) => {}
                 }
             }
         }
@@ -257,9 +279,13 @@ async fn write_response(stream: &mut TcpStream, buf: &mut BytesMut, response: Re
 
 /// Serves the rest of a connection with hyper and the router, shutting it down gracefully
 /// when `stop` is set.
-async fn hand_to_hyper(io: Prefixed, app: Router, mut stop: watch::Receiver<bool>) {
+async fn hand_to_hyper(io: Prefixed, app: Router, mut stop: watch::Receiver<bool>, limits: &crate::config::Limits) {
     let service = hyper_util::service::TowerToHyperService::new(app);
-    let connection = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(io), service).with_upgrades();
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .with_upgrades();
     tokio::pin!(connection);
     let mut stopping = false;
     loop {
@@ -347,7 +373,7 @@ mod tests {
     use crate::testing::{answer, completion, gateway_on_loopback, LOOPBACK_REPLICA};
 
     fn fast(raw: &str) -> Option<FastRequest> {
-        match next_request(raw.as_bytes()) {
+        match next_request(raw.as_bytes(), 32 << 20) {
             Next::Fast(r) => Some(r),
             _ => None,
         }
@@ -380,17 +406,19 @@ mod tests {
             "POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 2\r\nexpect: 100-continue\r\n\r\n",
             "POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 2\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n{}",
             "POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 2\r\nauthorization: a\r\nauthorization: b\r\n\r\n{}",
-            "POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 99999999999\r\n\r\n",
+            "POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 8000000\r\n\r\n",
             "NOT HTTP\r\n\r\n",
         ] {
-            assert!(matches!(next_request(raw.as_bytes()), Next::Other), "{raw:?}");
+            assert!(matches!(next_request(raw.as_bytes(), 32 << 20), Next::Other), "{raw:?}");
         }
+        let huge = "POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 99999999999\r\n\r\n";
+        assert!(matches!(next_request(huge.as_bytes(), 32 << 20), Next::TooLarge), "answered 413 without reading the body");
     }
 
     #[test]
     fn a_head_cut_short_waits_for_more() {
-        assert!(matches!(next_request(b"POST /v1/chat/completions HTTP/1.1\r\ncontent-le"), Next::Partial));
-        assert!(matches!(next_request(b""), Next::Partial));
+        assert!(matches!(next_request(b"POST /v1/chat/completions HTTP/1.1\r\ncontent-le", 32 << 20), Next::Partial));
+        assert!(matches!(next_request(b"", 32 << 20), Next::Partial));
     }
 
     #[tokio::test]

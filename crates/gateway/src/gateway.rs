@@ -72,6 +72,8 @@ pub struct Gateway {
     waiters: Mutex<Vec<Waiter>>,
     /// 429s per tier (index = tier order) and per [`Refusal`].
     refusals: [[AtomicU64; Refusal::ALL.len()]; Tier::ALL.len()],
+    /// Client connections open now.
+    open_connections: std::sync::atomic::AtomicUsize,
 }
 
 /// Why a request was answered 429.
@@ -200,6 +202,7 @@ impl Gateway {
             next_id: AtomicU64::new(1),
             epoch: Instant::now(),
             store,
+            open_connections: std::sync::atomic::AtomicUsize::new(0),
             cancel_flags: Mutex::new(HashMap::new()),
             waiters: Mutex::new(Vec::new()),
             refusals: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
@@ -255,6 +258,11 @@ impl Gateway {
 
     fn lock_replicas(&self) -> MutexGuard<'_, Vec<ReplicaState>> {
         self.replicas.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What each client connection may take.
+    pub(crate) fn limits(&self) -> crate::config::Limits {
+        crate::config::Limits { max_request_bytes: self.config.max_request_bytes, header_timeout: self.config.header_timeout, idle_timeout: self.config.idle_timeout }
     }
 
     pub(crate) fn tenant_of(&self, headers: &HeaderMap) -> Option<usize> {
@@ -833,38 +841,39 @@ pub(crate) struct CompletionHeaders {
 
 /// A request's headers that matter and whole body, taken apart without copying the headers
 /// (axum's `HeaderMap` extractor clones them, which showed in profiles at 10,000 requests/s).
-async fn headers_and_body(request: axum::extract::Request) -> Result<(CompletionHeaders, Bytes), Response> {
+async fn headers_and_body(g: &Gateway, request: axum::extract::Request) -> Result<(CompletionHeaders, Bytes), Response> {
     let (mut parts, body) = request.into_parts();
     let headers = CompletionHeaders { authorization: parts.headers.remove(header::AUTHORIZATION), tier: parts.headers.remove(TIER_HEADER) };
-    match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+    match axum::body::to_bytes(body, g.config.max_request_bytes).await {
         Ok(bytes) => Ok((headers, bytes)),
-        Err(e) => Err(error(StatusCode::PAYLOAD_TOO_LARGE, &format!("cannot read the request body: {e}"), "invalid_request_error", Some("body"), None)),
+        Err(e) if e.to_string().contains("length limit") => Err(crate::openai::too_large(g.config.max_request_bytes)),
+        Err(e) => Err(bad_request(&format!("cannot read the request body: {e}"), "body")),
     }
 }
 
 async fn chat_completions(State(g): State<Arc<Gateway>>, request: axum::extract::Request) -> Response {
-    match headers_and_body(request).await {
+    match headers_and_body(&g, request).await {
         Ok((headers, body)) => g.handle(headers, body, Endpoint::Chat).await,
         Err(refused) => refused,
     }
 }
 
 async fn completions(State(g): State<Arc<Gateway>>, request: axum::extract::Request) -> Response {
-    match headers_and_body(request).await {
+    match headers_and_body(&g, request).await {
         Ok((headers, body)) => g.handle(headers, body, Endpoint::Completions).await,
         Err(refused) => refused,
     }
 }
 
 async fn responses(State(g): State<Arc<Gateway>>, request: axum::extract::Request) -> Response {
-    match headers_and_body(request).await {
+    match headers_and_body(&g, request).await {
         Ok((headers, body)) => g.handle(headers, body, Endpoint::Responses).await,
         Err(refused) => refused,
     }
 }
 
 async fn embeddings(State(g): State<Arc<Gateway>>, request: axum::extract::Request) -> Response {
-    match headers_and_body(request).await {
+    match headers_and_body(&g, request).await {
         Ok((headers, body)) => g.handle(headers, body, Endpoint::Embeddings).await,
         Err(refused) => refused,
     }
@@ -962,8 +971,8 @@ pub async fn run(
     expose(&gateway, listener.local_addr().map_err(|e| e.to_string())?).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (handed, incoming) = tokio::sync::mpsc::unbounded_channel();
-    let served = tokio::spawn(serve_handed(incoming, gateway.clone(), router(gateway), stop_rx));
-    accept_until(listener, &[handed], shutdown).await;
+    let served = tokio::spawn(serve_handed(incoming, gateway.clone(), router(gateway.clone()), stop_rx));
+    accept_until(listener, &gateway, &[handed], shutdown).await;
     let _ = stop_tx.send(true);
     served.await.map_err(|e| e.to_string())
 }
@@ -972,16 +981,28 @@ pub async fn run(
 /// resolves or every worker is gone.
 async fn accept_until(
     listener: tokio::net::TcpListener,
+    gateway: &Gateway,
     workers: &[tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>],
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     let mut next = 0;
+    let mut cap_logged: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
+                    // Past the cap a connection is closed at once: held, it would keep its
+                    // socket and memory whatever it sends.
+                    if gateway.open_connections.fetch_add(1, Ordering::SeqCst) >= gateway.config.max_connections {
+                        gateway.open_connections.fetch_sub(1, Ordering::SeqCst);
+                        if cap_logged.is_none_or(|t| t.elapsed().as_secs() >= 10) {
+                            tracing::warn!(max_connections = gateway.config.max_connections, %peer, "gateway: connection cap reached: closing new connections");
+                            cap_logged = Some(Instant::now());
+                        }
+                        continue;
+                    }
                     // Answers go out as soon as they are written, not held back by Nagle's algorithm.
                     let _ = stream.set_nodelay(true);
                     let Ok(std_stream) = stream.into_std() else { continue };
@@ -1018,12 +1039,17 @@ async fn serve_handed(
                     Ok(stream) => {
                         let served = crate::connection::serve(stream, gateway.clone(), app.clone(), connection_stop.clone());
                         let open = open.clone();
+                        let counted = gateway.clone();
                         tokio::spawn(async move {
                             served.await;
+                            counted.open_connections.fetch_sub(1, Ordering::SeqCst);
                             drop(open);
                         });
                     }
-                    Err(e) => tracing::warn!("gateway: a connection could not be taken up: {e}"),
+                    Err(e) => {
+                        gateway.open_connections.fetch_sub(1, Ordering::SeqCst);
+                        tracing::warn!("gateway: a connection could not be taken up: {e}");
+                    }
                 },
                 None => break true,
             },
@@ -1111,7 +1137,7 @@ pub async fn run_on_workers(
             .map_err(|e| format!("gateway worker: {e}"))?;
         threads.push(thread);
     }
-    accept_until(listener, &senders, shutdown).await;
+    accept_until(listener, &gateway, &senders, shutdown).await;
     let _ = stop_tx.send(true);
     drop(senders);
     let results = tokio::task::spawn_blocking(move || threads.into_iter().map(|t| t.join()).collect::<Vec<_>>()).await.map_err(|e| e.to_string())?;

@@ -43,3 +43,9 @@ pub fn model_object(name: &str, owned_by: &str) -> Value {
 pub fn same_key(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+/// A 413 for a request body over the gateway's cap.
+pub fn too_large(max_bytes: usize) -> Response {
+    let message = format!("The request body is over this gateway's limit of {max_bytes} bytes.");
+    error(StatusCode::PAYLOAD_TOO_LARGE, &message, "invalid_request_error", Some("body"), Some("request_too_large"))
+}

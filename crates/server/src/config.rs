@@ -23,6 +23,8 @@ pub struct Config {
     pub projects: Vec<(String, tidepool_core::ProjectLimits)>,
     /// The API is served over TLS with this (see [`crate::tls::server_config`]) when set.
     pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// Timeouts, the connection cap and the body cap of the API's connections.
+    pub limits: crate::http::Limits,
 }
 
 impl Config {
@@ -38,6 +40,7 @@ impl Config {
             projects: Vec::new(),
             snapshot_every: 200_000,
             tls: None,
+            limits: crate::http::Limits::default(),
         }
     }
 }

@@ -89,6 +89,7 @@ impl IntoResponse for Error {
         }
         let field = match &self {
             Error::BadRequest { field, .. } => field.clone(),
+            Error::TooLarge(_) => Some("body".to_string()),
             _ => None,
         };
         let body = ErrorBody { error: self.to_string(), field };

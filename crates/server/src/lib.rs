@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`config`]: what the server is told at start.
 //! - [`error`]: the one error type and its HTTP mapping.
+//! - [`http`]: connections with header-read and idle timeouts and a cap.
 //! - [`journal`]: the group-commit writer in front of the store.
 //! - [`logs`]: task logs relayed from the agent that wrote them, streamed in pieces.
 //! - [`state`]: the shared state, replay and the reactor's `on_*` functions.
@@ -13,6 +14,7 @@
 
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod journal;
 pub mod logs;
 pub mod routes;
@@ -31,25 +33,19 @@ use tokio::net::TcpListener;
 /// reuse their connections, so waiting for every connection to close would wait forever.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Serves `app` until `shutdown` resolves, then lets connections finish for [`SHUTDOWN_GRACE`].
-async fn serve_until<L>(listener: L, app: axum::Router, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()>
+/// Serves `app` within `limits` until `shutdown` resolves, then lets connections finish for
+/// [`SHUTDOWN_GRACE`].
+async fn serve_until<L>(listener: L, app: axum::Router, limits: http::Limits, shutdown: impl std::future::Future<Output = ()> + Send + 'static)
 where
     L: axum::serve::Listener,
+    L::Io: Unpin,
     L::Addr: std::fmt::Debug,
 {
-    let (tx, mut rx) = tokio::sync::watch::channel(false);
-    let signalled = async move {
-        shutdown.await;
-        let _ = tx.send(true);
-    };
-    let graceful = axum::serve(listener, app).with_graceful_shutdown(signalled);
-    tokio::select! {
-        served = graceful => served,
-        _ = async {
-            let _ = rx.wait_for(|stop| *stop).await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => Ok(()),
-    }
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let served = tokio::spawn(http::serve(listener, app, limits, rx, SHUTDOWN_GRACE));
+    shutdown.await;
+    let _ = tx.send(true);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, served).await;
 }
 
 /// Runs the server on `listener` (TLS when the config names a certificate) until `shutdown`
@@ -63,14 +59,17 @@ pub async fn run(
     let shared = state::Shared::open(config)?;
     let shared = Arc::new(shared);
     let reactor = tokio::spawn(state::reactor_loop(shared.clone()));
-    let app = routes::router(shared.clone());
-    let served = match tls {
+    let limits = shared.config.limits;
+    let app = routes::router(shared.clone())
+        .layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(axum::middleware::map_response(http::too_large_in_api_shape));
+    match tls {
         Some(tls) => {
             let listener = tls::TlsListener::new(listener, tls).map_err(|e| Error::Internal(format!("TLS listener: {e}")))?;
-            serve_until(listener, app, shutdown).await
+            serve_until(listener, app, limits, shutdown).await;
         }
-        None => serve_until(listener, app, shutdown).await,
-    };
+        None => serve_until(listener, app, limits, shutdown).await,
+    }
     reactor.abort();
-    served.map_err(|e| Error::Internal(format!("http server: {e}")))
+    Ok(())
 }
