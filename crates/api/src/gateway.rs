@@ -84,6 +84,10 @@ pub struct ReplicaConfig {
     /// Key to send upstream, if it wants one.
     #[serde(default)]
     pub api_key: Option<String>,
+    /// The most tokens a request may ask it to generate (`max_tokens` and its kin); a request
+    /// asking more is answered 400 by the gateway (default: no limit checked here).
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
 }
 
 /// A tenant: who pays, with what budget and which tiers.

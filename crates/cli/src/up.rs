@@ -179,6 +179,9 @@ fn read_gateway_config(path: &Path) -> Result<GatewayConfig, String> {
     GatewayConfig::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// The most tokens a request may ask the demo replicas to generate.
+const DEMO_MAX_TOKENS: u64 = 8192;
+
 /// The key in a file, trimmed; a readable error naming the file otherwise.
 fn read_key(path: &Path) -> Result<String, String> {
     let key = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -203,7 +206,7 @@ async fn demo_gateway(data_dir: &Path) -> Result<GatewayConfig, String> {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let emulator = EmulatorConfig { api_key: Some(upstream_key.clone()), ..EmulatorConfig::default() };
         replicas.push_str(&format!(
-            "[[replicas]]\nurl = \"http://{addr}\"\nmodel = \"{}\"\nbest_concurrency = {}\napi_key = \"{upstream_key}\"\n\n",
+            "[[replicas]]\nurl = \"http://{addr}\"\nmodel = \"{}\"\nbest_concurrency = {}\napi_key = \"{upstream_key}\"\nmax_tokens = {DEMO_MAX_TOKENS}\n\n",
             emulator.model, emulator.best_concurrency
         ));
         tokio::spawn(tidepool_gateway::emulator::serve(listener, emulator));

@@ -5,9 +5,9 @@
 mod common;
 
 use common::{Env, BIN};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// True when the peer closes `s` within `secs` (a read returns end of file or an error).
@@ -106,39 +106,17 @@ fn the_cli_gives_up_on_a_stopped_server_with_one_line() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("TIDEPOOL_TIMEOUT"));
 }
 
-struct Killed(Child, #[allow(dead_code)] common::Scratch);
 
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(name: &str, args: &[&str], files: &[(&str, &str)]) -> (Killed, String) {
-    let dir = common::Scratch::new(name);
-    for (file, text) in files {
-        std::fs::write(dir.join(file), text).unwrap();
-    }
-    let mut child = Command::new(BIN).args(args).current_dir(&dir).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next().expect("exited before listening").unwrap();
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (Killed(child, dir), url)
-}
 
 #[test]
 fn the_gateway_bounds_heads_idle_connections_their_number_and_bodies() {
-    let (_replica, replica) = start("bounded-replica", &["replica-emulator", "--listen", "127.0.0.1:0", "--model", "m"], &[]);
+    let (_replica, replica) = common::start_program("bounded-replica", &["replica-emulator", "--listen", "127.0.0.1:0", "--model", "m"], &[], 1);
+    let replica = &replica[0];
     let config = format!(
         "listen = \"127.0.0.1:0\"\nheader_timeout_s = 1\nidle_timeout_s = 2\nmax_connections = 24\nmax_request_bytes = 100000\n[[replicas]]\nurl = \"{replica}\"\nmodel = \"m\"\nbest_concurrency = 4\n[[tenants]]\nname = \"t\"\nkeys = [\"sk-bounded-key\"]\ntpm = 100000000\nrpm = 100000\n"
     );
-    let (_gateway, gw) = start("bounded-gateway", &["gateway", "--config", "g.toml"], &[("g.toml", &config)]);
+    let (_gateway, gw) = common::start_program("bounded-gateway", &["gateway", "--config", "g.toml"], &[("g.toml", &config)], 1);
+    let gw = &gw[0];
     let mut slow = connect(&gw);
     slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n").unwrap();
     assert!(closed_within(&mut slow, 10), "a partial head kept its connection");

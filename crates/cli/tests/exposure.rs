@@ -6,20 +6,11 @@
 mod common;
 
 use common::{Env, BIN};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-/// A process, killed when the test ends, and the directory it runs in, removed after it.
-struct Killed(Child, #[allow(dead_code)] common::Scratch);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A raw HTTP/1.1 request with an optional bearer key: (status, body).
 fn request(base: &str, method: &str, path: &str, key: Option<&str>, body: &str) -> (u16, String) {
@@ -36,25 +27,6 @@ fn request(base: &str, method: &str, path: &str, key: Option<&str>, body: &str) 
 
 const CHAT: &str = r#"{"model":"m","messages":[{"role":"user","content":"hello"}],"max_tokens":3}"#;
 
-/// Starts a program that logs `... listening on URL` (or `metrics on URL`) lines; returns it and
-/// the URLs it logged, in order, once `n` are seen.
-fn start(name: &str, args: &[&str], files: &[(&str, &str)], n: usize) -> (Killed, Vec<String>) {
-    let dir = common::Scratch::new(name);
-    for (file, text) in files {
-        std::fs::write(dir.join(file), text).unwrap();
-    }
-    let mut child = Command::new(BIN).args(args).current_dir(&dir).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut urls = Vec::new();
-    while urls.len() < n {
-        let line = lines.next().expect("exited before listening").unwrap();
-        if let Some(rest) = line.split(" on http://").nth(1) {
-            urls.push(format!("http://{}", rest.trim().trim_end_matches("/metrics")));
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    (Killed(child, dir), urls)
-}
 
 /// Runs `tidepool gateway` on a file that must be refused; its one-line error.
 fn refused(name: &str, config: &str) -> String {
@@ -67,7 +39,7 @@ fn refused(name: &str, config: &str) -> String {
 
 #[test]
 fn replicas_and_metrics_want_their_keys_and_no_answer_names_an_address() {
-    let (_replica, urls) = start("keyed-replica", &["replica-emulator", "--listen", "127.0.0.1:0", "--model", "m", "--api-key-file", "k"], &[("k", "uk-only-the-gateway\n")], 1);
+    let (_replica, urls) = common::start_program("keyed-replica", &["replica-emulator", "--listen", "127.0.0.1:0", "--model", "m", "--api-key-file", "k"], &[("k", "uk-only-the-gateway\n")], 1);
     let replica = &urls[0];
     assert_eq!(request(replica, "POST", "/v1/chat/completions", None, CHAT).0, 401, "a keyless request reached the replica");
     assert_eq!(request(replica, "POST", "/v1/chat/completions", Some("sk-tenant-key"), CHAT).0, 401, "a tenant's key reached the replica");
@@ -76,7 +48,7 @@ fn replicas_and_metrics_want_their_keys_and_no_answer_names_an_address() {
     let config = format!(
         "listen = \"127.0.0.1:0\"\nmetrics_key = \"mk-scrape-key\"\nmetrics_listen = \"127.0.0.1:0\"\n[[replicas]]\nurl = \"{replica}\"\nmodel = \"m\"\nbest_concurrency = 4\napi_key = \"uk-only-the-gateway\"\n[[replicas]]\nurl = \"http://127.0.0.1:9\"\nmodel = \"gone\"\nbest_concurrency = 4\n[[tenants]]\nname = \"t\"\nkeys = [\"sk-tenant-key\"]\ntpm = 1000000\nrpm = 10000\n"
     );
-    let (_gateway, urls) = start("keyed-gateway", &["gateway", "--config", "g.toml"], &[("g.toml", &config)], 2);
+    let (_gateway, urls) = common::start_program("keyed-gateway", &["gateway", "--config", "g.toml"], &[("g.toml", &config)], 2);
     let (metrics, gateway) = if urls[0].contains("metrics") { (&urls[0], &urls[1]) } else { (&urls[1], &urls[0]) };
     let _ = metrics;
     assert_eq!(request(gateway, "POST", "/v1/chat/completions", Some("sk-tenant-key"), CHAT).0, 200, "the gateway holds the replica's key");
@@ -101,10 +73,10 @@ fn replicas_and_metrics_want_their_keys_and_no_answer_names_an_address() {
 
 #[test]
 fn an_open_tenant_serves_a_local_client_and_is_refused_on_the_network() {
-    let (_replica, urls) = start("open-replica", &["replica-emulator", "--listen", "127.0.0.1:0", "--model", "m"], &[], 1);
+    let (_replica, urls) = common::start_program("open-replica", &["replica-emulator", "--listen", "127.0.0.1:0", "--model", "m"], &[], 1);
     let tenants = "[[tenants]]\nname = \"paying\"\nkeys = [\"sk-paying-key\"]\ntpm = 1000000\nrpm = 10000\n[[tenants]]\nname = \"local\"\nopen = true\ntpm = 1000000\nrpm = 10000\n";
     let config = format!("listen = \"127.0.0.1:0\"\nmetrics_key = \"mk-scrape-key\"\n[[replicas]]\nurl = \"{}\"\nmodel = \"m\"\nbest_concurrency = 4\n{tenants}", urls[0]);
-    let (_gateway, gw) = start("open-gateway", &["gateway", "--config", "g.toml"], &[("g.toml", &config)], 1);
+    let (_gateway, gw) = common::start_program("open-gateway", &["gateway", "--config", "g.toml"], &[("g.toml", &config)], 1);
     for key in [Some("EMPTY"), None, Some("sk-paying-key")] {
         assert_eq!(request(&gw[0], "POST", "/v1/chat/completions", key, CHAT).0, 200, "key {key:?}");
     }
@@ -121,7 +93,7 @@ fn an_open_tenant_serves_a_local_client_and_is_refused_on_the_network() {
     let err = refused("open-on-network", &network);
     assert!(err.contains("open") && err.contains("allow_open_tenant_on_network"), "{err}");
     let allowed = format!("allow_open_tenant_on_network = true\n{network}");
-    let (_allowed, _) = start("open-allowed", &["gateway", "--config", "g.toml"], &[("g.toml", &allowed)], 1);
+    let (_allowed, _) = common::start_program("open-allowed", &["gateway", "--config", "g.toml"], &[("g.toml", &allowed)], 1);
     let short = refused("short-key", "[[tenants]]\nname = \"x\"\nkeys = [\"EMPTY\"]\ntpm = 1\nrpm = 1\n");
     assert!(short.contains("open = true"), "{short}");
 }

@@ -262,6 +262,10 @@ fn a_batch_survives_kill_9_and_completes_once_per_line() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(batch["request_counts"]["completed"], 60, "{batch}");
+    assert_eq!(batch["model"], "tidepool-demo", "{batch}");
+    assert_eq!(batch["usage"]["output_tokens"], 60 * 40, "{batch}");
+    assert!(batch["usage"]["input_tokens"].as_u64().is_some_and(|n| n >= 60), "{batch}");
+    assert_eq!(batch["usage"]["total_tokens"].as_u64(), Some(batch["usage"]["input_tokens"].as_u64().unwrap() + 2400), "{batch}");
     let (_, output) = get(&env.gateway_url, &format!("/v1/files/{}/content", batch["output_file_id"].as_str().unwrap()), &key);
     let ids: std::collections::BTreeSet<String> = output
         .lines()

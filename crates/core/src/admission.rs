@@ -37,10 +37,14 @@ impl Bucket {
         }
     }
 
-    /// Takes `n` units, or says in how many milliseconds they will be there.
+    /// Takes `n` units, or says in how many milliseconds they will be there. More than the
+    /// capacity is never taken, however full the bucket: callers refuse such a request outright.
     pub fn take(&mut self, n: u64, now_ms: u64) -> Result<(), u64> {
         self.refill(now_ms);
-        let n = (n as f64).min(self.capacity);
+        let n = n as f64;
+        if n > self.capacity {
+            return Err(u64::MAX);
+        }
         if self.level >= n {
             self.level -= n;
             return Ok(());
@@ -187,6 +191,9 @@ mod tests {
         assert_eq!(b.remaining(1000), 0);
         b.give_back(5, 1000);
         assert_eq!(b.remaining(1000), 5);
+        let mut full = Bucket::per_minute(600, 0);
+        assert_eq!(full.take(601, 0), Err(u64::MAX), "more than the whole bucket, even full");
+        assert_eq!(full.remaining(0), 600);
     }
 
     #[test]

@@ -186,6 +186,7 @@ pub async fn create_batch(State(g): State<Arc<Gateway>>, headers: HeaderMap, bod
         "created_at": now, "in_progress_at": null, "expires_at": now + 86_400, "finalizing_at": null,
         "completed_at": null, "failed_at": null, "expired_at": null, "cancelling_at": null, "cancelled_at": null,
         "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": metadata,
+        "model": null, "usage": usage_object(0, 0),
     });
     g.save_batch(&tenant, &batch);
     spawn_runner(g.clone(), tenant, batch["id"].as_str().unwrap_or_default().to_string());
@@ -338,6 +339,10 @@ async fn run_batch(g: Arc<Gateway>, tenant: &str, id: &str, cancelled: Arc<Atomi
             return Ok(());
         }
     };
+    if batch["model"].is_null() {
+        // The model of its requests (the first line's, when they differ).
+        batch["model"] = lines.first().and_then(|l| l.body.get("model").cloned()).unwrap_or(Value::Null);
+    }
     if batch["status"] == "validating" {
         batch["status"] = json!("in_progress");
         batch["in_progress_at"] = json!(now_s());
@@ -406,11 +411,30 @@ async fn run_batch(g: Arc<Gateway>, tenant: &str, id: &str, cancelled: Arc<Atomi
     Ok(())
 }
 
+/// A batch's `usage`, as OpenAI's batch object has it.
+fn usage_object(input: u64, output: u64) -> Value {
+    json!({
+        "input_tokens": input, "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": output, "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input + output,
+    })
+}
+
 fn update_counts(g: &Gateway, id: &str, batch: &mut Value) -> Result<(), String> {
     let results = g.with_store(|s| s.results(id))?;
     let completed = results.iter().filter(|(_, ok, _)| *ok).count();
     batch["request_counts"]["completed"] = json!(completed);
     batch["request_counts"]["failed"] = json!(results.len() - completed);
+    let (mut input, mut output) = (0u64, 0u64);
+    for (_, _, record) in &results {
+        let record: Value = serde_json::from_str(record).unwrap_or(Value::Null);
+        let usage = record["response"]["body"].get("usage").cloned().and_then(|u| serde_json::from_value::<tidepool_api::gateway::TokenUsage>(u).ok());
+        if let Some(u) = usage {
+            input += u.prompt_tokens;
+            output += u.completion_tokens;
+        }
+    }
+    batch["usage"] = usage_object(input, output);
     // A cancel may have been written by the API meanwhile: keep it.
     if let Ok(Some((_, stored))) = g.with_store(|s| s.batch(id)) {
         if let Ok(v) = serde_json::from_str::<Value>(&stored) {

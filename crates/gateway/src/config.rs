@@ -20,6 +20,8 @@ pub struct Replica {
     pub learn: Option<Learn>,
     /// Key sent upstream.
     pub api_key: Option<String>,
+    /// The most output tokens a request may ask of it.
+    pub max_tokens: Option<u64>,
 }
 
 /// How a replica's best concurrency is learned.
@@ -132,6 +134,10 @@ impl GatewayConfig {
                 max_concurrency: max,
                 learn,
                 api_key: r.api_key,
+                max_tokens: match r.max_tokens {
+                    Some(0) => return Err(format!("replicas[{i}].max_tokens: must be at least 1")),
+                    m => m,
+                },
             });
         }
         let mut seen = HashSet::new();

@@ -9,7 +9,7 @@
 //! dispatch, the request and response objects, the router's layers) had become most of the
 //! gateway's own work per proxied request.
 
-use crate::gateway::{CompletionHeaders, Gateway, TIER_HEADER};
+use crate::gateway::{CompletionHeaders, Gateway, REQUEST_ID_HEADER, TIER_HEADER};
 use crate::request::Endpoint;
 use axum::http::{header, HeaderValue};
 use axum::response::Response;
@@ -52,6 +52,8 @@ struct FastRequest {
     headers: CompletionHeaders,
     /// The client asked to close the connection after this answer.
     close: bool,
+    /// The client's `x-request-id`, echoed on the answer.
+    request_id: Option<HeaderValue>,
 }
 
 /// Reads the head at the start of `buf`.
@@ -69,6 +71,7 @@ fn next_request(buf: &[u8], max_body: usize) -> Next {
     let Some(endpoint) = request.path.and_then(Endpoint::of) else { return Next::Other };
     let mut body_len = None;
     let mut close = false;
+    let mut request_id = None;
     let mut headers = CompletionHeaders::default();
     for h in request.headers.iter() {
         let name = h.name;
@@ -86,6 +89,11 @@ fn next_request(buf: &[u8], max_body: usize) -> Next {
             } else if !h.value.eq_ignore_ascii_case(b"keep-alive") {
                 return Next::Other;
             }
+        } else if name.eq_ignore_ascii_case(REQUEST_ID_HEADER.as_str()) {
+            // A repeated one is left to the router.
+            if request_id.replace(HeaderValue::from_bytes(h.value).ok()).is_some() {
+                return Next::Other;
+            }
         } else if let Some(slot) = slot_of(&mut headers, name) {
             // A repeated one, or one that is not a header value, is left to the router.
             let Ok(value) = HeaderValue::from_bytes(h.value) else { return Next::Other };
@@ -97,7 +105,7 @@ fn next_request(buf: &[u8], max_body: usize) -> Next {
         }
     }
     match body_len {
-        Some(body_len) => Next::Fast(FastRequest { endpoint, head_len, body_len, headers, close }),
+        Some(body_len) => Next::Fast(FastRequest { endpoint, head_len, body_len, headers, close, request_id: request_id.flatten() }),
         None => Next::Other,
     }
 }
@@ -126,7 +134,9 @@ pub(crate) async fn serve(mut stream: TcpStream, gateway: Arc<Gateway>, app: Rou
             Next::Other => return hand_to_hyper(Prefixed { prefix: buf, stream }, app, stop, &limits).await,
             Next::TooLarge => {
                 // The body is not read: the connection closes after the answer.
-                let _ = write_response(&mut stream, &mut buf, crate::openai::too_large(limits.max_request_bytes), false).await;
+                let mut response = crate::openai::too_large(limits.max_request_bytes);
+                response.headers_mut().insert(REQUEST_ID_HEADER, gateway.request_id(None));
+                let _ = write_response(&mut stream, &mut buf, response, false).await;
                 return;
             }
             Next::Partial => {
@@ -171,10 +181,11 @@ pub(crate) async fn serve(mut stream: TcpStream, gateway: Arc<Gateway>, app: Rou
         let body = buf.split_to(request.body_len).freeze();
         // A client that gives up (a timeout, a closed tab) frees its slot and its replica's
         // connection at once, not when the answer would have come.
-        let response = tokio::select! {
+        let mut response = tokio::select! {
             response = gateway.clone().handle(request.headers, body, request.endpoint) => response,
             _ = client_gone(&stream, &mut buf) => return,
         };
+        response.headers_mut().insert(REQUEST_ID_HEADER, gateway.request_id(request.request_id.as_ref()));
         let keep_alive = !request.close && !*stop.borrow();
         if write_response(&mut stream, &mut buf, response, keep_alive).await.is_err() || !keep_alive {
             return;

@@ -74,6 +74,9 @@ pub struct Gateway {
     refusals: [[AtomicU64; Refusal::ALL.len()]; Tier::ALL.len()],
     /// Client connections open now.
     open_connections: std::sync::atomic::AtomicUsize,
+    /// Request ids made here: this gateway's start (ns) and a count.
+    id_prefix: u64,
+    next_request_id: AtomicU64,
 }
 
 /// Why a request was answered 429.
@@ -203,6 +206,8 @@ impl Gateway {
             epoch: Instant::now(),
             store,
             open_connections: std::sync::atomic::AtomicUsize::new(0),
+            id_prefix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64) & 0xffff_ffff_ffff,
+            next_request_id: AtomicU64::new(1),
             cancel_flags: Mutex::new(HashMap::new()),
             waiters: Mutex::new(Vec::new()),
             refusals: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
@@ -258,6 +263,16 @@ impl Gateway {
 
     fn lock_replicas(&self) -> MutexGuard<'_, Vec<ReplicaState>> {
         self.replicas.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The id of an answer: the client's `x-request-id` when it is a short printable one,
+    /// else a new one, unique in this gateway's life.
+    pub(crate) fn request_id(&self, given: Option<&HeaderValue>) -> HeaderValue {
+        if let Some(v) = given.filter(|v| !v.is_empty() && v.len() <= 256 && v.as_bytes().iter().all(|b| b.is_ascii_graphic())) {
+            return v.clone();
+        }
+        let n = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("req_{:012x}{n:012x}", self.id_prefix)).unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
     }
 
     /// What each client connection may take.
@@ -475,9 +490,18 @@ impl Gateway {
             return bad_request(&message, param);
         }
         let model = facts.model.as_deref().unwrap_or_default();
-        let candidates = self.replicas_for(model);
+        let mut candidates = self.replicas_for(model);
         if candidates.is_empty() {
             return model_not_found(model);
+        }
+        if let Some(asked) = facts.max_output_tokens() {
+            let limit = |i: &usize| self.config.replicas[*i].max_tokens;
+            let most = candidates.iter().map(limit).try_fold(0u64, |most, l| l.map(|l| most.max(l)));
+            if let Some(most) = most.filter(|most| asked > *most) {
+                let field = output_limit_field(endpoint, &facts);
+                return bad_request(&format!("{field} is too large: {asked}. The replicas of `{model}` generate at most {most} tokens per request."), field);
+            }
+            candidates.retain(|i| limit(i).is_none_or(|l| asked <= l));
         }
         let base_tier = self.lock_tenants().get(tenant).map_or(Tier::Realtime, |t| t.tier);
         let tier = match headers.tier.map(|v| v.to_str().unwrap_or("").parse::<Tier>()) {
@@ -497,6 +521,20 @@ impl Gateway {
                 drop(tenants);
                 self.count_refusal(tier, Refusal::Requests);
                 return self.too_many(tenant, wait, "Rate limit reached for requests per minute.", "requests", "rate_limit_exceeded");
+            }
+            if estimate > t.tpm.capacity() {
+                let limit = t.tpm.capacity();
+                t.rpm.give_back(1, now);
+                t.refused += 1;
+                drop(tenants);
+                self.count_refusal(tier, Refusal::Tokens);
+                // No Retry-After: waiting never helps; a smaller request (or budget) does.
+                let message = format!(
+                    "Request too large for {model} on tokens per minute (TPM): Limit {limit}, Requested {estimate}. The input or output tokens must be reduced in order to run successfully."
+                );
+                let mut response = error(StatusCode::TOO_MANY_REQUESTS, &message, "tokens", None, Some("rate_limit_exceeded"));
+                self.rate_headers(tenant, response.headers_mut());
+                return response;
             }
             if let Err(wait) = t.tpm.take(estimate, now) {
                 t.rpm.give_back(1, now);
@@ -829,6 +867,16 @@ impl Gateway {
 
 /// The header that lowers a request's tier.
 pub(crate) const TIER_HEADER: HeaderName = HeaderName::from_static("x-tidepool-tier");
+/// The request id on every answer: the client's when it sent one, else one made here.
+pub(crate) const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Puts `x-request-id` on every answer of the router's routes.
+async fn with_request_id(State(g): State<Arc<Gateway>>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let given = request.headers().get(REQUEST_ID_HEADER).cloned();
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(REQUEST_ID_HEADER, g.request_id(given.as_ref()));
+    response
+}
 
 /// The only headers a completion request is judged by: its key and the tier it asks for.
 #[derive(Default)]
@@ -837,6 +885,17 @@ pub(crate) struct CompletionHeaders {
     pub authorization: Option<HeaderValue>,
     /// `x-tidepool-tier`: a tier at or below the key's.
     pub tier: Option<HeaderValue>,
+}
+
+/// The field a request's output limit was given in, to name in an error.
+fn output_limit_field(endpoint: Endpoint, facts: &RequestFacts) -> &'static str {
+    if endpoint == Endpoint::Responses {
+        "max_output_tokens"
+    } else if facts.max_completion_tokens.get().is_some() {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    }
 }
 
 /// A request's headers that matter and whole body, taken apart without copying the headers
@@ -958,6 +1017,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(gateway.clone(), with_request_id))
         .with_state(gateway)
 }
 

@@ -253,3 +253,34 @@ pub fn pids_of(marker: &str) -> Vec<u32> {
     let out = Command::new("pgrep").args(["-f", &format!("^{marker}")]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
+
+/// A program of the binary, killed when the test ends (pass or fail), and the directory it ran
+/// in, removed after it.
+pub struct Program(pub Child, pub Scratch);
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `tidepool ARGS` in a directory of its own holding `files`; returns it and the first
+/// `n` URLs it logs as `... on http://...`, in order.
+pub fn start_program(name: &str, args: &[&str], files: &[(&str, &str)], n: usize) -> (Program, Vec<String>) {
+    let dir = Scratch::new(name);
+    for (file, text) in files {
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+    let mut child = Command::new(BIN).args(args).current_dir(&dir).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut urls = Vec::new();
+    while urls.len() < n {
+        let line = lines.next().expect("exited before listening").unwrap();
+        if let Some(rest) = line.split(" on http://").nth(1) {
+            urls.push(format!("http://{}", rest.trim().trim_end_matches("/metrics")));
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    (Program(child, dir), urls)
+}
