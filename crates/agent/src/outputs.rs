@@ -2,8 +2,8 @@
 //! task wrote and never from a path a client chose.
 //!
 //! When a task's output file is opened (by the launcher, or by the agent before handing the task
-//! to Slurm), one JSON line naming the attempt, the stream, the path and the file's device and
-//! inode is appended to `outputs/JOB` beside the run directory. A read finds the task's latest
+//! to Slurm), one JSON line naming the attempt, the stream, the path and the file's device, inode
+//! and birth time is appended to `outputs/JOB` beside the run directory. A read finds the task's latest
 //! line, opens the path without following a final symlink, and refuses unless the file opened is
 //! still that regular file: `--output /proc/self/environ`, a path swapped for a symlink, or a
 //! file replaced since all read as nothing.
@@ -30,6 +30,15 @@ struct Record {
     path: String,
     dev: u64,
     ino: u64,
+    /// When the file was made (ns since the epoch), where the file system says: an inode
+    /// number is reused once its file is gone, a birth time is not.
+    #[serde(default)]
+    born_ns: Option<u128>,
+}
+
+/// When `meta`'s file was made, ns since the epoch, if the file system keeps it.
+fn born_ns(meta: &std::fs::Metadata) -> Option<u128> {
+    meta.created().ok()?.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_nanos())
 }
 
 /// Appends the records of an attempt's opened output files, `(stream, path, file)`, to the job's
@@ -41,7 +50,7 @@ pub fn record(dir: &Path, a: AttemptRef, files: &[(&str, &str, &File)]) -> std::
         if !meta.is_file() || on_kernel_filesystem(file) {
             continue;
         }
-        let r = Record { index: a.index, attempt: a.attempt, stream: stream.to_string(), path: path.to_string(), dev: meta.dev(), ino: meta.ino() };
+        let r = Record { index: a.index, attempt: a.attempt, stream: stream.to_string(), path: path.to_string(), dev: meta.dev(), ino: meta.ino(), born_ns: born_ns(&meta) };
         lines.push_str(&serde_json::to_string(&r).map_err(std::io::Error::other)?);
         lines.push('\n');
     }
@@ -134,7 +143,8 @@ pub fn read(dir: &Path, job_id: u64, index: u32, stream: &str, offset: u64, limi
         opened => opened.map_err(io)?,
     };
     let meta = file.metadata().map_err(io)?;
-    if !meta.is_file() || meta.dev() != record.dev || meta.ino() != record.ino {
+    let same_birth = record.born_ns.is_none_or(|b| born_ns(&meta) == Some(b));
+    if !meta.is_file() || meta.dev() != record.dev || meta.ino() != record.ino || !same_birth {
         return Err(Unreadable::Replaced(record.path));
     }
     let size = meta.len();

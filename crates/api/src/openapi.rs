@@ -29,7 +29,20 @@ pub fn document() -> String {
             },
             "/jobs/{id}": {"get": op("Show a job; ?tasks=true lists every task", None, "JobView")},
             "/jobs/{id}/cancel": {"post": op("Cancel a job or one task", Some("CancelRequest"), "CancelResponse")},
-            "/jobs/{id}/tasks/{index}/log": {"get": {"summary": "A task's output; ?stream=stderr for its errors", "security": [{"bearer": []}], "responses": {"200": {"description": "text", "content": {"text/plain": {}}}}}},
+            "/jobs/{id}/tasks/{index}/log": {"get": {
+                "summary": "A task's output, read by the agent of its node from the file the task wrote, streamed",
+                "security": [{"bearer": []}],
+                "parameters": [
+                    {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["stdout", "stderr"]}},
+                    {"name": "offset", "in": "query", "description": "First byte", "schema": int},
+                    {"name": "limit", "in": "query", "description": "Most bytes", "schema": int},
+                    {"name": "tail", "in": "query", "description": "Start at the last this many lines", "schema": int},
+                ],
+                "responses": {
+                    "200": {"description": "The bytes; x-log-start, x-log-size and x-task-ended say where they start, the file's size and whether the task has ended", "content": {"text/plain": {}}},
+                    "4XX": {"description": "Bad request, unauthorised, not found, or no output recorded", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}},
+                    "503": {"description": "The node that holds the log is not connected", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+                }}},
             "/nodes": {"get": op("List nodes", None, "NodeList")},
             "/nodes/{name}/drain": {"post": op("Drain a node: it finishes what runs and takes nothing new (admin)", None, "DrainAnswer")},
             "/nodes/{name}/resume": {"post": op("Give a drained node work again (admin)", None, "DrainAnswer")},
@@ -56,7 +69,7 @@ pub fn document() -> String {
                     "pool": string}},
                 "SubmitResponse": {"type": "object", "required": ["job_id"], "properties": {"job_id": int}},
                 "CancelRequest": {"type": "object", "properties": {"index": int}},
-                "CancelResponse": {"type": "object", "properties": {"n_cancelled": int, "n_signalled": int}},
+                "CancelResponse": {"type": "object", "properties": {"n_cancelled": int, "n_signalled": int, "already_ended": {"type": "boolean"}}},
                 "JobView": {"type": "object", "properties": {"id": int, "name": string, "state": string, "n_tasks": int}},
                 "JobList": {"type": "array", "items": {"$ref": "#/components/schemas/JobView"}},
                 "NodeView": {"type": "object", "properties": {"name": string, "pool": string, "state": string}},

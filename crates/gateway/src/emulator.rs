@@ -99,7 +99,7 @@ pub fn router(config: EmulatorConfig) -> Router {
         async move {
             if let Some(want) = &key {
                 let given = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-                if !given.is_some_and(|g| crate::openai::same_key(g.trim(), want)) {
+                if !given.is_some_and(|g| tidepool_api::same_secret(g.trim(), want)) {
                     return crate::openai::unauthorized();
                 }
             }

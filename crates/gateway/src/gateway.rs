@@ -294,7 +294,7 @@ impl Gateway {
     fn may_scrape(&self, headers: &HeaderMap) -> bool {
         let Some(want) = &self.config.metrics_key else { return false };
         let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        given.is_some_and(|g| crate::openai::same_key(g.trim(), want))
+        given.is_some_and(|g| tidepool_api::same_secret(g.trim(), want))
     }
 
     /// Logs why a replica failed with its address, and answers the client without it.

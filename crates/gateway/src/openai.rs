@@ -39,11 +39,6 @@ pub fn model_object(name: &str, owned_by: &str) -> Value {
     json!({"id": name, "object": "model", "created": 0, "owned_by": owned_by})
 }
 
-/// Compares two keys in time independent of where they differ.
-pub fn same_key(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// A 413 for a request body over the gateway's cap.
 pub fn too_large(max_bytes: usize) -> Response {
     let message = format!("The request body is over this gateway's limit of {max_bytes} bytes.");

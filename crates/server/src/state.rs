@@ -242,7 +242,7 @@ impl Shared {
 
     /// Who a bearer token stands for, if anyone.
     pub fn principal(&self, token: &str) -> Option<Principal> {
-        if tokens::same(token, &self.admin_token) {
+        if tidepool_api::same_secret(token, &self.admin_token) {
             return Some(Principal::Admin);
         }
         let hash = tokens::hash(token);

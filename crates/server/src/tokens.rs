@@ -38,11 +38,6 @@ pub fn load_or_create(path: &Path, prefix: &str) -> Result<(String, bool)> {
     Ok((token, true))
 }
 
-/// Compares two tokens in time independent of where they differ.
-pub fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// SHA-256 of a token, hex: what is stored instead of the token.
 pub fn hash(token: &str) -> String {
     use sha2::Digest;
