@@ -203,3 +203,31 @@ fn over_tls_the_api_agents_and_commands_work_and_plain_http_gets_nothing() {
     let admin = std::fs::read_to_string(env.dir.join("data/admin.token")).unwrap();
     assert_eq!(code(&["--cacert", &ca, "-H", &format!("Authorization: Bearer {}", admin.trim()), &format!("{}/api/v1/jobs", env.url)]), "200");
 }
+
+#[test]
+fn a_join_token_stays_out_of_argv_and_argv_use_is_warned() {
+    let mut env = Env::new("join-argv");
+    let join = std::fs::read_to_string(env.dir.join("data/join.token")).unwrap().trim().to_string();
+    env.add_agent("from-file", &["--cpus", "1"]);
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", env.agent_pid("from-file"))).unwrap();
+    assert!(!cmdline.windows(join.len()).any(|w| w == join.as_bytes()), "the join token is in the agent's argv");
+
+    let mut argv = env
+        .cmd(common::BIN, &["agent", "--server", &env.url, "--join-token", &join, "--name", "argv", "--data-dir", "agent-argv", "--cpus", "1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = argv.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            if line.contains("--join-token-file") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let warned = rx.recv_timeout(std::time::Duration::from_secs(20)).is_ok();
+    let _ = argv.kill();
+    let _ = argv.wait();
+    assert!(warned, "no warning for a join token in argv");
+}

@@ -62,8 +62,17 @@ impl Env {
     /// Starts one more agent with `command` (the binary and how it reaches the server, e.g.
     /// inside a network namespace), joining with `token`.
     pub fn add_agent_by(&mut self, name: &str, mut command: Command, token: &str, extra: &[&str]) {
+        // From a file, as the README says: a token in argv is readable by every user in `ps`.
+        let token_file = self.dir.join(format!("join-{name}.token"));
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&token_file).unwrap();
+            std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes()).unwrap();
+        }
         let child = command
-            .args(["--join-token", token, "--name", name])
+            .arg("--join-token-file")
+            .arg(&token_file)
+            .args(["--name", name])
             .args(["--data-dir", &format!("agent-{name}")])
             .args(extra)
             .current_dir(&self.dir)

@@ -14,6 +14,9 @@ impl Cluster {
             .nodes
             .iter()
             .filter(|n| spec.pool.as_ref().is_none_or(|p| &n.pool == p))
+            // A node known by name only (replayed before its agent registers again) has no
+            // capacity yet: it proves nothing either way.
+            .filter(|n| n.capacity.cpu_millis > 0)
             .collect();
         if candidates.is_empty() {
             return Ok(());

@@ -483,3 +483,34 @@ fn a_snapshot_restores_the_same_state() {
     assert_eq!(d.job(JobId(1)).unwrap().counts(), c.job(JobId(1)).unwrap().counts());
     assert_eq!(d.schedule(5), c.schedule(5), "the same next decisions");
 }
+
+#[test]
+fn what_no_known_node_could_hold_is_refused_naming_the_field() {
+    let unavailable = "Requested node configuration is not available";
+    // Nothing known yet: everything waits for a node that may come.
+    assert!(Cluster::new().validate(&spec("0", 64), &[]).is_ok());
+    let mut c = cluster_with_nodes(&[4, 8]);
+    assert!(c.validate(&spec("0-99", 8), &[]).is_ok(), "the larger node holds 8");
+    let e = c.validate(&spec("0", 9), &[]).unwrap_err();
+    assert!(e.field == "cpus" && e.message.contains(unavailable), "{e:?}");
+    let mut mem = spec("0", 1);
+    mem.per_task.mem_bytes = 1 << 50;
+    assert_eq!(c.validate(&mem, &[]).unwrap_err().field, "mem");
+    let rdma = JobSpec { requires: vec!["rdma".into()], ..spec("0", 1) };
+    assert_eq!(c.validate(&rdma, &[]).unwrap_err().field, "constraint");
+    // A gang: as many nodes as could each hold their share, not more.
+    assert!(c.validate(&gang(2, 4, 1), &[]).is_ok());
+    assert_eq!(c.validate(&gang(2, 8, 1), &[]).unwrap_err().field, "nodes", "only one node holds 8");
+    assert_eq!(c.validate(&gang(3, 1, 1), &[]).unwrap_err().field, "nodes");
+    // A node that is drained or offline still counts: it may come back.
+    let n1 = c.node_id("n1").unwrap();
+    c.set_node_online(n1, false);
+    assert!(c.validate(&spec("0", 8), &[]).is_ok());
+    // One known by name only (replayed, its agent not yet back) proves nothing.
+    let mut replayed = Cluster::new();
+    replayed.add_node("ghost", "local", Resources::default());
+    assert!(replayed.validate(&spec("0", 1), &[]).is_ok());
+    // A feature a node gains later is not refused once that node is known.
+    c.add_node_with("fabric", "local", cores(2), &["rdma".to_string()], &[]);
+    assert!(c.validate(&rdma, &[]).is_ok());
+}
