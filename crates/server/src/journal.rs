@@ -13,6 +13,9 @@ type Batch = (Vec<Event>, oneshot::Sender<std::result::Result<(), String>>);
 pub struct JournalWriter {
     tx: mpsc::Sender<Batch>,
     appended: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Test double: the next append fails as a full disk would make it.
+    #[cfg(test)]
+    pub(crate) fail_next: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl JournalWriter {
@@ -44,7 +47,12 @@ impl JournalWriter {
                 }
             })
             .map_err(|e| Error::Internal(format!("starting the journal writer: {e}")))?;
-        Ok(JournalWriter { tx, appended })
+        Ok(JournalWriter {
+            tx,
+            appended,
+            #[cfg(test)]
+            fail_next: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        })
     }
 
     /// Events committed since this writer started.
@@ -56,6 +64,10 @@ impl JournalWriter {
     pub async fn append(&self, events: Vec<Event>) -> Result<()> {
         if events.is_empty() {
             return Ok(());
+        }
+        #[cfg(test)]
+        if self.fail_next.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Journal("database or disk is full (injected)".into()));
         }
         let (ack_tx, ack_rx) = oneshot::channel();
         self.tx

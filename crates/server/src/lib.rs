@@ -23,6 +23,9 @@ pub mod state;
 pub mod tls;
 pub mod tokens;
 
+#[cfg(test)]
+mod tests;
+
 pub use config::Config;
 pub use error::{Error, Result};
 

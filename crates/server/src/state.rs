@@ -610,6 +610,12 @@ impl Shared {
         true
     }
 
+    /// The journal writer, for tests that make it fail.
+    #[cfg(test)]
+    pub(crate) fn writer_for_tests(&self) -> &JournalWriter {
+        &self.writer
+    }
+
     /// True when `session` is an agent's current session.
     pub fn session_is_current(&self, session: u64) -> bool {
         self.lock().sessions.values().any(|s| s.id == session)
@@ -634,7 +640,7 @@ impl Shared {
     /// One scheduling pass: decide, journal the dispatches, then hand them to the agents.
     pub async fn schedule_pass(&self) -> Result<usize> {
         let _gate = self.apply_gate.read().await;
-        let (events, launches) = {
+        let (events, launches, placed) = {
             let mut inner = self.lock();
             let now = now_ms();
             let decisions = inner.cluster.schedule(now);
@@ -651,7 +657,9 @@ impl Shared {
             let placements = decisions.placements;
             let mut events = Vec::with_capacity(placements.len());
             let mut launches = Vec::with_capacity(placements.len());
+            let mut placed = Vec::with_capacity(placements.len());
             for p in placements {
+                placed.push(AttemptRef { job_id: p.job_id.0, index: p.index, attempt: p.attempt });
                 let node = inner.cluster.node(p.node_id).map(|n| n.name().to_string()).unwrap_or_default();
                 let session = inner.sessions.get(&p.node_id).map_or(0, |s| s.id);
                 if let Some(launch) = inner.launch_for(&self.config, p.job_id, p.index, p.attempt, &node) {
@@ -665,10 +673,22 @@ impl Shared {
                     at_ms: now,
                 });
             }
-            (events, launches)
+            (events, launches, placed)
         };
         let n = events.len();
-        self.writer.append(events).await?;
+        if let Err(e) = self.writer.append(events).await {
+            // Journal first: the core applied its placements already; with no row behind
+            // them they are taken back, so nothing runs that a restart would not know of.
+            let mut inner = self.lock();
+            let now = now_ms();
+            for a in placed.iter().rev() {
+                if let Some(pos) = pos_of(&inner.cluster, JobId(a.job_id), a.index) {
+                    inner.cluster.requeue(JobId(a.job_id), pos, a.attempt, now);
+                }
+            }
+            tracing::error!(error = %e, n_undone = n, "journaling dispatches failed: they were taken back and will be placed again");
+            return Err(e);
+        }
         let mut inner = self.lock();
         for (session, node_id, launch) in launches {
             // A placement decided for an older session was requeued when the agent
