@@ -486,7 +486,7 @@ impl Agent {
                 }
                 tracing::warn!(job = a.job_id, index = a.index, "the launcher ended without a result: the task is stopped and runs again");
                 let result = rundir::stopped_at(a, now_ms(), "its launcher died; it was stopped and runs again as a new attempt");
-                let _ = rundir::write_result(&dir, &result);
+                keep_result(&dir, &result);
                 let _ = self.results.send(result);
             }
         }
@@ -532,7 +532,7 @@ impl Agent {
                 }
                 Err(e) => {
                     let result = lost(a, &format!("cannot hand the task to Slurm: {e}"));
-                    let _ = rundir::write_result(&dir, &result);
+                    keep_result(&dir, &result);
                     let _ = self.results.send(result);
                 }
             }
@@ -562,7 +562,7 @@ impl Agent {
             }
             Err(e) => {
                 let result = lost(a, &e);
-                let _ = rundir::write_result(&dir, &result);
+                keep_result(&dir, &result);
                 let _ = self.results.send(result);
             }
         }
@@ -601,7 +601,10 @@ impl Agent {
         }
         // The mark is read at the start of the attempt and on SIGUSR1, so it stops the
         // attempt whether or not the launcher has reached it yet.
-        let _ = std::fs::write(dir.join(rundir::CANCEL_FILE), b"");
+        if let Err(e) = std::fs::write(dir.join(rundir::CANCEL_FILE), b"") {
+            // The signal still stops it if it runs; one its launcher has yet to start would start.
+            tracing::warn!(job = a.job_id, index = a.index, error = %e, "the cancel mark could not be written");
+        }
         for pid in pids {
             // SAFETY: kill(2) on a launcher alive in this run directory; no memory is touched.
             unsafe {
@@ -615,6 +618,16 @@ impl Agent {
 struct LauncherHandle {
     stdin: std::process::ChildStdin,
     pid: u32,
+}
+
+/// Writes an attempt's result beside it; if that fails the result still goes to the server,
+/// but an agent restarted before the server acknowledges it would not find it, and the task
+/// would run again: the log says so.
+fn keep_result(dir: &Path, result: &TaskResult) {
+    if let Err(e) = rundir::write_result(dir, result) {
+        let a = result.attempt;
+        tracing::warn!(job = a.job_id, index = a.index, error = %e, "result.json not written: the task runs again if this agent restarts before the server records it");
+    }
 }
 
 fn lost(a: AttemptRef, message: &str) -> TaskResult {
@@ -640,7 +653,7 @@ async fn follow_slurm(agent: Arc<Agent>) {
         for (a, started, cancelled) in gone {
             let dir = rundir::attempt_dir(&agent.config.run_dir, &a);
             let result = crate::slurm_site::ended(a, &dir, cancelled, started, now_ms());
-            let _ = rundir::write_result(&dir, &result);
+            keep_result(&dir, &result);
             agent.lock_in_slurm().remove(&a);
             let _ = agent.results.send(result);
         }

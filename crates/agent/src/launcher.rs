@@ -316,7 +316,7 @@ impl Launcher {
                 self.home_procs.push(f);
             }
         }
-        self.join(&self.home_procs);
+        self.go_home();
     }
 
     /// A cgroup for a task under `plan` limited to `mem_limit`: an idle one reset, else a new
@@ -354,10 +354,20 @@ impl Launcher {
         }
     }
 
-    fn join(&self, procs: &[File]) {
+    /// Moves the launcher into the cgroup whose `cgroup.procs` files are `procs`.
+    fn join(&self, procs: &[File]) -> std::io::Result<()> {
         let me = own_pid().to_string();
         for mut f in procs {
-            let _ = f.write_all(me.as_bytes());
+            f.write_all(me.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Steps back into the launcher's own cgroup; failing that, the next tasks are born in the
+    /// last task's cgroup until a later step back works, which the log says.
+    fn go_home(&self) {
+        if let Err(e) = self.join(&self.home_procs) {
+            let _ = writeln!(std::io::stderr(), "tidepool-launcher: cannot step back into its own cgroup: {e}");
         }
     }
 
@@ -617,10 +627,14 @@ impl Launcher {
         envp.push(c_string(format!("PATH={path}"), "PATH")?);
         let file = c_string(resolved, "the program")?;
         let workdir = c_string(launch.workdir.clone(), "the working directory")?;
-        // The child is born in whatever cgroup we stand in.
-        self.join(task_procs);
+        // The child is born in whatever cgroup we stand in: one that could not be entered would
+        // leave the task without its memory limit, so it does not start.
+        if let Err(e) = self.join(task_procs) {
+            self.go_home();
+            return Err(format!("cannot start {program}: cannot enter its cgroup, so its limits would not hold: {e}"));
+        }
         let spawned = with_umask(TASK_UMASK, || spawn_task(&file, &argv, &envp, &workdir, &stdout, stderr.as_ref().unwrap_or(&stdout)));
-        self.join(&self.home_procs);
+        self.go_home();
         spawned.map_err(|e| format!("cannot start {program}: {e}"))
     }
 

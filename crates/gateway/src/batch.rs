@@ -35,7 +35,15 @@ fn now_s() -> u64 {
 /// A random id with a prefix (`file-`, `batch_`).
 pub fn new_id(prefix: &str) -> String {
     let mut bytes = [0u8; 12];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)) {
+        // Never all zeros: the clock and a count keep ids distinct, if guessable.
+        tracing::warn!("ids from the clock: /dev/urandom: {e}");
+        static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        bytes[..8].copy_from_slice(&now.to_be_bytes());
+        bytes[8..16].copy_from_slice(&(n ^ u64::from(std::process::id())).to_be_bytes());
+    }
     format!("{prefix}{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
@@ -328,7 +336,15 @@ async fn run_batch(g: Arc<Gateway>, tenant: &str, id: &str, cancelled: Arc<Atomi
     let mut batch = load(&g)?;
     let endpoint = batch["endpoint"].as_str().unwrap_or("/v1/chat/completions").to_string();
     let input_id = batch["input_file_id"].as_str().unwrap_or_default().to_string();
-    let content = g.with_store(|s| s.file_content(&input_id))?.unwrap_or_default();
+    let Some(content) = g.with_store(|s| s.file_content(&input_id))? else {
+        // Deleted since the batch was made: the batch fails saying why, rather than completing
+        // with nothing.
+        batch["status"] = json!("failed");
+        batch["failed_at"] = json!(now_s());
+        batch["errors"] = json!({"object": "list", "data": [{"code": "invalid_input_file", "message": format!("the input file {input_id} no longer exists"), "param": "input_file_id", "line": null}]});
+        g.save_batch(tenant, &batch);
+        return Ok(());
+    };
     let lines = match parse_input(&String::from_utf8_lossy(&content), &endpoint) {
         Ok(lines) => lines,
         Err(errors) => {

@@ -578,7 +578,14 @@ impl Gateway {
         };
         let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
         if !status.is_success() || !stream {
-            let bytes = resp.bytes().await.unwrap_or_default();
+            let bytes = match resp.bytes().await {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    drop(guard);
+                    self.settle(tenant, estimate, 0, 0);
+                    return error(StatusCode::BAD_GATEWAY, &self.upstream_failed(replica, &e), "server_error", None, Some("upstream_error"));
+                }
+            };
             drop(guard);
             let usage = tidepool_api::gateway::usage_of(&bytes).unwrap_or_default();
             self.settle(tenant, estimate, usage.prompt_tokens, usage.completion_tokens);
