@@ -69,6 +69,11 @@ pub fn http_date(secs: u64) -> String {
     )
 }
 
+/// Milliseconds since the Unix epoch by the system clock (0 if it reads before the epoch).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

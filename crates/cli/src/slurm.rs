@@ -11,7 +11,7 @@ use tidepool_core::resources::{format_elapsed, parse_mem_size};
 /// Runs one of the Slurm commands with its arguments.
 pub async fn run(command: &str, args: Vec<String>) -> Result<u8, String> {
     if asks_for_help(command, &args) {
-        print!("{}", usage(command));
+        crate::output::line(usage(command).trim_end());
         return Ok(0);
     }
     match command {
@@ -548,9 +548,7 @@ fn squeue_time(seconds: u64) -> String {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+use tidepool_api::dates::now_ms;
 
 fn fit(text: &str, width: usize) -> String {
     text.chars().take(width).collect()

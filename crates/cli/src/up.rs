@@ -344,7 +344,7 @@ pub async fn agent(args: AgentArgs) -> Result<u8, String> {
         tidepool_program: tidepool.clone(),
         kill_grace_s: 1,
         ca_cert: args.ca_cert,
-        slurm: (args.executor == "slurm").then(|| tidepool_agent::slurm_site::SlurmSite { sbatch_args: args.sbatch_arg }),
+        slurm: (args.executor == "slurm").then_some(tidepool_agent::slurm_site::SlurmSite { sbatch_args: args.sbatch_arg }),
         keep_tasks: args.keep_tasks,
     };
     tidepool_agent::run_until(config, shutdown_signal()).await.map_err(|e| e.to_string())?;

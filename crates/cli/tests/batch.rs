@@ -1,4 +1,6 @@
 //! The batch path end to end: the real `tidepool` binary, real processes, real SQLite.
+// Helpers of tests: a step that fails is the test's failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! Bounded connections: a request head that dribbles in, an idle connection, a flood of
 //! connections and an oversized body cost the API and the gateway nothing lasting; the CLI
 //! gives up on a stopped server with one line naming it.
+// Helpers of tests: a step that fails is the test's failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -117,13 +119,13 @@ fn the_gateway_bounds_heads_idle_connections_their_number_and_bodies() {
     );
     let (_gateway, gw) = common::start_program("bounded-gateway", &["gateway", "--config", "g.toml"], &[("g.toml", &config)], 1);
     let gw = &gw[0];
-    let mut slow = connect(&gw);
+    let mut slow = connect(gw);
     slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n").unwrap();
     assert!(closed_within(&mut slow, 10), "a partial head kept its connection");
-    let mut slow_other = connect(&gw);
+    let mut slow_other = connect(gw);
     slow_other.write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n").unwrap();
     assert!(closed_within(&mut slow_other, 10), "a partial head on another route kept its connection");
-    let mut idle = connect(&gw);
+    let mut idle = connect(gw);
     let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":2}"#;
     write!(idle, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-bounded-key\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
     let mut first = [0u8; 12];
@@ -132,15 +134,15 @@ fn the_gateway_bounds_heads_idle_connections_their_number_and_bodies() {
     assert!(closed_within(&mut idle, 15), "an idle connection was kept");
 
     for n in [200_000, 20 << 20] {
-        let (status, answer) = post_sized(&gw, "/v1/chat/completions", "sk-bounded-key", n);
+        let (status, answer) = post_sized(gw, "/v1/chat/completions", "sk-bounded-key", n);
         assert_eq!(status, 413, "{n} bytes: {answer}");
         let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_else(|_| panic!("not JSON: {answer}"));
         assert_eq!(v["error"]["code"], "request_too_large", "{answer}");
     }
-    let (held, closed) = flood(&gw, 40);
+    let (held, closed) = flood(gw, 40);
     assert!(closed >= 10, "{closed} of 40 closed past a cap of 24");
     drop(held);
-    let mut again = connect(&gw);
+    let mut again = connect(gw);
     write!(again, "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-bounded-key\r\nConnection: close\r\n\r\n").unwrap();
     let mut text = String::new();
     let _ = again.read_to_string(&mut text);

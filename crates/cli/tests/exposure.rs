@@ -2,6 +2,8 @@
 //! emulated replicas want the key only their gateway holds, no answer names an internal
 //! address, an open tenant serves a local client's `EMPTY` key only where that is safe, and no
 //! port `up` opens answers without authentication.
+// Helpers of tests: a step that fails is the test's failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! The inference gateway end to end: the real binary, emulated replicas on loopback, the real
 //! `openai` Python package, budgets and tiers under load.
+// Helpers of tests: a step that fails is the test's failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! The gateway's limits hold: a request larger than a tenant's whole TPM is refused as OpenAI
 //! refuses it, however full the bucket; a replica's output limit is a 400 naming the field;
 //! every answer carries an `x-request-id`.
+// Helpers of tests: a step that fails is the test's failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! Nobody let in: project tokens see only their project's jobs; no token, a wrong token or a
 //! revoked one gets 401 on every route; admin routes do not exist for project tokens.
+// Helpers of tests: a step that fails is the test's failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! Logs come from the file the task wrote, read by its node's agent: never from a path a client
 //! chose, whole or in ranges, in constant memory, followed as they grow.
+// Helpers of tests: a step that fails is the test's failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

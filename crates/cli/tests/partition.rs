@@ -1,5 +1,7 @@
 //! Agents in network namespaces of their own, joined to the server by veth pairs: one is cut
 //! off mid-run and comes back; no agent namespace holds a listening socket.
+// Helpers of tests: a step that fails is the test's failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

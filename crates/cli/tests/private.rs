@@ -1,5 +1,7 @@
 //! Private by default: after a run of the server, the agent and the gateway, nothing under the
 //! data directory is open to group or others, and no token Tidepool knows is in a journal.
+// Helpers of tests: a step that fails is the test's failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

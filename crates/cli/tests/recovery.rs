@@ -1,5 +1,7 @@
 //! Node loss and drains through the real server: leases, requeues as new attempts, stale
 //! reports refused, drained nodes taking nothing new.
+// Helpers of tests: a step that fails is the test's failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

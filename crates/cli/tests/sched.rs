@@ -1,5 +1,7 @@
 //! The scheduling core through the real server: gangs across agents, preemption by tier,
 //! project quotas, node features, and the pending reasons users see.
+// Helpers of tests: a step that fails is the test's failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! The simulator through the real binary: a replayed log and the science-burst scenario give
 //! the same report for the same seed, byte for byte, and their plots are SVG documents.
+// Helpers of tests: a step that fails is the test's failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! A Slurm cluster as an overflow site, against a real Slurm: runs when `TIDEPOOL_TEST_SLURM=1`
 //! (`.ci/run` sets it after starting one with `bench/slurm/start.sh`, and `SLURM_CONF` with it).
+// Helpers of tests: a step that fails is the test's failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! An orderly stop, and no over-commit whatever happened before a start: Ctrl-C stops `up` and
 //! its tasks, which run again at the next start; `--keep-tasks` leaves them for the next agent;
 //! a launcher killed outright takes its task trees with it and they run again.
+// Helpers of tests: a step that fails is the test's failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

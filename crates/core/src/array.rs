@@ -143,7 +143,7 @@ impl ArraySpec {
         let mut base = 0;
         for range in &self.ranges {
             if index >= range.start && index <= range.end {
-                return ((index - range.start) % range.step == 0)
+                return (index - range.start).is_multiple_of(range.step)
                     .then(|| base + (index - range.start) / range.step);
             }
             base += range.len();

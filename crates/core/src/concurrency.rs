@@ -80,7 +80,7 @@ impl ConcurrencyLearner {
     fn propose(&self) -> u32 {
         let trusted = || self.levels.iter().enumerate().skip(1).filter(|(_, l)| l.trusted());
         let Some(fastest) = trusted().map(|(_, l)| l.median_gap_ms).min_by(f64::total_cmp) else { return self.best };
-        let (Some((lo, low)), Some((hi, high))) = (trusted().next(), trusted().last()) else { return self.best };
+        let (Some((lo, low)), Some((hi, high))) = (trusted().next(), trusted().next_back()) else { return self.best };
         // Past the batch size the gap grows in proportion to the requests in flight. When every
         // level known is like that (started above the knee), look lower.
         let span = hi as f64 / lo as f64;

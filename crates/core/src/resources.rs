@@ -96,7 +96,7 @@ impl fmt::Display for Resources {
 
 /// Millicores as a user reads them: `2`, `0.5`.
 pub fn format_cores(cpu_millis: u64) -> String {
-    if cpu_millis % 1000 == 0 {
+    if cpu_millis.is_multiple_of(1000) {
         format!("{}", cpu_millis / 1000)
     } else {
         format!("{:.3}", cpu_millis as f64 / 1000.0)
@@ -111,7 +111,7 @@ pub fn format_bytes(bytes: u64) -> String {
     for (suffix, unit) in UNITS {
         if bytes >= unit {
             let value = bytes as f64 / unit as f64;
-            return if bytes % unit == 0 {
+            return if bytes.is_multiple_of(unit) {
                 format!("{}{}", bytes / unit, suffix)
             } else {
                 format!("{value:.1}{suffix}")

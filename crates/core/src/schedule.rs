@@ -12,6 +12,9 @@ use crate::job::JobId;
 use crate::resources::Resources;
 use crate::tier::Tier;
 
+/// Tasks to preempt, as (job, position).
+type Victims = Vec<(JobId, u32)>;
+
 /// How many blocked jobs may look for victims in one pass (bounds the cost of a full fleet).
 const MAX_PREEMPTION_SEARCHES: usize = 16;
 
@@ -61,8 +64,7 @@ impl Cluster {
                 continue;
             }
             let mut blocked = false;
-            loop {
-                let Some(job) = self.jobs.get(&job_id) else { break };
+            while let Some(job) = self.jobs.get(&job_id) {
                 if job.throttled() || !job.has_pending() || !self.quota_allows(job, 1) {
                     break;
                 }
@@ -285,7 +287,8 @@ impl Cluster {
         let tier = job.spec.tier;
         let reclaim = self.projects[job.project_idx].is_under_quota();
         let need = job.demand;
-        let mut best: Option<(u64, usize, Vec<(JobId, u32)>)> = None;
+        // (work lost, node, victims as (job, position)).
+        let mut best: Option<(u64, usize, Victims)> = None;
         for (i, node) in self.nodes.iter().enumerate() {
             if !node.online || !self.node_suits(node, job) {
                 continue;

@@ -42,7 +42,7 @@ pub fn new_id(prefix: &str) -> String {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         bytes[..8].copy_from_slice(&now.to_be_bytes());
-        bytes[8..16].copy_from_slice(&(n ^ u64::from(std::process::id())).to_be_bytes());
+        bytes[8..].copy_from_slice(&((n as u32) ^ std::process::id()).to_be_bytes());
     }
     format!("{prefix}{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
@@ -484,8 +484,9 @@ async fn run_line(g: Arc<Gateway>, tenant: &str, batch_id: &str, endpoint: &str,
             "error": {"code": "model_not_found", "message": format!("The model `{model}` does not exist.")}}))
     } else {
         loop {
-            match g.clone().wait_for_slot(&candidates, Tier::Offline, false, 60_000).await {
-                Ok((replica, guard, _cut)) => {
+            // No slot within the wait: ask again.
+            if let Ok((replica, guard, _cut)) = g.clone().wait_for_slot(&candidates, Tier::Offline, false, 60_000).await {
+                {
                     let answer = g.forward_json(replica, endpoint, &body).await;
                     drop(guard);
                     match answer {
@@ -502,7 +503,6 @@ async fn run_line(g: Arc<Gateway>, tenant: &str, batch_id: &str, endpoint: &str,
                         }
                     }
                 }
-                Err(_) => {}
             }
         }
     };

@@ -146,11 +146,6 @@ async fn metrics(State(e): State<Arc<Emulator>>) -> String {
     )
 }
 
-/// Tokens of a prompt of `chars` characters: four to a token, at least one.
-pub fn tokens_of_chars(chars: usize) -> u64 {
-    (chars as u64).div_ceil(4).max(1)
-}
-
 struct Plan {
     id: String,
     model: String,

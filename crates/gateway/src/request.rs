@@ -11,6 +11,12 @@
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::fmt;
 
+/// Tokens of a prompt of `chars` characters, as admission estimates them before the replica
+/// counts: four characters to a token, at least one (the replica emulator counts the same way).
+pub fn tokens_of_chars(chars: usize) -> u64 {
+    (chars as u64).div_ceil(4).max(1)
+}
+
 /// A number field as sent: absent, null, a non-negative integer or anything else.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) enum Count {
@@ -263,7 +269,7 @@ impl RequestFacts {
         if ids > 0 && self.text_chars == 0 {
             return ids;
         }
-        crate::emulator::tokens_of_chars(self.text_chars) + ids
+        tokens_of_chars(self.text_chars) + ids
     }
 
     /// An embedding request's input in tokens, counted as a prompt is.
@@ -275,7 +281,7 @@ impl RequestFacts {
         if ids > 0 && self.input_chars == 0 {
             return ids;
         }
-        crate::emulator::tokens_of_chars(self.input_chars) + ids
+        tokens_of_chars(self.input_chars) + ids
     }
 
     /// How many inputs an embedding request has, one vector each.

@@ -278,6 +278,7 @@ pub fn under_workdir(workdir: &str, path: &str) -> String {
 }
 
 /// The environment a task sees: the job's, then the Slurm and Tidepool variables.
+#[allow(clippy::too_many_arguments)]
 pub fn task_env(
     req: &SubmitRequest,
     spec: &JobSpec,

@@ -12,7 +12,7 @@ use crate::spec::{self, PatternValues};
 use crate::tokens;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tidepool_api::{
     AttemptRef, CancelResponse, JobView, Launch, NodeView, PollResponse, RegisterRequest,
     RegisterResponse, SubmitRequest, TaskCountsView, TaskResult, TaskView,
@@ -23,9 +23,10 @@ use tidepool_store::{Ending, Event, Journal, Outcome};
 use tokio::sync::Notify;
 
 /// Milliseconds since the epoch; the only clock the server reads.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+pub use tidepool_api::dates::now_ms;
+
+/// Where and since when a task runs: (node, attempt, started ms).
+type RunOf = (String, u32, u64);
 
 /// One connected agent.
 struct Session {
@@ -194,10 +195,10 @@ impl Shared {
             .collect();
         // The join token of the data directory is one more revocable join token.
         let join_hash = tokens::hash(&join_token);
-        if !api_tokens.contains_key(&join_hash) {
-            let row = tidepool_store::TokenRow { id: token_id(&join_hash), hash: join_hash.clone(), project: String::new(), revoked: false };
+        if let std::collections::hash_map::Entry::Vacant(slot) = api_tokens.entry(join_hash.clone()) {
+            let row = tidepool_store::TokenRow { id: token_id(&join_hash), hash: join_hash, project: String::new(), revoked: false };
             journal.insert_token(&row, now_ms())?;
-            api_tokens.insert(join_hash, (row.id, row.project, false));
+            slot.insert((row.id, row.project, false));
         }
         let writer = JournalWriter::start(Journal::open(&db)?)?;
         Ok(Shared {
@@ -769,7 +770,7 @@ impl Shared {
             let view = inner
                 .job_view(JobId(job_id))
                 .ok_or_else(|| Error::NotFound(format!("job {job_id} does not exist")))?;
-            let states: Vec<(u32, TaskState, Option<(String, u32, u64)>)> = if with_tasks {
+            let states: Vec<(u32, TaskState, Option<RunOf>)> = if with_tasks {
                 let job = inner.cluster.job(JobId(job_id));
                 job.map(|job| {
                     (0..job.counts().total())

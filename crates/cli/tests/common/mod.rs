@@ -1,4 +1,6 @@
 //! The test harness: a real `tidepool up` in its own directory, and helpers to drive it.
+// Helpers of tests: a step that fails is the test's failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
