@@ -1,0 +1,107 @@
+//! What an agent is sent to start an attempt: its command, environment, secrets and output paths.
+
+use super::*;
+
+/// Where a task's output goes: (stdout, stderr, discard when empty).
+pub(super) fn output_paths(
+    config: &Config,
+    req: &SubmitRequest,
+    spec: &JobSpec,
+    job_id: u64,
+    index: u32,
+    node: &str,
+) -> (String, String, bool) {
+    let workdir = req.workdir.clone().unwrap_or_else(|| "/".into());
+    let user = req.env.get("USER").map(String::as_str).unwrap_or("");
+    let values = PatternValues { job_id, index, name: &spec.name, node, user };
+    let expand = |p: &str| spec::under_workdir(&workdir, &spec::expand_pattern(p, &values));
+    let slurm_default = if req.array.is_some() { "slurm-%A_%a.out" } else { "slurm-%j.out" };
+    match (&req.output, &req.error) {
+        (None, None) if req.script.is_none() => {
+            let dir = config.data_dir.join("logs").join(job_id.to_string());
+            let base = dir.join(index.to_string());
+            (
+                format!("{}.out", base.display()),
+                format!("{}.err", base.display()),
+                true,
+            )
+        }
+        (None, None) => {
+            let out = expand(slurm_default);
+            (out.clone(), out, false)
+        }
+        (Some(o), None) => {
+            let out = expand(o);
+            (out.clone(), out, false)
+        }
+        (None, Some(e)) => (expand(slurm_default), expand(e), false),
+        (Some(o), Some(e)) => (expand(o), expand(e), false),
+    }
+}
+
+/// Writes a job's secret values to their own file (mode 0600), durably, before the job is
+/// journaled.
+pub(super) fn save_secrets(dir: &std::path::Path, job_id: u64, secrets: &std::collections::BTreeMap<String, String>) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |e: std::io::Error| Error::Internal(format!("storing secret values: {e}"));
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let text = serde_json::to_string(secrets).map_err(|e| Error::Internal(e.to_string()))?;
+    let tmp = dir.join(format!("{job_id}.tmp"));
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(fail)?;
+    file.write_all(text.as_bytes()).and_then(|_| file.sync_all()).map_err(fail)?;
+    std::fs::rename(&tmp, dir.join(format!("{job_id}.json"))).map_err(fail)
+}
+
+pub(super) fn load_secrets(dir: &std::path::Path) -> HashMap<JobId, std::collections::BTreeMap<String, String>> {
+    let mut out = HashMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(id) = name.strip_suffix(".json").and_then(|n| n.parse::<u64>().ok()) else { continue };
+        if let Some(values) = std::fs::read(entry.path()).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+            out.insert(JobId(id), values);
+        }
+    }
+    out
+}
+
+impl Inner {
+    pub(super) fn launch_for(&self, config: &Config, job_id: JobId, index: u32, attempt: u32, node: &str) -> Option<Launch> {
+        let req = self.requests.get(&job_id)?;
+        let spec = self.cluster.job(job_id)?.spec();
+        let (stdout_path, stderr_path, discard_empty_output) =
+            output_paths(config, req, spec, job_id.0, index, node);
+        let nodelist = if spec.gang.is_some() {
+            let job = self.cluster.job(job_id)?;
+            let mut names: Vec<&str> = job
+                .running_tasks()
+                .filter_map(|(_, r)| self.cluster.node(r.node_id).map(|n| n.name()))
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            names.join(",")
+        } else {
+            node.to_string()
+        };
+        Some(Launch {
+            attempt: AttemptRef { job_id: job_id.0, index, attempt },
+            command: req.command.clone(),
+            script: req.script.clone(),
+            env: {
+                let mut env = spec::task_env(req, spec, job_id.0, index, attempt, node, &nodelist, &config.public_url);
+                if let Some(secrets) = self.secrets.get(&job_id) {
+                    env.extend(secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+                env
+            },
+            workdir: req.workdir.clone().unwrap_or_else(|| "/".into()),
+            stdout_path,
+            stderr_path,
+            time_limit_s: spec.time_limit_s,
+            cpu_millis: spec.per_task.cpu_millis,
+            mem_bytes: spec.per_task.mem_bytes,
+            discard_empty_output,
+        })
+    }
+}

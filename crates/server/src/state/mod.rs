@@ -1,0 +1,561 @@
+//! The shared state and the reactor: every change is journaled first, then applied to the
+//! in-memory [`Cluster`], then the scheduler is woken.
+//!
+//! **Invariant**: nothing is acknowledged (to a client or an agent) before its journal commit,
+//! and every in-memory change after a commit is fenced by attempt number, so replaying the
+//! journal gives the same state whatever interleaving happened live.
+//!
+//! Here: the state's types, opening it, submissions, cancels, results, the pass and replay.
+//! Beside it: `auth` (tokens and projects), `sessions` (agents, leases, log reads), `views`
+//! (what clients are shown), `snapshot`, and `launch` (what an agent is sent).
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::journal::JournalWriter;
+use crate::spec::{self, PatternValues};
+use crate::tokens;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tidepool_api::{
+    AttemptRef, CancelResponse, JobView, Launch, NodeView, PollResponse, RegisterRequest,
+    RegisterResponse, SubmitRequest, TaskCountsView, TaskResult, TaskView,
+};
+use tidepool_core::resources::format_cores;
+use tidepool_core::{Cluster, JobId, JobSpec, NodeId, Resources, TaskCounts, TaskOutcome, TaskState};
+use tidepool_store::{Ending, Event, Journal, Outcome};
+use tokio::sync::Notify;
+
+mod auth;
+mod launch;
+mod sessions;
+mod snapshot;
+mod views;
+
+pub use views::job_state;
+use auth::token_id;
+use launch::{load_secrets, save_secrets};
+
+/// Milliseconds since the epoch; the only clock the server reads.
+pub use tidepool_api::dates::now_ms;
+
+/// Where and since when a task runs: (node, attempt, started ms).
+type RunOf = (String, u32, u64);
+
+/// One connected agent.
+struct Session {
+    id: u64,
+    launches: Vec<Launch>,
+    kills: Vec<AttemptRef>,
+    log_reads: Vec<tidepool_api::LogRead>,
+    wake: Arc<Notify>,
+    last_seen: Instant,
+}
+
+impl Session {
+    /// What the agent is to do next, handed over.
+    fn take_work(&mut self) -> PollResponse {
+        PollResponse {
+            launch: std::mem::take(&mut self.launches),
+            kill: std::mem::take(&mut self.kills),
+            reregister: false,
+            log_reads: std::mem::take(&mut self.log_reads),
+        }
+    }
+}
+
+/// Everything behind the lock.
+pub struct Inner {
+    /// The core's state.
+    pub cluster: Cluster,
+    /// The request each job was submitted with.
+    pub requests: HashMap<JobId, Arc<SubmitRequest>>,
+    next_job_id: u64,
+    sessions: HashMap<NodeId, Session>,
+    next_session_id: u64,
+    cancel_pending: HashSet<AttemptRef>,
+    /// Secret environment values per job, kept in their own files, never in the journal.
+    secrets: HashMap<JobId, std::collections::BTreeMap<String, String>>,
+    /// Attempts told to stop for higher-priority work: their end puts them back in the queue.
+    preempt_pending: HashSet<AttemptRef>,
+}
+
+/// The server's state, shared by handlers and the reactor.
+pub struct Shared {
+    /// Settings.
+    pub config: Config,
+    inner: Mutex<Inner>,
+    writer: JournalWriter,
+    reader: Mutex<Journal>,
+    /// The admin API token.
+    pub admin_token: String,
+    schedule_wanted: Notify,
+    /// Project tokens by hash: (id, project, revoked).
+    /// Project and join tokens by hash: (id, project or "" for a join token, revoked).
+    api_tokens: Mutex<HashMap<String, (String, String, bool)>>,
+    /// Held (shared) from a journal append until its in-memory apply; a snapshot holds it
+    /// exclusively, so it never sees an event journaled but not yet applied.
+    apply_gate: tokio::sync::RwLock<()>,
+    /// Events journaled when the last snapshot was taken.
+    events_at_snapshot: std::sync::atomic::AtomicU64,
+    /// Log reads handed to agents, awaiting their answers.
+    pub log_relay: crate::logs::Relay,
+}
+
+/// Variables that carry Tidepool's own tokens: never journaled, never handed to a task.
+const TOKEN_VARIABLES: [&str; 2] = ["TIDEPOOL_TOKEN", "TIDEPOOL_JOIN_TOKEN"];
+
+/// Who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// The admin token: everything.
+    Admin,
+    /// A project token: that project's jobs only.
+    Project(String),
+}
+
+fn pos_of(cluster: &Cluster, job_id: JobId, index: u32) -> Option<u32> {
+    cluster.job(job_id)?.spec().array.position_of(index)
+}
+
+fn outcome_of(result: &TaskResult) -> Outcome {
+    match result.outcome.as_str() {
+        "succeeded" => Outcome::Succeeded,
+        // Stopped with its node after its owner had cancelled it.
+        "cancelled" | "stopped" => Outcome::Cancelled,
+        "timeout" => Outcome::Timeout,
+        _ => Outcome::Failed,
+    }
+}
+
+fn core_outcome(outcome: Outcome) -> TaskOutcome {
+    match outcome {
+        Outcome::Succeeded => TaskOutcome::Succeeded,
+        Outcome::Failed => TaskOutcome::Failed,
+        Outcome::Cancelled => TaskOutcome::Cancelled,
+        Outcome::Timeout => TaskOutcome::Timeout,
+    }
+}
+
+impl Shared {
+    /// Opens the data directory: tokens, journal, and the state replayed from it.
+    pub fn open(config: Config) -> Result<Shared> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            Error::Internal(format!("creating {}: {e}", config.data_dir.display()))
+        })?;
+        let admin_path = config.data_dir.join("admin.token");
+        let (admin_token, created) = tokens::load_or_create(&admin_path, "tpa_")?;
+        if created {
+            tracing::info!(path = %admin_path.display(), "created the admin API token");
+        }
+        let (join_token, _) = tokens::load_or_create(&config.data_dir.join("join.token"), "tpj_")?;
+        let db = config.data_dir.join("journal.db");
+        let journal = Journal::open(&db)?;
+        let started = Instant::now();
+        let mut inner = Inner {
+            cluster: Cluster::new(),
+            requests: HashMap::new(),
+            next_job_id: 1,
+            sessions: HashMap::new(),
+            next_session_id: 1,
+            cancel_pending: HashSet::new(),
+            preempt_pending: HashSet::new(),
+            secrets: load_secrets(&config.data_dir.join("secrets")),
+        };
+        for (name, limits) in &config.projects {
+            inner.cluster.set_project(name, *limits);
+        }
+        let mut n_events = 0u64;
+        match journal.latest_snapshot()? {
+            Some((seq, data)) => {
+                journal.replay_jobs(|event| inner.replay(event))?;
+                inner.restore_snapshot(&data).map_err(|e| Error::Journal(format!("snapshot {seq}: {e}")))?;
+                journal.replay_events_after(seq, |event| {
+                    n_events += 1;
+                    inner.replay(event);
+                })?;
+            }
+            None => journal.replay(|event| {
+                n_events += 1;
+                inner.replay(event);
+            })?,
+        }
+        inner.next_job_id = inner.cluster.max_job_id().map_or(1, |id| id.0 + 1);
+        tracing::info!(
+            n_events,
+            n_jobs = inner.requests.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "journal replayed"
+        );
+        for p in journal.projects()? {
+            let limits = tidepool_core::ProjectLimits {
+                quota_cpu_millis: p.quota_millis,
+                borrow_cpu_millis: p.borrow_millis,
+                share: p.share,
+            };
+            if p.quota_millis.is_some() {
+                inner.cluster.set_project(&p.name, limits);
+            }
+        }
+        let mut api_tokens: HashMap<String, (String, String, bool)> = journal
+            .tokens()?
+            .into_iter()
+            .map(|t| (t.hash, (t.id, t.project, t.revoked)))
+            .collect();
+        // The join token of the data directory is one more revocable join token.
+        let join_hash = tokens::hash(&join_token);
+        if let std::collections::hash_map::Entry::Vacant(slot) = api_tokens.entry(join_hash.clone()) {
+            let row = tidepool_store::TokenRow { id: token_id(&join_hash), hash: join_hash, project: String::new(), revoked: false };
+            journal.insert_token(&row, now_ms())?;
+            slot.insert((row.id, row.project, false));
+        }
+        let writer = JournalWriter::start(Journal::open(&db)?)?;
+        Ok(Shared {
+            api_tokens: Mutex::new(api_tokens),
+            apply_gate: tokio::sync::RwLock::new(()),
+            events_at_snapshot: std::sync::atomic::AtomicU64::new(if n_events > config.snapshot_every { u64::MAX } else { 0 }),
+            log_relay: crate::logs::Relay::default(),
+            config,
+            inner: Mutex::new(inner),
+            writer,
+            reader: Mutex::new(journal),
+            admin_token,
+            schedule_wanted: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves state that replay can rebuild; serving on is
+        // better than refusing every request after one bug.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Validates, journals and accepts a job; returns its id once the commit is done.
+    pub async fn on_submit(&self, mut req: SubmitRequest) -> Result<u64> {
+        let spec = spec::validate(&req, self.config.max_array_size)?;
+        let secrets = std::mem::take(&mut req.secret_env);
+        for key in secrets.keys() {
+            if req.env.contains_key(key) {
+                return Err(Error::field("secret_env", format!("{key} is also in env")));
+            }
+        }
+        if req.workdir.is_none() {
+            req.workdir = Some("/".to_string());
+        }
+        let dropped = self.drop_known_tokens(&mut req.env);
+        if !dropped.is_empty() {
+            tracing::info!(variables = %dropped.join(","), "kept tokens out of a job's environment");
+        }
+        let job_id = {
+            let mut inner = self.lock();
+            inner.cluster.validate(&spec, &self.config.known_pools)?;
+            let id = inner.next_job_id;
+            inner.next_job_id += 1;
+            id
+        };
+        if !secrets.is_empty() {
+            save_secrets(&self.config.data_dir.join("secrets"), job_id, &secrets)?;
+        }
+        let _gate = self.apply_gate.read().await;
+        let at_ms = now_ms();
+        let text = serde_json::to_string(&req)
+            .map_err(|e| Error::Internal(format!("encoding the job: {e}")))?;
+        self.writer
+            .append(vec![Event::JobSubmitted { job_id, at_ms, spec: text }])
+            .await?;
+        {
+            let mut inner = self.lock();
+            inner.cluster.submit(JobId(job_id), spec, at_ms);
+            inner.requests.insert(JobId(job_id), Arc::new(req));
+            if !secrets.is_empty() {
+                inner.secrets.insert(JobId(job_id), secrets);
+            }
+        }
+        self.schedule_wanted.notify_one();
+        Ok(job_id)
+    }
+
+    /// Cancels a job or one task: pending tasks end now, running ones are told to stop.
+    pub async fn on_cancel(&self, job_id: u64, index: Option<u32>) -> Result<CancelResponse> {
+        {
+            let inner = self.lock();
+            let job = inner
+                .cluster
+                .job(JobId(job_id))
+                .ok_or_else(|| Error::NotFound(format!("job {job_id} does not exist")))?;
+            if let Some(i) = index {
+                if job.spec().array.position_of(i).is_none() {
+                    return Err(Error::NotFound(format!("job {job_id} has no task {i}")));
+                }
+            }
+        }
+        let already_ended = {
+            let inner = self.lock();
+            let job = inner.cluster.job(JobId(job_id));
+            match index {
+                None => job.is_some_and(|j| j.is_finished()),
+                Some(i) => job
+                    .and_then(|j| j.task_state(j.spec().array.position_of(i)?))
+                    .is_some_and(|s| !matches!(s, TaskState::Pending | TaskState::Running)),
+            }
+        };
+        if already_ended {
+            return Ok(CancelResponse { n_cancelled: 0, n_signalled: 0, already_ended });
+        }
+        let _gate = self.apply_gate.read().await;
+        self.writer
+            .append(vec![Event::JobCancelled { job_id, index, at_ms: now_ms() }])
+            .await?;
+        let mut inner = self.lock();
+        let before = inner.cluster.job(JobId(job_id)).map(|j| j.counts()).unwrap_or_default();
+        let kills = inner.cluster.cancel(JobId(job_id), index, now_ms())?;
+        let after = inner.cluster.job(JobId(job_id)).map(|j| j.counts()).unwrap_or_default();
+        let n_signalled = kills.len() as u32;
+        for kill in kills {
+            let attempt = AttemptRef { job_id, index: kill.index, attempt: kill.attempt };
+            inner.cancel_pending.insert(attempt);
+            if let Some(session) = inner.sessions.get_mut(&kill.node_id) {
+                session.kills.push(attempt);
+                session.wake.notify_one();
+            }
+        }
+        Ok(CancelResponse { n_cancelled: after.cancelled - before.cancelled, n_signalled, already_ended })
+    }
+
+    /// Journals and applies results from an agent. Returns the attempts the agent may forget
+    /// (also those already recorded or stale).
+    pub async fn on_results(&self, results: &[TaskResult]) -> Result<Vec<AttemptRef>> {
+        let _gate = self.apply_gate.read().await;
+        let now = now_ms();
+        let events: Vec<Event> = {
+            let inner = self.lock();
+            results
+                .iter()
+                .filter(|r| inner.is_running(&r.attempt))
+                .map(|r| {
+                    // Preempted, or stopped with its node (or its launcher): it runs again as a
+                    // new attempt, neither failed nor cancelled.
+                    let stopped = r.outcome == "stopped" && !inner.cancel_pending.contains(&r.attempt);
+                    if (stopped || inner.preempt_pending.contains(&r.attempt)) && r.outcome != "succeeded" {
+                        return Event::TaskRequeued {
+                            job_id: r.attempt.job_id,
+                            index: r.attempt.index,
+                            attempt: r.attempt.attempt,
+                            at_ms: now,
+                        };
+                    }
+                    Event::TaskEnded {
+                    job_id: r.attempt.job_id,
+                    index: r.attempt.index,
+                    attempt: r.attempt.attempt,
+                    outcome: outcome_of(r),
+                    ending: Ending {
+                        exit_code: r.exit_code,
+                        signal: r.signal,
+                        started_ms: r.started_ms,
+                        cpu_ms: r.cpu_ms,
+                        peak_mem_bytes: r.peak_mem_bytes,
+                    },
+                    at_ms: r.ended_ms.max(r.started_ms).min(now.max(r.started_ms)),
+                }})
+                .collect()
+        };
+        self.journal_then_apply(events).await?;
+        Ok(results.iter().map(|r| r.attempt).collect())
+    }
+
+    /// The journal writer, for tests that make it fail.
+    #[cfg(test)]
+    pub(crate) fn writer_for_tests(&self) -> &JournalWriter {
+        &self.writer
+    }
+
+    /// Journals events, applies them to the state once committed, and wakes the scheduler.
+    /// Callers hold the apply gate.
+    async fn journal_then_apply(&self, events: Vec<Event>) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.writer.append(events.clone()).await?;
+        let mut inner = self.lock();
+        for event in events {
+            inner.replay(event);
+        }
+        drop(inner);
+        self.schedule_wanted.notify_one();
+        Ok(())
+    }
+
+    /// One scheduling pass: decide, journal the dispatches, then hand them to the agents.
+    pub async fn schedule_pass(&self) -> Result<usize> {
+        let _gate = self.apply_gate.read().await;
+        let (events, launches, placed) = {
+            let mut inner = self.lock();
+            let now = now_ms();
+            let decisions = inner.cluster.schedule(now);
+            for pre in decisions.preemptions {
+                let v = pre.victim;
+                let attempt = AttemptRef { job_id: v.job_id.0, index: v.index, attempt: v.attempt };
+                tracing::info!(job = v.job_id.0, index = v.index, for_job = pre.for_job.0, "preempting");
+                inner.preempt_pending.insert(attempt);
+                if let Some(session) = inner.sessions.get_mut(&v.node_id) {
+                    session.kills.push(attempt);
+                    session.wake.notify_one();
+                }
+            }
+            let placements = decisions.placements;
+            let mut events = Vec::with_capacity(placements.len());
+            let mut launches = Vec::with_capacity(placements.len());
+            let mut placed = Vec::with_capacity(placements.len());
+            for p in placements {
+                placed.push(AttemptRef { job_id: p.job_id.0, index: p.index, attempt: p.attempt });
+                let node = inner.cluster.node(p.node_id).map(|n| n.name().to_string()).unwrap_or_default();
+                let session = inner.sessions.get(&p.node_id).map_or(0, |s| s.id);
+                if let Some(launch) = inner.launch_for(&self.config, p.job_id, p.index, p.attempt, &node) {
+                    launches.push((session, p.node_id, launch));
+                }
+                events.push(Event::TaskDispatched {
+                    job_id: p.job_id.0,
+                    index: p.index,
+                    attempt: p.attempt,
+                    node,
+                    at_ms: now,
+                });
+            }
+            (events, launches, placed)
+        };
+        let n = events.len();
+        if let Err(e) = self.writer.append(events).await {
+            // Journal first: the core applied its placements already; with no row behind
+            // them they are taken back, so nothing runs that a restart would not know of.
+            let mut inner = self.lock();
+            let now = now_ms();
+            for a in placed.iter().rev() {
+                if let Some(pos) = pos_of(&inner.cluster, JobId(a.job_id), a.index) {
+                    inner.cluster.requeue(JobId(a.job_id), pos, a.attempt, now);
+                }
+            }
+            tracing::error!(error = %e, n_undone = n, "journaling dispatches failed: they were taken back and will be placed again");
+            return Err(e);
+        }
+        let mut inner = self.lock();
+        for (session, node_id, launch) in launches {
+            // A placement decided for an older session was requeued when the agent
+            // registered again; delivering it now would run the task twice.
+            if !inner.is_running(&launch.attempt) {
+                continue;
+            }
+            if let Some(s) = inner.sessions.get_mut(&node_id).filter(|s| s.id == session) {
+                s.launches.push(launch);
+                s.wake.notify_one();
+            }
+        }
+        Ok(n)
+    }
+
+    /// Drains a node by name (finishes what runs, takes nothing new) or puts it back.
+    pub async fn on_drain(&self, node: &str, draining: bool) -> Result<()> {
+        if self.lock().cluster.node_id(node).is_none() {
+            return Err(Error::NotFound(format!("node {node} does not exist")));
+        }
+        let _gate = self.apply_gate.read().await;
+        let event = Event::NodeDrained { node: node.to_string(), draining, at_ms: now_ms() };
+        self.journal_then_apply(vec![event]).await
+    }
+
+}
+
+impl Inner {
+    fn index_of(&self, job_id: JobId, pos: u32) -> u32 {
+        self.cluster.job(job_id).and_then(|j| j.spec().array.index_at(pos)).unwrap_or(pos)
+    }
+
+    fn is_running(&self, a: &AttemptRef) -> bool {
+        let Some(pos) = pos_of(&self.cluster, JobId(a.job_id), a.index) else { return false };
+        self.cluster
+            .job(JobId(a.job_id))
+            .and_then(|j| j.running_task(pos))
+            .is_some_and(|r| r.attempt == a.attempt)
+    }
+
+    /// Applies one journaled event; used live after each commit and at start-up.
+    fn replay(&mut self, event: Event) {
+        match event {
+            Event::JobSubmitted { job_id, at_ms, spec } => {
+                let parsed = serde_json::from_str::<SubmitRequest>(&spec)
+                    .map_err(|e| e.to_string())
+                    .and_then(|req| {
+                        spec::validate(&req, u32::MAX).map(|s| (req, s)).map_err(|e| e.to_string())
+                    });
+                match parsed {
+                    Ok((req, spec)) => {
+                        self.cluster.submit(JobId(job_id), spec, at_ms);
+                        self.requests.insert(JobId(job_id), Arc::new(req));
+                    }
+                    Err(e) => tracing::error!(job_id, error = %e, "journaled job unreadable; skipped"),
+                }
+            }
+            Event::TaskDispatched { job_id, index, attempt, node, at_ms } => {
+                let node_id = match self.cluster.node_id(&node) {
+                    Some(id) => id,
+                    None => self.cluster.add_node(&node, "", Resources::default()),
+                };
+                if let Some(pos) = pos_of(&self.cluster, JobId(job_id), index) {
+                    if let Err(e) = self.cluster.apply_dispatch(JobId(job_id), pos, attempt, node_id, at_ms) {
+                        tracing::warn!(error = %e, "dispatch in the journal not applied");
+                    }
+                }
+            }
+            Event::TaskEnded { job_id, index, attempt, outcome, ending, at_ms } => {
+                if let Some(pos) = pos_of(&self.cluster, JobId(job_id), index) {
+                    let ran_ms = at_ms.saturating_sub(ending.started_ms);
+                    self.cluster.finish_after(JobId(job_id), pos, attempt, core_outcome(outcome), at_ms, ran_ms);
+                }
+                self.cancel_pending.remove(&AttemptRef { job_id, index, attempt });
+                self.preempt_pending.remove(&AttemptRef { job_id, index, attempt });
+            }
+            Event::TaskRequeued { job_id, index, attempt, at_ms } => {
+                if let Some(pos) = pos_of(&self.cluster, JobId(job_id), index) {
+                    self.cluster.requeue(JobId(job_id), pos, attempt, at_ms);
+                }
+                self.cancel_pending.remove(&AttemptRef { job_id, index, attempt });
+                self.preempt_pending.remove(&AttemptRef { job_id, index, attempt });
+            }
+            Event::NodeDrained { node, draining, .. } => {
+                let node_id = match self.cluster.node_id(&node) {
+                    Some(id) => id,
+                    None => self.cluster.add_node(&node, "", Resources::default()),
+                };
+                self.cluster.set_node_draining(node_id, draining);
+            }
+            Event::JobCancelled { job_id, index, at_ms } => {
+                if let Ok(kills) = self.cluster.cancel(JobId(job_id), index, at_ms) {
+                    for k in kills {
+                        self.cancel_pending.insert(AttemptRef { job_id, index: k.index, attempt: k.attempt });
+                    }
+                }
+            }
+        }
+    }
+
+}
+
+/// The reactor: waits for a reason to schedule (or a second), then runs a pass.
+pub async fn reactor_loop(shared: Arc<Shared>) {
+    loop {
+        tokio::select! {
+            _ = shared.schedule_wanted.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if let Err(e) = shared.expire_leases().await {
+            tracing::error!(error = %e, "expiring agent leases failed");
+        }
+        if let Err(e) = shared.maybe_snapshot().await {
+            tracing::error!(error = %e, "snapshot failed");
+        }
+        if let Err(e) = shared.schedule_pass().await {
+            tracing::error!(error = %e, "scheduling pass failed");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
