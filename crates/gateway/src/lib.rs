@@ -4,7 +4,8 @@
 //!
 //! Layout:
 //! - [`config`]: the TOML file, validated.
-//! - [`gateway`]: the state, the handlers and the proxying.
+//! - [`gateway`]: the state, admission and proxying (`mod.rs`); `routes`, `stream` (SSE
+//!   pass-through and cut-off), `scrape` (`/metrics`) and `serving` (accepting and threads).
 //! - `connection`: one client connection; the completion endpoints' plain HTTP/1.1 read and
 //!   answered there, the rest handed to hyper and the router.
 //! - `openai`: OpenAI's error and model objects, answered by all of the above.
