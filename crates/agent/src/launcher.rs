@@ -31,7 +31,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tidepool_api::TaskResult;
+use tidepool_api::{AttemptOutcome, TaskResult};
 
 pub(crate) use tidepool_api::dates::now_ms;
 
@@ -737,17 +737,16 @@ impl Launcher {
         }
         result.outcome = if cancelled && self.stopping && !dir.join(rundir::CANCEL_FILE).exists() {
             result.message = Some("stopped with its node".into());
-            rundir::STOPPED
+            AttemptOutcome::Stopped
         } else if cancelled {
-            "cancelled"
+            AttemptOutcome::Cancelled
         } else if timed_out {
-            "timeout"
+            AttemptOutcome::Timeout
         } else if result.exit_code == Some(0) {
-            "succeeded"
+            AttemptOutcome::Succeeded
         } else {
-            "failed"
-        }
-        .into();
+            AttemptOutcome::Failed
+        };
         let launch = &spec.launch;
         if launch.discard_empty_output {
             for p in [&launch.stdout_path, &launch.stderr_path] {

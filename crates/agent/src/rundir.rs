@@ -7,7 +7,7 @@
 use crate::cgroup::CgroupPlan;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use tidepool_api::{AttemptRef, Launch, TaskResult};
+use tidepool_api::{AttemptOutcome, AttemptRef, Launch, TaskResult};
 
 /// What the launcher reads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -150,7 +150,7 @@ pub fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
 pub fn failed_at(a: AttemptRef, now: u64, message: &str) -> TaskResult {
     TaskResult {
         attempt: a,
-        outcome: "failed".into(),
+        outcome: AttemptOutcome::Failed,
         exit_code: None,
         signal: None,
         started_ms: now,
@@ -163,16 +163,12 @@ pub fn failed_at(a: AttemptRef, now: u64, message: &str) -> TaskResult {
 
 /// The result of an attempt cancelled before it started.
 pub fn cancelled_unstarted(a: AttemptRef, now: u64) -> TaskResult {
-    TaskResult { outcome: "cancelled".into(), ..failed_at(a, now, "cancelled before it started") }
+    TaskResult { outcome: AttemptOutcome::Cancelled, ..failed_at(a, now, "cancelled before it started") }
 }
-
-/// The outcome of an attempt ended because its node stopped or its launcher died: the server
-/// runs it again as a new attempt, rather than count it failed or cancelled.
-pub const STOPPED: &str = "stopped";
 
 /// The result of an attempt stopped with its node, started or not.
 pub fn stopped_at(a: AttemptRef, now: u64, message: &str) -> TaskResult {
-    TaskResult { outcome: STOPPED.into(), ..failed_at(a, now, message) }
+    TaskResult { outcome: AttemptOutcome::Stopped, ..failed_at(a, now, message) }
 }
 
 /// Reads a finished attempt's result, if there is one.

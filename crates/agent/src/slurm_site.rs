@@ -11,7 +11,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use tidepool_api::{AttemptRef, Launch, TaskResult};
+use tidepool_api::{AttemptOutcome, AttemptRef, Launch, TaskResult};
 
 /// The Slurm job id of an attempt handed to Slurm.
 pub const JOB_ID_FILE: &str = "slurm_job_id";
@@ -158,15 +158,15 @@ impl SlurmSite {
 pub fn ended(a: AttemptRef, dir: &Path, cancelled: bool, started_ms: u64, now_ms: u64) -> TaskResult {
     let code = std::fs::read_to_string(dir.join(EXIT_FILE)).ok().and_then(|t| t.trim().parse::<i32>().ok());
     let outcome = match code {
-        _ if cancelled => "cancelled",
-        Some(0) => "succeeded",
-        Some(_) => "failed",
+        _ if cancelled => AttemptOutcome::Cancelled,
+        Some(0) => AttemptOutcome::Succeeded,
+        Some(_) => AttemptOutcome::Failed,
         // Killed by Slurm (time limit, node failure, scancel from outside) before it could say.
-        None => "failed",
+        None => AttemptOutcome::Failed,
     };
     TaskResult {
         attempt: a,
-        outcome: outcome.into(),
+        outcome,
         exit_code: code,
         signal: None,
         started_ms,
@@ -207,9 +207,9 @@ mod tests {
         let out = Command::new("sh").arg("-c").arg(s.replace("/run/x", &dir.display().to_string()).replace("/tmp/a b", "/")).output().unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "it's $HOME\n");
         let r = ended(launch.attempt, &dir, false, 1, 2);
-        assert_eq!((r.outcome.as_str(), r.exit_code), ("succeeded", Some(0)));
+        assert_eq!((r.outcome, r.exit_code), (AttemptOutcome::Succeeded, Some(0)));
         let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!(ended(launch.attempt, &dir, false, 1, 2).outcome, "failed");
-        assert_eq!(ended(launch.attempt, &dir, true, 1, 2).outcome, "cancelled");
+        assert_eq!(ended(launch.attempt, &dir, false, 1, 2).outcome, AttemptOutcome::Failed);
+        assert_eq!(ended(launch.attempt, &dir, true, 1, 2).outcome, AttemptOutcome::Cancelled);
     }
 }

@@ -144,14 +144,44 @@ pub struct Launch {
     pub discard_empty_output: bool,
 }
 
+/// How an attempt ended, as an agent reports it: the core's four outcomes, and `stopped` (its
+/// node stopped or its launcher died: it runs again as a new attempt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptOutcome {
+    /// Exit code 0.
+    Succeeded,
+    /// Non-zero exit, a signal, or it could not start.
+    Failed,
+    /// Ended on a user's request.
+    Cancelled,
+    /// Ended at its time limit.
+    Timeout,
+    /// Ended with its node or launcher, not by anything it did.
+    Stopped,
+}
+
+impl AttemptOutcome {
+    /// What the core records when the attempt is not run again: a stopped one that its owner
+    /// had cancelled is cancelled.
+    pub fn recorded(self) -> tidepool_core::TaskOutcome {
+        use tidepool_core::TaskOutcome;
+        match self {
+            AttemptOutcome::Succeeded => TaskOutcome::Succeeded,
+            AttemptOutcome::Failed => TaskOutcome::Failed,
+            AttemptOutcome::Cancelled | AttemptOutcome::Stopped => TaskOutcome::Cancelled,
+            AttemptOutcome::Timeout => TaskOutcome::Timeout,
+        }
+    }
+}
+
 /// How an attempt ended, as the agent saw it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskResult {
     /// Which attempt.
     pub attempt: AttemptRef,
-    /// `succeeded`, `failed`, `cancelled`, `timeout`, `lost` (never started), or `stopped`
-    /// (ended because its node stopped or its launcher died: run again as a new attempt).
-    pub outcome: String,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
     /// Exit code, when it exited.
     pub exit_code: Option<i32>,
     /// Signal, when one killed it.

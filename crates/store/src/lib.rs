@@ -23,29 +23,28 @@ pub enum Error {
 /// This crate's result.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// How an attempt ended, as journaled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Exit 0.
-    Succeeded = 1,
-    /// Non-zero exit or signal.
-    Failed = 2,
-    /// Cancelled.
-    Cancelled = 3,
-    /// Time limit.
-    Timeout = 4,
+/// How an attempt ended: the core's vocabulary, journaled as a small integer.
+pub use tidepool_core::TaskOutcome as Outcome;
+
+/// The journal's code of an outcome.
+fn outcome_code(outcome: Outcome) -> i64 {
+    match outcome {
+        Outcome::Succeeded => 1,
+        Outcome::Failed => 2,
+        Outcome::Cancelled => 3,
+        Outcome::Timeout => 4,
+    }
 }
 
-impl Outcome {
-    fn from_code(code: i64) -> Result<Outcome> {
-        Ok(match code {
-            1 => Outcome::Succeeded,
-            2 => Outcome::Failed,
-            3 => Outcome::Cancelled,
-            4 => Outcome::Timeout,
-            _ => return Err(Error::Corrupt(format!("outcome {code}"))),
-        })
-    }
+/// The outcome of a journal code.
+fn outcome_of_code(code: i64) -> Result<Outcome> {
+    Ok(match code {
+        1 => Outcome::Succeeded,
+        2 => Outcome::Failed,
+        3 => Outcome::Cancelled,
+        4 => Outcome::Timeout,
+        _ => return Err(Error::Corrupt(format!("outcome {code}"))),
+    })
 }
 
 /// Usage and exit details of an ended attempt.
@@ -229,7 +228,7 @@ impl Journal {
                     Event::TaskEnded { job_id, index, attempt, outcome, ending, at_ms } => {
                         insert_event.execute(params![
                             KIND_ENDED, *at_ms as i64, *job_id as i64, index, attempt, None::<String>,
-                            *outcome as i64, ending.exit_code, ending.signal,
+                            outcome_code(*outcome), ending.exit_code, ending.signal,
                             ending.started_ms as i64, ending.cpu_ms as i64, ending.peak_mem_bytes as i64
                         ])?;
                     }
@@ -482,7 +481,7 @@ fn read_event(row: &rusqlite::Row<'_>) -> Result<Event> {
             job_id,
             index: need(index, "index")?,
             attempt: need(attempt, "attempt")?,
-            outcome: Outcome::from_code(row.get::<_, Option<i64>>(6)?.unwrap_or(0))?,
+            outcome: outcome_of_code(row.get::<_, Option<i64>>(6)?.unwrap_or(0))?,
             ending: Ending {
                 exit_code: row.get(7)?,
                 signal: row.get(8)?,

@@ -18,12 +18,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tidepool_api::{
-    AttemptRef, CancelResponse, JobView, Launch, NodeView, PollResponse, RegisterRequest,
+    AttemptOutcome, AttemptRef, CancelResponse, JobView, Launch, NodeView, PollResponse, RegisterRequest,
     RegisterResponse, SubmitRequest, TaskCountsView, TaskResult, TaskView,
 };
 use tidepool_core::resources::format_cores;
-use tidepool_core::{Cluster, JobId, JobSpec, NodeId, Resources, TaskCounts, TaskOutcome, TaskState};
-use tidepool_store::{Ending, Event, Journal, Outcome};
+use tidepool_core::{Cluster, JobId, JobSpec, NodeId, Resources, TaskCounts, TaskState};
+use tidepool_store::{Ending, Event, Journal};
 use tokio::sync::Notify;
 
 mod auth;
@@ -116,25 +116,6 @@ pub enum Principal {
 
 fn pos_of(cluster: &Cluster, job_id: JobId, index: u32) -> Option<u32> {
     cluster.job(job_id)?.spec().array.position_of(index)
-}
-
-fn outcome_of(result: &TaskResult) -> Outcome {
-    match result.outcome.as_str() {
-        "succeeded" => Outcome::Succeeded,
-        // Stopped with its node after its owner had cancelled it.
-        "cancelled" | "stopped" => Outcome::Cancelled,
-        "timeout" => Outcome::Timeout,
-        _ => Outcome::Failed,
-    }
-}
-
-fn core_outcome(outcome: Outcome) -> TaskOutcome {
-    match outcome {
-        Outcome::Succeeded => TaskOutcome::Succeeded,
-        Outcome::Failed => TaskOutcome::Failed,
-        Outcome::Cancelled => TaskOutcome::Cancelled,
-        Outcome::Timeout => TaskOutcome::Timeout,
-    }
 }
 
 impl Shared {
@@ -335,8 +316,8 @@ impl Shared {
                 .map(|r| {
                     // Preempted, or stopped with its node (or its launcher): it runs again as a
                     // new attempt, neither failed nor cancelled.
-                    let stopped = r.outcome == "stopped" && !inner.cancel_pending.contains(&r.attempt);
-                    if (stopped || inner.preempt_pending.contains(&r.attempt)) && r.outcome != "succeeded" {
+                    let stopped = r.outcome == AttemptOutcome::Stopped && !inner.cancel_pending.contains(&r.attempt);
+                    if (stopped || inner.preempt_pending.contains(&r.attempt)) && r.outcome != AttemptOutcome::Succeeded {
                         return Event::TaskRequeued {
                             job_id: r.attempt.job_id,
                             index: r.attempt.index,
@@ -348,7 +329,7 @@ impl Shared {
                     job_id: r.attempt.job_id,
                     index: r.attempt.index,
                     attempt: r.attempt.attempt,
-                    outcome: outcome_of(r),
+                    outcome: r.outcome.recorded(),
                     ending: Ending {
                         exit_code: r.exit_code,
                         signal: r.signal,
@@ -509,7 +490,7 @@ impl Inner {
             Event::TaskEnded { job_id, index, attempt, outcome, ending, at_ms } => {
                 if let Some(pos) = pos_of(&self.cluster, JobId(job_id), index) {
                     let ran_ms = at_ms.saturating_sub(ending.started_ms);
-                    self.cluster.finish_after(JobId(job_id), pos, attempt, core_outcome(outcome), at_ms, ran_ms);
+                    self.cluster.finish_after(JobId(job_id), pos, attempt, outcome, at_ms, ran_ms);
                 }
                 self.cancel_pending.remove(&AttemptRef { job_id, index, attempt });
                 self.preempt_pending.remove(&AttemptRef { job_id, index, attempt });
