@@ -10,6 +10,7 @@
 //! - [`project`]: quotas, borrowing limits and fair share.
 //! - [`cluster`]: the in-memory truth about jobs, tasks, nodes and projects, and its events.
 //! - [`schedule`]: the scheduling pass (placement, gangs, reservations, backfill, preemption).
+//! - [`decisions`]: what a pass decides (placements, preemptions), as values for the edge.
 //! - [`pending`]: why a job waits.
 //! - [`scale`]: how many nodes to add, which may go, which tail tasks to move (compaction).
 //! - [`forecast`]: Holt-Winters forecasting of a daily tide.
@@ -22,6 +23,7 @@ pub mod admission;
 pub mod array;
 pub mod cluster;
 pub mod concurrency;
+pub mod decisions;
 pub mod forecast;
 pub mod job;
 pub mod pending;

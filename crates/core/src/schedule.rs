@@ -18,14 +18,7 @@ type Victims = Vec<(JobId, u32)>;
 /// How many blocked jobs may look for victims in one pass (bounds the cost of a full fleet).
 const MAX_PREEMPTION_SEARCHES: usize = 16;
 
-/// A preemption: the attempt to stop and the job it makes room for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Preemption {
-    /// The attempt to stop.
-    pub victim: KillOrder,
-    /// The job that needs its place.
-    pub for_job: JobId,
-}
+pub use crate::decisions::Preemption;
 
 impl Cluster {
     /// One scheduling pass at `now_ms`. The state already reflects what it decided.
