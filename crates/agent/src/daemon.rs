@@ -138,8 +138,8 @@ struct Agent {
     prekilled: Mutex<HashSet<AttemptRef>>,
     results: mpsc::UnboundedSender<TaskResult>,
     session: AtomicU64,
-    /// Attempts handed to Slurm: (Slurm job id, started, cancelled by us).
-    in_slurm: Mutex<HashMap<AttemptRef, (String, u64, bool)>>,
+    /// With `--executor slurm`, where attempts go instead of the launcher.
+    slurm: Option<Arc<crate::slurm_site::SlurmExecutor>>,
     /// Attempts this agent's launchers started and have not ended, with their process group.
     started: Mutex<HashMap<AttemptRef, rundir::Started>>,
 }
@@ -162,6 +162,7 @@ pub async fn run_until(config: AgentConfig, shutdown: impl std::future::Future<O
     let (tx, rx) = mpsc::unbounded_channel();
     let spares = Arc::new(SpareDirs::adopt(&config.run_dir));
     let remover = start_remover(config.run_dir.clone(), config.slurm.is_none().then(|| spares.clone()));
+    let config_slurm = config.slurm.clone();
     let agent = Arc::new(Agent {
         config,
         client,
@@ -174,7 +175,7 @@ pub async fn run_until(config: AgentConfig, shutdown: impl std::future::Future<O
         prekilled: Mutex::new(HashSet::new()),
         results: tx,
         session: AtomicU64::new(0),
-        in_slurm: Mutex::new(HashMap::new()),
+        slurm: config_slurm.map(|site| Arc::new(crate::slurm_site::SlurmExecutor::new(site))),
         started: Mutex::new(HashMap::new()),
     });
     let reporter = tokio::spawn(report_loop(agent.clone(), rx));
@@ -321,10 +322,6 @@ fn make_command_links(config: &AgentConfig) -> Option<String> {
 }
 
 impl Agent {
-    fn lock_in_slurm(&self) -> std::sync::MutexGuard<'_, HashMap<AttemptRef, (String, u64, bool)>> {
-        self.in_slurm.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn lock_tracked(&self) -> std::sync::MutexGuard<'_, HashMap<AttemptRef, u32>> {
         self.tracked.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -365,11 +362,9 @@ impl Agent {
             let dir = entry.path();
             if let Some(result) = rundir::read_result(&dir) {
                 finished.push(result);
-            } else if let (Some(_), Ok(id)) = (&self.config.slurm, std::fs::read_to_string(dir.join(crate::slurm_site::JOB_ID_FILE))) {
-                // Handed to Slurm by an earlier agent process: follow it again.
+            } else if self.slurm.as_ref().is_some_and(|slurm| slurm.adopt(a, &dir, now_ms())) {
+                // Handed to Slurm by an earlier agent process: followed again.
                 running.push(a);
-                let mut in_slurm = self.lock_in_slurm();
-                in_slurm.entry(a).or_insert_with(|| (id.trim().to_string(), now_ms(), false));
             } else if tracked.contains(&a) {
                 running.push(a);
             } else {
@@ -524,11 +519,10 @@ impl Agent {
                 return;
             }
         }
-        if let Some(site) = &self.config.slurm {
-            match site.submit(&launch, &dir) {
+        if let Some(slurm) = &self.slurm {
+            match slurm.start(&launch, &dir, now_ms()) {
                 Ok(id) => {
                     tracing::debug!(job = a.job_id, index = a.index, slurm_job = %id, "handed to Slurm");
-                    self.lock_in_slurm().insert(a, (id, now_ms(), false));
                 }
                 Err(e) => {
                     let result = lost(a, &format!("cannot hand the task to Slurm: {e}"));
@@ -569,16 +563,9 @@ impl Agent {
     }
 
     fn kill(self: &Arc<Self>, a: AttemptRef) {
-        if let Some(site) = &self.config.slurm {
-            let id = self.lock_in_slurm().get_mut(&a).map(|entry| {
-                entry.2 = true;
-                entry.0.clone()
-            });
-            match id {
-                Some(id) => site.cancel(&id),
-                None => {
-                    self.prekilled.lock().unwrap_or_else(|p| p.into_inner()).insert(a);
-                }
+        if let Some(slurm) = &self.slurm {
+            if !slurm.cancel(a) {
+                self.prekilled.lock().unwrap_or_else(|p| p.into_inner()).insert(a);
             }
             return;
         }
@@ -637,24 +624,13 @@ fn lost(a: AttemptRef, message: &str) -> TaskResult {
 /// Every second, asks Slurm which of the attempts handed to it are still queued or running,
 /// and reports the others as ended.
 async fn follow_slurm(agent: Arc<Agent>) {
-    let Some(site) = agent.config.slurm.clone() else { return };
+    let Some(slurm) = agent.slurm.clone() else { return };
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let ids: Vec<String> = agent.lock_in_slurm().values().map(|(id, _, _)| id.clone()).collect();
-        let site_for_query = site.clone();
-        let queued = tokio::task::spawn_blocking(move || site_for_query.still_queued(&ids)).await.ok().flatten();
-        let Some(queued) = queued else { continue };
-        let gone: Vec<(AttemptRef, u64, bool)> = agent
-            .lock_in_slurm()
-            .iter()
-            .filter(|(_, (id, _, _))| !queued.contains(id))
-            .map(|(a, (_, started, cancelled))| (*a, *started, *cancelled))
-            .collect();
-        for (a, started, cancelled) in gone {
-            let dir = rundir::attempt_dir(&agent.config.run_dir, &a);
-            let result = crate::slurm_site::ended(a, &dir, cancelled, started, now_ms());
+        let (slurm, run_dir) = (slurm.clone(), agent.config.run_dir.clone());
+        let ended = tokio::task::spawn_blocking(move || slurm.collect_ended(&run_dir, now_ms())).await.unwrap_or_default();
+        for (dir, result) in ended {
             keep_result(&dir, &result);
-            agent.lock_in_slurm().remove(&a);
             let _ = agent.results.send(result);
         }
     }
@@ -683,7 +659,7 @@ async fn main_loop(agent: Arc<Agent>) -> Result<()> {
                 // nothing of it may go on running here.
                 // Attempts handed to Slurm too: they are scancelled, or they would run twice.
                 let mut attempts: Vec<AttemptRef> = agent.lock_tracked().keys().copied().collect();
-                attempts.extend(agent.lock_in_slurm().keys().copied());
+                attempts.extend(agent.slurm.as_ref().map(|slurm| slurm.held()).unwrap_or_default());
                 for a in attempts {
                     agent.kill(a);
                 }

@@ -154,6 +154,86 @@ impl SlurmSite {
     }
 }
 
+/// One attempt in Slurm's hands.
+#[derive(Debug, Clone)]
+struct InSlurm {
+    slurm_job: String,
+    started_ms: u64,
+    cancelled: bool,
+}
+
+/// The Slurm executor of an agent: the attempts it handed to the site, followed until they
+/// leave Slurm's queue. It holds no process of its own, so its attempts outlive the agent and
+/// are taken back from their directories by the next one.
+pub struct SlurmExecutor {
+    site: SlurmSite,
+    held: std::sync::Mutex<std::collections::HashMap<AttemptRef, InSlurm>>,
+}
+
+impl SlurmExecutor {
+    /// An executor for `site` holding nothing yet.
+    pub fn new(site: SlurmSite) -> SlurmExecutor {
+        SlurmExecutor { site, held: Default::default() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<AttemptRef, InSlurm>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands `launch` to Slurm from its attempt directory `dir`; Slurm's job id.
+    pub fn start(&self, launch: &Launch, dir: &Path, now_ms: u64) -> Result<String, String> {
+        let id = self.site.submit(launch, dir)?;
+        self.lock().insert(launch.attempt, InSlurm { slurm_job: id.clone(), started_ms: now_ms, cancelled: false });
+        Ok(id)
+    }
+
+    /// Takes back an attempt an earlier agent process handed to Slurm from `dir`; false when
+    /// `dir` holds no Slurm job.
+    pub fn adopt(&self, a: AttemptRef, dir: &Path, now_ms: u64) -> bool {
+        let Ok(id) = std::fs::read_to_string(dir.join(JOB_ID_FILE)) else { return false };
+        self.lock().entry(a).or_insert_with(|| InSlurm { slurm_job: id.trim().to_string(), started_ms: now_ms, cancelled: false });
+        true
+    }
+
+    /// Cancels attempt `a` in Slurm; false when it was never handed over (it is to be refused
+    /// when it comes).
+    pub fn cancel(&self, a: AttemptRef) -> bool {
+        let id = self.lock().get_mut(&a).map(|held| {
+            held.cancelled = true;
+            held.slurm_job.clone()
+        });
+        match id {
+            Some(id) => {
+                self.site.cancel(&id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The attempts in Slurm's hands.
+    pub fn held(&self) -> Vec<AttemptRef> {
+        self.lock().keys().copied().collect()
+    }
+
+    /// Asks Slurm once which attempts left its queue; their results, with their directories
+    /// under `run_dir` (`squeue` runs here: call it off the async threads).
+    pub fn collect_ended(&self, run_dir: &Path, now_ms: u64) -> Vec<(std::path::PathBuf, TaskResult)> {
+        let ids: Vec<String> = self.lock().values().map(|h| h.slurm_job.clone()).collect();
+        let Some(queued) = self.site.still_queued(&ids) else { return Vec::new() };
+        let mut held = self.lock();
+        let gone: Vec<AttemptRef> = held.iter().filter(|(_, h)| !queued.contains(&h.slurm_job)).map(|(a, _)| *a).collect();
+        gone.into_iter()
+            .filter_map(|a| {
+                let h = held.remove(&a)?;
+                let dir = crate::rundir::attempt_dir(run_dir, &a);
+                let result = ended(a, &dir, h.cancelled, h.started_ms, now_ms);
+                Some((dir, result))
+            })
+            .collect()
+    }
+}
+
 /// How an attempt ended, from what its directory holds once Slurm no longer has it.
 pub fn ended(a: AttemptRef, dir: &Path, cancelled: bool, started_ms: u64, now_ms: u64) -> TaskResult {
     let code = std::fs::read_to_string(dir.join(EXIT_FILE)).ok().and_then(|t| t.trim().parse::<i32>().ok());
