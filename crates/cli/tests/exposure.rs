@@ -8,27 +8,17 @@
 mod common;
 
 use common::{Env, BIN};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
-use std::time::Duration;
 
-
-/// A raw HTTP/1.1 request with an optional bearer key: (status, body).
+/// A request with an optional bearer key: (status, body).
 fn request(base: &str, method: &str, path: &str, key: Option<&str>, body: &str) -> (u16, String) {
-    let addr = base.trim_start_matches("http://").trim_end_matches('/');
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (head.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0), body.to_string())
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    let (status, _, body) = common::http(base, method, path, &headers, body);
+    (status, body)
 }
 
 const CHAT: &str = r#"{"model":"m","messages":[{"role":"user","content":"hello"}],"max_tokens":3}"#;
-
 
 /// Runs `tidepool gateway` on a file that must be refused; its one-line error.
 fn refused(name: &str, config: &str) -> String {

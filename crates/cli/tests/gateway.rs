@@ -6,31 +6,15 @@
 mod common;
 
 use common::{Env, BIN};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// A raw HTTP/1.1 POST on loopback; returns (status, headers, body).
+/// A POST with `key`; (status, lower-cased head, body).
 fn post(base: &str, path: &str, key: &str, extra_headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
-    let addr = base.trim_start_matches("http://");
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut req = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
-    if !extra_headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
-        req.push_str("Content-Type: application/json\r\n");
-    }
-    for (k, v) in extra_headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
-    (status, head.to_ascii_lowercase(), body.to_string())
+    let auth = format!("Bearer {key}");
+    let headers: Vec<(&str, &str)> = [("Authorization", auth.as_str())].into_iter().chain(extra_headers.iter().copied()).collect();
+    common::http(base, "POST", path, &headers, body)
 }
 
 /// A child process killed when the test ends, pass or fail (else it would hold the test's
@@ -219,13 +203,9 @@ fn filler_waits_for_slots_and_the_best_concurrency_is_learned() {
 }
 
 fn get(base: &str, path: &str, key: &str) -> (u16, String) {
-    let addr = base.trim_start_matches("http://");
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (head.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0), body.to_string())
+    let auth = format!("Bearer {key}");
+    let (status, _, body) = common::http(base, "GET", path, &[("Authorization", auth.as_str())], "");
+    (status, body)
 }
 
 #[test]

@@ -7,29 +7,8 @@
 mod common;
 
 use common::Program;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
 
 
-
-/// (status, lower-cased head, body) of one request.
-fn send(base: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
-    let addr = base.trim_start_matches("http://");
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (head.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0), head.to_ascii_lowercase(), body.to_string())
-}
 
 fn gateway(name: &str) -> (Program, Program, String) {
     let (replica, url) = common::start_program(&format!("{name}-replica"), &["replica-emulator", "--listen", "127.0.0.1:0", "--model", "m", "--itl-ms", "1"], &[], 1);
@@ -50,7 +29,7 @@ fn a_request_larger_than_the_whole_budget_is_refused_however_full_the_bucket() {
     let prompt = "x".repeat(4000);
     let big = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"{prompt}"}}],"max_tokens":100,"n":3}}"#);
     for _ in 0..3 {
-        let (status, head, body) = send(&base, "POST", "/v1/chat/completions", &[KEY], &big);
+        let (status, head, body) = common::http(&base, "POST", "/v1/chat/completions", &[KEY], &big);
         assert_eq!(status, 429, "{body}");
         assert!(body.contains("Request too large") && body.contains("Limit 1000"), "{body}");
         assert!(!head.contains("retry-after"), "waiting never helps a request over the whole budget: {head}");
@@ -59,10 +38,10 @@ fn a_request_larger_than_the_whole_budget_is_refused_however_full_the_bucket() {
     }
     // The bucket was left full: a small request goes through.
     let small = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#;
-    assert_eq!(send(&base, "POST", "/v1/chat/completions", &[KEY], small).0, 200);
+    assert_eq!(common::http(&base, "POST", "/v1/chat/completions", &[KEY], small).0, 200);
     // An absurd max_tokens is answered at once, never run.
     let absurd = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":18446744073709551615}"#;
-    let (status, _, body) = send(&base, "POST", "/v1/chat/completions", &[KEY], absurd);
+    let (status, _, body) = common::http(&base, "POST", "/v1/chat/completions", &[KEY], absurd);
     assert!(status == 400 || status == 429, "{status} {body}");
 }
 
@@ -75,14 +54,14 @@ fn output_limits_above_the_replicas_are_a_400_naming_the_field() {
         ("/v1/completions", r#"{"model":"m","prompt":"hi","max_tokens":500}"#, "max_tokens"),
         ("/v1/responses", r#"{"model":"m","input":"hi","max_output_tokens":101}"#, "max_output_tokens"),
     ] {
-        let (status, _, answer) = send(&base, "POST", path, &[KEY], body);
+        let (status, _, answer) = common::http(&base, "POST", path, &[KEY], body);
         assert_eq!(status, 400, "{path} {body}: {answer}");
         let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
         assert_eq!(v["error"]["param"], field, "{answer}");
         assert!(v["error"]["message"].as_str().unwrap().contains("100"), "{answer}");
     }
     let at_limit = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":100}"#;
-    assert_eq!(send(&base, "POST", "/v1/chat/completions", &[KEY], at_limit).0, 200);
+    assert_eq!(common::http(&base, "POST", "/v1/chat/completions", &[KEY], at_limit).0, 200);
 }
 
 #[test]
@@ -98,12 +77,12 @@ fn every_answer_carries_a_request_id_echoing_the_clients() {
         ("GET", "/v1/nothing-here", vec![KEY], ""),
         ("POST", "/v1/chat/completions", vec![KEY], "{not json"),
     ] {
-        let (status, head, _) = send(&base, method, path, &headers, body);
+        let (status, head, _) = common::http(&base, method, path, &headers, body);
         let id = id_of(&head).unwrap_or_else(|| panic!("{method} {path} ({status}) has no x-request-id: {head}"));
         assert!(seen.insert(id.clone()), "{id} given twice");
     }
     for (method, path, body) in [("POST", "/v1/chat/completions", chat), ("GET", "/v1/models", "")] {
-        let (_, head, _) = send(&base, method, path, &[KEY, ("X-Request-Id", "client-id-42")], body);
+        let (_, head, _) = common::http(&base, method, path, &[KEY, ("X-Request-Id", "client-id-42")], body);
         assert_eq!(id_of(&head).as_deref(), Some("client-id-42"), "{method} {path}: {head}");
     }
 }

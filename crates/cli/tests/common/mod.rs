@@ -295,3 +295,27 @@ pub fn start_program(name: &str, args: &[&str], files: &[(&str, &str)], n: usize
     std::thread::spawn(move || for _ in lines {});
     (Program(child, dir), urls)
 }
+
+/// One HTTP/1.1 request on its own connection (`Connection: close`), with `headers` (a JSON
+/// content type unless they name one): (status, lower-cased head, body). A connection the server
+/// closes early gives what was read, status 0 if nothing.
+pub fn http(base: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0), head.to_ascii_lowercase(), body.to_string())
+}
