@@ -444,11 +444,14 @@ impl Agent {
         std::thread::spawn(move || {
             use std::io::BufRead;
             for line in std::io::BufReader::new(stdout).lines().map_while(std::result::Result::ok) {
-                if let Ok(result) = serde_json::from_str::<TaskResult>(&line) {
+                // A start line opens with its first field, so each line is parsed once.
+                if line.starts_with(rundir::STARTED_LINE_PREFIX) {
+                    if let Ok(started) = serde_json::from_str::<rundir::Started>(&line) {
+                        agent.lock_started().insert(started.started, started);
+                    }
+                } else if let Ok(result) = serde_json::from_str::<TaskResult>(&line) {
                     agent.lock_started().remove(&result.attempt);
                     let _ = agent.results.send(result);
-                } else if let Ok(started) = serde_json::from_str::<rundir::Started>(&line) {
-                    agent.lock_started().insert(started.started, started);
                 }
             }
             let _ = child.wait();

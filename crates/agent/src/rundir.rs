@@ -41,6 +41,9 @@ pub struct Started {
     pub cgroup_procs: Option<PathBuf>,
 }
 
+/// How a [`Started`] line begins (serde writes fields in their order), unlike a result's.
+pub const STARTED_LINE_PREFIX: &str = "{\"started\":";
+
 /// Kills everything of a started attempt: its process group and whatever its cgroup holds
 /// (processes that left the group), until the cgroup is empty or a second has passed.
 pub fn kill_started(s: &Started) {
@@ -241,6 +244,15 @@ pub fn examine(dir: &Path) -> Found {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_start_line_opens_with_its_prefix() {
+        let a = AttemptRef { job_id: 1, index: 2, attempt: 3 };
+        let line = serde_json::to_string(&Started { started: a, pgid: 9, cgroup_procs: None }).unwrap();
+        assert!(line.starts_with(STARTED_LINE_PREFIX), "{line}");
+        let result = serde_json::to_string(&failed_at(a, 0, "x")).unwrap();
+        assert!(!result.starts_with(STARTED_LINE_PREFIX), "{result}");
+    }
 
     #[test]
     fn attempt_dirs_name_their_attempt() {
