@@ -37,13 +37,16 @@ impl Bucket {
         }
     }
 
-    /// Takes `n` units, or says in how many milliseconds they will be there. More than the
-    /// capacity is never taken, however full the bucket: callers refuse such a request outright.
+    /// What [`Bucket::take`] says of more units than the bucket ever holds.
+    pub const NEVER: u64 = u64::MAX;
+
+    /// Takes `n` units, or says in how many milliseconds they will be there: [`Bucket::NEVER`]
+    /// for more than the capacity, however full the bucket.
     pub fn take(&mut self, n: u64, now_ms: u64) -> Result<(), u64> {
         self.refill(now_ms);
         let n = n as f64;
         if n > self.capacity {
-            return Err(u64::MAX);
+            return Err(Bucket::NEVER);
         }
         if self.level >= n {
             self.level -= n;
@@ -192,7 +195,7 @@ mod tests {
         b.give_back(5, 1000);
         assert_eq!(b.remaining(1000), 5);
         let mut full = Bucket::per_minute(600, 0);
-        assert_eq!(full.take(601, 0), Err(u64::MAX), "more than the whole bucket, even full");
+        assert_eq!(full.take(601, 0), Err(Bucket::NEVER), "more than the whole bucket, even full");
         assert_eq!(full.remaining(0), 600);
     }
 

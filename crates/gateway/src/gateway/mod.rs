@@ -355,14 +355,16 @@ impl Gateway {
     }
 
     /// A 429 of error type `kind` (OpenAI's: `requests` or `tokens` for the limit that was hit).
-    fn too_many(&self, tenant: usize, retry_after_ms: u64, message: &str, kind: &str, code: &str) -> Response {
+    fn too_many(&self, tenant: usize, retry_after_ms: Option<u64>, message: &str, kind: &str, code: &str) -> Response {
         let mut response = error(StatusCode::TOO_MANY_REQUESTS, message, kind, None, Some(code));
-        let secs = retry_after_ms.div_ceil(1000).max(1);
-        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&retry_after_ms.to_string()) {
-            response.headers_mut().insert("retry-after-ms", v);
+        if let Some(retry_after_ms) = retry_after_ms {
+            let secs = retry_after_ms.div_ceil(1000).max(1);
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&retry_after_ms.to_string()) {
+                response.headers_mut().insert("retry-after-ms", v);
+            }
         }
         self.rate_headers(tenant, response.headers_mut());
         response
@@ -529,28 +531,22 @@ impl Gateway {
                 t.refused += 1;
                 drop(tenants);
                 self.count_refusal(tier, Refusal::Requests);
-                return self.too_many(tenant, wait, "Rate limit reached for requests per minute.", "requests", "rate_limit_exceeded");
+                return self.too_many(tenant, Some(wait), "Rate limit reached for requests per minute.", "requests", "rate_limit_exceeded");
             }
-            if estimate > t.tpm.capacity() {
+            if let Err(wait) = t.tpm.take(estimate, now) {
                 let limit = t.tpm.capacity();
                 t.rpm.give_back(1, now);
                 t.refused += 1;
                 drop(tenants);
                 self.count_refusal(tier, Refusal::Tokens);
-                // No Retry-After: waiting never helps; a smaller request (or budget) does.
-                let message = format!(
-                    "Request too large for {model} on tokens per minute (TPM): Limit {limit}, Requested {estimate}. The input or output tokens must be reduced in order to run successfully."
-                );
-                let mut response = error(StatusCode::TOO_MANY_REQUESTS, &message, "tokens", None, Some("rate_limit_exceeded"));
-                self.rate_headers(tenant, response.headers_mut());
-                return response;
-            }
-            if let Err(wait) = t.tpm.take(estimate, now) {
-                t.rpm.give_back(1, now);
-                t.refused += 1;
-                drop(tenants);
-                self.count_refusal(tier, Refusal::Tokens);
-                return self.too_many(tenant, wait, "Rate limit reached for tokens per minute.", "tokens", "rate_limit_exceeded");
+                if wait == Bucket::NEVER {
+                    // No Retry-After: waiting never helps; a smaller request (or budget) does.
+                    let message = format!(
+                        "Request too large for {model} on tokens per minute (TPM): Limit {limit}, Requested {estimate}. The input or output tokens must be reduced in order to run successfully."
+                    );
+                    return self.too_many(tenant, None, &message, "tokens", "rate_limit_exceeded");
+                }
+                return self.too_many(tenant, Some(wait), "Rate limit reached for tokens per minute.", "tokens", "rate_limit_exceeded");
             }
         }
         // Realtime has slots up to the hard cap and waits only there, ahead of everyone, for
@@ -574,7 +570,7 @@ impl Gateway {
                 }
                 drop(tenants);
                 self.count_refusal(tier, Refusal::Capacity);
-                return self.too_many(tenant, wait, &format!("The {tier} tier is at capacity; retry later."), "requests", "server_overloaded");
+                return self.too_many(tenant, Some(wait), &format!("The {tier} tier is at capacity; retry later."), "requests", "server_overloaded");
             }
         };
         // The request goes on as the client wrote it (unknown fields included), not re-encoded.
