@@ -4,7 +4,7 @@
 
 use crate::output::line;
 use std::time::Instant;
-use tidepool_store::{Ending, Event, Journal, Outcome};
+use tidepool_store::{Ending, Event, Journal, Outcome, SqliteStore};
 
 /// Runs the benchmark with `n_tasks` tasks.
 pub async fn run(json: bool, n_tasks: u32) -> Result<u8, String> {
@@ -14,7 +14,7 @@ pub async fn run(json: bool, n_tasks: u32) -> Result<u8, String> {
     let db = dir.join("journal.db");
     let written = Instant::now();
     {
-        let mut journal = Journal::open(&db).map_err(|e| e.to_string())?;
+        let mut journal = SqliteStore::open(&db).map_err(|e| e.to_string())?;
         let spec = serde_json::json!({"command": ["true"], "array": format!("0-{}", n_tasks - 1), "workdir": "/"}).to_string();
         journal.append(&[Event::JobSubmitted { job_id: 1, at_ms: 1, spec }]).map_err(|e| e.to_string())?;
         let chunk = 50_000;
@@ -40,9 +40,9 @@ pub async fn run(json: bool, n_tasks: u32) -> Result<u8, String> {
     let write_s = written.elapsed().as_secs_f64();
     // The floor: reading every row back without applying anything.
     let floor = Instant::now();
-    let journal = Journal::open(&db).map_err(|e| e.to_string())?;
+    let journal = SqliteStore::open(&db).map_err(|e| e.to_string())?;
     let mut n_events = 0u64;
-    journal.replay(|_| n_events += 1).map_err(|e| e.to_string())?;
+    journal.replay(&mut |_| n_events += 1).map_err(|e| e.to_string())?;
     let floor_s = floor.elapsed().as_secs_f64();
     drop(journal);
     let open = || {

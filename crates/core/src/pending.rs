@@ -63,9 +63,14 @@ impl Cluster {
             };
             return reason("Nodes_required", text);
         }
-        let online: Vec<&&Node> = eligible.iter().filter(|n| n.online).collect();
-        if online.is_empty() {
+        let connected: Vec<&&Node> = eligible.iter().filter(|n| n.online).collect();
+        if connected.is_empty() {
             return reason("NodeDown", "every node that could run it is disconnected".to_string());
+        }
+        // A drained node takes no new work: its free cores are no reason to wait.
+        let online: Vec<&&Node> = connected.into_iter().filter(|n| !n.draining).collect();
+        if online.is_empty() {
+            return reason("ReqNodeNotAvail", "every node that could run it is drained".to_string());
         }
         let big_enough = online.iter().filter(|n| n.capacity.fits(&per_node)).count();
         if let Some(gang) = job.spec.gang {

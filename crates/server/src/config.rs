@@ -25,6 +25,8 @@ pub struct Config {
     pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
     /// Timeouts, the connection cap and the body cap of the API's connections.
     pub limits: crate::http::Limits,
+    /// Where time is read: the system's clock, or a virtual one in tests.
+    pub clock: crate::clock::Clock,
 }
 
 impl Config {
@@ -41,6 +43,7 @@ impl Config {
             snapshot_every: 200_000,
             tls: None,
             limits: crate::http::Limits::default(),
+            clock: crate::clock::Clock::System,
         }
     }
 }

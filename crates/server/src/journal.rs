@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use std::sync::mpsc;
-use tidepool_store::{Event, Journal};
+use tidepool_store::{Event, Store};
 use tokio::sync::oneshot;
 
 type Batch = (Vec<Event>, oneshot::Sender<std::result::Result<(), String>>);
@@ -13,14 +13,11 @@ type Batch = (Vec<Event>, oneshot::Sender<std::result::Result<(), String>>);
 pub struct JournalWriter {
     tx: mpsc::Sender<Batch>,
     appended: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// Test double: the next append fails as a full disk would make it.
-    #[cfg(test)]
-    pub(crate) fail_next: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl JournalWriter {
-    /// Starts the writer thread over `journal`.
-    pub fn start(mut journal: Journal) -> Result<JournalWriter> {
+    /// Starts the writer thread over its own handle on the store.
+    pub fn start(mut journal: Box<dyn Store>) -> Result<JournalWriter> {
         let (tx, rx) = mpsc::channel::<Batch>();
         let appended = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = appended.clone();
@@ -47,12 +44,7 @@ impl JournalWriter {
                 }
             })
             .map_err(|e| Error::Internal(format!("starting the journal writer: {e}")))?;
-        Ok(JournalWriter {
-            tx,
-            appended,
-            #[cfg(test)]
-            fail_next: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
-        })
+        Ok(JournalWriter { tx, appended })
     }
 
     /// Events committed since this writer started.
@@ -64,10 +56,6 @@ impl JournalWriter {
     pub async fn append(&self, events: Vec<Event>) -> Result<()> {
         if events.is_empty() {
             return Ok(());
-        }
-        #[cfg(test)]
-        if self.fail_next.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            return Err(Error::Journal("database or disk is full (injected)".into()));
         }
         let (ack_tx, ack_rx) = oneshot::channel();
         self.tx

@@ -2,16 +2,18 @@
 //! journals every change before acknowledging it, and asks the core for decisions.
 //!
 //! Layout:
+//! - [`clock`]: the one clock, the system's or a virtual one for the in-process harness.
 //! - [`config`]: what the server is told at start.
 //! - [`error`]: the one error type and its HTTP mapping.
 //! - [`http`]: connections with header-read and idle timeouts and a cap.
-//! - [`journal`]: the group-commit writer in front of the store.
+//! - [`journal`]: the group-commit writer in front of the store (any `tidepool_store::Store`).
 //! - [`logs`]: task logs relayed from the agent that wrote them, streamed in pieces.
 //! - [`state`]: the shared state, replay and the reactor's `on_*` functions.
 //! - [`routes`]: paths to handlers, and the handlers.
 //! - [`spec`]: validation of submissions and expansion of output patterns.
 //! - [`tls`]: the REST API over TLS (rustls) when a certificate is configured.
 
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -1,24 +1,72 @@
-//! The reactor in process: a real server state over a SQLite journal in a directory of its own,
-//! agents as sessions driven by hand, no binary and no network.
+//! The reactor in process: a real server state over an in-memory store (the conformance suite
+//! holds it to SQLite's behaviour), agents as sessions driven by hand, time on a virtual clock
+//! the test moves; no binary, no network, no waiting.
 
+use crate::clock::Clock;
 use crate::state::Shared;
 use crate::Config;
-use tidepool_api::{RegisterRequest, SubmitRequest};
+use tidepool_api::{AttemptOutcome, JobView, Launch, RegisterRequest, SubmitRequest, TaskResult};
+use tidepool_store::MemoryStore;
 
-/// A directory removed when the test ends.
+/// A directory removed when the test ends (tokens and secrets still live in files).
 struct Dir(std::path::PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let dir = std::env::temp_dir().join(format!("tidepool-server-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        Dir(dir)
-    }
-}
 
 impl Drop for Dir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A server over a memory store and a virtual clock; `restart` opens another on the same store.
+struct Harness {
+    dir: Dir,
+    store: MemoryStore,
+    clock: Clock,
+    shared: Shared,
+}
+
+const LEASE_MS: u64 = 60_000;
+
+impl Harness {
+    fn new(name: &str) -> Harness {
+        let dir = std::env::temp_dir().join(format!("tidepool-server-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = MemoryStore::new();
+        let clock = Clock::manual(1_700_000_000_000);
+        let shared = Harness::open(&dir, &store, &clock);
+        Harness { dir: Dir(dir), store, clock, shared }
+    }
+
+    fn open(dir: &std::path::Path, store: &MemoryStore, clock: &Clock) -> Shared {
+        let mut config = Config::new(dir.to_path_buf(), "http://127.0.0.1:1".into());
+        config.clock = clock.clone();
+        config.agent_lease_ms = LEASE_MS;
+        config.poll_hold_ms = 100;
+        Shared::open_on(config, Box::new(store.clone())).unwrap()
+    }
+
+    /// A new server on the same store, as after `kill -9`.
+    fn restart(&mut self) {
+        self.shared = Harness::open(&self.dir.0, &self.store, &self.clock);
+    }
+
+    async fn join(&self, name: &str, cpus: u64) -> u64 {
+        self.shared.on_register(node(name, cpus)).await.unwrap().session
+    }
+
+    fn view(&self, job: u64) -> JobView {
+        self.shared.job_view(job, false).unwrap()
+    }
+
+    /// What the journal decides about a job and its tasks: its view without the reason it
+    /// waits, which also depends on which agents are connected right now.
+    fn journaled(&self, job: u64) -> JobView {
+        JobView { pending_code: None, pending_reason: None, ..self.shared.job_view(job, true).unwrap() }
+    }
+
+    fn counts(&self, job: u64) -> (u32, u32, u32) {
+        let c = self.view(job).counts;
+        (c.pending, c.running, c.succeeded)
     }
 }
 
@@ -41,28 +89,99 @@ fn array(range: &str) -> SubmitRequest {
     SubmitRequest { command: vec!["true".into()], array: Some(range.into()), workdir: Some("/tmp".into()), ..SubmitRequest::default() }
 }
 
+fn succeeded(launch: &Launch, at_ms: u64) -> TaskResult {
+    TaskResult {
+        attempt: launch.attempt,
+        outcome: AttemptOutcome::Succeeded,
+        exit_code: Some(0),
+        signal: None,
+        started_ms: at_ms,
+        ended_ms: at_ms + 5,
+        cpu_ms: 1,
+        peak_mem_bytes: 1 << 20,
+        message: None,
+    }
+}
+
 #[tokio::test]
 async fn a_failed_journal_append_takes_the_dispatches_back() {
-    let dir = Dir::new("undo");
-    let shared = Shared::open(Config::new(dir.0.clone(), "http://127.0.0.1:1".into())).unwrap();
-    let session = shared.on_register(node("n1", 2)).await.unwrap().session;
-    let job = shared.on_submit(array("0-3")).await.unwrap();
+    let mut h = Harness::new("undo");
+    let session = h.join("n1", 2).await;
+    let job = h.shared.on_submit(array("0-3")).await.unwrap();
 
-    shared.writer_for_tests().fail_next.store(true, std::sync::atomic::Ordering::SeqCst);
-    assert!(shared.schedule_pass().await.is_err(), "the append failed");
-    let view = shared.job_view(job, false).unwrap();
-    assert_eq!((view.counts.running, view.counts.pending), (0, 4), "nothing runs without its row: {view:?}");
+    h.store.fail_next_append();
+    assert!(h.shared.schedule_pass().await.is_err(), "the append failed");
+    assert_eq!(h.counts(job), (4, 0, 0), "nothing runs without its row");
 
     // The next pass places them again, journaled, and the agent gets exactly those.
-    assert_eq!(shared.schedule_pass().await.unwrap(), 2);
-    let work = shared.on_poll(session).await.unwrap();
+    assert_eq!(h.shared.schedule_pass().await.unwrap(), 2);
+    let work = h.shared.on_poll(session).await.unwrap();
     assert_eq!(work.launch.len(), 2);
-    let view = shared.job_view(job, true).unwrap();
-    assert_eq!(view.counts.running, 2);
-    drop(shared);
+    assert_eq!(h.counts(job), (2, 2, 0));
 
     // What a restart replays agrees with what ran.
-    let reopened = Shared::open(Config::new(dir.0.clone(), "http://127.0.0.1:1".into())).unwrap();
-    let replayed = reopened.job_view(job, false).unwrap();
-    assert_eq!((replayed.counts.running, replayed.counts.pending), (2, 2), "{replayed:?}");
+    h.restart();
+    assert_eq!(h.counts(job), (2, 2, 0));
+}
+
+#[tokio::test]
+async fn a_silent_agent_loses_its_node_at_the_lease_and_its_work_runs_elsewhere() {
+    let h = Harness::new("lease");
+    let quiet = h.join("quiet", 2).await;
+    let job = h.shared.on_submit(array("0-1")).await.unwrap();
+    h.shared.schedule_pass().await.unwrap();
+    let first = h.shared.on_poll(quiet).await.unwrap().launch;
+    assert_eq!(first.len(), 2);
+
+    // Just inside the lease nothing changes; just past it, the node is lost.
+    h.clock.advance(LEASE_MS);
+    h.shared.expire_leases().await.unwrap();
+    assert_eq!(h.counts(job), (0, 2, 0));
+    h.clock.advance(1);
+    h.shared.expire_leases().await.unwrap();
+    assert_eq!(h.counts(job), (2, 0, 0), "both attempts requeued");
+
+    let busy = h.join("busy", 2).await;
+    h.shared.schedule_pass().await.unwrap();
+    let second = h.shared.on_poll(busy).await.unwrap().launch;
+    assert_eq!(second.len(), 2);
+    assert!(second.iter().all(|l| l.attempt.attempt == 2), "new attempts: {second:?}");
+
+    // A late report of the lost attempts changes nothing; the new ones count.
+    let now = h.clock.now_ms();
+    let stale: Vec<TaskResult> = first.iter().map(|l| succeeded(l, now)).collect();
+    h.shared.on_results(&stale).await.unwrap();
+    assert_eq!(h.counts(job), (0, 2, 0), "a stale report finished a task");
+    let fresh: Vec<TaskResult> = second.iter().map(|l| succeeded(l, now)).collect();
+    h.shared.on_results(&fresh).await.unwrap();
+    assert_eq!(h.counts(job), (0, 0, 2));
+}
+
+#[tokio::test]
+async fn a_restart_from_a_snapshot_or_from_a_damaged_one_rebuilds_the_same_state() {
+    let mut h = Harness::new("snapshot");
+    let session = h.join("n1", 3).await;
+    let done = h.shared.on_submit(array("0-2")).await.unwrap();
+    h.shared.schedule_pass().await.unwrap();
+    let launches = h.shared.on_poll(session).await.unwrap().launch;
+    let now = h.clock.now_ms();
+    h.shared.on_results(&launches.iter().map(|l| succeeded(l, now)).collect::<Vec<_>>()).await.unwrap();
+    let running = h.shared.on_submit(array("0-9")).await.unwrap();
+    h.shared.schedule_pass().await.unwrap();
+    h.shared.take_snapshot().await.unwrap();
+    // Events after the snapshot: one more task ends.
+    let more = h.shared.on_poll(session).await.unwrap().launch;
+    assert_eq!(more.len(), 3);
+    h.shared.on_results(&[succeeded(&more[0], now)]).await.unwrap();
+    h.shared.on_drain("n1", true).await.unwrap();
+    let before = (h.journaled(done), h.journaled(running));
+    assert_eq!(h.view(running).pending_code.as_deref(), Some("ReqNodeNotAvail"));
+
+    h.restart();
+    assert_eq!((h.journaled(done), h.journaled(running)), before, "from the snapshot");
+
+    h.store.damage_snapshot();
+    h.restart();
+    assert_eq!((h.journaled(done), h.journaled(running)), before, "by full replay");
+    assert_eq!(h.counts(running), (7, 2, 1));
 }

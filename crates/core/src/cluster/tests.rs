@@ -150,6 +150,18 @@ fn dependency_waits_then_never() {
 }
 
 #[test]
+fn work_waiting_only_for_drained_nodes_says_so() {
+    let mut c = cluster_with_nodes(&[8, 8]);
+    let ids: Vec<NodeId> = c.nodes().map(|(id, _)| id).collect();
+    for id in ids {
+        c.set_node_draining(id, true);
+    }
+    c.submit(JobId(1), spec("0", 1), 0);
+    assert!(placed(&mut c, 1).is_empty());
+    assert_eq!(c.why_pending(JobId(1)).unwrap().code, "ReqNodeNotAvail");
+}
+
+#[test]
 fn too_big_says_so() {
     let mut c = cluster_with_nodes(&[8, 8]);
     c.submit(JobId(1), spec("0", 16), 0);

@@ -92,7 +92,7 @@ impl Shared {
             borrow_millis: req.borrow.map(|b| b * 1000),
             share: req.share.unwrap_or(1).max(1),
         };
-        let created = self.reader.lock().unwrap_or_else(|p| p.into_inner()).create_project(&row, now_ms())?;
+        let created = self.reader.lock().unwrap_or_else(|p| p.into_inner()).create_project(&row, self.config.clock.now_ms())?;
         if !created {
             return Err(Error::field("name", format!("project {} exists", req.name)));
         }
@@ -124,7 +124,7 @@ impl Shared {
         let token = tokens::random_token(prefix)?;
         let hash = tokens::hash(&token);
         let row = tidepool_store::TokenRow { id: token_id(&hash), hash, project: project.clone(), revoked: false };
-        self.reader.lock().unwrap_or_else(|p| p.into_inner()).insert_token(&row, now_ms())?;
+        self.reader.lock().unwrap_or_else(|p| p.into_inner()).insert_token(&row, self.config.clock.now_ms())?;
         self.api_tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(row.hash, (row.id.clone(), project.clone(), false));
         Ok(tidepool_api::TokenCreated { id: row.id, token, project: (!project.is_empty()).then_some(project) })
     }

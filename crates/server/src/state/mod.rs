@@ -23,7 +23,7 @@ use tidepool_api::{
 };
 use tidepool_core::resources::format_cores;
 use tidepool_core::{Cluster, JobId, JobSpec, NodeId, Resources, TaskCounts, TaskState};
-use tidepool_store::{Ending, Event, Journal};
+use tidepool_store::{Ending, Event, SqliteStore, Store};
 use tokio::sync::Notify;
 
 mod auth;
@@ -49,7 +49,7 @@ struct Session {
     kills: Vec<AttemptRef>,
     log_reads: Vec<tidepool_api::LogRead>,
     wake: Arc<Notify>,
-    last_seen: Instant,
+    last_seen_ms: u64,
 }
 
 impl Session {
@@ -86,7 +86,8 @@ pub struct Shared {
     pub config: Config,
     inner: Mutex<Inner>,
     writer: JournalWriter,
-    reader: Mutex<Journal>,
+    /// The store's handle for reads and catalog writes; the writer thread holds another.
+    reader: Mutex<Box<dyn Store>>,
     /// The admin API token.
     pub admin_token: String,
     schedule_wanted: Notify,
@@ -119,8 +120,17 @@ fn pos_of(cluster: &Cluster, job_id: JobId, index: u32) -> Option<u32> {
 }
 
 impl Shared {
-    /// Opens the data directory: tokens, journal, and the state replayed from it.
+    /// Opens the data directory: tokens, the SQLite journal, and the state replayed from it.
     pub fn open(config: Config) -> Result<Shared> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            Error::Internal(format!("creating {}: {e}", config.data_dir.display()))
+        })?;
+        let store = SqliteStore::open(&config.data_dir.join("journal.db"))?;
+        Shared::open_on(config, Box::new(store))
+    }
+
+    /// Opens the data directory's tokens over `store`, and replays the state from it.
+    pub fn open_on(config: Config, mut store: Box<dyn Store>) -> Result<Shared> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             Error::Internal(format!("creating {}: {e}", config.data_dir.display()))
         })?;
@@ -130,37 +140,8 @@ impl Shared {
             tracing::info!(path = %admin_path.display(), "created the admin API token");
         }
         let (join_token, _) = tokens::load_or_create(&config.data_dir.join("join.token"), "tpj_")?;
-        let db = config.data_dir.join("journal.db");
-        let journal = Journal::open(&db)?;
         let started = Instant::now();
-        let mut inner = Inner {
-            cluster: Cluster::new(),
-            requests: HashMap::new(),
-            next_job_id: 1,
-            sessions: HashMap::new(),
-            next_session_id: 1,
-            cancel_pending: HashSet::new(),
-            preempt_pending: HashSet::new(),
-            secrets: load_secrets(&config.data_dir.join("secrets")),
-        };
-        for (name, limits) in &config.projects {
-            inner.cluster.set_project(name, *limits);
-        }
-        let mut n_events = 0u64;
-        match journal.latest_snapshot()? {
-            Some((seq, data)) => {
-                journal.replay_jobs(|event| inner.replay(event))?;
-                inner.restore_snapshot(&data).map_err(|e| Error::Journal(format!("snapshot {seq}: {e}")))?;
-                journal.replay_events_after(seq, |event| {
-                    n_events += 1;
-                    inner.replay(event);
-                })?;
-            }
-            None => journal.replay(|event| {
-                n_events += 1;
-                inner.replay(event);
-            })?,
-        }
+        let (mut inner, n_events) = Inner::replayed(&config, store.as_ref())?;
         inner.next_job_id = inner.cluster.max_job_id().map_or(1, |id| id.0 + 1);
         tracing::info!(
             n_events,
@@ -168,7 +149,7 @@ impl Shared {
             ms = started.elapsed().as_millis() as u64,
             "journal replayed"
         );
-        for p in journal.projects()? {
+        for p in store.projects()? {
             let limits = tidepool_core::ProjectLimits {
                 quota_cpu_millis: p.quota_millis,
                 borrow_cpu_millis: p.borrow_millis,
@@ -178,7 +159,7 @@ impl Shared {
                 inner.cluster.set_project(&p.name, limits);
             }
         }
-        let mut api_tokens: HashMap<String, (String, String, bool)> = journal
+        let mut api_tokens: HashMap<String, (String, String, bool)> = store
             .tokens()?
             .into_iter()
             .map(|t| (t.hash, (t.id, t.project, t.revoked)))
@@ -187,10 +168,10 @@ impl Shared {
         let join_hash = tokens::hash(&join_token);
         if let std::collections::hash_map::Entry::Vacant(slot) = api_tokens.entry(join_hash.clone()) {
             let row = tidepool_store::TokenRow { id: token_id(&join_hash), hash: join_hash, project: String::new(), revoked: false };
-            journal.insert_token(&row, now_ms())?;
+            store.insert_token(&row, config.clock.now_ms())?;
             slot.insert((row.id, row.project, false));
         }
-        let writer = JournalWriter::start(Journal::open(&db)?)?;
+        let writer = JournalWriter::start(store.reopen()?)?;
         Ok(Shared {
             api_tokens: Mutex::new(api_tokens),
             apply_gate: tokio::sync::RwLock::new(()),
@@ -199,7 +180,7 @@ impl Shared {
             config,
             inner: Mutex::new(inner),
             writer,
-            reader: Mutex::new(journal),
+            reader: Mutex::new(store),
             admin_token,
             schedule_wanted: Notify::new(),
         })
@@ -238,7 +219,7 @@ impl Shared {
             save_secrets(&self.config.data_dir.join("secrets"), job_id, &secrets)?;
         }
         let _gate = self.apply_gate.read().await;
-        let at_ms = now_ms();
+        let at_ms = self.config.clock.now_ms();
         let text = serde_json::to_string(&req)
             .map_err(|e| Error::Internal(format!("encoding the job: {e}")))?;
         self.writer
@@ -285,11 +266,11 @@ impl Shared {
         }
         let _gate = self.apply_gate.read().await;
         self.writer
-            .append(vec![Event::JobCancelled { job_id, index, at_ms: now_ms() }])
+            .append(vec![Event::JobCancelled { job_id, index, at_ms: self.config.clock.now_ms() }])
             .await?;
         let mut inner = self.lock();
         let before = inner.cluster.job(JobId(job_id)).map(|j| j.counts()).unwrap_or_default();
-        let kills = inner.cluster.cancel(JobId(job_id), index, now_ms())?;
+        let kills = inner.cluster.cancel(JobId(job_id), index, self.config.clock.now_ms())?;
         let after = inner.cluster.job(JobId(job_id)).map(|j| j.counts()).unwrap_or_default();
         let n_signalled = kills.len() as u32;
         for kill in kills {
@@ -307,7 +288,7 @@ impl Shared {
     /// (also those already recorded or stale).
     pub async fn on_results(&self, results: &[TaskResult]) -> Result<Vec<AttemptRef>> {
         let _gate = self.apply_gate.read().await;
-        let now = now_ms();
+        let now = self.config.clock.now_ms();
         let events: Vec<Event> = {
             let inner = self.lock();
             results
@@ -345,12 +326,6 @@ impl Shared {
         Ok(results.iter().map(|r| r.attempt).collect())
     }
 
-    /// The journal writer, for tests that make it fail.
-    #[cfg(test)]
-    pub(crate) fn writer_for_tests(&self) -> &JournalWriter {
-        &self.writer
-    }
-
     /// Journals events, applies them to the state once committed, and wakes the scheduler.
     /// Callers hold the apply gate.
     async fn journal_then_apply(&self, events: Vec<Event>) -> Result<()> {
@@ -372,7 +347,7 @@ impl Shared {
         let _gate = self.apply_gate.read().await;
         let (events, launches, placed) = {
             let mut inner = self.lock();
-            let now = now_ms();
+            let now = self.config.clock.now_ms();
             let decisions = inner.cluster.schedule(now);
             for pre in decisions.preemptions {
                 let v = pre.victim;
@@ -410,7 +385,7 @@ impl Shared {
             // Journal first: the core applied its placements already; with no row behind
             // them they are taken back, so nothing runs that a restart would not know of.
             let mut inner = self.lock();
-            let now = now_ms();
+            let now = self.config.clock.now_ms();
             for a in placed.iter().rev() {
                 if let Some(pos) = pos_of(&inner.cluster, JobId(a.job_id), a.index) {
                     inner.cluster.requeue(JobId(a.job_id), pos, a.attempt, now);
@@ -440,7 +415,7 @@ impl Shared {
             return Err(Error::NotFound(format!("node {node} does not exist")));
         }
         let _gate = self.apply_gate.read().await;
-        let event = Event::NodeDrained { node: node.to_string(), draining, at_ms: now_ms() };
+        let event = Event::NodeDrained { node: node.to_string(), draining, at_ms: self.config.clock.now_ms() };
         self.journal_then_apply(vec![event]).await
     }
 

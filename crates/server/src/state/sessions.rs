@@ -42,7 +42,7 @@ impl Shared {
                     kills: Vec::new(),
                     log_reads: Vec::new(),
                     wake: Arc::new(Notify::new()),
-                    last_seen: Instant::now(),
+                    last_seen_ms: self.config.clock.now_ms(),
                 },
             ) {
                 old.wake.notify_one();
@@ -54,7 +54,7 @@ impl Shared {
                 let a = AttemptRef { job_id: job_id.0, index, attempt };
                 wanted.insert(a);
                 if !known.contains(&a) {
-                    requeues.push(Event::TaskRequeued { job_id: job_id.0, index, attempt, at_ms: now_ms() });
+                    requeues.push(Event::TaskRequeued { job_id: job_id.0, index, attempt, at_ms: self.config.clock.now_ms() });
                 }
             }
             let kills: Vec<AttemptRef> = req
@@ -82,7 +82,7 @@ impl Shared {
             let Some(s) = inner.session_mut(session) else {
                 return Ok(PollResponse { reregister: true, ..PollResponse::default() });
             };
-            s.last_seen = Instant::now();
+            s.last_seen_ms = self.config.clock.now_ms();
             if !s.launches.is_empty() || !s.kills.is_empty() || !s.log_reads.is_empty() {
                 return Ok(s.take_work());
             }
@@ -94,7 +94,7 @@ impl Shared {
         let Some(s) = inner.session_mut(session) else {
             return Ok(PollResponse { reregister: true, ..PollResponse::default() });
         };
-        s.last_seen = Instant::now();
+        s.last_seen_ms = self.config.clock.now_ms();
         Ok(s.take_work())
     }
 
@@ -117,11 +117,15 @@ impl Shared {
     /// registration kills those stale attempts and their reports change nothing.
     pub async fn expire_leases(&self) -> Result<()> {
         let _gate = self.apply_gate.read().await;
-        let limit = Duration::from_millis(self.config.agent_lease_ms);
+        let now = self.config.clock.now_ms();
         let events: Vec<Event> = {
             let mut inner = self.lock();
-            let lost: Vec<NodeId> =
-                inner.sessions.iter().filter(|(_, s)| s.last_seen.elapsed() > limit).map(|(id, _)| *id).collect();
+            let lost: Vec<NodeId> = inner
+                .sessions
+                .iter()
+                .filter(|(_, s)| now.saturating_sub(s.last_seen_ms) > self.config.agent_lease_ms)
+                .map(|(id, _)| *id)
+                .collect();
             let mut events = Vec::new();
             for node_id in lost {
                 if let Some(old) = inner.sessions.remove(&node_id) {
@@ -133,7 +137,7 @@ impl Shared {
                 tracing::warn!(node = %name, n_requeued = running.len(), "agent lease expired; node lost");
                 for (job_id, pos, attempt) in running {
                     let index = inner.index_of(job_id, pos);
-                    events.push(Event::TaskRequeued { job_id: job_id.0, index, attempt, at_ms: now_ms() });
+                    events.push(Event::TaskRequeued { job_id: job_id.0, index, attempt, at_ms: self.config.clock.now_ms() });
                 }
             }
             events

@@ -1,16 +1,19 @@
-//! Snapshots of the state: taken every so many events, read back at start before the events after them.
+//! Snapshots of the state: taken every so many events, read back at start before the events
+//! after them. The store keeps and encodes them; here the state becomes a `store::Snapshot`
+//! and back, and an unreadable snapshot falls back to replaying the whole journal.
 
 use super::*;
+use tidepool_store::{JobTasks, RunningAttempt, Snapshot};
 
 impl Shared {
     /// Writes a snapshot of the state, so a restart replays only what came after it.
     pub async fn take_snapshot(&self) -> Result<()> {
         let _gate = self.apply_gate.write().await;
-        let seq = self.reader.lock().unwrap_or_else(|p| p.into_inner()).max_seq()?;
-        let data = self.lock().snapshot_json();
-        self.reader.lock().unwrap_or_else(|p| p.into_inner()).save_snapshot(seq, now_ms(), &data)?;
+        let seq = self.reader.lock().unwrap_or_else(|p| p.into_inner()).last_seq()?;
+        let snapshot = self.lock().snapshot();
+        self.reader.lock().unwrap_or_else(|p| p.into_inner()).save_snapshot(seq, self.config.clock.now_ms(), &snapshot)?;
         self.events_at_snapshot.store(self.writer.n_appended(), std::sync::atomic::Ordering::SeqCst);
-        tracing::info!(seq, bytes = data.len(), "snapshot taken");
+        tracing::info!(seq, n_jobs = snapshot.jobs.len(), "snapshot taken");
         Ok(())
     }
 
@@ -25,7 +28,60 @@ impl Shared {
 }
 
 impl Inner {
-    pub(super) fn snapshot_json(&self) -> String {
+    /// An empty state with the configured projects.
+    fn new(config: &Config) -> Inner {
+        let mut inner = Inner {
+            cluster: Cluster::new(),
+            requests: HashMap::new(),
+            next_job_id: 1,
+            sessions: HashMap::new(),
+            next_session_id: 1,
+            cancel_pending: HashSet::new(),
+            preempt_pending: HashSet::new(),
+            secrets: load_secrets(&config.data_dir.join("secrets")),
+        };
+        for (name, limits) in &config.projects {
+            inner.cluster.set_project(name, *limits);
+        }
+        inner
+    }
+
+    /// The state the store holds: its newest snapshot and the events after it, or, when there
+    /// is none or it cannot be used, every event. Also how many events were replayed.
+    pub(super) fn replayed(config: &Config, store: &dyn Store) -> Result<(Inner, u64)> {
+        let mut n_events = 0u64;
+        match store.latest_snapshot() {
+            Ok(Some((seq, snapshot))) => {
+                let mut inner = Inner::new(config);
+                store.replay_jobs(&mut |event| inner.replay(event))?;
+                match inner.restore(&snapshot) {
+                    Ok(()) => {
+                        store.replay_events_after(seq, &mut |event| {
+                            n_events += 1;
+                            inner.replay(event);
+                        })?;
+                        return Ok((inner, n_events));
+                    }
+                    Err(reason) => {
+                        tracing::warn!(seq, %reason, "the snapshot does not fit the journal; replaying every event instead")
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(tidepool_store::Error::CorruptSnapshot { seq, reason }) => {
+                tracing::warn!(seq, %reason, "the snapshot cannot be read; replaying every event instead")
+            }
+            Err(other) => return Err(other.into()),
+        }
+        let mut inner = Inner::new(config);
+        store.replay(&mut |event| {
+            n_events += 1;
+            inner.replay(event);
+        })?;
+        Ok((inner, n_events))
+    }
+
+    pub(super) fn snapshot(&self) -> Snapshot {
         let mut jobs = Vec::new();
         for job in self.cluster.jobs() {
             let c = job.counts();
@@ -35,72 +91,74 @@ impl Inner {
                 continue;
             }
             let node_name = |id: NodeId| self.cluster.node(id).map(|n| n.name().to_string()).unwrap_or_default();
-            jobs.push(serde_json::json!({
-                "id": job.id().0,
-                "runs": snap.runs.iter().map(|(s, n)| [*s as u8 as u64, u64::from(*n)]).collect::<Vec<_>>(),
-                "next_fresh": snap.next_fresh,
-                "requeued": snap.requeued,
-                "attempts": snap.attempts,
-                "running": snap.running.iter().map(|(pos, node, attempt, started, checkpoint)| serde_json::json!([pos, node_name(*node), attempt, started, checkpoint])).collect::<Vec<_>>(),
-                "ended_ms": snap.ended_ms,
-            }));
+            jobs.push(JobTasks {
+                job_id: job.id().0,
+                runs: snap.runs,
+                next_fresh: snap.next_fresh,
+                requeued: snap.requeued,
+                attempts: snap.attempts,
+                running: snap
+                    .running
+                    .iter()
+                    .map(|(position, node, attempt, started_ms, checkpoint_ms)| RunningAttempt {
+                        position: *position,
+                        node: node_name(*node),
+                        attempt: *attempt,
+                        started_ms: *started_ms,
+                        checkpoint_ms: *checkpoint_ms,
+                    })
+                    .collect(),
+                ended_ms: snap.ended_ms,
+            });
         }
-        let draining: Vec<&str> = self.cluster.nodes().filter(|(_, n)| n.is_draining()).map(|(_, n)| n.name()).collect();
-        let refs = |set: &HashSet<AttemptRef>| set.iter().map(|a| [a.job_id, u64::from(a.index), u64::from(a.attempt)]).collect::<Vec<_>>();
-        serde_json::json!({
-            "version": 1,
-            "jobs": jobs,
-            "draining": draining,
-            "cancel_pending": refs(&self.cancel_pending),
-            "preempt_pending": refs(&self.preempt_pending),
-        })
-        .to_string()
+        let refs = |set: &HashSet<AttemptRef>| {
+            let mut refs: Vec<(u64, u32, u32)> = set.iter().map(|a| (a.job_id, a.index, a.attempt)).collect();
+            refs.sort_unstable();
+            refs
+        };
+        Snapshot {
+            jobs,
+            draining: self.cluster.nodes().filter(|(_, n)| n.is_draining()).map(|(_, n)| n.name().to_string()).collect(),
+            cancel_pending: refs(&self.cancel_pending),
+            preempt_pending: refs(&self.preempt_pending),
+        }
     }
 
-    pub(super) fn restore_snapshot(&mut self, data: &str) -> std::result::Result<(), String> {
-        use serde_json::Value;
-        let v: Value = serde_json::from_str(data).map_err(|e| e.to_string())?;
-        let num = |v: &Value| v.as_u64().unwrap_or(0);
-        for job in v["jobs"].as_array().cloned().unwrap_or_default() {
-            let job_id = JobId(num(&job["id"]));
-            let mut running = Vec::new();
-            for r in job["running"].as_array().cloned().unwrap_or_default() {
-                let name = r[1].as_str().unwrap_or_default().to_string();
-                let node_id = match self.cluster.node_id(&name) {
+    /// Puts the snapshot's tasks onto the jobs replayed from their submissions.
+    fn restore(&mut self, snapshot: &Snapshot) -> std::result::Result<(), String> {
+        for job in &snapshot.jobs {
+            let job_id = JobId(job.job_id);
+            if self.cluster.job(job_id).is_none() {
+                return Err(format!("job {} is in the snapshot but not in the journal", job.job_id));
+            }
+            let mut running = Vec::with_capacity(job.running.len());
+            for r in &job.running {
+                let node_id = match self.cluster.node_id(&r.node) {
                     Some(id) => id,
-                    None => self.cluster.add_node(&name, "", Resources::default()),
+                    None => self.cluster.add_node(&r.node, "", Resources::default()),
                 };
-                running.push((num(&r[0]) as u32, node_id, num(&r[2]) as u32, num(&r[3]), num(&r[4])));
+                running.push((r.position, node_id, r.attempt, r.started_ms, r.checkpoint_ms));
             }
-            let pairs = |key: &str| -> Vec<(u32, u32)> {
-                job[key].as_array().map(|a| a.iter().map(|p| (num(&p[0]) as u32, num(&p[1]) as u32)).collect()).unwrap_or_default()
-            };
-            let runs: Vec<(TaskState, u32)> = job["runs"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|p| Some((tidepool_core::cluster::task_state_from_u8(num(&p[0]) as u8)?, num(&p[1]) as u32))).collect())
-                .unwrap_or_default();
-            let snap = tidepool_core::TaskSnapshot {
-                runs,
-                next_fresh: num(&job["next_fresh"]) as u32,
-                requeued: job["requeued"].as_array().map(|a| a.iter().map(|x| num(x) as u32).collect()).unwrap_or_default(),
-                attempts: pairs("attempts"),
+            let tasks = tidepool_core::TaskSnapshot {
+                runs: job.runs.clone(),
+                next_fresh: job.next_fresh,
+                requeued: job.requeued.clone(),
+                attempts: job.attempts.clone(),
                 running,
-                ended_ms: job["ended_ms"].as_u64(),
+                ended_ms: job.ended_ms,
             };
-            if self.cluster.job(job_id).is_some() {
-                self.cluster.restore_tasks(job_id, &snap)?;
-            }
+            self.cluster.restore_tasks(job_id, &tasks).map_err(|e| format!("job {}: {e}", job.job_id))?;
         }
-        for name in v["draining"].as_array().cloned().unwrap_or_default() {
-            if let Some(id) = name.as_str().and_then(|n| self.cluster.node_id(n)) {
+        for name in &snapshot.draining {
+            if let Some(id) = self.cluster.node_id(name) {
                 self.cluster.set_node_draining(id, true);
             }
         }
-        let refs = |key: &str| -> HashSet<AttemptRef> {
-            v[key].as_array().map(|a| a.iter().map(|r| AttemptRef { job_id: num(&r[0]), index: num(&r[1]) as u32, attempt: num(&r[2]) as u32 }).collect()).unwrap_or_default()
+        let refs = |list: &[(u64, u32, u32)]| -> HashSet<AttemptRef> {
+            list.iter().map(|&(job_id, index, attempt)| AttemptRef { job_id, index, attempt }).collect()
         };
-        self.cancel_pending = refs("cancel_pending");
-        self.preempt_pending = refs("preempt_pending");
+        self.cancel_pending = refs(&snapshot.cancel_pending);
+        self.preempt_pending = refs(&snapshot.preempt_pending);
         Ok(())
     }
 }
