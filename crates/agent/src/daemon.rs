@@ -1,14 +1,17 @@
-//! The agent daemon: registers, long-polls, hands attempts to its launcher, reports results.
+//! The agent daemon: registers, long-polls, hands attempts to its executor, reports results.
 //!
 //! **Invariant**: a result file is deleted only after the server has acknowledged it, and an
 //! attempt directory is never started twice, so a crash of the agent or the server at any point
 //! neither loses a result nor runs an attempt again.
 
 use crate::cgroup::CgroupPlan;
+use crate::executor::{keep_result, Executor, Recovered, Results};
 use crate::launcher::now_ms;
-use crate::rundir::{self, LaunchSpec};
+use crate::process::{ProcessExecutor, ProcessSettings};
+use crate::rundir;
+use crate::spares::{start_remover, SpareDirs};
 use crate::{Error, Result};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -126,27 +129,39 @@ impl AgentConfig {
 struct Agent {
     config: AgentConfig,
     client: reqwest::Client,
-    plan: CgroupPlan,
-    bin_dir: Option<String>,
-    /// Attempts this agent follows, with the pid of the launcher that runs them.
-    tracked: Mutex<HashMap<AttemptRef, u32>>,
-    /// The launcher new attempts go to, started on first use and again if it dies.
-    launcher: Mutex<Option<LauncherHandle>>,
+    /// Where attempts run: this node's processes, or a Slurm site.
+    executor: Arc<dyn Executor>,
     /// Acknowledged attempt directories, given back by a thread of their own.
     remover: std::sync::mpsc::Sender<PathBuf>,
     spares: Arc<SpareDirs>,
+    /// Attempts cancelled before they came: refused when they do.
     prekilled: Mutex<HashSet<AttemptRef>>,
-    results: mpsc::UnboundedSender<TaskResult>,
+    results: Results,
     session: AtomicU64,
-    /// With `--executor slurm`, where attempts go instead of the launcher.
-    slurm: Option<Arc<crate::slurm_site::SlurmExecutor>>,
-    /// Attempts this agent's launchers started and have not ended, with their process group.
-    started: Mutex<HashMap<AttemptRef, rundir::Started>>,
 }
 
 /// Runs the agent until the future is dropped.
 pub async fn run(config: AgentConfig) -> Result<()> {
     run_until(config, std::future::pending()).await
+}
+
+/// The executor `config` asks for, sending results to `results`.
+fn executor_of(config: &AgentConfig, results: Results) -> Arc<dyn Executor> {
+    if let Some(site) = &config.slurm {
+        return crate::slurm_site::SlurmExecutor::following(site.clone(), config.run_dir.clone(), results);
+    }
+    let (plan, why) = CgroupPlan::detect();
+    tracing::info!(node = %config.name, "{why}");
+    let settings = ProcessSettings {
+        run_dir: config.run_dir.clone(),
+        launcher_program: config.launcher_program.clone(),
+        plan,
+        bin_dir: make_command_links(config),
+        kill_grace_s: config.kill_grace_s,
+        node_cpu_millis: config.cpu_millis,
+        node_mem_bytes: config.mem_bytes,
+    };
+    Arc::new(ProcessExecutor::new(settings, results))
 }
 
 /// Runs the agent until `shutdown` completes, then stops in order: unless `keep_tasks`, its
@@ -155,33 +170,11 @@ pub async fn run(config: AgentConfig) -> Result<()> {
 pub async fn run_until(config: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     std::fs::create_dir_all(&config.run_dir)
         .map_err(|e| Error::Io(format!("creating {}: {e}", config.run_dir.display())))?;
-    let (plan, why) = CgroupPlan::detect();
-    tracing::info!(node = %config.name, "{why}");
-    let bin_dir = make_command_links(&config);
     let client = api_client(config.ca_cert.as_deref(), Duration::from_secs(60)).map_err(Error::Io)?;
     let (tx, rx) = mpsc::unbounded_channel();
-    let spares = Arc::new(SpareDirs::adopt(&config.run_dir));
-    let remover = start_remover(config.run_dir.clone(), config.slurm.is_none().then(|| spares.clone()));
-    let config_slurm = config.slurm.clone();
-    let agent = Arc::new(Agent {
-        config,
-        client,
-        plan,
-        bin_dir,
-        tracked: Mutex::new(HashMap::new()),
-        launcher: Mutex::new(None),
-        remover,
-        spares,
-        prekilled: Mutex::new(HashSet::new()),
-        results: tx,
-        session: AtomicU64::new(0),
-        slurm: config_slurm.map(|site| Arc::new(crate::slurm_site::SlurmExecutor::new(site))),
-        started: Mutex::new(HashMap::new()),
-    });
+    let executor = executor_of(&config, tx.clone());
+    let agent = Arc::new(Agent::new(config, client, executor, tx));
     let reporter = tokio::spawn(report_loop(agent.clone(), rx));
-    if agent.config.slurm.is_some() {
-        tokio::spawn(follow_slurm(agent.clone()));
-    }
     let outcome = tokio::select! {
         outcome = main_loop(agent.clone()) => outcome,
         () = shutdown => {
@@ -196,16 +189,15 @@ pub async fn run_until(config: AgentConfig, shutdown: impl std::future::Future<O
 /// How long a stopping agent waits for the server to acknowledge its stopped tasks.
 const STOP_REPORT_WAIT: Duration = Duration::from_secs(5);
 
-/// Stops the launchers (their tasks end as `stopped`, their whole trees killed) and waits for
-/// the results to be acknowledged; what is not stays on disk for the next registration.
+/// Stops the executor's attempts (they end as `stopped`, their whole trees killed) and waits
+/// for the results to be acknowledged; what is not stays on disk for the next registration.
 async fn stop_in_order(agent: &Arc<Agent>) {
     let config = &agent.config;
-    if config.keep_tasks || config.slurm.is_some() {
-        // Attempts in Slurm run on without us and are followed again at the next start.
+    if config.keep_tasks || agent.executor.is_overflow() {
         tracing::info!(node = %config.name, "stopping; tasks keep running for the next agent");
         return;
     }
-    let n_running = agent.lock_tracked().len();
+    let n_running = agent.executor.running().len();
     tracing::info!(node = %config.name, n_running, "stopping this node's tasks; they run again at the next start");
     // First the server stops placing work here, or what stops would be sent straight back.
     let session = agent.session.load(Ordering::SeqCst);
@@ -213,100 +205,15 @@ async fn stop_in_order(agent: &Arc<Agent>) {
     if let Err(e) = left {
         tracing::warn!(error = %e, "could not tell the server this node is leaving");
     }
-    let run_dir = config.run_dir.clone();
-    let grace = Duration::from_secs(config.kill_grace_s + 5);
-    let _ = tokio::task::spawn_blocking(move || rundir::stop_launchers(&run_dir, grace)).await;
+    let executor = agent.executor.clone();
+    let stopped = tokio::task::spawn_blocking(move || executor.stop_all()).await.unwrap_or(false);
+    if !stopped {
+        return;
+    }
     let deadline = tokio::time::Instant::now() + STOP_REPORT_WAIT;
-    while !agent.lock_tracked().is_empty() && tokio::time::Instant::now() < deadline {
+    while !agent.executor.running().is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// The most emptied attempt directories kept for later attempts.
-const MAX_SPARE_DIRS: usize = 256;
-
-/// Emptied attempt directories kept to be renamed into place for the next attempts.
-#[derive(Default)]
-struct SpareDirs {
-    dirs: Mutex<Vec<PathBuf>>,
-    made: AtomicU64,
-}
-
-impl SpareDirs {
-    /// The spares an earlier agent process left in `run_dir`.
-    fn adopt(run_dir: &Path) -> SpareDirs {
-        let spares = SpareDirs::default();
-        if let Ok(entries) = std::fs::read_dir(run_dir) {
-            let mut dirs = spares.lock();
-            for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().starts_with(rundir::SPARE_PREFIX) {
-                    dirs.push(entry.path());
-                }
-            }
-        }
-        spares
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
-        self.dirs.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Makes the directory `dir` for an attempt, from a spare when there is one; fails with
-    /// `AlreadyExists` when it exists.
-    fn make(&self, dir: &Path) -> std::io::Result<()> {
-        loop {
-            // Popped apart from the match: the lock must not be held while a spare is put back.
-            let popped = self.lock().pop();
-            let Some(spare) = popped else { break };
-            match rundir::rename_no_replace(&spare, dir) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    self.lock().push(spare);
-                    return Err(e);
-                }
-                // Gone, or a file system without renameat2: a new directory instead.
-                Err(_) => {
-                    let _ = std::fs::remove_dir_all(&spare);
-                }
-            }
-        }
-        std::fs::create_dir(dir)
-    }
-
-    /// Empties an acknowledged attempt directory and keeps it as a spare, or removes it.
-    fn give_back(&self, run_dir: &Path, dir: &Path) {
-        let _ = std::fs::remove_file(dir.join(rundir::CANCEL_FILE));
-        let _ = std::fs::remove_file(dir.join(rundir::SCRIPT_FILE));
-        // A task spawned while the attempt ran holds a copy of its lock until its exec closes
-        // it, which can come after the attempt's end: a directory still locked is not reused,
-        // or the next attempt's launcher would find it taken. Once free, nothing relocks it.
-        if self.lock().len() < MAX_SPARE_DIRS && !rundir::launcher_alive(dir) {
-            let n = self.made.fetch_add(1, Ordering::Relaxed);
-            let spare = run_dir.join(format!("{}{}.{n}", rundir::SPARE_PREFIX, std::process::id()));
-            if rundir::rename_no_replace(dir, &spare).is_ok() {
-                self.lock().push(spare);
-                return;
-            }
-        }
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
-
-/// A thread that gives back the acknowledged attempt directories it is sent: kept as spares
-/// for local attempts, removed for those handed to Slurm (which leave files of their own).
-fn start_remover(run_dir: PathBuf, spares: Option<Arc<SpareDirs>>) -> std::sync::mpsc::Sender<PathBuf> {
-    let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
-    std::thread::spawn(move || {
-        for dir in rx {
-            match &spares {
-                Some(spares) => spares.give_back(&run_dir, &dir),
-                None => {
-                    let _ = std::fs::remove_dir_all(&dir);
-                }
-            }
-        }
-    });
-    tx
 }
 
 /// Links named like Slurm's commands, so a task that calls `sbatch` finds it on its PATH.
@@ -322,8 +229,10 @@ fn make_command_links(config: &AgentConfig) -> Option<String> {
 }
 
 impl Agent {
-    fn lock_tracked(&self) -> std::sync::MutexGuard<'_, HashMap<AttemptRef, u32>> {
-        self.tracked.lock().unwrap_or_else(|p| p.into_inner())
+    fn new(config: AgentConfig, client: reqwest::Client, executor: Arc<dyn Executor>, results: Results) -> Agent {
+        let spares = Arc::new(SpareDirs::adopt(&config.run_dir));
+        let remover = start_remover(config.run_dir.clone(), executor.reuses_dirs().then(|| spares.clone()));
+        Agent { config, client, executor, remover, spares, prekilled: Mutex::default(), results, session: AtomicU64::new(0) }
     }
 
     async fn post<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
@@ -351,32 +260,27 @@ impl Agent {
         resp.json().await.map_err(|e| Error::Server(e.to_string()))
     }
 
+    fn lock_prekilled(&self) -> std::sync::MutexGuard<'_, HashSet<AttemptRef>> {
+        self.prekilled.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// What the run directory holds: attempts still running, and results not yet acknowledged.
     fn scan(&self) -> (Vec<AttemptRef>, Vec<TaskResult>) {
         let mut running = Vec::new();
         let mut finished = Vec::new();
         let Ok(entries) = std::fs::read_dir(&self.config.run_dir) else { return (running, finished) };
-        let tracked: HashSet<AttemptRef> = self.lock_tracked().keys().copied().collect();
         for entry in entries.flatten() {
             let Some(a) = entry.file_name().to_str().and_then(rundir::parse_attempt_dir) else { continue };
             let dir = entry.path();
             if let Some(result) = rundir::read_result(&dir) {
                 finished.push(result);
-            } else if self.slurm.as_ref().is_some_and(|slurm| slurm.adopt(a, &dir, now_ms())) {
-                // Handed to Slurm by an earlier agent process: followed again.
-                running.push(a);
-            } else if tracked.contains(&a) {
-                running.push(a);
-            } else {
-                match rundir::examine(&dir) {
-                    rundir::Found::Running => {
-                        running.push(a);
-                        self.watch_orphan(a, dir);
-                    }
-                    rundir::Found::Ended(result) => finished.push(result),
-                    // The server requeues it.
-                    rundir::Found::Abandoned => {}
-                }
+                continue;
+            }
+            match self.executor.recover(a, &dir) {
+                Recovered::Running => running.push(a),
+                Recovered::Ended(result) => finished.push(result),
+                // The server requeues it.
+                Recovered::Abandoned => {}
             }
         }
         // Files of launchers that died are removed.
@@ -384,131 +288,28 @@ impl Agent {
         (running, finished)
     }
 
-    /// Follows an attempt of a launcher left by an earlier agent process until its result.
-    fn watch_orphan(&self, a: AttemptRef, dir: PathBuf) {
-        // Not our launcher's: its pid matters to no one (a cancel signals every live launcher).
-        self.lock_tracked().insert(a, 0);
-        let tx = self.results.clone();
-        tokio::spawn(async move {
-            while rundir::launcher_alive(&dir) {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let _ = tx.send(rundir::read_result(&dir).unwrap_or_else(|| lost(a, "the launcher ended without a result")));
-        });
-    }
-
-    fn lock_launcher(&self) -> std::sync::MutexGuard<'_, Option<LauncherHandle>> {
-        self.launcher.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Hands an attempt, as one line of JSON, to the launcher; the launcher's pid.
-    fn hand_to_launcher(self: &Arc<Self>, line: &[u8]) -> std::result::Result<u32, String> {
-        use std::io::Write;
-        let mut launcher = self.lock_launcher();
-        for _ in 0..2 {
-            if launcher.is_none() {
-                *launcher = Some(self.start_launcher()?);
-            }
-            if let Some(handle) = launcher.as_mut() {
-                if handle.stdin.write_all(line).is_ok() {
-                    return Ok(handle.pid);
-                }
-            }
-            *launcher = None;
-        }
-        Err("the launcher takes no work".into())
-    }
-
-    /// Starts a launcher and a thread that turns its answers into results.
-    fn start_launcher(self: &Arc<Self>) -> std::result::Result<LauncherHandle, String> {
-        use std::os::unix::process::CommandExt;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.config.run_dir.with_file_name("launcher.log"))
-            .map_err(|e| format!("launcher log: {e}"))?;
-        let mut child = std::process::Command::new(&self.config.launcher_program)
-            .arg("__launch")
-            .arg(&self.config.run_dir)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("cannot start the launcher {}: {e}", self.config.launcher_program.display()))?;
-        let pid = child.id();
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            return Err("the launcher has no pipes".into());
-        };
-        let agent = self.clone();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout).lines().map_while(std::result::Result::ok) {
-                // A start line opens with its first field, so each line is parsed once.
-                if line.starts_with(rundir::STARTED_LINE_PREFIX) {
-                    if let Ok(started) = serde_json::from_str::<rundir::Started>(&line) {
-                        agent.lock_started().insert(started.started, started);
-                    }
-                } else if let Ok(result) = serde_json::from_str::<TaskResult>(&line) {
-                    agent.lock_started().remove(&result.attempt);
-                    let _ = agent.results.send(result);
-                }
-            }
-            let _ = child.wait();
-            agent.on_launcher_gone(pid);
-        });
-        Ok(LauncherHandle { stdin, pid })
-    }
-
-    fn lock_started(&self) -> std::sync::MutexGuard<'_, HashMap<AttemptRef, rundir::Started>> {
-        self.started.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A launcher ended: what it ran and did not answer for will never report. Its tasks are
-    /// killed, whole trees, and reported stopped, so the server runs them again (the next
-    /// attempt goes to a new launcher) and the node never runs more than it offers.
-    fn on_launcher_gone(&self, pid: u32) {
-        {
-            let mut launcher = self.lock_launcher();
-            if launcher.as_ref().is_some_and(|h| h.pid == pid) {
-                *launcher = None;
-            }
-        }
-        let orphaned: Vec<AttemptRef> = self.lock_tracked().iter().filter(|(_, p)| **p == pid).map(|(a, _)| *a).collect();
-        for a in orphaned {
-            let dir = rundir::attempt_dir(&self.config.run_dir, &a);
-            let started = self.lock_started().remove(&a);
-            if rundir::read_result(&dir).is_none() && !rundir::launcher_alive(&dir) {
-                if let Some(started) = &started {
-                    rundir::kill_started(started);
-                }
-                tracing::warn!(job = a.job_id, index = a.index, "the launcher ended without a result: the task is stopped and runs again");
-                let result = rundir::stopped_at(a, now_ms(), "its launcher died; it was stopped and runs again as a new attempt");
-                keep_result(&dir, &result);
-                let _ = self.results.send(result);
-            }
-        }
-    }
-
+    /// The server recorded these results: their attempts are forgotten and their directories
+    /// given back.
     fn forget(&self, acked: &[AttemptRef]) {
-        let mut tracked = self.lock_tracked();
+        let mut done = Vec::with_capacity(acked.len());
         for a in acked {
             let dir = rundir::attempt_dir(&self.config.run_dir, a);
             if rundir::read_result(&dir).is_some() {
-                tracked.remove(a);
+                done.push(*a);
                 // Deleting files can wait on the disk (discard); it is no one's critical path.
                 let _ = self.remover.send(dir);
             }
         }
+        self.executor.forget(&done);
     }
 
-    fn start(self: &Arc<Self>, mut launch: Launch) {
+    fn start(&self, mut launch: Launch) {
         let a = launch.attempt;
         // A task that calls sbatch or squeue reaches a TLS server with this node's CA.
         if let Some(ca) = &self.config.ca_cert {
             launch.env.entry("TIDEPOOL_CA_CERT".into()).or_insert_with(|| ca.display().to_string());
         }
-        if self.prekilled.lock().unwrap_or_else(|p| p.into_inner()).remove(&a) {
+        if self.lock_prekilled().remove(&a) {
             let _ = self.results.send(rundir::cancelled_unstarted(a, now_ms()));
             return;
         }
@@ -522,121 +323,23 @@ impl Agent {
                 return;
             }
         }
-        if let Some(slurm) = &self.slurm {
-            match slurm.start(&launch, &dir, now_ms()) {
-                Ok(id) => {
-                    tracing::debug!(job = a.job_id, index = a.index, slurm_job = %id, "handed to Slurm");
-                }
-                Err(e) => {
-                    let result = lost(a, &format!("cannot hand the task to Slurm: {e}"));
-                    keep_result(&dir, &result);
-                    let _ = self.results.send(result);
-                }
-            }
-            return;
-        }
-        let spec = LaunchSpec {
-            launch,
-            cgroup: self.plan.clone(),
-            bin_dir: self.bin_dir.clone(),
-            kill_grace_s: self.config.kill_grace_s,
-            node_cpu_millis: self.config.cpu_millis,
-            node_mem_bytes: self.config.mem_bytes,
-        };
-        let mut line = match serde_json::to_vec(&spec) {
-            Ok(line) => line,
-            Err(e) => {
-                let _ = self.results.send(lost(a, &format!("cannot encode the launch: {e}")));
-                return;
-            }
-        };
-        line.push(b'\n');
-        // Followed before it is handed over, so that even an instant result finds it tracked.
-        self.lock_tracked().insert(a, 0);
-        match self.hand_to_launcher(&line) {
-            Ok(pid) => {
-                self.lock_tracked().insert(a, pid);
-            }
-            Err(e) => {
-                let result = lost(a, &e);
-                keep_result(&dir, &result);
-                let _ = self.results.send(result);
-            }
+        if let Err(e) = self.executor.start(launch, &dir) {
+            let result = lost(a, &e);
+            keep_result(&dir, &result);
+            let _ = self.results.send(result);
         }
     }
 
-    fn kill(self: &Arc<Self>, a: AttemptRef) {
-        if let Some(slurm) = &self.slurm {
-            if !slurm.cancel(a) {
-                self.prekilled.lock().unwrap_or_else(|p| p.into_inner()).insert(a);
-            }
-            return;
-        }
+    fn kill(&self, a: AttemptRef) {
         let dir = rundir::attempt_dir(&self.config.run_dir, &a);
-        if rundir::read_result(&dir).is_some() {
-            return;
+        if !self.executor.cancel(a, &dir) {
+            self.lock_prekilled().insert(a);
         }
-        let tracked = self.lock_tracked().get(&a).copied();
-        let own = self.lock_launcher().as_ref().map(|h| h.pid);
-        // Only a launcher known to be alive is signalled: a stale pid may belong to anyone.
-        let pids: Vec<u32> = match tracked {
-            Some(pid) if pid != 0 && Some(pid) == own => vec![pid],
-            _ if rundir::launcher_alive(&dir) => rundir::live_launchers(&self.config.run_dir),
-            Some(_) => own.into_iter().collect(),
-            None => Vec::new(),
-        };
-        if pids.is_empty() {
-            self.prekilled.lock().unwrap_or_else(|p| p.into_inner()).insert(a);
-            return;
-        }
-        // The mark is read at the start of the attempt and on SIGUSR1, so it stops the
-        // attempt whether or not the launcher has reached it yet.
-        if let Err(e) = std::fs::write(dir.join(rundir::CANCEL_FILE), b"") {
-            // The signal still stops it if it runs; one its launcher has yet to start would start.
-            tracing::warn!(job = a.job_id, index = a.index, error = %e, "the cancel mark could not be written");
-        }
-        for pid in pids {
-            // SAFETY: kill(2) on a launcher alive in this run directory; no memory is touched.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGUSR1);
-            }
-        }
-    }
-}
-
-/// The pipe to a running launcher.
-struct LauncherHandle {
-    stdin: std::process::ChildStdin,
-    pid: u32,
-}
-
-/// Writes an attempt's result beside it; if that fails the result still goes to the server,
-/// but an agent restarted before the server acknowledges it would not find it, and the task
-/// would run again: the log says so.
-fn keep_result(dir: &Path, result: &TaskResult) {
-    if let Err(e) = rundir::write_result(dir, result) {
-        let a = result.attempt;
-        tracing::warn!(job = a.job_id, index = a.index, error = %e, "result.json not written: the task runs again if this agent restarts before the server records it");
     }
 }
 
 fn lost(a: AttemptRef, message: &str) -> TaskResult {
     rundir::failed_at(a, now_ms(), message)
-}
-
-/// Every second, asks Slurm which of the attempts handed to it are still queued or running,
-/// and reports the others as ended.
-async fn follow_slurm(agent: Arc<Agent>) {
-    let Some(slurm) = agent.slurm.clone() else { return };
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let (slurm, run_dir) = (slurm.clone(), agent.config.run_dir.clone());
-        let ended = tokio::task::spawn_blocking(move || slurm.collect_ended(&run_dir, now_ms())).await.unwrap_or_default();
-        for (dir, result) in ended {
-            keep_result(&dir, &result);
-            let _ = agent.results.send(result);
-        }
-    }
 }
 
 async fn main_loop(agent: Arc<Agent>) -> Result<()> {
@@ -651,7 +354,7 @@ async fn main_loop(agent: Arc<Agent>) -> Result<()> {
             gpus: agent.config.gpus,
             features: agent.config.features.clone(),
             resources: agent.config.resources.clone(),
-            overflow: agent.config.slurm.is_some(),
+            overflow: agent.executor.is_overflow(),
             running,
             finished,
         };
@@ -661,9 +364,7 @@ async fn main_loop(agent: Arc<Agent>) -> Result<()> {
                 // No longer trusted: its work is requeued elsewhere once its lease ends, so
                 // nothing of it may go on running here.
                 // Attempts handed to Slurm too: they are scancelled, or they would run twice.
-                let mut attempts: Vec<AttemptRef> = agent.lock_tracked().keys().copied().collect();
-                attempts.extend(agent.slurm.as_ref().map(|slurm| slurm.held()).unwrap_or_default());
-                for a in attempts {
+                for a in agent.executor.running() {
                     agent.kill(a);
                 }
                 tracing::error!(error = %e, "stopping this agent and its tasks");
@@ -774,48 +475,140 @@ async fn report_loop(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<TaskResu
     }
 }
 
+
 #[cfg(test)]
 mod tests {
+    //! The daemon's part of an attempt's life, over the test executor: no launcher, no server.
+
     use super::*;
+    use crate::executor::double::Recorder;
+    use tidepool_api::AttemptOutcome;
+
+    struct Setup {
+        agent: Agent,
+        executor: Arc<Recorder>,
+        results: mpsc::UnboundedReceiver<TaskResult>,
+        run_dir: PathBuf,
+    }
+
+    impl Drop for Setup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.run_dir.parent().unwrap_or(&self.run_dir));
+        }
+    }
+
+    fn setup(name: &str) -> Setup {
+        let root = std::env::temp_dir().join(format!("tidepool-daemon-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let run_dir = root.join("run");
+        std::fs::create_dir_all(&run_dir).unwrap();
+        let config = AgentConfig {
+            server_url: "http://127.0.0.1:1".into(),
+            join_token: String::new(),
+            run_dir: run_dir.clone(),
+            name: "n1".into(),
+            pool: "local".into(),
+            cpu_millis: 2000,
+            mem_bytes: 1 << 30,
+            gpus: 0,
+            features: vec![],
+            resources: Default::default(),
+            launcher_program: PathBuf::from("/nonexistent"),
+            tidepool_program: PathBuf::from("/nonexistent"),
+            kill_grace_s: 1,
+            ca_cert: None,
+            slurm: None,
+            keep_tasks: false,
+        };
+        let (tx, results) = mpsc::unbounded_channel();
+        let executor = Arc::new(Recorder::new(tx.clone()));
+        let client = reqwest::Client::new();
+        let agent = Agent::new(config, client, executor.clone(), tx);
+        Setup { agent, executor, results, run_dir }
+    }
+
+    fn launch(index: u32, command: &str) -> Launch {
+        Launch {
+            attempt: AttemptRef { job_id: 1, index, attempt: 1 },
+            command: vec![command.into()],
+            script: None,
+            env: Default::default(),
+            workdir: "/".into(),
+            stdout_path: "/dev/null".into(),
+            stderr_path: "/dev/null".into(),
+            time_limit_s: None,
+            cpu_millis: 1000,
+            mem_bytes: 0,
+            discard_empty_output: false,
+        }
+    }
 
     #[test]
-    fn an_emptied_attempt_directory_serves_the_next_attempt() {
-        use std::os::unix::fs::MetadataExt;
-        let run = std::env::temp_dir().join(format!("tidepool-spares-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&run);
-        std::fs::create_dir_all(&run).unwrap();
-        let spares = SpareDirs::adopt(&run);
-        let first = rundir::attempt_dir(&run, &AttemptRef { job_id: 1, index: 0, attempt: 1 });
-        spares.make(&first).unwrap();
-        let inode = std::fs::metadata(&first).unwrap().ino();
-        rundir::write_result(&first, &lost(AttemptRef { job_id: 1, index: 0, attempt: 1 }, "x")).unwrap();
-        std::fs::write(first.join(rundir::CANCEL_FILE), b"").unwrap();
-        spares.give_back(&run, &first);
-        assert!(!first.exists());
-        let second = rundir::attempt_dir(&run, &AttemptRef { job_id: 1, index: 1, attempt: 1 });
-        spares.make(&second).unwrap();
-        assert_eq!(std::fs::metadata(&second).unwrap().ino(), inode, "the spare was renamed into place");
-        assert!(rundir::read_result(&second).is_none(), "no result carried over");
-        assert!(!second.join(rundir::CANCEL_FILE).exists(), "no cancel mark carried over");
-        // A directory made twice is refused, and the spare kept (not lost, no deadlock).
-        rundir::write_result(&second, &lost(AttemptRef { job_id: 1, index: 1, attempt: 1 }, "y")).unwrap();
-        spares.give_back(&run, &second);
-        std::fs::create_dir(&first).unwrap();
-        let twice = spares.make(&first).unwrap_err();
-        assert_eq!(twice.kind(), std::io::ErrorKind::AlreadyExists);
-        assert_eq!(spares.lock().len(), 1);
-        // A restarted agent adopts what the earlier one kept.
-        assert_eq!(SpareDirs::adopt(&run).lock().len(), 1);
-        // A directory whose lock someone still holds is removed, not kept.
-        let third = rundir::attempt_dir(&run, &AttemptRef { job_id: 1, index: 2, attempt: 1 });
-        std::fs::create_dir(&third).unwrap();
-        rundir::write_result(&third, &lost(AttemptRef { job_id: 1, index: 2, attempt: 1 }, "z")).unwrap();
-        let holder = std::fs::File::open(&third).unwrap();
-        assert!(rundir::try_flock(&holder, true));
-        spares.give_back(&run, &third);
-        assert!(!third.exists());
-        assert_eq!(spares.lock().len(), 1, "a locked directory is not a spare");
-        drop(holder);
-        let _ = std::fs::remove_dir_all(&run);
+    fn an_attempt_is_handed_to_its_executor_once() {
+        let mut s = setup("once");
+        s.agent.start(launch(0, "true"));
+        s.agent.start(launch(0, "true"));
+        let a = AttemptRef { job_id: 1, index: 0, attempt: 1 };
+        assert_eq!(s.executor.running(), vec![a]);
+        assert!(s.results.try_recv().is_err(), "nothing ended");
+        // Its end reaches the daemon's report through the results channel.
+        s.executor.end(a, rundir::failed_at(a, 7, "ended"));
+        assert_eq!(s.results.try_recv().unwrap().ended_ms, 7);
+        assert!(s.executor.running().is_empty());
+    }
+
+    #[test]
+    fn a_cancel_that_comes_first_refuses_the_attempt_when_it_comes() {
+        let mut s = setup("prekill");
+        let a = AttemptRef { job_id: 1, index: 3, attempt: 1 };
+        s.agent.kill(a);
+        assert!(s.executor.cancelled.lock().unwrap().is_empty());
+        s.agent.start(launch(3, "true"));
+        assert!(s.executor.running().is_empty(), "a cancelled attempt was started");
+        let result = s.results.try_recv().unwrap();
+        assert_eq!((result.attempt, result.outcome), (a, AttemptOutcome::Cancelled));
+        // A cancel of a running attempt goes to the executor.
+        s.agent.start(launch(4, "true"));
+        let b = AttemptRef { job_id: 1, index: 4, attempt: 1 };
+        s.agent.kill(b);
+        assert_eq!(*s.executor.cancelled.lock().unwrap(), vec![b]);
+    }
+
+    #[test]
+    fn an_attempt_its_executor_cannot_start_fails_with_the_reason_kept_beside_it() {
+        let mut s = setup("refused");
+        s.agent.start(launch(5, "refuse"));
+        let result = s.results.try_recv().unwrap();
+        assert_eq!(result.outcome, AttemptOutcome::Failed);
+        assert_eq!(result.message.as_deref(), Some("refused by the test executor"));
+        let kept = rundir::read_result(&rundir::attempt_dir(&s.run_dir, &result.attempt)).unwrap();
+        assert_eq!(kept.message, result.message, "a restarted agent finds it");
+    }
+
+    #[test]
+    fn a_restarted_agent_reports_what_ended_and_what_still_runs() {
+        let s = setup("scan");
+        let ended = AttemptRef { job_id: 2, index: 0, attempt: 1 };
+        let running = AttemptRef { job_id: 2, index: 1, attempt: 1 };
+        let abandoned = AttemptRef { job_id: 2, index: 2, attempt: 1 };
+        for a in [ended, running, abandoned] {
+            std::fs::create_dir(rundir::attempt_dir(&s.run_dir, &a)).unwrap();
+        }
+        rundir::write_result(&rundir::attempt_dir(&s.run_dir, &ended), &lost(ended, "done")).unwrap();
+        s.executor.found_after_restart.lock().unwrap().push((running, true));
+        let (still, finished) = s.agent.scan();
+        assert_eq!(still, vec![running]);
+        assert_eq!(finished.iter().map(|r| r.attempt).collect::<Vec<_>>(), vec![ended]);
+        // Once acknowledged, a result's directory is given back, and only that one.
+        s.agent.forget(&[ended, running]);
+        let gone = rundir::attempt_dir(&s.run_dir, &ended);
+        for _ in 0..100 {
+            if !gone.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!gone.exists());
+        assert!(rundir::attempt_dir(&s.run_dir, &running).exists());
     }
 }

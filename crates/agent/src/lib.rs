@@ -2,7 +2,9 @@
 //!
 //! Layout:
 //! - [`daemon`]: dials out to the server, registers, long-polls for work, hands attempts to
-//!   the launcher, reports results. It never listens on a port.
+//!   its executor, reports results. It never listens on a port.
+//! - [`executor`]: the seam where attempts run: [`process`] (this node's processes, through
+//!   the launcher) and [`slurm_site`] (a Slurm cluster as an overflow site).
 //! - [`launcher`]: one small process per agent (the role of Slurm's slurmstepd, for every
 //!   task of the node): starts each task with posix_spawn in its own process group and
 //!   cgroup, enforces time limits, kills the whole tree on cancel, measures usage and leaves
@@ -11,13 +13,17 @@
 //! - [`cgroup`]: cgroup v2, v1 or none, decided once per node.
 //! - [`rundir`]: the on-disk layout shared by the two.
 //! - [`outputs`]: which file each task's output went to, so logs are read only from there.
+//! - [`spares`]: attempt directories made once, and emptied ones kept for later attempts.
 
 pub mod cgroup;
 pub mod daemon;
+pub mod executor;
 pub mod launcher;
 pub mod outputs;
+pub mod process;
 pub mod rundir;
 pub mod slurm_site;
+mod spares;
 
 pub use daemon::{api_client, run, run_until, AgentConfig};
 

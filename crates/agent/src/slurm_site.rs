@@ -11,6 +11,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use crate::executor::{keep_result, Executor, Recovered, Results};
 use tidepool_api::{AttemptOutcome, AttemptRef, Launch, TaskResult};
 
 /// The Slurm job id of an attempt handed to Slurm.
@@ -170,10 +171,30 @@ pub struct SlurmExecutor {
     held: std::sync::Mutex<std::collections::HashMap<AttemptRef, InSlurm>>,
 }
 
+/// How often Slurm is asked which attempts left its queue.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl SlurmExecutor {
     /// An executor for `site` holding nothing yet.
     pub fn new(site: SlurmSite) -> SlurmExecutor {
         SlurmExecutor { site, held: Default::default() }
+    }
+
+    /// An executor for `site` and a thread that asks Slurm every second which attempts left
+    /// its queue and sends their results (kept beside them under `run_dir` first) to `results`.
+    /// The thread ends with the executor.
+    pub fn following(site: SlurmSite, run_dir: std::path::PathBuf, results: Results) -> std::sync::Arc<SlurmExecutor> {
+        let executor = std::sync::Arc::new(SlurmExecutor::new(site));
+        let weak = std::sync::Arc::downgrade(&executor);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(FOLLOW_EVERY);
+            let Some(executor) = weak.upgrade() else { return };
+            for (dir, result) in executor.collect_ended(&run_dir, crate::launcher::now_ms()) {
+                keep_result(&dir, &result);
+                let _ = results.send(result);
+            }
+        });
+        executor
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<AttemptRef, InSlurm>> {
@@ -181,7 +202,7 @@ impl SlurmExecutor {
     }
 
     /// Hands `launch` to Slurm from its attempt directory `dir`; Slurm's job id.
-    pub fn start(&self, launch: &Launch, dir: &Path, now_ms: u64) -> Result<String, String> {
+    pub fn submit(&self, launch: &Launch, dir: &Path, now_ms: u64) -> Result<String, String> {
         let id = self.site.submit(launch, dir)?;
         self.lock().insert(launch.attempt, InSlurm { slurm_job: id.clone(), started_ms: now_ms, cancelled: false });
         Ok(id)
@@ -197,7 +218,7 @@ impl SlurmExecutor {
 
     /// Cancels attempt `a` in Slurm; false when it was never handed over (it is to be refused
     /// when it comes).
-    pub fn cancel(&self, a: AttemptRef) -> bool {
+    pub fn scancel(&self, a: AttemptRef) -> bool {
         let id = self.lock().get_mut(&a).map(|held| {
             held.cancelled = true;
             held.slurm_job.clone()
@@ -231,6 +252,48 @@ impl SlurmExecutor {
                 Some((dir, result))
             })
             .collect()
+    }
+}
+
+impl Executor for SlurmExecutor {
+    fn start(&self, launch: Launch, dir: &Path) -> Result<(), String> {
+        let a = launch.attempt;
+        let id = self.submit(&launch, dir, crate::launcher::now_ms()).map_err(|e| format!("cannot hand the task to Slurm: {e}"))?;
+        tracing::debug!(job = a.job_id, index = a.index, slurm_job = %id, "handed to Slurm");
+        Ok(())
+    }
+
+    fn cancel(&self, a: AttemptRef, _dir: &Path) -> bool {
+        self.scancel(a)
+    }
+
+    fn recover(&self, a: AttemptRef, dir: &Path) -> Recovered {
+        // Handed to Slurm by an earlier agent process: followed again.
+        if self.adopt(a, dir, crate::launcher::now_ms()) {
+            Recovered::Running
+        } else {
+            Recovered::Abandoned
+        }
+    }
+
+    fn running(&self) -> Vec<AttemptRef> {
+        self.held()
+    }
+
+    fn forget(&self, _acked: &[AttemptRef]) {}
+
+    fn stop_all(&self) -> bool {
+        // Attempts in Slurm run on without the agent and are followed again at its next start.
+        false
+    }
+
+    fn is_overflow(&self) -> bool {
+        true
+    }
+
+    fn reuses_dirs(&self) -> bool {
+        // Slurm writes files of its own there.
+        false
     }
 }
 
