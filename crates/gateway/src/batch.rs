@@ -4,11 +4,12 @@
 //! Batch requests use the replicas' spare slots only and are not charged to the tenant's online
 //! TPM budget; a refused request waits for its Retry-After and tries again.
 
+use crate::error::Error;
 use crate::gateway::Gateway;
 use crate::request::{Endpoint, RequestFacts};
 use axum::body::Bytes;
 use axum::extract::{Multipart, Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -24,9 +25,6 @@ pub const MAX_FILE_BYTES: usize = 200 << 20;
 const BATCH_CONCURRENCY: usize = 64;
 const ENDPOINTS: [&str; 4] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"];
 
-fn err(status: StatusCode, message: &str, param: Option<&str>) -> Response {
-    crate::openai::error(status, message, "invalid_request_error", param, None)
-}
 
 fn now_s() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -53,10 +51,10 @@ fn file_object(m: &FileMeta) -> Value {
 }
 
 /// OpenAI's list page: newest first, `after` an id, `limit` items.
-fn page(items: Vec<Value>, q: &HashMap<String, String>, default_limit: usize, max_limit: usize) -> Result<Value, Response> {
+fn page(items: Vec<Value>, q: &HashMap<String, String>, default_limit: usize, max_limit: usize) -> Result<Value, Error> {
     let limit = match q.get("limit") {
         Some(l) => l.parse::<usize>().ok().filter(|l| (1..=max_limit).contains(l)).ok_or_else(|| {
-            err(StatusCode::BAD_REQUEST, &format!("limit must be an integer from 1 to {max_limit}"), Some("limit"))
+            Error::invalid(format!("limit must be an integer from 1 to {max_limit}"), "limit")
         })?,
         None => default_limit,
     };
@@ -71,10 +69,8 @@ fn page(items: Vec<Value>, q: &HashMap<String, String>, default_limit: usize, ma
 }
 
 impl Gateway {
-    fn tenant_name(&self, headers: &HeaderMap) -> Result<String, Response> {
-        self.tenant_of(headers).and_then(|i| self.config().tenants.get(i)).map(|t| t.name.clone()).ok_or_else(|| {
-            crate::openai::unauthorized()
-        })
+    fn tenant_name(&self, headers: &HeaderMap) -> Result<String, Error> {
+        self.tenant_of(headers).and_then(|i| self.config().tenants.get(i)).map(|t| t.name.clone()).ok_or(Error::Unauthorized)
     }
 
     fn save_batch(&self, tenant: &str, batch: &Value) {
@@ -86,16 +82,16 @@ impl Gateway {
     }
 }
 
-/// A handler's answer: the error side is an OpenAI error object already.
-type Answer = Result<Response, Response>;
+/// A handler's answer.
+type Answer = Result<Response, Error>;
 
 /// The store could not be used.
-fn unavailable(e: String) -> Response {
-    err(StatusCode::SERVICE_UNAVAILABLE, &e, None)
+fn unavailable(e: String) -> Error {
+    Error::Unavailable(e)
 }
 
-fn bad(message: &str, param: &str) -> Response {
-    err(StatusCode::BAD_REQUEST, message, Some(param))
+fn bad(message: &str, param: &str) -> Error {
+    Error::invalid(message, param)
 }
 
 /// `POST /v1/files` (multipart: `file`, `purpose`).
@@ -134,10 +130,10 @@ pub async fn list_files(State(g): State<Arc<Gateway>>, headers: HeaderMap, Query
     Ok(axum::Json(page(items, &q, 10_000, 10_000)?).into_response())
 }
 
-fn owned_file(g: &Gateway, tenant: &str, id: &str) -> Result<FileMeta, Response> {
+fn owned_file(g: &Gateway, tenant: &str, id: &str) -> Result<FileMeta, Error> {
     match g.with_store(|s| s.file(id)).map_err(unavailable)? {
         Some(m) if m.tenant == tenant => Ok(m),
-        _ => Err(err(StatusCode::NOT_FOUND, &format!("No such File object: {id}"), Some("file_id"))),
+        _ => Err(Error::NotFound { message: format!("No such File object: {id}"), param: "file_id" }),
     }
 }
 
@@ -153,7 +149,7 @@ pub async fn file_content(State(g): State<Arc<Gateway>>, headers: HeaderMap, Pat
     owned_file(&g, &tenant, &id)?;
     match g.with_store(|s| s.file_content(&id)).map_err(unavailable)? {
         Some(bytes) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()),
-        None => Err(err(StatusCode::NOT_FOUND, &format!("No such File object: {id}"), Some("file_id"))),
+        None => Err(Error::NotFound { message: format!("No such File object: {id}"), param: "file_id" }),
     }
 }
 
@@ -201,12 +197,12 @@ pub async fn create_batch(State(g): State<Arc<Gateway>>, headers: HeaderMap, bod
     Ok(axum::Json(batch).into_response())
 }
 
-fn owned_batch(g: &Gateway, tenant: &str, id: &str) -> Result<Value, Response> {
+fn owned_batch(g: &Gateway, tenant: &str, id: &str) -> Result<Value, Error> {
     match g.with_store(|s| s.batch(id)).map_err(unavailable)? {
         Some((owner, object)) if owner == tenant => {
-            serde_json::from_str(&object).map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None))
+            serde_json::from_str(&object).map_err(|e| Error::Internal(format!("batch {id} is stored damaged: {e}")))
         }
-        _ => Err(err(StatusCode::NOT_FOUND, &format!("No such Batch object: {id}"), Some("batch_id"))),
+        _ => Err(Error::NotFound { message: format!("No such Batch object: {id}"), param: "batch_id" }),
     }
 }
 
@@ -230,7 +226,7 @@ pub async fn cancel_batch(State(g): State<Arc<Gateway>>, headers: HeaderMap, Pat
     let mut batch = owned_batch(&g, &tenant, &id)?;
     let status = batch["status"].as_str().unwrap_or("").to_string();
     if !["validating", "in_progress", "finalizing"].contains(&status.as_str()) {
-        return Err(err(StatusCode::CONFLICT, &format!("Cannot cancel a batch with status '{status}'."), None));
+        return Err(Error::Conflict(format!("Cannot cancel a batch with status '{status}'.")));
     }
     batch["status"] = json!("cancelling");
     batch["cancelling_at"] = json!(now_s());
@@ -484,11 +480,12 @@ async fn run_line(g: Arc<Gateway>, tenant: &str, batch_id: &str, endpoint: &str,
             "error": {"code": "model_not_found", "message": format!("The model `{model}` does not exist.")}}))
     } else {
         loop {
-            // No slot within the wait: ask again.
-            if let Ok((replica, guard, _cut)) = g.clone().wait_for_slot(&candidates, Tier::Offline, false, 60_000).await {
+            // No slot within the wait: ask again, of the replicas serving the model by then.
+            let candidates = g.replicas_for(&model);
+            if let Ok(admitted) = g.clone().wait_for_slot(&candidates, Tier::Offline, false, 60_000).await {
                 {
-                    let answer = g.forward_json(replica, endpoint, &body).await;
-                    drop(guard);
+                    let answer = g.forward_json(&admitted, &model, endpoint, &body).await;
+                    drop(admitted);
                     match answer {
                         Ok((status, bytes)) => {
                             let parsed: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);

@@ -134,7 +134,7 @@ pub(crate) async fn serve(mut stream: TcpStream, gateway: Arc<Gateway>, app: Rou
             Next::Other => return hand_to_hyper(Prefixed { prefix: buf, stream }, app, stop, &limits).await,
             Next::TooLarge => {
                 // The body is not read: the connection closes after the answer.
-                let mut response = crate::openai::too_large(limits.max_request_bytes);
+                let mut response = axum::response::IntoResponse::into_response(crate::error::Error::TooLarge { max_bytes: limits.max_request_bytes });
                 response.headers_mut().insert(REQUEST_ID_HEADER, gateway.request_id(None));
                 let _ = write_response(&mut stream, &mut buf, response, false).await;
                 return;

@@ -29,7 +29,8 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use crate::openai::{bad_request, event_stream, model_not_found, model_object};
+use crate::error::Error;
+use crate::openai::{event_stream, model_object};
 use crate::request::{BodyError, Endpoint, RequestFacts};
 
 /// Settings of one emulated replica.
@@ -100,7 +101,7 @@ pub fn router(config: EmulatorConfig) -> Router {
             if let Some(want) = &key {
                 let given = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
                 if !given.is_some_and(|g| tidepool_api::same_secret(g.trim(), want)) {
-                    return crate::openai::unauthorized();
+                    return Error::Unauthorized.into_response();
                 }
             }
             next.run(request).await
@@ -133,7 +134,7 @@ async fn models(State(e): State<Arc<Emulator>>) -> Response {
 
 async fn model(State(e): State<Arc<Emulator>>, axum::extract::Path(name): axum::extract::Path<String>) -> Response {
     if name != e.config.model {
-        return model_not_found(&name);
+        return Error::ModelNotFound(name).into_response();
     }
     axum::Json(model_object(&e.config.model, "tidepool-emulator")).into_response()
 }
@@ -168,11 +169,11 @@ struct Plan {
 fn valid_facts(raw: &[u8], endpoint: Endpoint) -> Result<RequestFacts, Response> {
     let facts = match RequestFacts::of_request(raw, endpoint) {
         Ok(facts) => facts,
-        Err(BodyError::NotAnObject) => return Err(bad_request("the body must be a JSON object", "body")),
-        Err(BodyError::Invalid(err)) => return Err(bad_request(&format!("invalid JSON: {err}"), "body")),
+        Err(BodyError::NotAnObject) => return Err(Error::invalid("the body must be a JSON object", "body").into_response()),
+        Err(BodyError::Invalid(err)) => return Err(Error::invalid(format!("invalid JSON: {err}"), "body").into_response()),
     };
     match facts.problem_at(endpoint) {
-        Some((message, param)) => Err(bad_request(&message, param)),
+        Some((message, param)) => Err(Error::invalid(message, param).into_response()),
         None => Ok(facts),
     }
 }

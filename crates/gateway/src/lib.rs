@@ -8,7 +8,8 @@
 //!   pass-through and cut-off), `scrape` (`/metrics`) and `serving` (accepting and threads).
 //! - `connection`: one client connection; the completion endpoints' plain HTTP/1.1 read and
 //!   answered there, the rest handed to hyper and the router.
-//! - `openai`: OpenAI's error and model objects, answered by all of the above.
+//! - [`error`]: every refusal as one `Error`, answered as OpenAI's error object.
+//! - `openai`: OpenAI's object shapes (errors, models, event streams).
 //! - `request`: the few facts the gateway reads of a completion request, in one pass.
 //! - [`batch`]: the Files and Batches APIs and the batch runner.
 //! - [`emulator`]: an OpenAI-compatible replica whose pace follows a batching model.
@@ -23,6 +24,7 @@ pub mod batch;
 pub mod config;
 mod connection;
 pub mod emulator;
+pub mod error;
 pub mod gateway;
 mod openai;
 mod request;

@@ -37,9 +37,10 @@ enum Target {
     Tls(reqwest::Url, Option<String>),
 }
 
-/// The replicas, each with its connections.
-pub(crate) struct Upstreams {
-    targets: Vec<Target>,
+/// One replica and its connections.
+pub(crate) struct Upstream {
+    target: Target,
+    /// Shared by every https replica: reqwest keeps its pool per host.
     tls: reqwest::Client,
 }
 
@@ -100,30 +101,30 @@ fn split_plain_url(url: &str) -> Option<(String, String, String)> {
     Some((addr, authority.to_string(), path.trim_end_matches('/').to_string()))
 }
 
-impl Upstreams {
-    /// Clients for replicas at `urls`, each with its optional bearer key.
-    pub(crate) fn new(urls: &[(String, Option<String>)]) -> Result<Upstreams, String> {
-        let tls = reqwest::Client::builder().pool_max_idle_per_host(MAX_IDLE).build().map_err(|e| format!("HTTP client: {e}"))?;
-        let mut targets = Vec::new();
-        for (url, key) in urls {
-            let target = if url.starts_with("https://") {
-                Target::Tls(reqwest::Url::parse(url).map_err(|e| format!("replica url '{url}': {e}"))?, key.clone())
-            } else {
-                let (addr, host, path_prefix) = split_plain_url(url).ok_or_else(|| format!("replica url '{url}': not http://host[:port][/path]"))?;
-                let mut head_start = format!("host: {host}\r\ncontent-type: application/json\r\n");
-                if let Some(key) = key {
-                    head_start.push_str(&format!("authorization: Bearer {key}\r\n"));
-                }
-                Target::Plain(Arc::new(Plain { addr, head_start: head_start.into_bytes(), path_prefix, idle: Mutex::new(Vec::new()) }))
-            };
-            targets.push(target);
-        }
-        Ok(Upstreams { targets, tls })
+/// The client every https replica is reached through.
+pub(crate) fn tls_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder().pool_max_idle_per_host(MAX_IDLE).build().map_err(|e| format!("HTTP client: {e}"))
+}
+
+impl Upstream {
+    /// A client for the replica at `url`, with its optional bearer key; https through `tls`.
+    pub(crate) fn new(url: &str, key: Option<&str>, tls: &reqwest::Client) -> Result<Upstream, String> {
+        let target = if url.starts_with("https://") {
+            Target::Tls(reqwest::Url::parse(url).map_err(|e| format!("replica url '{url}': {e}"))?, key.map(str::to_string))
+        } else {
+            let (addr, host, path_prefix) = split_plain_url(url).ok_or_else(|| format!("replica url '{url}': not http://host[:port][/path]"))?;
+            let mut head_start = format!("host: {host}\r\ncontent-type: application/json\r\n");
+            if let Some(key) = key {
+                head_start.push_str(&format!("authorization: Bearer {key}\r\n"));
+            }
+            Target::Plain(Arc::new(Plain { addr, head_start: head_start.into_bytes(), path_prefix, idle: Mutex::new(Vec::new()) }))
+        };
+        Ok(Upstream { target, tls: tls.clone() })
     }
 
-    /// Posts `body` (JSON) to `path` of replica `replica`; the answer's body is not read yet.
-    pub(crate) async fn post(&self, replica: usize, path: &str, body: Bytes) -> Result<Answer, String> {
-        match &self.targets[replica] {
+    /// Posts `body` (JSON) to `path` of the replica; the answer's body is not read yet.
+    pub(crate) async fn post(&self, path: &str, body: Bytes) -> Result<Answer, String> {
+        match &self.target {
             Target::Plain(plain) => plain.clone().post(path, &body).await,
             Target::Tls(base, key) => {
                 let mut url = base.clone();
@@ -427,21 +428,21 @@ mod tests {
         let sized = b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 4\r\n\r\nbusy".to_vec();
         let until_close = b"HTTP/1.0 200 OK\r\n\r\nto the end".to_vec();
         let (url, sent) = replica(vec![chunked, sized, until_close], 3).await;
-        let up = Upstreams::new(&[(url, Some("k1".into()))]).unwrap();
-        let first = up.post(0, "/v1/completions", Bytes::from_static(b"{}")).await.unwrap();
+        let up = Upstream::new(&url, Some("k1"), &tls_client().unwrap()).unwrap();
+        let first = up.post("/v1/completions", Bytes::from_static(b"{}")).await.unwrap();
         assert_eq!(first.status, 200);
         assert_eq!(&first.bytes().await.unwrap()[..], b"hello world");
-        let second = up.post(0, "/v1/completions", Bytes::from_static(b"{}")).await.unwrap();
+        let second = up.post("/v1/completions", Bytes::from_static(b"{}")).await.unwrap();
         assert_eq!(second.status, 429);
         assert_eq!(&second.bytes().await.unwrap()[..], b"busy");
-        let third = up.post(0, "/v1/chat/completions", Bytes::from_static(b"{\"a\":1}")).await.unwrap();
+        let third = up.post("/v1/chat/completions", Bytes::from_static(b"{\"a\":1}")).await.unwrap();
         let pieces: Vec<Bytes> = third.into_stream().map(Result::unwrap).collect().await;
         assert_eq!(pieces.concat(), b"to the end");
         let sent = String::from_utf8(sent.await.unwrap()).unwrap();
         assert_eq!(sent.matches("POST /prefix/v1/completions HTTP/1.1\r\n").count(), 2, "{sent}");
         assert!(sent.contains("POST /prefix/v1/chat/completions HTTP/1.1\r\n"), "{sent}");
         assert!(sent.contains("authorization: Bearer k1\r\n") && sent.contains("content-length: 7\r\n\r\n{\"a\":1}"), "{sent}");
-        if let Target::Plain(p) = &up.targets[0] {
+        if let Target::Plain(p) = &up.target {
             assert!(p.idle.lock().unwrap().is_empty(), "a connection read to its close is not kept");
         }
     }
@@ -459,10 +460,10 @@ mod tests {
                 sock.write_all(answer).await.unwrap();
             }
         });
-        let up = Upstreams::new(&[(url, None)]).unwrap();
-        assert_eq!(&up.post(0, "/v1/x", Bytes::from_static(b"{}")).await.unwrap().bytes().await.unwrap()[..], b"ok");
+        let up = Upstream::new(&url, None, &tls_client().unwrap()).unwrap();
+        assert_eq!(&up.post("/v1/x", Bytes::from_static(b"{}")).await.unwrap().bytes().await.unwrap()[..], b"ok");
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let cut = up.post(0, "/v1/x", Bytes::from_static(b"{}")).await.unwrap().bytes().await.unwrap_err();
+        let cut = up.post("/v1/x", Bytes::from_static(b"{}")).await.unwrap().bytes().await.unwrap_err();
         assert!(cut.contains("mid-answer"), "{cut}");
         server.await.unwrap();
     }
@@ -471,8 +472,8 @@ mod tests {
     fn a_kept_connection_serves_only_the_event_loop_it_is_registered_with() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let up = Arc::new(Upstreams::new(&[(url, None)]).unwrap());
-        let Target::Plain(plain) = &up.targets[0] else { panic!("a plain replica") };
+        let up = Upstream::new(&url, None, &tls_client().unwrap()).unwrap();
+        let Target::Plain(plain) = &up.target else { panic!("a plain replica") };
         let on_own_loop = |plain: Arc<Plain>, job: fn(&Plain) -> usize| {
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -4,7 +4,8 @@
 //! stream) ends, so the admission counts are the replica's real concurrency as seen from here.
 
 use crate::config::GatewayConfig;
-use crate::openai::{bad_request, error, model_not_found, model_object, unauthorized};
+use crate::error::Error;
+use crate::openai::model_object;
 use crate::request::{BodyError, Endpoint, RequestFacts};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -18,16 +19,19 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
+use crate::upstream::Upstream;
 use tidepool_core::admission::{admit, Bucket, ReplicaSlots, Verdict};
-use tidepool_core::concurrency::ConcurrencyLearner;
 use tidepool_core::Tier;
 use tokio::sync::Notify;
 
+mod registry;
 mod routes;
 mod scrape;
 mod serving;
 mod stream;
 
+pub use registry::ReplicaId;
+use registry::{InFlight, Registry};
 pub use routes::router;
 pub use serving::{run, run_on_workers};
 use scrape::{metrics, metrics_alone};
@@ -49,21 +53,6 @@ struct TenantState {
     refused: u64,
 }
 
-struct InFlight {
-    id: u64,
-    tier: Tier,
-    cut: Arc<Notify>,
-    cuttable: bool,
-}
-
-struct ReplicaState {
-    slots: ReplicaSlots,
-    in_flight: Vec<InFlight>,
-    cut_off: u64,
-    /// Present when the best concurrency is learned rather than configured.
-    learner: Option<ConcurrencyLearner>,
-}
-
 /// The gateway.
 pub struct Gateway {
     config: GatewayConfig,
@@ -71,8 +60,9 @@ pub struct Gateway {
     /// The tenant of every key that is no other's, when one is open.
     open_tenant: Option<usize>,
     tenants: Mutex<Vec<TenantState>>,
-    replicas: Mutex<Vec<ReplicaState>>,
-    upstreams: crate::upstream::Upstreams,
+    replicas: Mutex<Registry>,
+    /// The client of every https replica.
+    tls: reqwest::Client,
     next_id: AtomicU64,
     epoch: Instant,
     store: Option<Mutex<tidepool_store::batches::BatchStore>>,
@@ -116,7 +106,7 @@ impl Refusal {
 struct Waiter {
     id: u64,
     tier: Tier,
-    candidates: Vec<usize>,
+    candidates: Vec<ReplicaId>,
     wake: Arc<Notify>,
     /// Already woken and not yet back to waiting: a second freed slot goes to the next one.
     woken: bool,
@@ -138,7 +128,7 @@ fn tier_idx(t: Tier) -> usize {
 /// Releases a request's slot when its answer ends, however it ends.
 pub(crate) struct SlotGuard {
     gateway: Arc<Gateway>,
-    replica: usize,
+    replica: ReplicaId,
     id: u64,
     tier: Tier,
 }
@@ -146,6 +136,7 @@ pub(crate) struct SlotGuard {
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         let mut replicas = self.gateway.lock_replicas();
+        // A replica removed meanwhile has nothing left to release.
         if let Some(r) = replicas.get_mut(self.replica) {
             r.slots.in_flight[tier_idx(self.tier)] -= 1;
             r.in_flight.retain(|f| f.id != self.id);
@@ -184,18 +175,11 @@ impl Gateway {
                 }
             })
             .collect();
-        let replicas = config
-            .replicas
-            .iter()
-            .map(|r| ReplicaState {
-                slots: ReplicaSlots::new(r.best_concurrency, r.max_concurrency),
-                in_flight: Vec::new(),
-                cut_off: 0,
-                learner: r.learn.map(|l| ConcurrencyLearner::new(r.best_concurrency, l.cap)),
-            })
-            .collect();
-        let urls: Vec<(String, Option<String>)> = config.replicas.iter().map(|r| (r.url.clone(), r.api_key.clone())).collect();
-        let upstreams = crate::upstream::Upstreams::new(&urls)?;
+        let tls = crate::upstream::tls_client()?;
+        let mut replicas = Registry::default();
+        for r in &config.replicas {
+            replicas.add(r.clone(), Upstream::new(&r.url, r.api_key.as_deref(), &tls)?);
+        }
         let store = match &config.data_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -210,7 +194,7 @@ impl Gateway {
             keys,
             tenants: Mutex::new(tenants),
             replicas: Mutex::new(replicas),
-            upstreams,
+            tls,
             next_id: AtomicU64::new(1),
             epoch: Instant::now(),
             store,
@@ -270,7 +254,7 @@ impl Gateway {
         self.waiters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_replicas(&self) -> MutexGuard<'_, Vec<ReplicaState>> {
+    fn lock_replicas(&self) -> MutexGuard<'_, Registry> {
         self.replicas.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -307,10 +291,9 @@ impl Gateway {
     }
 
     /// Logs why a replica failed with its address, and answers the client without it.
-    fn upstream_failed(&self, replica: usize, why: &str) -> String {
-        let url = self.config.replicas.get(replica).map_or("", |r| r.url.as_str());
-        tracing::warn!(replica = url, "upstream failed: {why}");
-        let model = self.config.replicas.get(replica).map_or("", |r| r.model.as_str());
+    fn upstream_failed(&self, replica: ReplicaId, model: &str, why: &str) -> String {
+        let url = self.lock_replicas().get(replica).map_or_else(|| "(removed)".to_string(), |r| r.spec.url.clone());
+        tracing::warn!(%replica, url, "upstream failed: {why}");
         format!("A replica of `{model}` failed to answer; retry later.")
     }
 
@@ -354,32 +337,29 @@ impl Gateway {
         }
     }
 
-    /// A 429 of error type `kind` (OpenAI's: `requests` or `tokens` for the limit that was hit).
-    fn too_many(&self, tenant: usize, retry_after_ms: Option<u64>, message: &str, kind: &str, code: &str) -> Response {
-        let mut response = error(StatusCode::TOO_MANY_REQUESTS, message, kind, None, Some(code));
-        if let Some(retry_after_ms) = retry_after_ms {
-            let secs = retry_after_ms.div_ceil(1000).max(1);
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            if let Ok(v) = HeaderValue::from_str(&retry_after_ms.to_string()) {
-                response.headers_mut().insert("retry-after-ms", v);
-            }
-        }
+    /// A 429 with the tenant's rate headers; `limit` is OpenAI's error type (`requests` or
+    /// `tokens`, the limit that was hit).
+    fn too_many(&self, tenant: usize, retry_after_ms: Option<u64>, message: &str, limit: &'static str, code: &'static str) -> Response {
+        let mut response = Error::RateLimited { message: message.to_string(), limit, code, retry_after_ms }.into_response();
         self.rate_headers(tenant, response.headers_mut());
         response
     }
 
     /// Admission: a slot on one of `candidates` for a request of `tier`, cutting a lower-tier
     /// stream off if realtime needs it; or how long to wait.
-    pub(crate) fn take_slot(self: Arc<Self>, candidates: &[usize], tier: Tier, cuttable: bool) -> Result<(usize, SlotGuard, Arc<Notify>), u64> {
+    pub(crate) fn take_slot(self: Arc<Self>, candidates: &[ReplicaId], tier: Tier, cuttable: bool) -> Result<Admitted, u64> {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let cut = Arc::new(Notify::new());
         let mut replicas = self.lock_replicas();
+        // Candidates drained or removed since they were chosen take nothing new.
+        let candidates: Vec<ReplicaId> = candidates.iter().copied().filter(|c| replicas.get(*c).is_some_and(|r| !r.draining)).collect();
+        if candidates.is_empty() {
+            return Err(self.config.typical_request_ms / 4);
+        }
         let slots: Vec<ReplicaSlots> = candidates
             .iter()
-            .map(|i| {
-                let r = &replicas[*i];
+            .filter_map(|c| replicas.get(*c))
+            .map(|r| {
                 let mut slots = r.slots.clone();
                 slots.cuttable = [0; 6];
                 for f in r.in_flight.iter().filter(|f| f.cuttable) {
@@ -392,7 +372,7 @@ impl Gateway {
         let chosen = match verdict {
             Verdict::Admit { replica } => candidates[replica],
             Verdict::AdmitByCutting { replica, victim_tier } => {
-                let r = &mut replicas[candidates[replica]];
+                let Some(r) = replicas.get_mut(candidates[replica]) else { return Err(self.config.typical_request_ms / 4) };
                 match r.in_flight.iter_mut().rev().find(|f| f.tier == victim_tier && f.cuttable) {
                     Some(victim) => {
                         // Its slot frees when its stream ends; until then nobody else may
@@ -408,17 +388,19 @@ impl Gateway {
             }
             Verdict::Refuse { retry_after_ms } => return Err(retry_after_ms),
         };
-        replicas[chosen].slots.in_flight[tier_idx(tier)] += 1;
-        replicas[chosen].in_flight.push(InFlight { id, tier, cut: cut.clone(), cuttable: cuttable && tier != Tier::Realtime });
+        let Some(r) = replicas.get_mut(chosen) else { return Err(self.config.typical_request_ms / 4) };
+        r.slots.in_flight[tier_idx(tier)] += 1;
+        r.in_flight.push(InFlight { id, tier, cut: cut.clone(), cuttable: cuttable && tier != Tier::Realtime });
+        let upstream = r.upstream.clone();
         drop(replicas);
-        Ok((chosen, SlotGuard { gateway: self.clone(), replica: chosen, id, tier }, cut))
+        Ok(Admitted { upstream, guard: SlotGuard { gateway: self.clone(), replica: chosen, id, tier }, cut })
     }
 
     /// Like [`Gateway::take_slot`], but waits up to `wait_ms` for a slot: a freed slot wakes the
     /// highest-tier, oldest waiter, and every waiter retries at least each second, so replicas
     /// are packed to their best concurrency with queued work, higher tiers first. Returns the
     /// last suggested wait when time runs out.
-    pub(crate) async fn wait_for_slot(self: Arc<Self>, candidates: &[usize], tier: Tier, cuttable: bool, wait_ms: u64) -> Result<(usize, SlotGuard, Arc<Notify>), u64> {
+    pub(crate) async fn wait_for_slot(self: Arc<Self>, candidates: &[ReplicaId], tier: Tier, cuttable: bool, wait_ms: u64) -> Result<Admitted, u64> {
         // Work already waiting at this tier or above goes first.
         if wait_ms == 0 || !self.outranked(tier, candidates, u64::MAX) {
             let first = self.clone().take_slot(candidates, tier, cuttable);
@@ -455,62 +437,103 @@ impl Gateway {
 
     /// Whether a request of `tier` waits behind another for one of the same replicas: a higher
     /// tier, or the same tier queued earlier than `id`.
-    fn outranked(&self, tier: Tier, candidates: &[usize], id: u64) -> bool {
+    fn outranked(&self, tier: Tier, candidates: &[ReplicaId], id: u64) -> bool {
         self.lock_waiters()
             .iter()
             .any(|w| w.id != id && (w.tier, w.id) < (tier, id) && w.candidates.iter().any(|c| candidates.contains(c)))
     }
 
     /// Feeds one time between tokens of a stream on `replica` to its learner, if it learns.
-    fn observe_pace(&self, replica: usize, gap_ms: f64) {
+    fn observe_pace(&self, replica: ReplicaId, gap_ms: f64) {
         let mut replicas = self.lock_replicas();
         let Some(r) = replicas.get_mut(replica) else { return };
         let Some(learner) = r.learner.as_mut() else { return };
         let best = learner.observe(r.slots.total(), gap_ms);
         r.slots.best_concurrency = best;
-        if !self.config.replicas[replica].learn.is_some_and(|l| l.fixed_max) {
+        if !r.spec.learn.is_some_and(|l| l.fixed_max) {
             r.slots.max_concurrency = best + best / 2;
         }
     }
 
-    /// Replicas that serve `model`.
-    pub(crate) fn replicas_for(&self, model: &str) -> Vec<usize> {
-        self.config.replicas.iter().enumerate().filter(|(_, r)| r.model == model).map(|(i, _)| i).collect()
+    /// Replicas that take new requests for `model`.
+    pub(crate) fn replicas_for(&self, model: &str) -> Vec<ReplicaId> {
+        self.lock_replicas().serving(model)
     }
 
-    /// Sends a non-streaming request to a replica; returns its status and body.
-    pub(crate) async fn forward_json(&self, replica: usize, path: &str, body: &Value) -> Result<(u16, Bytes), String> {
+    /// The models some replica serves, by name, once each.
+    pub(crate) fn models(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.lock_replicas().iter().filter(|r| !r.draining).map(|r| r.spec.model.clone()).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Adds a replica while requests run: new requests for its model may go to it at once.
+    pub fn add_replica(&self, spec: crate::config::Replica) -> Result<ReplicaId, String> {
+        let upstream = Upstream::new(&spec.url, spec.api_key.as_deref(), &self.tls)?;
+        let id = self.lock_replicas().add(spec, upstream);
+        tracing::info!(replica = %id, "replica added");
+        Ok(id)
+    }
+
+    /// Gives a replica no new requests; those it runs finish. False if there is no such replica.
+    pub fn drain_replica(&self, id: ReplicaId) -> bool {
+        self.lock_replicas().drain(id)
+    }
+
+    /// Forgets a replica; requests it runs finish on the connections they hold. False if
+    /// there is no such replica.
+    pub fn remove_replica(&self, id: ReplicaId) -> bool {
+        let removed = self.lock_replicas().remove(id);
+        if removed {
+            tracing::info!(replica = %id, "replica removed");
+        }
+        removed
+    }
+
+    /// Every replica: its id, model, whether it drains, and the requests it runs now.
+    pub fn replicas(&self) -> Vec<(ReplicaId, String, bool, u32)> {
+        self.lock_replicas().iter().map(|r| (r.id, r.spec.model.clone(), r.draining, r.slots.total())).collect()
+    }
+
+    /// Sends a non-streaming request to the replica a slot was taken on; its status and body.
+    pub(crate) async fn forward_json(&self, admitted: &Admitted, model: &str, path: &str, body: &Value) -> Result<(u16, Bytes), String> {
+        let replica = admitted.guard.replica;
         let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
-        let resp = self.upstreams.post(replica, path, Bytes::from(bytes)).await.map_err(|e| self.upstream_failed(replica, &e))?;
+        let resp = admitted.upstream.post(path, Bytes::from(bytes)).await.map_err(|e| self.upstream_failed(replica, model, &e))?;
         let status = resp.status;
-        let bytes = resp.bytes().await.map_err(|e| self.upstream_failed(replica, &e))?;
+        let bytes = resp.bytes().await.map_err(|e| self.upstream_failed(replica, model, &e))?;
         Ok((status, bytes))
     }
 
     /// Handles one chat, completion, embedding or Responses API request end to end.
     pub(crate) async fn handle(self: Arc<Self>, headers: CompletionHeaders, raw: Bytes, endpoint: Endpoint) -> Response {
         let Some(tenant) = self.tenant_of_key(headers.authorization.as_ref()) else {
-            return unauthorized();
+            return Error::Unauthorized.into_response();
         };
         let facts = match RequestFacts::of_request(&raw, endpoint) {
             Ok(facts) => facts,
-            Err(BodyError::NotAnObject) => return bad_request("the body must be a JSON object", "body"),
-            Err(BodyError::Invalid(e)) => return bad_request(&format!("invalid JSON body: {e}"), "body"),
+            Err(BodyError::NotAnObject) => return Error::invalid("the body must be a JSON object", "body").into_response(),
+            Err(BodyError::Invalid(e)) => return Error::invalid(format!("invalid JSON body: {e}"), "body").into_response(),
         };
         if let Some((message, param)) = facts.problem_at(endpoint) {
-            return bad_request(&message, param);
+            return Error::invalid(message, param).into_response();
         }
         let model = facts.model.as_deref().unwrap_or_default();
         let mut candidates = self.replicas_for(model);
         if candidates.is_empty() {
-            return model_not_found(model);
+            return Error::ModelNotFound(model.to_string()).into_response();
         }
         if let Some(asked) = facts.max_output_tokens() {
-            let limit = |i: &usize| self.config.replicas[*i].max_tokens;
+            let limits: HashMap<ReplicaId, Option<u64>> = {
+                let replicas = self.lock_replicas();
+                candidates.iter().map(|c| (*c, replicas.get(*c).and_then(|r| r.spec.max_tokens))).collect()
+            };
+            let limit = |c: &ReplicaId| limits.get(c).copied().flatten();
             let most = candidates.iter().map(limit).try_fold(0u64, |most, l| l.map(|l| most.max(l)));
             if let Some(most) = most.filter(|most| asked > *most) {
                 let field = output_limit_field(endpoint, &facts);
-                return bad_request(&format!("{field} is too large: {asked}. The replicas of `{model}` generate at most {most} tokens per request."), field);
+                return Error::invalid(format!("{field} is too large: {asked}. The replicas of `{model}` generate at most {most} tokens per request."), field).into_response();
             }
             candidates.retain(|i| limit(i).is_none_or(|l| asked <= l));
         }
@@ -518,15 +541,15 @@ impl Gateway {
         let tier = match headers.tier.map(|v| v.to_str().unwrap_or("").parse::<Tier>()) {
             None => base_tier,
             Some(Ok(t)) if t >= base_tier => t,
-            Some(Ok(t)) => return bad_request(&format!("tier {t} is above this key's tier {base_tier}; a header may only lower it"), "x-tidepool-tier"),
-            Some(Err(e)) => return bad_request(&e, "x-tidepool-tier"),
+            Some(Ok(t)) => return Error::invalid(format!("tier {t} is above this key's tier {base_tier}; a header may only lower it"), "x-tidepool-tier").into_response(),
+            Some(Err(e)) => return Error::invalid(e, "x-tidepool-tier").into_response(),
         };
         let stream = endpoint != Endpoint::Embeddings && facts.streamed();
         let estimate = facts.estimate(endpoint, DEFAULT_COMPLETION_ESTIMATE);
         let now = self.now_ms();
         {
             let mut tenants = self.lock_tenants();
-            let Some(t) = tenants.get_mut(tenant) else { return bad_request("unknown tenant", "authorization") };
+            let Some(t) = tenants.get_mut(tenant) else { return Error::Unauthorized.into_response() };
             if let Err(wait) = t.rpm.take(1, now) {
                 t.refused += 1;
                 drop(tenants);
@@ -559,7 +582,7 @@ impl Gateway {
             Tier::Interruptible => (self.config.typical_request_ms / 2).min(self.config.queue_wait_ms),
             _ => self.config.queue_wait_ms,
         };
-        let (replica, guard, cut) = match self.clone().wait_for_slot(&candidates, tier, stream, wait_ms).await {
+        let Admitted { upstream, guard, cut } = match self.clone().wait_for_slot(&candidates, tier, stream, wait_ms).await {
             Ok(taken) => taken,
             Err(wait) => {
                 let mut tenants = self.lock_tenants();
@@ -574,11 +597,12 @@ impl Gateway {
             }
         };
         // The request goes on as the client wrote it (unknown fields included), not re-encoded.
-        let resp = match self.upstreams.post(replica, endpoint.path(), raw).await {
+        let replica = guard.replica;
+        let resp = match upstream.post(endpoint.path(), raw).await {
             Ok(r) => r,
             Err(e) => {
                 self.settle(tenant, estimate, 0, 0);
-                return error(StatusCode::BAD_GATEWAY, &self.upstream_failed(replica, &e), "server_error", None, Some("upstream_error"));
+                return Error::Upstream(self.upstream_failed(replica, model, &e)).into_response();
             }
         };
         let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -588,7 +612,7 @@ impl Gateway {
                 Err(e) => {
                     drop(guard);
                     self.settle(tenant, estimate, 0, 0);
-                    return error(StatusCode::BAD_GATEWAY, &self.upstream_failed(replica, &e), "server_error", None, Some("upstream_error"));
+                    return Error::Upstream(self.upstream_failed(replica, model, &e)).into_response();
                 }
             };
             drop(guard);
@@ -621,6 +645,14 @@ impl Gateway {
         }
     }
 
+}
+
+/// A slot taken on a replica: the replica's connections, the slot (released when dropped),
+/// and the signal that cuts the request off for realtime work.
+pub(crate) struct Admitted {
+    pub upstream: Arc<Upstream>,
+    pub guard: SlotGuard,
+    pub cut: Arc<Notify>,
 }
 
 /// The header that lowers a request's tier.

@@ -17,8 +17,8 @@ pub(super) async fn headers_and_body(g: &Gateway, request: axum::extract::Reques
     let headers = CompletionHeaders { authorization: parts.headers.remove(header::AUTHORIZATION), tier: parts.headers.remove(TIER_HEADER) };
     match axum::body::to_bytes(body, g.config.max_request_bytes).await {
         Ok(bytes) => Ok((headers, bytes)),
-        Err(e) if e.to_string().contains("length limit") => Err(crate::openai::too_large(g.config.max_request_bytes)),
-        Err(e) => Err(bad_request(&format!("cannot read the request body: {e}"), "body")),
+        Err(e) if e.to_string().contains("length limit") => Err(Error::TooLarge { max_bytes: g.config.max_request_bytes }.into_response()),
+        Err(e) => Err(Error::invalid(format!("cannot read the request body: {e}"), "body").into_response()),
     }
 }
 
@@ -52,27 +52,24 @@ pub(super) async fn embeddings(State(g): State<Arc<Gateway>>, request: axum::ext
 
 pub(super) async fn models(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     if g.tenant_of(&headers).is_none() {
-        return unauthorized();
+        return Error::Unauthorized.into_response();
     }
-    let mut names: Vec<&str> = g.config.replicas.iter().map(|r| r.model.as_str()).collect();
-    names.sort_unstable();
-    names.dedup();
-    let data: Vec<Value> = names.into_iter().map(|m| model_object(m, "tidepool")).collect();
+    let data: Vec<Value> = g.models().iter().map(|m| model_object(m, "tidepool")).collect();
     axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
 pub(super) async fn model(State(g): State<Arc<Gateway>>, headers: HeaderMap, axum::extract::Path(name): axum::extract::Path<String>) -> Response {
     if g.tenant_of(&headers).is_none() {
-        return unauthorized();
+        return Error::Unauthorized.into_response();
     }
     if g.replicas_for(&name).is_empty() {
-        return model_not_found(&name);
+        return Error::ModelNotFound(name).into_response();
     }
     axum::Json(model_object(&name, "tidepool")).into_response()
 }
 
 pub(super) async fn not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "Unknown endpoint.", "invalid_request_error", None, Some("unknown_url"))
+    Error::UnknownUrl("Unknown endpoint.".into()).into_response()
 }
 
 /// The gateway's routes.

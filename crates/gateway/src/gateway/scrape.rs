@@ -5,10 +5,10 @@ use super::*;
 /// `/metrics` beside the API: it names every tenant, so only the metrics key reads it.
 pub(super) async fn metrics(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     if g.config.metrics_key.is_none() {
-        return error(StatusCode::NOT_FOUND, "Metrics are served on metrics_listen, or here with metrics_key set.", "invalid_request_error", None, Some("unknown_url"));
+        return Error::UnknownUrl("Metrics are served on metrics_listen, or here with metrics_key set.".into()).into_response();
     }
     if !g.may_scrape(&headers) {
-        return unauthorized();
+        return Error::Unauthorized.into_response();
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], g.metrics_text()).into_response()
 }
@@ -16,7 +16,7 @@ pub(super) async fn metrics(State(g): State<Arc<Gateway>>, headers: HeaderMap) -
 /// `/metrics` on its own address: open on loopback, else behind the metrics key.
 pub(super) async fn metrics_alone(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     if g.config.metrics_key.is_some() && !g.may_scrape(&headers) {
-        return unauthorized();
+        return Error::Unauthorized.into_response();
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], g.metrics_text()).into_response()
 }
@@ -56,18 +56,19 @@ impl Gateway {
         }
         out.push_str("# HELP tidepool_gateway_in_flight Requests in flight per replica and tier.\n# TYPE tidepool_gateway_in_flight gauge\n");
         let replicas = self.lock_replicas();
-        for (i, r) in replicas.iter().enumerate() {
+        for r in replicas.iter() {
+            let i = r.id;
             for tier in Tier::ALL {
                 out.push_str(&format!("tidepool_gateway_in_flight{{replica=\"{i}\",tier=\"{tier}\"}} {}\n", r.slots.in_flight[tier_idx(tier)]));
             }
         }
         out.push_str("# HELP tidepool_gateway_best_concurrency Best concurrency per replica (configured or learned).\n# TYPE tidepool_gateway_best_concurrency gauge\n");
-        for (i, r) in replicas.iter().enumerate() {
-            out.push_str(&format!("tidepool_gateway_best_concurrency{{replica=\"{i}\"}} {}\n", r.slots.best_concurrency));
+        for r in replicas.iter() {
+            out.push_str(&format!("tidepool_gateway_best_concurrency{{replica=\"{}\"}} {}\n", r.id, r.slots.best_concurrency));
         }
         out.push_str("# HELP tidepool_gateway_cut_off_total Lower-tier streams cut off for realtime.\n# TYPE tidepool_gateway_cut_off_total counter\n");
-        for (i, r) in replicas.iter().enumerate() {
-            out.push_str(&format!("tidepool_gateway_cut_off_total{{replica=\"{i}\"}} {}\n", r.cut_off));
+        for r in replicas.iter() {
+            out.push_str(&format!("tidepool_gateway_cut_off_total{{replica=\"{}\"}} {}\n", r.id, r.cut_off));
         }
         out
     }

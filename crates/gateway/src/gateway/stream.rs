@@ -36,7 +36,7 @@ impl Gateway {
             /// A Responses stream's last `sequence_number`.
             sequence: u64,
             done: bool,
-            replica: usize,
+            replica: ReplicaId,
             last_token: Option<Instant>,
         }
         impl Pass {

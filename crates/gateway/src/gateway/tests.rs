@@ -118,3 +118,67 @@ async fn realtime_ends_a_filler_responses_stream_as_incomplete_and_its_tokens_ar
     let _ = stop.send(());
     assert!(served.await.unwrap().is_ok());
 }
+
+#[tokio::test]
+async fn replicas_come_and_go_while_requests_run() {
+    async fn emulated() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let emulated = crate::emulator::EmulatorConfig { model: "m".into(), itl_ms: 20.0, ..Default::default() };
+        tokio::spawn(crate::emulator::serve(listener, emulated));
+        url
+    }
+    let (first_url, second_url) = (emulated().await, emulated().await);
+    let config = GatewayConfig::from_toml(&format!(
+        "[[replicas]]\nurl = \"{first_url}\"\nmodel = \"m\"\nbest_concurrency = 4\n[[tenants]]\nname = \"t\"\nkeys = [\"key-0001\"]\ntpm = 1000000\nrpm = 100000\n"
+    ))
+    .unwrap();
+    let g = Arc::new(Gateway::new(config).unwrap());
+    let ask = |g: Arc<Gateway>| {
+        let headers = CompletionHeaders { authorization: Some(HeaderValue::from_static("Bearer key-0001")), tier: None };
+        let body = Bytes::from_static(br#"{"model":"m","prompt":"x","max_tokens":10}"#);
+        tokio::spawn(g.handle(headers, body, Endpoint::Completions))
+    };
+    let in_flight = |g: &Gateway| g.replicas().into_iter().map(|(id, _, draining, n)| (id.0, draining, n)).collect::<Vec<_>>();
+    let settle = || tokio::time::sleep(std::time::Duration::from_millis(50));
+
+    // A request runs on the first replica (10 tokens at 20 ms) while replicas change under it.
+    let running = ask(g.clone());
+    settle().await;
+    assert_eq!(in_flight(&g), vec![(0, false, 1)]);
+    let second = g.add_replica(crate::config::Replica {
+        url: second_url,
+        model: "m".into(),
+        best_concurrency: 4,
+        max_concurrency: 4,
+        learn: None,
+        api_key: None,
+        max_tokens: None,
+    });
+    assert_eq!(second, Ok(ReplicaId(1)));
+    assert_eq!(g.replicas_for("m"), vec![ReplicaId(0), ReplicaId(1)]);
+    assert!(g.drain_replica(ReplicaId(0)));
+    assert_eq!(g.replicas_for("m"), vec![ReplicaId(1)], "a draining replica takes nothing new");
+    // New work goes to the second replica while the first still finishes its request.
+    let next = ask(g.clone());
+    settle().await;
+    assert_eq!(in_flight(&g), vec![(0, true, 1), (1, false, 1)]);
+    assert!(g.remove_replica(ReplicaId(0)));
+    assert!(!g.remove_replica(ReplicaId(0)), "removed once");
+    for handle in [running, next] {
+        let answered = handle.await.unwrap();
+        assert_eq!(answered.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(answered.into_body(), 1 << 20).await.unwrap();
+        let value: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["usage"]["completion_tokens"], 10, "{value}");
+    }
+    assert_eq!(in_flight(&g), vec![(1, false, 0)], "the removed replica's slot was released with it");
+    let page = g.metrics_text();
+    assert!(page.contains("tidepool_gateway_best_concurrency{replica=\"1\"} 4\n") && !page.contains("replica=\"0\""), "{page}");
+
+    // With no replica left for the model, it no longer exists.
+    assert!(g.remove_replica(ReplicaId(1)));
+    let gone = ask(g.clone()).await.unwrap();
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+    assert!(g.models().is_empty());
+}
