@@ -54,8 +54,6 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
-    /// Benchmarks that print our figures next to a baseline's.
-    Bench(BenchArgs),
     /// Simulate a scenario or replay a log on the real scheduling core, on virtual time.
     Sim(crate::sim::SimArgs),
     /// Run the OpenAI-compatible inference gateway from a TOML file.
@@ -143,36 +141,6 @@ pub struct EmulatorArgs {
     pub api_key_file: Option<std::path::PathBuf>,
 }
 
-/// Flags of `bench`.
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    /// Which benchmark: `sched` (the scheduling core alone), `gateway` (tiers under load),
-    /// `recovery` (restart on a journal of a million tasks) or `batch` (arrays of `true` through
-    /// Tidepool, Slurm, HyperQueue and no scheduler).
-    #[arg(value_parser = ["sched", "gateway", "recovery", "batch"])]
-    pub which: String,
-    /// One JSON object instead of a table.
-    #[arg(long)]
-    pub json: bool,
-    /// Seconds of load per level (gateway).
-    #[arg(long, default_value_t = 8.0)]
-    pub seconds: f64,
-    /// Tasks in the drained array (batch).
-    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1000..=1_000_000))]
-    pub tasks: u32,
-    /// Seconds over which Slurm's rate is measured (batch).
-    #[arg(long, default_value_t = 120.0)]
-    pub slurm_window: f64,
-    /// Tasks given to HyperQueue (batch).
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1000..=1_000_000))]
-    pub hq_tasks: u32,
-    /// Leave Slurm out (batch).
-    #[arg(long)]
-    pub no_slurm: bool,
-    /// Leave HyperQueue out (batch).
-    #[arg(long)]
-    pub no_hq: bool,
-}
 
 /// Flags shared by `up` and `server`.
 #[derive(Args, Debug, Clone)]
@@ -317,21 +285,6 @@ pub async fn run(args: Vec<String>) -> Result<u8, String> {
         Command::Resume { node } => commands::drain(&node, false).await,
         Command::Wait(a) => commands::wait(a).await,
         Command::Sim(a) => crate::sim::run(a),
-        Command::Bench(a) => match a.which.as_str() {
-            "gateway" => crate::bench_gateway::run(a.json, a.seconds.clamp(1.0, 600.0)).await,
-            "recovery" => crate::bench_recovery::run(a.json, 1_000_000).await,
-            "batch" => {
-                let settings = crate::bench_batch::BatchBench {
-                    tasks: a.tasks,
-                    slurm_window_s: a.slurm_window.clamp(5.0, 3600.0),
-                    hq_tasks: a.hq_tasks,
-                    no_slurm: a.no_slurm,
-                    no_hq: a.no_hq,
-                };
-                crate::bench_batch::run(a.json, settings).await
-            }
-            _ => crate::bench::sched(a.json),
-        },
         Command::Project { action } => commands::project(action).await,
         Command::Token { action } => commands::token(action).await,
         Command::Gateway(a) => up::gateway(a).await,

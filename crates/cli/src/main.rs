@@ -1,15 +1,11 @@
 //! The `tidepool` binary: parses the command line and calls into the crates. Called through a
 //! link named `sbatch`, `squeue`, `scancel`, `sacct` or `sinfo`, it behaves as that command.
 
-mod bench;
-mod bench_batch;
-mod sim;
-mod bench_gateway;
-mod bench_recovery;
 mod cli;
 mod client;
 mod commands;
 mod output;
+mod sim;
 mod slurm;
 mod up;
 
@@ -34,10 +30,10 @@ fn main() -> ExitCode {
             _ => (String::new(), args),
         },
     };
-    // Daemons and benchmarks get worker threads; a user's command makes one request or a few,
+    // Daemons get worker threads; a user's command makes one request or a few,
     // and starts faster on the calling thread alone.
     let daemon = command.is_empty()
-        && matches!(rest.get(1).map(String::as_str), Some("up" | "server" | "agent" | "gateway" | "replica-emulator" | "bench"));
+        && matches!(rest.get(1).map(String::as_str), Some("up" | "server" | "agent" | "gateway" | "replica-emulator"));
     if daemon {
         // Everything a daemon creates (journal, logs, tokens, run directories) is its owner's
         // alone; tasks get the usual 022 from their launcher.

@@ -380,8 +380,8 @@ fn each_task_gets_its_own_memory_limit_and_peak_in_turn() {
 fn bench_batch_prints_ours_beside_the_floor() {
     // Small and without Slurm or HyperQueue, which the full run adds (and CI's Slurm serves the
     // Slurm-site tests): the command and its figures, not their size.
-    let out = Command::new(BIN)
-        .args(["bench", "batch", "--json", "--tasks", "2000", "--no-slurm", "--no-hq"])
+    let out = common::bench()
+        .args(["batch", "--json", "--tasks", "2000", "--no-slurm", "--no-hq"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -94,7 +94,7 @@ fn required_features_are_refused_where_no_node_has_them_and_run_where_one_does()
 
 #[test]
 fn bench_sched_prints_our_figures_and_the_baselines() {
-    let out = std::process::Command::new(common::BIN).args(["bench", "sched", "--json"]).output().unwrap();
+    let out = common::bench().args(["sched", "--json"]).output().unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for key in ["full_pass_ms", "incremental_pass_ms", "placements_per_s", "allocated_share"] {

@@ -9,6 +9,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tidepool");
+/// The benchmarks' program, told to run the `tidepool` above.
+pub fn bench() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tidepool-bench"));
+    c.env("TIDEPOOL_BIN", BIN);
+    c
+}
 
 /// A `tidepool up` in its own directory, killed when dropped.
 pub struct Env {
@@ -304,18 +310,11 @@ pub fn http(base: &str, method: &str, path: &str, headers: &[(&str, &str)], body
     let addr = base.trim_start_matches("http://").trim_end_matches('/');
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
-        req.push_str("Content-Type: application/json\r\n");
-    }
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
+    let mut all_headers = headers.to_vec();
+    all_headers.push(("connection", "close"));
+    s.write_all(tidepool_bench::http1::request(method, path, addr, &all_headers, body).as_bytes()).unwrap();
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (head.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0), head.to_ascii_lowercase(), body.to_string())
+    (tidepool_bench::http1::status_of(head), head.to_ascii_lowercase(), body.to_string())
 }

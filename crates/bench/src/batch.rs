@@ -1,11 +1,11 @@
-//! `tidepool bench batch`: arrays of `true` through Tidepool and, in the same run on the same
+//! `tidepool-bench batch`: arrays of `true` through Tidepool and, in the same run on the same
 //! machine, through a single-host Slurm (started by the repo's script), HyperQueue where its
 //! Python package installs, and no scheduler at all (the spawn floor).
 //!
 //! Each system is timed on what its users do: the whole submit command, tasks finished per
 //! second while the queue is full, and its control plane's memory.
 
-use crate::output::line;
+use crate::line;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -114,7 +114,7 @@ impl Drop for Tidepool {
 
 impl Tidepool {
     fn start() -> Result<Tidepool, String> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let exe = crate::tidepool_exe()?;
         let dir = std::env::temp_dir().join(format!("tidepool-bench-batch-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;

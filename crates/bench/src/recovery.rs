@@ -1,8 +1,8 @@
-//! `tidepool bench recovery`: how long the server takes to start again on a journal that holds
+//! `tidepool-bench recovery`: how long the server takes to start again on a journal that holds
 //! a million tasks, each dispatched and ended (two million events), next to the time a plain
 //! reading of the same rows takes (the floor any replay must pay).
 
-use crate::output::line;
+use crate::line;
 use std::time::Instant;
 use tidepool_store::{Ending, Event, Journal, Outcome, SqliteStore};
 

@@ -1,7 +1,7 @@
-//! `tidepool bench`: programs that print our figures next to a baseline's, measured in the same
-//! run on this machine.
+//! `tidepool-bench sched`: the scheduling core alone on 2,000 × 24-core nodes and 1,000,000
+//! pending tasks, next to plain first fit in submission order measured in the same run.
 
-use crate::output::line;
+use crate::line;
 use std::time::Instant;
 use tidepool_core::{ArraySpec, Cluster, JobId, JobSpec, Resources, TaskOutcome};
 
@@ -117,7 +117,7 @@ fn run_first_fit(w: &Workload, job_cores: &[u64]) -> Figures {
     Figures::from_passes(full, started.elapsed().as_secs_f64(), n_placed, allocated as f64 / total)
 }
 
-/// `tidepool bench sched`: the core alone on 2,000 × 24-core nodes and 1,000,000 pending tasks.
+/// `tidepool-bench sched`: the core alone on 2,000 × 24-core nodes and 1,000,000 pending tasks.
 pub fn sched(json: bool) -> Result<u8, String> {
     let w = Workload { n_nodes: 2_000, cores_per_node: 24, n_jobs: 1_000, tasks_per_job: 1_000, n_completions: 1_000 };
     let job_cores = shapes(&w, 42);
