@@ -13,120 +13,10 @@ use crate::project::{Project, ProjectLimits};
 use crate::resources::{Resources, MAX_NAMED};
 use crate::tier::Tier;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::fmt;
 
 /// A node's number in this cluster (stable while the process lives).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeId(pub u32);
-
-/// Where a task is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum TaskState {
-    /// Waiting to be placed.
-    Pending = 0,
-    /// Handed to a node.
-    Running = 1,
-    /// Exited 0.
-    Succeeded = 2,
-    /// Exited non-zero or was killed by a signal.
-    Failed = 3,
-    /// Cancelled by a user before or while running.
-    Cancelled = 4,
-    /// Killed at its time limit.
-    Timeout = 5,
-}
-
-impl TaskState {
-    /// The name on the wire.
-    pub fn name(self) -> &'static str {
-        match self {
-            TaskState::Pending => "pending",
-            TaskState::Running => "running",
-            TaskState::Succeeded => "succeeded",
-            TaskState::Failed => "failed",
-            TaskState::Cancelled => "cancelled",
-            TaskState::Timeout => "timeout",
-        }
-    }
-
-    /// True once the task will not change again.
-    pub fn is_final(self) -> bool {
-        !matches!(self, TaskState::Pending | TaskState::Running)
-    }
-}
-
-impl fmt::Display for TaskState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// How an attempt ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TaskOutcome {
-    /// Exit code 0.
-    Succeeded,
-    /// Non-zero exit or a signal.
-    Failed,
-    /// Ended on a user's request.
-    Cancelled,
-    /// Ended at its time limit.
-    Timeout,
-}
-
-impl TaskOutcome {
-    fn state(self) -> TaskState {
-        match self {
-            TaskOutcome::Succeeded => TaskState::Succeeded,
-            TaskOutcome::Failed => TaskState::Failed,
-            TaskOutcome::Cancelled => TaskState::Cancelled,
-            TaskOutcome::Timeout => TaskState::Timeout,
-        }
-    }
-}
-
-/// How many tasks of a job are in each state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct TaskCounts {
-    /// Waiting.
-    pub pending: u32,
-    /// On a node.
-    pub running: u32,
-    /// Exited 0.
-    pub succeeded: u32,
-    /// Exited otherwise.
-    pub failed: u32,
-    /// Cancelled.
-    pub cancelled: u32,
-    /// Hit the time limit.
-    pub timeout: u32,
-}
-
-impl TaskCounts {
-    fn slot(&mut self, state: TaskState) -> &mut u32 {
-        match state {
-            TaskState::Pending => &mut self.pending,
-            TaskState::Running => &mut self.running,
-            TaskState::Succeeded => &mut self.succeeded,
-            TaskState::Failed => &mut self.failed,
-            TaskState::Cancelled => &mut self.cancelled,
-            TaskState::Timeout => &mut self.timeout,
-        }
-    }
-
-    /// Tasks that will not change again.
-    pub fn n_final(&self) -> u32 {
-        self.succeeded + self.failed + self.cancelled + self.timeout
-    }
-
-    /// Every task.
-    pub fn total(&self) -> u32 {
-        self.pending + self.running + self.n_final()
-    }
-}
-
-pub use crate::decisions::{Decisions, KillOrder, Placement};
 
 /// A running attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,37 +138,6 @@ impl Job {
     pub(crate) fn throttled(&self) -> bool {
         self.spec.array.max_running.is_some_and(|max| self.counts.running >= max)
     }
-}
-
-/// The state of a job's tasks in a compact form, for snapshots: runs of equal states, and the
-/// few tasks that are running, requeued or on a later attempt.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct TaskSnapshot {
-    /// (state, how many in a row), in position order; running tasks appear as running.
-    pub runs: Vec<(TaskState, u32)>,
-    /// Positions below this were taken from the never-started cursor.
-    pub next_fresh: u32,
-    /// Positions waiting again after a requeue.
-    pub requeued: Vec<u32>,
-    /// (position, last attempt) for tasks that ran, except finished first attempts.
-    pub attempts: Vec<(u32, u32)>,
-    /// Running attempts: (position, node, attempt, started, checkpoint).
-    pub running: Vec<(u32, NodeId, u32, u64, u64)>,
-    /// When the job ended.
-    pub ended_ms: Option<u64>,
-}
-
-/// A state from its wire number.
-pub fn task_state_from_u8(v: u8) -> Option<TaskState> {
-    Some(match v {
-        0 => TaskState::Pending,
-        1 => TaskState::Running,
-        2 => TaskState::Succeeded,
-        3 => TaskState::Failed,
-        4 => TaskState::Cancelled,
-        5 => TaskState::Timeout,
-        _ => return None,
-    })
 }
 
 /// Tasks of a job that must have ended before its mean run time is trusted.
@@ -893,151 +752,16 @@ impl Cluster {
         let offered = self.nodes.iter().fold(0u64, |m, n| m | n.features);
         self.feature_names(job.feature_mask & !offered).into_iter().map(str::to_string).collect()
     }
-
-    /// A job's tasks, compactly, for a snapshot.
-    pub fn task_snapshot(&self, job_id: JobId) -> Option<TaskSnapshot> {
-        let job = self.jobs.get(&job_id)?;
-        let mut runs: Vec<(TaskState, u32)> = Vec::new();
-        for state in &job.states {
-            match runs.last_mut() {
-                Some((s, n)) if s == state => *n += 1,
-                _ => runs.push((*state, 1)),
-            }
-        }
-        let mut running: Vec<(u32, NodeId, u32, u64, u64)> =
-            job.running.iter().map(|(pos, r)| (*pos, r.node_id, r.attempt, r.started_ms, r.checkpoint_ms)).collect();
-        running.sort_unstable();
-        // A finished task's first attempt need not be kept: it never runs again. Any other
-        // attempt number must survive, or a stale report could match a new attempt.
-        let mut attempts: Vec<(u32, u32)> = job
-            .last_attempt
-            .iter()
-            .filter(|(p, a)| **a > 1 || !job.states[**p as usize].is_final())
-            .map(|(p, a)| (*p, *a))
-            .collect();
-        attempts.sort_unstable();
-        Some(TaskSnapshot {
-            runs,
-            next_fresh: job.next_fresh,
-            requeued: job.requeued.iter().copied().collect(),
-            attempts,
-            running,
-            ended_ms: job.ended_ms,
-        })
-    }
-
-    /// Restores a submitted job's tasks from a snapshot (the job must have no running task).
-    pub fn restore_tasks(&mut self, job_id: JobId, snap: &TaskSnapshot) -> Result<(), String> {
-        let job = self.jobs.get_mut(&job_id).ok_or(format!("no job {job_id}"))?;
-        if job.counts.running > 0 {
-            return Err(format!("job {job_id} has running tasks"));
-        }
-        let mut states = Vec::with_capacity(job.states.len());
-        for (state, n) in &snap.runs {
-            let state = if *state == TaskState::Running { TaskState::Pending } else { *state };
-            states.extend(std::iter::repeat_n(state, *n as usize));
-        }
-        if states.len() != job.states.len() {
-            return Err(format!("job {job_id}: snapshot has {} tasks, job has {}", states.len(), job.states.len()));
-        }
-        let mut counts = TaskCounts::default();
-        for s in &states {
-            *counts.slot(*s) += 1;
-        }
-        job.states = states;
-        job.counts = counts;
-        job.next_fresh = snap.next_fresh;
-        job.requeued = snap.requeued.iter().copied().collect();
-        job.last_attempt = snap.attempts.iter().copied().collect();
-        job.ended_ms = snap.ended_ms;
-        let tier = job.spec.tier;
-        for (pos, node_id, attempt, started, checkpoint) in &snap.running {
-            // Running tasks were restored as pending; dispatching them again keeps every index.
-            self.queue.insert((tier, job_id));
-            self.apply_dispatch(job_id, *pos, *attempt, *node_id, *started)?;
-            if let Some(run) = self.jobs.get_mut(&job_id).and_then(|j| j.running.get_mut(pos)) {
-                run.checkpoint_ms = *checkpoint;
-            }
-        }
-        let Some(job) = self.jobs.get(&job_id) else { return Ok(()) };
-        if job.has_pending() {
-            self.queue.insert((tier, job_id));
-        } else {
-            self.queue.remove(&(tier, job_id));
-        }
-        Ok(())
-    }
-
-    /// Checks the cross-index invariants; tests run it after every step.
-    pub fn sanity_check(&self) -> Result<(), String> {
-        let mut allocated = vec![Resources::default(); self.nodes.len()];
-        let mut n_running = vec![0u32; self.nodes.len()];
-        let mut queued_cpu = vec![0u64; self.nodes.len()];
-        let mut n_queued = vec![0u32; self.nodes.len()];
-        let mut project_cpu = vec![0u64; self.projects.len()];
-        for job in self.jobs.values() {
-            let mut counts = TaskCounts::default();
-            for state in &job.states {
-                *counts.slot(*state) += 1;
-            }
-            if counts != job.counts {
-                return Err(format!("job {}: counts {:?} != {:?}", job.id, job.counts, counts));
-            }
-            if job.running.len() as u32 != counts.running {
-                return Err(format!("job {}: running map out of step", job.id));
-            }
-            for (pos, run) in &job.running {
-                if job.states[*pos as usize] != TaskState::Running {
-                    return Err(format!("job {} task {pos}: in running map, not running", job.id));
-                }
-                let i = run.node_id.0 as usize;
-                project_cpu[job.project_idx] += job.demand.cpu_millis;
-                if run.queued {
-                    queued_cpu[i] += job.demand.cpu_millis;
-                    n_queued[i] += 1;
-                    if !self.nodes[i].queued.contains(&(job.id, *pos)) {
-                        return Err(format!("job {} task {pos}: missing from its node's queue", job.id));
-                    }
-                    continue;
-                }
-                allocated[i] = allocated[i].plus(&job.demand);
-                n_running[i] += 1;
-                if !self.nodes[i].running.contains(&(job.id, *pos)) {
-                    return Err(format!("job {} task {pos}: missing from its node", job.id));
-                }
-            }
-            let queued = self.queue.contains(&(job.spec.tier, job.id));
-            if job.has_pending() != queued {
-                return Err(format!("job {}: queued {queued} but pending {}", job.id, job.counts.pending));
-            }
-        }
-        for (i, node) in self.nodes.iter().enumerate() {
-            if node.allocated != allocated[i] || node.running.len() as u32 != n_running[i] {
-                return Err(format!("node {}: allocation out of step", node.name));
-            }
-            if !node.capacity.fits(&node.allocated) {
-                return Err(format!("node {}: over-committed", node.name));
-            }
-            if node.queued_cpu_millis != queued_cpu[i] || node.queued.len() as u32 != n_queued[i] {
-                return Err(format!("node {}: queue out of step", node.name));
-            }
-            let indexed = self.free_index.contains(&(node.free().cpu_millis, NodeId(i as u32)));
-            if indexed != (node.online && node.free().cpu_millis > 0) {
-                return Err(format!("node {}: free index out of step", node.name));
-            }
-        }
-        if self.free_index.len() != self.nodes.iter().filter(|n| n.online && n.free().cpu_millis > 0).count() {
-            return Err("free index has stale entries".into());
-        }
-        for (i, p) in self.projects.iter().enumerate() {
-            if p.allocated_cpu_millis != project_cpu[i] {
-                return Err(format!("project {}: allocation out of step", p.name));
-            }
-        }
-        Ok(())
-    }
 }
 
 mod feasible;
+mod sanity;
+mod snapshot;
+mod task;
+
+pub use snapshot::{task_state_from_u8, TaskSnapshot};
+pub use task::{TaskCounts, TaskOutcome, TaskState};
+
+pub use crate::decisions::{Decisions, KillOrder, Placement};
 #[cfg(test)]
 mod tests;

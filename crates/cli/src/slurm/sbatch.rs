@@ -1,0 +1,515 @@
+//! `sbatch`: Slurm's options on the command line and in `#SBATCH` directives (with a suggestion
+//! for a misspelt one), read into a `SubmitRequest` with Slurm's meaning.
+
+use super::*;
+
+/// How an sbatch option takes its value.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Takes {
+    Value,
+    Flag,
+    OptionalValue,
+}
+
+/// sbatch's options: (long, short, takes).
+pub(super) const SBATCH_OPTIONS: &[(&str, Option<char>, Takes)] = &[
+    ("job-name", Some('J'), Takes::Value),
+    ("array", Some('a'), Takes::Value),
+    ("cpus-per-task", Some('c'), Takes::Value),
+    ("mem", None, Takes::Value),
+    ("mem-per-cpu", None, Takes::Value),
+    ("gres", None, Takes::Value),
+    ("gpus", Some('G'), Takes::Value),
+    ("gpus-per-node", None, Takes::Value),
+    ("gpus-per-task", None, Takes::Value),
+    ("time", Some('t'), Takes::Value),
+    ("output", Some('o'), Takes::Value),
+    ("error", Some('e'), Takes::Value),
+    ("partition", Some('p'), Takes::Value),
+    ("account", Some('A'), Takes::Value),
+    ("chdir", Some('D'), Takes::Value),
+    ("dependency", Some('d'), Takes::Value),
+    ("wrap", None, Takes::Value),
+    ("export", None, Takes::Value),
+    ("parsable", None, Takes::Flag),
+    ("nodes", Some('N'), Takes::Value),
+    ("ntasks", Some('n'), Takes::Value),
+    ("ntasks-per-node", None, Takes::Value),
+    ("constraint", Some('C'), Takes::Value),
+    ("qos", Some('q'), Takes::Value),
+    ("requeue", None, Takes::Flag),
+    ("no-requeue", None, Takes::Flag),
+    ("signal", None, Takes::Value),
+    ("open-mode", None, Takes::Value),
+    ("exclusive", None, Takes::OptionalValue),
+    ("mail-type", None, Takes::Value),
+    ("mail-user", None, Takes::Value),
+    ("comment", None, Takes::Value),
+    ("nice", None, Takes::OptionalValue),
+    ("quiet", Some('Q'), Takes::Flag),
+    ("verbose", Some('v'), Takes::Flag),
+    ("input", Some('i'), Takes::Value),
+    ("hint", None, Takes::Value),
+    ("threads-per-core", None, Takes::Value),
+    ("distribution", Some('m'), Takes::Value),
+    ("tmp", None, Takes::Value),
+    ("kill-on-invalid-dep", None, Takes::Value),
+    ("get-user-env", None, Takes::OptionalValue),
+];
+
+/// Options accepted that have no meaning on this fleet: one warning line each.
+pub(super) const NO_MEANING_HERE: &[&str] = &[
+    "mail-type", "mail-user", "comment", "quiet", "verbose", "hint", "threads-per-core",
+    "distribution", "tmp", "get-user-env", "nice", "requeue", "no-requeue", "signal", "kill-on-invalid-dep",
+];
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn unknown_option(name: &str) -> String {
+    let bare = name.trim_start_matches('-');
+    let best = SBATCH_OPTIONS
+        .iter()
+        .map(|(long, _, _)| (edit_distance(bare, long), *long))
+        .min();
+    match best {
+        Some((d, long)) if d <= 3 || long.starts_with(bare) => {
+            format!("unrecognized option '{name}' (did you mean '--{long}'?)")
+        }
+        _ => format!("unrecognized option '{name}'"),
+    }
+}
+
+/// Splits a directive line like a shell would (quotes, backslashes), stopping at a `#`.
+fn split_words(text: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, '\\') => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                    in_word = true;
+                }
+            }
+            (None, '#') if !in_word => break,
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    words
+}
+
+/// Parsed options: long name to values, in order, plus the arguments left over.
+struct Parsed {
+    options: Vec<(String, String)>,
+    rest: Vec<String>,
+}
+
+/// Parses sbatch options from `args`; stops at the first non-option (the script).
+fn parse_options(args: &[String], stop_at_positional: bool) -> Result<Parsed, String> {
+    let mut options = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        if arg == "--" {
+            return Ok(Parsed { options, rest: args[i + 1..].to_vec() });
+        }
+        if let Some(body) = arg.strip_prefix("--") {
+            let (name, inline) = match body.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (body, None),
+            };
+            let Some((long, _, takes)) = SBATCH_OPTIONS.iter().find(|(l, _, _)| *l == name) else {
+                return Err(unknown_option(&format!("--{name}")));
+            };
+            let value = match (takes, inline) {
+                (Takes::Flag, Some(_)) => return Err(format!("option '--{long}' takes no value")),
+                (Takes::Flag, None) | (Takes::OptionalValue, None) => String::new(),
+                (_, Some(v)) => v,
+                (Takes::Value, None) => {
+                    i += 1;
+                    args.get(i).cloned().ok_or_else(|| format!("option '--{long}' needs a value"))?
+                }
+            };
+            options.push((long.to_string(), value));
+        } else if arg.len() > 1 && arg.starts_with('-') {
+            let short = arg[1..].chars().next().unwrap_or('-');
+            let Some((long, _, takes)) = SBATCH_OPTIONS.iter().find(|(_, s, _)| *s == Some(short)) else {
+                return Err(unknown_option(&format!("-{short}")));
+            };
+            let attached = &arg[1 + short.len_utf8()..];
+            let value = match takes {
+                Takes::Flag if !attached.is_empty() => return Err(format!("option '-{short}' takes no value")),
+                Takes::Flag | Takes::OptionalValue => attached.to_string(),
+                Takes::Value if !attached.is_empty() => attached.trim_start_matches('=').to_string(),
+                Takes::Value => {
+                    i += 1;
+                    args.get(i).cloned().ok_or_else(|| format!("option '-{short}' needs a value"))?
+                }
+            };
+            options.push((long.to_string(), value));
+        } else if stop_at_positional {
+            return Ok(Parsed { options, rest: args[i..].to_vec() });
+        } else {
+            return Err(format!("unexpected '{arg}' in an #SBATCH line"));
+        }
+        i += 1;
+    }
+    Ok(Parsed { options, rest: Vec::new() })
+}
+
+/// The `#SBATCH` directives of a script: those before its first command line.
+fn directives(script: &str) -> Result<Vec<(String, String)>, String> {
+    let mut options = Vec::new();
+    for (n, raw) in script.lines().enumerate().skip(1) {
+        let text = raw.trim();
+        if text.is_empty() {
+            continue;
+        }
+        if !text.starts_with('#') {
+            break;
+        }
+        let Some(body) = text.strip_prefix("#SBATCH") else { continue };
+        if !body.starts_with(char::is_whitespace) {
+            continue;
+        }
+        let words = split_words(body);
+        let parsed = parse_options(&words, false).map_err(|e| format!("line {}: {e}", n + 1))?;
+        options.extend(parsed.options);
+    }
+    Ok(options)
+}
+
+fn number(option: &str, value: &str) -> Result<u32, String> {
+    value
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| format!("--{option}: '{value}' is not a whole number"))
+}
+
+/// Reads a `--gres` value: `gpu:N`, `gpu:TYPE:N`, comma lists.
+fn gpus_from_gres(value: &str) -> Result<u32, String> {
+    let mut total = 0;
+    for item in value.split(',') {
+        let parts: Vec<&str> = item.split(':').collect();
+        match parts.as_slice() {
+            ["gpu"] => total += 1,
+            ["gpu", n] if n.parse::<u32>().is_ok() => total += n.parse::<u32>().unwrap_or(0),
+            ["gpu", _model] => total += 1,
+            ["gpu", _model, n] => total += number("gres", n)?,
+            _ => return Err(format!("--gres: '{item}' is not understood here (use gpu:N or gpu:TYPE:N)")),
+        }
+    }
+    Ok(total)
+}
+
+/// Reads `--dependency`: `afterok:ID[:ID...]`, several joined by `,`.
+fn after_ok(value: &str) -> Result<Vec<u64>, String> {
+    let mut ids = Vec::new();
+    for item in value.split([',', '?']) {
+        let mut parts = item.split(':');
+        let kind = parts.next().unwrap_or("");
+        if kind != "afterok" {
+            return Err(format!("--dependency: '{kind}' is not supported here yet (only afterok:JOB)"));
+        }
+        for id in parts {
+            let (job, _) = parse_target(id.split('+').next().unwrap_or(id))
+                .map_err(|e| format!("--dependency: {e}"))?;
+            ids.push(job);
+        }
+    }
+    if ids.is_empty() {
+        return Err("--dependency: no job named (example: afterok:12)".into());
+    }
+    Ok(ids)
+}
+
+/// Builds the submission from sbatch options (directives first, command line last wins).
+fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<String>) -> Result<(SubmitRequest, bool), String> {
+    let mut o: BTreeMap<&str, &str> = BTreeMap::new();
+    for (k, v) in options {
+        o.insert(k.as_str(), v.as_str());
+        if NO_MEANING_HERE.contains(&k.as_str()) && !warn.iter().any(|w| w.contains(&format!("--{k}"))) {
+            warn.push(format!("sbatch: warning: --{k} has no effect on this fleet; ignored"));
+        }
+    }
+    let nodes = match o.get("nodes") {
+        Some(v) => {
+            let first = v.split('-').next().unwrap_or(v);
+            number("nodes", first)?
+        }
+        None => 1,
+    };
+    if nodes > 1 {
+        return Err(format!(
+            "--nodes={nodes}: a multi-node batch script needs srun inside its allocation, which Tidepool does not provide; start the ranks as a gang instead: tidepool submit --nodes {nodes} --tasks-per-node M -- PROGRAM"
+        ));
+    }
+    let ntasks = match (o.get("ntasks"), o.get("ntasks-per-node")) {
+        (Some(n), _) => number("ntasks", n)?,
+        (None, Some(n)) => number("ntasks-per-node", n)?,
+        (None, None) => 1,
+    };
+    if ntasks == 0 {
+        return Err("--ntasks: must be at least 1".into());
+    }
+    let cpus_per_task = match o.get("cpus-per-task") {
+        Some(c) => number("cpus-per-task", c)?,
+        None => 1,
+    };
+    if cpus_per_task == 0 {
+        return Err("--cpus-per-task: must be at least 1".into());
+    }
+    let cpus = cpus_per_task * ntasks;
+    let mem = match (o.get("mem"), o.get("mem-per-cpu")) {
+        (Some(m), _) => Some(m.to_string()),
+        (None, Some(m)) => {
+            let bytes = parse_mem_size(m).map_err(|e| format!("--mem-per-cpu: {e}"))?;
+            Some(format!("{}K", bytes * u64::from(cpus) / 1024))
+        }
+        (None, None) => None,
+    };
+    let mut gpus = 0;
+    if let Some(g) = o.get("gres") {
+        gpus = gpus_from_gres(g)?;
+    }
+    if let Some(g) = o.get("gpus").or(o.get("gpus-per-node")) {
+        gpus = number("gpus", g.rsplit(':').next().unwrap_or(g))?;
+    }
+    if let Some(g) = o.get("gpus-per-task") {
+        gpus = number("gpus-per-task", g.rsplit(':').next().unwrap_or(g))? * ntasks;
+    }
+    let constraint: Vec<String> = match o.get("constraint") {
+        Some(c) if c.contains(['|', '[', '*']) => {
+            return Err(format!("--constraint={c}: only AND lists (a&b or a,b) are supported here"))
+        }
+        Some(c) => c.split(['&', ',']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect(),
+        None => vec![],
+    };
+    if o.contains_key("exclusive") {
+        warn.push("sbatch: warning: --exclusive is not honoured yet; the job shares nodes".into());
+    }
+    if let Some(mode) = o.get("open-mode") {
+        if *mode != "truncate" {
+            warn.push(format!("sbatch: warning: --open-mode={mode} is not honoured yet; output is truncated"));
+        }
+    }
+    if o.contains_key("input") {
+        warn.push("sbatch: warning: --input is not honoured; standard input is /dev/null".into());
+    }
+    let tier = match o.get("qos") {
+        Some(q) => match q.parse::<tidepool_core::Tier>() {
+            Ok(t) => Some(t.name().to_string()),
+            Err(_) => {
+                warn.push(format!("sbatch: warning: --qos={q} is not a tier here; using batch"));
+                None
+            }
+        },
+        None => None,
+    };
+    let after = match o.get("dependency") {
+        Some(d) if !d.is_empty() => after_ok(d)?,
+        _ => vec![],
+    };
+    let workdir = match o.get("chdir") {
+        Some(d) => absolute(d)?,
+        None => current_dir()?,
+    };
+    let mut env = BTreeMap::new();
+    let export = o.get("export").copied().unwrap_or("ALL");
+    let items: Vec<&str> = export.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    if items.iter().any(|i| i.eq_ignore_ascii_case("ALL")) {
+        env = current_env();
+    }
+    if !items.iter().any(|i| i.eq_ignore_ascii_case("NONE")) {
+        let here = current_env();
+        for item in items.iter().filter(|i| !i.eq_ignore_ascii_case("ALL")) {
+            match item.split_once('=') {
+                Some((k, v)) => {
+                    env.insert(k.to_string(), v.to_string());
+                }
+                None => {
+                    if let Some(v) = here.get(*item) {
+                        env.insert(item.to_string(), v.clone());
+                    }
+                }
+            }
+        }
+    }
+    if ntasks > 1 {
+        env.insert("SLURM_NTASKS".into(), ntasks.to_string());
+    }
+    let req = SubmitRequest {
+        name: o.get("job-name").map(|s| s.to_string()),
+        command: vec![],
+        script: Some(script),
+        array: o.get("array").map(|s| s.to_string()),
+        cpus: Some(cpus),
+        mem,
+        gpus: (gpus > 0).then_some(gpus),
+        project: o.get("account").map(|s| s.to_string()),
+        tier,
+        time_limit: o.get("time").map(|s| s.to_string()),
+        after,
+        output: o.get("output").map(|s| s.to_string()),
+        error: o.get("error").map(|s| s.to_string()),
+        workdir: Some(workdir),
+        env,
+        pool: o.get("partition").map(|s| s.to_string()),
+        constraint,
+        resources: BTreeMap::new(),
+        nodes: None,
+        tasks_per_node: None,
+        secret_env: BTreeMap::new(),
+    };
+    Ok((req, o.contains_key("parsable")))
+}
+
+pub(super) async fn sbatch(args: Vec<String>) -> Result<u8, String> {
+    let cli = parse_options(&args, true)?;
+    let cli_has_wrap = cli.options.iter().any(|(k, _)| k == "wrap");
+    let (script, script_name) = if let Some((_, wrap)) = cli.options.iter().find(|(k, _)| k == "wrap") {
+        (format!("#!/bin/sh\n# This script was created by sbatch --wrap.\n\n{wrap}\n"), "wrap".to_string())
+    } else {
+        match cli.rest.first() {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+                (text, path.clone())
+            }
+            None => {
+                use std::io::Read;
+                let mut text = String::new();
+                std::io::stdin().read_to_string(&mut text).map_err(|e| format!("reading the script from standard input: {e}"))?;
+                (text, "stdin".to_string())
+            }
+        }
+    };
+    if !script.starts_with("#!") {
+        return Err("This does not look like a batch script. The first line must start with #! followed by the path to an interpreter.".into());
+    }
+    // Script arguments become positional parameters, as in `sbatch job.sh a b`.
+    let script_args: Vec<String> = if cli_has_wrap { vec![] } else { cli.rest.iter().skip(1).cloned().collect() };
+    let mut options = directives(&script)?;
+    options.extend(cli.options);
+    let mut warnings = Vec::new();
+    let (mut req, parsable) = build_request(&options, script, &mut warnings)?;
+    if req.name.is_none() {
+        req.name = Some(script_name.rsplit('/').next().unwrap_or(&script_name).to_string());
+    }
+    if !script_args.is_empty() {
+        let body = req.script.take().unwrap_or_default();
+        let quoted: Vec<String> = script_args.iter().map(|a| format!("'{}'", a.replace('\'', "'\\''"))).collect();
+        req.script = Some(wrap_with_args(&body, &quoted.join(" ")));
+    }
+    for w in &warnings {
+        eprintln!("{w}");
+    }
+    let client = Client::from_env()?;
+    let resp: SubmitResponse = client.post("/jobs", &req).await?;
+    if parsable {
+        line(&resp.job_id.to_string());
+    } else {
+        line(&format!("Submitted batch job {}", resp.job_id));
+    }
+    Ok(0)
+}
+
+/// A script that runs `body` with arguments: the body is kept as is under its interpreter, the
+/// wrapper passes the arguments on.
+fn wrap_with_args(body: &str, args: &str) -> String {
+    let interpreter = body.lines().next().unwrap_or("#!/bin/sh").trim_start_matches("#!").trim();
+    let marker = "TIDEPOOL_SCRIPT_END_7f3a";
+    format!(
+        "#!/bin/sh\ntmp=$(mktemp) || exit 1\ncat > \"$tmp\" <<'{marker}'\n{body}\n{marker}\nchmod +x \"$tmp\"\n{interpreter} \"$tmp\" {args}\nrc=$?\nrm -f \"$tmp\"\nexit $rc\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(script: &str) -> Result<Vec<(String, String)>, String> {
+        directives(script)
+    }
+
+    #[test]
+    fn directives_in_every_spelling() {
+        let script = "#!/bin/bash\n#SBATCH --job-name=sim -c 4\n\n#SBATCH --array 1-20%4   # twenty\n#SBATCH -o out_%A_%a.txt\n# plain comment\n#SBATCH --mail-type=END --mail-user=a@b\necho hi\n#SBATCH --mem=1G\n";
+        let o = opts(script).unwrap();
+        let names: Vec<&str> = o.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["job-name", "cpus-per-task", "array", "output", "mail-type", "mail-user"]);
+        assert_eq!(o[2].1, "1-20%4");
+        assert_eq!(o[3].1, "out_%A_%a.txt");
+    }
+
+    #[test]
+    fn misspelt_options_get_a_suggestion() {
+        let err = opts("#!/bin/sh\n#SBATCH --cpus-per-tsk=2\n").unwrap_err();
+        assert!(err.contains("--cpus-per-task"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        let err = parse_options(&["--arary=1-3".into()], true).err().unwrap();
+        assert!(err.contains("did you mean '--array'"), "{err}");
+    }
+
+    #[test]
+    fn requests_map_slurm_semantics() {
+        let options: Vec<(String, String)> = [
+            ("ntasks", "2"), ("cpus-per-task", "3"), ("mem-per-cpu", "1G"), ("gres", "gpu:a100:2"),
+            ("dependency", "afterok:7:8"), ("partition", "local"), ("account", "chem"), ("time", "1:00:00"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut warn = vec![];
+        let (req, parsable) = build_request(&options, "#!/bin/sh\n".into(), &mut warn).unwrap();
+        assert!(!parsable);
+        assert_eq!(req.cpus, Some(6));
+        assert_eq!(req.mem.as_deref(), Some("6291456K"));
+        assert_eq!(req.gpus, Some(2));
+        assert_eq!(req.after, vec![7, 8]);
+        assert_eq!(req.pool.as_deref(), Some("local"));
+        let gang = vec![("nodes".to_string(), "2".to_string())];
+        assert!(build_request(&gang, "#!/bin/sh\n".into(), &mut warn).unwrap_err().contains("multi-node"));
+        let mail = vec![("mail-type".to_string(), "ALL".to_string())];
+        let mut warn = vec![];
+        build_request(&mail, "#!/bin/sh\n".into(), &mut warn).unwrap();
+        assert_eq!(warn.len(), 1);
+    }
+
+    #[test]
+    fn words_split_like_a_shell() {
+        assert_eq!(split_words(" -J 'a b' --x=\"c d\" # note"), vec!["-J", "a b", "--x=c d"]);
+    }
+}
