@@ -185,3 +185,32 @@ async fn a_restart_from_a_snapshot_or_from_a_damaged_one_rebuilds_the_same_state
     assert_eq!((h.journaled(done), h.journaled(running)), before, "by full replay");
     assert_eq!(h.counts(running), (7, 2, 1));
 }
+
+#[tokio::test]
+async fn a_cancel_ends_pending_tasks_at_once_and_tells_the_agent_to_stop_the_running_ones() {
+    let mut h = Harness::new("cancel");
+    let session = h.join("n1", 2).await;
+    let job = h.shared.on_submit(array("0-4")).await.unwrap();
+    h.shared.schedule_pass().await.unwrap();
+    let launched = h.shared.on_poll(session).await.unwrap().launch;
+    assert_eq!(launched.len(), 2);
+
+    let answer = h.shared.on_cancel(job, None).await.unwrap();
+    assert_eq!((answer.n_cancelled, answer.n_signalled), (3, 2));
+    let told = h.shared.on_poll(session).await.unwrap().kill;
+    let mut expected: Vec<_> = launched.iter().map(|l| l.attempt).collect();
+    let mut got = told.clone();
+    expected.sort_by_key(|a| a.index);
+    got.sort_by_key(|a| a.index);
+    assert_eq!(got, expected, "the agent is told to stop exactly what it runs");
+    // Until the agent reports, the two still run; a pass places nothing of a cancelled job.
+    assert_eq!(h.shared.schedule_pass().await.unwrap(), 0);
+    let stopped: Vec<TaskResult> =
+        launched.iter().map(|l| TaskResult { outcome: AttemptOutcome::Cancelled, exit_code: None, signal: Some(15), ..succeeded(l, 0) }).collect();
+    h.shared.on_results(&stopped).await.unwrap();
+    let c = h.view(job).counts;
+    assert_eq!((c.pending, c.running, c.cancelled), (0, 0, 5));
+    assert!(h.shared.on_cancel(job, None).await.unwrap().already_ended);
+    h.restart();
+    assert_eq!(h.view(job).counts.cancelled, 5, "the cancel and the ends were journaled");
+}
