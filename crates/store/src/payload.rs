@@ -4,21 +4,32 @@
 
 use crate::{Ending, Error, Event, Outcome, Result};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// The payload version this build writes.
 pub(crate) const PAYLOAD_VERSION: u32 = 1;
 
+// Node names are borrowed both ways: written straight from the event, read straight from the
+// row's text when it holds no escape.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Envelope {
+struct Envelope<'a> {
     v: u32,
-    e: Body,
+    #[serde(borrow)]
+    e: Body<'a>,
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
-enum Body {
-    TaskDispatched { job_id: u64, index: u32, attempt: u32, node: String, at_ms: u64 },
+enum Body<'a> {
+    TaskDispatched {
+        job_id: u64,
+        index: u32,
+        attempt: u32,
+        #[serde(borrow)]
+        node: Cow<'a, str>,
+        at_ms: u64,
+    },
     TaskEnded {
         job_id: u64,
         index: u32,
@@ -33,7 +44,12 @@ enum Body {
     },
     TaskRequeued { job_id: u64, index: u32, attempt: u32, at_ms: u64 },
     JobCancelled { job_id: u64, index: Option<u32>, at_ms: u64 },
-    NodeDrained { node: String, draining: bool, at_ms: u64 },
+    NodeDrained {
+        #[serde(borrow)]
+        node: Cow<'a, str>,
+        draining: bool,
+        at_ms: u64,
+    },
 }
 
 /// The outcome as journaled: by name, so the core may renumber its own.
@@ -70,9 +86,9 @@ impl From<OutcomeName> for Outcome {
 
 /// The payload of an event; `None` for a submission, which the journal keeps as a job row.
 pub(crate) fn encode(event: &Event) -> Option<String> {
-    let body = match event.clone() {
+    let body = match *event {
         Event::JobSubmitted { .. } => return None,
-        Event::TaskDispatched { job_id, index, attempt, node, at_ms } => Body::TaskDispatched { job_id, index, attempt, node, at_ms },
+        Event::TaskDispatched { job_id, index, attempt, ref node, at_ms } => Body::TaskDispatched { job_id, index, attempt, node: Cow::Borrowed(node), at_ms },
         Event::TaskEnded { job_id, index, attempt, outcome, ending, at_ms } => Body::TaskEnded {
             job_id,
             index,
@@ -87,7 +103,7 @@ pub(crate) fn encode(event: &Event) -> Option<String> {
         },
         Event::TaskRequeued { job_id, index, attempt, at_ms } => Body::TaskRequeued { job_id, index, attempt, at_ms },
         Event::JobCancelled { job_id, index, at_ms } => Body::JobCancelled { job_id, index, at_ms },
-        Event::NodeDrained { node, draining, at_ms } => Body::NodeDrained { node, draining, at_ms },
+        Event::NodeDrained { ref node, draining, at_ms } => Body::NodeDrained { node: Cow::Borrowed(node), draining, at_ms },
     };
     // Serialising these plain fields cannot fail; were it to, the event would be lost, so the
     // error is turned into a payload that replay refuses loudly rather than an empty one.
@@ -112,7 +128,7 @@ pub(crate) fn decode(seq: u64, payload: &str) -> Result<Event> {
         return Err(Error::Corrupt(format!("event {seq}: payload version {}, this build reads {PAYLOAD_VERSION}", envelope.v)));
     }
     Ok(match envelope.e {
-        Body::TaskDispatched { job_id, index, attempt, node, at_ms } => Event::TaskDispatched { job_id, index, attempt, node, at_ms },
+        Body::TaskDispatched { job_id, index, attempt, node, at_ms } => Event::TaskDispatched { job_id, index, attempt, node: node.into_owned(), at_ms },
         Body::TaskEnded { job_id, index, attempt, outcome, exit_code, signal, started_ms, cpu_ms, peak_mem_bytes, at_ms } => Event::TaskEnded {
             job_id,
             index,
@@ -123,7 +139,7 @@ pub(crate) fn decode(seq: u64, payload: &str) -> Result<Event> {
         },
         Body::TaskRequeued { job_id, index, attempt, at_ms } => Event::TaskRequeued { job_id, index, attempt, at_ms },
         Body::JobCancelled { job_id, index, at_ms } => Event::JobCancelled { job_id, index, at_ms },
-        Body::NodeDrained { node, draining, at_ms } => Event::NodeDrained { node, draining, at_ms },
+        Body::NodeDrained { node, draining, at_ms } => Event::NodeDrained { node: node.into_owned(), draining, at_ms },
     })
 }
 

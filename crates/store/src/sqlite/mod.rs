@@ -87,8 +87,9 @@ impl SqliteStore {
         let mut rows = stmt.query(args)?;
         while let Some(row) = rows.next()? {
             let seq = row.get::<_, i64>(0)? as u64;
-            let text: String = row.get(1)?;
-            apply(payload::decode(seq, &text)?);
+            // Read in place: no copy of the payload per row.
+            let text = row.get_ref(1)?.as_str().map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))?;
+            apply(payload::decode(seq, text)?);
         }
         Ok(())
     }
@@ -131,7 +132,9 @@ impl Journal for SqliteStore {
         let mut stmt = self.conn.prepare("SELECT seq, payload FROM events ORDER BY seq")?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
-            let event = payload::decode(row.get::<_, i64>(0)? as u64, &row.get::<_, String>(1)?)?;
+            let seq = row.get::<_, i64>(0)? as u64;
+            let text = row.get_ref(1)?.as_str().map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))?;
+            let event = payload::decode(seq, text)?;
             while let Some(job) = pending_job.take_if(|job| job.job_id() <= event.job_id()) {
                 apply(job);
                 pending_job = next_job()?;
