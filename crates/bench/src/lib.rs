@@ -7,15 +7,14 @@
 //!   scheduler at all.
 //! - [`gateway`]: the gateway under a tier mix, and its added latency beside nginx's.
 //! - [`recovery`]: a restart on a journal of a million tasks.
-//! - [`http1`]: HTTP/1.1 framing by hand, shared with the product's end-to-end tests; `load`:
-//!   an instant upstream and a paced open-loop client for the proxy benchmarks.
+//! - `load`: an instant upstream and a paced open-loop client for the proxy benchmarks (raw
+//!   HTTP/1.1 framed by `tidepool_gateway::http1`, which the end-to-end tests use too).
 //!
 //! Benchmarks that run the product run the `tidepool` binary beside this one (or
 //! `TIDEPOOL_BIN`), as it is deployed.
 
 pub mod batch;
 pub mod gateway;
-pub mod http1;
 mod load;
 pub mod recovery;
 pub mod sched;

@@ -1,7 +1,7 @@
 //! Load for proxy benchmarks: an upstream that answers at once, and a paced open-loop client
 //! of raw HTTP/1.1 on one epoll thread.
 
-use crate::http1::{complete_message, read_message};
+use tidepool_gateway::http1::{complete_message, read_message};
 use std::time::Duration;
 
 /// What the instant upstream answers to every request: one finished chat completion.
@@ -81,7 +81,7 @@ pub(crate) async fn paced_load(bases: &[&str], key: &str, rate: f64, seconds: f6
         .iter()
         .map(|base| {
             let addr = base.trim_start_matches("http://").to_string();
-            let request = crate::http1::request("POST", "/v1/chat/completions", &addr, &[("authorization", &format!("Bearer {key}"))], body);
+            let request = tidepool_gateway::http1::request("POST", "/v1/chat/completions", &addr, &[("authorization", &format!("Bearer {key}"))], body);
             (addr, request)
         })
         .collect();

@@ -10,6 +10,7 @@
 //!   answered there, the rest handed to hyper and the router.
 //! - [`error`]: every refusal as one `Error`, answered as OpenAI's error object.
 //! - `openai`: OpenAI's object shapes (errors, models, event streams).
+//! - [`http1`]: HTTP/1.1 framing by hand for tests and benchmarks.
 //! - `request`: the few facts the gateway reads of a completion request, in one pass.
 //! - [`batch`]: the Files and Batches APIs and the batch runner.
 //! - [`emulator`]: an OpenAI-compatible replica whose pace follows a batching model.
@@ -26,6 +27,7 @@ mod connection;
 pub mod emulator;
 pub mod error;
 pub mod gateway;
+pub mod http1;
 mod openai;
 mod request;
 #[cfg(test)]

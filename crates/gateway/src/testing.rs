@@ -47,19 +47,10 @@ pub(crate) async fn metrics(addr: std::net::SocketAddr) -> String {
 /// Reads one whole answer (by its length, or its chunks) off `sock`: (head, body).
 pub(crate) async fn answer(sock: &mut TcpStream, buf: &mut Vec<u8>) -> (String, String) {
     loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let rest = &buf[end + 4..];
-            let length = head.lines().find_map(|l| l.strip_prefix("content-length: ")).map(|v| v.trim().parse::<usize>().unwrap());
-            let body = match length {
-                Some(n) if rest.len() >= n => Some((rest[..n].to_vec(), end + 4 + n)),
-                Some(_) => None,
-                None => dechunk(rest).map(|(body, used)| (body, end + 4 + used)),
-            };
-            if let Some((body, used)) = body {
-                buf.drain(..used);
-                return (head, String::from_utf8(body).unwrap());
-            }
+        if let Some((end, head)) = crate::http1::complete_message(buf).unwrap() {
+            let body = crate::http1::body_of(&buf[..end]);
+            buf.drain(..end);
+            return (head, String::from_utf8(body).unwrap());
         }
         let mut chunk = [0u8; 8192];
         let n = sock.read(&mut chunk).await.unwrap();
@@ -67,23 +58,3 @@ pub(crate) async fn answer(sock: &mut TcpStream, buf: &mut Vec<u8>) -> (String, 
         buf.extend_from_slice(&chunk[..n]);
     }
 }
-
-/// A whole chunked body at the start of `raw`, and the bytes it took; None if cut short.
-fn dechunk(raw: &[u8]) -> Option<(Vec<u8>, usize)> {
-    let mut body = Vec::new();
-    let mut at = 0;
-    loop {
-        let line_end = at + raw[at..].windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&raw[at..line_end]).unwrap(), 16).unwrap();
-        at = line_end + 2;
-        if size == 0 {
-            return (raw.len() >= at + 2).then_some((body, at + 2));
-        }
-        if raw.len() < at + size + 2 {
-            return None;
-        }
-        body.extend_from_slice(&raw[at..at + size]);
-        at += size + 2;
-    }
-}
-

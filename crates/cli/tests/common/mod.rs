@@ -312,9 +312,9 @@ pub fn http(base: &str, method: &str, path: &str, headers: &[(&str, &str)], body
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut all_headers = headers.to_vec();
     all_headers.push(("connection", "close"));
-    s.write_all(tidepool_bench::http1::request(method, path, addr, &all_headers, body).as_bytes()).unwrap();
+    s.write_all(tidepool_gateway::http1::request(method, path, addr, &all_headers, body).as_bytes()).unwrap();
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (tidepool_bench::http1::status_of(head), head.to_ascii_lowercase(), body.to_string())
+    (tidepool_gateway::http1::status_of(head), head.to_ascii_lowercase(), body.to_string())
 }

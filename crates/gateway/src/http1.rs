@@ -1,5 +1,7 @@
-//! HTTP/1.1 framing by hand, for the benchmarks' raw client and upstream and for the product's
-//! end-to-end tests: a request's text, and where an answer (or request) ends in a buffer.
+//! HTTP/1.1 framing by hand, for tests and benchmarks that speak raw HTTP (the gateway's own
+//! tests, the end-to-end tests, the benchmarks' paced client and instant upstream): a
+//! request's text, where a message ends in a buffer, and its body. The gateway serves and
+//! proxies with `connection.rs` and `upstream.rs`, not with this.
 
 /// A request's text: `method path` to `host`, with `headers` (a JSON content type unless they
 /// name one) and a body of `content-length` bytes.
@@ -65,6 +67,30 @@ pub async fn read_message(sock: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -
     }
 }
 
+/// The body of the whole message `message` (as `complete_message` delimits it): as sent, or
+/// put together from its chunks.
+pub fn body_of(message: &[u8]) -> Vec<u8> {
+    let Some(head_end) = message.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4) else { return Vec::new() };
+    let head = String::from_utf8_lossy(&message[..head_end]).to_ascii_lowercase();
+    let chunked = head.lines().any(|l| l.strip_prefix("transfer-encoding:").is_some_and(|v| v.contains("chunked")));
+    if !chunked {
+        return message[head_end..].to_vec();
+    }
+    let mut body = Vec::new();
+    let mut at = head_end;
+    while let Some(line_end) = message[at..].windows(2).position(|w| w == b"\r\n").map(|p| at + p) {
+        let size_text = String::from_utf8_lossy(&message[at..line_end]).split(';').next().unwrap_or("").trim().to_string();
+        let Ok(size) = usize::from_str_radix(&size_text, 16) else { break };
+        let start = line_end + 2;
+        if size == 0 || start + size > message.len() {
+            break;
+        }
+        body.extend_from_slice(&message[start..start + size]);
+        at = start + size + 2;
+    }
+    body
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +106,10 @@ mod tests {
         assert_eq!(status_of("HTTP/1.1 413 Payload Too Large"), 413);
         assert_eq!(status_of(""), 0);
     }
+    fn end_of(buf: &[u8]) -> usize {
+        complete_message(buf).unwrap().unwrap().0
+    }
+
     #[test]
     fn a_message_is_complete_only_when_its_whole_body_is_there() {
         let sized = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1";
@@ -90,5 +120,7 @@ mod tests {
         assert_eq!((end, head.starts_with("http/1.1 200")), (chunked.len(), true));
         assert_eq!(complete_message(&chunked[..chunked.len() - 1]), Ok(None));
         assert_eq!(complete_message(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"), Err(NotHttp));
+        assert_eq!(body_of(chunked), b"abc");
+        assert_eq!(body_of(&sized[..end_of(sized)]), b"hello");
     }
 }
