@@ -1,5 +1,7 @@
 //! The in-memory truth about jobs, tasks, nodes and projects, and the events that change it.
-//! The scheduling pass is in [`crate::schedule`], the reasons in [`crate::pending`].
+//! The scheduling pass is in [`schedule`], the reasons a job waits in [`pending`], scale
+//! advice in [`scale`]: all of them methods of [`Cluster`], whose fields only this module and
+//! its children touch, so every change goes through a method that keeps the invariants.
 //!
 //! Tasks of an array are kept by position (0-based, in index order): a byte of state each, a
 //! cursor over those never started, and maps only for tasks that run or ran more than once.
@@ -229,20 +231,20 @@ impl Default for Policy {
 /// The whole truth the scheduler decides on.
 #[derive(Debug, Clone, Default)]
 pub struct Cluster {
-    pub(crate) jobs: BTreeMap<JobId, Job>,
+    jobs: BTreeMap<JobId, Job>,
     /// Jobs with pending tasks.
-    pub(crate) queue: BTreeSet<(Tier, JobId)>,
-    pub(crate) nodes: Vec<Node>,
-    pub(crate) node_by_name: HashMap<String, NodeId>,
+    queue: BTreeSet<(Tier, JobId)>,
+    nodes: Vec<Node>,
+    node_by_name: HashMap<String, NodeId>,
     /// Online nodes with free CPU, by (free CPU, id): best fit is a range query.
-    pub(crate) free_index: BTreeSet<(u64, NodeId)>,
-    pub(crate) projects: Vec<Project>,
-    pub(crate) project_by_name: HashMap<String, usize>,
-    pub(crate) feature_bits: Vec<String>,
-    pub(crate) named_slots: Vec<String>,
-    pub(crate) policy: Policy,
+    free_index: BTreeSet<(u64, NodeId)>,
+    projects: Vec<Project>,
+    project_by_name: HashMap<String, usize>,
+    feature_bits: Vec<String>,
+    named_slots: Vec<String>,
+    policy: Policy,
     /// Reservations made by the last pass: node, job, expected start.
-    pub(crate) reservations: BTreeMap<NodeId, (JobId, u64)>,
+    reservations: BTreeMap<NodeId, (JobId, u64)>,
 }
 
 impl Cluster {
@@ -755,7 +757,10 @@ impl Cluster {
 }
 
 mod feasible;
+pub mod pending;
 mod sanity;
+pub mod scale;
+pub mod schedule;
 mod snapshot;
 mod task;
 

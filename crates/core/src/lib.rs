@@ -26,14 +26,12 @@ pub mod concurrency;
 pub mod decisions;
 pub mod forecast;
 pub mod job;
-pub mod pending;
 pub mod project;
 pub mod resources;
-pub mod scale;
-pub mod schedule;
 pub mod tier;
 
 pub use array::ArraySpec;
+pub use cluster::{pending, scale, schedule};
 pub use cluster::{
     Cluster, Decisions, KillOrder, NodeId, PendingReason, Placement, Policy, TaskCounts, TaskOutcome, TaskSnapshot, TaskState,
 };
