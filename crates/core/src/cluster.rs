@@ -51,25 +51,25 @@ pub struct PendingReason {
 /// A job and the state of its tasks.
 #[derive(Debug, Clone)]
 pub struct Job {
-    pub(crate) id: JobId,
-    pub(crate) spec: JobSpec,
-    pub(crate) submitted_ms: u64,
-    pub(crate) states: Vec<TaskState>,
-    pub(crate) running: HashMap<u32, RunningTask>,
-    pub(crate) last_attempt: HashMap<u32, u32>,
-    pub(crate) next_fresh: u32,
-    pub(crate) requeued: VecDeque<u32>,
-    pub(crate) counts: TaskCounts,
-    pub(crate) ended_ms: Option<u64>,
+    id: JobId,
+    spec: JobSpec,
+    submitted_ms: u64,
+    states: Vec<TaskState>,
+    running: HashMap<u32, RunningTask>,
+    last_attempt: HashMap<u32, u32>,
+    next_fresh: u32,
+    requeued: VecDeque<u32>,
+    counts: TaskCounts,
+    ended_ms: Option<u64>,
     /// What one task needs, with named resources in this cluster's slots.
-    pub(crate) demand: Resources,
+    demand: Resources,
     /// Features every node must have, as this cluster's bits.
-    pub(crate) feature_mask: u64,
-    pub(crate) project_idx: usize,
+    feature_mask: u64,
+    project_idx: usize,
     /// Attempts that ended on their own (not requeued or cancelled) and their summed run time
     /// as their nodes measured it: how long this job's tasks take, for the prefetch window.
-    pub(crate) n_timed: u64,
-    pub(crate) timed_ms: u64,
+    n_timed: u64,
+    timed_ms: u64,
 }
 
 impl Job {
@@ -148,23 +148,23 @@ const MIN_TIMED_TASKS: u64 = 8;
 /// A machine that runs tasks.
 #[derive(Debug, Clone)]
 pub struct Node {
-    pub(crate) name: String,
-    pub(crate) pool: String,
-    pub(crate) capacity: Resources,
-    pub(crate) allocated: Resources,
-    pub(crate) online: bool,
-    pub(crate) features: u64,
-    pub(crate) running: BTreeSet<(JobId, u32)>,
+    name: String,
+    pool: String,
+    capacity: Resources,
+    allocated: Resources,
+    online: bool,
+    features: u64,
+    running: BTreeSet<(JobId, u32)>,
     /// Tasks sent ahead of free resources, in the order the node starts them.
-    pub(crate) queued: VecDeque<(JobId, u32)>,
+    queued: VecDeque<(JobId, u32)>,
     /// The cores those queued tasks will take.
-    pub(crate) queued_cpu_millis: u64,
+    queued_cpu_millis: u64,
     /// Held for a job that preempted work here, until it places a task on it.
-    pub(crate) held_for: Option<JobId>,
+    held_for: Option<JobId>,
     /// Finishes what it runs and takes nothing new.
-    pub(crate) draining: bool,
+    draining: bool,
     /// Gets work only when no other node can take it now (a remote site such as Slurm).
-    pub(crate) overflow: bool,
+    overflow: bool,
 }
 
 impl Node {
