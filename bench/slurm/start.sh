@@ -36,6 +36,14 @@ if ! munge -n >/dev/null 2>&1; then
     cp "$munge_pid" "$dir/munged.pid"
 fi
 
+# Slurm's usual ports, unless another single-host Slurm (CI's, a benchmark's) holds them: then
+# free ones, so the two never answer each other's clients.
+port_in_use() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+pick_port() { if port_in_use "$1"; then free_port; else echo "$1"; fi; }
+ctld_port=${TIDEPOOL_SLURMCTLD_PORT:-$(pick_port 6817)}
+slurmd_port=${TIDEPOOL_SLURMD_PORT:-$(pick_port 6818)}
+
 node_line=$(slurmd -C | head -1)
 host=$(hostname)
 cat > "$dir/slurm.conf" <<CONF
@@ -50,8 +58,8 @@ SlurmctldPidFile=$dir/slurmctld.pid
 SlurmdPidFile=$dir/slurmd.pid
 SlurmctldLogFile=$dir/slurmctld.log
 SlurmdLogFile=$dir/slurmd.log
-SlurmctldPort=${TIDEPOOL_SLURMCTLD_PORT:-6817}
-SlurmdPort=${TIDEPOOL_SLURMD_PORT:-6818}
+SlurmctldPort=$ctld_port
+SlurmdPort=$slurmd_port
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SchedulerType=sched/backfill
