@@ -95,3 +95,19 @@ fn a_task_inherits_no_descriptor_of_the_launcher_or_the_agent() {
     let fds: Vec<&str> = fds.split_whitespace().collect();
     assert_eq!(fds, ["0", "1", "2"], "a task holds more than its standard streams");
 }
+
+#[test]
+fn a_task_leads_a_session_of_its_own_with_no_controlling_terminal() {
+    let env = Env::new("session");
+    // /proc/PID/stat after the command's name: state, ppid, pgrp, session, tty_nr, ...
+    let job = env.ok(&["submit", "--", "sh", "-c", "echo $$; cat /proc/$$/stat"]);
+    assert!(env.run(&["wait", job.trim()]).status.success());
+    let out = env.ok(&["logs", job.trim()]);
+    let mut lines = out.lines();
+    let pid = lines.next().unwrap().trim().to_string();
+    let stat = lines.next().unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let (pgrp, session, tty) = (fields[2], fields[3], fields[4]);
+    assert_eq!((pgrp, session), (pid.as_str(), pid.as_str()), "its own process group and session: {stat}");
+    assert_eq!(tty, "0", "no controlling terminal: {stat}");
+}

@@ -68,7 +68,7 @@ pub(super) fn signal_tree(pgid: i32, cgroup_pids: &[i32], signal: i32) {
 }
 
 /// Starts `file` with exactly `argv` and `envp` in `workdir`, its stdin from /dev/null and its
-/// stdout and stderr on the given files, in a process group of its own, with every signal at
+/// stdout and stderr on the given files, in a session (so a process group) of its own, with every signal at
 /// its default and none blocked; its pid. posix_spawn runs no code of ours in the child, so
 /// its cost does not grow with this process (a fork would), and the argument and environment
 /// arrays are built once here rather than by `Command`'s maps on every launch.
@@ -97,8 +97,9 @@ pub(super) fn spawn_task(file: &CStr, argv: &[CString], envp: &[CString], workdi
             libc::sigemptyset(&mut none);
             check(libc::posix_spawnattr_setsigdefault(&mut attr, &all))?;
             check(libc::posix_spawnattr_setsigmask(&mut attr, &none))?;
-            check(libc::posix_spawnattr_setpgroup(&mut attr, 0))?;
-            let flags = libc::POSIX_SPAWN_SETPGROUP | libc::POSIX_SPAWN_SETSIGDEF | libc::POSIX_SPAWN_SETSIGMASK;
+            // A session of its own, so a process group of its own (pgid = pid, what a cancel
+            // signals) and no controlling terminal to read or signal, whatever the agent had.
+            let flags = libc::POSIX_SPAWN_SETSID | (libc::POSIX_SPAWN_SETSIGDEF | libc::POSIX_SPAWN_SETSIGMASK) as libc::c_short;
             check(libc::posix_spawnattr_setflags(&mut attr, flags as libc::c_short))?;
             let mut pid: libc::pid_t = 0;
             check(libc::posix_spawn(&mut pid, file.as_ptr(), &actions, &attr, argv.as_ptr().cast(), envp.as_ptr().cast()))?;
