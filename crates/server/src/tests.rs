@@ -214,3 +214,32 @@ async fn a_cancel_ends_pending_tasks_at_once_and_tells_the_agent_to_stop_the_run
     h.restart();
     assert_eq!(h.view(job).counts.cancelled, 5, "the cancel and the ends were journaled");
 }
+
+#[tokio::test]
+async fn secret_values_reach_the_tasks_and_are_deleted_when_the_job_ends() {
+    let mut h = Harness::new("secrets");
+    let session = h.join("n1", 1).await;
+    let secret = |range: &str| SubmitRequest { secret_env: [("API_KEY".to_string(), "s3cret-value".to_string())].into(), ..array(range) };
+    let ends = h.shared.on_submit(secret("0-1")).await.unwrap();
+    let cancelled = h.shared.on_submit(secret("0")).await.unwrap();
+    let file = |job: u64| h.dir.0.join("secrets").join(format!("{job}.json"));
+    assert!(file(ends).exists() && file(cancelled).exists());
+
+    // One task at a time on one core: the second task still needs the secret after the first ends.
+    h.shared.schedule_pass().await.unwrap();
+    let first = h.shared.on_poll(session).await.unwrap().launch;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].env.get("API_KEY").map(String::as_str), Some("s3cret-value"));
+    h.shared.on_results(&[succeeded(&first[0], 0)]).await.unwrap();
+    assert!(file(ends).exists(), "deleted while a task still had to start");
+    h.shared.schedule_pass().await.unwrap();
+    let second = h.shared.on_poll(session).await.unwrap().launch;
+    assert_eq!(second[0].env.get("API_KEY").map(String::as_str), Some("s3cret-value"));
+    h.shared.on_results(&[succeeded(&second[0], 0)]).await.unwrap();
+    assert!(!file(ends).exists(), "the job ended: its secret file is gone");
+
+    h.shared.on_cancel(cancelled, None).await.unwrap();
+    assert!(!file(cancelled).exists(), "a cancelled job's secret file is gone");
+    h.restart();
+    assert!(!h.dir.0.join("secrets").join(format!("{ends}.json")).exists());
+}

@@ -74,8 +74,11 @@ pub struct Inner {
     sessions: HashMap<NodeId, Session>,
     next_session_id: u64,
     cancel_pending: HashSet<AttemptRef>,
-    /// Secret environment values per job, kept in their own files, never in the journal.
+    /// Secret environment values per job, kept in their own files, never in the journal, and
+    /// deleted when the job ends.
     secrets: HashMap<JobId, std::collections::BTreeMap<String, String>>,
+    /// Where the secrets' files are.
+    secrets_dir: std::path::PathBuf,
     /// Attempts told to stop for higher-priority work: their end puts them back in the queue.
     preempt_pending: HashSet<AttemptRef>,
 }
@@ -265,12 +268,12 @@ impl Shared {
             return Ok(CancelResponse { n_cancelled: 0, n_signalled: 0, already_ended });
         }
         let _gate = self.apply_gate.read().await;
-        self.writer
-            .append(vec![Event::JobCancelled { job_id, index, at_ms: self.config.clock.now_ms() }])
-            .await?;
+        // One time for the journal and the state, so a replay rebuilds exactly this.
+        let at_ms = self.config.clock.now_ms();
+        self.writer.append(vec![Event::JobCancelled { job_id, index, at_ms }]).await?;
         let mut inner = self.lock();
         let before = inner.cluster.job(JobId(job_id)).map(|j| j.counts()).unwrap_or_default();
-        let kills = inner.cluster.cancel(JobId(job_id), index, self.config.clock.now_ms())?;
+        let kills = inner.cluster.cancel(JobId(job_id), index, at_ms)?;
         let after = inner.cluster.job(JobId(job_id)).map(|j| j.counts()).unwrap_or_default();
         let n_signalled = kills.len() as u32;
         for kill in kills {
@@ -281,6 +284,7 @@ impl Shared {
                 session.wake.notify_one();
             }
         }
+        inner.forget_secrets_if_ended(JobId(job_id));
         Ok(CancelResponse { n_cancelled: after.cancelled - before.cancelled, n_signalled, already_ended })
     }
 
@@ -469,6 +473,7 @@ impl Inner {
                 }
                 self.cancel_pending.remove(&AttemptRef { job_id, index, attempt });
                 self.preempt_pending.remove(&AttemptRef { job_id, index, attempt });
+                self.forget_secrets_if_ended(JobId(job_id));
             }
             Event::TaskRequeued { job_id, index, attempt, at_ms } => {
                 if let Some(pos) = pos_of(&self.cluster, JobId(job_id), index) {
@@ -490,7 +495,30 @@ impl Inner {
                         self.cancel_pending.insert(AttemptRef { job_id, index: k.index, attempt: k.attempt });
                     }
                 }
+                self.forget_secrets_if_ended(JobId(job_id));
             }
+        }
+    }
+
+    /// Once a job has ended, no attempt of it will start again: its secret values go, from
+    /// memory and from disk.
+    fn forget_secrets_if_ended(&mut self, job_id: JobId) {
+        if !self.cluster.job(job_id).is_some_and(|j| j.is_finished()) || self.secrets.remove(&job_id).is_none() {
+            return;
+        }
+        match std::fs::remove_file(self.secrets_dir.join(format!("{}.json", job_id.0))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(job = job_id.0, error = %e, "the secret values of an ended job could not be deleted"),
+        }
+    }
+
+    /// Deletes the secret values of every job that has ended (those that ended before the
+    /// snapshot a restart began from are not replayed one by one).
+    pub(super) fn forget_ended_secrets(&mut self) {
+        let held: Vec<JobId> = self.secrets.keys().copied().collect();
+        for job_id in held {
+            self.forget_secrets_if_ended(job_id);
         }
     }
 

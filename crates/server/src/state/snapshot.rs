@@ -39,6 +39,7 @@ impl Inner {
             cancel_pending: HashSet::new(),
             preempt_pending: HashSet::new(),
             secrets: load_secrets(&config.data_dir.join("secrets")),
+            secrets_dir: config.data_dir.join("secrets"),
         };
         for (name, limits) in &config.projects {
             inner.cluster.set_project(name, *limits);
@@ -60,6 +61,7 @@ impl Inner {
                             n_events += 1;
                             inner.replay(event);
                         })?;
+                        inner.forget_ended_secrets();
                         return Ok((inner, n_events));
                     }
                     Err(reason) => {
@@ -78,6 +80,7 @@ impl Inner {
             n_events += 1;
             inner.replay(event);
         })?;
+        inner.forget_ended_secrets();
         Ok((inner, n_events))
     }
 
