@@ -170,6 +170,22 @@ fn program_of(spec: &LaunchSpec, dir: &Path) -> Result<(String, Vec<String>), St
     }
 }
 
+/// The batch script at `path` given to `identity` (owner, mode 0500) and opened without
+/// close-on-exec, with the path a task reaches it by through that descriptor.
+fn script_for(path: &Path, identity: &tidepool_api::RunAs) -> Result<(File, String), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::chown(path, Some(identity.uid), Some(identity.gid)).map_err(|e| format!("script: {e}"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o500)).map_err(|e| format!("script: {e}"))?;
+    let file = File::open(path).map_err(|e| format!("script: {e}"))?;
+    // SAFETY: fcntl on a descriptor we own, clearing only its close-on-exec flag.
+    unsafe {
+        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFD);
+        libc::fcntl(file.as_raw_fd(), libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+    }
+    let via = format!("/dev/fd/{}", file.as_raw_fd());
+    Ok((file, via))
+}
+
 /// `program` as found on the task's own PATH (posix_spawn would search the launcher's).
 fn resolve(program: &str, path: &str, workdir: &str) -> String {
     if program.contains('/') {
@@ -501,8 +517,13 @@ impl Launcher {
             }
             Err(message) => {
                 let launch = &spec.launch;
-                let opened = OpenOptions::new().create(true).append(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&launch.stderr_path);
-                if let Ok(mut f) = opened {
+                let open = || OpenOptions::new().create(true).append(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&launch.stderr_path);
+                // Where the task may not write, neither may the note of why it did not start.
+                let opened = match &launch.run_as {
+                    Some(identity) if !launch.discard_empty_output => with_fs_identity(identity, open).ok().and_then(Result::ok),
+                    _ => open().ok(),
+                };
+                if let Some(mut f) = opened {
                     if writeln!(f, "tidepool: {message}").is_ok() {
                         let mut files = vec![("stderr", launch.stderr_path.as_str(), &f)];
                         if launch.stdout_path == launch.stderr_path {
@@ -544,13 +565,31 @@ impl Launcher {
     fn spawn(&mut self, spec: &LaunchSpec, dir: &Path, task_procs: &[File]) -> Result<i32, String> {
         let launch = &spec.launch;
         let private = launch.discard_empty_output;
-        let stdout = open_output(&launch.stdout_path, private)?;
+        let run_as = launch.run_as.as_ref();
+        // A path the user chose is opened as the task's identity, so the task writes only where
+        // that identity may; Tidepool's own log files (the server chose them) are the launcher's.
+        let open = |path: &str| match run_as {
+            Some(identity) if !private => with_fs_identity(identity, || open_output(path, false))?,
+            _ => open_output(path, private),
+        };
+        let stdout = open(&launch.stdout_path)?;
         // One file for both when they are the same path.
-        let stderr = if launch.stderr_path == launch.stdout_path { None } else { Some(open_output(&launch.stderr_path, private)?) };
+        let stderr = if launch.stderr_path == launch.stdout_path { None } else { Some(open(&launch.stderr_path)?) };
         let files = [("stdout", launch.stdout_path.as_str(), &stdout), ("stderr", launch.stderr_path.as_str(), stderr.as_ref().unwrap_or(&stdout))];
         // Unrecorded, the output is still written; only reading it back through Tidepool fails.
         let _ = crate::outputs::record(&self.outputs_dir, launch.attempt, &files);
-        let (program, args) = program_of(spec, dir)?;
+        let (mut program, args) = program_of(spec, dir)?;
+        // A batch script lies in the attempt's directory, which only the launcher may enter: a
+        // task with an identity of its own runs it through a descriptor it inherits, made its
+        // identity's to read and run.
+        let script_fd = match (run_as, &launch.script) {
+            (Some(identity), Some(_)) => {
+                let (fd, path) = script_for(Path::new(&program), identity)?;
+                program = path;
+                Some(fd)
+            }
+            _ => None,
+        };
         let path = launch.env.get("PATH").map_or("/usr/local/bin:/usr/bin:/bin", String::as_str);
         let path = match &spec.bin_dir {
             Some(bin) => format!("{bin}:{path}"),
@@ -576,7 +615,12 @@ impl Launcher {
             self.go_home();
             return Err(format!("cannot start {program}: cannot enter its cgroup, so its limits would not hold: {e}"));
         }
-        let spawned = with_umask(TASK_UMASK, || spawn_task(&file, &argv, &envp, &workdir, &stdout, stderr.as_ref().unwrap_or(&stdout)));
+        let stderr = stderr.as_ref().unwrap_or(&stdout);
+        let spawned = with_umask(TASK_UMASK, || match run_as {
+            Some(identity) => spawn_task_as(identity, &file, &argv, &envp, &workdir, &stdout, stderr),
+            None => spawn_task(&file, &argv, &envp, &workdir, &stdout, stderr),
+        });
+        drop(script_fd);
         self.go_home();
         spawned.map_err(|e| format!("cannot start {program}: {e}"))
     }

@@ -258,6 +258,10 @@ impl SlurmExecutor {
 impl Executor for SlurmExecutor {
     fn start(&self, launch: Launch, dir: &Path) -> Result<(), String> {
         let a = launch.attempt;
+        // sbatch from here would run it as this agent's user: refused rather than run as root.
+        if let Some(identity) = &launch.run_as {
+            return Err(format!("this Slurm site does not run tasks as a project's identity (uid {}) yet", identity.uid));
+        }
         let id = self.submit(&launch, dir, crate::launcher::now_ms()).map_err(|e| format!("cannot hand the task to Slurm: {e}"))?;
         tracing::debug!(job = a.job_id, index = a.index, slurm_job = %id, "handed to Slurm");
         Ok(())
@@ -338,6 +342,7 @@ mod tests {
             cpu_millis: 1000,
             mem_bytes: 0,
             discard_empty_output: false,
+            run_as: None,
         };
         let s = batch_script(&launch, Path::new("/run/x"));
         assert!(s.contains("export A='x'\\''y'\n"), "{s}");

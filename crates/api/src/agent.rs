@@ -142,6 +142,22 @@ pub struct Launch {
     pub mem_bytes: u64,
     /// Delete the output files when the task wrote nothing to them.
     pub discard_empty_output: bool,
+    /// The identity the task runs as, and opens its files as; none: the agent's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<RunAs>,
+}
+
+/// A Unix identity a task runs as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunAs {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    #[serde(default)]
+    pub groups: Vec<u32>,
 }
 
 /// How an attempt ended, as an agent reports it: the core's four outcomes, and `stopped` (its

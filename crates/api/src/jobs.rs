@@ -232,6 +232,15 @@ pub struct ProjectRequest {
     /// Fair-share weight (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share: Option<u32>,
+    /// The Unix user id its tasks run as on every node (never 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// The group id its tasks run as (default: the uid; never 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// Supplementary groups of its tasks, for shared storage (never 0).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<u32>,
 }
 
 /// `POST /api/v1/tokens`: a token for one project, or a join token for agents.

@@ -76,7 +76,7 @@ pub fn document() -> String {
                 "NodeList": {"type": "array", "items": {"$ref": "#/components/schemas/NodeView"}},
                 "NameList": {"type": "array", "items": string},
                 "DrainAnswer": {"type": "object", "properties": {"node": string, "draining": {"type": "boolean"}}},
-                "ProjectRequest": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {"name": string, "quota": int, "borrow": int, "share": int}},
+                "ProjectRequest": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {"name": string, "quota": int, "borrow": int, "share": int, "uid": int, "gid": int, "groups": {"type": "array", "items": int}}},
                 "ProjectCreated": {"type": "object", "properties": {"name": string}},
                 "TokenRequest": {"type": "object", "additionalProperties": false, "properties": {"project": string, "join": {"type": "boolean"}}},
                 "TokenCreated": {"type": "object", "required": ["id", "token"], "properties": {"id": string, "token": string, "project": string}},

@@ -78,6 +78,15 @@ pub enum ProjectAction {
         /// Fair-share weight.
         #[arg(long)]
         share: Option<u32>,
+        /// The user id its tasks run as on every node (never 0).
+        #[arg(long)]
+        uid: Option<u32>,
+        /// The group id its tasks run as (default: the uid).
+        #[arg(long)]
+        gid: Option<u32>,
+        /// Supplementary groups of its tasks, comma-separated ids (for shared storage).
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<u32>,
     },
     /// List projects.
     List,

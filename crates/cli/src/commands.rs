@@ -426,8 +426,8 @@ pub async fn drain(node: &str, draining: bool) -> Result<u8, String> {
 pub async fn project(action: crate::cli::ProjectAction) -> Result<u8, String> {
     let client = Client::from_env()?;
     match action {
-        crate::cli::ProjectAction::Create { name, quota, borrow, share } => {
-            let req = tidepool_api::ProjectRequest { name, quota, borrow, share };
+        crate::cli::ProjectAction::Create { name, quota, borrow, share, uid, gid, groups } => {
+            let req = tidepool_api::ProjectRequest { name, quota, borrow, share, uid, gid, groups };
             let _: serde_json::Value = client.post("/projects", &req).await?;
         }
         crate::cli::ProjectAction::List => {

@@ -197,8 +197,8 @@ fn a_second_handle_sees_commits(mut store: Box<dyn Store>) -> std::result::Resul
 }
 
 fn projects(mut store: Box<dyn Store>) -> std::result::Result<(), String> {
-    let chem = ProjectRow { name: "chem".into(), quota_millis: Some(4000), borrow_millis: None, share: 2 };
-    let bio = ProjectRow { name: "bio".into(), quota_millis: None, borrow_millis: Some(1000), share: 1 };
+    let chem = ProjectRow { name: "chem".into(), quota_millis: Some(4000), borrow_millis: None, share: 2, uid: Some(5001), gid: Some(5002), groups: vec![100, 4000000000] };
+    let bio = ProjectRow { name: "bio".into(), quota_millis: None, borrow_millis: Some(1000), share: 1, uid: None, gid: None, groups: vec![] };
     ensure!(ok(store.create_project(&chem, 1))?, "a new project was refused");
     ensure!(ok(store.create_project(&bio, 2))?, "a second project was refused");
     let again = ProjectRow { share: 9, ..chem.clone() };

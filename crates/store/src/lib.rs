@@ -111,6 +111,12 @@ pub struct ProjectRow {
     pub borrow_millis: Option<u64>,
     /// Fair-share weight.
     pub share: u32,
+    /// The user id its tasks run as.
+    pub uid: Option<u32>,
+    /// The group id its tasks run as.
+    pub gid: Option<u32>,
+    /// Supplementary groups of its tasks.
+    pub groups: Vec<u32>,
 }
 
 /// A project-scoped API token as stored: never the token itself, only its hash.

@@ -111,6 +111,130 @@ pub(super) fn spawn_task(file: &CStr, argv: &[CString], envp: &[CString], workdi
     }
 }
 
+/// Runs `f` with the file-system identity of `run_as` (fsuid, fsgid and groups), so that what
+/// it opens or makes is checked, and owned, as that identity's would be; the launcher's own
+/// comes back after. The launcher is one thread: nothing else opens a file meanwhile.
+pub(super) fn with_fs_identity<T>(run_as: &tidepool_api::RunAs, f: impl FnOnce() -> T) -> Result<T, String> {
+    // SAFETY: getgroups, setgroups, setfsuid and setfsgid read and write only the arrays we
+    // own, and change only this (single-threaded) process's credentials, which are restored.
+    unsafe {
+        let n = libc::getgroups(0, std::ptr::null_mut());
+        let mut own = vec![0 as libc::gid_t; n.max(0) as usize];
+        if n > 0 && libc::getgroups(n, own.as_mut_ptr()) < 0 {
+            return Err(format!("getgroups: {}", std::io::Error::last_os_error()));
+        }
+        if libc::setgroups(run_as.groups.len(), run_as.groups.as_ptr()) != 0 {
+            return Err(format!("cannot take groups {:?}: {}", run_as.groups, std::io::Error::last_os_error()));
+        }
+        let old_gid = libc::setfsgid(run_as.gid);
+        let old_uid = libc::setfsuid(run_as.uid);
+        // setfsuid reports the old value whether or not it worked: ask again to know.
+        let took = libc::setfsuid(run_as.uid) as u32 == run_as.uid && libc::setfsgid(run_as.gid) as u32 == run_as.gid;
+        let out = took.then(f);
+        libc::setfsuid(old_uid as libc::uid_t);
+        libc::setfsgid(old_gid as libc::gid_t);
+        libc::setgroups(own.len(), own.as_ptr());
+        out.ok_or_else(|| format!("cannot act as uid {} gid {}: this node's launcher is not root", run_as.uid, run_as.gid))
+    }
+}
+
+/// Like `spawn_task`, but the task runs as `run_as`: its groups, gid and uid set for good and
+/// no new privileges (a setuid program it runs gains nothing) before it changes into `workdir`
+/// (as that identity) and execs. posix_spawn cannot change identity: the launcher forks, and,
+/// being small and single-threaded, pays little for it. An error of the child (a directory
+/// the identity may not enter, a program it may not run) comes back through a pipe.
+pub(super) fn spawn_task_as(
+    run_as: &tidepool_api::RunAs,
+    file: &CStr,
+    argv: &[CString],
+    envp: &[CString],
+    workdir: &CStr,
+    stdout: &File,
+    stderr: &File,
+) -> std::io::Result<i32> {
+    let nul_ended = |strings: &[CString]| strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect::<Vec<_>>();
+    let (argv, envp) = (nul_ended(argv), nul_ended(envp));
+    let groups: Vec<libc::gid_t> = run_as.groups.clone();
+    let (out_fd, err_fd) = (stdout.as_raw_fd(), stderr.as_raw_fd());
+    let mut pipe = [0i32; 2];
+    // SAFETY: pipe2 fills the array we own.
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let (read_end, write_end) = (pipe[0], pipe[1]);
+    // SAFETY: the launcher is single-threaded, so the child may run any code; it still makes
+    // only system calls, on memory prepared before the fork, and ends in execve or _exit.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: the child's own calls; each failure is reported and ends the child.
+        unsafe {
+            let fail = |step: i32| -> ! {
+                let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+                let report = [step, errno];
+                libc::write(write_end, report.as_ptr().cast(), std::mem::size_of_val(&report));
+                libc::_exit(127)
+            };
+            libc::close(read_end);
+            if libc::setsid() < 0 {
+                fail(1);
+            }
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+            if null < 0 || libc::dup2(null, 0) < 0 || libc::dup2(out_fd, 1) < 0 || libc::dup2(err_fd, 2) < 0 {
+                fail(2);
+            }
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            for signal in 1..libc::SIGRTMAX() {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setresgid(run_as.gid, run_as.gid, run_as.gid) != 0 {
+                fail(3);
+            }
+            if libc::setresuid(run_as.uid, run_as.uid, run_as.uid) != 0 || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                fail(4);
+            }
+            if libc::chdir(workdir.as_ptr()) != 0 {
+                fail(5);
+            }
+            libc::execve(file.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            fail(6);
+        }
+    }
+    // SAFETY: closing our copy of the write end and reading the child's report into memory we own.
+    unsafe {
+        libc::close(write_end);
+        if pid < 0 {
+            let e = std::io::Error::last_os_error();
+            libc::close(read_end);
+            return Err(e);
+        }
+        let mut report = [0i32; 2];
+        let n = loop {
+            let n = libc::read(read_end, report.as_mut_ptr().cast(), std::mem::size_of_val(&report));
+            if n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                break n;
+            }
+        };
+        libc::close(read_end);
+        if n <= 0 {
+            // The pipe closed on exec: the task runs.
+            return Ok(pid);
+        }
+        // The child failed before exec and has ended: reap it here, not as a task.
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+        let step = match report[0] {
+            1 => "start a session".to_string(),
+            2 => "set up its standard streams".to_string(),
+            3 => format!("take groups {:?} and gid {}", run_as.groups, run_as.gid),
+            4 => format!("become uid {}", run_as.uid),
+            5 => format!("enter {} as uid {}", workdir.to_string_lossy(), run_as.uid),
+            _ => format!("run {} as uid {}", file.to_string_lossy(), run_as.uid),
+        };
+        Err(std::io::Error::new(std::io::Error::from_raw_os_error(report[1]).kind(), format!("cannot {step}: {}", std::io::Error::from_raw_os_error(report[1]))))
+    }
+}
+
 /// Opens and locks an attempt's directory, held until its result is written; None (said on
 /// stderr) when a restarted agent holds it or has removed it as abandoned, and will have the
 /// server requeue it.

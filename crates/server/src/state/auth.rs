@@ -86,19 +86,39 @@ impl Shared {
         if req.borrow.is_some() && req.quota.is_none() {
             return Err(Error::field("borrow", "a borrowing limit needs a quota"));
         }
+        // Root is never a project's identity: its tasks could then do anything on every node.
+        if req.uid == Some(0) {
+            return Err(Error::field("uid", "a project's tasks never run as root (uid 0)"));
+        }
+        if req.gid == Some(0) || req.groups.contains(&0) {
+            return Err(Error::field(if req.gid == Some(0) { "gid" } else { "groups" }, "a project's tasks never run in the root group (gid 0)"));
+        }
+        if req.uid.is_none() && (req.gid.is_some() || !req.groups.is_empty()) {
+            return Err(Error::field("uid", "groups need a uid to go with them"));
+        }
+        if req.groups.len() > 64 {
+            return Err(Error::field("groups", "at most 64 supplementary groups"));
+        }
         let row = tidepool_store::ProjectRow {
             name: req.name.clone(),
             quota_millis: req.quota.map(|q| q * 1000),
             borrow_millis: req.borrow.map(|b| b * 1000),
             share: req.share.unwrap_or(1).max(1),
+            uid: req.uid,
+            gid: req.uid.map(|uid| req.gid.unwrap_or(uid)),
+            groups: req.groups.clone(),
         };
         let created = self.reader.lock().unwrap_or_else(|p| p.into_inner()).create_project(&row, self.config.clock.now_ms())?;
         if !created {
             return Err(Error::field("name", format!("project {} exists", req.name)));
         }
+        let mut inner = self.lock();
         if row.quota_millis.is_some() {
             let limits = tidepool_core::ProjectLimits { quota_cpu_millis: row.quota_millis, borrow_cpu_millis: row.borrow_millis, share: row.share };
-            self.lock().cluster.set_project(&row.name, limits);
+            inner.cluster.set_project(&row.name, limits);
+        }
+        if let Some(run_as) = run_as_of(&row) {
+            inner.identities.insert(row.name.clone(), run_as);
         }
         Ok(())
     }
@@ -140,4 +160,9 @@ impl Shared {
         }
         Ok(())
     }
+}
+
+/// The identity a project's tasks run as, when it has one.
+pub(super) fn run_as_of(project: &tidepool_store::ProjectRow) -> Option<tidepool_api::RunAs> {
+    Some(tidepool_api::RunAs { uid: project.uid?, gid: project.gid.or(project.uid)?, groups: project.groups.clone() })
 }

@@ -102,6 +102,7 @@ impl Inner {
             cpu_millis: spec.per_task.cpu_millis,
             mem_bytes: spec.per_task.mem_bytes,
             discard_empty_output,
+            run_as: self.identities.get(&spec.project).cloned(),
         })
     }
 }

@@ -79,6 +79,8 @@ pub struct Inner {
     secrets: HashMap<JobId, std::collections::BTreeMap<String, String>>,
     /// Where the secrets' files are.
     secrets_dir: std::path::PathBuf,
+    /// The identity each project's tasks run as, for projects that have one.
+    identities: HashMap<String, tidepool_api::RunAs>,
     /// Attempts told to stop for higher-priority work: their end puts them back in the queue.
     preempt_pending: HashSet<AttemptRef>,
 }
@@ -153,6 +155,9 @@ impl Shared {
             "journal replayed"
         );
         for p in store.projects()? {
+            if let Some(run_as) = auth::run_as_of(&p) {
+                inner.identities.insert(p.name.clone(), run_as);
+            }
             let limits = tidepool_core::ProjectLimits {
                 quota_cpu_millis: p.quota_millis,
                 borrow_cpu_millis: p.borrow_millis,

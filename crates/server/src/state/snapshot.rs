@@ -40,6 +40,7 @@ impl Inner {
             preempt_pending: HashSet::new(),
             secrets: load_secrets(&config.data_dir.join("secrets")),
             secrets_dir: config.data_dir.join("secrets"),
+            identities: HashMap::new(),
         };
         for (name, limits) in &config.projects {
             inner.cluster.set_project(name, *limits);

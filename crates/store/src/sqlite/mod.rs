@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 
 /// The schema version this build writes; older journals are migrated when opened.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
 );
 CREATE TABLE IF NOT EXISTS projects (
     name TEXT PRIMARY KEY, quota_millis INTEGER, borrow_millis INTEGER, share INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL
+    created_ms INTEGER NOT NULL, uid INTEGER, gid INTEGER, groups TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS api_tokens (
     id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, project TEXT NOT NULL,
@@ -71,10 +71,21 @@ impl SqliteStore {
                 conn.execute_batch(SCHEMA)?;
                 conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?1)", params![SCHEMA_VERSION.to_string()])?;
             }
-            Some("1") => {
-                let n = v1::migrate(&mut conn, SCHEMA)?;
-                conn.execute("UPDATE meta SET value = ?1 WHERE key = 'schema_version'", params![SCHEMA_VERSION.to_string()])?;
-                tracing::info!(path = %path.display(), n_events = n, "migrated the journal from schema 1 to {SCHEMA_VERSION}");
+            Some(old @ ("1" | "2")) => {
+                if old == "1" {
+                    let n = v1::migrate(&mut conn, SCHEMA)?;
+                    tracing::info!(path = %path.display(), n_events = n, "migrated the journal's events from schema 1");
+                }
+                // Schema 3: projects gained the identity their tasks run as.
+                let tx = conn.transaction()?;
+                tx.execute_batch(
+                    "ALTER TABLE projects ADD COLUMN uid INTEGER;
+                     ALTER TABLE projects ADD COLUMN gid INTEGER;
+                     ALTER TABLE projects ADD COLUMN groups TEXT NOT NULL DEFAULT '';",
+                )?;
+                tx.execute("UPDATE meta SET value = ?1 WHERE key = 'schema_version'", params![SCHEMA_VERSION.to_string()])?;
+                tx.commit()?;
+                tracing::info!(path = %path.display(), "migrated the journal from schema {old} to {SCHEMA_VERSION}");
             }
             Some(v) if v == SCHEMA_VERSION.to_string() => conn.execute_batch(SCHEMA)?,
             Some(v) => return Err(Error::Corrupt(format!("schema version {v}, this build reads {SCHEMA_VERSION} and older"))),
@@ -206,23 +217,48 @@ impl Journal for SqliteStore {
 impl Catalog for SqliteStore {
     fn create_project(&mut self, p: &ProjectRow, now_ms: u64) -> Result<bool> {
         let n = self.conn.execute(
-            "INSERT OR IGNORE INTO projects (name, quota_millis, borrow_millis, share, created_ms) VALUES (?1,?2,?3,?4,?5)",
-            params![p.name, p.quota_millis.map(|v| v as i64), p.borrow_millis.map(|v| v as i64), p.share, now_ms as i64],
+            "INSERT OR IGNORE INTO projects (name, quota_millis, borrow_millis, share, created_ms, uid, gid, groups) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)",
+            params![
+                p.name,
+                p.quota_millis.map(|v| v as i64),
+                p.borrow_millis.map(|v| v as i64),
+                p.share,
+                now_ms as i64,
+                p.uid,
+                p.gid,
+                p.groups.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+            ],
         )?;
         Ok(n > 0)
     }
 
     fn projects(&self) -> Result<Vec<ProjectRow>> {
-        let mut stmt = self.conn.prepare("SELECT name, quota_millis, borrow_millis, share FROM projects ORDER BY name")?;
+        let mut stmt = self.conn.prepare("SELECT name, quota_millis, borrow_millis, share, uid, gid, groups FROM projects ORDER BY name")?;
         let rows = stmt.query_map([], |r| {
-            Ok(ProjectRow {
-                name: r.get(0)?,
-                quota_millis: r.get::<_, Option<i64>>(1)?.map(|v| v as u64),
-                borrow_millis: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
-                share: r.get(3)?,
-            })
+            Ok((
+                ProjectRow {
+                    name: r.get(0)?,
+                    quota_millis: r.get::<_, Option<i64>>(1)?.map(|v| v as u64),
+                    borrow_millis: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
+                    share: r.get(3)?,
+                    uid: r.get(4)?,
+                    gid: r.get(5)?,
+                    groups: Vec::new(),
+                },
+                r.get::<_, String>(6)?,
+            ))
         })?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        let mut projects = Vec::new();
+        for row in rows {
+            let (mut project, groups) = row?;
+            project.groups = groups
+                .split(',')
+                .filter(|g| !g.is_empty())
+                .map(|g| g.parse::<u32>().map_err(|_| Error::Corrupt(format!("project {}: group {g}", project.name))))
+                .collect::<Result<Vec<u32>>>()?;
+            projects.push(project);
+        }
+        Ok(projects)
     }
 
     fn insert_token(&mut self, t: &TokenRow, now_ms: u64) -> Result<()> {
