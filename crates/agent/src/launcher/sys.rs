@@ -67,13 +67,17 @@ pub(super) fn signal_tree(pgid: i32, cgroup_pids: &[i32], signal: i32) {
     }
 }
 
+/// The pointers of `strings`, ended by a null one, as execve and posix_spawn take them.
+fn nul_ended(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
+}
+
 /// Starts `file` with exactly `argv` and `envp` in `workdir`, its stdin from /dev/null and its
 /// stdout and stderr on the given files, in a session (so a process group) of its own, with every signal at
 /// its default and none blocked; its pid. posix_spawn runs no code of ours in the child, so
 /// its cost does not grow with this process (a fork would), and the argument and environment
 /// arrays are built once here rather than by `Command`'s maps on every launch.
 pub(super) fn spawn_task(file: &CStr, argv: &[CString], envp: &[CString], workdir: &CStr, stdout: &File, stderr: &File) -> std::io::Result<i32> {
-    let nul_ended = |strings: &[CString]| strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect::<Vec<_>>();
     let (argv, envp) = (nul_ended(argv), nul_ended(envp));
     let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::from_raw_os_error(rc)) };
     // SAFETY: the attribute and file-action objects are initialised before use and destroyed
@@ -152,7 +156,6 @@ pub(super) fn spawn_task_as(
     stdout: &File,
     stderr: &File,
 ) -> std::io::Result<i32> {
-    let nul_ended = |strings: &[CString]| strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect::<Vec<_>>();
     let (argv, envp) = (nul_ended(argv), nul_ended(envp));
     let groups: Vec<libc::gid_t> = run_as.groups.clone();
     let (out_fd, err_fd) = (stdout.as_raw_fd(), stderr.as_raw_fd());

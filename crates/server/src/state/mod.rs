@@ -508,9 +508,11 @@ impl Inner {
     /// Once a job has ended, no attempt of it will start again: its secret values go, from
     /// memory and from disk.
     fn forget_secrets_if_ended(&mut self, job_id: JobId) {
-        if !self.cluster.job(job_id).is_some_and(|j| j.is_finished()) || self.secrets.remove(&job_id).is_none() {
+        // Few jobs carry secrets: the map is asked first, on this path of every task's end.
+        if !self.secrets.contains_key(&job_id) || !self.cluster.job(job_id).is_some_and(|j| j.is_finished()) {
             return;
         }
+        self.secrets.remove(&job_id);
         match std::fs::remove_file(self.secrets_dir.join(format!("{}.json", job_id.0))) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

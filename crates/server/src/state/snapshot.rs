@@ -77,11 +77,11 @@ impl Inner {
             Err(other) => return Err(other.into()),
         }
         let mut inner = Inner::new(config);
+        // Every end is replayed here, each forgetting its job's secrets: no sweep needed.
         store.replay(&mut |event| {
             n_events += 1;
             inner.replay(event);
         })?;
-        inner.forget_ended_secrets();
         Ok((inner, n_events))
     }
 

@@ -97,13 +97,17 @@ impl SqliteStore {
         let mut stmt = self.conn.prepare_cached(sql)?;
         let mut rows = stmt.query(args)?;
         while let Some(row) = rows.next()? {
-            let seq = row.get::<_, i64>(0)? as u64;
-            // Read in place: no copy of the payload per row.
-            let text = row.get_ref(1)?.as_str().map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))?;
-            apply(payload::decode(seq, text)?);
+            apply(event_of_row(row)?);
         }
         Ok(())
     }
+}
+
+/// The event of a `(seq, payload)` row, its payload read in place (no copy per row).
+fn event_of_row(row: &rusqlite::Row<'_>) -> Result<Event> {
+    let seq = row.get::<_, i64>(0)? as u64;
+    let text = row.get_ref(1)?.as_str().map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))?;
+    payload::decode(seq, text)
 }
 
 fn job_of_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
@@ -143,9 +147,7 @@ impl Journal for SqliteStore {
         let mut stmt = self.conn.prepare("SELECT seq, payload FROM events ORDER BY seq")?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
-            let seq = row.get::<_, i64>(0)? as u64;
-            let text = row.get_ref(1)?.as_str().map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))?;
-            let event = payload::decode(seq, text)?;
+            let event = event_of_row(row)?;
             while let Some(job) = pending_job.take_if(|job| job.job_id() <= event.job_id()) {
                 apply(job);
                 pending_job = next_job()?;
