@@ -36,6 +36,11 @@ fn a_project_with_a_uid_runs_its_tasks_as_that_uid_and_opens_its_files_as_it() {
     env.ok(&["project", "create", "chem", "--uid", "5001", "--gid", "5002", "--groups", "5003,5004"]);
     env.ok(&["project", "create", "bio", "--uid", "6001"]);
     let (chem, bio) = (token_for(&env, "chem"), token_for(&env, "bio"));
+    // Only the admin gives identities: a project's token can make no project, let alone one
+    // that runs as another project's uid.
+    let taken = env.cmd(common::BIN, &["project", "create", "evil", "--uid", "6001"]).env("TIDEPOOL_TOKEN", &chem).output().unwrap();
+    assert!(!taken.status.success(), "a project token created a project with bio's uid");
+    assert!(!env.ok(&["project", "list"]).contains("evil"));
 
     // A directory each project may write in, as a site would give them.
     let area = |name: &str, uid: u32| {
