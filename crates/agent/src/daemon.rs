@@ -59,6 +59,8 @@ pub struct AgentConfig {
     /// On an orderly stop, leave the tasks running for the next agent to re-attach to, rather
     /// than stop them (they then run again as new attempts).
     pub keep_tasks: bool,
+    /// The identities its tasks may run as.
+    pub identities: crate::identity::IdentityPolicy,
 }
 
 /// How long a connection to the server may take to open.
@@ -173,6 +175,7 @@ pub async fn run_until(config: AgentConfig, shutdown: impl std::future::Future<O
     let client = api_client(config.ca_cert.as_deref(), Duration::from_secs(60)).map_err(Error::Io)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let executor = executor_of(&config, tx.clone());
+    tracing::info!(node = %config.name, "{}", config.identities.describe(executor.switches_users()));
     let agent = Arc::new(Agent::new(config, client, executor, tx));
     let reporter = tokio::spawn(report_loop(agent.clone(), rx));
     let outcome = tokio::select! {
@@ -323,7 +326,8 @@ impl Agent {
                 return;
             }
         }
-        if let Err(e) = self.executor.start(launch, &dir) {
+        let settled = self.config.identities.settle(&mut launch);
+        if let Err(e) = settled.and_then(|()| self.executor.start(launch, &dir)) {
             let result = lost(a, &e);
             keep_result(&dir, &result);
             let _ = self.results.send(result);
@@ -355,6 +359,7 @@ async fn main_loop(agent: Arc<Agent>) -> Result<()> {
             features: agent.config.features.clone(),
             resources: agent.config.resources.clone(),
             overflow: agent.executor.is_overflow(),
+            identities: agent.config.identities.offer(agent.executor.switches_users()),
             running,
             finished,
         };
@@ -519,6 +524,7 @@ mod tests {
             ca_cert: None,
             slurm: None,
             keep_tasks: false,
+            identities: crate::identity::IdentityPolicy::for_invoking_user(),
         };
         let (tx, results) = mpsc::unbounded_channel();
         let executor = Arc::new(Recorder::new(tx.clone()));

@@ -48,6 +48,9 @@ pub trait Executor: Send + Sync {
 
     /// An emptied attempt directory may serve a later attempt (nothing else writes there).
     fn reuses_dirs(&self) -> bool;
+
+    /// It can run a task as its project's uid (when the agent is root).
+    fn switches_users(&self) -> bool;
 }
 
 /// Writes an attempt's result beside it; if that fails the result still goes to the server,
@@ -134,6 +137,10 @@ pub(crate) mod double {
         }
 
         fn reuses_dirs(&self) -> bool {
+            true
+        }
+
+        fn switches_users(&self) -> bool {
             true
         }
     }

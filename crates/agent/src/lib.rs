@@ -10,6 +10,7 @@
 //!   cgroup, enforces time limits, kills the whole tree on cancel, measures usage and leaves
 //!   the result in a file, so a restarted agent collects it and a finished task is never
 //!   started again. It outlives the agent until its last task has ended.
+//! - [`identity`]: which Unix identities this node's tasks may run as.
 //! - [`cgroup`]: cgroup v2, v1 or none, decided once per node.
 //! - [`rundir`]: the on-disk layout shared by the two.
 //! - [`outputs`]: which file each task's output went to, so logs are read only from there.
@@ -18,6 +19,7 @@
 pub mod cgroup;
 pub mod daemon;
 pub mod executor;
+pub mod identity;
 pub mod launcher;
 pub mod outputs;
 pub mod process;

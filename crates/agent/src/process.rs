@@ -271,4 +271,8 @@ impl Executor for ProcessExecutor {
     fn reuses_dirs(&self) -> bool {
         true
     }
+
+    fn switches_users(&self) -> bool {
+        true
+    }
 }

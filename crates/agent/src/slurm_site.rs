@@ -299,6 +299,11 @@ impl Executor for SlurmExecutor {
         // Slurm writes files of its own there.
         false
     }
+
+    fn switches_users(&self) -> bool {
+        // sbatch submits as the agent's user; Slurm's own --uid is not used yet.
+        false
+    }
 }
 
 /// How an attempt ended, from what its directory holds once Slurm no longer has it.

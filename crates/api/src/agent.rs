@@ -39,6 +39,9 @@ pub struct RegisterRequest {
     /// agent with `--executor slurm`).
     #[serde(default)]
     pub overflow: bool,
+    /// The identities it can run tasks as (none when absent).
+    #[serde(default)]
+    pub identities: Identities,
     /// Attempts still running under their launchers.
     pub running: Vec<AttemptRef>,
     /// Attempts that ended and were not yet acknowledged.
@@ -145,6 +148,17 @@ pub struct Launch {
     /// The identity the task runs as, and opens its files as; none: the agent's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as: Option<RunAs>,
+}
+
+/// The identities an agent can run tasks as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identities {
+    /// It runs a project's tasks as the project's uid (its agent is root).
+    pub project_uids: bool,
+    /// The uid the operator's work (jobs of no project in the catalog) runs as here; none: it
+    /// runs no such work. 0 only when its operator asked for it.
+    pub operator_uid: Option<u32>,
 }
 
 /// A Unix identity a task runs as.

@@ -265,6 +265,14 @@ pub struct AgentArgs {
     /// A named countable resource, NAME=COUNT (repeatable), e.g. fpga=2.
     #[arg(long)]
     pub resource: Vec<String>,
+    /// The user (NAME or UID[:GID]) the operator's work runs as here: jobs submitted with the
+    /// admin token to no project of the catalog. Without it (or --allow-root-tasks) this node
+    /// runs only projects' tasks, each as its project's uid.
+    #[arg(long)]
+    pub admin_runs_as: Option<String>,
+    /// Let the operator's work run as root here (off by default; projects never run as root).
+    #[arg(long)]
+    pub allow_root_tasks: bool,
 }
 
 /// Parses `args` (program name first) and runs the command.

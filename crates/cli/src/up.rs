@@ -129,6 +129,7 @@ pub async fn up(args: UpArgs) -> Result<u8, String> {
         ca_cert: args.ca_cert.clone(),
         slurm: None,
         keep_tasks: args.keep_tasks,
+        identities: tidepool_agent::identity::IdentityPolicy::for_invoking_user(),
     };
     tracing::info!(
         "tidepool is up: API {}/api/v1, admin token in {}",
@@ -346,6 +347,7 @@ pub async fn agent(args: AgentArgs) -> Result<u8, String> {
         ca_cert: args.ca_cert,
         slurm: (args.executor == "slurm").then_some(tidepool_agent::slurm_site::SlurmSite { sbatch_args: args.sbatch_arg }),
         keep_tasks: args.keep_tasks,
+        identities: tidepool_agent::identity::IdentityPolicy::for_agent(args.allow_root_tasks, args.admin_runs_as.as_deref())?,
     };
     tidepool_agent::run_until(config, shutdown_signal()).await.map_err(|e| e.to_string())?;
     tracing::info!("stopped");

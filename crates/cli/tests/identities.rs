@@ -94,3 +94,54 @@ fn a_project_with_a_uid_runs_its_tasks_as_that_uid_and_opens_its_files_as_it() {
     assert!(env.cmd(common::BIN, &["wait", &job]).env("TIDEPOOL_TOKEN", &chem).status().unwrap().success());
     assert_eq!(std::fs::read_to_string(format!("{chem_dir}/script.out")).unwrap().trim(), "5001");
 }
+
+#[test]
+fn a_project_runs_only_on_nodes_that_can_give_it_its_identity_and_squeue_says_why() {
+    if !common::is_root() {
+        eprintln!("skipped: running tasks as another identity needs the agent to be root");
+        return;
+    }
+    let mut env = Env::new("identity-nodes");
+    // A second node whose agent is not root: it can run tasks only as its own user.
+    env.add_agent_as("plain", 5999, &["--cpus", "2", "--feature", "plain"]);
+    let (chem, chem_area) = env.project_with_uid("chem", 5001);
+    let submit = |token: &str, args: &[&str]| -> String {
+        let out = env.cmd(common::BIN, &[&["submit"], args].concat()).env("TIDEPOOL_TOKEN", token).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let squeue = |job: &str| env.ok(&["squeue", "-h", "-j", job]);
+
+    // chem's work pinned to the node that cannot become uid 5001 waits there, saying why.
+    let pinned = submit(&chem, &["-D", &chem_area, "--constraint", "plain", "--", "true"]);
+    env.eventually(10, "the pinned job's reason", |_| squeue(&pinned).contains("(ProjectIdentity)"));
+    // Spread over both nodes, every task lands where it can be uid 5001.
+    let spread = submit(&chem, &["-D", &chem_area, "--array", "0-7", "-o", "ids-%a.out", "--", "id", "-u"]);
+    assert!(env.cmd(common::BIN, &["wait", &spread]).env("TIDEPOOL_TOKEN", &chem).status().unwrap().success());
+    let shown: serde_json::Value = serde_json::from_str(&env.ok(&["show", &spread, "--tasks", "--json"])).unwrap();
+    let tasks = shown["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 8);
+    assert!(tasks.iter().all(|t| t["node"] != "plain"), "a chem task ran on the node that cannot switch users: {shown}");
+    for i in 0..8 {
+        assert_eq!(std::fs::read_to_string(format!("{chem_area}/ids-{i}.out")).unwrap().trim(), "5001");
+    }
+    assert!(squeue(&pinned).contains("(ProjectIdentity)"), "still waiting, still saying why");
+
+    // A project with no identity of its own runs nowhere.
+    env.ok(&["project", "create", "bare"]);
+    let bare = env.ok(&["token", "create", "--project", "bare"]).trim().lines().last().unwrap().to_string();
+    let waiting = submit(&bare, &["-D", "/tmp", "--", "true"]);
+    env.eventually(10, "the bare project's reason", |_| squeue(&waiting).contains("(ProjectIdentity)"));
+    let why: serde_json::Value = serde_json::from_str(&env.ok(&["show", &waiting, "--json"])).unwrap();
+    assert_eq!(why["pending_code"], "ProjectIdentity", "{why}");
+    assert!(why["pending_reason"].as_str().unwrap().contains("--uid"), "{why}");
+
+    // The operator's own work on the plain node runs as that agent's user, never root.
+    let out_dir = env.dir.join("plain-out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    std::os::unix::fs::chown(&out_dir, Some(5999), Some(5999)).unwrap();
+    let out_dir = out_dir.display().to_string();
+    let operator = env.ok(&["submit", "-D", &out_dir, "--constraint", "plain", "-o", "op.out", "--", "id", "-u"]);
+    assert!(env.run(&["wait", operator.trim()]).status.success());
+    assert_eq!(std::fs::read_to_string(format!("{out_dir}/op.out")).unwrap().trim(), "5999");
+}

@@ -11,7 +11,7 @@
 //! ([`Cluster::sanity_check`] checks both).
 
 use crate::job::{JobId, JobSpec, SpecError};
-use crate::project::{Project, ProjectLimits};
+use crate::project::{Identity, IdentityOffer, Project};
 use crate::resources::{Resources, MAX_NAMED};
 use crate::tier::Tier;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -165,6 +165,8 @@ pub struct Node {
     draining: bool,
     /// Gets work only when no other node can take it now (a remote site such as Slurm).
     overflow: bool,
+    /// The identities it can give tasks.
+    identities: IdentityOffer,
 }
 
 impl Node {
@@ -204,6 +206,10 @@ impl Node {
     pub fn is_draining(&self) -> bool {
         self.draining
     }
+    /// The identities it can give tasks.
+    pub fn identities(&self) -> IdentityOffer {
+        self.identities
+    }
 }
 
 /// Tunables of the policy; every field has a sensible default.
@@ -240,6 +246,8 @@ pub struct Cluster {
     free_index: BTreeSet<(u64, NodeId)>,
     projects: Vec<Project>,
     project_by_name: HashMap<String, usize>,
+    /// The identity a project gets when first seen (see `set_new_project_identity`).
+    new_project_identity: Identity,
     feature_bits: Vec<String>,
     named_slots: Vec<String>,
     policy: Policy,
@@ -289,31 +297,6 @@ impl Cluster {
             .filter(|(i, _)| mask & (1 << i) != 0)
             .map(|(_, f)| f.as_str())
             .collect()
-    }
-
-    /// Sets a project's limits (creating it if needed).
-    pub fn set_project(&mut self, name: &str, limits: ProjectLimits) {
-        let idx = self.project_idx(name);
-        self.projects[idx].limits = ProjectLimits { share: limits.share.max(1), ..limits };
-    }
-
-    pub(crate) fn project_idx(&mut self, name: &str) -> usize {
-        if let Some(i) = self.project_by_name.get(name) {
-            return *i;
-        }
-        self.projects.push(Project::new(name));
-        self.project_by_name.insert(name.to_string(), self.projects.len() - 1);
-        self.projects.len() - 1
-    }
-
-    /// A project by name.
-    pub fn project(&self, name: &str) -> Option<&Project> {
-        self.project_by_name.get(name).map(|i| &self.projects[*i])
-    }
-
-    /// Every project.
-    pub fn projects(&self) -> impl Iterator<Item = &Project> {
-        self.projects.iter()
     }
 
     /// Checks a spec against what this cluster can ever run; `known_pools` are the pools that
@@ -465,6 +448,7 @@ impl Cluster {
                     held_for: None,
                     draining: false,
                     overflow: false,
+                    identities: IdentityOffer::default(),
                 });
                 self.node_by_name.insert(name.to_string(), id);
                 id
@@ -747,6 +731,7 @@ impl Cluster {
             && job.spec.pool.as_ref().is_none_or(|p| &node.pool == p)
             && node.features & job.feature_mask == job.feature_mask
             && node.capacity.fits(&job.demand)
+            && node.identities.serves(self.projects[job.project_idx].identity)
     }
 
     /// Features the job requires that no node has at all.
@@ -757,6 +742,7 @@ impl Cluster {
 }
 
 mod feasible;
+mod projects;
 pub mod pending;
 mod sanity;
 pub mod scale;

@@ -36,7 +36,7 @@ pub use cluster::{
     Cluster, Decisions, KillOrder, NodeId, PendingReason, Placement, Policy, TaskCounts, TaskOutcome, TaskSnapshot, TaskState,
 };
 pub use job::{GangSpec, JobId, JobSpec, SpecError};
-pub use project::ProjectLimits;
+pub use project::{Identity, IdentityOffer, ProjectLimits};
 pub use scale::{Compaction, PoolShape, ScaleAdvice};
 pub use schedule::Preemption;
 pub use resources::Resources;

@@ -18,11 +18,54 @@ impl ProjectLimits {
     }
 }
 
+/// Whose Unix identity a project's tasks take on a node, and so which nodes may run them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Identity {
+    /// Not checked: any node runs them (a simulation, a cluster with no identities).
+    #[default]
+    Unchecked,
+    /// The project's own uid: only nodes that can switch to it.
+    OwnUid,
+    /// The operator's work (no project of the catalog): only nodes given a user for it.
+    Operator,
+    /// A project with no identity of its own: no node runs its tasks.
+    Missing,
+}
+
+/// The identities a node can give tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdentityOffer {
+    /// It can run a task as its project's uid (its agent is root).
+    pub own_uids: bool,
+    /// It has a user for the operator's work (`--allow-root-tasks`, `--admin-runs-as`, or an
+    /// agent that is not root running such tasks as itself).
+    pub operator: bool,
+}
+
+impl Default for IdentityOffer {
+    fn default() -> IdentityOffer {
+        IdentityOffer { own_uids: true, operator: true }
+    }
+}
+
+impl IdentityOffer {
+    /// True when a task of a project with `identity` may run here.
+    pub fn serves(&self, identity: Identity) -> bool {
+        match identity {
+            Identity::Unchecked => true,
+            Identity::OwnUid => self.own_uids,
+            Identity::Operator => self.operator,
+            Identity::Missing => false,
+        }
+    }
+}
+
 /// A project's live accounting.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Project {
     pub(crate) name: String,
     pub(crate) limits: ProjectLimits,
+    pub(crate) identity: Identity,
     pub(crate) allocated_cpu_millis: u64,
     /// Core-milliseconds used, decayed with the half-life (Slurm's fair-share idea).
     pub(crate) decayed_usage: f64,
@@ -30,10 +73,11 @@ pub struct Project {
 }
 
 impl Project {
-    pub(crate) fn new(name: &str) -> Project {
+    pub(crate) fn new(name: &str, identity: Identity) -> Project {
         Project {
             name: name.to_string(),
             limits: ProjectLimits { share: 1, ..ProjectLimits::default() },
+            identity,
             allocated_cpu_millis: 0,
             decayed_usage: 0.0,
             usage_updated_ms: 0,
@@ -47,6 +91,10 @@ impl Project {
     /// Its limits.
     pub fn limits(&self) -> ProjectLimits {
         self.limits
+    }
+    /// Whose identity its tasks take.
+    pub fn identity(&self) -> Identity {
+        self.identity
     }
     /// Cores its running tasks hold, in millicores.
     pub fn allocated_cpu_millis(&self) -> u64 {

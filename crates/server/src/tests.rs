@@ -80,6 +80,7 @@ fn node(name: &str, cpus: u64) -> RegisterRequest {
         features: vec![],
         resources: Default::default(),
         overflow: false,
+        identities: tidepool_api::Identities { project_uids: true, operator_uid: Some(4242) },
         running: vec![],
         finished: vec![],
     }

@@ -16,6 +16,12 @@ pub fn bench() -> std::process::Command {
     c
 }
 
+/// True when the tests run as root: only then can a project's tasks run as a uid of their own.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid only reads this process's credentials.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// A `tidepool up` in its own directory, killed when dropped.
 pub struct Env {
     pub dir: Scratch,
@@ -67,6 +73,24 @@ impl Env {
         self.add_agent_by(name, command, token, extra);
     }
 
+    /// Starts one more agent that runs as `uid` (not root: it can switch to no other user),
+    /// its token file and data directory that user's.
+    pub fn add_agent_as(&mut self, name: &str, uid: u32, extra: &[&str]) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let token = std::fs::read_to_string(self.dir.join("data/join.token")).unwrap();
+        let token_file = self.dir.join(format!("join-{name}.token"));
+        std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&token_file).unwrap();
+        let data_dir = self.dir.join(format!("agent-{name}"));
+        std::fs::create_dir_all(&data_dir).unwrap();
+        for path in [&token_file, &data_dir] {
+            std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
+        }
+        let mut command = Command::new("setpriv");
+        command.args(["--reuid", &uid.to_string(), "--regid", &uid.to_string(), "--clear-groups", BIN, "agent", "--server", &self.url]);
+        let own = format!("--admin-runs-as={uid}");
+        self.add_agent_by(name, command, token.trim(), &[extra, &[own.as_str()]].concat());
+    }
+
     /// Starts one more agent with `command` (the binary and how it reaches the server, e.g.
     /// inside a network namespace), joining with `token`.
     pub fn add_agent_by(&mut self, name: &str, mut command: Command, token: &str, extra: &[&str]) {
@@ -76,6 +100,11 @@ impl Env {
             use std::os::unix::fs::OpenOptionsExt;
             let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&token_file).unwrap();
             std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes()).unwrap();
+        }
+        // The admin's own work runs as root on these agents, as under the `tidepool up` a root
+        // test starts; projects' tasks still run as their uids.
+        if is_root() && !extra.contains(&"--allow-root-tasks") && !extra.iter().any(|a| a.starts_with("--admin-runs-as")) {
+            command.arg("--allow-root-tasks");
         }
         let child = command
             .arg("--join-token-file")
@@ -94,6 +123,19 @@ impl Env {
             assert!(Instant::now() < deadline, "agent {name} did not join");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Creates project `name` whose tasks run as `uid` (and gid), with a directory of its own
+    /// under the test's directory, as a site would give it; its token and that directory.
+    pub fn project_with_uid(&self, name: &str, uid: u32) -> (String, String) {
+        use std::os::unix::fs::PermissionsExt;
+        self.ok(&["project", "create", name, "--uid", &uid.to_string()]);
+        let token = self.ok(&["token", "create", "--project", name]).trim().lines().last().unwrap().to_string();
+        let area = self.dir.join(format!("{name}-area"));
+        std::fs::create_dir_all(&area).unwrap();
+        std::os::unix::fs::chown(&area, Some(uid), Some(uid)).unwrap();
+        std::fs::set_permissions(&area, std::fs::Permissions::from_mode(0o700)).unwrap();
+        (token, area.display().to_string())
     }
 
     /// The pid of an agent started with [`Env::add_agent`].

@@ -2,6 +2,7 @@
 
 use crate::cluster::{Cluster, Node, PendingReason};
 use crate::job::JobId;
+use crate::project::Identity;
 use crate::resources::format_cores;
 
 impl Cluster {
@@ -62,6 +63,22 @@ impl Cluster {
                 None => "no node with the required features has joined".to_string(),
             };
             return reason("Nodes_required", text);
+        }
+        let project = &self.projects[job.project_idx];
+        let eligible: Vec<&Node> = eligible.into_iter().filter(|n| n.identities.serves(project.identity)).collect();
+        if eligible.is_empty() {
+            let text = match project.identity {
+                Identity::Missing => format!(
+                    "project {} has no identity to run tasks as (tidepool project create {} --uid UID)",
+                    project.name, project.name
+                ),
+                Identity::OwnUid => format!("no node can run tasks as project {}'s uid (their agents are not root)", project.name),
+                _ => format!(
+                    "no node runs the operator's tasks (project {} is not in the catalog; agents need --admin-runs-as USER or --allow-root-tasks)",
+                    project.name
+                ),
+            };
+            return reason("ProjectIdentity", text);
         }
         let connected: Vec<&&Node> = eligible.iter().filter(|n| n.online).collect();
         if connected.is_empty() {

@@ -162,6 +162,34 @@ fn work_waiting_only_for_drained_nodes_says_so() {
 }
 
 #[test]
+fn a_project_runs_only_where_its_identity_is_offered() {
+    let mut c = cluster_with_nodes(&[8, 8]);
+    let (root_agent, plain_agent) = (NodeId(0), NodeId(1));
+    c.set_node_identities(root_agent, IdentityOffer { own_uids: true, operator: false });
+    c.set_node_identities(plain_agent, IdentityOffer { own_uids: false, operator: true });
+    c.set_project_identity("chem", Identity::OwnUid);
+    c.set_project_identity("bare", Identity::Missing);
+    c.set_new_project_identity(Identity::Operator);
+    let in_project = |project: &str| JobSpec { project: project.into(), ..spec("0-3", 1) };
+    c.submit(JobId(1), in_project("chem"), 0);
+    c.submit(JobId(2), in_project("bare"), 0);
+    c.submit(JobId(3), in_project("default"), 0);
+    let placements = placed(&mut c, 1);
+    let on = |job: u64| -> Vec<NodeId> { placements.iter().filter(|p| p.job_id == JobId(job)).map(|p| p.node_id).collect() };
+    assert_eq!(on(1), vec![root_agent; 4], "a project's uid only where the agent can switch to it");
+    assert!(on(2).is_empty(), "a project with no identity runs nowhere");
+    assert_eq!(on(3), vec![plain_agent; 4], "the operator's work only where a user is given for it");
+    let why = c.why_pending(JobId(2)).unwrap();
+    assert_eq!(why.code, "ProjectIdentity");
+    assert!(why.text.contains("project bare has no identity"), "{}", why.text);
+    // With room on the switching node gone, chem still never goes to the other one.
+    c.submit(JobId(4), JobSpec { project: "chem".into(), ..spec("0-7", 1) }, 2);
+    assert!(placed(&mut c, 3).iter().all(|p| p.node_id == root_agent));
+    c.set_node_identities(root_agent, IdentityOffer { own_uids: false, operator: true });
+    assert_eq!(c.why_pending(JobId(4)).unwrap().code, "ProjectIdentity");
+}
+
+#[test]
 fn too_big_says_so() {
     let mut c = cluster_with_nodes(&[8, 8]);
     c.submit(JobId(1), spec("0", 16), 0);

@@ -112,14 +112,9 @@ impl Shared {
         if !created {
             return Err(Error::field("name", format!("project {} exists", req.name)));
         }
-        let mut inner = self.lock();
-        if row.quota_millis.is_some() {
-            let limits = tidepool_core::ProjectLimits { quota_cpu_millis: row.quota_millis, borrow_cpu_millis: row.borrow_millis, share: row.share };
-            inner.cluster.set_project(&row.name, limits);
-        }
-        if let Some(run_as) = run_as_of(&row) {
-            inner.identities.insert(row.name.clone(), run_as);
-        }
+        self.lock().adopt_project(&row);
+        // Work of that name waiting as the operator's may now run as the project's identity.
+        self.schedule_wanted.notify_one();
         Ok(())
     }
 
@@ -159,6 +154,25 @@ impl Shared {
             entry.2 = true;
         }
         Ok(())
+    }
+}
+
+impl Inner {
+    /// Takes a project of the catalog into the state: its limits, and the identity its tasks
+    /// run as (a project without a uid runs nowhere).
+    pub(super) fn adopt_project(&mut self, row: &tidepool_store::ProjectRow) {
+        if row.quota_millis.is_some() {
+            let limits = tidepool_core::ProjectLimits { quota_cpu_millis: row.quota_millis, borrow_cpu_millis: row.borrow_millis, share: row.share };
+            self.cluster.set_project(&row.name, limits);
+        }
+        let identity = match run_as_of(row) {
+            Some(run_as) => {
+                self.identities.insert(row.name.clone(), run_as);
+                tidepool_core::Identity::OwnUid
+            }
+            None => tidepool_core::Identity::Missing,
+        };
+        self.cluster.set_project_identity(&row.name, identity);
     }
 }
 

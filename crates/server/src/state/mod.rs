@@ -155,17 +155,7 @@ impl Shared {
             "journal replayed"
         );
         for p in store.projects()? {
-            if let Some(run_as) = auth::run_as_of(&p) {
-                inner.identities.insert(p.name.clone(), run_as);
-            }
-            let limits = tidepool_core::ProjectLimits {
-                quota_cpu_millis: p.quota_millis,
-                borrow_cpu_millis: p.borrow_millis,
-                share: p.share,
-            };
-            if p.quota_millis.is_some() {
-                inner.cluster.set_project(&p.name, limits);
-            }
+            inner.adopt_project(&p);
         }
         let mut api_tokens: HashMap<String, (String, String, bool)> = store
             .tokens()?

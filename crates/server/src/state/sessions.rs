@@ -31,6 +31,8 @@ impl Shared {
             let mut inner = self.lock();
             let node_id = inner.cluster.add_node_with(&req.name, &req.pool, capacity, &req.features, &named);
             inner.cluster.set_node_overflow(node_id, req.overflow);
+            let offer = tidepool_core::IdentityOffer { own_uids: req.identities.project_uids, operator: req.identities.operator_uid.is_some() };
+            inner.cluster.set_node_identities(node_id, offer);
             inner.cluster.set_node_online(node_id, true);
             let session = inner.next_session_id;
             inner.next_session_id += 1;

@@ -42,6 +42,9 @@ impl Inner {
             secrets_dir: config.data_dir.join("secrets"),
             identities: HashMap::new(),
         };
+        // Only the admin submits to a project the catalog does not hold: its tasks are the
+        // operator's, run as the user each agent was given for them.
+        inner.cluster.set_new_project_identity(tidepool_core::Identity::Operator);
         for (name, limits) in &config.projects {
             inner.cluster.set_project(name, *limits);
         }
