@@ -153,7 +153,13 @@ fn sbatch_throttle_squeue_and_scancel() {
 fn soak_20000_tasks_through_10_kill_9s_run_each_exactly_once() {
     // Snapshots every few thousand events, so restarts go through snapshot + tail as well.
     let mut env = Env::with_args("kill9", &["--snapshot-every", "3000"]);
-    let seen = env.dir.join("seen");
+    // As root, the tasks run as a project's uid of their own, as on a shared fleet.
+    let (token, area) = if common::is_root() {
+        env.project_with_uid("soak", 5301)
+    } else {
+        (std::fs::read_to_string(env.dir.join("data/admin.token")).unwrap().trim().to_string(), env.dir.display().to_string())
+    };
+    let seen = std::path::Path::new(&area).join("seen");
     // Random moments, from a seed printed so a failure can be replayed.
     let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     eprintln!("soak seed {seed}");
@@ -170,7 +176,9 @@ fn soak_20000_tasks_through_10_kill_9s_run_each_exactly_once() {
         if kill % 3 == 0 && jobs.len() < 4 {
             let k = jobs.len();
             let cmd = format!("echo $(( {k} * 5000 + $TIDEPOOL_TASK_INDEX )) >> {}", seen.display());
-            jobs.push(env.ok(&["submit", "--array", "0-4999", "--", "sh", "-c", &cmd]).trim().to_string());
+            let out = env.cmd(common::BIN, &["submit", "-D", &area, "--array", "0-4999", "--", "sh", "-c", &cmd]).env("TIDEPOOL_TOKEN", &token).output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            jobs.push(String::from_utf8(out.stdout).unwrap().trim().to_string());
         }
         std::thread::sleep(Duration::from_millis(200 + random(2500)));
         env.kill9();

@@ -72,10 +72,19 @@ fn an_agent_cut_off_by_the_network_loses_its_tasks_and_comes_back_clean() {
         env.add_agent_by(&format!("ns{i}"), command, token.trim(), &["--cpus", "2", "--feature", "netns"]);
         hosts.push((ns, host));
     }
-    let pids = env.dir.join("pids");
+    // The tasks run as a project's uid of their own, as on a shared fleet.
+    let (token, area) = env.project_with_uid("net", 5401);
+    let pids = std::path::Path::new(&area).join("pids");
     std::fs::create_dir_all(&pids).unwrap();
+    std::os::unix::fs::chown(&pids, Some(5401), Some(5401)).unwrap();
     let script = format!("echo $$ > {}/$TIDEPOOL_TASK_INDEX.$TIDEPOOL_ATTEMPT; exec sleep 6", pids.display());
-    let job = env.ok(&["submit", "--constraint", "netns", "--array", "0-5", "--", "sh", "-c", &script]).trim().to_string();
+    let submitted = env
+        .cmd(BIN, &["submit", "-D", &area, "--constraint", "netns", "--array", "0-5", "--", "sh", "-c", &script])
+        .env("TIDEPOOL_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert!(submitted.status.success(), "{}", String::from_utf8_lossy(&submitted.stderr));
+    let job = String::from_utf8(submitted.stdout).unwrap().trim().to_string();
     env.eventually(30, "six tasks running", |e| tasks(e, &job).iter().filter(|t| t["state"] == "running").count() == 6);
     env.eventually(10, "every task's pid", |_| std::fs::read_dir(&pids).unwrap().count() == 6);
 
