@@ -31,6 +31,8 @@ pub struct BatchBench {
     pub no_slurm: bool,
     /// Leave HyperQueue out.
     pub no_hq: bool,
+    /// Tidepool's tasks run as this project uid when the benchmark runs as root (0: as root).
+    pub project_uid: u32,
 }
 
 /// Whole submission commands timed per system for the median (the first also starts the run).
@@ -100,6 +102,8 @@ struct Tidepool {
     child: Child,
     dir: PathBuf,
     url: String,
+    /// The token jobs are submitted with: a project's when its tasks run as its uid.
+    submitter: Option<String>,
 }
 
 impl Drop for Tidepool {
@@ -135,7 +139,24 @@ impl Tidepool {
             }
         });
         let url = rx.recv_timeout(Duration::from_secs(30)).map_err(|_| "tidepool up did not start in 30 s".to_string())?;
-        Ok(Tidepool { exe, child, dir, url })
+        Ok(Tidepool { exe, child, dir, url, submitter: None })
+    }
+
+    /// From now on, jobs are submitted by project `bench`, whose tasks run as `uid`.
+    fn submit_as_project(&mut self, uid: u32) -> Result<(), String> {
+        timed(&mut self.command(&["project", "create", "bench", "--uid", &uid.to_string()]))?;
+        let (_, out) = timed(&mut self.command(&["token", "create", "--project", "bench"]))?;
+        self.submitter = Some(out.trim().lines().last().unwrap_or_default().to_string());
+        Ok(())
+    }
+
+    /// A command run by whoever submits the jobs.
+    fn as_submitter(&self, args: &[&str]) -> Command {
+        let mut c = self.command(args);
+        if let Some(token) = &self.submitter {
+            c.env("TIDEPOOL_TOKEN", token);
+        }
+        c
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -146,7 +167,7 @@ impl Tidepool {
 
     fn submit(&self, n: u32) -> Result<(f64, String), String> {
         // No output files, as with Slurm's -o /dev/null.
-        let (ms, out) = timed(&mut self.command(&["submit", "--array", &format!("0-{}", n - 1), "-o", "/dev/null", "-e", "/dev/null", "--", "true"]))?;
+        let (ms, out) = timed(&mut self.as_submitter(&["submit", "--array", &format!("0-{}", n - 1), "-o", "/dev/null", "-e", "/dev/null", "--", "true"]))?;
         Ok((ms, out.trim().to_string()))
     }
 
@@ -183,8 +204,15 @@ impl Tidepool {
     }
 }
 
-async fn run_tidepool(n: u32, report: &mut BTreeMap<String, Value>) -> Result<(), String> {
-    let tp = Tidepool::start()?;
+async fn run_tidepool(n: u32, project_uid: u32, report: &mut BTreeMap<String, Value>) -> Result<(), String> {
+    let mut tp = Tidepool::start()?;
+    // SAFETY: geteuid only reads this process's credentials.
+    let me = unsafe { libc::geteuid() };
+    let tasks_uid = if project_uid != 0 && me == 0 { project_uid } else { me };
+    if tasks_uid != me {
+        tp.submit_as_project(tasks_uid)?;
+    }
+    report.insert("tasks_uid".into(), json!(tasks_uid));
     let token = std::fs::read_to_string(tp.dir.join("data/admin.token")).map_err(|e| e.to_string())?;
     let token = token.trim();
     let client = reqwest::Client::new();
@@ -349,7 +377,7 @@ pub async fn run(json_out: bool, settings: BatchBench) -> Result<u8, String> {
     // machine's speed drifts over a minute by more than the difference being measured.
     let floor_n = settings.tasks.min(20_000);
     let floor_before = floor(floor_n);
-    run_tidepool(settings.tasks, &mut report).await?;
+    run_tidepool(settings.tasks, settings.project_uid, &mut report).await?;
     let floor_after = floor(floor_n);
     report.insert("floor_tasks_per_s_before".into(), json!(floor_before));
     report.insert("floor_tasks_per_s_after".into(), json!(floor_after));
@@ -379,7 +407,12 @@ pub async fn run(json_out: bool, settings: BatchBench) -> Result<u8, String> {
         return Ok(0);
     }
     let cell = |k: &str| g(k).map_or("-".to_string(), |v| if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") });
-    line(&format!("arrays of `true`, {} tasks, on {} cores", settings.tasks, std::thread::available_parallelism().map_or(1, |c| c.get())));
+    line(&format!(
+        "arrays of `true`, {} tasks, on {} cores; Tidepool's tasks run as uid {}",
+        settings.tasks,
+        std::thread::available_parallelism().map_or(1, |c| c.get()),
+        g("tasks_uid").unwrap_or(0.0)
+    ));
     line(&format!("{:<38} {:>12} {:>12} {:>12} {:>12}", "", "tidepool", "slurm", "hyperqueue", "no scheduler"));
     let hq_submit = format!("hq_submit_{}k_ms", settings.hq_tasks / 1000);
     // The keys keep the names of the default run (100,000 tasks); the labels say what ran.

@@ -73,6 +73,10 @@ pub struct BenchArgs {
     /// Leave HyperQueue out (batch).
     #[arg(long)]
     pub no_hq: bool,
+    /// The uid Tidepool's tasks run as, a project's own as on a shared fleet (batch; when run
+    /// as root; 0: as the operator, the user who started it).
+    #[arg(long, default_value_t = 5001)]
+    pub project_uid: u32,
 }
 
 /// Runs the benchmark the command line names; the process's exit code.
@@ -96,6 +100,7 @@ pub fn main() -> ExitCode {
                     hq_tasks: args.hq_tasks,
                     no_slurm: args.no_slurm,
                     no_hq: args.no_hq,
+                    project_uid: args.project_uid,
                 };
                 batch::run(args.json, settings).await
             }

@@ -142,11 +142,72 @@ pub(super) fn with_fs_identity<T>(run_as: &tidepool_api::RunAs, f: impl FnOnce()
     }
 }
 
+/// What the child of `spawn_task_as` needs, prepared before it runs, and where it says why it
+/// failed (it shares the launcher's memory until it execs).
+struct ChildPlan {
+    file: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    workdir: *const libc::c_char,
+    groups: *const libc::gid_t,
+    n_groups: usize,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    out_fd: i32,
+    err_fd: i32,
+    /// The step that failed (0: none) and its errno.
+    failed: [i32; 2],
+}
+
+/// The child of `spawn_task_as`: only raw system calls on the plan's memory, ending in execve
+/// or _exit. Raw calls for the identity, since it shares the launcher's memory and libc's
+/// wrappers would consult (and may coordinate) the launcher's threads.
+extern "C" fn become_task(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ChildPlan` the launcher keeps alive, untouched, until this child
+    // has exec'd or exited (CLONE_VFORK).
+    unsafe {
+        let plan = &mut *arg.cast::<ChildPlan>();
+        let fail = |plan: &mut ChildPlan, step: i32| -> libc::c_int {
+            plan.failed = [step, *libc::__errno_location()];
+            libc::syscall(libc::SYS_exit_group, 127);
+            127
+        };
+        for signal in 1..libc::SIGRTMAX() {
+            libc::signal(signal, libc::SIG_DFL);
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        if libc::setsid() < 0 {
+            return fail(plan, 1);
+        }
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+        if null < 0 || libc::dup2(null, 0) < 0 || libc::dup2(plan.out_fd, 1) < 0 || libc::dup2(plan.err_fd, 2) < 0 {
+            return fail(plan, 2);
+        }
+        if libc::syscall(libc::SYS_setgroups, plan.n_groups, plan.groups) != 0
+            || libc::syscall(libc::SYS_setresgid, plan.gid, plan.gid, plan.gid) != 0
+        {
+            return fail(plan, 3);
+        }
+        if libc::syscall(libc::SYS_setresuid, plan.uid, plan.uid, plan.uid) != 0 || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return fail(plan, 4);
+        }
+        if libc::chdir(plan.workdir) != 0 {
+            return fail(plan, 5);
+        }
+        libc::execve(plan.file, plan.argv, plan.envp);
+        fail(plan, 6)
+    }
+}
+
 /// Like `spawn_task`, but the task runs as `run_as`: its groups, gid and uid set for good and
 /// no new privileges (a setuid program it runs gains nothing) before it changes into `workdir`
-/// (as that identity) and execs. posix_spawn cannot change identity: the launcher forks, and,
-/// being small and single-threaded, pays little for it. An error of the child (a directory
-/// the identity may not enter, a program it may not run) comes back through a pipe.
+/// (as that identity) and execs. posix_spawn cannot change identity, so this does what it
+/// does underneath: a child that shares the launcher's memory (no page tables copied, no
+/// copy-on-write faults after) while the launcher waits for its exec, all signals blocked
+/// meanwhile. An error of the child (a directory the identity may not enter, a program it may
+/// not run) names the step.
 pub(super) fn spawn_task_as(
     run_as: &tidepool_api::RunAs,
     file: &CStr,
@@ -157,85 +218,56 @@ pub(super) fn spawn_task_as(
     stderr: &File,
 ) -> std::io::Result<i32> {
     let (argv, envp) = (nul_ended(argv), nul_ended(envp));
-    let groups: Vec<libc::gid_t> = run_as.groups.clone();
-    let (out_fd, err_fd) = (stdout.as_raw_fd(), stderr.as_raw_fd());
-    let mut pipe = [0i32; 2];
-    // SAFETY: pipe2 fills the array we own.
-    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let (read_end, write_end) = (pipe[0], pipe[1]);
-    // SAFETY: the launcher is single-threaded, so the child may run any code; it still makes
-    // only system calls, on memory prepared before the fork, and ends in execve or _exit.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: the child's own calls; each failure is reported and ends the child.
-        unsafe {
-            let fail = |step: i32| -> ! {
-                let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
-                let report = [step, errno];
-                libc::write(write_end, report.as_ptr().cast(), std::mem::size_of_val(&report));
-                libc::_exit(127)
-            };
-            libc::close(read_end);
-            if libc::setsid() < 0 {
-                fail(1);
-            }
-            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
-            if null < 0 || libc::dup2(null, 0) < 0 || libc::dup2(out_fd, 1) < 0 || libc::dup2(err_fd, 2) < 0 {
-                fail(2);
-            }
-            let mut none: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut none);
-            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-            for signal in 1..libc::SIGRTMAX() {
-                libc::signal(signal, libc::SIG_DFL);
-            }
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setresgid(run_as.gid, run_as.gid, run_as.gid) != 0 {
-                fail(3);
-            }
-            if libc::setresuid(run_as.uid, run_as.uid, run_as.uid) != 0 || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                fail(4);
-            }
-            if libc::chdir(workdir.as_ptr()) != 0 {
-                fail(5);
-            }
-            libc::execve(file.as_ptr(), argv.as_ptr(), envp.as_ptr());
-            fail(6);
-        }
-    }
-    // SAFETY: closing our copy of the write end and reading the child's report into memory we own.
-    unsafe {
-        libc::close(write_end);
+    let mut plan = ChildPlan {
+        file: file.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        workdir: workdir.as_ptr(),
+        groups: run_as.groups.as_ptr(),
+        n_groups: run_as.groups.len(),
+        uid: run_as.uid,
+        gid: run_as.gid,
+        out_fd: stdout.as_raw_fd(),
+        err_fd: stderr.as_raw_fd(),
+        failed: [0, 0],
+    };
+    const CHILD_STACK: usize = 64 * 1024;
+    let mut stack = vec![0u8; CHILD_STACK];
+    // SAFETY: the stack's top, aligned down to 16 bytes, lies inside the buffer we own.
+    let top = unsafe { stack.as_mut_ptr().add(CHILD_STACK) as usize & !15 } as *mut libc::c_void;
+    // SAFETY: every signal is blocked around the clone so that nothing runs in the child on
+    // the launcher's memory before it resets them; the plan and the stack outlive the child's
+    // use of them, since CLONE_VFORK returns only once it has exec'd or exited.
+    let pid = unsafe {
+        let (mut all, mut old): (libc::sigset_t, libc::sigset_t) = (std::mem::zeroed(), std::mem::zeroed());
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_SETMASK, &all, &mut old);
+        let pid = libc::clone(become_task, top, libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD, (&raw mut plan).cast());
+        let clone_error = std::io::Error::last_os_error();
+        libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         if pid < 0 {
-            let e = std::io::Error::last_os_error();
-            libc::close(read_end);
-            return Err(e);
+            return Err(clone_error);
         }
-        let mut report = [0i32; 2];
-        let n = loop {
-            let n = libc::read(read_end, report.as_mut_ptr().cast(), std::mem::size_of_val(&report));
-            if n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                break n;
-            }
-        };
-        libc::close(read_end);
-        if n <= 0 {
-            // The pipe closed on exec: the task runs.
-            return Ok(pid);
-        }
-        // The child failed before exec and has ended: reap it here, not as a task.
-        libc::waitpid(pid, std::ptr::null_mut(), 0);
-        let step = match report[0] {
-            1 => "start a session".to_string(),
-            2 => "set up its standard streams".to_string(),
-            3 => format!("take groups {:?} and gid {}", run_as.groups, run_as.gid),
-            4 => format!("become uid {}", run_as.uid),
-            5 => format!("enter {} as uid {}", workdir.to_string_lossy(), run_as.uid),
-            _ => format!("run {} as uid {}", file.to_string_lossy(), run_as.uid),
-        };
-        Err(std::io::Error::new(std::io::Error::from_raw_os_error(report[1]).kind(), format!("cannot {step}: {}", std::io::Error::from_raw_os_error(report[1]))))
+        pid
+    };
+    drop(stack);
+    // SAFETY: the child wrote it, if at all, before the clone returned; read it afresh.
+    let [step, errno] = unsafe { std::ptr::read_volatile(&raw const plan.failed) };
+    if step == 0 {
+        return Ok(pid);
     }
+    // SAFETY: the child failed before exec and has ended: reap it here, not as a task.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    let step = match step {
+        1 => "start a session".to_string(),
+        2 => "set up its standard streams".to_string(),
+        3 => format!("take groups {:?} and gid {}", run_as.groups, run_as.gid),
+        4 => format!("become uid {}", run_as.uid),
+        5 => format!("enter {} as uid {}", workdir.to_string_lossy(), run_as.uid),
+        _ => format!("run {} as uid {}", file.to_string_lossy(), run_as.uid),
+    };
+    let cause = std::io::Error::from_raw_os_error(errno);
+    Err(std::io::Error::new(cause.kind(), format!("cannot {step}: {cause}")))
 }
 
 /// Opens and locks an attempt's directory, held until its result is written; None (said on
