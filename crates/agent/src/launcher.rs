@@ -569,7 +569,9 @@ impl Launcher {
         // A path the user chose is opened as the task's identity, so the task writes only where
         // that identity may; Tidepool's own log files (the server chose them) are the launcher's.
         let open = |path: &str| match run_as {
-            Some(identity) if !private => with_fs_identity(identity, || open_output(path, false))?,
+            Some(identity) if !private => {
+                with_fs_identity(identity, || open_output(path, false))?.map_err(|e| format!("{e} (opened as uid {})", identity.uid))
+            }
             _ => open_output(path, private),
         };
         let stdout = open(&launch.stdout_path)?;

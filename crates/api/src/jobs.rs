@@ -189,6 +189,10 @@ pub struct TaskView {
     pub cpu_ms: Option<u64>,
     /// Peak memory, bytes.
     pub peak_mem_bytes: Option<u64>,
+    /// Why it could not start, when it could not (a path its identity may not use, a program
+    /// it may not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// One node, as `GET /api/v1/nodes` shows it.

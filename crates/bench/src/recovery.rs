@@ -31,6 +31,7 @@ pub async fn run(json: bool, n_tasks: u32) -> Result<u8, String> {
                     outcome: Outcome::Succeeded,
                     ending: Ending { exit_code: Some(0), signal: None, started_ms: 2, cpu_ms: 1, peak_mem_bytes: 1 << 20 },
                     at_ms: 3,
+                    message: None,
                 });
             }
             journal.append(&events).map_err(|e| e.to_string())?;

@@ -292,6 +292,9 @@ pub async fn show(a: ShowArgs) -> Result<u8, String> {
                 t.cpu_ms.map(|ms| format!("{:.3}s", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into()),
                 t.peak_mem_bytes.map(format_bytes).unwrap_or_else(|| "-".into()),
             ));
+            if let Some(message) = &t.message {
+                line(&format!("  {:>8} {message}", ""));
+            }
         }
     }
     Ok(0)

@@ -338,7 +338,7 @@ async fn sacct(args: Vec<String>) -> Result<u8, String> {
         submitted_ms: 0, ended_ms: None, pending_code: None, pending_reason: None, pending_indices: String::new(),
         command: vec![], workdir: String::new(), tasks: vec![],
     };
-    let probe_task = TaskView { index: 0, state: String::new(), attempt: 0, node: None, started_ms: None, ended_ms: None, exit_code: None, signal: None, cpu_ms: None, peak_mem_bytes: None };
+    let probe_task = TaskView { index: 0, state: String::new(), attempt: 0, node: None, started_ms: None, ended_ms: None, exit_code: None, signal: None, cpu_ms: None, peak_mem_bytes: None, message: None };
     for (f, _) in &fields {
         sacct_field(f, &probe_job, &probe_task)?;
     }

@@ -145,3 +145,130 @@ fn a_project_runs_only_on_nodes_that_can_give_it_its_identity_and_squeue_says_wh
     assert!(env.run(&["wait", operator.trim()]).status.success());
     assert_eq!(std::fs::read_to_string(format!("{out_dir}/op.out")).unwrap().trim(), "5999");
 }
+
+/// Runs `script` as a chem task in chem's area and waits; its output, one line per attempt.
+fn chem_runs(env: &Env, chem: &str, area: &str, script: &str) -> String {
+    let (ok, log, shown) = run_as(env, chem, &["-D", area, "-o", "attack.out", "--", "sh", "-c", script]);
+    assert!(ok, "the attack script itself failed: {shown}");
+    log
+}
+
+#[test]
+fn a_project_task_reaches_nothing_of_another_project_nor_of_tidepool() {
+    if !common::is_root() {
+        eprintln!("skipped: running tasks as another identity needs the agent to be root");
+        return;
+    }
+    let mut env = Env::new("identity-attack");
+    env.add_agent("second", &["--cpus", "2"]);
+    let (chem, chem_area) = env.project_with_uid("chem", 5001);
+    let (bio, bio_area) = env.project_with_uid("bio", 6001);
+    let data = env.dir.join("data").display().to_string();
+
+    // bio's work: an output of its own, a log Tidepool keeps, a secret, and a task still
+    // running with that secret in its environment.
+    let (ok, _, _) = run_as(&env, &bio, &["-D", &bio_area, "-o", "result.txt", "--", "echo", "BIO-RESULT"]);
+    assert!(ok);
+    let logged = env.cmd(common::BIN, &["submit", "-D", &bio_area, "--", "echo", "BIO-LOG"]).env("TIDEPOOL_TOKEN", &bio).output().unwrap();
+    let logged = String::from_utf8(logged.stdout).unwrap().trim().to_string();
+    assert!(env.cmd(common::BIN, &["wait", &logged]).env("TIDEPOOL_TOKEN", &bio).status().unwrap().success());
+    let bio_log = format!("{data}/logs/{logged}/0.out");
+    assert_eq!(std::fs::read_to_string(&bio_log).unwrap().trim(), "BIO-LOG", "where Tidepool keeps a log");
+    let running = env
+        .cmd(common::BIN, &["submit", "-D", &bio_area, "-o", "pid", "--secret-env", "API_KEY=BIO-SECRET-VALUE", "--", "sh", "-c", "echo $$; exec sleep 60"])
+        .env("TIDEPOOL_TOKEN", &bio)
+        .output()
+        .unwrap();
+    let running = String::from_utf8(running.stdout).unwrap().trim().to_string();
+    let pid_file = format!("{bio_area}/pid");
+    env.eventually(20, "bio's task to run", |_| std::fs::read_to_string(&pid_file).is_ok_and(|p| !p.trim().is_empty()));
+    let bio_pid = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
+    let secret_file = format!("{data}/secrets/{running}.json");
+    assert!(std::fs::read_to_string(&secret_file).unwrap().contains("BIO-SECRET-VALUE"), "the secret is on disk while its job runs");
+
+    // Everything chem's task must not read, by absolute path, by a path relative to its own
+    // directory, and through a symlink it makes there.
+    let to_read = [
+        ("the output of bio", format!("{bio_area}/result.txt")),
+        ("the log of bio", bio_log.clone()),
+        ("the secret file of bio", secret_file.clone()),
+        ("the task environment of bio", format!("/proc/{bio_pid}/environ")),
+        ("the admin token", format!("{data}/admin.token")),
+        ("the join token", format!("{data}/join.token")),
+        ("the journal", format!("{data}/journal.db")),
+    ];
+    let to_write = [
+        ("the directory of bio", format!("{bio_area}/planted")),
+        ("/etc", "/etc/tidepool-planted".to_string()),
+        ("the data directory", format!("{data}/planted")),
+    ];
+    let relative = |path: &str| -> String {
+        // From chem's area, one level under the test's directory.
+        match path.strip_prefix(&format!("{}/", env.dir.display())) {
+            Some(rest) => format!("../{rest}"),
+            None => format!("../../../../../../../..{path}"),
+        }
+    };
+    let mut script = String::new();
+    for (i, (what, path)) in to_read.iter().enumerate() {
+        for (how, target) in [("absolute", path.clone()), ("relative", relative(path)), ("symlink", format!("link-r{i}"))] {
+            if how == "symlink" {
+                script += &format!("ln -sf '{path}' link-r{i}; ");
+            }
+            script += &format!("if out=$(cat '{target}' 2>&1); then echo 'READ {what} {how}: '\"$out\"; else echo 'refused {what} {how}: '\"$out\"; fi; ");
+        }
+    }
+    for (i, (what, path)) in to_write.iter().enumerate() {
+        for (how, target) in [("absolute", path.clone()), ("relative", relative(path)), ("symlink", format!("link-w{i}"))] {
+            if how == "symlink" {
+                script += &format!("ln -sf '{path}' link-w{i}; ");
+            }
+            script += &format!("if out=$( (echo planted > '{target}') 2>&1); then echo 'WROTE {what} {how}'; else echo 'refused {what} {how}: '\"$out\"; fi; ");
+        }
+    }
+    let log = chem_runs(&env, &chem, &chem_area, &script);
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), (to_read.len() + to_write.len()) * 3, "one line per attempt:\n{log}");
+    for line in &lines {
+        assert!(line.starts_with("refused "), "chem got through: {line}\n{log}");
+        // Each refusal is the kernel's, for want of permission: not a missing file or a typo.
+        assert!(line.contains("Permission denied"), "refused for another reason: {line}");
+    }
+    for secret in ["BIO-RESULT", "BIO-LOG", "BIO-SECRET-VALUE", "tpa_", "tpj_", "SQLite format"] {
+        assert!(!log.contains(secret), "{secret} reached chem:\n{log}");
+    }
+    for (_, path) in &to_write {
+        assert!(!std::path::Path::new(path).exists(), "{path} was written");
+    }
+
+    // Through Tidepool itself: output files and working directories in bio's directory, by
+    // absolute path, relative path, a symlink, and a job name with '..' in an output pattern.
+    std::os::unix::fs::symlink(format!("{bio_area}/result.txt"), format!("{chem_area}/aimed.out")).unwrap();
+    let bio_stolen = format!("{bio_area}/stolen.out");
+    let chem_workdir_out = format!("{chem_area}/workdir.out");
+    let attempts: [(&str, Vec<&str>, &str); 5] = [
+        ("an absolute output", vec!["-o", &bio_stolen], "Permission denied"),
+        ("a relative output", vec!["-o", "../bio-area/stolen.out"], "Permission denied"),
+        ("a symlinked output", vec!["-o", "aimed.out"], "symbolic link"),
+        ("a job name with ..", vec!["-J", "../bio-area/victim", "-o", "%x.out"], "Permission denied"),
+        ("bio's directory as workdir", vec!["-D", &bio_area, "-o", &chem_workdir_out], "enter"),
+    ];
+    for (what, args, why) in attempts {
+        let workdir: &[&str] = if args.contains(&"-D") { &[] } else { &["-D", &chem_area] };
+        let (ok, _, shown) = run_as(&env, &chem, &[workdir, &args, &["--", "echo", "CHEM-WAS-HERE"]].concat());
+        assert!(!ok, "{what}: the task ran");
+        let v: serde_json::Value = serde_json::from_str(&env.ok(&["show", &shown_id(&shown), "--tasks", "--json"])).unwrap();
+        let message = v["tasks"][0]["message"].as_str().unwrap_or_default().to_string();
+        assert!(message.contains(why) && message.contains("5001"), "{what}: {message}\n{v}");
+    }
+    assert_eq!(std::fs::read_to_string(format!("{bio_area}/result.txt")).unwrap().trim(), "BIO-RESULT", "bio's output untouched");
+    for name in ["stolen.out", "victim.out"] {
+        assert!(!std::path::Path::new(&format!("{bio_area}/{name}")).exists(), "{name} was written in bio's directory");
+    }
+    env.ok(&["cancel", &running]);
+}
+
+fn shown_id(shown: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(shown).unwrap();
+    v["id"].to_string()
+}

@@ -47,7 +47,7 @@ fn dispatched(job_id: u64, index: u32, attempt: u32, node: &str) -> Event {
 }
 
 fn ended(job_id: u64, index: u32, attempt: u32, outcome: Outcome) -> Event {
-    Event::TaskEnded { job_id, index, attempt, outcome, ending: Ending { exit_code: Some(0), cpu_ms: 7, ..Ending::default() }, at_ms: 200 }
+    Event::TaskEnded { job_id, index, attempt, outcome, ending: Ending { exit_code: Some(0), cpu_ms: 7, ..Ending::default() }, at_ms: 200, message: None }
 }
 
 fn replay_all(store: &dyn Store) -> std::result::Result<Vec<Event>, String> {
@@ -108,9 +108,10 @@ fn every_event_kind_reads_back_exactly(mut store: Box<dyn Store>) -> std::result
             outcome: Outcome::Timeout,
             ending: Ending { exit_code: Some(-1), signal: Some(9), started_ms: big, cpu_ms: big, peak_mem_bytes: big },
             at_ms: big,
+            message: None,
         },
-        Event::TaskEnded { job_id: 1, index: 0, attempt: 1, outcome: Outcome::Failed, ending: Ending::default(), at_ms: 1 },
-        Event::TaskEnded { job_id: 1, index: 0, attempt: 2, outcome: Outcome::Cancelled, ending: Ending::default(), at_ms: 1 },
+        Event::TaskEnded { job_id: 1, index: 0, attempt: 1, outcome: Outcome::Failed, ending: Ending::default(), at_ms: 1, message: Some("cannot open \"/x\" as uid 5001: é".into()) },
+        Event::TaskEnded { job_id: 1, index: 0, attempt: 2, outcome: Outcome::Cancelled, ending: Ending::default(), at_ms: 1, message: None },
         ended(1, 0, 3, Outcome::Succeeded),
         Event::TaskRequeued { job_id: 1, index: 7, attempt: 3, at_ms: 0 },
         Event::JobCancelled { job_id: 1, index: Some(7), at_ms: 2 },

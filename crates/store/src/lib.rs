@@ -68,7 +68,7 @@ pub enum Event {
     /// An attempt was handed to a node.
     TaskDispatched { job_id: u64, index: u32, attempt: u32, node: String, at_ms: u64 },
     /// An attempt ended.
-    TaskEnded { job_id: u64, index: u32, attempt: u32, outcome: Outcome, ending: Ending, at_ms: u64 },
+    TaskEnded { job_id: u64, index: u32, attempt: u32, outcome: Outcome, ending: Ending, at_ms: u64, message: Option<String> },
     /// An attempt was lost by its node and the task went back to the queue.
     TaskRequeued { job_id: u64, index: u32, attempt: u32, at_ms: u64 },
     /// A user cancelled a job (`index` None) or one task.
@@ -149,6 +149,8 @@ pub struct TaskRecord {
     pub ending: Option<Ending>,
     /// When it ended.
     pub ended_ms: Option<u64>,
+    /// Why it could not start, when it could not (a path its identity may not use).
+    pub message: Option<String>,
 }
 
 /// The journal: events appended in batches, read back in order, and snapshots of the state
@@ -234,10 +236,11 @@ pub(crate) fn task_records_of(events: impl IntoIterator<Item = Event>) -> Vec<Ta
             Event::TaskDispatched { attempt, node, at_ms, .. } => {
                 *rec = TaskRecord { index, attempt, node: Some(node), dispatched_ms: Some(at_ms), ..TaskRecord::default() };
             }
-            Event::TaskEnded { attempt, outcome, ending, at_ms, .. } if attempt == rec.attempt => {
+            Event::TaskEnded { attempt, outcome, ending, at_ms, message, .. } if attempt == rec.attempt => {
                 rec.outcome = Some(outcome);
                 rec.ending = Some(ending);
                 rec.ended_ms = Some(at_ms);
+                rec.message = message;
             }
             _ => {}
         }

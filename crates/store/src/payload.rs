@@ -41,6 +41,8 @@ enum Body<'a> {
         cpu_ms: u64,
         peak_mem_bytes: u64,
         at_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+        message: Option<Cow<'a, str>>,
     },
     TaskRequeued { job_id: u64, index: u32, attempt: u32, at_ms: u64 },
     JobCancelled { job_id: u64, index: Option<u32>, at_ms: u64 },
@@ -89,7 +91,7 @@ pub(crate) fn encode(event: &Event) -> Option<String> {
     let body = match *event {
         Event::JobSubmitted { .. } => return None,
         Event::TaskDispatched { job_id, index, attempt, ref node, at_ms } => Body::TaskDispatched { job_id, index, attempt, node: Cow::Borrowed(node), at_ms },
-        Event::TaskEnded { job_id, index, attempt, outcome, ending, at_ms } => Body::TaskEnded {
+        Event::TaskEnded { job_id, index, attempt, outcome, ending, at_ms, ref message } => Body::TaskEnded {
             job_id,
             index,
             attempt,
@@ -100,6 +102,7 @@ pub(crate) fn encode(event: &Event) -> Option<String> {
             cpu_ms: ending.cpu_ms,
             peak_mem_bytes: ending.peak_mem_bytes,
             at_ms,
+            message: message.as_deref().map(Cow::Borrowed),
         },
         Event::TaskRequeued { job_id, index, attempt, at_ms } => Body::TaskRequeued { job_id, index, attempt, at_ms },
         Event::JobCancelled { job_id, index, at_ms } => Body::JobCancelled { job_id, index, at_ms },
@@ -129,13 +132,14 @@ pub(crate) fn decode(seq: u64, payload: &str) -> Result<Event> {
     }
     Ok(match envelope.e {
         Body::TaskDispatched { job_id, index, attempt, node, at_ms } => Event::TaskDispatched { job_id, index, attempt, node: node.into_owned(), at_ms },
-        Body::TaskEnded { job_id, index, attempt, outcome, exit_code, signal, started_ms, cpu_ms, peak_mem_bytes, at_ms } => Event::TaskEnded {
+        Body::TaskEnded { job_id, index, attempt, outcome, exit_code, signal, started_ms, cpu_ms, peak_mem_bytes, at_ms, message } => Event::TaskEnded {
             job_id,
             index,
             attempt,
             outcome: outcome.into(),
             ending: Ending { exit_code, signal, started_ms, cpu_ms, peak_mem_bytes },
             at_ms,
+            message: message.map(Cow::into_owned),
         },
         Body::TaskRequeued { job_id, index, attempt, at_ms } => Event::TaskRequeued { job_id, index, attempt, at_ms },
         Body::JobCancelled { job_id, index, at_ms } => Event::JobCancelled { job_id, index, at_ms },

@@ -120,6 +120,18 @@ pub enum Principal {
     Project(String),
 }
 
+/// The most of an agent's message about an attempt that is journaled.
+const MAX_MESSAGE_BYTES: usize = 1000;
+
+/// An agent's message, cut to `MAX_MESSAGE_BYTES` at a character boundary.
+fn bounded_message(text: &str) -> String {
+    let mut end = text.len().min(MAX_MESSAGE_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
 fn pos_of(cluster: &Cluster, job_id: JobId, index: u32) -> Option<u32> {
     cluster.job(job_id)?.spec().array.position_of(index)
 }
@@ -318,6 +330,7 @@ impl Shared {
                         peak_mem_bytes: r.peak_mem_bytes,
                     },
                     at_ms: r.ended_ms.max(r.started_ms).min(now.max(r.started_ms)),
+                    message: r.message.as_deref().map(bounded_message),
                 }})
                 .collect()
         };
@@ -461,7 +474,7 @@ impl Inner {
                     }
                 }
             }
-            Event::TaskEnded { job_id, index, attempt, outcome, ending, at_ms } => {
+            Event::TaskEnded { job_id, index, attempt, outcome, ending, at_ms, .. } => {
                 if let Some(pos) = pos_of(&self.cluster, JobId(job_id), index) {
                     let ran_ms = at_ms.saturating_sub(ending.started_ms);
                     self.cluster.finish_after(JobId(job_id), pos, attempt, outcome, at_ms, ran_ms);

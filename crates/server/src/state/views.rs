@@ -133,6 +133,7 @@ impl Shared {
                         signal: None,
                         cpu_ms: None,
                         peak_mem_bytes: None,
+                        message: None,
                     };
                     if let Some((node, attempt, started)) = run {
                         t.node = Some(node);
@@ -147,6 +148,7 @@ impl Shared {
                         t.signal = ending.signal;
                         t.cpu_ms = Some(ending.cpu_ms);
                         t.peak_mem_bytes = Some(ending.peak_mem_bytes);
+                        t.message = rec.and_then(|r| r.message.clone());
                     }
                     t
                 })
@@ -218,6 +220,7 @@ impl Inner {
                 signal: None,
                 cpu_ms: None,
                 peak_mem_bytes: None,
+                message: None,
             })
             .collect::<Vec<_>>();
         let mut tasks = tasks;
