@@ -74,7 +74,7 @@ impl IdentityPolicy {
         let offer = self.offer(switches_users);
         let projects = if offer.project_uids { "as their own uids" } else { "not here (this agent cannot switch users)" };
         let operator = match offer.operator_uid {
-            Some(0) => "as root (asked for)".to_string(),
+            Some(0) => "as root (tidepool up started by root, or --allow-root-tasks)".to_string(),
             Some(uid) => format!("as uid {uid}"),
             None => "not here (--admin-runs-as USER gives them a user)".to_string(),
         };

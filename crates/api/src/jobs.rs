@@ -219,7 +219,13 @@ pub struct NodeView {
     /// Short tasks sent ahead of free cores, waiting there for a running one to end.
     #[serde(default)]
     pub n_queued: u32,
+    /// The identities its agent runs tasks as (nothing while it is not connected).
+    #[serde(default)]
+    pub identities: crate::Identities,
 }
+
+/// One project as `GET /api/v1/projects` lists it: what it was created with, its gid filled in.
+pub type ProjectView = ProjectRequest;
 
 /// `POST /api/v1/projects`: a project with optional quota (cores), borrowing limit and share.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -47,7 +47,7 @@ pub fn document() -> String {
             "/nodes/{name}/drain": {"post": op("Drain a node: it finishes what runs and takes nothing new (admin)", None, "DrainAnswer")},
             "/nodes/{name}/resume": {"post": op("Give a drained node work again (admin)", None, "DrainAnswer")},
             "/projects": {
-                "get": op("List projects (admin)", None, "NameList"),
+                "get": op("List projects with their limits and identities (admin)", None, "ProjectList"),
                 "post": op("Create a project with an optional quota (admin)", Some("ProjectRequest"), "ProjectCreated"),
             },
             "/tokens": {
@@ -72,9 +72,10 @@ pub fn document() -> String {
                 "CancelResponse": {"type": "object", "properties": {"n_cancelled": int, "n_signalled": int, "already_ended": {"type": "boolean"}}},
                 "JobView": {"type": "object", "properties": {"id": int, "name": string, "state": string, "n_tasks": int}},
                 "JobList": {"type": "array", "items": {"$ref": "#/components/schemas/JobView"}},
-                "NodeView": {"type": "object", "properties": {"name": string, "pool": string, "state": string}},
+                "NodeView": {"type": "object", "properties": {"name": string, "pool": string, "state": string,
+                    "identities": {"type": "object", "properties": {"project_uids": {"type": "boolean"}, "operator_uid": {"type": ["integer", "null"]}}}}},
                 "NodeList": {"type": "array", "items": {"$ref": "#/components/schemas/NodeView"}},
-                "NameList": {"type": "array", "items": string},
+                "ProjectList": {"type": "array", "items": {"$ref": "#/components/schemas/ProjectRequest"}},
                 "DrainAnswer": {"type": "object", "properties": {"node": string, "draining": {"type": "boolean"}}},
                 "ProjectRequest": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {"name": string, "quota": int, "borrow": int, "share": int, "uid": int, "gid": int, "groups": {"type": "array", "items": int}}},
                 "ProjectCreated": {"type": "object", "properties": {"name": string}},

@@ -30,8 +30,8 @@ enum Command {
     Cancel(commands::CancelArgs),
     /// Print a task's output (`JOB.INDEX`).
     Logs(commands::LogsArgs),
-    /// List nodes.
-    Nodes,
+    /// List nodes (with --identities: which project runs as what on which node).
+    Nodes(commands::NodesArgs),
     /// Drain a node: it finishes what it runs and takes nothing new.
     Drain {
         /// The node's name.
@@ -297,7 +297,7 @@ pub async fn run(args: Vec<String>) -> Result<u8, String> {
         Command::Show(a) => commands::show(a).await,
         Command::Cancel(a) => commands::cancel(a).await,
         Command::Logs(a) => commands::logs(a).await,
-        Command::Nodes => commands::nodes().await,
+        Command::Nodes(a) => commands::nodes(a).await,
         Command::Drain { node } => commands::drain(&node, true).await,
         Command::Resume { node } => commands::drain(&node, false).await,
         Command::Wait(a) => commands::wait(a).await,

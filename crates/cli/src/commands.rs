@@ -397,9 +397,16 @@ pub async fn logs(a: LogsArgs) -> Result<u8, String> {
 }
 
 /// Lists nodes.
-pub async fn nodes() -> Result<u8, String> {
+pub async fn nodes(a: NodesArgs) -> Result<u8, String> {
     let client = Client::from_env()?;
     let nodes: Vec<NodeView> = client.get("/nodes").await?;
+    if a.identities {
+        let projects: Vec<tidepool_api::ProjectView> = client.get("/projects").await?;
+        for row in identity_table(&nodes, &projects) {
+            line(&row);
+        }
+        return Ok(0);
+    }
     line(&format!("{:<20} {:<10} {:<10} {:>11} {:>15} {:>5} {:>8} {:>7}", "NODE", "POOL", "STATE", "CPUS(A/T)", "MEM(A/T)", "GPUS", "RUNNING", "QUEUED"));
     for n in nodes {
         line(&format!(
@@ -415,6 +422,42 @@ pub async fn nodes() -> Result<u8, String> {
         ));
     }
     Ok(0)
+}
+
+/// Flags of `nodes`.
+#[derive(Args, Debug)]
+pub struct NodesArgs {
+    /// Which identity each project's tasks (and the operator's) run as, and on which nodes.
+    #[arg(long)]
+    identities: bool,
+}
+
+/// Rows saying what each node can run tasks as, then where each project's tasks may run.
+fn identity_table(nodes: &[NodeView], projects: &[tidepool_api::ProjectView]) -> Vec<String> {
+    let mut rows = vec![format!("{:<20} {:<14} {}", "NODE", "PROJECT UIDS", "OPERATOR'S TASKS AS")];
+    for n in nodes {
+        let operator = match (n.state.as_str(), n.identities.operator_uid) {
+            ("down", _) => "- (not connected)".to_string(),
+            (_, Some(0)) => "uid 0 (root)".to_string(),
+            (_, Some(uid)) => format!("uid {uid}"),
+            (_, None) => "nobody (no --admin-runs-as)".to_string(),
+        };
+        rows.push(format!("{:<20} {:<14} {operator}", n.name, if n.identities.project_uids { "yes" } else { "no" }));
+    }
+    rows.push(String::new());
+    rows.push(format!("{:<16} {:<36} {}", "PROJECT", "RUNS AS", "ON NODES"));
+    for p in projects {
+        let (runs_as, where_) = match p.uid {
+            Some(uid) => {
+                let groups = if p.groups.is_empty() { String::new() } else { format!(" groups {}", p.groups.iter().map(u32::to_string).collect::<Vec<_>>().join(",")) };
+                let on: Vec<&str> = nodes.iter().filter(|n| n.identities.project_uids && n.state != "down").map(|n| n.name.as_str()).collect();
+                (format!("uid {uid} gid {}{groups}", p.gid.unwrap_or(uid)), if on.is_empty() { "none".to_string() } else { on.join(",") })
+            }
+            None => ("no identity (create it with --uid)".to_string(), "none".to_string()),
+        };
+        rows.push(format!("{:<16} {:<36} {where_}", p.name, runs_as));
+    }
+    rows
 }
 
 /// Drains a node, or puts it back.
@@ -434,9 +477,12 @@ pub async fn project(action: crate::cli::ProjectAction) -> Result<u8, String> {
             let _: serde_json::Value = client.post("/projects", &req).await?;
         }
         crate::cli::ProjectAction::List => {
-            let names: Vec<String> = client.get("/projects").await?;
-            for n in names {
-                line(&n);
+            let projects: Vec<tidepool_api::ProjectView> = client.get("/projects").await?;
+            line(&format!("{:<16} {:>7} {:>7} {:>6} {}", "PROJECT", "QUOTA", "BORROW", "SHARE", "RUNS AS"));
+            let or_dash = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+            for p in projects {
+                let runs_as = p.uid.map_or("no identity".to_string(), |uid| format!("uid {uid} gid {}", p.gid.unwrap_or(uid)));
+                line(&format!("{:<16} {:>7} {:>7} {:>6} {runs_as}", p.name, or_dash(p.quota), or_dash(p.borrow), p.share.unwrap_or(1)));
             }
         }
     }

@@ -136,6 +136,15 @@ fn a_project_runs_only_on_nodes_that_can_give_it_its_identity_and_squeue_says_wh
     assert_eq!(why["pending_code"], "ProjectIdentity", "{why}");
     assert!(why["pending_reason"].as_str().unwrap().contains("--uid"), "{why}");
 
+    // Operators see it: what each node can run tasks as, and where each project's run.
+    let table = env.ok(&["nodes", "--identities"]);
+    let row = |name: &str| table.lines().find(|l| l.split_whitespace().next() == Some(name)).unwrap_or_else(|| panic!("no {name} in\n{table}")).to_string();
+    assert!(row("plain").contains(" no ") && row("plain").contains("uid 5999"), "{table}");
+    assert!(row("chem").contains("uid 5001 gid 5001") && !row("chem").contains("plain"), "{table}");
+    assert!(row("bare").contains("no identity"), "{table}");
+    let listed = env.ok(&["project", "list"]);
+    assert!(listed.lines().any(|l| l.starts_with("chem") && l.ends_with("uid 5001 gid 5001")), "{listed}");
+
     // The operator's own work on the plain node runs as that agent's user, never root.
     let out_dir = env.dir.join("plain-out");
     std::fs::create_dir_all(&out_dir).unwrap();

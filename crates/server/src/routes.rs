@@ -235,7 +235,7 @@ async fn create_project(State(s): State<AppState>, headers: HeaderMap, body: Byt
 
 async fn list_projects(State(s): State<AppState>, headers: HeaderMap) -> Result<Response> {
     require_admin(&s, &headers)?;
-    Ok(Json(s.project_names()?).into_response())
+    Ok(Json(s.project_views()?).into_response())
 }
 
 async fn create_token(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response> {

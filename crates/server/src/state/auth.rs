@@ -120,7 +120,24 @@ impl Shared {
 
     /// Every project created through the API.
     pub fn project_names(&self) -> Result<Vec<String>> {
-        Ok(self.reader.lock().unwrap_or_else(|p| p.into_inner()).projects()?.into_iter().map(|p| p.name).collect())
+        Ok(self.project_views()?.into_iter().map(|p| p.name).collect())
+    }
+
+    /// Every project created through the API, with its limits and identity.
+    pub fn project_views(&self) -> Result<Vec<tidepool_api::ProjectView>> {
+        let rows = self.reader.lock().unwrap_or_else(|p| p.into_inner()).projects()?;
+        Ok(rows
+            .into_iter()
+            .map(|p| tidepool_api::ProjectView {
+                name: p.name,
+                quota: p.quota_millis.map(|m| m / 1000),
+                borrow: p.borrow_millis.map(|m| m / 1000),
+                share: Some(p.share),
+                uid: p.uid,
+                gid: p.gid,
+                groups: p.groups,
+            })
+            .collect())
     }
 
     /// A new token for a project, or a join token for agents: returned once, stored as a hash.

@@ -50,6 +50,8 @@ struct Session {
     log_reads: Vec<tidepool_api::LogRead>,
     wake: Arc<Notify>,
     last_seen_ms: u64,
+    /// What its agent offered when it registered.
+    identities: tidepool_api::Identities,
 }
 
 impl Session {

@@ -45,6 +45,7 @@ impl Shared {
                     log_reads: Vec::new(),
                     wake: Arc::new(Notify::new()),
                     last_seen_ms: self.config.clock.now_ms(),
+                    identities: req.identities,
                 },
             ) {
                 old.wake.notify_one();

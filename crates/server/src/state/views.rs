@@ -163,7 +163,7 @@ impl Shared {
         inner
             .cluster
             .nodes()
-            .map(|(_, n)| {
+            .map(|(id, n)| {
                 let cap = n.capacity();
                 let alloc = n.allocated();
                 let state = if !n.is_online() {
@@ -190,6 +190,7 @@ impl Shared {
                     gpus: cap.n_gpus,
                     n_running: n.n_running(),
                     n_queued: n.n_queued(),
+                    identities: inner.sessions.get(&id).filter(|_| n.is_online()).map(|s| s.identities).unwrap_or_default(),
                 }
             })
             .collect()
