@@ -78,10 +78,11 @@ pub enum ProjectAction {
         /// Fair-share weight.
         #[arg(long)]
         share: Option<u32>,
-        /// The user id its tasks run as on every node (never 0).
+        /// The user its tasks run as on every node: a uid, or a user name looked up here
+        /// (whose primary group and groups then apply unless given); never root.
         #[arg(long)]
-        uid: Option<u32>,
-        /// The group id its tasks run as (default: the uid).
+        uid: Option<String>,
+        /// The group id its tasks run as (default: the uid, or the named user's group).
         #[arg(long)]
         gid: Option<u32>,
         /// Supplementary groups of its tasks, comma-separated ids (for shared storage).

@@ -473,6 +473,14 @@ pub async fn project(action: crate::cli::ProjectAction) -> Result<u8, String> {
     let client = Client::from_env()?;
     match action {
         crate::cli::ProjectAction::Create { name, quota, borrow, share, uid, gid, groups } => {
+            let (uid, gid, groups) = match uid {
+                Some(text) if !text.starts_with(|c: char| c.is_ascii_digit()) => {
+                    let user = tidepool_agent::identity::resolve_user(&text).map_err(|e| format!("--uid: {e}"))?;
+                    (Some(user.uid), gid.or(Some(user.gid)), if groups.is_empty() { user.groups } else { groups })
+                }
+                Some(text) => (Some(text.parse::<u32>().map_err(|_| format!("--uid: '{text}' is not a uid or a user name"))?), gid, groups),
+                None => (None, gid, groups),
+            };
             let req = tidepool_api::ProjectRequest { name, quota, borrow, share, uid, gid, groups };
             let _: serde_json::Value = client.post("/projects", &req).await?;
         }

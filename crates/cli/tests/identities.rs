@@ -36,6 +36,12 @@ fn a_project_with_a_uid_runs_its_tasks_as_that_uid_and_opens_its_files_as_it() {
     env.ok(&["project", "create", "chem", "--uid", "5001", "--gid", "5002", "--groups", "5003,5004"]);
     env.ok(&["project", "create", "bio", "--uid", "6001"]);
     let (chem, bio) = (token_for(&env, "chem"), token_for(&env, "bio"));
+    // A user name is looked up where the command runs, with its primary group.
+    env.ok(&["project", "create", "named", "--uid", "daemon"]);
+    let listed = env.ok(&["project", "list"]);
+    assert!(listed.lines().any(|l| l.starts_with("named") && l.ends_with("uid 1 gid 1")), "{listed}");
+    let unknown = env.run(&["project", "create", "ghost", "--uid", "no-such-user-anywhere"]);
+    assert!(!unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("--uid: no user"), "{unknown:?}");
     // Only the admin gives identities: a project's token can make no project, let alone one
     // that runs as another project's uid.
     let taken = env.cmd(common::BIN, &["project", "create", "evil", "--uid", "6001"]).env("TIDEPOOL_TOKEN", &chem).output().unwrap();

@@ -64,50 +64,55 @@ fn keep_tasks_leaves_them_running_for_the_next_agent() {
 #[test]
 fn a_killed_launcher_takes_its_task_trees_with_it_and_they_run_again() {
     let env = Env::new("launcher-kill");
-    let marker = format!("sleep 302.{}", std::process::id());
-    // A tree: the task's shell, and a child that left its process group.
-    let script = format!("setsid {marker} & exec {marker}");
-    let job = env.ok(&["submit", "--", "sh", "-c", &script]);
-    let job = job.trim().to_string();
-    env.eventually(20, "the tree to run", |_| pids_of(&marker).len() == 2);
-    let run_dir = env.dir.join("data/agent/run");
-    let launchers = tidepool_agent::rundir::live_launchers(&run_dir);
-    assert_eq!(launchers.len(), 1, "{launchers:?}");
-    let first = pids_of(&marker);
-    let _ = std::process::Command::new("kill").args(["-KILL", &launchers[0].to_string()]).status();
+    for (n, (token, workdir)) in env.submitters().into_iter().enumerate() {
+        let marker = format!("sleep 302.{}{n}", std::process::id());
+        // A tree: the task's shell, and a child that left its process group.
+        let script = format!("setsid {marker} & exec {marker}");
+        let job = env.submit_as(&token, &workdir, &["--", "sh", "-c", &script]);
+        env.eventually(20, "the tree to run", |_| pids_of(&marker).len() == 2);
+        let run_dir = env.dir.join("data/agent/run");
+        let launchers = tidepool_agent::rundir::live_launchers(&run_dir);
+        assert_eq!(launchers.len(), 1, "{launchers:?}");
+        let first = pids_of(&marker);
+        let _ = std::process::Command::new("kill").args(["-KILL", &launchers[0].to_string()]).status();
 
-    // Killed with its launcher, then run again under a new one as attempt 2.
-    env.eventually(20, "the task to run again", |e| attempts(&json(e, &job)) == [2] && json(e, &job)["counts"]["running"] == 1);
-    env.eventually(20, "the new tree", |_| pids_of(&marker).len() == 2);
-    let now = pids_of(&marker);
-    assert!(first.iter().all(|p| !now.contains(p)), "the first tree still runs: {first:?} {now:?}");
-    assert_eq!(json(&env, &job)["counts"]["failed"], 0);
-    env.ok(&["cancel", &job]);
-    env.eventually(20, "the cancelled tree to end", |_| pids_of(&marker).is_empty());
+        // Killed with its launcher, then run again under a new one as attempt 2.
+        env.eventually(20, "the task to run again", |e| attempts(&json(e, &job)) == [2] && json(e, &job)["counts"]["running"] == 1);
+        env.eventually(20, "the new tree", |_| pids_of(&marker).len() == 2);
+        let now = pids_of(&marker);
+        assert!(first.iter().all(|p| !now.contains(p)), "the first tree still runs: {first:?} {now:?}");
+        assert_eq!(json(&env, &job)["counts"]["failed"], 0);
+        env.ok(&["cancel", &job]);
+        env.eventually(20, "the cancelled tree to end", |_| pids_of(&marker).is_empty());
+    }
 }
 
 #[test]
 fn a_task_inherits_no_descriptor_of_the_launcher_or_the_agent() {
     let env = Env::new("descriptors");
-    let job = env.ok(&["submit", "--", "sh", "-c", "ls /proc/$$/fd"]);
-    assert!(env.run(&["wait", job.trim()]).status.success());
-    let fds = env.ok(&["logs", job.trim()]);
-    let fds: Vec<&str> = fds.split_whitespace().collect();
-    assert_eq!(fds, ["0", "1", "2"], "a task holds more than its standard streams");
+    for (token, workdir) in env.submitters() {
+        let job = env.submit_as(&token, &workdir, &["--", "sh", "-c", "ls /proc/$$/fd"]);
+        assert!(env.run(&["wait", &job]).status.success());
+        let fds = env.ok(&["logs", &job]);
+        let fds: Vec<&str> = fds.split_whitespace().collect();
+        assert_eq!(fds, ["0", "1", "2"], "a task holds more than its standard streams");
+    }
 }
 
 #[test]
 fn a_task_leads_a_session_of_its_own_with_no_controlling_terminal() {
     let env = Env::new("session");
-    // /proc/PID/stat after the command's name: state, ppid, pgrp, session, tty_nr, ...
-    let job = env.ok(&["submit", "--", "sh", "-c", "echo $$; cat /proc/$$/stat"]);
-    assert!(env.run(&["wait", job.trim()]).status.success());
-    let out = env.ok(&["logs", job.trim()]);
-    let mut lines = out.lines();
-    let pid = lines.next().unwrap().trim().to_string();
-    let stat = lines.next().unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-    let (pgrp, session, tty) = (fields[2], fields[3], fields[4]);
-    assert_eq!((pgrp, session), (pid.as_str(), pid.as_str()), "its own process group and session: {stat}");
-    assert_eq!(tty, "0", "no controlling terminal: {stat}");
+    for (token, workdir) in env.submitters() {
+        // /proc/PID/stat after the command's name: state, ppid, pgrp, session, tty_nr, ...
+        let job = env.submit_as(&token, &workdir, &["--", "sh", "-c", "echo $$; cat /proc/$$/stat"]);
+        assert!(env.run(&["wait", &job]).status.success());
+        let out = env.ok(&["logs", &job]);
+        let mut lines = out.lines();
+        let pid = lines.next().unwrap().trim().to_string();
+        let stat = lines.next().unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        let (pgrp, session, tty) = (fields[2], fields[3], fields[4]);
+        assert_eq!((pgrp, session), (pid.as_str(), pid.as_str()), "its own process group and session: {stat}");
+        assert_eq!(tty, "0", "no controlling terminal: {stat}");
+    }
 }

@@ -181,7 +181,8 @@ extern "C" fn become_task(arg: *mut libc::c_void) -> libc::c_int {
         if libc::setsid() < 0 {
             return fail(plan, 1);
         }
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+        // Close-on-exec: only its copy as standard input reaches the task.
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
         if null < 0 || libc::dup2(null, 0) < 0 || libc::dup2(plan.out_fd, 1) < 0 || libc::dup2(plan.err_fd, 2) < 0 {
             return fail(plan, 2);
         }

@@ -138,6 +138,25 @@ impl Env {
         (token, area.display().to_string())
     }
 
+    /// Who submits in tests that cover both ways a task starts: the admin (tasks run as the
+    /// user who started `up`) and, as root, a project with a uid of its own (tasks switch to
+    /// it); each with its token and a directory its tasks may write in.
+    pub fn submitters(&self) -> Vec<(String, String)> {
+        let admin = std::fs::read_to_string(self.dir.join("data/admin.token")).unwrap().trim().to_string();
+        let mut out = vec![(admin, self.dir.display().to_string())];
+        if is_root() {
+            out.push(self.project_with_uid("switched", 5601));
+        }
+        out
+    }
+
+    /// Submits `args` as `token`, running in `workdir`; the job id.
+    pub fn submit_as(&self, token: &str, workdir: &str, args: &[&str]) -> String {
+        let out = self.cmd(BIN, &[&["submit", "-D", workdir], args].concat()).env("TIDEPOOL_TOKEN", token).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
     /// The pid of an agent started with [`Env::add_agent`].
     pub fn agent_pid(&self, name: &str) -> u32 {
         self.agents.iter().find(|(n, _)| n == name).map(|(_, c)| c.id()).expect("no such agent")
