@@ -61,6 +61,8 @@ pub struct AgentConfig {
     pub keep_tasks: bool,
     /// The identities its tasks may run as.
     pub identities: crate::identity::IdentityPolicy,
+    /// How its GPUs are checked, if they are.
+    pub gpu_health: Option<crate::gpus::GpuHealth>,
 }
 
 /// How long a connection to the server may take to open.
@@ -128,7 +130,7 @@ impl AgentConfig {
     }
 }
 
-struct Agent {
+pub(crate) struct Agent {
     config: AgentConfig,
     client: reqwest::Client,
     /// Where attempts run: this node's processes, or a Slurm site.
@@ -139,7 +141,7 @@ struct Agent {
     /// Attempts cancelled before they came: refused when they do.
     prekilled: Mutex<HashSet<AttemptRef>>,
     results: Results,
-    session: AtomicU64,
+    pub(crate) session: AtomicU64,
 }
 
 /// Runs the agent until the future is dropped.
@@ -178,6 +180,10 @@ pub async fn run_until(config: AgentConfig, shutdown: impl std::future::Future<O
     tracing::info!(node = %config.name, "{}", config.identities.describe(executor.switches_users()));
     let agent = Arc::new(Agent::new(config, client, executor, tx));
     let reporter = tokio::spawn(report_loop(agent.clone(), rx));
+    let checker = match (&agent.config.gpu_health, agent.config.gpus) {
+        (Some(health), n_gpus) if n_gpus > 0 => Some(tokio::spawn(crate::gpus::health_loop(agent.clone(), n_gpus, health.clone()))),
+        _ => None,
+    };
     let outcome = tokio::select! {
         outcome = main_loop(agent.clone()) => outcome,
         () = shutdown => {
@@ -186,6 +192,9 @@ pub async fn run_until(config: AgentConfig, shutdown: impl std::future::Future<O
         }
     };
     reporter.abort();
+    if let Some(checker) = checker {
+        checker.abort();
+    }
     outcome
 }
 
@@ -238,7 +247,7 @@ impl Agent {
         Agent { config, client, executor, remover, spares, prekilled: Mutex::default(), results, session: AtomicU64::new(0) }
     }
 
-    async fn post<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+    pub(crate) async fn post<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         body: &Req,
@@ -525,6 +534,7 @@ mod tests {
             slurm: None,
             keep_tasks: false,
             identities: crate::identity::IdentityPolicy::for_invoking_user(),
+            gpu_health: None,
         };
         let (tx, results) = mpsc::unbounded_channel();
         let executor = Arc::new(Recorder::new(tx.clone()));
@@ -547,6 +557,7 @@ mod tests {
             mem_bytes: 0,
             discard_empty_output: false,
             run_as: None,
+            gpus: vec![],
         }
     }
 

@@ -171,6 +171,7 @@ mod tests {
             mem_bytes: 0,
             discard_empty_output: false,
             run_as,
+            gpus: vec![],
         };
         let root = RunAs { uid: 0, gid: 0, groups: vec![] };
         assert!(none.settle(&mut launch(None)).unwrap_err().contains("--admin-runs-as"));

@@ -348,6 +348,7 @@ mod tests {
             mem_bytes: 0,
             discard_empty_output: false,
             run_as: None,
+            gpus: vec![],
         };
         let s = batch_script(&launch, Path::new("/run/x"));
         assert!(s.contains("export A='x'\\''y'\n"), "{s}");

@@ -148,6 +148,9 @@ pub struct Launch {
     /// The identity the task runs as, and opens its files as; none: the agent's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as: Option<RunAs>,
+    /// The node's GPUs it is given, by index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<u32>,
 }
 
 /// The identities an agent can run tasks as.
@@ -236,6 +239,35 @@ pub struct ReportRequest {
     pub session: u64,
     /// Ended attempts.
     pub results: Vec<TaskResult>,
+}
+
+/// `POST /api/v1/agent/gpus`: the GPUs that failed this node's health check (none: all pass).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuHealthReport {
+    /// From the registration.
+    pub session: u64,
+    /// Each failing GPU and why.
+    pub failed: Vec<GpuFailure>,
+}
+
+/// `POST /api/v1/nodes/{name}/resume`: a drained node, or one failed GPU of it, back to work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeRequest {
+    /// The GPU to give work again (until its health check fails it anew); none: the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<u32>,
+}
+
+/// A GPU that failed its health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuFailure {
+    /// Its index on the node.
+    pub index: u32,
+    /// What the check said.
+    pub reason: String,
 }
 
 /// Results the server has journaled.

@@ -222,6 +222,9 @@ pub struct NodeView {
     /// The identities its agent runs tasks as (nothing while it is not connected).
     #[serde(default)]
     pub identities: crate::Identities,
+    /// GPUs that failed its health check: no task is given them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus_failed: Vec<crate::GpuFailure>,
 }
 
 /// One project as `GET /api/v1/projects` lists it: what it was created with, its gid filled in.

@@ -45,7 +45,7 @@ pub fn document() -> String {
                 }}},
             "/nodes": {"get": op("List nodes", None, "NodeList")},
             "/nodes/{name}/drain": {"post": op("Drain a node: it finishes what runs and takes nothing new (admin)", None, "DrainAnswer")},
-            "/nodes/{name}/resume": {"post": op("Give a drained node work again (admin)", None, "DrainAnswer")},
+            "/nodes/{name}/resume": {"post": op("Give a drained node, or one failed GPU of it ({\"gpu\": N}), work again (admin)", None, "DrainAnswer")},
             "/projects": {
                 "get": op("List projects with their limits and identities (admin)", None, "ProjectList"),
                 "post": op("Create a project with an optional quota (admin)", Some("ProjectRequest"), "ProjectCreated"),

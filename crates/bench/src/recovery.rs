@@ -23,7 +23,7 @@ pub async fn run(json: bool, n_tasks: u32) -> Result<u8, String> {
             let end = (start + chunk).min(n_tasks);
             let mut events = Vec::with_capacity(2 * (end - start) as usize);
             for index in start..end {
-                events.push(Event::TaskDispatched { job_id: 1, index, attempt: 1, node: "node0001".into(), at_ms: 2 });
+                events.push(Event::TaskDispatched { job_id: 1, index, attempt: 1, node: "node0001".into(), at_ms: 2, gpus: 0 });
                 events.push(Event::TaskEnded {
                     job_id: 1,
                     index,

@@ -41,6 +41,9 @@ enum Command {
     Resume {
         /// The node's name.
         node: String,
+        /// Give only this failed GPU work again (until its health check fails it anew).
+        #[arg(long)]
+        gpu: Option<u32>,
     },
     /// Wait until a job ends; exit 0 only if every task succeeded.
     Wait(commands::WaitArgs),
@@ -274,6 +277,13 @@ pub struct AgentArgs {
     /// Let the operator's work run as root here (off by default; projects never run as root).
     #[arg(long)]
     pub allow_root_tasks: bool,
+    /// A shell command that checks one GPU (its index in TIDEPOOL_GPU): exit 0 when healthy,
+    /// else its first line says why, and the GPU gets no task until it passes again.
+    #[arg(long)]
+    pub gpu_health_command: Option<String>,
+    /// Seconds between GPU health checks.
+    #[arg(long, default_value_t = 30)]
+    pub gpu_health_every: u64,
 }
 
 /// Parses `args` (program name first) and runs the command.
@@ -300,7 +310,8 @@ pub async fn run(args: Vec<String>) -> Result<u8, String> {
         Command::Logs(a) => commands::logs(a).await,
         Command::Nodes(a) => commands::nodes(a).await,
         Command::Drain { node } => commands::drain(&node, true).await,
-        Command::Resume { node } => commands::drain(&node, false).await,
+        Command::Resume { node, gpu: Some(gpu) } => commands::resume_gpu(&node, gpu).await,
+        Command::Resume { node, gpu: None } => commands::drain(&node, false).await,
         Command::Wait(a) => commands::wait(a).await,
         Command::Sim(a) => crate::sim::run(a),
         Command::Project { action } => commands::project(action).await,

@@ -420,6 +420,9 @@ pub async fn nodes(a: NodesArgs) -> Result<u8, String> {
             n.n_running,
             n.n_queued
         ));
+        for failed in &n.gpus_failed {
+            line(&format!("  gpu {} failed its health check: {}", failed.index, failed.reason));
+        }
     }
     Ok(0)
 }
@@ -465,6 +468,13 @@ pub async fn drain(node: &str, draining: bool) -> Result<u8, String> {
     let client = Client::from_env()?;
     let action = if draining { "drain" } else { "resume" };
     let _: serde_json::Value = client.post(&format!("/nodes/{node}/{action}"), &serde_json::json!({})).await?;
+    Ok(0)
+}
+
+/// Gives a node's failed GPU work again.
+pub async fn resume_gpu(node: &str, gpu: u32) -> Result<u8, String> {
+    let client = Client::from_env()?;
+    let _: serde_json::Value = client.post(&format!("/nodes/{node}/resume"), &tidepool_api::ResumeRequest { gpu: Some(gpu) }).await?;
     Ok(0)
 }
 

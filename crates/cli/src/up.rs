@@ -130,6 +130,7 @@ pub async fn up(args: UpArgs) -> Result<u8, String> {
         slurm: None,
         keep_tasks: args.keep_tasks,
         identities: tidepool_agent::identity::IdentityPolicy::for_invoking_user(),
+        gpu_health: None,
     };
     tracing::info!(
         "tidepool is up: API {}/api/v1, admin token in {}",
@@ -348,6 +349,10 @@ pub async fn agent(args: AgentArgs) -> Result<u8, String> {
         slurm: (args.executor == "slurm").then_some(tidepool_agent::slurm_site::SlurmSite { sbatch_args: args.sbatch_arg }),
         keep_tasks: args.keep_tasks,
         identities: tidepool_agent::identity::IdentityPolicy::for_agent(args.allow_root_tasks, args.admin_runs_as.as_deref())?,
+        gpu_health: args.gpu_health_command.map(|command| tidepool_agent::gpus::GpuHealth {
+            command,
+            every: std::time::Duration::from_secs(args.gpu_health_every.max(1)),
+        }),
     };
     tidepool_agent::run_until(config, shutdown_signal()).await.map_err(|e| e.to_string())?;
     tracing::info!("stopped");

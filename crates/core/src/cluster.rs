@@ -37,6 +37,8 @@ pub struct RunningTask {
     /// Sent to its node ahead of free resources: it waits there, holding none, until a task
     /// of the node ends (see `Policy::prefetch_ms`).
     pub queued: bool,
+    /// The node's GPUs it holds, by index (bit i: GPU i).
+    pub gpus: u64,
 }
 
 /// Why a job's next task is not running, in Slurm's reason code and in words.
@@ -167,6 +169,10 @@ pub struct Node {
     overflow: bool,
     /// The identities it can give tasks.
     identities: IdentityOffer,
+    /// GPUs held by running tasks, by index (bit i: GPU i).
+    gpus_busy: u64,
+    /// GPUs its health check failed: no task is given them.
+    gpus_failed: u64,
 }
 
 impl Node {
@@ -188,7 +194,14 @@ impl Node {
     }
     /// What is free.
     pub fn free(&self) -> Resources {
-        self.capacity.minus(&self.allocated)
+        let mut free = self.capacity.minus(&self.allocated);
+        // A failed GPU is not free, whether or not a task still holds it.
+        free.n_gpus = self.capacity.n_gpus.saturating_sub((self.gpus_busy | self.gpus_failed).count_ones());
+        free
+    }
+    /// GPUs its health check failed, by index (bit i: GPU i).
+    pub fn gpus_failed(&self) -> u64 {
+        self.gpus_failed
     }
     /// True while its agent is connected.
     pub fn is_online(&self) -> bool {
@@ -210,6 +223,39 @@ impl Node {
     pub fn identities(&self) -> IdentityOffer {
         self.identities
     }
+    /// `n` of its GPUs that are neither held nor failed: those of `wanted` when it names `n`
+    /// such, else the lowest.
+    fn gpus_for(&self, n: u32, wanted: u64) -> u64 {
+        let usable = !(self.gpus_busy | self.gpus_failed) & gpu_mask(self.capacity.n_gpus);
+        if wanted.count_ones() == n && wanted & usable == wanted {
+            return wanted;
+        }
+        let mut mask = 0u64;
+        let mut left = usable;
+        for _ in 0..n {
+            if left == 0 {
+                break;
+            }
+            let lowest = left & left.wrapping_neg();
+            mask |= lowest;
+            left &= !lowest;
+        }
+        mask
+    }
+}
+
+/// The bits of GPUs 0..n.
+pub fn gpu_mask(n: u32) -> u64 {
+    if n >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << n) - 1
+    }
+}
+
+/// The indexes of a GPU mask, lowest first.
+pub fn gpu_indexes(mask: u64) -> Vec<u32> {
+    (0..64).filter(|i| mask & (1 << i) != 0).collect()
 }
 
 /// Tunables of the policy; every field has a sensible default.
@@ -449,16 +495,24 @@ impl Cluster {
                     draining: false,
                     overflow: false,
                     identities: IdentityOffer::default(),
+                    gpus_busy: 0,
+                    gpus_failed: 0,
                 });
                 self.node_by_name.insert(name.to_string(), id);
                 id
             }
         };
+        let grew = self.nodes[id.0 as usize].capacity != capacity;
         self.update_node(id, |node| {
             node.capacity = capacity;
             node.pool = pool.to_string();
             node.features = mask;
         });
+        // Attempts replayed onto a node whose size was unknown waited in its queue: they run
+        // there, and now hold what they use (their GPUs those their agent was told).
+        if grew {
+            self.promote_queued(id, None);
+        }
         id
     }
 
@@ -476,6 +530,21 @@ impl Cluster {
                 self.free_index.insert((after.1, id));
             }
         }
+    }
+
+    /// Sets which of a node's GPUs failed their health check; the attempts that hold one of
+    /// them, to be stopped and run again elsewhere.
+    pub fn set_gpus_failed(&mut self, node_id: NodeId, failed: u64) -> Vec<(JobId, u32, u32)> {
+        let Some(node) = self.nodes.get_mut(node_id.0 as usize) else { return Vec::new() };
+        node.gpus_failed = failed & gpu_mask(node.capacity.n_gpus);
+        let failed = node.gpus_failed;
+        node.running
+            .iter()
+            .filter_map(|(job_id, pos)| {
+                let run = self.jobs.get(job_id)?.running.get(pos)?;
+                (run.gpus & failed != 0).then_some((*job_id, *pos, run.attempt))
+            })
+            .collect()
     }
 
     /// Marks a node as an overflow site: it gets work only when no other node can take it now.
@@ -520,6 +589,26 @@ impl Cluster {
         node_id: NodeId,
         now_ms: u64,
     ) -> Result<(), String> {
+        self.dispatch_holding(job_id, pos, attempt, node_id, now_ms, 0)
+    }
+
+    /// `apply_dispatch` from the journal: the attempt gets the GPUs its agent was told.
+    pub fn replay_dispatch(&mut self, job_id: JobId, pos: u32, attempt: u32, node_id: NodeId, now_ms: u64, gpus: u64) -> Result<(), String> {
+        self.dispatch_holding(job_id, pos, attempt, node_id, now_ms, gpus)
+    }
+
+    /// `apply_dispatch`, giving the attempt the GPUs of `gpus` when they are free (a restored
+    /// snapshot's), else the lowest free ones; an attempt that waits (its node not yet back)
+    /// keeps `gpus` for when it is seated.
+    pub(crate) fn dispatch_holding(
+        &mut self,
+        job_id: JobId,
+        pos: u32,
+        attempt: u32,
+        node_id: NodeId,
+        now_ms: u64,
+        gpus: u64,
+    ) -> Result<(), String> {
         let job = self.jobs.get_mut(&job_id).ok_or(format!("no job {job_id}"))?;
         if (node_id.0 as usize) >= self.nodes.len() {
             return Err(format!("no node {}", node_id.0));
@@ -530,11 +619,13 @@ impl Cluster {
         let half_life = self.policy.fair_share_half_life_ms;
         self.projects[job.project_idx].advance(now_ms, half_life);
         let demand = job.demand;
-        let queued = !self.nodes[node_id.0 as usize].free().fits(&demand);
+        let node = &self.nodes[node_id.0 as usize];
+        let queued = !node.free().fits(&demand);
+        let gpus = if queued { gpus } else { node.gpus_for(demand.n_gpus, gpus) };
         job.set_state(pos, TaskState::Running);
         job.running.insert(
             pos,
-            RunningTask { node_id, attempt, started_ms: now_ms, checkpoint_ms: now_ms, preempting: false, queued },
+            RunningTask { node_id, attempt, started_ms: now_ms, checkpoint_ms: now_ms, preempting: false, queued, gpus },
         );
         job.last_attempt.insert(pos, attempt);
         let tier = job.spec.tier;
@@ -551,6 +642,7 @@ impl Cluster {
             } else {
                 node.allocated = node.allocated.plus(&demand);
                 node.running.insert((job_id, pos));
+                node.gpus_busy |= gpus;
             }
             if node.held_for == Some(job_id) {
                 node.held_for = None;
@@ -560,8 +652,9 @@ impl Cluster {
     }
 
     /// Starts the node's queued tasks, oldest first, while the first fits what is free: what
-    /// the node's agent does the moment a task ends there.
-    fn promote_queued(&mut self, node_id: NodeId, now_ms: u64) {
+    /// the node's agent does the moment a task ends there. With `now_ms` None they keep their
+    /// start: they were running all along, on a node whose size was not yet known (replay).
+    fn promote_queued(&mut self, node_id: NodeId, now_ms: Option<u64>) {
         loop {
             let Some(node) = self.nodes.get(node_id.0 as usize) else { return };
             let Some(&(job_id, pos)) = node.queued.front() else { return };
@@ -570,16 +663,21 @@ impl Cluster {
             if !node.free().fits(&demand) {
                 return;
             }
+            let gpus = node.gpus_for(demand.n_gpus, job.running.get(&pos).map_or(0, |r| r.gpus));
             if let Some(run) = job.running.get_mut(&pos) {
                 run.queued = false;
-                run.started_ms = now_ms;
-                run.checkpoint_ms = now_ms;
+                if let Some(now_ms) = now_ms {
+                    run.started_ms = now_ms;
+                    run.checkpoint_ms = now_ms;
+                }
+                run.gpus = gpus;
             }
             self.update_node(node_id, |node| {
                 node.queued.pop_front();
                 node.queued_cpu_millis -= demand.cpu_millis;
                 node.allocated = node.allocated.plus(&demand);
                 node.running.insert((job_id, pos));
+                node.gpus_busy |= gpus;
             });
         }
     }
@@ -603,10 +701,11 @@ impl Cluster {
             } else {
                 node.allocated = node.allocated.minus(&demand);
                 node.running.remove(&(job_id, pos));
+                node.gpus_busy &= !run.gpus;
             }
         });
         if !run.queued {
-            self.promote_queued(run.node_id, now_ms);
+            self.promote_queued(run.node_id, Some(now_ms));
         }
         true
     }

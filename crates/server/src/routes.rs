@@ -38,6 +38,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/agent/report", post(agent_report))
         .route("/api/v1/agent/log", post(agent_log))
         .route("/api/v1/agent/leave", post(agent_leave))
+        .route("/api/v1/agent/gpus", post(agent_gpus))
         .fallback(not_found)
         .with_state(shared)
 }
@@ -220,8 +221,13 @@ async fn drain_node(State(s): State<AppState>, headers: HeaderMap, Path(name): P
     Ok(Json(serde_json::json!({"node": name, "draining": true})).into_response())
 }
 
-async fn resume_node(State(s): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> Result<Response> {
+async fn resume_node(State(s): State<AppState>, headers: HeaderMap, Path(name): Path<String>, body: Bytes) -> Result<Response> {
     require_admin(&s, &headers)?;
+    let req: tidepool_api::ResumeRequest = if body.is_empty() { tidepool_api::ResumeRequest::default() } else { parse(&body)? };
+    if let Some(gpu) = req.gpu {
+        s.on_resume_gpu(&name, gpu)?;
+        return Ok(Json(serde_json::json!({"node": name, "gpu": gpu, "failed": false})).into_response());
+    }
     s.on_drain(&name, false).await?;
     Ok(Json(serde_json::json!({"node": name, "draining": false})).into_response())
 }
@@ -279,6 +285,13 @@ async fn agent_report(State(s): State<AppState>, headers: HeaderMap, body: Bytes
     }
     let acked = s.on_results(&req.results).await?;
     Ok(Json(ReportResponse { acked, reregister: false }).into_response())
+}
+
+async fn agent_gpus(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response> {
+    require_agent(&s, &headers)?;
+    let req: tidepool_api::GpuHealthReport = parse(&body)?;
+    let current = s.on_gpu_health(&req)?;
+    Ok(Json(serde_json::json!({"reregister": !current})).into_response())
 }
 
 async fn agent_log(

@@ -244,3 +244,44 @@ async fn secret_values_reach_the_tasks_and_are_deleted_when_the_job_ends() {
     h.restart();
     assert!(!h.dir.0.join("secrets").join(format!("{ends}.json")).exists());
 }
+
+#[tokio::test]
+async fn a_failed_gpu_stops_its_task_to_run_again_and_its_gpus_survive_a_restart() {
+    let mut h = Harness::new("gpus");
+    let session = h.shared.on_register(RegisterRequest { gpus: 2, ..node("g", 4) }).await.unwrap().session;
+    let job = h.shared.on_submit(SubmitRequest { gpus: Some(1), ..array("0-1") }).await.unwrap();
+    h.shared.schedule_pass().await.unwrap();
+    let launched = h.shared.on_poll(session).await.unwrap().launch;
+    let mut given: Vec<Vec<u32>> = launched.iter().map(|l| l.gpus.clone()).collect();
+    given.sort();
+    assert_eq!(given, [[0], [1]]);
+    assert_eq!(launched[0].env["CUDA_VISIBLE_DEVICES"], launched[0].gpus[0].to_string());
+
+    // A restart rebuilds who holds which GPU from the journal, so nothing new is given one.
+    h.restart();
+    let session = h.shared.on_register(RegisterRequest { gpus: 2, running: launched.iter().map(|l| l.attempt).collect(), ..node("g", 4) }).await.unwrap().session;
+    let more = h.shared.on_submit(SubmitRequest { gpus: Some(1), ..array("0") }).await.unwrap();
+    h.shared.schedule_pass().await.unwrap();
+    assert!(h.shared.on_poll(session).await.unwrap().launch.is_empty(), "a GPU was given twice after a restart");
+    assert_eq!(h.view(more).pending_code.as_deref(), Some("Resources"));
+
+    // GPU 1 fails: the attempt on it is told to stop, and its end is a requeue, not a failure.
+    let on_one = launched.iter().find(|l| l.gpus == [1]).unwrap();
+    let failed = tidepool_api::GpuHealthReport { session, failed: vec![tidepool_api::GpuFailure { index: 1, reason: "XID 79".into() }] };
+    assert!(h.shared.on_gpu_health(&failed).unwrap());
+    assert_eq!(h.shared.on_poll(session).await.unwrap().kill, [on_one.attempt]);
+    h.shared.on_results(&[TaskResult { outcome: AttemptOutcome::Cancelled, exit_code: None, signal: Some(15), ..succeeded(on_one, 0) }]).await.unwrap();
+    assert_eq!(h.view(job).counts.failed, 0);
+    assert_eq!(h.shared.node_views()[0].gpus_failed[0].reason, "XID 79");
+    h.shared.schedule_pass().await.unwrap();
+    assert!(h.shared.on_poll(session).await.unwrap().launch.is_empty(), "nothing goes to the failed GPU");
+    // Put back by hand, it takes work again.
+    h.shared.on_resume_gpu("g", 1).unwrap();
+    assert!(h.shared.on_resume_gpu("g", 1).is_err(), "it has not failed any more");
+    h.shared.schedule_pass().await.unwrap();
+    let relaunched = h.shared.on_poll(session).await.unwrap().launch;
+    assert_eq!(relaunched.len(), 1);
+    assert_eq!(relaunched[0].gpus, [1]);
+    let too_many = tidepool_api::GpuHealthReport { session, failed: vec![tidepool_api::GpuFailure { index: 7, reason: String::new() }] };
+    assert!(h.shared.on_gpu_health(&too_many).is_err(), "a GPU the node does not have");
+}

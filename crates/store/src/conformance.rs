@@ -43,7 +43,7 @@ fn job(job_id: u64) -> Event {
 }
 
 fn dispatched(job_id: u64, index: u32, attempt: u32, node: &str) -> Event {
-    Event::TaskDispatched { job_id, index, attempt, node: node.into(), at_ms: 100 }
+    Event::TaskDispatched { job_id, index, attempt, node: node.into(), at_ms: 100, gpus: 0 }
 }
 
 fn ended(job_id: u64, index: u32, attempt: u32, outcome: Outcome) -> Event {
@@ -100,7 +100,7 @@ fn every_event_kind_reads_back_exactly(mut store: Box<dyn Store>) -> std::result
     let big = 1u64 << 62;
     let events = vec![
         Event::JobSubmitted { job_id: 1, at_ms: big, spec: "{\"command\":[\"echo\",\"é \\\" \\n\"]}".into() },
-        Event::TaskDispatched { job_id: 1, index: u32::MAX, attempt: u32::MAX, node: "nœud-1".into(), at_ms: big },
+        Event::TaskDispatched { job_id: 1, index: u32::MAX, attempt: u32::MAX, node: "nœud-1".into(), at_ms: big, gpus: u64::MAX },
         Event::TaskEnded {
             job_id: 1,
             index: u32::MAX,
@@ -173,7 +173,7 @@ fn snapshots_keep_the_newest(mut store: Box<dyn Store>) -> std::result::Result<(
             next_fresh: 1,
             requeued: vec![],
             attempts: vec![],
-            running: vec![RunningAttempt { position: 0, node: "n".into(), attempt: 1, started_ms: 5, checkpoint_ms: 0 }],
+            running: vec![RunningAttempt { position: 0, node: "n".into(), attempt: 1, started_ms: 5, checkpoint_ms: 0, gpus: 0b1010 }],
             ended_ms: None,
         }],
         draining: vec![draining.into()],

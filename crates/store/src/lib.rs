@@ -66,7 +66,7 @@ pub enum Event {
     /// A job was accepted; `spec` is its JSON wire form.
     JobSubmitted { job_id: u64, at_ms: u64, spec: String },
     /// An attempt was handed to a node.
-    TaskDispatched { job_id: u64, index: u32, attempt: u32, node: String, at_ms: u64 },
+    TaskDispatched { job_id: u64, index: u32, attempt: u32, node: String, at_ms: u64, gpus: u64 },
     /// An attempt ended.
     TaskEnded { job_id: u64, index: u32, attempt: u32, outcome: Outcome, ending: Ending, at_ms: u64, message: Option<String> },
     /// An attempt was lost by its node and the task went back to the queue.

@@ -29,6 +29,8 @@ enum Body<'a> {
         #[serde(borrow)]
         node: Cow<'a, str>,
         at_ms: u64,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        gpus: u64,
     },
     TaskEnded {
         job_id: u64,
@@ -86,11 +88,15 @@ impl From<OutcomeName> for Outcome {
     }
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// The payload of an event; `None` for a submission, which the journal keeps as a job row.
 pub(crate) fn encode(event: &Event) -> Option<String> {
     let body = match *event {
         Event::JobSubmitted { .. } => return None,
-        Event::TaskDispatched { job_id, index, attempt, ref node, at_ms } => Body::TaskDispatched { job_id, index, attempt, node: Cow::Borrowed(node), at_ms },
+        Event::TaskDispatched { job_id, index, attempt, ref node, at_ms, gpus } => Body::TaskDispatched { job_id, index, attempt, node: Cow::Borrowed(node), at_ms, gpus },
         Event::TaskEnded { job_id, index, attempt, outcome, ending, at_ms, ref message } => Body::TaskEnded {
             job_id,
             index,
@@ -131,7 +137,7 @@ pub(crate) fn decode(seq: u64, payload: &str) -> Result<Event> {
         return Err(Error::Corrupt(format!("event {seq}: payload version {}, this build reads {PAYLOAD_VERSION}", envelope.v)));
     }
     Ok(match envelope.e {
-        Body::TaskDispatched { job_id, index, attempt, node, at_ms } => Event::TaskDispatched { job_id, index, attempt, node: node.into_owned(), at_ms },
+        Body::TaskDispatched { job_id, index, attempt, node, at_ms, gpus } => Event::TaskDispatched { job_id, index, attempt, node: node.into_owned(), at_ms, gpus },
         Body::TaskEnded { job_id, index, attempt, outcome, exit_code, signal, started_ms, cpu_ms, peak_mem_bytes, at_ms, message } => Event::TaskEnded {
             job_id,
             index,

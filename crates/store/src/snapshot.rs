@@ -55,6 +55,8 @@ pub struct RunningAttempt {
     pub started_ms: u64,
     /// Its last checkpoint.
     pub checkpoint_ms: u64,
+    /// The GPUs it holds, by index (bit i: GPU i).
+    pub gpus: u64,
 }
 
 // The document: tuples as arrays, as version 1 has always been written.
@@ -78,6 +80,9 @@ struct JobDocument {
     attempts: Vec<(u32, u32)>,
     running: Vec<(u32, String, u32, u64, u64)>,
     ended_ms: Option<u64>,
+    /// (position, GPUs) of running attempts that hold GPUs; absent when none do.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    gpus: Vec<(u32, u64)>,
 }
 
 impl Snapshot {
@@ -100,6 +105,7 @@ impl Snapshot {
                         .map(|r| (r.position, r.node.clone(), r.attempt, r.started_ms, r.checkpoint_ms))
                         .collect(),
                     ended_ms: job.ended_ms,
+                    gpus: job.running.iter().filter(|r| r.gpus != 0).map(|r| (r.position, r.gpus)).collect(),
                 })
                 .collect(),
             draining: self.draining.clone(),
@@ -128,10 +134,21 @@ impl Snapshot {
                 let state = task_state_from_u8(code).ok_or_else(|| corrupt(format!("job {}: task state {code}", job.id)))?;
                 runs.push((state, n));
             }
+            let held: std::collections::HashMap<u32, u64> = job.gpus.iter().copied().collect();
+            if held.len() != job.gpus.len() || held.keys().any(|p| !job.running.iter().any(|r| r.0 == *p)) {
+                return Err(corrupt(format!("job {}: GPUs of attempts it does not run", job.id)));
+            }
             let running = job
                 .running
                 .into_iter()
-                .map(|(position, node, attempt, started_ms, checkpoint_ms)| RunningAttempt { position, node, attempt, started_ms, checkpoint_ms })
+                .map(|(position, node, attempt, started_ms, checkpoint_ms)| RunningAttempt {
+                    position,
+                    node,
+                    attempt,
+                    started_ms,
+                    checkpoint_ms,
+                    gpus: held.get(&position).copied().unwrap_or(0),
+                })
                 .collect();
             jobs.push(JobTasks {
                 job_id: job.id,
@@ -159,7 +176,7 @@ mod tests {
                 next_fresh: 4,
                 requeued: vec![],
                 attempts: vec![(3, 2)],
-                running: vec![RunningAttempt { position: 3, node: "n1".into(), attempt: 2, started_ms: 10, checkpoint_ms: 0 }],
+                running: vec![RunningAttempt { position: 3, node: "n1".into(), attempt: 2, started_ms: 10, checkpoint_ms: 0, gpus: 0 }],
                 ended_ms: None,
             }],
             draining: vec!["n2".into()],

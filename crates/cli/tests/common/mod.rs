@@ -85,8 +85,18 @@ impl Env {
         for path in [&token_file, &data_dir] {
             std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
         }
+        // The build directory may be closed to other users (a fresh clone under a 0700 temporary
+        // directory): the agent runs a copy of the binaries its user can reach.
+        let bin_dir = self.dir.join(format!("bin-{uid}"));
+        std::fs::create_dir_all(&bin_dir).unwrap();
+        let program = bin_dir.join("tidepool");
+        std::fs::copy(BIN, &program).unwrap();
+        let launcher = Path::new(BIN).with_file_name("tidepool-launcher");
+        if launcher.exists() {
+            std::fs::copy(&launcher, bin_dir.join("tidepool-launcher")).unwrap();
+        }
         let mut command = Command::new("setpriv");
-        command.args(["--reuid", &uid.to_string(), "--regid", &uid.to_string(), "--clear-groups", BIN, "agent", "--server", &self.url]);
+        command.args(["--reuid", &uid.to_string(), "--regid", &uid.to_string(), "--clear-groups"]).arg(&program).args(["agent", "--server", &self.url]);
         let own = format!("--admin-runs-as={uid}");
         self.add_agent_by(name, command, token.trim(), &[extra, &[own.as_str()]].concat());
     }

@@ -10,6 +10,7 @@ impl Cluster {
         let mut queued_cpu = vec![0u64; self.nodes.len()];
         let mut n_queued = vec![0u32; self.nodes.len()];
         let mut project_cpu = vec![0u64; self.projects.len()];
+        let mut gpus_held = vec![0u64; self.nodes.len()];
         for job in self.jobs.values() {
             let mut counts = TaskCounts::default();
             for state in &job.states {
@@ -37,6 +38,11 @@ impl Cluster {
                 }
                 allocated[i] = allocated[i].plus(&job.demand);
                 n_running[i] += 1;
+                // Each task holds as many GPUs as it asked for, none held by another.
+                if run.gpus.count_ones() != job.demand.n_gpus || gpus_held[i] & run.gpus != 0 {
+                    return Err(format!("job {} task {pos}: holds GPUs {:#b} for {} asked", job.id, run.gpus, job.demand.n_gpus));
+                }
+                gpus_held[i] |= run.gpus;
                 if !self.nodes[i].running.contains(&(job.id, *pos)) {
                     return Err(format!("job {} task {pos}: missing from its node", job.id));
                 }
@@ -49,6 +55,9 @@ impl Cluster {
         for (i, node) in self.nodes.iter().enumerate() {
             if node.allocated != allocated[i] || node.running.len() as u32 != n_running[i] {
                 return Err(format!("node {}: allocation out of step", node.name));
+            }
+            if node.gpus_busy != gpus_held[i] || node.gpus_busy & !gpu_mask(node.capacity.n_gpus) != 0 {
+                return Err(format!("node {}: GPUs held {:#b}, its tasks hold {:#b}", node.name, node.gpus_busy, gpus_held[i]));
             }
             if !node.capacity.fits(&node.allocated) {
                 return Err(format!("node {}: over-committed", node.name));

@@ -155,7 +155,8 @@ impl Cluster {
         let job = self.jobs.get(&job_id)?;
         let prefetch_ms = self.policy.prefetch_ms;
         let mean_ms = job.mean_run_ms()?.max(1);
-        if prefetch_ms == 0 || job.spec.gang.is_some() || mean_ms > prefetch_ms {
+        // A GPU is given by index when a task starts: one waiting on a node holds none.
+        if prefetch_ms == 0 || job.spec.gang.is_some() || job.demand.n_gpus > 0 || mean_ms > prefetch_ms {
             return None;
         }
         let need = job.demand;

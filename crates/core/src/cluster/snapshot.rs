@@ -19,6 +19,8 @@ pub struct TaskSnapshot {
     pub running: Vec<(u32, NodeId, u32, u64, u64)>,
     /// When the job ended.
     pub ended_ms: Option<u64>,
+    /// (position, GPUs by index) of running attempts that hold GPUs.
+    pub gpus: Vec<(u32, u64)>,
 }
 
 /// A state from its wire number.
@@ -48,6 +50,8 @@ impl Cluster {
         let mut running: Vec<(u32, NodeId, u32, u64, u64)> =
             job.running.iter().map(|(pos, r)| (*pos, r.node_id, r.attempt, r.started_ms, r.checkpoint_ms)).collect();
         running.sort_unstable();
+        let mut gpus: Vec<(u32, u64)> = job.running.iter().filter(|(_, r)| r.gpus != 0).map(|(pos, r)| (*pos, r.gpus)).collect();
+        gpus.sort_unstable();
         // A finished task's first attempt need not be kept: it never runs again. Any other
         // attempt number must survive, or a stale report could match a new attempt.
         let mut attempts: Vec<(u32, u32)> = job
@@ -64,6 +68,7 @@ impl Cluster {
             attempts,
             running,
             ended_ms: job.ended_ms,
+            gpus,
         })
     }
 
@@ -92,10 +97,12 @@ impl Cluster {
         job.last_attempt = snap.attempts.iter().copied().collect();
         job.ended_ms = snap.ended_ms;
         let tier = job.spec.tier;
+        let held: std::collections::HashMap<u32, u64> = snap.gpus.iter().copied().collect();
         for (pos, node_id, attempt, started, checkpoint) in &snap.running {
-            // Running tasks were restored as pending; dispatching them again keeps every index.
+            // Running tasks were restored as pending; dispatching them again keeps every index,
+            // and the GPUs their agents were told.
             self.queue.insert((tier, job_id));
-            self.apply_dispatch(job_id, *pos, *attempt, *node_id, *started)?;
+            self.dispatch_holding(job_id, *pos, *attempt, *node_id, *started, held.get(pos).copied().unwrap_or(0))?;
             if let Some(run) = self.jobs.get_mut(&job_id).and_then(|j| j.running.get_mut(pos)) {
                 run.checkpoint_ms = *checkpoint;
             }

@@ -190,6 +190,57 @@ fn a_project_runs_only_where_its_identity_is_offered() {
 }
 
 #[test]
+fn each_gpu_task_gets_gpus_of_its_own_and_a_failed_gpu_gets_none() {
+    let mut c = Cluster::new();
+    let node = c.add_node("g", "local", Resources { n_gpus: 4, ..cores(16) });
+    c.set_node_online(node, true);
+    let one_gpu = |array: &str| JobSpec::new("t", "p", Resources { n_gpus: 1, ..cores(1) }, ArraySpec::parse(array, 100).unwrap());
+    c.submit(JobId(1), one_gpu("0-3"), 0);
+    c.submit(JobId(2), one_gpu("0"), 0);
+    assert_eq!(placed(&mut c, 1).len(), 4);
+    let held: Vec<u64> = c.job(JobId(1)).unwrap().running_tasks().map(|(_, r)| r.gpus).collect();
+    assert_eq!(held.iter().fold(0, |m, g| m | g), 0b1111, "four distinct GPUs: {held:?}");
+    assert_eq!(c.why_pending(JobId(2)).unwrap().code, "Resources");
+
+    // GPU 2 fails: the task on it is named, to be stopped; once it is requeued nothing more
+    // lands on GPU 2, while the others are still used.
+    let on_two = c.set_gpus_failed(node, 0b0100);
+    assert_eq!(on_two.len(), 1);
+    let (job, pos, attempt) = on_two[0];
+    assert!(c.requeue(job, pos, attempt, 2));
+    c.sanity_check().unwrap();
+    assert!(placed(&mut c, 3).is_empty(), "only the failed GPU is free");
+    c.finish(JobId(1), if pos == 0 { 1 } else { 0 }, 1, TaskOutcome::Succeeded, 4);
+    let next = placed(&mut c, 5);
+    assert_eq!(next.len(), 1);
+    let gpus = c.job(next[0].job_id).unwrap().running_tasks().find(|(p, _)| *p == next[0].pos).unwrap().1.gpus;
+    assert_ne!(gpus & 0b0100, 0b0100, "a task was given the failed GPU");
+    assert_eq!(c.node(node).unwrap().gpus_failed(), 0b0100);
+    c.set_gpus_failed(node, 0);
+    assert_eq!(c.node(node).unwrap().free().n_gpus, 1, "back, and free");
+}
+
+#[test]
+fn replayed_gpu_attempts_keep_the_gpus_their_agent_was_told_once_their_node_is_back() {
+    let mut c = Cluster::new();
+    let one_gpu = JobSpec::new("t", "p", Resources { n_gpus: 1, ..cores(1) }, ArraySpec::parse("0-1", 100).unwrap());
+    c.submit(JobId(1), one_gpu, 0);
+    // Replay after a restart: the node is not back yet, its size unknown.
+    let node = c.add_node("g", "", Resources::default());
+    c.replay_dispatch(JobId(1), 0, 1, node, 1, 0b1000).unwrap();
+    c.replay_dispatch(JobId(1), 1, 1, node, 1, 0b0010).unwrap();
+    c.sanity_check().unwrap();
+    // It registers with its four GPUs: the attempts hold those two, and a new task gets another.
+    let node = c.add_node("g", "local", Resources { n_gpus: 4, ..cores(8) });
+    c.set_node_online(node, true);
+    let mut held: Vec<(u32, u64)> = c.job(JobId(1)).unwrap().running_tasks().map(|(pos, r)| (pos, r.gpus)).collect();
+    held.sort_unstable();
+    assert_eq!(held, vec![(0, 0b1000), (1, 0b0010)]);
+    assert_eq!(c.node(node).unwrap().free().n_gpus, 2);
+    c.sanity_check().unwrap();
+}
+
+#[test]
 fn too_big_says_so() {
     let mut c = cluster_with_nodes(&[8, 8]);
     c.submit(JobId(1), spec("0", 16), 0);

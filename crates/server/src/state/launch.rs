@@ -66,10 +66,33 @@ pub(super) fn load_secrets(dir: &std::path::Path) -> HashMap<JobId, std::collect
     out
 }
 
+/// The variables that tell a task which GPUs are its own, by index, as CUDA, NVIDIA's
+/// container tools, ROCm and Slurm scripts read them; a task given none on a node that has
+/// some is shown none, so it cannot take another task's.
+fn set_gpu_env(env: &mut std::collections::BTreeMap<String, String>, gpus: &[u32], node_has_gpus: bool) {
+    if gpus.is_empty() && !node_has_gpus {
+        return;
+    }
+    let list = gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    env.insert("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into());
+    env.insert("CUDA_VISIBLE_DEVICES".into(), list.clone());
+    env.insert("NVIDIA_VISIBLE_DEVICES".into(), if gpus.is_empty() { "void".into() } else { list.clone() });
+    env.insert("GPU_DEVICE_ORDINAL".into(), list.clone());
+    env.insert("ROCR_VISIBLE_DEVICES".into(), list.clone());
+    env.insert("TIDEPOOL_GPUS".into(), list.clone());
+    if !gpus.is_empty() {
+        env.insert("SLURM_JOB_GPUS".into(), list.clone());
+        env.insert("SLURM_STEP_GPUS".into(), list);
+    }
+}
+
 impl Inner {
     pub(super) fn launch_for(&self, config: &Config, job_id: JobId, index: u32, attempt: u32, node: &str) -> Option<Launch> {
         let req = self.requests.get(&job_id)?;
-        let spec = self.cluster.job(job_id)?.spec();
+        let job = self.cluster.job(job_id)?;
+        let spec = job.spec();
+        let pos = spec.array.position_of(index)?;
+        let gpus = tidepool_core::cluster::gpu_indexes(job.running_tasks().find(|(p, _)| *p == pos).map_or(0, |(_, r)| r.gpus));
         let (stdout_path, stderr_path, discard_empty_output) =
             output_paths(config, req, spec, job_id.0, index, node);
         let nodelist = if spec.gang.is_some() {
@@ -90,6 +113,8 @@ impl Inner {
             script: req.script.clone(),
             env: {
                 let mut env = spec::task_env(req, spec, job_id.0, index, attempt, node, &nodelist, &config.public_url);
+                let node_has_gpus = self.cluster.node_id(node).and_then(|id| self.cluster.node(id)).is_some_and(|n| n.capacity().n_gpus > 0);
+                set_gpu_env(&mut env, &gpus, node_has_gpus);
                 if let Some(secrets) = self.secrets.get(&job_id) {
                     env.extend(secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
                 }
@@ -103,6 +128,7 @@ impl Inner {
             mem_bytes: spec.per_task.mem_bytes,
             discard_empty_output,
             run_as: self.identities.get(&spec.project).cloned(),
+            gpus,
         })
     }
 }

@@ -52,6 +52,8 @@ struct Session {
     last_seen_ms: u64,
     /// What its agent offered when it registered.
     identities: tidepool_api::Identities,
+    /// Its GPUs that failed the health check, and why.
+    gpus_failed: std::collections::BTreeMap<u32, String>,
 }
 
 impl Session {
@@ -384,12 +386,14 @@ impl Shared {
                 if let Some(launch) = inner.launch_for(&self.config, p.job_id, p.index, p.attempt, &node) {
                     launches.push((session, p.node_id, launch));
                 }
+                let gpus = inner.cluster.job(p.job_id).and_then(|j| j.running_tasks().find(|(pos, _)| *pos == p.pos)).map_or(0, |(_, r)| r.gpus);
                 events.push(Event::TaskDispatched {
                     job_id: p.job_id.0,
                     index: p.index,
                     attempt: p.attempt,
                     node,
                     at_ms: now,
+                    gpus,
                 });
             }
             (events, launches, placed)
@@ -465,13 +469,13 @@ impl Inner {
                     Err(e) => tracing::error!(job_id, error = %e, "journaled job unreadable; skipped"),
                 }
             }
-            Event::TaskDispatched { job_id, index, attempt, node, at_ms } => {
+            Event::TaskDispatched { job_id, index, attempt, node, at_ms, gpus } => {
                 let node_id = match self.cluster.node_id(&node) {
                     Some(id) => id,
                     None => self.cluster.add_node(&node, "", Resources::default()),
                 };
                 if let Some(pos) = pos_of(&self.cluster, JobId(job_id), index) {
-                    if let Err(e) = self.cluster.apply_dispatch(JobId(job_id), pos, attempt, node_id, at_ms) {
+                    if let Err(e) = self.cluster.replay_dispatch(JobId(job_id), pos, attempt, node_id, at_ms, gpus) {
                         tracing::warn!(error = %e, "dispatch in the journal not applied");
                     }
                 }

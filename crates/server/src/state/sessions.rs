@@ -12,6 +12,9 @@ impl Shared {
         if req.cpu_millis == 0 {
             return Err(Error::field("cpu_millis", "must be at least 1"));
         }
+        if req.gpus > 64 {
+            return Err(Error::field("gpus", "at most 64 GPUs per node"));
+        }
         let acked = self.on_results(&req.finished).await?;
         let known: HashSet<AttemptRef> = req
             .running
@@ -29,6 +32,8 @@ impl Shared {
         let named: Vec<(String, u64)> = req.resources.iter().map(|(k, v)| (k.clone(), *v)).collect();
         let (session, requeues, kills) = {
             let mut inner = self.lock();
+            // Failed GPUs stay failed across a reconnection, until the agent's check says otherwise.
+            let gpus_failed = inner.cluster.node_id(&req.name).and_then(|id| inner.sessions.get(&id)).map(|s| s.gpus_failed.clone()).unwrap_or_default();
             let node_id = inner.cluster.add_node_with(&req.name, &req.pool, capacity, &req.features, &named);
             inner.cluster.set_node_overflow(node_id, req.overflow);
             let offer = tidepool_core::IdentityOffer { own_uids: req.identities.project_uids, operator: req.identities.operator_uid.is_some() };
@@ -46,6 +51,7 @@ impl Shared {
                     wake: Arc::new(Notify::new()),
                     last_seen_ms: self.config.clock.now_ms(),
                     identities: req.identities,
+                    gpus_failed,
                 },
             ) {
                 old.wake.notify_one();
@@ -76,6 +82,61 @@ impl Shared {
         // A node came online: there may be work for it.
         self.schedule_wanted.notify_one();
         Ok(RegisterResponse { session, acked, kill: kills })
+    }
+
+    /// A node's GPU health: failed GPUs get no task, and the attempts on them are stopped to run
+    /// again as new attempts elsewhere; GPUs no longer named are given work again. False when
+    /// the session is not current.
+    pub fn on_gpu_health(&self, report: &tidepool_api::GpuHealthReport) -> Result<bool> {
+        let mut inner = self.lock();
+        let Some((node_id, _)) = inner.sessions.iter().find(|(_, s)| s.id == report.session) else { return Ok(false) };
+        let node_id = *node_id;
+        let n_gpus = inner.cluster.node(node_id).map_or(0, |n| n.capacity().n_gpus);
+        if let Some(bad) = report.failed.iter().find(|f| f.index >= n_gpus) {
+            return Err(Error::field("failed", format!("GPU {} is not one of this node's {n_gpus}", bad.index)));
+        }
+        let failed: std::collections::BTreeMap<u32, String> =
+            report.failed.iter().map(|f| (f.index, f.reason.chars().take(200).collect())).collect();
+        let mask = failed.keys().fold(0u64, |m, i| m | 1 << i);
+        let before = inner.cluster.node(node_id).map_or(0, |n| n.gpus_failed());
+        if mask != before {
+            let name = inner.cluster.node(node_id).map(|n| n.name().to_string()).unwrap_or_default();
+            tracing::warn!(node = %name, failed = ?failed, "GPU health changed");
+        }
+        for (job_id, pos, attempt) in inner.cluster.set_gpus_failed(node_id, mask) {
+            let index = inner.index_of(job_id, pos);
+            let a = AttemptRef { job_id: job_id.0, index, attempt };
+            // Stopped as a preemption is: its end is journaled as a requeue, not a failure.
+            if inner.preempt_pending.insert(a) {
+                if let Some(session) = inner.sessions.get_mut(&node_id) {
+                    session.kills.push(a);
+                    session.wake.notify_one();
+                }
+            }
+        }
+        if let Some(session) = inner.sessions.get_mut(&node_id) {
+            session.gpus_failed = failed;
+        }
+        drop(inner);
+        self.schedule_wanted.notify_one();
+        Ok(true)
+    }
+
+    /// Gives a node's failed GPU work again, until its health check fails it anew.
+    pub fn on_resume_gpu(&self, node: &str, index: u32) -> Result<()> {
+        let mut inner = self.lock();
+        let node_id = inner.cluster.node_id(node).ok_or_else(|| Error::NotFound(format!("node {node} does not exist")))?;
+        let failed = inner.cluster.node(node_id).map_or(0, |n| n.gpus_failed());
+        if failed & (1 << index.min(63)) == 0 || index >= 64 {
+            return Err(Error::field("gpu", format!("GPU {index} of {node} has not failed")));
+        }
+        inner.cluster.set_gpus_failed(node_id, failed & !(1 << index));
+        if let Some(session) = inner.sessions.get_mut(&node_id) {
+            session.gpus_failed.remove(&index);
+        }
+        drop(inner);
+        self.schedule_wanted.notify_one();
+        Ok(())
     }
 
     /// Hands an agent its work, waiting up to the hold time for some.

@@ -113,6 +113,7 @@ impl Inner {
                         attempt: *attempt,
                         started_ms: *started_ms,
                         checkpoint_ms: *checkpoint_ms,
+                        gpus: snap.gpus.iter().find(|(p, _)| p == position).map_or(0, |(_, g)| *g),
                     })
                     .collect(),
                 ended_ms: snap.ended_ms,
@@ -153,6 +154,7 @@ impl Inner {
                 attempts: job.attempts.clone(),
                 running,
                 ended_ms: job.ended_ms,
+                gpus: job.running.iter().filter(|r| r.gpus != 0).map(|r| (r.position, r.gpus)).collect(),
             };
             self.cluster.restore_tasks(job_id, &tasks).map_err(|e| format!("job {}: {e}", job.job_id))?;
         }

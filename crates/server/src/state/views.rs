@@ -191,6 +191,11 @@ impl Shared {
                     n_running: n.n_running(),
                     n_queued: n.n_queued(),
                     identities: inner.sessions.get(&id).filter(|_| n.is_online()).map(|s| s.identities).unwrap_or_default(),
+                    gpus_failed: inner
+                        .sessions
+                        .get(&id)
+                        .map(|s| s.gpus_failed.iter().map(|(index, reason)| tidepool_api::GpuFailure { index: *index, reason: reason.clone() }).collect())
+                        .unwrap_or_default(),
                 }
             })
             .collect()

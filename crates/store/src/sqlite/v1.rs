@@ -64,6 +64,7 @@ fn read_event(row: &rusqlite::Row<'_>) -> Result<Event> {
             attempt: need(attempt, "attempt")?,
             node: row.get::<_, Option<String>>(6)?.unwrap_or_default(),
             at_ms,
+            gpus: 0,
         },
         KIND_ENDED => Event::TaskEnded {
             job_id,
@@ -136,9 +137,9 @@ mod tests {
             seen,
             vec![
                 Event::JobSubmitted { job_id: 1, at_ms: 10, spec: "{\"command\":[\"true\"]}".into() },
-                Event::TaskDispatched { job_id: 1, index: 5, attempt: 1, node: "n1".into(), at_ms: 11 },
+                Event::TaskDispatched { job_id: 1, index: 5, attempt: 1, node: "n1".into(), at_ms: 11, gpus: 0 },
                 Event::TaskRequeued { job_id: 1, index: 5, attempt: 1, at_ms: 12 },
-                Event::TaskDispatched { job_id: 1, index: 5, attempt: 2, node: "n2".into(), at_ms: 13 },
+                Event::TaskDispatched { job_id: 1, index: 5, attempt: 2, node: "n2".into(), at_ms: 13, gpus: 0 },
                 Event::TaskEnded {
                     job_id: 1,
                     index: 5,
