@@ -17,6 +17,40 @@ pub struct GpuHealth {
     pub every: Duration,
 }
 
+/// The GPUs `nvidia-smi` reports on this machine: how many, and a `gpu=MODEL` feature for
+/// each model (`gpu=h100`); none where it does not answer.
+pub fn discover() -> (u32, Vec<String>) {
+    let listed = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=index,name", "--format=csv,noheader"])
+        .stderr(std::process::Stdio::null())
+        .output();
+    match listed {
+        Ok(out) if out.status.success() => models(&String::from_utf8_lossy(&out.stdout)),
+        _ => (0, Vec::new()),
+    }
+}
+
+/// Counts the GPUs of `nvidia-smi --query-gpu=index,name --format=csv,noheader` output and
+/// names their models as features: "NVIDIA H100 80GB HBM3" is `gpu=h100`.
+pub fn models(listing: &str) -> (u32, Vec<String>) {
+    let mut n = 0;
+    let mut features: Vec<String> = Vec::new();
+    for line in listing.lines().filter(|l| !l.trim().is_empty()) {
+        n += 1;
+        let name = line.split_once(',').map_or("", |(_, name)| name.trim()).to_ascii_lowercase();
+        let model = name
+            .split_whitespace()
+            .find(|word| !matches!(*word, "nvidia" | "tesla" | "geforce" | "quadro") && word.chars().any(|c| c.is_ascii_digit()))
+            .and_then(|word| word.split('-').next())
+            .unwrap_or("unknown");
+        let feature = format!("gpu={model}");
+        if !features.contains(&feature) {
+            features.push(feature);
+        }
+    }
+    (n, features)
+}
+
 /// Longest a check of one GPU may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -65,5 +99,17 @@ pub(crate) async fn health_loop(agent: Arc<Agent>, n_gpus: u32, health: GpuHealt
             }
         }
         tokio::time::sleep(health.every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn models_are_read_from_nvidia_smi() {
+        let listing = "0, NVIDIA H100 80GB HBM3\n1, NVIDIA H100 80GB HBM3\n2, Tesla V100-SXM2-32GB\n3, NVIDIA A100-SXM4-80GB\n";
+        assert_eq!(models(listing), (4, vec!["gpu=h100".to_string(), "gpu=v100".into(), "gpu=a100".into()]));
+        assert_eq!(models(""), (0, vec![]));
     }
 }

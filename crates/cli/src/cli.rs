@@ -260,9 +260,10 @@ pub struct AgentArgs {
     /// Cores offered (default: all).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub cpus: Option<u32>,
-    /// GPUs offered.
-    #[arg(long, default_value_t = 0)]
-    pub gpus: u32,
+    /// GPUs offered, as indexes 0..N (default: those nvidia-smi lists, each model a feature
+    /// such as gpu=h100; none where it does not answer).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub gpus: Option<u32>,
     /// A node feature (repeatable), e.g. rdma or gpu=h100; CPU features are detected.
     #[arg(long)]
     pub feature: Vec<String>,

@@ -327,6 +327,7 @@ pub async fn agent(args: AgentArgs) -> Result<u8, String> {
     if join_token.is_empty() {
         return Err("the join token is empty".into());
     }
+    let (found_gpus, gpu_models) = if args.gpus.is_none() { tidepool_agent::gpus::discover() } else { (0, Vec::new()) };
     let config = AgentConfig {
         server_url: args.server,
         join_token,
@@ -335,9 +336,12 @@ pub async fn agent(args: AgentArgs) -> Result<u8, String> {
         pool: args.pool,
         cpu_millis,
         mem_bytes,
-        gpus: args.gpus,
+        gpus: args.gpus.unwrap_or(found_gpus),
         features: {
             let mut f = AgentConfig::local_features();
+            if args.gpus.is_none() {
+                f.extend(gpu_models);
+            }
             f.extend(args.feature);
             f
         },
