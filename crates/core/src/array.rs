@@ -72,6 +72,11 @@ impl ArraySpec {
             }
             None => None,
         };
+        // Slurm also takes the list in brackets: `[0-4]`, `[0-32]%20`.
+        let list = match list.strip_prefix('[') {
+            Some(inner) => inner.strip_suffix(']').ok_or_else(|| format!("'{text}': a '[' without its ']'"))?,
+            None => list,
+        };
         if list.is_empty() {
             return Err("the array spec is empty (example: 0-99)".to_string());
         }
@@ -208,6 +213,15 @@ mod tests {
         }
         assert_eq!(a.position_of(4), None);
         assert_eq!(a.position_of(21), None);
+    }
+
+    #[test]
+    fn slurm_brackets_hold_the_same_list() {
+        for (bracketed, plain) in [("[0-4]", "0-4"), ("[0-32]%20", "0-32%20"), ("[1,5,10,15]", "1,5,10,15")] {
+            assert_eq!(ArraySpec::parse(bracketed, 1000), ArraySpec::parse(plain, 1000), "{bracketed}");
+        }
+        assert!(ArraySpec::parse("[0-4", 1000).unwrap_err().contains("without its ']'"));
+        assert!(ArraySpec::parse("[]", 1000).is_err());
     }
 
     #[test]
