@@ -6,6 +6,9 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+/// The child cgroup of a task's that holds its container.
+pub const CONTAINER_CGROUP: &str = "ctr";
+
 /// The most memory an emptied cgroup may still have charged to be used for another task.
 const REUSE_MAX_CHARGED_BYTES: u64 = 1 << 20;
 
@@ -112,7 +115,8 @@ impl CgroupPlan {
             }
             CgroupPlan::V2 { .. } | CgroupPlan::None => None,
         };
-        Ok(TaskCgroup { name: name.to_string(), join, members, counters })
+        let nested = dirs.first().map(|d| d.join(CONTAINER_CGROUP).join("cgroup.procs"));
+        Ok(TaskCgroup { name: name.to_string(), join, members, nested, counters })
     }
 
     /// (CPU ms, peak memory bytes) of a task's cgroup v2, read once at its end (a v2 cgroup
@@ -142,8 +146,21 @@ impl CgroupPlan {
     /// Removes a task's (empty) cgroup.
     pub fn remove(&self, name: &str) {
         for dir in self.task_dirs(name) {
+            let _ = std::fs::remove_dir(dir.join(CONTAINER_CGROUP));
             let _ = std::fs::remove_dir(dir);
         }
+    }
+
+    /// The path a container runtime is given for a task's container (OCI `cgroupsPath`): a child
+    /// of the task's cgroup, so the task's limits hold it and its usage counts in the task's.
+    pub fn container_path(&self, name: &str) -> Option<String> {
+        let (dir, mount) = match self {
+            CgroupPlan::None => return None,
+            CgroupPlan::V1 { memory, .. } => (memory.join(name), Path::new("/sys/fs/cgroup/memory")),
+            CgroupPlan::V2 { root } => (root.join(name), Path::new("/sys/fs/cgroup")),
+        };
+        let relative = dir.strip_prefix(mount).ok()?;
+        Some(format!("/{}/{CONTAINER_CGROUP}", relative.display()))
     }
 }
 
@@ -164,6 +181,8 @@ pub struct TaskCgroup {
     join: Vec<File>,
     /// `cgroup.procs` of the first hierarchy, read to list its processes.
     members: Option<File>,
+    /// `cgroup.procs` of the child cgroup a container runtime makes for the task's container.
+    nested: Option<PathBuf>,
     counters: Option<V1Counters>,
 }
 
@@ -191,9 +210,12 @@ impl TaskCgroup {
         &self.join
     }
 
-    /// Every process in it.
+    /// Every process in it, its container's included.
     pub fn pids(&self) -> Vec<i32> {
-        let text = self.members.as_ref().and_then(read_from_start).unwrap_or_default();
+        let mut text = self.members.as_ref().and_then(read_from_start).unwrap_or_default();
+        if let Some(nested) = &self.nested {
+            text.push_str(&std::fs::read_to_string(nested).unwrap_or_default());
+        }
         text.lines().filter_map(|l| l.trim().parse().ok()).collect()
     }
 

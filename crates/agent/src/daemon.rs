@@ -142,6 +142,8 @@ pub(crate) struct Agent {
     prekilled: Mutex<HashSet<AttemptRef>>,
     results: Results,
     pub(crate) session: AtomicU64,
+    /// The images this node has pulled.
+    images: crate::images::ImageStore,
 }
 
 /// Runs the agent until the future is dropped.
@@ -178,6 +180,11 @@ pub async fn run_until(config: AgentConfig, shutdown: impl std::future::Future<O
     let (tx, rx) = mpsc::unbounded_channel();
     let executor = executor_of(&config, tx.clone());
     tracing::info!(node = %config.name, "{}", config.identities.describe(executor.switches_users()));
+    let mut config = config;
+    if executor.switches_users() && crate::images::runtime_available() {
+        config.features.push(tidepool_api::CONTAINER_FEATURE.to_string());
+        tracing::info!(node = %config.name, "tasks may run in OCI images (runc)");
+    }
     let agent = Arc::new(Agent::new(config, client, executor, tx));
     let reporter = tokio::spawn(report_loop(agent.clone(), rx));
     let checker = match (&agent.config.gpu_health, agent.config.gpus) {
@@ -244,7 +251,9 @@ impl Agent {
     fn new(config: AgentConfig, client: reqwest::Client, executor: Arc<dyn Executor>, results: Results) -> Agent {
         let spares = Arc::new(SpareDirs::adopt(&config.run_dir));
         let remover = start_remover(config.run_dir.clone(), executor.reuses_dirs().then(|| spares.clone()));
-        Agent { config, client, executor, remover, spares, prekilled: Mutex::default(), results, session: AtomicU64::new(0) }
+        let images_dir = config.run_dir.parent().unwrap_or(&config.run_dir).join("images");
+        let images = crate::images::ImageStore::new(images_dir, reqwest::Client::new());
+        Agent { config, client, executor, remover, spares, prekilled: Mutex::default(), results, session: AtomicU64::new(0), images }
     }
 
     pub(crate) async fn post<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
@@ -313,6 +322,40 @@ impl Agent {
             }
         }
         self.executor.forget(&done);
+    }
+
+    /// Starts `launch`, once its image is on this node if it runs in one (pulled on a task of
+    /// its own; a pull that fails fails the attempt with the registry's words).
+    fn admit(self: &Arc<Self>, launch: Launch) {
+        let Some(container) = launch.container.as_ref().filter(|c| c.rootfs.is_empty()) else {
+            return self.start(launch);
+        };
+        let image = container.image.clone();
+        let agent = self.clone();
+        tokio::spawn(async move {
+            let mut launch = launch;
+            match agent.images.ensure(&image).await {
+                Ok(unpacked) => {
+                    if let Some(c) = launch.container.as_mut() {
+                        c.rootfs = unpacked.rootfs.display().to_string();
+                        c.image_env = unpacked.env;
+                        c.digest = unpacked.digest;
+                    }
+                    agent.start(launch);
+                }
+                Err(e) => agent.refuse(launch.attempt, &e),
+            }
+        });
+    }
+
+    /// Ends an attempt that cannot start, keeping its result beside it.
+    fn refuse(&self, a: AttemptRef, why: &str) {
+        let dir = rundir::attempt_dir(&self.config.run_dir, &a);
+        let result = lost(a, why);
+        if self.spares.make(&dir).is_ok() {
+            keep_result(&dir, &result);
+        }
+        let _ = self.results.send(result);
     }
 
     fn start(&self, mut launch: Launch) {
@@ -406,7 +449,7 @@ async fn main_loop(agent: Arc<Agent>) -> Result<()> {
                 Ok(work) if work.reregister => break,
                 Ok(work) => {
                     for launch in work.launch {
-                        agent.start(launch);
+                        agent.admit(launch);
                     }
                     for a in work.kill {
                         agent.kill(a);
@@ -558,6 +601,7 @@ mod tests {
             discard_empty_output: false,
             run_as: None,
             gpus: vec![],
+            container: None,
         }
     }
 

@@ -172,6 +172,7 @@ mod tests {
             discard_empty_output: false,
             run_as,
             gpus: vec![],
+            container: None,
         };
         let root = RunAs { uid: 0, gid: 0, groups: vec![] };
         assert!(none.settle(&mut launch(None)).unwrap_err().contains("--admin-runs-as"));

@@ -35,6 +35,7 @@ use tidepool_api::{AttemptOutcome, TaskResult};
 
 pub(crate) use tidepool_api::dates::now_ms;
 
+mod oci;
 mod sys;
 use sys::*;
 
@@ -306,6 +307,9 @@ impl Launcher {
     /// Gives back a task's cgroup once its task is over: kept for the next task when it was
     /// seen `emptied` and its counters can be reset, else removed.
     fn release_cgroup(&mut self, plan: &CgroupPlan, cgroup: TaskCgroup, emptied: bool) {
+        for dir in plan.task_dirs(&cgroup.name) {
+            let _ = std::fs::remove_dir(dir.join(crate::cgroup::CONTAINER_CGROUP));
+        }
         if emptied && cgroup.reusable() {
             self.idle_cgroups.push((plan.clone(), cgroup));
         } else {
@@ -487,7 +491,7 @@ impl Launcher {
         let mut result = rundir::failed_at(a, now_ms(), "");
         result.message = None;
         let cgroup = self.take_cgroup(&spec.cgroup, spec.launch.mem_bytes);
-        match self.spawn(&spec, &dir, cgroup.as_ref().map_or(&[], TaskCgroup::join_files)) {
+        match self.spawn(&spec, &dir, cgroup.as_ref()) {
             Ok(pid) => {
                 let cgroup_procs = cgroup.as_ref().and_then(|c| spec.cgroup.task_dirs(&c.name).into_iter().next()).map(|d| d.join("cgroup.procs"));
                 self.emit_line(&rundir::Started { started: a, pgid: pid, cgroup_procs });
@@ -562,7 +566,8 @@ impl Launcher {
     }
 
     /// Spawns the task inside its cgroup; its pid.
-    fn spawn(&mut self, spec: &LaunchSpec, dir: &Path, task_procs: &[File]) -> Result<i32, String> {
+    fn spawn(&mut self, spec: &LaunchSpec, dir: &Path, cgroup: Option<&TaskCgroup>) -> Result<i32, String> {
+        let task_procs = cgroup.map_or(&[][..], TaskCgroup::join_files);
         let launch = &spec.launch;
         let private = launch.discard_empty_output;
         let run_as = launch.run_as.as_ref();
@@ -581,6 +586,9 @@ impl Launcher {
         // Unrecorded, the output is still written; only reading it back through Tidepool fails.
         let _ = crate::outputs::record(&self.outputs_dir, launch.attempt, &files);
         let (mut program, args) = program_of(spec, dir)?;
+        if let Some(container) = &launch.container {
+            return self.spawn_container(spec, dir, container, cgroup.map(|c| c.name.as_str()), (program, args), &stdout, stderr.as_ref().unwrap_or(&stdout));
+        }
         // A batch script lies in the attempt's directory, which only the launcher may enter: a
         // task with an identity of its own runs it through a descriptor it inherits, made its
         // identity's to read and run.
@@ -716,6 +724,9 @@ impl Launcher {
         let tv_ms = |tv: libc::timeval| tv.tv_sec as u64 * 1000 + tv.tv_usec as u64 / 1000;
         let measured = cgroup.as_ref().and_then(|c| c.usage(&spec.cgroup));
         let (cpu_ms, peak) = measured.unwrap_or((tv_ms(usage.ru_utime) + tv_ms(usage.ru_stime), usage.ru_maxrss as u64 * 1024));
+        if spec.launch.container.is_some() {
+            self.forget_container(&spec.launch);
+        }
         if let Some(c) = cgroup {
             self.release_cgroup(&spec.cgroup, c, emptied);
         }

@@ -10,6 +10,7 @@
 //!   cgroup, enforces time limits, kills the whole tree on cancel, measures usage and leaves
 //!   the result in a file, so a restarted agent collects it and a finished task is never
 //!   started again. It outlives the agent until its last task has ended.
+//! - [`images`]: OCI images pulled by digest and unpacked once per node.
 //! - [`gpus`]: each GPU's health checked, and failing ones reported.
 //! - [`identity`]: which Unix identities this node's tasks may run as.
 //! - [`cgroup`]: cgroup v2, v1 or none, decided once per node.
@@ -21,6 +22,7 @@ pub mod cgroup;
 pub mod daemon;
 pub mod executor;
 pub mod gpus;
+pub mod images;
 pub mod identity;
 pub mod launcher;
 pub mod outputs;

@@ -349,6 +349,7 @@ mod tests {
             discard_empty_output: false,
             run_as: None,
             gpus: vec![],
+            container: None,
         };
         let s = batch_script(&launch, Path::new("/run/x"));
         assert!(s.contains("export A='x'\\''y'\n"), "{s}");

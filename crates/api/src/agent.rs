@@ -151,6 +151,34 @@ pub struct Launch {
     /// The node's GPUs it is given, by index.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpus: Vec<u32>,
+    /// Run it in this container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerLaunch>,
+}
+
+/// How a task runs in an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerLaunch {
+    /// The image reference.
+    pub image: String,
+    /// Bind mounts, `SRC:DST[:ro]`.
+    #[serde(default)]
+    pub mounts: Vec<String>,
+    /// The working directory inside (default: the task's, bound at the same path).
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Size of its /dev/shm, bytes.
+    pub shm_bytes: u64,
+    /// Filled in by the agent: the unpacked image's root filesystem.
+    #[serde(default)]
+    pub rootfs: String,
+    /// Filled in by the agent: the image's own environment.
+    #[serde(default)]
+    pub image_env: Vec<String>,
+    /// Filled in by the agent: the image's manifest digest.
+    #[serde(default)]
+    pub digest: String,
 }
 
 /// The identities an agent can run tasks as.

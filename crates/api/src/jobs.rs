@@ -72,6 +72,18 @@ pub struct SubmitRequest {
     /// answer and every log.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secret_env: BTreeMap<String, String>,
+    /// An OCI image to run the tasks in (`HOST[:PORT]/NAME[:TAG][@sha256:DIGEST]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Host directories bound into the container, `SRC:DST[:ro]` (pyxis's --container-mounts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub container_mounts: Vec<String>,
+    /// The working directory inside the container (default: the job's, bound at the same path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_workdir: Option<String>,
+    /// Size of the container's /dev/shm, e.g. 8G (default: half the task's memory, or 1G).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<String>,
 }
 
 /// The answer to a submission, sent only once it is journaled.

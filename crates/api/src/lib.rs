@@ -6,10 +6,12 @@
 pub mod agent;
 pub mod dates;
 pub mod gateway;
+pub mod image;
 pub mod jobs;
 pub mod openapi;
 
 pub use agent::*;
+pub use image::{ImageRef, CONTAINER_FEATURE};
 pub use jobs::*;
 
 /// Every REST path starts with this.

@@ -23,6 +23,18 @@ pub struct SubmitArgs {
     /// GPUs per task.
     #[arg(long)]
     gpus: Option<u32>,
+    /// Run the tasks in this OCI image (HOST[:PORT]/NAME[:TAG][@sha256:DIGEST]).
+    #[arg(long)]
+    image: Option<String>,
+    /// Bind a host directory into the container, SRC:DST[:ro] (repeatable or comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    container_mounts: Vec<String>,
+    /// The working directory inside the container (default: this one, bound at the same path).
+    #[arg(long)]
+    container_workdir: Option<String>,
+    /// Size of the container's /dev/shm (default: half the task's memory, or 1G).
+    #[arg(long)]
+    shm_size: Option<String>,
     /// Job name.
     #[arg(long, short = 'J')]
     name: Option<String>,
@@ -154,6 +166,10 @@ pub async fn submit(a: SubmitArgs) -> Result<u8, String> {
                 Ok((k.to_string(), v.to_string()))
             })
             .collect::<Result<_, String>>()?,
+        image: a.image,
+        container_mounts: a.container_mounts,
+        container_workdir: a.container_workdir,
+        shm_size: a.shm_size,
     };
     let client = Client::from_env()?;
     let resp: SubmitResponse = client.post("/jobs", &req).await?;

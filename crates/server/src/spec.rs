@@ -29,6 +29,52 @@ const MAX_ARG_BYTES: usize = 128 * 1024;
 /// stack, and Tidepool adds variables of its own.
 const MAX_EXEC_BYTES: usize = 1 << 20;
 
+use tidepool_api::CONTAINER_FEATURE;
+
+/// The container fields of a submission: an image reference, `SRC:DST[:ro]` mounts of absolute
+/// paths, an absolute working directory, a /dev/shm size.
+fn check_container(req: &SubmitRequest) -> Result<()> {
+    let container_only = !req.container_mounts.is_empty() || req.container_workdir.is_some() || req.shm_size.is_some();
+    let Some(image) = &req.image else {
+        return if container_only { Err(Error::field("image", "container options need an image")) } else { Ok(()) };
+    };
+    tidepool_api::ImageRef::parse(image).map_err(|e| Error::field("image", e))?;
+    if req.container_mounts.len() > 64 {
+        return Err(Error::field("container_mounts", "at most 64 mounts"));
+    }
+    let usable = |p: &str| p.starts_with('/') && !p.split('/').any(|c| c == "..") && !p.contains(['\0', ',']) && p.len() <= 4096;
+    for mount in &req.container_mounts {
+        let parts: Vec<&str> = mount.split(':').collect();
+        let ok = match parts.as_slice() {
+            [src, dst] => usable(src) && usable(dst),
+            [src, dst, mode] => usable(src) && usable(dst) && matches!(*mode, "ro" | "rw"),
+            _ => false,
+        };
+        if !ok {
+            return Err(Error::field("container_mounts", format!("'{mount}' is not SRC:DST[:ro] with absolute paths")));
+        }
+    }
+    if let Some(dir) = &req.container_workdir {
+        if !usable(dir) {
+            return Err(Error::field("container_workdir", "must be an absolute path"));
+        }
+    }
+    if let Some(size) = &req.shm_size {
+        tidepool_core::resources::parse_mem_size(size).map_err(|e| Error::field("shm_size", e))?;
+    }
+    Ok(())
+}
+
+/// How big a container's /dev/shm is: as asked, else half the task's memory, else 1 GiB
+/// (never the 64 MB that breaks scientific codes).
+pub fn shm_bytes(req: &SubmitRequest, mem_bytes: u64) -> u64 {
+    match req.shm_size.as_deref().and_then(|s| tidepool_core::resources::parse_mem_size(s).ok()) {
+        Some(bytes) => bytes,
+        None if mem_bytes > 0 => (mem_bytes / 2).max(64 << 20),
+        None => 1 << 30,
+    }
+}
+
 /// Checks a request and turns it into the core's spec. Nothing is written here.
 pub fn validate(req: &SubmitRequest, max_array_size: u32) -> Result<JobSpec> {
     match (&req.script, req.command.is_empty()) {
@@ -171,6 +217,12 @@ pub fn validate(req: &SubmitRequest, max_array_size: u32) -> Result<JobSpec> {
             return Err(Error::field("output", "is not a usable path pattern"));
         }
     }
+    let mut requires = req.constraint.clone();
+    check_container(req)?;
+    if req.image.is_some() {
+        // Only nodes whose agent can run OCI bundles take them.
+        requires.push(CONTAINER_FEATURE.to_string());
+    }
     Ok(JobSpec {
         name,
         project,
@@ -185,7 +237,7 @@ pub fn validate(req: &SubmitRequest, max_array_size: u32) -> Result<JobSpec> {
         time_limit_s,
         after_ok: req.after.iter().map(|id| JobId(*id)).collect(),
         pool: req.pool.clone(),
-        requires: req.constraint.clone(),
+        requires,
         named: req.resources.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         gang,
     })

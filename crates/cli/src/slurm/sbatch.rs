@@ -20,6 +20,9 @@ pub(super) const SBATCH_OPTIONS: &[(&str, Option<char>, Takes)] = &[
     ("mem-per-cpu", None, Takes::Value),
     ("gres", None, Takes::Value),
     ("gpus", Some('G'), Takes::Value),
+    ("container-image", None, Takes::Value),
+    ("container-mounts", None, Takes::Value),
+    ("container-workdir", None, Takes::Value),
     ("gpus-per-node", None, Takes::Value),
     ("gpus-per-task", None, Takes::Value),
     ("time", Some('t'), Takes::Value),
@@ -393,6 +396,11 @@ fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<St
         nodes: None,
         tasks_per_node: None,
         secret_env: BTreeMap::new(),
+        // pyxis's options: the batch script runs in the image.
+        image: o.get("container-image").map(|s| s.to_string()),
+        container_mounts: o.get("container-mounts").map(|m| m.split(',').map(str::to_string).collect()).unwrap_or_default(),
+        container_workdir: o.get("container-workdir").map(|s| s.to_string()),
+        shm_size: None,
     };
     Ok((req, o.contains_key("parsable")))
 }

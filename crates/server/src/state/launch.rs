@@ -129,6 +129,15 @@ impl Inner {
             discard_empty_output,
             run_as: self.identities.get(&spec.project).cloned(),
             gpus,
+            container: req.image.as_ref().map(|image| tidepool_api::ContainerLaunch {
+                image: image.clone(),
+                mounts: req.container_mounts.clone(),
+                workdir: req.container_workdir.clone(),
+                shm_bytes: spec::shm_bytes(req, spec.per_task.mem_bytes),
+                rootfs: String::new(),
+                image_env: Vec::new(),
+                digest: String::new(),
+            }),
         })
     }
 }

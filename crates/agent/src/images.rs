@@ -1,0 +1,304 @@
+//! Images on this node: pulled from an OCI registry by the distribution API, checked against
+//! their digests, and unpacked once per manifest digest into a cache that every task of that
+//! image shares (read-only). Concurrent starts of one image wait on one pull.
+
+use sha2::Digest;
+use tidepool_api::ImageRef;
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The registry's base URL: plain HTTP only on loopback, where no one else can listen.
+fn base_url(image: &ImageRef) -> String {
+    let registry = image.registry.as_str();
+    let host = registry.rsplit_once(':').map_or(registry, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { registry });
+    let loopback = matches!(host, "localhost" | "127.0.0.1" | "[::1]");
+    format!("{}://{registry}", if loopback { "http" } else { "https" })
+}
+
+
+/// An unpacked image: its root filesystem and what its configuration asks of a process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unpacked {
+    /// The manifest's digest (`sha256:...`).
+    pub digest: String,
+    /// The root filesystem, shared by every task of the image.
+    pub rootfs: PathBuf,
+    /// The image's environment (`PATH=...`).
+    pub env: Vec<String>,
+    /// Its working directory, if it names one.
+    pub workdir: Option<String>,
+}
+
+/// The node's image cache.
+pub struct ImageStore {
+    dir: PathBuf,
+    client: reqwest::Client,
+    /// One lock per reference: a second start of an image waits for the first's pull.
+    pulls: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Unpacked>>>>>,
+}
+
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// The largest manifest or configuration read.
+const MAX_DOCUMENT_BYTES: usize = 4 << 20;
+
+impl ImageStore {
+    /// A cache under `dir` (made owner-only).
+    pub fn new(dir: PathBuf, client: reqwest::Client) -> ImageStore {
+        ImageStore { dir, client, pulls: std::sync::Mutex::default() }
+    }
+
+    /// The image of `reference`, pulled and unpacked if this node does not have it yet.
+    pub async fn ensure(&self, reference: &str) -> Result<Unpacked, String> {
+        let slot = {
+            let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+            pulls.entry(reference.to_string()).or_default().clone()
+        };
+        let mut held = slot.lock().await;
+        if let Some(done) = held.as_ref() {
+            return Ok(done.clone());
+        }
+        let unpacked = self.pull(reference).await?;
+        *held = Some(unpacked.clone());
+        Ok(unpacked)
+    }
+
+    /// Each image this node holds: (digest, bytes on disk).
+    pub fn cached(&self) -> Vec<(String, u64)> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter(|e| e.path().join("ready").exists())
+            .map(|e| (e.file_name().to_string_lossy().replacen('-', ":", 1), du(&e.path())))
+            .collect()
+    }
+
+    async fn get(&self, image: &ImageRef, what: &str, accept: &str) -> Result<reqwest::Response, String> {
+        let url = format!("{}/v2/{}/{what}", base_url(image), image.repository);
+        let resp = self.client.get(&url).header("Accept", accept).send().await.map_err(|e| format!("pulling {url}: {e}"))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            let said: String = body.chars().take(300).collect();
+            return Err(format!("pulling {url}: the registry answered {status}: {}", said.trim()));
+        }
+        Ok(resp)
+    }
+
+    async fn document(&self, image: &ImageRef, what: &str, accept: &str) -> Result<(Vec<u8>, String), String> {
+        let resp = self.get(image, what, accept).await?;
+        let media = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let bytes = resp.bytes().await.map_err(|e| format!("pulling {what}: {e}"))?;
+        if bytes.len() > MAX_DOCUMENT_BYTES {
+            return Err(format!("pulling {what}: over {MAX_DOCUMENT_BYTES} bytes"));
+        }
+        Ok((bytes.to_vec(), media))
+    }
+
+    async fn pull(&self, reference: &str) -> Result<Unpacked, String> {
+        let image = ImageRef::parse(reference)?;
+        let (mut manifest, mut media) = self.document(&image, &format!("manifests/{}", image.reference), MANIFEST_TYPES).await?;
+        let mut digest = sha256_of(&manifest);
+        if image.reference.starts_with("sha256:") && digest != image.reference {
+            return Err(format!("image {reference}: the registry's manifest has digest {digest}"));
+        }
+        let mut doc: serde_json::Value = serde_json::from_slice(&manifest).map_err(|e| format!("image {reference}: manifest: {e}"))?;
+        let media_of = |doc: &serde_json::Value, header: &str| doc["mediaType"].as_str().unwrap_or(header).to_string();
+        if media_of(&doc, &media).contains("index") || media_of(&doc, &media).contains("manifest.list") {
+            let arch = match std::env::consts::ARCH {
+                "x86_64" => "amd64",
+                "aarch64" => "arm64",
+                other => other,
+            };
+            let chosen = doc["manifests"]
+                .as_array()
+                .and_then(|list| list.iter().find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == arch))
+                .and_then(|m| m["digest"].as_str())
+                .ok_or_else(|| format!("image {reference}: no linux/{arch} image in its index"))?
+                .to_string();
+            (manifest, media) = self.document(&image, &format!("manifests/{chosen}"), MANIFEST_TYPES).await?;
+            digest = sha256_of(&manifest);
+            if digest != chosen {
+                return Err(format!("image {reference}: manifest {chosen} arrived with digest {digest}"));
+            }
+            doc = serde_json::from_slice(&manifest).map_err(|e| format!("image {reference}: manifest: {e}"))?;
+        }
+        let _ = media;
+        let home = self.dir.join(digest.replacen(':', "-", 1));
+        let ready = home.join("ready");
+        if !ready.exists() {
+            let config_digest = doc["config"]["digest"].as_str().ok_or_else(|| format!("image {reference}: its manifest names no config"))?;
+            let (config, _) = self.document(&image, &format!("blobs/{config_digest}"), "*/*").await?;
+            if sha256_of(&config) != config_digest {
+                return Err(format!("image {reference}: config {config_digest} arrived altered"));
+            }
+            let staging = self.dir.join(format!(".{}.{}", digest.replacen(':', "-", 1), std::process::id()));
+            let _ = std::fs::remove_dir_all(&staging);
+            std::fs::create_dir_all(staging.join("rootfs")).map_err(|e| format!("image {reference}: {e}"))?;
+            // The container's "/": every identity must enter it (the agent's umask is 077).
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(staging.join("rootfs"), std::fs::Permissions::from_mode(0o755)).map_err(|e| format!("image {reference}: {e}"))?;
+            }
+            std::fs::write(staging.join("config.json"), &config).map_err(|e| format!("image {reference}: {e}"))?;
+            let layers = doc["layers"].as_array().cloned().unwrap_or_default();
+            for layer in &layers {
+                let layer_digest = layer["digest"].as_str().ok_or_else(|| format!("image {reference}: a layer without a digest"))?;
+                let media = layer["mediaType"].as_str().unwrap_or_default();
+                let resp = self.get(&image, &format!("blobs/{layer_digest}"), "*/*").await?;
+                let bytes = resp.bytes().await.map_err(|e| format!("image {reference}: layer {layer_digest}: {e}"))?;
+                if sha256_of(&bytes) != layer_digest {
+                    return Err(format!("image {reference}: layer {layer_digest} arrived altered"));
+                }
+                let rootfs = staging.join("rootfs");
+                let gzip = media.contains("gzip") || bytes.starts_with(&[0x1f, 0x8b]);
+                let applied = tokio::task::spawn_blocking(move || apply_layer(&bytes, gzip, &rootfs))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                applied.map_err(|e| format!("image {reference}: layer {layer_digest}: {e}"))?;
+            }
+            std::fs::write(staging.join("ready"), reference).map_err(|e| format!("image {reference}: {e}"))?;
+            match std::fs::rename(&staging, &home) {
+                Ok(()) => {}
+                // Another agent of this node unpacked it first: its copy serves.
+                Err(_) if ready.exists() => {
+                    let _ = std::fs::remove_dir_all(&staging);
+                }
+                Err(e) => return Err(format!("image {reference}: {e}")),
+            }
+            tracing::info!(image = reference, digest = %digest, layers = layers.len(), "image pulled and unpacked");
+        }
+        let config: serde_json::Value = std::fs::read(home.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let env = config["config"]["Env"].as_array().map(|e| e.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default();
+        let workdir = config["config"]["WorkingDir"].as_str().filter(|w| !w.is_empty()).map(str::to_string);
+        Ok(Unpacked { digest, rootfs: home.join("rootfs"), env, workdir })
+    }
+}
+
+/// True when this node can run OCI bundles: runc is installed and the agent is root.
+pub fn runtime_available() -> bool {
+    // SAFETY: geteuid only reads this process's credentials.
+    let root = unsafe { libc::geteuid() } == 0;
+    root && ["/usr/sbin/runc", "/usr/bin/runc", "/usr/local/sbin/runc", "/usr/local/bin/runc"].iter().any(|p| Path::new(p).exists())
+}
+
+fn sha256_of(bytes: &[u8]) -> String {
+    let hash = sha2::Sha256::digest(bytes);
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+fn du(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path).map(|entries| entries.flatten().map(|e| du(&e.path())).sum()).unwrap_or(0)
+}
+
+/// Applies one layer (a tar, gzipped or not) onto `rootfs`: its whiteouts (`.wh.NAME`) remove
+/// what lower layers put there, an opaque marker (`.wh..wh..opq`) empties its directory, and
+/// no entry lands outside `rootfs` (the tar reader refuses `..` and paths through links).
+pub fn apply_layer(bytes: &[u8], gzip: bool, rootfs: &Path) -> Result<(), String> {
+    let reader: Box<dyn Read> = if gzip { Box::new(flate2::read::GzDecoder::new(bytes)) } else { Box::new(bytes) };
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_unpack_xattrs(false);
+    archive.set_overwrite(true);
+    for entry in archive.entries().map_err(|e| e.to_string())? {
+        let mut entry = entry.map_err(|e| e.to_string())?;
+        let path = entry.path().map_err(|e| e.to_string())?.into_owned();
+        if path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(format!("entry {} climbs out of the image", path.display()));
+        }
+        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        if name == ".wh..wh..opq" {
+            let dir = rootfs.join(&parent);
+            if let Ok(children) = std::fs::read_dir(&dir) {
+                for child in children.flatten() {
+                    remove_any(&child.path());
+                }
+            }
+            continue;
+        }
+        if let Some(hidden) = name.strip_prefix(".wh.") {
+            remove_any(&rootfs.join(&parent).join(hidden));
+            continue;
+        }
+        // A file replacing a directory of a lower layer, or the other way round.
+        let target = rootfs.join(&path);
+        if let Ok(meta) = std::fs::symlink_metadata(&target) {
+            if meta.is_dir() != entry.header().entry_type().is_dir() {
+                remove_any(&target);
+            }
+        }
+        entry.unpack_in(rootfs).map_err(|e| format!("{}: {e} ({})", path.display(), std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default()))?;
+    }
+    Ok(())
+}
+
+fn remove_any(path: &Path) {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            let _ = std::fs::remove_dir_all(path);
+        }
+        Ok(_) => {
+            let _ = std::fs::remove_file(path);
+        }
+        Err(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_registries_are_spoken_to_in_plain_http() {
+        assert_eq!(base_url(&ImageRef::parse("127.0.0.1:5000/busybox:1").unwrap()), "http://127.0.0.1:5000");
+        assert_eq!(base_url(&ImageRef::parse("localhost:5000/busybox").unwrap()), "http://localhost:5000");
+        assert_eq!(base_url(&ImageRef::parse("busybox").unwrap()), "https://registry-1.docker.io");
+        assert_eq!(base_url(&ImageRef::parse("127.0.0.1.example.com/x").unwrap()), "https://127.0.0.1.example.com");
+    }
+
+    #[test]
+    fn layers_stack_with_whiteouts_and_never_write_outside() {
+        let dir = std::env::temp_dir().join(format!("tidepool-layers-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let layer = |files: &[(&str, &str)]| -> Vec<u8> {
+            let mut builder = tar::Builder::new(Vec::new());
+            for (path, body) in files {
+                let mut header = tar::Header::new_gnu();
+                header.set_size(body.len() as u64);
+                header.set_mode(0o644);
+                header.set_uid(0);
+                header.set_gid(0);
+                header.set_mtime(0);
+                header.set_cksum();
+                builder.append_data(&mut header, path, body.as_bytes()).unwrap();
+            }
+            builder.into_inner().unwrap()
+        };
+        apply_layer(&layer(&[("etc/a", "1"), ("etc/b", "2"), ("opt/x/y", "3")]), false, &dir).unwrap();
+        apply_layer(&layer(&[("etc/.wh.a", ""), ("opt/x/.wh..wh..opq", ""), ("opt/x/z", "4")]), false, &dir).unwrap();
+        assert!(!dir.join("etc/a").exists() && dir.join("etc/b").exists());
+        assert!(!dir.join("opt/x/y").exists() && dir.join("opt/x/z").exists());
+        // A raw header naming ../escape is refused before anything is written.
+        let mut evil = layer(&[("placeholder", "x")]);
+        evil[..11].copy_from_slice(b"../escape\0\0");
+        let mut header = tar::Header::from_byte_slice(&evil[..512]).clone();
+        header.set_cksum();
+        evil[..512].copy_from_slice(header.as_bytes());
+        assert!(apply_layer(&evil, false, &dir.join("etc")).is_err());
+        assert!(!dir.join("escape").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,216 @@
+//! A task's OCI bundle: the `config.json` a runtime (runc, crun) runs it from, over the image's
+//! root filesystem shared read-only by every task of that image.
+
+use super::sys::spawn_task;
+use super::{resolve, with_umask, Launcher, TASK_UMASK};
+use crate::rundir::{self, LaunchSpec};
+use std::ffi::CString;
+use std::fs::File;
+use std::path::Path;
+use tidepool_api::{ContainerLaunch, Launch};
+
+/// Where a batch script is found inside its container (on the container's own /tmp).
+pub(super) const SCRIPT_INSIDE: &str = "/tmp/.tidepool-batch-script";
+
+/// Where the runtime keeps its containers' state, under the run directory.
+pub(super) const RUNTIME_STATE_DIR: &str = "oci";
+
+/// The container's id: its attempt's, unique on the node.
+pub(super) fn container_id(launch: &Launch) -> String {
+    let a = launch.attempt;
+    format!("tidepool-{}.{}.{}", a.job_id, a.index, a.attempt)
+}
+
+/// The environment inside: the image's, then the task's, except that the image's PATH wins
+/// (the submitter's PATH names directories of its own machine, not of the image).
+fn environment(launch: &Launch, container: &ContainerLaunch) -> Vec<String> {
+    let mut env: Vec<(String, String)> = container
+        .image_env
+        .iter()
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    let image_path = env.iter().any(|(k, _)| k == "PATH");
+    for (k, v) in &launch.env {
+        if k == "PATH" && image_path {
+            continue;
+        }
+        env.retain(|(key, _)| key != k);
+        env.push((k.clone(), v.clone()));
+    }
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()));
+    }
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+fn bind(source: &str, destination: &str, read_only: bool) -> serde_json::Value {
+    let mut options = vec!["rbind", "nosuid", "nodev"];
+    if read_only {
+        options.push("ro");
+    }
+    serde_json::json!({"destination": destination, "type": "bind", "source": source, "options": options})
+}
+
+/// The bundle's `config.json`: the task's command as `uid`/`gid` (and groups), no new
+/// privileges and no capabilities, the host's network, its own PID, IPC, UTS and mount
+/// namespaces, the job's working directory bound at the same path, the asked mounts, a
+/// /dev/shm of the asked size, and its cgroup a child of the task's (`cgroups_path`).
+pub(super) fn config(
+    launch: &Launch,
+    container: &ContainerLaunch,
+    args: &[String],
+    user: (u32, u32, &[u32]),
+    cgroups_path: Option<&str>,
+) -> serde_json::Value {
+    let (uid, gid, groups) = user;
+    let cwd = container.workdir.clone().unwrap_or_else(|| launch.workdir.clone());
+    let mut mounts = vec![
+        serde_json::json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        serde_json::json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        serde_json::json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
+        serde_json::json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", format!("size={}", container.shm_bytes.max(1 << 20))]}),
+        serde_json::json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        serde_json::json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        serde_json::json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}),
+    ];
+    for file in ["/etc/resolv.conf", "/etc/hosts"] {
+        if Path::new(file).exists() {
+            mounts.push(bind(file, file, true));
+        }
+    }
+    if container.workdir.is_none() && launch.workdir != "/" {
+        mounts.push(bind(&launch.workdir, &launch.workdir, false));
+    }
+    for mount in &container.mounts {
+        let parts: Vec<&str> = mount.split(':').collect();
+        if let [source, destination, rest @ ..] = parts.as_slice() {
+            mounts.push(bind(source, destination, rest.first() == Some(&"ro")));
+        }
+    }
+    let mut linux = serde_json::json!({
+        "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+        "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
+        "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+    });
+    if let Some(path) = cgroups_path {
+        linux["cgroupsPath"] = serde_json::json!(path);
+    }
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": uid, "gid": gid, "additionalGids": groups},
+            "args": args,
+            "env": environment(launch, container),
+            "cwd": cwd,
+            "noNewPrivileges": true,
+            "capabilities": {"bounding": [], "effective": [], "inheritable": [], "permitted": [], "ambient": []},
+        },
+        "root": {"path": container.rootfs, "readonly": true},
+        "hostname": "tidepool",
+        "mounts": mounts,
+        "linux": linux,
+    })
+}
+
+impl Launcher {
+    /// Starts a task in its image: its bundle's config.json written beside it, then the OCI
+    /// runtime, as the launcher (it makes the container; the task inside runs as its identity),
+    /// its container in a child of the task's cgroup. The runtime stays in the launcher's own
+    /// cgroup, so the task's holds nothing but the container.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn spawn_container(
+        &mut self,
+        spec: &LaunchSpec,
+        dir: &Path,
+        container: &tidepool_api::ContainerLaunch,
+        cgroup_name: Option<&str>,
+        (program, args): (String, Vec<String>),
+        stdout: &File,
+        stderr: &File,
+    ) -> Result<i32, String> {
+        let launch = &spec.launch;
+        // SAFETY: geteuid and getegid only read this process's credentials.
+        let own = unsafe { (libc::geteuid(), libc::getegid()) };
+        let user = launch.run_as.as_ref().map_or((own.0, own.1, &[][..]), |id| (id.uid, id.gid, id.groups.as_slice()));
+        let mut inside = vec![program];
+        inside.extend(args);
+        let mut container = container.clone();
+        if launch.script.is_some() {
+            // The script is bound in on the container's own /tmp, readable by its identity.
+            use std::os::unix::fs::PermissionsExt;
+            let script = dir.join(rundir::SCRIPT_FILE);
+            std::os::unix::fs::chown(&script, Some(user.0), Some(user.1)).map_err(|e| format!("script: {e}"))?;
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o500)).map_err(|e| format!("script: {e}"))?;
+            container.mounts.push(format!("{}:{}:ro", script.display(), SCRIPT_INSIDE));
+            inside = vec![SCRIPT_INSIDE.to_string()];
+        }
+        let cgroups_path = cgroup_name.and_then(|name| spec.cgroup.container_path(name));
+        let config = config(launch, &container, &inside, user, cgroups_path.as_deref());
+        let text = serde_json::to_vec(&config).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("config.json"), text).map_err(|e| format!("cannot write the container's config.json: {e}"))?;
+        let state = self.run_dir.join(RUNTIME_STATE_DIR);
+        let runtime = resolve("runc", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "/");
+        let argv: Vec<CString> = [runtime.as_str(), "--root", &state.display().to_string(), "run", "--bundle", &dir.display().to_string(), &container_id(launch)]
+            .iter()
+            .map(|s| CString::new(*s).map_err(|_| "a path holds a NUL byte".to_string()))
+            .collect::<Result<_, _>>()?;
+        let envp = vec![CString::new("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").map_err(|e| e.to_string())?];
+        let file = CString::new(runtime.clone()).map_err(|e| e.to_string())?;
+        let workdir = CString::new(dir.display().to_string()).map_err(|e| e.to_string())?;
+        with_umask(TASK_UMASK, || spawn_task(&file, &argv, &envp, &workdir, stdout, stderr))
+            .map_err(|e| format!("cannot start {runtime} for image {}: {e}", container.image))
+    }
+
+    /// Removes what the OCI runtime left of a container it could not clean up itself (it was
+    /// killed): its state, so the id could serve again.
+    pub(super) fn forget_container(&self, launch: &tidepool_api::Launch) {
+        let id = container_id(launch);
+        let state = self.run_dir.join(RUNTIME_STATE_DIR);
+        if state.join(&id).exists() {
+            let _ = std::process::Command::new("runc")
+                .arg("--root")
+                .arg(&state)
+                .args(["delete", "--force", &id])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_image_path_wins_and_the_task_env_is_kept() {
+        let mut launch: Launch = serde_json::from_value(serde_json::json!({
+            "attempt": {"job_id": 7, "index": 3, "attempt": 2}, "command": ["true"], "env": {"PATH": "/home/me/bin", "X": "1"},
+            "workdir": "/work", "stdout_path": "/dev/null", "stderr_path": "/dev/null", "time_limit_s": null,
+            "cpu_millis": 1000, "mem_bytes": 0, "discard_empty_output": false
+        }))
+        .unwrap();
+        let container = ContainerLaunch {
+            image: "x".into(),
+            mounts: vec!["/data:/data:ro".into()],
+            workdir: None,
+            shm_bytes: 1 << 30,
+            rootfs: "/cache/rootfs".into(),
+            image_env: vec!["PATH=/opt/bin:/bin".into(), "X=0".into()],
+            digest: String::new(),
+        };
+        launch.container = Some(container.clone());
+        let c = config(&launch, &container, &["sh".into()], (5001, 5002, &[7]), Some("/tidepool/t1/ctr"));
+        assert_eq!(c["process"]["env"], serde_json::json!(["PATH=/opt/bin:/bin", "X=1"]));
+        assert_eq!(c["process"]["user"], serde_json::json!({"uid": 5001, "gid": 5002, "additionalGids": [7]}));
+        assert_eq!(c["process"]["cwd"], "/work");
+        assert_eq!(c["linux"]["cgroupsPath"], "/tidepool/t1/ctr");
+        let mounts = c["mounts"].as_array().unwrap();
+        assert!(mounts.iter().any(|m| m["destination"] == "/dev/shm" && m["options"].as_array().unwrap().contains(&serde_json::json!("size=1073741824"))));
+        assert!(mounts.iter().any(|m| m["destination"] == "/work" && m["source"] == "/work"));
+        assert!(mounts.iter().any(|m| m["destination"] == "/data" && m["options"].as_array().unwrap().contains(&serde_json::json!("ro"))));
+        assert!(!c["linux"]["namespaces"].as_array().unwrap().iter().any(|n| n["type"] == "network"), "the host's network");
+        assert_eq!(container_id(&launch), "tidepool-7.3.2");
+    }
+}
