@@ -228,6 +228,11 @@ pub fn apply_layer(bytes: &[u8], gzip: bool, rootfs: &Path) -> Result<(), String
             }
             continue;
         }
+        // A device node in an image would hand its tasks the node's hardware.
+        let kind = entry.header().entry_type();
+        if kind.is_block_special() || kind.is_character_special() || kind.is_fifo() {
+            continue;
+        }
         if let Some(hidden) = name.strip_prefix(".wh.") {
             remove_any(&rootfs.join(&parent).join(hidden));
             continue;

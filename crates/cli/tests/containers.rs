@@ -122,6 +122,18 @@ fn a_thousand_tasks_run_in_an_image_pulled_once_per_node_as_their_project() {
     let seen = std::fs::read_to_string(format!("{bio_area}/peek.txt")).unwrap();
     assert!(!seen.contains("CHEM") && seen.contains("chem-area: No such file") && seen.trim_end().ends_with("done"), "{seen}");
 
+    // Nor can chem bind bio's files in: the runtime binds as root, so each source is reached as
+    // the task's identity first. bio's results are world-readable, but in bio's 0700 directory.
+    let results = format!("{bio_area}/results");
+    std::fs::create_dir_all(&results).unwrap();
+    std::fs::write(format!("{results}/r.txt"), "BIO-RESULT").unwrap();
+    let stolen = env.submit_as(&chem, &chem_area, &["--image", &image, "--container-mounts", &format!("{results}:/stolen:ro"), "-o", "stolen.txt", "--", "cat", "/stolen/r.txt"]);
+    assert!(!env.cmd(common::BIN, &["wait", &stolen]).env("TIDEPOOL_TOKEN", &chem).status().unwrap().success());
+    let why: serde_json::Value = serde_json::from_str(&env.ok(&["show", &stolen, "--json", "--tasks"])).unwrap();
+    let message = why["tasks"][0]["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("cannot bind") && message.contains("as uid 5001") && message.contains("Permission denied"), "{why}");
+    assert!(!std::fs::read_to_string(format!("{chem_area}/stolen.txt")).unwrap_or_default().contains("BIO-RESULT"));
+
     // A pull that fails fails the task with the registry's words, and never hangs.
     let absent = format!("{}/tidepool-test/absent:1", registry.address);
     let failed = env.submit_as(&chem, &chem_area, &["--image", &absent, "--", "true"]);

@@ -1,7 +1,7 @@
 //! A task's OCI bundle: the `config.json` a runtime (runc, crun) runs it from, over the image's
 //! root filesystem shared read-only by every task of that image.
 
-use super::sys::spawn_task;
+use super::sys::{spawn_task, with_fs_identity};
 use super::{resolve, with_umask, Launcher, TASK_UMASK};
 use crate::rundir::{self, LaunchSpec};
 use std::ffi::CString;
@@ -136,6 +136,27 @@ impl Launcher {
         let mut inside = vec![program];
         inside.extend(args);
         let mut container = container.clone();
+        // The runtime binds as root, which may pass directories the task's identity may not:
+        // each source is resolved and reached as that identity first, and bound by the path
+        // it resolved to.
+        if let Some(identity) = &launch.run_as {
+            let reach = |path: &str| -> Result<String, String> {
+                let resolved = with_fs_identity(identity, || std::fs::canonicalize(path))?
+                    .map_err(|e| format!("cannot bind {path} into the container as uid {}: {e}", identity.uid))?;
+                Ok(resolved.display().to_string())
+            };
+            for mount in &mut container.mounts {
+                let mut parts: Vec<String> = mount.split(':').map(str::to_string).collect();
+                parts[0] = reach(&parts[0])?;
+                *mount = parts.join(":");
+            }
+            if container.workdir.is_none() && launch.workdir != "/" {
+                let resolved = reach(&launch.workdir)?;
+                if resolved != launch.workdir {
+                    return Err(format!("cannot bind {} into the container: it is reached through a symbolic link ({resolved})", launch.workdir));
+                }
+            }
+        }
         if launch.script.is_some() {
             // The script is bound in on the container's own /tmp, readable by its identity.
             use std::os::unix::fs::PermissionsExt;
