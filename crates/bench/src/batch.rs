@@ -48,7 +48,7 @@ fn rss_mb(pid: u32) -> f64 {
 }
 
 /// Runs a command to its end; its duration in ms and its stdout, or its stderr as the error.
-fn timed(command: &mut Command) -> Result<(f64, String), String> {
+pub(crate) fn timed(command: &mut Command) -> Result<(f64, String), String> {
     let started = Instant::now();
     let out = command.stdin(Stdio::null()).output().map_err(|e| format!("{command:?}: {e}"))?;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -97,7 +97,7 @@ fn steady_rate(samples: &[(f64, u64)], total: u64) -> f64 {
     }
 }
 
-struct Tidepool {
+pub(crate) struct Tidepool {
     exe: PathBuf,
     child: Child,
     dir: PathBuf,
@@ -117,7 +117,7 @@ impl Drop for Tidepool {
 }
 
 impl Tidepool {
-    fn start() -> Result<Tidepool, String> {
+    pub(crate) fn start() -> Result<Tidepool, String> {
         let exe = crate::tidepool_exe()?;
         let dir = std::env::temp_dir().join(format!("tidepool-bench-batch-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -142,8 +142,13 @@ impl Tidepool {
         Ok(Tidepool { exe, child, dir, url, submitter: None })
     }
 
+    /// Its data directory.
+    pub(crate) fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
     /// From now on, jobs are submitted by project `bench`, whose tasks run as `uid`.
-    fn submit_as_project(&mut self, uid: u32) -> Result<(), String> {
+    pub(crate) fn submit_as_project(&mut self, uid: u32) -> Result<(), String> {
         timed(&mut self.command(&["project", "create", "bench", "--uid", &uid.to_string()]))?;
         let (_, out) = timed(&mut self.command(&["token", "create", "--project", "bench"]))?;
         self.submitter = Some(out.trim().lines().last().unwrap_or_default().to_string());
@@ -151,7 +156,7 @@ impl Tidepool {
     }
 
     /// A command run by whoever submits the jobs.
-    fn as_submitter(&self, args: &[&str]) -> Command {
+    pub(crate) fn as_submitter(&self, args: &[&str]) -> Command {
         let mut c = self.command(args);
         if let Some(token) = &self.submitter {
             c.env("TIDEPOOL_TOKEN", token);
@@ -159,7 +164,7 @@ impl Tidepool {
         c
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.exe);
         c.args(args).current_dir(&self.dir).env("TIDEPOOL_URL", &self.url).env("TIDEPOOL_DATA_DIR", self.dir.join("data")).env_remove("TIDEPOOL_TOKEN");
         c
@@ -189,7 +194,7 @@ impl Tidepool {
     }
 
     /// Tasks that ended, read through the API.
-    async fn ended(&self, client: &reqwest::Client, token: &str, job: &str) -> Result<u64, String> {
+    pub(crate) async fn ended(&self, client: &reqwest::Client, token: &str, job: &str) -> Result<u64, String> {
         let v: Value = client
             .get(format!("{}/api/v1/jobs/{job}", self.url))
             .bearer_auth(token)

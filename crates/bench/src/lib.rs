@@ -5,6 +5,7 @@
 //! - [`sched`]: the scheduling core alone against plain first fit.
 //! - [`batch`]: arrays of `true` through Tidepool, a single-host Slurm, HyperQueue and no
 //!   scheduler at all.
+//! - [`containers`]: trivial tasks in an OCI image beside bare ones, and a cold pull.
 //! - [`gateway`]: the gateway under a tier mix, and its added latency beside nginx's.
 //! - [`recovery`]: a restart on a journal of a million tasks.
 //! - `load`: an instant upstream and a paced open-loop client for the proxy benchmarks (raw
@@ -14,6 +15,7 @@
 //! `TIDEPOOL_BIN`), as it is deployed.
 
 pub mod batch;
+pub mod containers;
 pub mod gateway;
 mod load;
 pub mod recovery;
@@ -48,9 +50,10 @@ pub fn tidepool_exe() -> Result<PathBuf, String> {
 #[command(name = "tidepool-bench", about = "Tidepool's figures beside a baseline's, measured in the same run")]
 pub struct BenchArgs {
     /// Which benchmark: `sched` (the scheduling core alone), `gateway` (tiers under load),
-    /// `recovery` (restart on a journal of a million tasks) or `batch` (arrays of `true` through
-    /// Tidepool, Slurm, HyperQueue and no scheduler).
-    #[arg(value_parser = ["sched", "gateway", "recovery", "batch"])]
+    /// `recovery` (restart on a journal of a million tasks), `batch` (arrays of `true` through
+    /// Tidepool, Slurm, HyperQueue and no scheduler) or `containers` (tasks in an OCI image
+    /// beside bare ones; `--tasks` of each, at most 2,000).
+    #[arg(value_parser = ["sched", "gateway", "recovery", "batch", "containers"])]
     pub which: String,
     /// One JSON object instead of a table.
     #[arg(long)]
@@ -93,6 +96,7 @@ pub fn main() -> ExitCode {
         match args.which.as_str() {
             "gateway" => gateway::run(args.json, args.seconds.clamp(1.0, 600.0)).await,
             "recovery" => recovery::run(args.json, 1_000_000).await,
+            "containers" => containers::run(args.json, args.tasks.min(containers::MAX_TASKS)).await,
             "batch" => {
                 let settings = batch::BatchBench {
                     tasks: args.tasks,
