@@ -336,6 +336,9 @@ impl Agent {
             let mut launch = launch;
             match agent.images.ensure(&image).await {
                 Ok(unpacked) => {
+                    if unpacked.fresh {
+                        agent.report_images().await;
+                    }
                     if let Some(c) = launch.container.as_mut() {
                         c.rootfs = unpacked.rootfs.display().to_string();
                         c.image_env = unpacked.env;
@@ -346,6 +349,15 @@ impl Agent {
                 Err(e) => agent.refuse(launch.attempt, &e),
             }
         });
+    }
+
+    /// Tells the server which images this node holds.
+    async fn report_images(&self) {
+        let session = self.session.load(Ordering::SeqCst);
+        let report = tidepool_api::ImagesReport { session, images: self.images.cached() };
+        if let Err(e) = self.post::<_, serde_json::Value>("images", &report).await {
+            tracing::warn!(error = %e, "the images of this node were not reported");
+        }
     }
 
     /// Ends an attempt that cannot start, keeping its result beside it.
@@ -438,6 +450,10 @@ async fn main_loop(agent: Arc<Agent>) -> Result<()> {
         };
         announced = false;
         agent.session.store(resp.session, Ordering::SeqCst);
+        if !agent.images.cached().is_empty() {
+            let agent = agent.clone();
+            tokio::spawn(async move { agent.report_images().await });
+        }
         agent.forget(&resp.acked);
         for a in resp.kill {
             agent.kill(a);

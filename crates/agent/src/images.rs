@@ -29,6 +29,8 @@ pub struct Unpacked {
     pub env: Vec<String>,
     /// Its working directory, if it names one.
     pub workdir: Option<String>,
+    /// Pulled by this call (not found in the cache).
+    pub fresh: bool,
 }
 
 /// The node's image cache.
@@ -58,21 +60,29 @@ impl ImageStore {
         };
         let mut held = slot.lock().await;
         if let Some(done) = held.as_ref() {
-            return Ok(done.clone());
+            return Ok(Unpacked { fresh: false, ..done.clone() });
         }
         let unpacked = self.pull(reference).await?;
         *held = Some(unpacked.clone());
         Ok(unpacked)
     }
 
-    /// Each image this node holds: (digest, bytes on disk).
-    pub fn cached(&self) -> Vec<(String, u64)> {
+    /// Each image this node holds unpacked.
+    pub fn cached(&self) -> Vec<tidepool_api::ImageView> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
-        entries
+        let mut images: Vec<tidepool_api::ImageView> = entries
             .flatten()
-            .filter(|e| e.path().join("ready").exists())
-            .map(|e| (e.file_name().to_string_lossy().replacen('-', ":", 1), du(&e.path())))
-            .collect()
+            .filter_map(|e| {
+                let reference = std::fs::read_to_string(e.path().join("ready")).ok()?;
+                Some(tidepool_api::ImageView {
+                    digest: e.file_name().to_string_lossy().replacen('-', ":", 1),
+                    reference,
+                    bytes: du(&e.path()),
+                })
+            })
+            .collect();
+        images.sort_by(|a, b| a.digest.cmp(&b.digest));
+        images
     }
 
     async fn get(&self, image: &ImageRef, what: &str, accept: &str) -> Result<reqwest::Response, String> {
@@ -128,7 +138,8 @@ impl ImageStore {
         let _ = media;
         let home = self.dir.join(digest.replacen(':', "-", 1));
         let ready = home.join("ready");
-        if !ready.exists() {
+        let fresh = !ready.exists();
+        if fresh {
             let config_digest = doc["config"]["digest"].as_str().ok_or_else(|| format!("image {reference}: its manifest names no config"))?;
             let (config, _) = self.document(&image, &format!("blobs/{config_digest}"), "*/*").await?;
             if sha256_of(&config) != config_digest {
@@ -176,7 +187,7 @@ impl ImageStore {
             .unwrap_or_default();
         let env = config["config"]["Env"].as_array().map(|e| e.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default();
         let workdir = config["config"]["WorkingDir"].as_str().filter(|w| !w.is_empty()).map(str::to_string);
-        Ok(Unpacked { digest, rootfs: home.join("rootfs"), env, workdir })
+        Ok(Unpacked { digest, rootfs: home.join("rootfs"), env, workdir, fresh })
     }
 }
 

@@ -269,6 +269,28 @@ pub struct ReportRequest {
     pub results: Vec<TaskResult>,
 }
 
+/// `POST /api/v1/agent/images`: the images a node holds unpacked, after each pull.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesReport {
+    /// From the registration.
+    pub session: u64,
+    /// Every image in its cache.
+    pub images: Vec<ImageView>,
+}
+
+/// An image a node holds unpacked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageView {
+    /// The manifest's digest.
+    pub digest: String,
+    /// The reference it was first pulled by.
+    pub reference: String,
+    /// Bytes on the node's disk.
+    pub bytes: u64,
+}
+
 /// `POST /api/v1/agent/gpus`: the GPUs that failed this node's health check (none: all pass).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -237,6 +237,9 @@ pub struct NodeView {
     /// GPUs that failed its health check: no task is given them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpus_failed: Vec<crate::GpuFailure>,
+    /// The images it holds unpacked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<crate::ImageView>,
 }
 
 /// One project as `GET /api/v1/projects` lists it: what it was created with, its gid filled in.

@@ -32,6 +32,11 @@ enum Command {
     Logs(commands::LogsArgs),
     /// List nodes (with --identities: which project runs as what on which node).
     Nodes(commands::NodesArgs),
+    /// The images each node (or NODE) holds unpacked (admin).
+    Images {
+        /// Only this node.
+        node: Option<String>,
+    },
     /// Drain a node: it finishes what it runs and takes nothing new.
     Drain {
         /// The node's name.
@@ -310,6 +315,7 @@ pub async fn run(args: Vec<String>) -> Result<u8, String> {
         Command::Cancel(a) => commands::cancel(a).await,
         Command::Logs(a) => commands::logs(a).await,
         Command::Nodes(a) => commands::nodes(a).await,
+        Command::Images { node } => commands::images(node.as_deref()).await,
         Command::Drain { node } => commands::drain(&node, true).await,
         Command::Resume { node, gpu: Some(gpu) } => commands::resume_gpu(&node, gpu).await,
         Command::Resume { node, gpu: None } => commands::drain(&node, false).await,

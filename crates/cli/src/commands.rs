@@ -443,6 +443,25 @@ pub async fn nodes(a: NodesArgs) -> Result<u8, String> {
     Ok(0)
 }
 
+/// The images each node holds unpacked.
+pub async fn images(only: Option<&str>) -> Result<u8, String> {
+    let client = Client::from_env()?;
+    let nodes: Vec<NodeView> = client.get("/nodes").await?;
+    if let Some(name) = only {
+        if !nodes.iter().any(|n| n.name == name) {
+            return Err(format!("node {name} does not exist"));
+        }
+    }
+    line(&format!("{:<20} {:<19} {:>10} {}", "NODE", "DIGEST", "SIZE", "REFERENCE"));
+    for n in nodes.iter().filter(|n| only.is_none_or(|name| n.name == name)) {
+        for image in &n.images {
+            let short: String = image.digest.chars().take(19).collect();
+            line(&format!("{:<20} {short:<19} {:>10} {}", n.name, format_bytes(image.bytes), image.reference));
+        }
+    }
+    Ok(0)
+}
+
 /// Flags of `nodes`.
 #[derive(Args, Debug)]
 pub struct NodesArgs {

@@ -58,6 +58,13 @@ fn a_thousand_tasks_run_in_an_image_pulled_once_per_node_as_their_project() {
     let layer_gets = log.lines().filter(|l| l.contains("GET /v2/tidepool-bench/busybox/blobs/") && l.contains("\" 200 ") && !l.contains("HEAD")).count();
     assert_eq!(layer_gets, 2 * 2, "a config and a layer per node, once each:\n{}", log.lines().filter(|l| l.contains("GET /v2/")).collect::<Vec<_>>().join("\n"));
 
+    // Each node holds the image once, and says so to the admin alone.
+    env.eventually(10, "both nodes to report the image", |e| e.ok(&["images"]).matches("tidepool-bench/busybox:1").count() == 2);
+    let listed = env.ok(&["images", "second"]);
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    let as_chem = env.cmd(common::BIN, &["images"]).env("TIDEPOOL_TOKEN", &chem).output().unwrap();
+    assert!(!String::from_utf8_lossy(&as_chem.stdout).contains("busybox"), "a project sees which images nodes hold");
+
     // bio's container sees nothing of chem's: not its directory, not its file.
     let peek = format!("ls {chem_area} 2>&1; cat {chem_area}/chem-only.txt 2>&1; ls /tmp; echo done");
     let other = env.submit_as(&bio, &bio_area, &["--image", &image, "-o", "peek.txt", "--", "sh", "-c", &peek]);

@@ -39,6 +39,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/agent/log", post(agent_log))
         .route("/api/v1/agent/leave", post(agent_leave))
         .route("/api/v1/agent/gpus", post(agent_gpus))
+        .route("/api/v1/agent/images", post(agent_images))
         .fallback(not_found)
         .with_state(shared)
 }
@@ -211,8 +212,14 @@ async fn task_log(
 }
 
 async fn list_nodes(State(s): State<AppState>, headers: HeaderMap) -> Result<Response> {
-    authorize(&s, &headers)?;
-    Ok(Json(s.node_views()).into_response())
+    let mut views = s.node_views();
+    // Which images a node holds says what other projects run: the admin's to see.
+    if matches!(authorize(&s, &headers)?, Principal::Project(_)) {
+        for view in &mut views {
+            view.images.clear();
+        }
+    }
+    Ok(Json(views).into_response())
 }
 
 async fn drain_node(State(s): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> Result<Response> {
@@ -291,6 +298,13 @@ async fn agent_gpus(State(s): State<AppState>, headers: HeaderMap, body: Bytes) 
     require_agent(&s, &headers)?;
     let req: tidepool_api::GpuHealthReport = parse(&body)?;
     let current = s.on_gpu_health(&req)?;
+    Ok(Json(serde_json::json!({"reregister": !current})).into_response())
+}
+
+async fn agent_images(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response> {
+    require_agent(&s, &headers)?;
+    let req: tidepool_api::ImagesReport = parse(&body)?;
+    let current = s.on_images(req)?;
     Ok(Json(serde_json::json!({"reregister": !current})).into_response())
 }
 

@@ -54,6 +54,8 @@ struct Session {
     identities: tidepool_api::Identities,
     /// Its GPUs that failed the health check, and why.
     gpus_failed: std::collections::BTreeMap<u32, String>,
+    /// The images its agent holds unpacked.
+    images: Vec<tidepool_api::ImageView>,
 }
 
 impl Session {

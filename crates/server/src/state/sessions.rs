@@ -52,6 +52,7 @@ impl Shared {
                     last_seen_ms: self.config.clock.now_ms(),
                     identities: req.identities,
                     gpus_failed,
+                    images: Vec::new(),
                 },
             ) {
                 old.wake.notify_one();
@@ -119,6 +120,18 @@ impl Shared {
         }
         drop(inner);
         self.schedule_wanted.notify_one();
+        Ok(true)
+    }
+
+    /// The images a node holds unpacked, as its agent reports after each pull; false when the
+    /// session is not current.
+    pub fn on_images(&self, report: tidepool_api::ImagesReport) -> Result<bool> {
+        if report.images.len() > 10_000 {
+            return Err(Error::field("images", "at most 10,000 images per node"));
+        }
+        let mut inner = self.lock();
+        let Some(session) = inner.sessions.values_mut().find(|s| s.id == report.session) else { return Ok(false) };
+        session.images = report.images;
         Ok(true)
     }
 

@@ -196,6 +196,7 @@ impl Shared {
                         .get(&id)
                         .map(|s| s.gpus_failed.iter().map(|(index, reason)| tidepool_api::GpuFailure { index: *index, reason: reason.clone() }).collect())
                         .unwrap_or_default(),
+                    images: inner.sessions.get(&id).filter(|_| n.is_online()).map(|s| s.images.clone()).unwrap_or_default(),
                 }
             })
             .collect()
