@@ -63,6 +63,8 @@ pub struct AgentConfig {
     pub identities: crate::identity::IdentityPolicy,
     /// How its GPUs are checked, if they are.
     pub gpu_health: Option<crate::gpus::GpuHealth>,
+    /// The most bytes its image cache keeps (least recently used images go first).
+    pub image_cache_bytes: Option<u64>,
 }
 
 /// How long a connection to the server may take to open.
@@ -337,6 +339,13 @@ impl Agent {
             match agent.images.ensure(&image).await {
                 Ok(unpacked) => {
                     if unpacked.fresh {
+                        if let Some(max) = agent.config.image_cache_bytes {
+                            let evicting = agent.clone();
+                            let removed = tokio::task::spawn_blocking(move || evicting.images.evict(max, &evicting.config.run_dir)).await.unwrap_or_default();
+                            if !removed.is_empty() {
+                                tracing::info!(images = ?removed, "image cache over its size: least recently used images removed");
+                            }
+                        }
                         agent.report_images().await;
                     }
                     if let Some(c) = launch.container.as_mut() {
@@ -594,6 +603,7 @@ mod tests {
             keep_tasks: false,
             identities: crate::identity::IdentityPolicy::for_invoking_user(),
             gpu_health: None,
+            image_cache_bytes: None,
         };
         let (tx, results) = mpsc::unbounded_channel();
         let executor = Arc::new(Recorder::new(tx.clone()));

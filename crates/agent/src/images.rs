@@ -60,7 +60,10 @@ impl ImageStore {
         };
         let mut held = slot.lock().await;
         if let Some(done) = held.as_ref() {
-            return Ok(Unpacked { fresh: false, ..done.clone() });
+            if done.rootfs.exists() {
+                touch(&done.rootfs);
+                return Ok(Unpacked { fresh: false, ..done.clone() });
+            }
         }
         let unpacked = self.pull(reference).await?;
         *held = Some(unpacked.clone());
@@ -72,6 +75,7 @@ impl ImageStore {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
         let mut images: Vec<tidepool_api::ImageView> = entries
             .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().ends_with(".evicted"))
             .filter_map(|e| {
                 let reference = std::fs::read_to_string(e.path().join("ready")).ok()?;
                 Some(tidepool_api::ImageView {
@@ -187,6 +191,7 @@ impl ImageStore {
             .unwrap_or_default();
         let env = config["config"]["Env"].as_array().map(|e| e.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default();
         let workdir = config["config"]["WorkingDir"].as_str().filter(|w| !w.is_empty()).map(str::to_string);
+        touch(&home.join("rootfs"));
         Ok(Unpacked { digest, rootfs: home.join("rootfs"), env, workdir, fresh })
     }
 }
@@ -196,6 +201,76 @@ pub fn runtime_available() -> bool {
     // SAFETY: geteuid only reads this process's credentials.
     let root = unsafe { libc::geteuid() } == 0;
     root && ["/usr/sbin/runc", "/usr/bin/runc", "/usr/local/sbin/runc", "/usr/local/bin/runc"].iter().any(|p| Path::new(p).exists())
+}
+
+/// How recently an image must have been handed to a task to be kept whatever the cache's size:
+/// a task given it may not have written its bundle yet.
+const RECENT: std::time::Duration = std::time::Duration::from_secs(300);
+
+impl ImageStore {
+    /// Shrinks the cache below `max_bytes`, least recently used first, never removing an image
+    /// a task's bundle names (`run_dir`'s attempts without a result) or one handed out within
+    /// `RECENT`; the digests removed.
+    pub fn evict(&self, max_bytes: u64, run_dir: &Path) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut images: Vec<(std::time::SystemTime, PathBuf, u64)> = entries
+            .flatten()
+            .filter(|e| e.path().join("ready").exists())
+            .map(|e| {
+                let used = std::fs::metadata(e.path().join("used")).and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+                (used, e.path(), du(&e.path()))
+            })
+            .collect();
+        let mut total: u64 = images.iter().map(|(_, _, bytes)| bytes).sum();
+        if total <= max_bytes {
+            return Vec::new();
+        }
+        let in_use = roots_in_use(run_dir);
+        images.sort();
+        let now = std::time::SystemTime::now();
+        let mut removed = Vec::new();
+        for (used, dir, bytes) in images {
+            if total <= max_bytes {
+                break;
+            }
+            let recent = now.duration_since(used).is_ok_and(|age| age < RECENT) || used > now;
+            if recent || in_use.contains(&dir.join("rootfs")) {
+                continue;
+            }
+            // Out of the way first, so no task finds it half removed.
+            let doomed = dir.with_extension("evicted");
+            if std::fs::rename(&dir, &doomed).is_ok() {
+                let _ = std::fs::remove_dir_all(&doomed);
+                total = total.saturating_sub(bytes);
+                removed.push(dir.file_name().map(|n| n.to_string_lossy().replacen('-', ":", 1)).unwrap_or_default());
+            }
+        }
+        if !removed.is_empty() {
+            let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+            pulls.retain(|_, slot| slot.try_lock().map_or(true, |held| held.as_ref().is_none_or(|u| !removed.contains(&u.digest))));
+        }
+        removed
+    }
+}
+
+/// The root filesystems the bundles of unfinished attempts under `run_dir` name.
+fn roots_in_use(run_dir: &Path) -> std::collections::HashSet<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(run_dir) else { return Default::default() };
+    entries
+        .flatten()
+        .filter(|e| !e.path().join(crate::rundir::RESULT_FILE).exists())
+        .filter_map(|e| {
+            let config: serde_json::Value = serde_json::from_slice(&std::fs::read(e.path().join("config.json")).ok()?).ok()?;
+            Some(PathBuf::from(config["root"]["path"].as_str()?))
+        })
+        .collect()
+}
+
+/// Marks an image (by its rootfs) as just handed to a task.
+fn touch(rootfs: &Path) {
+    if let Some(home) = rootfs.parent() {
+        let _ = std::fs::write(home.join("used"), b"");
+    }
 }
 
 fn sha256_of(bytes: &[u8]) -> String {
@@ -282,6 +357,33 @@ mod tests {
         assert_eq!(base_url(&ImageRef::parse("localhost:5000/busybox").unwrap()), "http://localhost:5000");
         assert_eq!(base_url(&ImageRef::parse("busybox").unwrap()), "https://registry-1.docker.io");
         assert_eq!(base_url(&ImageRef::parse("127.0.0.1.example.com/x").unwrap()), "https://127.0.0.1.example.com");
+    }
+
+    #[test]
+    fn the_cache_sheds_least_recently_used_images_but_never_one_in_use() {
+        let dir = std::env::temp_dir().join(format!("tidepool-evict-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (cache, run) = (dir.join("images"), dir.join("run"));
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for (i, name) in ["sha256-a", "sha256-b", "sha256-c"].iter().enumerate() {
+            let home = cache.join(name);
+            std::fs::create_dir_all(home.join("rootfs")).unwrap();
+            std::fs::write(home.join("rootfs/blob"), vec![0u8; 1000]).unwrap();
+            std::fs::write(home.join("ready"), format!("img-{name}")).unwrap();
+            let used = std::fs::File::create(home.join("used")).unwrap();
+            used.set_modified(old + std::time::Duration::from_secs(i as u64 * 60)).unwrap();
+        }
+        // A running attempt's bundle names the oldest image.
+        std::fs::create_dir_all(run.join("1.0.1")).unwrap();
+        let root = cache.join("sha256-a/rootfs");
+        std::fs::write(run.join("1.0.1/config.json"), serde_json::json!({"root": {"path": root}}).to_string()).unwrap();
+        let store = ImageStore::new(cache.clone(), reqwest::Client::new());
+        assert!(store.evict(1_000_000, &run).is_empty(), "under its size, nothing goes");
+        let removed = store.evict(2500, &run);
+        assert_eq!(removed, ["sha256:b"], "the least recently used one not in use");
+        assert!(cache.join("sha256-a").exists() && cache.join("sha256-c").exists());
+        assert_eq!(store.cached().len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -290,6 +290,10 @@ pub struct AgentArgs {
     /// Seconds between GPU health checks.
     #[arg(long, default_value_t = 30)]
     pub gpu_health_every: u64,
+    /// Keep at most this many GB of unpacked images; the least recently used go first, never
+    /// one a task runs in (default: no limit).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub image_cache_gb: Option<u64>,
 }
 
 /// Parses `args` (program name first) and runs the command.

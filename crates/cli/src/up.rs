@@ -131,6 +131,7 @@ pub async fn up(args: UpArgs) -> Result<u8, String> {
         keep_tasks: args.keep_tasks,
         identities: tidepool_agent::identity::IdentityPolicy::for_invoking_user(),
         gpu_health: None,
+        image_cache_bytes: None,
     };
     tracing::info!(
         "tidepool is up: API {}/api/v1, admin token in {}",
@@ -357,6 +358,7 @@ pub async fn agent(args: AgentArgs) -> Result<u8, String> {
             command,
             every: std::time::Duration::from_secs(args.gpu_health_every.max(1)),
         }),
+        image_cache_bytes: args.image_cache_gb.map(|gb| gb << 30),
     };
     tidepool_agent::run_until(config, shutdown_signal()).await.map_err(|e| e.to_string())?;
     tracing::info!("stopped");
