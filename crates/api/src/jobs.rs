@@ -174,6 +174,9 @@ pub struct JobView {
     pub command: Vec<String>,
     /// Working directory.
     pub workdir: String,
+    /// The image its tasks run in (or its variants), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// Running tasks, and with `?tasks=true` every task.
     pub tasks: Vec<TaskView>,
 }
@@ -205,6 +208,9 @@ pub struct TaskView {
     /// it may not run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The image its last attempt ran in (the variant its node chose).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// One node, as `GET /api/v1/nodes` shows it.

@@ -272,6 +272,9 @@ pub async fn show(a: ShowArgs) -> Result<u8, String> {
     line(&format!("job {}  {}  ({})", j.id, j.name, j.state));
     line(&format!("  command:   {}", j.command.join(" ")));
     line(&format!("  workdir:   {}", j.workdir));
+    if let Some(image) = &j.image {
+        line(&format!("  image:     {image}"));
+    }
     line(&format!("  project:   {}   tier: {}   pool: {}", j.project, j.tier, j.pool.as_deref().unwrap_or("any")));
     let mem = if j.mem_bytes > 0 { format_bytes(j.mem_bytes) } else { "-".into() };
     line(&format!("  per task:  {} cores, memory {}, {} GPUs, time limit {}", j.cpus, mem, j.gpus,
@@ -310,6 +313,10 @@ pub async fn show(a: ShowArgs) -> Result<u8, String> {
             ));
             if let Some(message) = &t.message {
                 line(&format!("  {:>8} {message}", ""));
+            }
+            // Which variant ran where, when the job has several.
+            if let (Some(image), true) = (&t.image, j.image.as_deref().is_some_and(|i| i.contains(','))) {
+                line(&format!("  {:>8} in {image}", ""));
             }
         }
     }

@@ -336,9 +336,9 @@ async fn sacct(args: Vec<String>) -> Result<u8, String> {
         id: 0, name: String::new(), project: String::new(), tier: String::new(), pool: None, state: String::new(),
         array: None, n_tasks: 0, counts: Default::default(), cpus: 0.0, mem_bytes: 0, gpus: 0, time_limit_s: None,
         submitted_ms: 0, ended_ms: None, pending_code: None, pending_reason: None, pending_indices: String::new(),
-        command: vec![], workdir: String::new(), tasks: vec![],
+        command: vec![], workdir: String::new(), image: None, tasks: vec![],
     };
-    let probe_task = TaskView { index: 0, state: String::new(), attempt: 0, node: None, started_ms: None, ended_ms: None, exit_code: None, signal: None, cpu_ms: None, peak_mem_bytes: None, message: None };
+    let probe_task = TaskView { index: 0, state: String::new(), attempt: 0, node: None, started_ms: None, ended_ms: None, exit_code: None, signal: None, cpu_ms: None, peak_mem_bytes: None, message: None, image: None };
     for (f, _) in &fields {
         sacct_field(f, &probe_job, &probe_task)?;
     }

@@ -84,8 +84,23 @@ fn a_thousand_tasks_run_in_an_image_pulled_once_per_node_as_their_project() {
     assert!(message.contains("cannot bind") && message.contains("as uid 5001") && message.contains("Permission denied"), "{why}");
     assert!(!std::fs::read_to_string(format!("{chem_area}/stolen.txt")).unwrap_or_default().contains("BIO-RESULT"));
 
-    // A pull that fails fails the task with the registry's words, and never hangs.
+    // Variants by CPU feature: the first whose feature the node has runs there (every node
+    // has its architecture as a feature), else the generic one; show says which ran.
     let absent = format!("{}/tidepool-bench/absent:1", registry.address);
+    let arch = std::env::consts::ARCH;
+    for (variants, expected) in [
+        (format!("{arch}={image},generic={absent}"), image.clone()),
+        (format!("no-such-cpu-feature={absent},generic={image}"), image.clone()),
+    ] {
+        let job = env.submit_as(&chem, &chem_area, &["--image", &variants, "-o", "variant.txt", "--", "true"]);
+        assert!(env.cmd(common::BIN, &["wait", &job]).env("TIDEPOOL_TOKEN", &chem).status().unwrap().success(), "{variants}");
+        let v: serde_json::Value = serde_json::from_str(&env.ok(&["show", &job, "--json", "--tasks"])).unwrap();
+        assert_eq!(v["tasks"][0]["image"], expected.as_str(), "{variants}: {v}");
+    }
+    let no_fallback = env.cmd(common::BIN, &["submit", "--image", &format!("{arch}={image}"), "--", "true"]).env("TIDEPOOL_TOKEN", &chem).output().unwrap();
+    assert!(!no_fallback.status.success() && String::from_utf8_lossy(&no_fallback.stderr).contains("generic=REF"));
+
+    // A pull that fails fails the task with the registry's words, and never hangs.
     let failed = env.submit_as(&chem, &chem_area, &["--image", &absent, "--", "true"]);
     assert!(!env.cmd(common::BIN, &["wait", &failed]).env("TIDEPOOL_TOKEN", &chem).status().unwrap().success());
     let why: serde_json::Value = serde_json::from_str(&env.ok(&["show", &failed, "--json", "--tasks"])).unwrap();

@@ -184,6 +184,10 @@ impl Node {
     pub fn pool(&self) -> &str {
         &self.pool
     }
+    /// Its features, as a mask (`Cluster::feature_names` names them).
+    pub fn feature_mask(&self) -> u64 {
+        self.features
+    }
     /// What it offers.
     pub fn capacity(&self) -> Resources {
         self.capacity

@@ -38,7 +38,18 @@ fn check_container(req: &SubmitRequest) -> Result<()> {
     let Some(image) = &req.image else {
         return if container_only { Err(Error::field("image", "container options need an image")) } else { Ok(()) };
     };
-    tidepool_api::ImageRef::parse(image).map_err(|e| Error::field("image", e))?;
+    let variants = image_variants(image).map_err(|e| Error::field("image", e))?;
+    for (feature, reference) in &variants {
+        if let Some(f) = feature {
+            if f.is_empty() || f.len() > 64 || !f.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
+                return Err(Error::field("image", format!("'{f}' is not a feature name")));
+            }
+        }
+        tidepool_api::ImageRef::parse(reference).map_err(|e| Error::field("image", e))?;
+    }
+    if variants.last().is_some_and(|(feature, _)| feature.is_some()) {
+        return Err(Error::field("image", "the last variant must be generic=REF, for nodes with none of the features"));
+    }
     if req.container_mounts.len() > 64 {
         return Err(Error::field("container_mounts", "at most 64 mounts"));
     }
@@ -63,6 +74,35 @@ fn check_container(req: &SubmitRequest) -> Result<()> {
         tidepool_core::resources::parse_mem_size(size).map_err(|e| Error::field("shm_size", e))?;
     }
     Ok(())
+}
+
+/// The variants of an `image` field: `REF`, or `FEATURE=REF,...,generic=REF` (the first whose
+/// feature a node has runs there; `generic` on any node), as (feature, reference) pairs.
+pub fn image_variants(image: &str) -> std::result::Result<Vec<(Option<String>, String)>, String> {
+    let mut variants = Vec::new();
+    for part in image.split(',') {
+        // A reference's '=' could only follow a '/', ':' or '@'; a variant's comes first.
+        let variant = part.split_once('=').filter(|(feature, _)| !feature.contains(['/', ':', '@']));
+        match variant {
+            Some(("generic", reference)) => variants.push((None, reference.to_string())),
+            Some((feature, reference)) => variants.push((Some(feature.to_string()), reference.to_string())),
+            None if image.contains(',') => return Err(format!("'{part}': a variant is FEATURE=REF (or generic=REF)")),
+            None => variants.push((None, part.to_string())),
+        }
+    }
+    if variants.len() > 16 {
+        return Err("at most 16 variants".into());
+    }
+    Ok(variants)
+}
+
+/// The image of `image`'s variants that runs on a node with `features`.
+pub fn image_for(image: &str, features: &[&str]) -> Option<String> {
+    image_variants(image)
+        .ok()?
+        .into_iter()
+        .find(|(feature, _)| feature.as_deref().is_none_or(|f| features.contains(&f)))
+        .map(|(_, reference)| reference)
 }
 
 /// How big a container's /dev/shm is: as asked, else half the task's memory, else 1 GiB
@@ -399,6 +439,16 @@ pub fn task_env(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_variants_pick_the_first_feature_a_node_has() {
+        let image = "avx512=reg:5000/sim:avx512,avx2=reg:5000/sim:avx2,generic=reg:5000/sim:base";
+        assert_eq!(image_for(image, &["x86_64", "avx2", "avx512"]).as_deref(), Some("reg:5000/sim:avx512"));
+        assert_eq!(image_for(image, &["x86_64", "avx2"]).as_deref(), Some("reg:5000/sim:avx2"));
+        assert_eq!(image_for(image, &["aarch64"]).as_deref(), Some("reg:5000/sim:base"));
+        assert_eq!(image_for("reg:5000/a=b", &[]).as_deref(), Some("reg:5000/a=b"), "a '=' after a '/' is the reference's");
+        assert!(image_variants("avx2=x,plain").is_err());
+    }
 
     fn req(command: &[&str]) -> SubmitRequest {
         SubmitRequest { command: command.iter().map(|s| s.to_string()).collect(), ..Default::default() }

@@ -130,7 +130,10 @@ impl Inner {
             run_as: self.identities.get(&spec.project).cloned(),
             gpus,
             container: req.image.as_ref().map(|image| tidepool_api::ContainerLaunch {
-                image: image.clone(),
+                image: {
+                    let features = self.cluster.node_id(node).and_then(|id| self.cluster.node(id)).map(|n| self.cluster.feature_names(n.feature_mask())).unwrap_or_default();
+                    spec::image_for(image, &features).unwrap_or_else(|| image.clone())
+                },
                 mounts: req.container_mounts.clone(),
                 workdir: req.container_workdir.clone(),
                 shm_bytes: spec::shm_bytes(req, spec.per_task.mem_bytes),

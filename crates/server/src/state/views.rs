@@ -82,7 +82,7 @@ impl Shared {
 
     /// One job; with `with_tasks`, every task's detail from the journal.
     pub fn job_view(&self, job_id: u64, with_tasks: bool) -> Result<JobView> {
-        let (mut view, states) = {
+        let (mut view, states, variants) = {
             let inner = self.lock();
             let view = inner
                 .job_view(JobId(job_id))
@@ -108,7 +108,16 @@ impl Shared {
             } else {
                 Vec::new()
             };
-            (view, states)
+            // Which image variant each node runs, for the tasks' view.
+            let variants: HashMap<String, String> = match (&view.image, with_tasks) {
+                (Some(image), true) => inner
+                    .cluster
+                    .nodes()
+                    .filter_map(|(_, n)| Some((n.name().to_string(), crate::spec::image_for(image, &inner.cluster.feature_names(n.feature_mask()))?)))
+                    .collect(),
+                _ => HashMap::new(),
+            };
+            (view, states, variants)
         };
         if with_tasks {
             let records = self
@@ -134,6 +143,7 @@ impl Shared {
                         cpu_ms: None,
                         peak_mem_bytes: None,
                         message: None,
+                        image: None,
                     };
                     if let Some((node, attempt, started)) = run {
                         t.node = Some(node);
@@ -150,6 +160,7 @@ impl Shared {
                         t.peak_mem_bytes = Some(ending.peak_mem_bytes);
                         t.message = rec.and_then(|r| r.message.clone());
                     }
+                    t.image = t.node.as_ref().and_then(|n| variants.get(n).cloned());
                     t
                 })
                 .collect();
@@ -228,6 +239,7 @@ impl Inner {
                 cpu_ms: None,
                 peak_mem_bytes: None,
                 message: None,
+                image: None,
             })
             .collect::<Vec<_>>();
         let mut tasks = tasks;
@@ -260,6 +272,7 @@ impl Inner {
             pending_indices: pending,
             command: if req.command.is_empty() { vec!["(script)".into()] } else { req.command.clone() },
             workdir: req.workdir.clone().unwrap_or_default(),
+            image: req.image.clone(),
             tasks,
         })
     }
