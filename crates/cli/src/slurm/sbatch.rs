@@ -38,6 +38,8 @@ pub(super) const SBATCH_OPTIONS: &[(&str, Option<char>, Takes)] = &[
     ("nodes", Some('N'), Takes::Value),
     ("ntasks", Some('n'), Takes::Value),
     ("ntasks-per-node", None, Takes::Value),
+    ("tasks-per-node", None, Takes::Value),
+    ("gpu-bind", None, Takes::Value),
     ("constraint", Some('C'), Takes::Value),
     ("qos", Some('q'), Takes::Value),
     ("requeue", None, Takes::Flag),
@@ -64,7 +66,15 @@ pub(super) const SBATCH_OPTIONS: &[(&str, Option<char>, Takes)] = &[
 pub(super) const NO_MEANING_HERE: &[&str] = &[
     "mail-type", "mail-user", "comment", "quiet", "verbose", "hint", "threads-per-core",
     "distribution", "tmp", "get-user-env", "nice", "requeue", "no-requeue", "signal", "kill-on-invalid-dep",
+    "gpu-bind",
 ];
+
+/// Slurm's other names for an option: (alias, the name this parser files it under).
+const ALIASES: &[(&str, &str)] = &[("tasks-per-node", "ntasks-per-node")];
+
+fn canonical(name: &str) -> &str {
+    ALIASES.iter().find(|(alias, _)| *alias == name).map_or(name, |(_, canonical)| canonical)
+}
 
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
@@ -166,7 +176,7 @@ fn parse_options(args: &[String], stop_at_positional: bool) -> Result<Parsed, St
                     args.get(i).cloned().ok_or_else(|| format!("option '--{long}' needs a value"))?
                 }
             };
-            options.push((long.to_string(), value));
+            options.push((canonical(long).to_string(), value));
         } else if arg.len() > 1 && arg.starts_with('-') {
             let short = arg[1..].chars().next().unwrap_or('-');
             let Some((long, _, takes)) = SBATCH_OPTIONS.iter().find(|(_, s, _)| *s == Some(short)) else {
@@ -182,7 +192,7 @@ fn parse_options(args: &[String], stop_at_positional: bool) -> Result<Parsed, St
                     args.get(i).cloned().ok_or_else(|| format!("option '-{short}' needs a value"))?
                 }
             };
-            options.push((long.to_string(), value));
+            options.push((canonical(long).to_string(), value));
         } else if stop_at_positional {
             return Ok(Parsed { options, rest: args[i..].to_vec() });
         } else {
@@ -356,6 +366,15 @@ fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<St
     if items.iter().any(|i| i.eq_ignore_ascii_case("ALL")) {
         env = current_env();
     }
+    if items.iter().any(|i| i.eq_ignore_ascii_case("NONE")) {
+        // Slurm then gives the script the user's login environment: who they are and where home is.
+        let here = current_env();
+        for key in ["HOME", "USER", "LOGNAME", "SHELL"] {
+            if let Some(v) = here.get(key) {
+                env.insert(key.to_string(), v.clone());
+            }
+        }
+    }
     if !items.iter().any(|i| i.eq_ignore_ascii_case("NONE")) {
         let here = current_env();
         for item in items.iter().filter(|i| !i.eq_ignore_ascii_case("ALL")) {
@@ -514,6 +533,22 @@ mod tests {
         let mut warn = vec![];
         build_request(&mail, "#!/bin/sh\n".into(), &mut warn).unwrap();
         assert_eq!(warn.len(), 1);
+    }
+
+    #[test]
+    fn slurm_aliases_and_export_none_behave_as_slurm() {
+        let o = opts("#!/bin/sh\n#SBATCH --tasks-per-node=4 --gpu-bind=closest\n").unwrap();
+        assert_eq!(o[0], ("ntasks-per-node".to_string(), "4".to_string()), "an alias is filed under Slurm's main name");
+        let mut warn = vec![];
+        let (req, _) = build_request(&o, "#!/bin/sh\n".into(), &mut warn).unwrap();
+        assert_eq!(req.env.get("SLURM_NTASKS").map(String::as_str), Some("4"));
+        assert!(warn.iter().any(|w| w.contains("--gpu-bind")), "{warn:?}");
+        let none = vec![("export".to_string(), "NONE".to_string())];
+        let (req, _) = build_request(&none, "#!/bin/sh\n".into(), &mut warn).unwrap();
+        if let Ok(home) = std::env::var("HOME") {
+            assert_eq!(req.env.get("HOME"), Some(&home), "--export=NONE keeps who the user is and where home is");
+        }
+        assert!(!req.env.contains_key("PWD") || std::env::var("PWD").is_err(), "nothing else of the submitter's");
     }
 
     #[test]
