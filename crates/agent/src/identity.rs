@@ -170,6 +170,7 @@ mod tests {
             cpu_millis: 1000,
             mem_bytes: 0,
             discard_empty_output: false,
+            append_output: false,
             run_as,
             gpus: vec![],
             container: None,

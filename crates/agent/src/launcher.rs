@@ -132,12 +132,12 @@ fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
 
 /// Opens (truncating) a task's output file, making missing directories as Slurm users expect:
 /// owner-only in Tidepool's own log directory (`private`), else as the task's umask allows.
-fn open_output(path: &str, private: bool) -> Result<File, String> {
+fn open_output(path: &str, private: bool, append: bool) -> Result<File, String> {
     use std::os::unix::fs::DirBuilderExt;
     let (mask, file_mode, dir_mode) = if private { (0o077, 0o600, 0o700) } else { (TASK_UMASK, 0o666, 0o777) };
     // Never through a symlink: a link planted at the path would aim the task's output (and the
     // truncation) at another file.
-    let open = || OpenOptions::new().create(true).write(true).truncate(true).mode(file_mode).custom_flags(libc::O_NOFOLLOW).open(path);
+    let open = || OpenOptions::new().create(true).write(true).truncate(!append).append(append).mode(file_mode).custom_flags(libc::O_NOFOLLOW).open(path);
     let opened = with_umask(mask, || match open() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(parent) = Path::new(path).parent() {
@@ -575,9 +575,9 @@ impl Launcher {
         // that identity may; Tidepool's own log files (the server chose them) are the launcher's.
         let open = |path: &str| match run_as {
             Some(identity) if !private => {
-                with_fs_identity(identity, || open_output(path, false))?.map_err(|e| format!("{e} (opened as uid {})", identity.uid))
+                with_fs_identity(identity, || open_output(path, false, launch.append_output))?.map_err(|e| format!("{e} (opened as uid {})", identity.uid))
             }
-            _ => open_output(path, private),
+            _ => open_output(path, private, launch.append_output),
         };
         let stdout = open(&launch.stdout_path)?;
         // One file for both when they are the same path.

@@ -102,6 +102,9 @@ impl SlurmSite {
         if launch.mem_bytes > 0 {
             cmd.arg(format!("--mem={}M", launch.mem_bytes.div_ceil(1 << 20)));
         }
+        if launch.append_output {
+            cmd.arg("--open-mode=append");
+        }
         if let Some(s) = launch.time_limit_s {
             cmd.arg(format!("--time={}", s.div_ceil(60).max(1)));
         }
@@ -347,6 +350,7 @@ mod tests {
             cpu_millis: 1000,
             mem_bytes: 0,
             discard_empty_output: false,
+            append_output: false,
             run_as: None,
             gpus: vec![],
             container: None,

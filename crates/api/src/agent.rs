@@ -145,6 +145,9 @@ pub struct Launch {
     pub mem_bytes: u64,
     /// Delete the output files when the task wrote nothing to them.
     pub discard_empty_output: bool,
+    /// Add to output files that exist rather than truncate them (`--open-mode=append`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub append_output: bool,
     /// The identity the task runs as, and opens its files as; none: the agent's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as: Option<RunAs>,

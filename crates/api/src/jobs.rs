@@ -84,6 +84,9 @@ pub struct SubmitRequest {
     /// Size of the container's /dev/shm, e.g. 8G (default: half the task's memory, or 1G).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shm_size: Option<String>,
+    /// `append` to add to output files that exist, `truncate` (the default) to start them anew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_mode: Option<String>,
 }
 
 /// The answer to a submission, sent only once it is journaled.

@@ -67,7 +67,7 @@ pub fn document() -> String {
                     "time_limit": string, "after": {"type": "array", "items": int}, "output": string,
                     "error": string, "workdir": string, "env": {"type": "object", "additionalProperties": string},
                     "pool": string, "image": string, "container_mounts": {"type": "array", "items": string},
-                    "container_workdir": string, "shm_size": string}},
+                    "container_workdir": string, "shm_size": string, "open_mode": {"type": "string", "enum": ["append", "truncate"]}}},
                 "SubmitResponse": {"type": "object", "required": ["job_id"], "properties": {"job_id": int}},
                 "CancelRequest": {"type": "object", "properties": {"index": int}},
                 "CancelResponse": {"type": "object", "properties": {"n_cancelled": int, "n_signalled": int, "already_ended": {"type": "boolean"}}},

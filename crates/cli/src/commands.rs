@@ -35,6 +35,9 @@ pub struct SubmitArgs {
     /// Size of the container's /dev/shm (default: half the task's memory, or 1G).
     #[arg(long)]
     shm_size: Option<String>,
+    /// `append` to add to output files that exist, `truncate` (the default) to start them anew.
+    #[arg(long, value_parser = ["append", "truncate"])]
+    open_mode: Option<String>,
     /// Job name.
     #[arg(long, short = 'J')]
     name: Option<String>,
@@ -170,6 +173,7 @@ pub async fn submit(a: SubmitArgs) -> Result<u8, String> {
         container_mounts: a.container_mounts,
         container_workdir: a.container_workdir,
         shm_size: a.shm_size,
+        open_mode: a.open_mode,
     };
     let client = Client::from_env()?;
     let resp: SubmitResponse = client.post("/jobs", &req).await?;

@@ -286,6 +286,26 @@ fn bad_input_gets_one_line_and_writes_nothing() {
 }
 
 #[test]
+fn open_mode_append_adds_to_the_output_and_truncate_starts_it_anew() {
+    let env = Env::new("open-mode");
+    let run = |args: &[&str]| {
+        let job = env.ok(&[&["submit", "-o", "shared.out"], args].concat());
+        assert!(env.run(&["wait", job.trim()]).status.success());
+    };
+    run(&["--", "echo", "first"]);
+    run(&["--open-mode", "append", "--", "echo", "second"]);
+    assert_eq!(std::fs::read_to_string(env.dir.join("shared.out")).unwrap(), "first\nsecond\n");
+    let script = env.dir.join("append.sh");
+    std::fs::write(&script, "#!/bin/sh\n#SBATCH --open-mode=append -o shared.out\necho third\n").unwrap();
+    let job = env.ok(&["sbatch", "--parsable", &script.display().to_string()]);
+    assert!(env.run(&["wait", job.trim()]).status.success());
+    assert_eq!(std::fs::read_to_string(env.dir.join("shared.out")).unwrap(), "first\nsecond\nthird\n");
+    run(&["--", "echo", "anew"]);
+    assert_eq!(std::fs::read_to_string(env.dir.join("shared.out")).unwrap(), "anew\n");
+    assert!(!env.run(&["submit", "--open-mode", "sideways", "--", "true"]).status.success());
+}
+
+#[test]
 fn time_limit_ends_in_timeout_after_a_polite_signal() {
     let env = Env::new("timeout");
     let job = env.ok(&["submit", "--time", "0:01", "--", "sh", "-c", "trap 'echo got TERM; exit 3' TERM; sleep 30 & wait"]);

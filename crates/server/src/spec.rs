@@ -257,6 +257,9 @@ pub fn validate(req: &SubmitRequest, max_array_size: u32) -> Result<JobSpec> {
             return Err(Error::field("output", "is not a usable path pattern"));
         }
     }
+    if req.open_mode.as_deref().is_some_and(|m| !matches!(m, "append" | "truncate")) {
+        return Err(Error::field("open_mode", "use append or truncate"));
+    }
     let mut requires = req.constraint.clone();
     check_container(req)?;
     if req.image.is_some() {

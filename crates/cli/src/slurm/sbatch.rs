@@ -334,11 +334,11 @@ fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<St
     if o.contains_key("exclusive") {
         warn.push("sbatch: warning: --exclusive is not honoured yet; the job shares nodes".into());
     }
-    if let Some(mode) = o.get("open-mode") {
-        if *mode != "truncate" {
-            warn.push(format!("sbatch: warning: --open-mode={mode} is not honoured yet; output is truncated"));
-        }
-    }
+    let open_mode = match o.get("open-mode").copied() {
+        None => None,
+        Some(mode @ ("append" | "truncate")) => Some(mode.to_string()),
+        Some(other) => return Err(format!("--open-mode={other}: use append or truncate")),
+    };
     if o.contains_key("input") {
         warn.push("sbatch: warning: --input is not honoured; standard input is /dev/null".into());
     }
@@ -420,6 +420,7 @@ fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<St
         container_mounts: o.get("container-mounts").map(|m| m.split(',').map(str::to_string).collect()).unwrap_or_default(),
         container_workdir: o.get("container-workdir").map(|s| s.to_string()),
         shm_size: None,
+        open_mode,
     };
     Ok((req, o.contains_key("parsable")))
 }

@@ -127,6 +127,7 @@ impl Inner {
             cpu_millis: spec.per_task.cpu_millis,
             mem_bytes: spec.per_task.mem_bytes,
             discard_empty_output,
+            append_output: req.open_mode.as_deref() == Some("append"),
             run_as: self.identities.get(&spec.project).cloned(),
             gpus,
             container: req.image.as_ref().map(|image| tidepool_api::ContainerLaunch {
