@@ -65,6 +65,8 @@ struct Attempt {
     ended: Option<(i32, libc::rusage)>,
     /// Until when leftovers of an ended leader are waited for.
     leftovers_until: Option<Instant>,
+    /// The task's error output, kept for the line Slurm writes there at a time limit.
+    time_limit_note: Option<File>,
 }
 
 impl Attempt {
@@ -492,7 +494,7 @@ impl Launcher {
         result.message = None;
         let cgroup = self.take_cgroup(&spec.cgroup, spec.launch.mem_bytes);
         match self.spawn(&spec, &dir, cgroup.as_ref()) {
-            Ok(pid) => {
+            Ok((pid, time_limit_note)) => {
                 let cgroup_procs = cgroup.as_ref().and_then(|c| spec.cgroup.task_dirs(&c.name).into_iter().next()).map(|d| d.join("cgroup.procs"));
                 self.emit_line(&rundir::Started { started: a, pgid: pid, cgroup_procs });
                 result.started_ms = now_ms();
@@ -516,6 +518,7 @@ impl Launcher {
                         timed_out: false,
                         ended: None,
                         leftovers_until: None,
+                        time_limit_note,
                     },
                 );
             }
@@ -566,7 +569,7 @@ impl Launcher {
     }
 
     /// Spawns the task inside its cgroup; its pid.
-    fn spawn(&mut self, spec: &LaunchSpec, dir: &Path, cgroup: Option<&TaskCgroup>) -> Result<i32, String> {
+    fn spawn(&mut self, spec: &LaunchSpec, dir: &Path, cgroup: Option<&TaskCgroup>) -> Result<(i32, Option<File>), String> {
         let task_procs = cgroup.map_or(&[][..], TaskCgroup::join_files);
         let launch = &spec.launch;
         let private = launch.discard_empty_output;
@@ -585,9 +588,12 @@ impl Launcher {
         let files = [("stdout", launch.stdout_path.as_str(), &stdout), ("stderr", launch.stderr_path.as_str(), stderr.as_ref().unwrap_or(&stdout))];
         // Unrecorded, the output is still written; only reading it back through Tidepool fails.
         let _ = crate::outputs::record(&self.outputs_dir, launch.attempt, &files);
+        let note = launch.time_limit_s.and_then(|_| stderr.as_ref().unwrap_or(&stdout).try_clone().ok());
         let (mut program, args) = program_of(spec, dir)?;
         if let Some(container) = &launch.container {
-            return self.spawn_container(spec, dir, container, cgroup.map(|c| c.name.as_str()), (program, args), &stdout, stderr.as_ref().unwrap_or(&stdout));
+            return self
+                .spawn_container(spec, dir, container, cgroup.map(|c| c.name.as_str()), (program, args), &stdout, stderr.as_ref().unwrap_or(&stdout))
+                .map(|pid| (pid, note));
         }
         // A batch script lies in the attempt's directory, which only the launcher may enter: a
         // task with an identity of its own runs it through a descriptor it inherits, made its
@@ -632,7 +638,7 @@ impl Launcher {
         });
         drop(script_fd);
         self.go_home();
-        spawned.map_err(|e| format!("cannot start {program}: {e}"))
+        spawned.map(|pid| (pid, note)).map_err(|e| format!("cannot start {program}: {e}"))
     }
 
     fn reap(&mut self) {
@@ -706,6 +712,14 @@ impl Launcher {
             }
             if a.deadline.is_some_and(|d| now >= d) && !a.timed_out && !a.cancelled {
                 a.timed_out = true;
+                if let Some(note) = a.time_limit_note.as_mut() {
+                    // Slurm's words, which scripts and people grep for.
+                    let env = &a.spec.launch.env;
+                    let job = env.get("SLURM_JOB_ID").map_or(String::new(), Clone::clone);
+                    let node = env.get("SLURMD_NODENAME").map_or(String::new(), Clone::clone);
+                    let at = tidepool_api::dates::iso_time(now_ms() / 1000);
+                    let _ = writeln!(note, "slurmstepd: error: *** JOB {job} ON {node} CANCELLED AT {at} DUE TO TIME LIMIT ***");
+                }
                 signal_tree(a.pid, &a.cgroup_pids(), libc::SIGTERM);
                 a.kill_at = Some(now + Duration::from_secs(a.spec.kill_grace_s));
             }

@@ -315,6 +315,9 @@ fn time_limit_ends_in_timeout_after_a_polite_signal() {
     let row = env.ok(&["sacct", "-j", job, "-n", "-P", "--format=State,ExitCode"]);
     assert_eq!(row.trim(), "TIMEOUT|3:0", "the task saw SIGTERM and ran its trap");
     assert_eq!(env.ok(&["logs", job]).trim(), "got TERM");
+    // Slurm's line, which scripts and people grep for, in the task's error output.
+    let err = env.ok(&["logs", job, "--stderr"]);
+    assert!(err.starts_with(&format!("slurmstepd: error: *** JOB {job} ON ")) && err.trim_end().ends_with("DUE TO TIME LIMIT ***"), "{err}");
 }
 
 #[test]
