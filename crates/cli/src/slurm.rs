@@ -9,6 +9,7 @@ use tidepool_api::{CancelRequest, CancelResponse, JobView, NodeView, SubmitReque
 use tidepool_core::resources::{format_elapsed, parse_mem_size};
 
 mod sbatch;
+mod squeue;
 use sbatch::{Takes, NO_MEANING_HERE, SBATCH_OPTIONS};
 
 /// Runs one of the Slurm commands with its arguments.
@@ -19,7 +20,7 @@ pub async fn run(command: &str, args: Vec<String>) -> Result<u8, String> {
     }
     match command {
         "sbatch" => sbatch::sbatch(args).await,
-        "squeue" => squeue(args).await,
+        "squeue" => squeue::squeue(args).await,
         "scancel" => scancel(args).await,
         "sacct" => sacct(args).await,
         _ => sinfo(args).await,
@@ -130,83 +131,69 @@ impl OptionReader<'_> {
     }
 }
 
-async fn squeue(args: Vec<String>) -> Result<u8, String> {
-    let mut jobs_filter: Option<Vec<u64>> = None;
-    let mut header = true;
-    let mut states: Option<Vec<String>> = None;
+async fn scancel(args: Vec<String>) -> Result<u8, String> {
+    let mut targets = Vec::new();
+    let (mut name, mut state, mut partition, mut account) = (None, None, None, None);
+    let mut by_user = false;
     let mut reader = OptionReader { args: &args, i: 0 };
-    while let Some((name, inline)) = reader.next_option() {
-        let mut value = || reader.value(&name, inline.clone());
-        match name.as_str() {
-            "-j" | "--jobs" => {
-                let v = value()?;
-                jobs_filter = Some(v.split(',').map(|t| parse_target(t).map(|(j, _)| j)).collect::<Result<_, _>>()?);
+    while let Some((option, inline)) = reader.next_option() {
+        if !option.starts_with('-') {
+            targets.push(parse_target(&option)?);
+            continue;
+        }
+        let mut value = || reader.value(&option, inline.clone());
+        match option.as_str() {
+            "-n" | "--name" | "--jobname" => name = Some(value()?),
+            "-t" | "--state" => state = Some(value()?.to_uppercase()),
+            "-p" | "--partition" => partition = Some(value()?),
+            "-A" | "--account" => account = Some(value()?),
+            "-u" | "--user" => {
+                let user = value()?;
+                let me = std::env::var("USER").unwrap_or_default();
+                if user != me {
+                    return Err(format!("only your own jobs can be named by user here (-u {me}); another project's jobs do not exist for your token"));
+                }
+                by_user = true;
             }
-            "-h" | "--noheader" => header = false,
-            "-t" | "--states" => states = Some(value()?.split(',').map(|s| s.to_uppercase()).collect()),
-            "-u" | "--user" | "-A" | "--account" | "-p" | "--partition" => {
-                value()?;
-            }
-            "--me" | "-a" | "--all" | "-l" | "--long" | "-r" | "--array" => {}
+            "-Q" | "--quiet" | "-v" | "--verbose" | "-f" | "--full" | "-b" | "--batch" => {}
             other => return Err(format!("unrecognized option '{other}'")),
         }
     }
-    let client = Client::from_env()?;
-    let jobs: Vec<JobView> = client.get("/jobs?active=true").await?;
-    if header {
-        line(&format!("{:>18} {:>9} {:>8} {:>8} {:>2} {:>10} {:>6} {}", "JOBID", "PARTITION", "NAME", "USER", "ST", "TIME", "NODES", "NODELIST(REASON)"));
-    }
-    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
-    let now = now_ms();
-    let want = |st: &str| states.as_ref().is_none_or(|s| s.iter().any(|x| x == st || x == slurm_state(if st == "PD" { "pending" } else { "running" })));
-    for j in jobs {
-        if jobs_filter.as_ref().is_some_and(|f| !f.contains(&j.id)) {
-            continue;
-        }
-        let partition = j.pool.clone().unwrap_or_else(|| "local".into());
-        for t in &j.tasks {
-            if !want("R") {
-                continue;
-            }
-            let id = if j.array.is_some() { format!("{}_{}", j.id, t.index) } else { j.id.to_string() };
-            let elapsed = t.started_ms.map_or(0, |s| now.saturating_sub(s) / 1000);
-            line(&format!(
-                "{:>18} {:>9} {:>8} {:>8} {:>2} {:>10} {:>6} {}",
-                id, fit(&partition, 9), fit(&j.name, 8), fit(&user, 8), "R", squeue_time(elapsed), 1,
-                t.node.as_deref().unwrap_or("")
-            ));
-        }
-        if j.counts.pending > 0 && want("PD") {
-            let id = match &j.array {
-                Some(spec) => {
-                    let throttle = spec.split_once('%').map(|(_, t)| format!("%{t}")).unwrap_or_default();
-                    format!("{}_[{}{}]", j.id, j.pending_indices, throttle)
-                }
-                None => j.id.to_string(),
-            };
-            let reason = j.pending_code.clone().unwrap_or_else(|| "Priority".into());
-            line(&format!(
-                "{:>18} {:>9} {:>8} {:>8} {:>2} {:>10} {:>6} ({})",
-                id, fit(&partition, 9), fit(&j.name, 8), fit(&user, 8), "PD", "0:00", 1, reason
-            ));
+    let filtered = by_user || name.is_some() || state.is_some() || partition.is_some() || account.is_some();
+    if let Some(s) = &state {
+        if !matches!(s.as_str(), "PENDING" | "PD" | "RUNNING" | "R") {
+            return Err(format!("--state={s}: use PENDING or RUNNING"));
         }
     }
-    Ok(0)
-}
-
-async fn scancel(args: Vec<String>) -> Result<u8, String> {
-    let mut targets = Vec::new();
-    for a in &args {
-        if a.starts_with('-') {
-            return Err(format!("unrecognized option '{a}'"));
-        }
-        targets.push(parse_target(a)?);
-    }
-    if targets.is_empty() {
+    if targets.is_empty() && !filtered {
         return Err("no job identification provided".into());
     }
     let client = Client::from_env()?;
     let mut code = 0;
+    if filtered {
+        // Slurm's filters pick among active jobs (those named, or all the token sees).
+        let jobs: Vec<JobView> = client.get("/jobs?active=true").await?;
+        let named: Vec<u64> = targets.iter().map(|(j, _)| *j).collect();
+        targets.clear();
+        for j in jobs {
+            let chosen = (named.is_empty() || named.contains(&j.id))
+                && name.as_ref().is_none_or(|n| &j.name == n)
+                && partition.as_ref().is_none_or(|p| j.pool.as_deref().unwrap_or("local") == p)
+                && account.as_ref().is_none_or(|a| &j.project == a);
+            if !chosen {
+                continue;
+            }
+            match state.as_deref() {
+                Some("RUNNING" | "R") => targets.extend(j.tasks.iter().map(|t| (j.id, Some(t.index)))),
+                Some(_) if j.counts.running > 0 => {
+                    eprintln!("scancel: error: job {} runs tasks too: cancelling only its pending ones is not possible yet", j.id);
+                    code = 1;
+                }
+                Some(_) if j.counts.pending == 0 => {}
+                _ => targets.push((j.id, None)),
+            }
+        }
+    }
     for (job_id, index) in targets {
         let r: Result<CancelResponse, String> = client.post(&format!("/jobs/{job_id}/cancel"), &CancelRequest { index }).await;
         if let Err(e) = r {

@@ -286,6 +286,29 @@ fn bad_input_gets_one_line_and_writes_nothing() {
 }
 
 #[test]
+fn squeue_formats_and_scancel_filters_as_slurm_users_type_them() {
+    let env = Env::new("slurm-filters");
+    let keep = env.ok(&["submit", "-J", "keep", "--", "sleep", "60"]).trim().to_string();
+    env.ok(&["submit", "-J", "drop", "--", "sleep", "60"]);
+    env.eventually(20, "both to run", |e| e.ok(&["squeue", "-h", "-t", "RUNNING"]).lines().count() == 2);
+    let listed = env.ok(&["squeue", "-h", "-o", "%i|%j|%T|%.4C"]);
+    assert!(listed.lines().any(|l| l == format!("{keep}|keep|RUNNING|   1")), "{listed}");
+    let bad = env.run(&["squeue", "-o", "%Z"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("%Z"));
+
+    env.ok(&["scancel", "--name", "drop"]);
+    env.eventually(20, "drop to end", |e| !e.ok(&["squeue", "-h", "-o", "%j"]).contains("drop"));
+    assert!(env.ok(&["squeue", "-h", "-o", "%j"]).contains("keep"), "only the named job was cancelled");
+    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    env.cmd(common::BIN, &["scancel", "-u", &user, "--state", "RUNNING"]).env("USER", &user).output().unwrap();
+    env.eventually(20, "keep to end", |e| e.ok(&["squeue", "-h"]).trim().is_empty());
+    let states = env.ok(&["sacct", "-n", "-P", "-j", &keep, "--format=State"]);
+    assert_eq!(states.trim(), "CANCELLED");
+    let other = env.cmd(common::BIN, &["scancel", "-u", "someone-else"]).env("USER", &user).output().unwrap();
+    assert!(!other.status.success());
+}
+
+#[test]
 fn open_mode_append_adds_to_the_output_and_truncate_starts_it_anew() {
     let env = Env::new("open-mode");
     let run = |args: &[&str]| {
