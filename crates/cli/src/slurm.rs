@@ -204,6 +204,19 @@ async fn scancel(args: Vec<String>) -> Result<u8, String> {
     Ok(code)
 }
 
+/// A state as `sacct -s` takes it, long or short (`CD`, `F`, `CA`, `TO`, `R`, `PD`).
+fn sacct_state(text: &str) -> Result<&'static str, String> {
+    Ok(match text.trim().to_ascii_uppercase().as_str() {
+        "CD" | "COMPLETED" => "COMPLETED",
+        "F" | "FAILED" => "FAILED",
+        "CA" | "CANCELLED" => "CANCELLED",
+        "TO" | "TIMEOUT" => "TIMEOUT",
+        "R" | "RUNNING" => "RUNNING",
+        "PD" | "PENDING" => "PENDING",
+        other => return Err(format!("--state: '{other}' is not a job state (CD, F, CA, TO, R, PD)")),
+    })
+}
+
 /// The columns sacct shows when not told otherwise (Slurm's default, plus usage).
 const SACCT_DEFAULT: &str = "JobID,JobName,Partition,Account,AllocCPUS,State,ExitCode,TotalCPU,MaxRSS";
 
@@ -260,6 +273,7 @@ async fn sacct(args: Vec<String>) -> Result<u8, String> {
     let mut format = std::env::var("SACCT_FORMAT").unwrap_or_else(|_| SACCT_DEFAULT.to_string());
     let mut header = true;
     let mut delimiter: Option<(&str, bool)> = None;
+    let mut states: Option<Vec<&'static str>> = None;
     let mut reader = OptionReader { args: &args, i: 0 };
     while let Some((name, inline)) = reader.next_option() {
         let mut value = || reader.value(&name, inline.clone());
@@ -272,7 +286,11 @@ async fn sacct(args: Vec<String>) -> Result<u8, String> {
             "-P" | "--parsable2" => delimiter = Some(("|", false)),
             "-p" | "--parsable" => delimiter = Some(("|", true)),
             "-X" | "--allocations" | "-a" | "--allusers" | "-b" | "--brief" | "-l" | "--long" => {}
-            "-S" | "--starttime" | "-E" | "--endtime" | "-u" | "--user" | "-A" | "--accounts" | "-s" | "--state" => {
+            "-s" | "--state" => {
+                let listed = value()?;
+                states = Some(listed.split(',').map(sacct_state).collect::<Result<_, _>>()?);
+            }
+            "-S" | "--starttime" | "-E" | "--endtime" | "-u" | "--user" | "-A" | "--accounts" => {
                 value()?;
             }
             other if !other.starts_with('-') && jobs_filter.is_none() => {
@@ -337,7 +355,7 @@ async fn sacct(args: Vec<String>) -> Result<u8, String> {
     }
     for id in ids {
         let j: JobView = client.get(&format!("/jobs/{id}?tasks=true")).await?;
-        for t in &j.tasks {
+        for t in j.tasks.iter().filter(|t| states.as_ref().is_none_or(|s| s.contains(&slurm_state(&t.state)))) {
             let cells = fields.iter().map(|(f, _)| sacct_field(f, &j, t)).collect::<Result<Vec<_>, _>>()?;
             line(&render(cells));
         }
@@ -345,31 +363,61 @@ async fn sacct(args: Vec<String>) -> Result<u8, String> {
     Ok(0)
 }
 
+/// A node's state as sinfo abbreviates it.
+fn sinfo_state(state: &str) -> &'static str {
+    match state {
+        "allocated" => "alloc",
+        "mixed" => "mix",
+        "down" => "down",
+        "draining" => "drng",
+        "drained" => "drain",
+        _ => "idle",
+    }
+}
+
 async fn sinfo(args: Vec<String>) -> Result<u8, String> {
-    let mut header = true;
+    let (mut header, mut by_node, mut long) = (true, false, false);
     for a in &args {
         match a.as_str() {
             "-h" | "--noheader" => header = false,
-            "-N" | "--Node" | "-l" | "--long" | "-a" | "--all" => {}
+            "-N" | "--Node" => by_node = true,
+            "-l" | "--long" => long = true,
+            "-Nl" | "-lN" => (by_node, long) = (true, true),
+            "-a" | "--all" => {}
             other => return Err(format!("unrecognized option '{other}'")),
         }
     }
     let client = Client::from_env()?;
     let nodes: Vec<NodeView> = client.get("/nodes").await?;
+    if by_node {
+        // One line per node, as `sinfo -N` prints; with -l its size and why it is not all up.
+        if header {
+            let extra = if long { format!(" {:>5} {:>8} {:<8} {}", "CPUS", "MEMORY", "GRES", "REASON") } else { String::new() };
+            line(&format!("{:<20} {:>5} {:<9} {:<5}{extra}", "NODELIST", "NODES", "PARTITION", "STATE"));
+        }
+        for n in &nodes {
+            let extra = if long {
+                let gres = if n.gpus > 0 { format!("gpu:{}", n.gpus) } else { "(null)".into() };
+                let reason = match (n.state.as_str(), n.gpus_failed.first()) {
+                    (_, Some(f)) => format!("gpu {} failed: {}", f.index, f.reason),
+                    ("drained" | "draining", _) => "drained by the admin".into(),
+                    ("down", _) => "agent not connected".into(),
+                    _ => "none".into(),
+                };
+                format!(" {:>5} {:>8} {:<8} {reason}", n.cpus, n.mem_bytes >> 20, gres)
+            } else {
+                String::new()
+            };
+            line(&format!("{:<20} {:>5} {:<9} {:<5}{extra}", fit(&n.name, 20), 1, fit(&n.pool, 9), sinfo_state(&n.state)));
+        }
+        return Ok(0);
+    }
     if header {
         line(&format!("{:<9} {:>5} {:>10} {:>6} {:>5} {}", "PARTITION", "AVAIL", "TIMELIMIT", "NODES", "STATE", "NODELIST"));
     }
     let mut groups: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for n in nodes {
-        let state = match n.state.as_str() {
-            "allocated" => "alloc",
-            "mixed" => "mix",
-            "down" => "down",
-            "draining" => "drng",
-            "drained" => "drain",
-            _ => "idle",
-        };
-        groups.entry((n.pool.clone(), state.to_string())).or_default().push(n.name);
+        groups.entry((n.pool.clone(), sinfo_state(&n.state).to_string())).or_default().push(n.name);
     }
     let first_pool = groups.keys().next().map(|(p, _)| p.clone());
     for ((pool, state), names) in groups {

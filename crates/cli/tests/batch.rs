@@ -306,6 +306,19 @@ fn squeue_formats_and_scancel_filters_as_slurm_users_type_them() {
     assert_eq!(states.trim(), "CANCELLED");
     let other = env.cmd(common::BIN, &["scancel", "-u", "someone-else"]).env("USER", &user).output().unwrap();
     assert!(!other.status.success());
+
+    // sacct -s picks rows by state, in Slurm's long or short names; sinfo -N -l lists nodes.
+    let done = env.ok(&["submit", "--", "true"]).trim().to_string();
+    assert!(env.run(&["wait", &done]).status.success());
+    let cancelled = env.ok(&["sacct", "-n", "-P", "-s", "CA", "--format=JobID"]);
+    assert!(cancelled.lines().any(|l| l == keep) && !cancelled.lines().any(|l| l == done), "{cancelled}");
+    let completed = env.ok(&["sacct", "-n", "-P", "--state", "COMPLETED", "--format=JobID"]);
+    assert_eq!(completed.trim(), done);
+    assert!(!env.run(&["sacct", "-s", "XX"]).status.success());
+    let nodes = env.ok(&["sinfo", "-N", "-l"]);
+    let header: Vec<&str> = nodes.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NODELIST", "NODES", "PARTITION", "STATE", "CPUS", "MEMORY", "GRES", "REASON"]);
+    assert!(nodes.lines().nth(1).unwrap().split_whitespace().nth(4) == Some("4"), "{nodes}");
 }
 
 #[test]
