@@ -87,6 +87,14 @@ pub struct SubmitRequest {
     /// `append` to add to output files that exist, `truncate` (the default) to start them anew.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_mode: Option<String>,
+    /// Slurm's `--dependency`: `afterok:12:13,afterany:14+10`, `after:12?afternotok:13`,
+    /// `singleton` (not with `after`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dependency: Option<String>,
+    /// Cancel the job when a dependency can no longer be met (default: it waits, with reason
+    /// DependencyNeverSatisfied, as Slurm does).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kill_on_invalid_dep: bool,
 }
 
 /// The answer to a submission, sent only once it is journaled.

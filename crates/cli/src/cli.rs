@@ -21,7 +21,7 @@ enum Command {
     /// Run a node agent that dials out to a server.
     Agent(AgentArgs),
     /// Submit a job: `tidepool submit [OPTIONS] -- CMD [ARG...]`; prints the job id.
-    Submit(commands::SubmitArgs),
+    Submit(Box<commands::SubmitArgs>),
     /// List jobs.
     Jobs(commands::JobsArgs),
     /// Show one job.
@@ -313,7 +313,7 @@ pub async fn run(args: Vec<String>) -> Result<u8, String> {
         Command::Up(a) => up::up(a).await,
         Command::Server(a) => up::server(a).await,
         Command::Agent(a) => up::agent(a).await,
-        Command::Submit(a) => commands::submit(a).await,
+        Command::Submit(a) => commands::submit(*a).await,
         Command::Jobs(a) => commands::jobs(a).await,
         Command::Show(a) => commands::show(a).await,
         Command::Cancel(a) => commands::cancel(a).await,

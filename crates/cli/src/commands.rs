@@ -53,6 +53,12 @@ pub struct SubmitArgs {
     /// Start only after this job succeeded (repeatable).
     #[arg(long)]
     after: Vec<u64>,
+    /// Slurm's dependency syntax: afterok:12:13,afterany:14+10, after:12?afternotok:13, singleton.
+    #[arg(long, short = 'd', conflicts_with = "after")]
+    dependency: Option<String>,
+    /// Cancel the job when a dependency can no longer be met (default: it waits).
+    #[arg(long)]
+    kill_on_invalid_dep: bool,
     /// Output path pattern (%A %a %j %x), relative to the working directory.
     #[arg(long, short = 'o')]
     output: Option<String>,
@@ -174,6 +180,8 @@ pub async fn submit(a: SubmitArgs) -> Result<u8, String> {
         container_workdir: a.container_workdir,
         shm_size: a.shm_size,
         open_mode: a.open_mode,
+        dependency: a.dependency,
+        kill_on_invalid_dep: a.kill_on_invalid_dep,
     };
     let client = Client::from_env()?;
     let resp: SubmitResponse = client.post("/jobs", &req).await?;

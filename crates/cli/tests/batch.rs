@@ -322,6 +322,40 @@ fn squeue_formats_and_scancel_filters_as_slurm_users_type_them() {
 }
 
 #[test]
+fn dependencies_of_every_slurm_kind_through_sbatch_and_submit() {
+    let env = Env::new("dependencies");
+    let failed = env.ok(&["submit", "--", "false"]).trim().to_string();
+    assert!(!env.run(&["wait", &failed]).status.success());
+    let script = env.dir.join("after-failure.sh");
+    std::fs::write(&script, format!("#!/bin/sh\n#SBATCH -d afternotok:{failed} -o notok.out\necho cleanup ran\n")).unwrap();
+    let cleanup = env.ok(&["sbatch", "--parsable", &script.display().to_string()]).trim().to_string();
+    assert!(env.run(&["wait", &cleanup]).status.success());
+    assert_eq!(std::fs::read_to_string(env.dir.join("notok.out")).unwrap(), "cleanup ran\n");
+    let either = env.ok(&["submit", "-d", &format!("afterok:{failed}?afterany:{cleanup}"), "--", "true"]).trim().to_string();
+    assert!(env.run(&["wait", &either]).status.success(), "'?' is satisfied by any one");
+
+    // afterok on a failed job: it waits, saying so, unless told to go.
+    let stuck = env.ok(&["submit", "-d", &format!("afterok:{failed}"), "--", "true"]).trim().to_string();
+    env.eventually(10, "the reason", |e| e.ok(&["squeue", "-h", "-j", &stuck]).contains("(DependencyNeverSatisfied)"));
+    let killed = env.ok(&["submit", "-d", &format!("afterok:{failed}"), "--kill-on-invalid-dep", "--", "true"]).trim().to_string();
+    env.eventually(10, "the job to be cancelled", |e| e.ok(&["sacct", "-n", "-P", "-j", &killed, "--format=State"]).trim() == "CANCELLED");
+
+    // singleton: the second of a name waits for the first.
+    let first = env.ok(&["submit", "-J", "nightly", "-d", "singleton", "--", "sleep", "2"]).trim().to_string();
+    let second = env.ok(&["submit", "-J", "nightly", "-d", "singleton", "--", "true"]).trim().to_string();
+    env.eventually(10, "the first to run", |e| e.ok(&["squeue", "-h", "-j", &first, "-o", "%t"]).trim() == "R");
+    assert!(env.ok(&["squeue", "-h", "-j", &second]).contains("(Dependency)"));
+    assert!(env.run(&["wait", &second]).status.success());
+    let ends: Vec<String> = [&first, &second].iter().map(|j| env.ok(&["sacct", "-n", "-P", "-j", j, "--format=Start,End"])).collect();
+    assert!(ends[1].split('|').next().unwrap() >= ends[0].trim().split('|').nth(1).unwrap(), "the second started after the first ended: {ends:?}");
+
+    for bad in ["afterok", "afterok:x", "afterok:1,afterany:2?after:3", "afterburstbuffer:1", "sometime:1", "afterok:1_2"] {
+        let out = env.run(&["submit", "-d", bad, "--", "true"]);
+        assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("dependency"), "{bad}: {out:?}");
+    }
+}
+
+#[test]
 fn open_mode_append_adds_to_the_output_and_truncate_starts_it_anew() {
     let env = Env::new("open-mode");
     let run = |args: &[&str]| {

@@ -63,6 +63,8 @@ pub struct Job {
     requeued: VecDeque<u32>,
     counts: TaskCounts,
     ended_ms: Option<u64>,
+    /// When its first task started.
+    started_ms: Option<u64>,
     /// What one task needs, with named resources in this cluster's slots.
     demand: Resources,
     /// Features every node must have, as this cluster's bits.
@@ -269,6 +271,8 @@ pub struct Cluster {
     feature_bits: Vec<String>,
     named_slots: Vec<String>,
     policy: Policy,
+    /// The time of the latest pass: what `+time` dependencies are measured against.
+    now_ms: u64,
     /// Reservations made by the last pass: node, job, expected start.
     reservations: BTreeMap<NodeId, (JobId, u64)>,
 }
@@ -323,9 +327,9 @@ impl Cluster {
         if spec.per_task.cpu_millis == 0 {
             return Err(SpecError::new("cpus", "must be at least 1"));
         }
-        for dep in &spec.after_ok {
-            if !self.jobs.contains_key(dep) {
-                return Err(SpecError::new("after", format!("job {dep} does not exist")));
+        for dep in &spec.dependencies.on {
+            if !self.jobs.contains_key(&dep.job) {
+                return Err(SpecError::new("dependency", format!("job {} does not exist", dep.job)));
             }
         }
         if let Some(gang) = &spec.gang {
@@ -384,6 +388,7 @@ impl Cluster {
             requeued: VecDeque::new(),
             counts: TaskCounts { pending: n, ..TaskCounts::default() },
             ended_ms: None,
+            started_ms: None,
             demand,
             feature_mask,
             project_idx,
@@ -633,23 +638,6 @@ impl Cluster {
         self.jobs.get(&job_id)?.last_attempt.get(&pos).copied()
     }
 
-    /// Whether a job's dependencies allow it to start: Ok(true) yes, Ok(false) not yet,
-    /// Err(dep) never (that dependency did not succeed).
-    pub(crate) fn dependencies_met(&self, job: &Job) -> Result<bool, JobId> {
-        let mut met = true;
-        for dep in &job.spec.after_ok {
-            let Some(dep_job) = self.jobs.get(dep) else { return Err(*dep) };
-            let c = dep_job.counts;
-            if c.failed + c.cancelled + c.timeout > 0 {
-                return Err(*dep);
-            }
-            if c.succeeded < c.total() {
-                met = false;
-            }
-        }
-        Ok(met)
-    }
-
     /// True when `node` may ever run a task of `job` (pool and features), ignoring load.
     pub(crate) fn node_suits(&self, node: &Node, job: &Job) -> bool {
         !node.draining
@@ -667,6 +655,7 @@ impl Cluster {
 }
 
 mod dispatch;
+mod dependencies;
 mod feasible;
 mod gpus;
 mod projects;

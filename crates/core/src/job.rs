@@ -15,6 +15,54 @@ impl fmt::Display for JobId {
     }
 }
 
+/// What a dependency waits for of another job, as Slurm names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterKind {
+    /// `after`: it started (or was cancelled before it could).
+    Start,
+    /// `afterok`: it ended and every task succeeded.
+    Ok,
+    /// `afterany`: it ended, however.
+    Any,
+    /// `afternotok`: it ended and some task did not succeed.
+    NotOk,
+    /// `aftercorr`: task i after its task i succeeded (held here until the whole job has).
+    Corr,
+}
+
+/// One dependency: a kind, a job, and a delay after the condition is met (`+minutes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct After {
+    /// What is waited for.
+    pub kind: AfterKind,
+    /// Of which job.
+    pub job: JobId,
+    /// How long after it happens, ms.
+    pub delay_ms: u64,
+}
+
+/// A job's dependencies: all of them (`,`) or any one (`?`), and Slurm's `singleton`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Dependencies {
+    /// The jobs waited for.
+    pub on: Vec<After>,
+    /// Any one suffices (`?`) rather than all (`,`).
+    pub any_of: bool,
+    /// It waits until no earlier job of the same name and project is active.
+    pub singleton: bool,
+}
+
+impl Dependencies {
+    /// `afterok` on each of `jobs`.
+    pub fn after_ok(jobs: impl IntoIterator<Item = JobId>) -> Dependencies {
+        Dependencies { on: jobs.into_iter().map(|job| After { kind: AfterKind::Ok, job, delay_ms: 0 }).collect(), ..Dependencies::default() }
+    }
+    /// True when there is nothing to wait for.
+    pub fn is_empty(&self) -> bool {
+        self.on.is_empty() && !self.singleton
+    }
+}
+
 /// The parts of a job that scheduling decisions depend on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobSpec {
@@ -30,8 +78,8 @@ pub struct JobSpec {
     pub array: ArraySpec,
     /// Wall-clock limit of each task, in seconds.
     pub time_limit_s: Option<u64>,
-    /// Jobs that must all succeed before this one starts (`afterok`).
-    pub after_ok: Vec<JobId>,
+    /// What must happen to other jobs before this one starts (Slurm's `--dependency`).
+    pub dependencies: Dependencies,
     /// Only nodes of this pool may run it (Slurm's partition).
     pub pool: Option<String>,
     /// Node features every node of the job must have (`avx512`, `rdma`, `gpu=h100`).
@@ -52,7 +100,7 @@ impl JobSpec {
             per_task,
             array,
             time_limit_s: None,
-            after_ok: Vec::new(),
+            dependencies: Dependencies::default(),
             pool: None,
             requires: Vec::new(),
             named: Vec::new(),

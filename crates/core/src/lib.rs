@@ -35,7 +35,7 @@ pub use cluster::{pending, scale, schedule};
 pub use cluster::{
     Cluster, Decisions, KillOrder, NodeId, PendingReason, Placement, Policy, TaskCounts, TaskOutcome, TaskSnapshot, TaskState,
 };
-pub use job::{GangSpec, JobId, JobSpec, SpecError};
+pub use job::{After, AfterKind, Dependencies, GangSpec, JobId, JobSpec, SpecError};
 pub use project::{Identity, IdentityOffer, ProjectLimits};
 pub use scale::{Compaction, PoolShape, ScaleAdvice};
 pub use schedule::Preemption;

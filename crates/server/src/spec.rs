@@ -105,6 +105,57 @@ pub fn image_for(image: &str, features: &[&str]) -> Option<String> {
         .map(|(_, reference)| reference)
 }
 
+/// Slurm's `--dependency`: `TYPE:JOB[:JOB...][+MINUTES]` joined by `,` (all) or `?` (any one),
+/// or `singleton`; types `after`, `afterok`, `afterany`, `afternotok`, `aftercorr`.
+pub fn parse_dependency(text: &str) -> std::result::Result<tidepool_core::Dependencies, String> {
+    use tidepool_core::{After, AfterKind, Dependencies};
+    let text = text.trim();
+    if text.contains(',') && text.contains('?') {
+        return Err("use ',' (all) or '?' (any one), not both".into());
+    }
+    let mut deps = Dependencies { any_of: text.contains('?'), ..Dependencies::default() };
+    for item in text.split([',', '?']).map(str::trim) {
+        if item == "singleton" {
+            deps.singleton = true;
+            continue;
+        }
+        let mut parts = item.split(':');
+        let kind = match parts.next().unwrap_or("") {
+            "after" => AfterKind::Start,
+            "afterok" => AfterKind::Ok,
+            "afterany" => AfterKind::Any,
+            "afternotok" => AfterKind::NotOk,
+            "aftercorr" => AfterKind::Corr,
+            "afterburstbuffer" => return Err("afterburstbuffer: this fleet has no burst buffers".into()),
+            "" => return Err("an empty dependency".into()),
+            other => return Err(format!("'{other}' is not a dependency type (after, afterok, afterany, afternotok, aftercorr, singleton)")),
+        };
+        let mut named = false;
+        for part in parts {
+            let (id, delay) = match part.split_once('+') {
+                Some((id, minutes)) => {
+                    let minutes: u64 = minutes.parse().map_err(|_| format!("'+{minutes}': a delay is whole minutes"))?;
+                    (id, minutes.checked_mul(60_000).filter(|ms| *ms <= 366 * 86_400_000).ok_or("a delay of over a year")?)
+                }
+                None => (part, 0),
+            };
+            if id.contains('_') {
+                return Err(format!("'{id}': a dependency names a whole job here, not one array task"));
+            }
+            let job: u64 = id.parse().map_err(|_| format!("'{id}' is not a job id"))?;
+            deps.on.push(After { kind, job: JobId(job), delay_ms: delay });
+            named = true;
+        }
+        if !named {
+            return Err(format!("'{item}' names no job (example: afterok:12)"));
+        }
+    }
+    if deps.on.len() > 1000 {
+        return Err("at most 1000 dependencies".into());
+    }
+    Ok(deps)
+}
+
 /// How big a container's /dev/shm is: as asked, else half the task's memory, else 1 GiB
 /// (never the 64 MB that breaks scientific codes).
 pub fn shm_bytes(req: &SubmitRequest, mem_bytes: u64) -> u64 {
@@ -260,6 +311,11 @@ pub fn validate(req: &SubmitRequest, max_array_size: u32) -> Result<JobSpec> {
     if req.open_mode.as_deref().is_some_and(|m| !matches!(m, "append" | "truncate")) {
         return Err(Error::field("open_mode", "use append or truncate"));
     }
+    let dependencies = match (&req.dependency, req.after.is_empty()) {
+        (Some(_), false) => return Err(Error::field("dependency", "give dependencies in one of after and dependency")),
+        (Some(text), true) => parse_dependency(text).map_err(|e| Error::field("dependency", e))?,
+        (None, _) => tidepool_core::Dependencies::after_ok(req.after.iter().map(|id| JobId(*id))),
+    };
     let mut requires = req.constraint.clone();
     check_container(req)?;
     if req.image.is_some() {
@@ -278,7 +334,7 @@ pub fn validate(req: &SubmitRequest, max_array_size: u32) -> Result<JobSpec> {
         },
         array,
         time_limit_s,
-        after_ok: req.after.iter().map(|id| JobId(*id)).collect(),
+        dependencies,
         pool: req.pool.clone(),
         requires,
         named: req.resources.iter().map(|(k, v)| (k.clone(), *v)).collect(),

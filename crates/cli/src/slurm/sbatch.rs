@@ -65,7 +65,7 @@ pub(super) const SBATCH_OPTIONS: &[(&str, Option<char>, Takes)] = &[
 /// Options accepted that have no meaning on this fleet: one warning line each.
 pub(super) const NO_MEANING_HERE: &[&str] = &[
     "mail-type", "mail-user", "comment", "quiet", "verbose", "hint", "threads-per-core",
-    "distribution", "tmp", "get-user-env", "nice", "requeue", "no-requeue", "signal", "kill-on-invalid-dep",
+    "distribution", "tmp", "get-user-env", "nice", "requeue", "no-requeue", "signal",
     "gpu-bind",
 ];
 
@@ -248,27 +248,6 @@ fn gpus_from_gres(value: &str) -> Result<u32, String> {
     Ok(total)
 }
 
-/// Reads `--dependency`: `afterok:ID[:ID...]`, several joined by `,`.
-fn after_ok(value: &str) -> Result<Vec<u64>, String> {
-    let mut ids = Vec::new();
-    for item in value.split([',', '?']) {
-        let mut parts = item.split(':');
-        let kind = parts.next().unwrap_or("");
-        if kind != "afterok" {
-            return Err(format!("--dependency: '{kind}' is not supported here yet (only afterok:JOB)"));
-        }
-        for id in parts {
-            let (job, _) = parse_target(id.split('+').next().unwrap_or(id))
-                .map_err(|e| format!("--dependency: {e}"))?;
-            ids.push(job);
-        }
-    }
-    if ids.is_empty() {
-        return Err("--dependency: no job named (example: afterok:12)".into());
-    }
-    Ok(ids)
-}
-
 /// Builds the submission from sbatch options (directives first, command line last wins).
 fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<String>) -> Result<(SubmitRequest, bool), String> {
     let mut o: BTreeMap<&str, &str> = BTreeMap::new();
@@ -352,9 +331,12 @@ fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<St
         },
         None => None,
     };
-    let after = match o.get("dependency") {
-        Some(d) if !d.is_empty() => after_ok(d)?,
-        _ => vec![],
+    // The server reads the dependency (every Slurm type, ',' and '?', +minutes, singleton).
+    let dependency = o.get("dependency").filter(|d| !d.is_empty()).map(|d| d.to_string());
+    let kill_on_invalid_dep = match o.get("kill-on-invalid-dep").copied() {
+        None | Some("no") => false,
+        Some("yes") => true,
+        Some(other) => return Err(format!("--kill-on-invalid-dep={other}: use yes or no")),
     };
     let workdir = match o.get("chdir") {
         Some(d) => absolute(d)?,
@@ -404,7 +386,9 @@ fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<St
         project: o.get("account").map(|s| s.to_string()),
         tier,
         time_limit: o.get("time").map(|s| s.to_string()),
-        after,
+        after: vec![],
+        dependency,
+        kill_on_invalid_dep,
         output: o.get("output").map(|s| s.to_string()),
         error: o.get("error").map(|s| s.to_string()),
         workdir: Some(workdir),
@@ -526,7 +510,7 @@ mod tests {
         assert_eq!(req.cpus, Some(6));
         assert_eq!(req.mem.as_deref(), Some("6291456K"));
         assert_eq!(req.gpus, Some(2));
-        assert_eq!(req.after, vec![7, 8]);
+        assert_eq!(req.dependency.as_deref(), Some("afterok:7:8"));
         assert_eq!(req.pool.as_deref(), Some("local"));
         let gang = vec![("nodes".to_string(), "2".to_string())];
         assert!(build_request(&gang, "#!/bin/sh\n".into(), &mut warn).unwrap_err().contains("multi-node"));

@@ -54,6 +54,7 @@ impl Cluster {
             RunningTask { node_id, attempt, started_ms: now_ms, checkpoint_ms: now_ms, preempting: false, queued, gpus },
         );
         job.last_attempt.insert(pos, attempt);
+        job.started_ms = Some(job.started_ms.map_or(now_ms, |s| s.min(now_ms)));
         let tier = job.spec.tier;
         let project_idx = job.project_idx;
         let drained = !job.has_pending();

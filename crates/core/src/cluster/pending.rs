@@ -1,5 +1,6 @@
 //! "Why is this pending": one reason per job, in Slurm's code and in words a user understands.
 
+use crate::cluster::dependencies::Readiness;
 use crate::cluster::{Cluster, Node, PendingReason};
 use crate::job::JobId;
 use crate::project::Identity;
@@ -13,19 +14,19 @@ impl Cluster {
             return None;
         }
         let reason = |code: &'static str, text: String| Some(PendingReason { code, text });
-        match self.dependencies_met(job) {
-            Err(dep) => return reason("DependencyNeverSatisfied", format!("job {dep} did not succeed, so this job can never start")),
-            Ok(false) => {
-                let waiting: Vec<String> = job
-                    .spec
-                    .after_ok
-                    .iter()
-                    .filter(|d| self.jobs.get(d).is_some_and(|j| !j.is_finished()))
-                    .map(|d| d.to_string())
-                    .collect();
-                return reason("Dependency", format!("waiting for job {} to succeed", waiting.join(", ")));
+        match self.readiness(job) {
+            Readiness::Never(dep) => {
+                return reason("DependencyNeverSatisfied", format!("job {dep} ended so that this job's dependency can never be met"))
             }
-            Ok(true) => {}
+            Readiness::Waiting(jobs) if jobs.is_empty() || job.spec.dependencies.on.iter().all(|a| !jobs.contains(&a.job)) => {
+                let names: Vec<String> = jobs.iter().map(ToString::to_string).collect();
+                return reason("Dependency", format!("singleton: waiting for job {} of the same name to end", names.join(", ")));
+            }
+            Readiness::Waiting(jobs) => {
+                let names: Vec<String> = jobs.iter().map(ToString::to_string).collect();
+                return reason("Dependency", format!("waiting for job {}", names.join(", ")));
+            }
+            Readiness::Ready => {}
         }
         if let Some(max) = job.spec.array.max_running.filter(|_| job.throttled()) {
             return reason("JobArrayTaskLimit", format!("array limit reached: {max} of {max} tasks running (%{max})"));

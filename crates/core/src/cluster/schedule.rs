@@ -23,6 +23,7 @@ pub use crate::decisions::Preemption;
 impl Cluster {
     /// One scheduling pass at `now_ms`. The state already reflects what it decided.
     pub fn schedule(&mut self, now_ms: u64) -> Decisions {
+        self.now_ms = self.now_ms.max(now_ms);
         let half_life = self.policy.fair_share_half_life_ms;
         for p in &mut self.projects {
             p.advance(now_ms, half_life);

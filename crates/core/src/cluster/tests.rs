@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::array::ArraySpec;
-use crate::job::GangSpec;
+use crate::job::{After, AfterKind, Dependencies, GangSpec};
 use crate::tier::Tier;
 use proptest::prelude::*;
 
@@ -141,7 +141,7 @@ fn throttle_caps_running_tasks() {
 fn dependency_waits_then_never() {
     let mut c = cluster_with_nodes(&[4]);
     c.submit(JobId(1), spec("0", 1), 0);
-    c.submit(JobId(2), JobSpec { after_ok: vec![JobId(1)], ..spec("0", 1) }, 0);
+    c.submit(JobId(2), JobSpec { dependencies: Dependencies::after_ok([JobId(1)]), ..spec("0", 1) }, 0);
     assert_eq!(placed(&mut c, 1).len(), 1);
     assert_eq!(c.why_pending(JobId(2)).unwrap().code, "Dependency");
     c.finish(JobId(1), 0, 1, TaskOutcome::Failed, 2);
@@ -604,4 +604,125 @@ fn what_no_known_node_could_hold_is_refused_naming_the_field() {
     // A feature a node gains later is not refused once that node is known.
     c.add_node_with("fabric", "local", cores(2), &["rdma".to_string()], &[]);
     assert!(c.validate(&rdma, &[]).is_ok());
+}
+
+fn after(kind: AfterKind, job: u64, delay_ms: u64) -> After {
+    After { kind, job: JobId(job), delay_ms }
+}
+
+#[test]
+fn each_dependency_kind_waits_for_what_slurm_waits_for() {
+    // Job 1 fails, job 2 succeeds, job 3 runs on; each dependent is a one-task job.
+    let mut c = cluster_with_nodes(&[16]);
+    for id in 1..=3 {
+        c.submit(JobId(id), spec("0", 1), 0);
+    }
+    assert_eq!(placed(&mut c, 1).len(), 3);
+    c.finish(JobId(1), 0, 1, TaskOutcome::Failed, 10);
+    c.finish(JobId(2), 0, 1, TaskOutcome::Succeeded, 20);
+    let with = |on: Vec<After>, any_of: bool| JobSpec { dependencies: Dependencies { on, any_of, singleton: false }, ..spec("0", 1) };
+    let cases: Vec<(JobSpec, &str)> = vec![
+        (with(vec![after(AfterKind::Start, 3, 0)], false), "ready"),
+        (with(vec![after(AfterKind::Ok, 2, 0)], false), "ready"),
+        (with(vec![after(AfterKind::Ok, 1, 0)], false), "never"),
+        (with(vec![after(AfterKind::NotOk, 1, 0)], false), "ready"),
+        (with(vec![after(AfterKind::NotOk, 2, 0)], false), "never"),
+        (with(vec![after(AfterKind::NotOk, 3, 0)], false), "waiting"),
+        (with(vec![after(AfterKind::Any, 1, 0), after(AfterKind::Any, 2, 0)], false), "ready"),
+        (with(vec![after(AfterKind::Any, 3, 0)], false), "waiting"),
+        (with(vec![after(AfterKind::Ok, 1, 0), after(AfterKind::Ok, 2, 0)], true), "ready"),
+        (with(vec![after(AfterKind::Ok, 1, 0), after(AfterKind::Ok, 3, 0)], true), "waiting"),
+        (with(vec![after(AfterKind::Ok, 1, 0), after(AfterKind::NotOk, 2, 0)], true), "never"),
+        (with(vec![after(AfterKind::Ok, 2, 60_000)], false), "waiting"),
+        (with(vec![after(AfterKind::Corr, 2, 0)], false), "ready"),
+    ];
+    for (i, (spec, _)) in cases.iter().enumerate() {
+        c.submit(JobId(10 + i as u64), spec.clone(), 30);
+    }
+    c.schedule(40);
+    for (i, (spec, expected)) in cases.iter().enumerate() {
+        let id = JobId(10 + i as u64);
+        let got = match c.why_pending(id).map(|r| r.code) {
+            None => "ready",
+            Some("DependencyNeverSatisfied") => "never",
+            Some("Dependency") => "waiting",
+            Some(other) => panic!("{other}"),
+        };
+        assert_eq!(got, *expected, "case {i}: {:?}", spec.dependencies);
+    }
+    // The delayed one starts once its minute has passed.
+    let delayed = JobId(10 + 11);
+    c.schedule(20 + 59_999);
+    assert!(c.why_pending(delayed).is_some());
+    c.schedule(20 + 60_000);
+    assert!(c.why_pending(delayed).is_none(), "{:?}", c.why_pending(delayed));
+}
+
+#[test]
+fn a_singleton_waits_for_the_earlier_job_of_its_name() {
+    let mut c = cluster_with_nodes(&[16]);
+    let single = |name: &str| JobSpec { name: name.into(), dependencies: Dependencies { singleton: true, ..Dependencies::default() }, ..spec("0", 1) };
+    c.submit(JobId(1), single("nightly"), 0);
+    c.submit(JobId(2), single("nightly"), 0);
+    c.submit(JobId(3), single("other"), 0);
+    let placed_ids: Vec<JobId> = placed(&mut c, 1).iter().map(|p| p.job_id).collect();
+    assert_eq!(placed_ids, [JobId(1), JobId(3)]);
+    let why = c.why_pending(JobId(2)).unwrap();
+    assert!(why.code == "Dependency" && why.text.contains("singleton"), "{why:?}");
+    c.finish(JobId(1), 0, 1, TaskOutcome::Succeeded, 2);
+    assert_eq!(placed(&mut c, 3).iter().map(|p| p.job_id).collect::<Vec<_>>(), [JobId(2)]);
+}
+
+fn dependency() -> impl Strategy<Value = (u8, u64, u64)> {
+    (0u8..5, 1u64..6, prop_oneof![Just(0u64), 1u64..5_000])
+}
+
+proptest! {
+    /// Whatever happens to the jobs waited for, no job starts before its dependencies allow.
+    #[test]
+    fn no_job_starts_before_its_dependencies_allow(
+        deps in proptest::collection::vec(proptest::collection::vec(dependency(), 1..4), 1..6),
+        any_of in proptest::collection::vec(any::<bool>(), 6),
+        outcomes in proptest::collection::vec((1u64..6, 0u8..3, 1u64..3_000), 0..12),
+    ) {
+        let mut c = cluster_with_nodes(&[64]);
+        for id in 1..=5 {
+            c.submit(JobId(id), spec("0", 1), 0);
+        }
+        let kinds = [AfterKind::Start, AfterKind::Ok, AfterKind::Any, AfterKind::NotOk, AfterKind::Corr];
+        for (i, list) in deps.iter().enumerate() {
+            let on = list.iter().map(|(k, job, delay)| after(kinds[*k as usize], *job, *delay)).collect();
+            c.submit(JobId(100 + i as u64), JobSpec { dependencies: Dependencies { on, any_of: any_of[i], singleton: false }, ..spec("0", 1) }, 0);
+        }
+        let mut now = 0;
+        let mut started: std::collections::HashMap<JobId, u64> = Default::default();
+        let mut ended: std::collections::HashMap<JobId, (u64, bool)> = Default::default();
+        for (job, outcome, step) in outcomes.iter().copied() {
+            now += step;
+            for p in c.schedule(now).placements {
+                started.entry(p.job_id).or_insert(now);
+                if p.job_id.0 >= 100 {
+                    // Check the placement against what had happened by then, from the outside.
+                    let d = &deps[(p.job_id.0 - 100) as usize];
+                    let met = |(k, dep, delay): &(u8, u64, u64)| -> bool {
+                        let at = match kinds[*k as usize] {
+                            AfterKind::Start => started.get(&JobId(*dep)).copied(),
+                            AfterKind::Any => ended.get(&JobId(*dep)).map(|e| e.0),
+                            AfterKind::Ok | AfterKind::Corr => ended.get(&JobId(*dep)).filter(|e| e.1).map(|e| e.0),
+                            AfterKind::NotOk => ended.get(&JobId(*dep)).filter(|e| !e.1).map(|e| e.0),
+                        };
+                        at.is_some_and(|t| t + delay <= now)
+                    };
+                    let allowed = if any_of[(p.job_id.0 - 100) as usize] { d.iter().any(met) } else { d.iter().all(met) };
+                    prop_assert!(allowed, "job {} started at {now} before its dependencies {:?} allowed", p.job_id, d);
+                }
+            }
+            if (1..=5).contains(&job) && started.contains_key(&JobId(job)) && !ended.contains_key(&JobId(job)) {
+                let outcome = [TaskOutcome::Succeeded, TaskOutcome::Failed, TaskOutcome::Timeout][outcome as usize];
+                c.finish(JobId(job), 0, 1, outcome, now);
+                ended.insert(JobId(job), (now, outcome == TaskOutcome::Succeeded));
+            }
+            c.sanity_check().map_err(TestCaseError::fail)?;
+        }
+    }
 }

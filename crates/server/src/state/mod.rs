@@ -429,6 +429,26 @@ impl Shared {
         Ok(n)
     }
 
+    /// Cancels the jobs submitted with `kill_on_invalid_dep` whose dependencies can no longer
+    /// be met (the others wait, with reason DependencyNeverSatisfied, as Slurm's do).
+    pub async fn cancel_unsatisfiable(&self) -> Result<()> {
+        let doomed: Vec<u64> = {
+            let inner = self.lock();
+            inner
+                .cluster
+                .unsatisfiable()
+                .into_iter()
+                .filter(|id| inner.requests.get(id).is_some_and(|r| r.kill_on_invalid_dep))
+                .map(|id| id.0)
+                .collect()
+        };
+        for job in doomed {
+            tracing::info!(job, "a dependency can never be met: cancelled (kill_on_invalid_dep)");
+            self.on_cancel(job, None).await?;
+        }
+        Ok(())
+    }
+
     /// Drains a node by name (finishes what runs, takes nothing new) or puts it back.
     pub async fn on_drain(&self, node: &str, draining: bool) -> Result<()> {
         if self.lock().cluster.node_id(node).is_none() {
@@ -558,6 +578,9 @@ pub async fn reactor_loop(shared: Arc<Shared>) {
         if let Err(e) = shared.schedule_pass().await {
             tracing::error!(error = %e, "scheduling pass failed");
             tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if let Err(e) = shared.cancel_unsatisfiable().await {
+            tracing::error!(error = %e, "cancelling jobs whose dependencies can never be met failed");
         }
     }
 }
