@@ -127,6 +127,7 @@ pub fn absolute(dir: &str) -> Result<String, String> {
 /// Submits a job; prints its id alone.
 pub async fn submit(a: SubmitArgs) -> Result<u8, String> {
     let mut env = if a.no_inherit_env { BTreeMap::new() } else { current_env() };
+    env.insert("SLURM_SUBMIT_HOST".into(), crate::up::host_name());
     for kv in &a.env {
         let (k, v) = kv
             .split_once('=')

@@ -27,7 +27,8 @@ async fn shutdown_signal() {
     tracing::info!("{name}: stopping");
 }
 
-fn host_name() -> String {
+/// This machine's host name.
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .ok()

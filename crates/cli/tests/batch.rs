@@ -356,6 +356,17 @@ fn dependencies_of_every_slurm_kind_through_sbatch_and_submit() {
 }
 
 #[test]
+fn tasks_see_the_slurm_variables_scripts_read() {
+    let env = Env::new("slurm-env");
+    let script = "echo $SLURM_CLUSTER_NAME $SLURM_PROCID $SLURM_LOCALID $SLURM_NODEID $SLURM_TASKS_PER_NODE $SLURM_JOB_CPUS_PER_NODE $SLURM_CPUS_PER_TASK $SLURM_JOB_USER $SLURM_SUBMIT_HOST";
+    let job = env.cmd(common::BIN, &["submit", "-c", "2", "--", "sh", "-c", script]).env("USER", "alice").output().unwrap();
+    let job = String::from_utf8(job.stdout).unwrap().trim().to_string();
+    assert!(env.run(&["wait", &job]).status.success());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    assert_eq!(env.ok(&["logs", &job]).trim(), format!("tidepool 0 0 0 1 2 2 alice {host}"));
+}
+
+#[test]
 fn open_mode_append_adds_to_the_output_and_truncate_starts_it_anew() {
     let env = Env::new("open-mode");
     let run = |args: &[&str]| {

@@ -458,6 +458,15 @@ pub fn task_env(
     set("SLURM_NODELIST", nodelist.to_string());
     set("SLURMD_NODENAME", node.to_string());
     set("SLURM_JOB_ACCOUNT", spec.project.clone());
+    set("SLURM_CLUSTER_NAME", "tidepool".into());
+    set("SLURM_PROCID", "0".into());
+    set("SLURM_LOCALID", "0".into());
+    set("SLURM_NODEID", "0".into());
+    set("SLURM_TASKS_PER_NODE", "1".into());
+    set("SLURM_JOB_CPUS_PER_NODE", cpus.to_string());
+    if let Some(user) = req.env.get("USER").cloned() {
+        set("SLURM_JOB_USER", user);
+    }
     set("SLURM_RESTART_COUNT", attempt.saturating_sub(1).to_string());
     if let Some(pool) = &spec.pool {
         set("SLURM_JOB_PARTITION", pool.clone());
@@ -487,6 +496,10 @@ pub fn task_env(
         set("SLURM_JOB_NUM_NODES", g.n_nodes.to_string());
         set("SLURM_NNODES", g.n_nodes.to_string());
         set("SLURM_NTASKS_PER_NODE", g.tasks_per_node.to_string());
+        // Slurm's compressed per-node lists: "4(x2)" is 4 on each of 2 nodes.
+        let per_node = |n: u64| if g.n_nodes > 1 { format!("{n}(x{})", g.n_nodes) } else { n.to_string() };
+        set("SLURM_TASKS_PER_NODE", per_node(u64::from(g.tasks_per_node)));
+        set("SLURM_JOB_CPUS_PER_NODE", per_node(cpus * u64::from(g.tasks_per_node)));
     }
     set("TIDEPOOL_JOB_ID", job_id.to_string());
     set("TIDEPOOL_TASK_INDEX", index.to_string());

@@ -372,6 +372,7 @@ fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<St
             }
         }
     }
+    env.insert("SLURM_SUBMIT_HOST".into(), crate::up::host_name());
     if ntasks > 1 {
         env.insert("SLURM_NTASKS".into(), ntasks.to_string());
     }
