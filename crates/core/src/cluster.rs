@@ -271,6 +271,8 @@ pub struct Cluster {
     feature_bits: Vec<String>,
     named_slots: Vec<String>,
     policy: Policy,
+    /// The nodes that hold each warm key (an image), preferred for jobs that name it.
+    warm: HashMap<String, BTreeSet<NodeId>>,
     /// The time of the latest pass: what `+time` dependencies are measured against.
     now_ms: u64,
     /// Reservations made by the last pass: node, job, expected start.
@@ -506,6 +508,17 @@ impl Cluster {
             if after.0 && after.1 > 0 {
                 self.free_index.insert((after.1, id));
             }
+        }
+    }
+
+    /// Sets the warm keys (images) a node holds, replacing what it held before.
+    pub fn set_node_warm(&mut self, node_id: NodeId, keys: &[String]) {
+        for nodes in self.warm.values_mut() {
+            nodes.remove(&node_id);
+        }
+        self.warm.retain(|_, nodes| !nodes.is_empty());
+        for key in keys {
+            self.warm.entry(key.clone()).or_default().insert(node_id);
         }
     }
 

@@ -88,6 +88,9 @@ pub struct JobSpec {
     pub named: Vec<(String, u64)>,
     /// Set for a multi-node job placed whole or not at all.
     pub gang: Option<GangSpec>,
+    /// What a node may already hold that starts its tasks sooner (an image): such nodes are
+    /// preferred among those that fit.
+    pub warm_key: Option<String>,
 }
 
 impl JobSpec {
@@ -105,6 +108,7 @@ impl JobSpec {
             requires: Vec::new(),
             named: Vec::new(),
             gang: None,
+            warm_key: None,
         }
     }
 }

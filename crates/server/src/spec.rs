@@ -339,6 +339,8 @@ pub fn validate(req: &SubmitRequest, max_array_size: u32) -> Result<JobSpec> {
         requires,
         named: req.resources.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         gang,
+        // Nodes that hold the image start its tasks without a pull (variants: none preferred).
+        warm_key: req.image.clone().filter(|image| !image.contains(',')),
     })
 }
 

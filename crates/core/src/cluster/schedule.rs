@@ -125,6 +125,20 @@ impl Cluster {
         if self.policy.first_fit {
             return self.nodes.iter().enumerate().find(|(i, n)| fits(*i, n)).map(|(i, _)| crate::cluster::NodeId(i as u32));
         }
+        // A node that already holds what the job's tasks start from (its image) goes first,
+        // tightest fit among them.
+        if let Some(warm) = job.spec.warm_key.as_ref().and_then(|k| self.warm.get(k)) {
+            let chosen = warm
+                .iter()
+                .filter(|id| {
+                    let n = &self.nodes[id.0 as usize];
+                    !n.overflow && fits(id.0 as usize, n)
+                })
+                .min_by_key(|id| (self.nodes[id.0 as usize].free().cpu_millis, **id));
+            if let Some(id) = chosen {
+                return Some(*id);
+            }
+        }
         if need.has_devices() {
             return self
                 .nodes

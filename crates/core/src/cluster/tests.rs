@@ -726,3 +726,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_node_holding_the_jobs_image_is_preferred_among_those_that_fit() {
+    let mut c = cluster_with_nodes(&[4, 16]);
+    let (tight, roomy) = (NodeId(0), NodeId(1));
+    c.set_node_warm(roomy, &["reg/sim:1".to_string()]);
+    let in_image = |image: Option<&str>| JobSpec { warm_key: image.map(str::to_string), ..spec("0", 1) };
+    c.submit(JobId(1), in_image(Some("reg/sim:1")), 0);
+    c.submit(JobId(2), in_image(Some("reg/other:1")), 0);
+    c.submit(JobId(3), in_image(None), 0);
+    let on: std::collections::HashMap<JobId, NodeId> = placed(&mut c, 1).iter().map(|p| (p.job_id, p.node_id)).collect();
+    assert_eq!(on[&JobId(1)], roomy, "the node that holds the image, though another fits tighter");
+    assert_eq!(on[&JobId(2)], tight, "best fit for an image no node holds");
+    assert_eq!(on[&JobId(3)], tight);
+    // A node that drops the image is no longer preferred.
+    c.set_node_warm(roomy, &[]);
+    c.submit(JobId(4), in_image(Some("reg/sim:1")), 2);
+    assert_eq!(placed(&mut c, 3)[0].node_id, tight);
+}

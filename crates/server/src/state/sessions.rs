@@ -130,8 +130,11 @@ impl Shared {
             return Err(Error::field("images", "at most 10,000 images per node"));
         }
         let mut inner = self.lock();
-        let Some(session) = inner.sessions.values_mut().find(|s| s.id == report.session) else { return Ok(false) };
+        let Some((node_id, session)) = inner.sessions.iter_mut().find(|(_, s)| s.id == report.session) else { return Ok(false) };
+        let node_id = *node_id;
+        let held: Vec<String> = report.images.iter().map(|i| i.reference.clone()).collect();
         session.images = report.images;
+        inner.cluster.set_node_warm(node_id, &held);
         Ok(true)
     }
 
