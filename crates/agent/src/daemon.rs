@@ -339,14 +339,7 @@ impl Agent {
             match agent.images.ensure(&image).await {
                 Ok(unpacked) => {
                     if unpacked.fresh {
-                        if let Some(max) = agent.config.image_cache_bytes {
-                            let evicting = agent.clone();
-                            let removed = tokio::task::spawn_blocking(move || evicting.images.evict(max, &evicting.config.run_dir)).await.unwrap_or_default();
-                            if !removed.is_empty() {
-                                tracing::info!(images = ?removed, "image cache over its size: least recently used images removed");
-                            }
-                        }
-                        agent.report_images().await;
+                        agent.after_pull().await;
                     }
                     if let Some(c) = launch.container.as_mut() {
                         c.rootfs = unpacked.rootfs.display().to_string();
@@ -358,6 +351,18 @@ impl Agent {
                 Err(e) => agent.refuse(launch.attempt, &e),
             }
         });
+    }
+
+    /// After a pull: the cache kept under its size, and the server told what the node holds.
+    async fn after_pull(self: &Arc<Self>) {
+        if let Some(max) = self.config.image_cache_bytes {
+            let evicting = self.clone();
+            let removed = tokio::task::spawn_blocking(move || evicting.images.evict(max, &evicting.config.run_dir)).await.unwrap_or_default();
+            if !removed.is_empty() {
+                tracing::info!(images = ?removed, "image cache over its size: least recently used images removed");
+            }
+        }
+        self.report_images().await;
     }
 
     /// Tells the server which images this node holds.
@@ -478,6 +483,16 @@ async fn main_loop(agent: Arc<Agent>) -> Result<()> {
                     }
                     for a in work.kill {
                         agent.kill(a);
+                    }
+                    for image in work.pull {
+                        let agent = agent.clone();
+                        tokio::spawn(async move {
+                            match agent.images.ensure(&image).await {
+                                Ok(unpacked) if unpacked.fresh => agent.after_pull().await,
+                                Ok(_) => {}
+                                Err(e) => tracing::warn!(image = %image, error = %e, "pulling ahead failed; a task of it will try again"),
+                            }
+                        });
                     }
                     for read in work.log_reads {
                         tokio::spawn(answer_log_read(agent.clone(), resp.session, read));

@@ -79,6 +79,9 @@ pub struct PollResponse {
     /// Pieces of task logs a client asked for: answer each with `POST /api/v1/agent/log`.
     #[serde(default)]
     pub log_reads: Vec<LogRead>,
+    /// Images to pull ahead: a job waiting for room may run here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pull: Vec<String>,
 }
 
 /// A piece of a task's log the server wants from the node that ran it. The agent reads it only

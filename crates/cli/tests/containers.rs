@@ -100,6 +100,16 @@ fn a_thousand_tasks_run_in_an_image_pulled_once_per_node_as_their_project() {
     let no_fallback = env.cmd(common::BIN, &["submit", "--image", &format!("{arch}={image}"), "--", "true"]).env("TIDEPOOL_TOKEN", &chem).output().unwrap();
     assert!(!no_fallback.status.success() && String::from_utf8_lossy(&no_fallback.stderr).contains("generic=REF"));
 
+    // A job that waits for room has its image pulled ahead by the nodes that could run it.
+    let ahead = push_image(&env.dir, &registry.address, "ahead", 0).unwrap();
+    let fleet = env.submit_as(&chem, &chem_area, &["--array", "0-5", "-o", "/dev/null", "--", "sleep", "30"]);
+    env.eventually(20, "the fleet to be full", |e| e.ok(&["squeue", "-h", "-j", &fleet, "-t", "R"]).lines().count() == 6);
+    let waiting = env.submit_as(&chem, &chem_area, &["--image", &ahead, "-o", "/dev/null", "--", "true"]);
+    env.eventually(20, "both nodes to hold the waiting job's image", |e| e.ok(&["images"]).matches("tidepool-bench/ahead:1").count() == 2);
+    assert!(env.ok(&["squeue", "-h", "-j", &waiting]).contains("(Resources)"), "it pulled while the job waited");
+    env.ok(&["cancel", &fleet]);
+    assert!(env.cmd(common::BIN, &["wait", &waiting]).env("TIDEPOOL_TOKEN", &chem).status().unwrap().success());
+
     // A pull that fails fails the task with the registry's words, and never hangs.
     let failed = env.submit_as(&chem, &chem_area, &["--image", &absent, "--", "true"]);
     assert!(!env.cmd(common::BIN, &["wait", &failed]).env("TIDEPOOL_TOKEN", &chem).status().unwrap().success());

@@ -660,6 +660,18 @@ impl Cluster {
             && node.identities.serves(self.projects[job.project_idx].identity)
     }
 
+    /// The connected nodes that may run a task of the job (pool, features, identity, size),
+    /// whatever they run now.
+    pub fn nodes_that_could_run(&self, job_id: JobId) -> Vec<NodeId> {
+        let Some(job) = self.jobs.get(&job_id) else { return Vec::new() };
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.online && self.node_suits(n, job))
+            .map(|(i, _)| NodeId(i as u32))
+            .collect()
+    }
+
     /// Features the job requires that no node has at all.
     pub(crate) fn missing_features(&self, job: &Job) -> Vec<String> {
         let offered = self.nodes.iter().fold(0u64, |m, n| m | n.features);

@@ -56,6 +56,8 @@ struct Session {
     gpus_failed: std::collections::BTreeMap<u32, String>,
     /// The images its agent holds unpacked.
     images: Vec<tidepool_api::ImageView>,
+    /// Images it is to pull ahead of a job that may run there.
+    pulls: Vec<String>,
 }
 
 impl Session {
@@ -66,6 +68,23 @@ impl Session {
             kill: std::mem::take(&mut self.kills),
             reregister: false,
             log_reads: std::mem::take(&mut self.log_reads),
+            pull: std::mem::take(&mut self.pulls),
+        }
+    }
+}
+
+impl Inner {
+    /// Asks the connected nodes that could run a job naming an image, and do not hold it, to
+    /// pull it now: a task then finds it there, however long it waited for room.
+    fn pull_ahead(&mut self, job_id: JobId) {
+        let Some(image) = self.cluster.job(job_id).and_then(|j| j.spec().warm_key.clone()) else { return };
+        for node_id in self.cluster.nodes_that_could_run(job_id) {
+            if let Some(session) = self.sessions.get_mut(&node_id) {
+                if !session.images.iter().any(|i| i.reference == image) && !session.pulls.contains(&image) {
+                    session.pulls.push(image.clone());
+                    session.wake.notify_one();
+                }
+            }
         }
     }
 }
@@ -244,6 +263,7 @@ impl Shared {
         {
             let mut inner = self.lock();
             inner.cluster.submit(JobId(job_id), spec, at_ms);
+            inner.pull_ahead(JobId(job_id));
             inner.requests.insert(JobId(job_id), Arc::new(req));
             if !secrets.is_empty() {
                 inner.secrets.insert(JobId(job_id), secrets);

@@ -53,6 +53,7 @@ impl Shared {
                     identities: req.identities,
                     gpus_failed,
                     images: Vec::new(),
+                    pulls: Vec::new(),
                 },
             ) {
                 old.wake.notify_one();
@@ -163,7 +164,7 @@ impl Shared {
                 return Ok(PollResponse { reregister: true, ..PollResponse::default() });
             };
             s.last_seen_ms = self.config.clock.now_ms();
-            if !s.launches.is_empty() || !s.kills.is_empty() || !s.log_reads.is_empty() {
+            if !s.launches.is_empty() || !s.kills.is_empty() || !s.log_reads.is_empty() || !s.pulls.is_empty() {
                 return Ok(s.take_work());
             }
             s.wake.clone()
