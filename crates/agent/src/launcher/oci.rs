@@ -43,6 +43,26 @@ fn environment(launch: &Launch, container: &ContainerLaunch) -> Vec<String> {
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
+/// The device nodes of `gpus` under `dev` (`/dev`): each GPU's `nvidiaN` and the driver's
+/// shared ones, as (path inside, major, minor); none where the node has no such devices
+/// (stand-in GPUs).
+pub(super) fn gpu_devices(dev: &Path, gpus: &[u32]) -> Vec<(String, u64, u64)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if gpus.is_empty() {
+        return Vec::new();
+    }
+    let names = gpus.iter().map(|i| format!("nvidia{i}")).chain(["nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset"].map(String::from));
+    names
+        .filter_map(|name| {
+            let meta = std::fs::metadata(dev.join(&name)).ok()?;
+            meta.file_type().is_char_device().then(|| {
+                let rdev = meta.rdev();
+                (format!("/dev/{name}"), libc::major(rdev) as u64, libc::minor(rdev) as u64)
+            })
+        })
+        .collect()
+}
+
 fn bind(source: &str, destination: &str, read_only: bool) -> serde_json::Value {
     let mut options = vec!["rbind", "nosuid", "nodev"];
     if read_only {
@@ -94,6 +114,17 @@ pub(super) fn config(
     });
     if let Some(path) = cgroups_path {
         linux["cgroupsPath"] = serde_json::json!(path);
+    }
+    // Exactly the task's GPUs, and the driver's shared nodes, and no other device.
+    let devices = gpu_devices(Path::new("/dev"), &launch.gpus);
+    if !devices.is_empty() {
+        linux["devices"] = devices
+            .iter()
+            .map(|(path, major, minor)| serde_json::json!({"path": path, "type": "c", "major": major, "minor": minor, "fileMode": 0o666, "uid": 0, "gid": 0}))
+            .collect();
+        let mut allow = vec![serde_json::json!({"allow": false, "access": "rwm"})];
+        allow.extend(devices.iter().map(|(_, major, minor)| serde_json::json!({"allow": true, "type": "c", "major": major, "minor": minor, "access": "rwm"})));
+        linux["resources"] = serde_json::json!({"devices": allow});
     }
     serde_json::json!({
         "ociVersion": "1.0.2",
@@ -203,6 +234,27 @@ impl Launcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_gets_exactly_its_gpus_device_nodes() {
+        // SAFETY: geteuid only reads this process's credentials.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let dev = std::env::temp_dir().join(format!("tidepool-dev-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dev);
+        std::fs::create_dir_all(&dev).unwrap();
+        for (name, minor) in [("nvidia0", 0), ("nvidia1", 1), ("nvidia2", 2), ("nvidiactl", 255)] {
+            let path = std::ffi::CString::new(dev.join(name).display().to_string()).unwrap();
+            // SAFETY: mknod on a path we own in a fresh directory.
+            assert_eq!(unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(195, minor)) }, 0);
+        }
+        std::fs::write(dev.join("nvidia-uvm"), "not a device").unwrap();
+        let found = gpu_devices(&dev, &[2, 0]);
+        assert_eq!(found, [("/dev/nvidia2".to_string(), 195, 2), ("/dev/nvidia0".into(), 195, 0), ("/dev/nvidiactl".into(), 195, 255)]);
+        assert!(gpu_devices(&dev, &[]).is_empty(), "a task without GPUs gets no device");
+        let _ = std::fs::remove_dir_all(&dev);
+    }
 
     #[test]
     fn the_image_path_wins_and_the_task_env_is_kept() {
