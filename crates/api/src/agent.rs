@@ -176,6 +176,12 @@ pub struct ContainerLaunch {
     pub workdir: Option<String>,
     /// Size of its /dev/shm, bytes.
     pub shm_bytes: u64,
+    /// A network of its own with loopback alone, not the host's.
+    #[serde(default)]
+    pub isolated_network: bool,
+    /// Variables whose task value wins over the image's.
+    #[serde(default)]
+    pub task_env_wins: Vec<String>,
     /// Filled in by the agent: the unpacked image's root filesystem.
     #[serde(default)]
     pub rootfs: String,

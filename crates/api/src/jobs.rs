@@ -84,6 +84,12 @@ pub struct SubmitRequest {
     /// Size of the container's /dev/shm, e.g. 8G (default: half the task's memory, or 1G).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shm_size: Option<String>,
+    /// `none` gives the container a network of its own with loopback alone (default: the host's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Variables whose submitted value wins over the image's (pyxis's --container-env), e.g. PATH.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub container_env: Vec<String>,
     /// `append` to add to output files that exist, `truncate` (the default) to start them anew.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_mode: Option<String>,

@@ -35,6 +35,12 @@ pub struct SubmitArgs {
     /// Size of the container's /dev/shm (default: half the task's memory, or 1G).
     #[arg(long)]
     shm_size: Option<String>,
+    /// `none`: the container gets loopback alone, not the host's network.
+    #[arg(long, value_parser = ["host", "none"])]
+    network: Option<String>,
+    /// Variables whose value here wins over the image's, e.g. PATH (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    container_env: Vec<String>,
     /// `append` to add to output files that exist, `truncate` (the default) to start them anew.
     #[arg(long, value_parser = ["append", "truncate"])]
     open_mode: Option<String>,
@@ -180,6 +186,8 @@ pub async fn submit(a: SubmitArgs) -> Result<u8, String> {
         container_mounts: a.container_mounts,
         container_workdir: a.container_workdir,
         shm_size: a.shm_size,
+        network: a.network,
+        container_env: a.container_env,
         open_mode: a.open_mode,
         dependency: a.dependency,
         kill_on_invalid_dep: a.kill_on_invalid_dep,

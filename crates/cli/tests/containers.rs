@@ -100,6 +100,20 @@ fn a_thousand_tasks_run_in_an_image_pulled_once_per_node_as_their_project() {
     let no_fallback = env.cmd(common::BIN, &["submit", "--image", &format!("{arch}={image}"), "--", "true"]).env("TIDEPOOL_TOKEN", &chem).output().unwrap();
     assert!(!no_fallback.status.success() && String::from_utf8_lossy(&no_fallback.stderr).contains("generic=REF"));
 
+    // --network none: loopback alone; --container-env PATH: the submitted PATH over the image's.
+    let isolated = env.submit_as(&chem, &chem_area, &["--image", &image, "--network", "none", "-o", "net.txt", "--", "ls", "/sys/class/net"]);
+    assert!(env.cmd(common::BIN, &["wait", &isolated]).env("TIDEPOOL_TOKEN", &chem).status().unwrap().success());
+    assert_eq!(std::fs::read_to_string(format!("{chem_area}/net.txt")).unwrap().split_whitespace().collect::<Vec<_>>(), ["lo"]);
+    let path_wins = env
+        .cmd(common::BIN, &["submit", "-D", &chem_area, "--image", &image, "--container-env", "PATH", "-o", "path.txt", "--", "/bin/sh", "-c", "echo $PATH"])
+        .env("TIDEPOOL_TOKEN", &chem)
+        .env("PATH", "/bin:/from/the/host")
+        .output()
+        .unwrap();
+    let path_wins = String::from_utf8(path_wins.stdout).unwrap().trim().to_string();
+    assert!(env.cmd(common::BIN, &["wait", &path_wins]).env("TIDEPOOL_TOKEN", &chem).status().unwrap().success());
+    assert_eq!(std::fs::read_to_string(format!("{chem_area}/path.txt")).unwrap().trim(), "/bin:/from/the/host");
+
     // A job that waits for room has its image pulled ahead by the nodes that could run it.
     let ahead = push_image(&env.dir, &registry.address, "ahead", 0).unwrap();
     let fleet = env.submit_as(&chem, &chem_area, &["--array", "0-5", "-o", "/dev/null", "--", "sleep", "30"]);

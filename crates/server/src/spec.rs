@@ -34,7 +34,17 @@ use tidepool_api::CONTAINER_FEATURE;
 /// The container fields of a submission: an image reference, `SRC:DST[:ro]` mounts of absolute
 /// paths, an absolute working directory, a /dev/shm size.
 fn check_container(req: &SubmitRequest) -> Result<()> {
-    let container_only = !req.container_mounts.is_empty() || req.container_workdir.is_some() || req.shm_size.is_some();
+    let container_only = !req.container_mounts.is_empty()
+        || req.container_workdir.is_some()
+        || req.shm_size.is_some()
+        || req.network.is_some()
+        || !req.container_env.is_empty();
+    if req.network.as_deref().is_some_and(|n| !matches!(n, "host" | "none")) {
+        return Err(Error::field("network", "use host or none"));
+    }
+    if let Some(bad) = req.container_env.iter().find(|k| k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
+        return Err(Error::field("container_env", format!("'{bad}' is not a variable name")));
+    }
     let Some(image) = &req.image else {
         return if container_only { Err(Error::field("image", "container options need an image")) } else { Ok(()) };
     };

@@ -31,7 +31,7 @@ fn environment(launch: &Launch, container: &ContainerLaunch) -> Vec<String> {
         .collect();
     let image_path = env.iter().any(|(k, _)| k == "PATH");
     for (k, v) in &launch.env {
-        if k == "PATH" && image_path {
+        if k == "PATH" && image_path && !container.task_env_wins.iter().any(|w| w == "PATH") {
             continue;
         }
         env.retain(|(key, _)| key != k);
@@ -107,8 +107,12 @@ pub(super) fn config(
             mounts.push(bind(source, destination, rest.first() == Some(&"ro")));
         }
     }
+    let mut namespaces = vec![serde_json::json!({"type": "pid"}), serde_json::json!({"type": "ipc"}), serde_json::json!({"type": "uts"}), serde_json::json!({"type": "mount"})];
+    if container.isolated_network {
+        namespaces.push(serde_json::json!({"type": "network"}));
+    }
     let mut linux = serde_json::json!({
-        "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+        "namespaces": namespaces,
         "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
         "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
     });
@@ -272,6 +276,8 @@ mod tests {
             rootfs: "/cache/rootfs".into(),
             image_env: vec!["PATH=/opt/bin:/bin".into(), "X=0".into()],
             digest: String::new(),
+            isolated_network: false,
+            task_env_wins: vec![],
         };
         launch.container = Some(container.clone());
         let c = config(&launch, &container, &["sh".into()], (5001, 5002, &[7]), Some("/tidepool/t1/ctr"));

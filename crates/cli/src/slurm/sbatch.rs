@@ -23,6 +23,7 @@ pub(super) const SBATCH_OPTIONS: &[(&str, Option<char>, Takes)] = &[
     ("container-image", None, Takes::Value),
     ("container-mounts", None, Takes::Value),
     ("container-workdir", None, Takes::Value),
+    ("container-env", None, Takes::Value),
     ("gpus-per-node", None, Takes::Value),
     ("gpus-per-task", None, Takes::Value),
     ("time", Some('t'), Takes::Value),
@@ -405,6 +406,8 @@ fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<St
         container_mounts: o.get("container-mounts").map(|m| m.split(',').map(str::to_string).collect()).unwrap_or_default(),
         container_workdir: o.get("container-workdir").map(|s| s.to_string()),
         shm_size: None,
+        network: None,
+        container_env: o.get("container-env").map(|m| m.split(',').map(str::to_string).collect()).unwrap_or_default(),
         open_mode,
     };
     Ok((req, o.contains_key("parsable")))

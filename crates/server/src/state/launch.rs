@@ -138,6 +138,8 @@ impl Inner {
                 mounts: req.container_mounts.clone(),
                 workdir: req.container_workdir.clone(),
                 shm_bytes: spec::shm_bytes(req, spec.per_task.mem_bytes),
+                isolated_network: req.network.as_deref() == Some("none"),
+                task_env_wins: req.container_env.clone(),
                 rootfs: String::new(),
                 image_env: Vec::new(),
                 digest: String::new(),
