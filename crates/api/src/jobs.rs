@@ -68,6 +68,10 @@ pub struct SubmitRequest {
     /// With `nodes`: tasks (ranks) on each node (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks_per_node: Option<u32>,
+    /// Without `nodes`: the tasks (ranks) of each allocation on its one node, which `cpus`
+    /// counts together (Slurm's `--ntasks`): they see SLURM_NTASKS and SLURM_CPUS_PER_TASK.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ntasks: Option<u32>,
     /// Environment values that are secret: given to the tasks, kept out of the journal, every
     /// answer and every log.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -17,6 +17,10 @@ pub struct SubmitArgs {
     /// Cores per task.
     #[arg(long, short = 'c')]
     cpus: Option<u32>,
+    /// Tasks (ranks) of each allocation, on one node, as Slurm's --ntasks: it gets their cores
+    /// together and its script sees SLURM_NTASKS.
+    #[arg(long, short = 'n', value_parser = clap::value_parser!(u32).range(1..=100_000), conflicts_with = "nodes")]
+    ntasks: Option<u32>,
     /// Memory per task (500M, 4G; a bare number is MB).
     #[arg(long)]
     mem: Option<String>,
@@ -149,7 +153,10 @@ pub async fn submit(a: SubmitArgs) -> Result<u8, String> {
         command: a.command,
         script: None,
         array: a.array,
-        cpus: a.cpus,
+        cpus: match a.ntasks {
+            Some(n) => Some(a.cpus.unwrap_or(1).saturating_mul(n)),
+            None => a.cpus,
+        },
         mem: a.mem,
         gpus: a.gpus,
         project: a.project,
@@ -173,6 +180,7 @@ pub async fn submit(a: SubmitArgs) -> Result<u8, String> {
             .collect::<Result<_, String>>()?,
         nodes: a.nodes,
         tasks_per_node: a.tasks_per_node,
+        ntasks: a.ntasks,
         secret_env: a
             .secret_env
             .iter()

@@ -364,6 +364,16 @@ fn tasks_see_the_slurm_variables_scripts_read() {
     assert!(env.run(&["wait", &job]).status.success());
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
     assert_eq!(env.ok(&["logs", &job]).trim(), format!("tidepool 0 0 0 1 2 2 alice {host}"));
+
+    // --ntasks=2 --cpus-per-task=1: one allocation of two tasks, as Slurm counts them.
+    let script = env.dir.join("ranks.sh");
+    std::fs::write(&script, "#!/bin/sh\n#SBATCH --ntasks=2 --cpus-per-task=1 -o ranks.out\necho $SLURM_NTASKS $SLURM_CPUS_PER_TASK $SLURM_TASKS_PER_NODE $SLURM_JOB_CPUS_PER_NODE\n").unwrap();
+    let job = env.ok(&["sbatch", "--parsable", &script.display().to_string()]);
+    assert!(env.run(&["wait", job.trim()]).status.success());
+    assert_eq!(std::fs::read_to_string(env.dir.join("ranks.out")).unwrap().trim(), "2 1 2 2");
+    let job = env.ok(&["submit", "-n", "2", "-c", "2", "--", "sh", "-c", "echo $SLURM_NTASKS $SLURM_CPUS_PER_TASK $SLURM_JOB_CPUS_PER_NODE"]);
+    assert!(env.run(&["wait", job.trim()]).status.success());
+    assert_eq!(env.ok(&["logs", job.trim()]).trim(), "2 2 4");
 }
 
 #[test]

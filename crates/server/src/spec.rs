@@ -318,6 +318,14 @@ pub fn validate(req: &SubmitRequest, max_array_size: u32) -> Result<JobSpec> {
             return Err(Error::field("output", "is not a usable path pattern"));
         }
     }
+    if let Some(n) = req.ntasks {
+        if req.nodes.is_some() {
+            return Err(Error::field("ntasks", "with nodes, give tasks_per_node"));
+        }
+        if n == 0 || n > 100_000 {
+            return Err(Error::field("ntasks", "must be 1 to 100,000"));
+        }
+    }
     if req.open_mode.as_deref().is_some_and(|m| !matches!(m, "append" | "truncate")) {
         return Err(Error::field("open_mode", "use append or truncate"));
     }
@@ -476,6 +484,13 @@ pub fn task_env(
     set("SLURM_NODEID", "0".into());
     set("SLURM_TASKS_PER_NODE", "1".into());
     set("SLURM_JOB_CPUS_PER_NODE", cpus.to_string());
+    if let Some(n) = req.ntasks.filter(|n| *n > 1) {
+        // One allocation of n tasks on one node: its cores are theirs together.
+        set("SLURM_NTASKS", n.to_string());
+        set("SLURM_NPROCS", n.to_string());
+        set("SLURM_TASKS_PER_NODE", n.to_string());
+        set("SLURM_CPUS_PER_TASK", (cpus / u64::from(n)).max(1).to_string());
+    }
     if let Some(user) = req.env.get("USER").cloned() {
         set("SLURM_JOB_USER", user);
     }

@@ -374,9 +374,7 @@ fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<St
         }
     }
     env.insert("SLURM_SUBMIT_HOST".into(), crate::up::host_name());
-    if ntasks > 1 {
-        env.insert("SLURM_NTASKS".into(), ntasks.to_string());
-    }
+
     let req = SubmitRequest {
         name: o.get("job-name").map(|s| s.to_string()),
         command: vec![],
@@ -400,6 +398,7 @@ fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<St
         resources: BTreeMap::new(),
         nodes: None,
         tasks_per_node: None,
+        ntasks: (ntasks > 1).then_some(ntasks),
         secret_env: BTreeMap::new(),
         // pyxis's options: the batch script runs in the image.
         image: o.get("container-image").map(|s| s.to_string()),
@@ -530,7 +529,7 @@ mod tests {
         assert_eq!(o[0], ("ntasks-per-node".to_string(), "4".to_string()), "an alias is filed under Slurm's main name");
         let mut warn = vec![];
         let (req, _) = build_request(&o, "#!/bin/sh\n".into(), &mut warn).unwrap();
-        assert_eq!(req.env.get("SLURM_NTASKS").map(String::as_str), Some("4"));
+        assert_eq!(req.ntasks, Some(4));
         assert!(warn.iter().any(|w| w.contains("--gpu-bind")), "{warn:?}");
         let none = vec![("export".to_string(), "NONE".to_string())];
         let (req, _) = build_request(&none, "#!/bin/sh\n".into(), &mut warn).unwrap();
