@@ -92,7 +92,7 @@ impl Inner {
         let job = self.cluster.job(job_id)?;
         let spec = job.spec();
         let pos = spec.array.position_of(index)?;
-        let gpus = tidepool_core::cluster::gpu_indexes(job.running_tasks().find(|(p, _)| *p == pos).map_or(0, |(_, r)| r.gpus));
+        let gpus = tidepool_core::cluster::gpu_indexes(job.running_task(pos).map_or(0, |r| r.gpus));
         let (stdout_path, stderr_path, discard_empty_output) =
             output_paths(config, req, spec, job_id.0, index, node);
         let nodelist = if spec.gang.is_some() {

@@ -408,7 +408,7 @@ impl Shared {
                 if let Some(launch) = inner.launch_for(&self.config, p.job_id, p.index, p.attempt, &node) {
                     launches.push((session, p.node_id, launch));
                 }
-                let gpus = inner.cluster.job(p.job_id).and_then(|j| j.running_tasks().find(|(pos, _)| *pos == p.pos)).map_or(0, |(_, r)| r.gpus);
+                let gpus = inner.cluster.job(p.job_id).and_then(|j| j.running_task(p.pos)).map_or(0, |r| r.gpus);
                 events.push(Event::TaskDispatched {
                     job_id: p.job_id.0,
                     index: p.index,
