@@ -10,8 +10,10 @@ use crate::job::{After, AfterKind, JobId};
 pub(crate) enum Readiness {
     /// It may start.
     Ready,
-    /// Not yet: these jobs are still waited for (none named: an earlier job of its name).
+    /// Not yet: these jobs are still waited for.
     Waiting(Vec<JobId>),
+    /// Not yet (`singleton`): this earlier job of the same name and project is still active.
+    AfterSameName(JobId),
     /// Never: this dependency can no longer be met.
     Never(JobId),
 }
@@ -77,7 +79,7 @@ impl Cluster {
             j.spec.name == job.spec.name && j.spec.project == job.spec.project && !j.is_finished()
         });
         match earlier {
-            Some(j) => Readiness::Waiting(vec![j.id]),
+            Some(j) => Readiness::AfterSameName(j.id),
             None => Readiness::Ready,
         }
     }
@@ -97,7 +99,7 @@ impl Cluster {
     pub(crate) fn dependencies_met(&self, job: &Job) -> Result<bool, JobId> {
         match self.readiness(job) {
             Readiness::Ready => Ok(true),
-            Readiness::Waiting(_) => Ok(false),
+            Readiness::Waiting(_) | Readiness::AfterSameName(_) => Ok(false),
             Readiness::Never(dep) => Err(dep),
         }
     }

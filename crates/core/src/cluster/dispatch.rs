@@ -15,18 +15,13 @@ impl Cluster {
         node_id: NodeId,
         now_ms: u64,
     ) -> Result<(), String> {
-        self.dispatch_holding(job_id, pos, attempt, node_id, now_ms, 0)
+        self.replay_dispatch(job_id, pos, attempt, node_id, now_ms, 0)
     }
 
-    /// `apply_dispatch` from the journal: the attempt gets the GPUs its agent was told.
-    pub fn replay_dispatch(&mut self, job_id: JobId, pos: u32, attempt: u32, node_id: NodeId, now_ms: u64, gpus: u64) -> Result<(), String> {
-        self.dispatch_holding(job_id, pos, attempt, node_id, now_ms, gpus)
-    }
-
-    /// `apply_dispatch`, giving the attempt the GPUs of `gpus` when they are free (a restored
-    /// snapshot's), else the lowest free ones; an attempt that waits (its node not yet back)
-    /// keeps `gpus` for when it is seated.
-    pub(crate) fn dispatch_holding(
+    /// `apply_dispatch` from the journal or a snapshot: the attempt gets the GPUs its agent was
+    /// told (`gpus`) when they are free, else the lowest free ones; an attempt that waits (its
+    /// node not yet back) keeps `gpus` for when it is seated.
+    pub fn replay_dispatch(
         &mut self,
         job_id: JobId,
         pos: u32,

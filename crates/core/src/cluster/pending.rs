@@ -18,9 +18,8 @@ impl Cluster {
             Readiness::Never(dep) => {
                 return reason("DependencyNeverSatisfied", format!("job {dep} ended so that this job's dependency can never be met"))
             }
-            Readiness::Waiting(jobs) if jobs.is_empty() || job.spec.dependencies.on.iter().all(|a| !jobs.contains(&a.job)) => {
-                let names: Vec<String> = jobs.iter().map(ToString::to_string).collect();
-                return reason("Dependency", format!("singleton: waiting for job {} of the same name to end", names.join(", ")));
+            Readiness::AfterSameName(earlier) => {
+                return reason("Dependency", format!("singleton: waiting for job {earlier} of the same name to end"));
             }
             Readiness::Waiting(jobs) => {
                 let names: Vec<String> = jobs.iter().map(ToString::to_string).collect();

@@ -102,7 +102,7 @@ impl Cluster {
             // Running tasks were restored as pending; dispatching them again keeps every index,
             // and the GPUs their agents were told.
             self.queue.insert((tier, job_id));
-            self.dispatch_holding(job_id, *pos, *attempt, *node_id, *started, held.get(pos).copied().unwrap_or(0))?;
+            self.replay_dispatch(job_id, *pos, *attempt, *node_id, *started, held.get(pos).copied().unwrap_or(0))?;
             if let Some(run) = self.jobs.get_mut(&job_id).and_then(|j| j.running.get_mut(pos)) {
                 run.checkpoint_ms = *checkpoint;
             }
