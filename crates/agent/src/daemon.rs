@@ -628,23 +628,7 @@ mod tests {
     }
 
     fn launch(index: u32, command: &str) -> Launch {
-        Launch {
-            attempt: AttemptRef { job_id: 1, index, attempt: 1 },
-            command: vec![command.into()],
-            script: None,
-            env: Default::default(),
-            workdir: "/".into(),
-            stdout_path: "/dev/null".into(),
-            stderr_path: "/dev/null".into(),
-            time_limit_s: None,
-            cpu_millis: 1000,
-            mem_bytes: 0,
-            discard_empty_output: false,
-            append_output: false,
-            run_as: None,
-            gpus: vec![],
-            container: None,
-        }
+        crate::executor::double::launch(index, &[command])
     }
 
     #[test]

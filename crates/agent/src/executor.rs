@@ -70,6 +70,28 @@ pub(crate) mod double {
     use super::*;
     use std::sync::Mutex;
 
+    /// Attempt 1 of task `index` of job 1 running `command` in `/`, its output discarded: what
+    /// a test changes the rest of.
+    pub fn launch(index: u32, command: &[&str]) -> Launch {
+        Launch {
+            attempt: AttemptRef { job_id: 1, index, attempt: 1 },
+            command: command.iter().map(|c| c.to_string()).collect(),
+            script: None,
+            env: Default::default(),
+            workdir: "/".into(),
+            stdout_path: "/dev/null".into(),
+            stderr_path: "/dev/null".into(),
+            time_limit_s: None,
+            cpu_millis: 1000,
+            mem_bytes: 0,
+            discard_empty_output: false,
+            append_output: false,
+            run_as: None,
+            gpus: vec![],
+            container: None,
+        }
+    }
+
     /// An executor that runs nothing: it records what it is asked and refuses to start
     /// commands named `refuse`.
     pub struct Recorder {

@@ -158,23 +158,7 @@ mod tests {
     #[test]
     fn only_what_was_given_runs() {
         let none = IdentityPolicy::default();
-        let launch = |run_as: Option<RunAs>| Launch {
-            attempt: tidepool_api::AttemptRef { job_id: 1, index: 0, attempt: 1 },
-            command: vec!["true".into()],
-            script: None,
-            env: Default::default(),
-            workdir: "/".into(),
-            stdout_path: "/dev/null".into(),
-            stderr_path: "/dev/null".into(),
-            time_limit_s: None,
-            cpu_millis: 1000,
-            mem_bytes: 0,
-            discard_empty_output: false,
-            append_output: false,
-            run_as,
-            gpus: vec![],
-            container: None,
-        };
+        let launch = |run_as: Option<RunAs>| Launch { run_as, ..crate::executor::double::launch(0, &["true"]) };
         let root = RunAs { uid: 0, gid: 0, groups: vec![] };
         assert!(none.settle(&mut launch(None)).unwrap_err().contains("--admin-runs-as"));
         assert!(none.settle(&mut launch(Some(root.clone()))).unwrap_err().contains("--allow-root-tasks"));

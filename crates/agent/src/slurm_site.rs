@@ -339,21 +339,9 @@ mod tests {
     #[test]
     fn the_batch_script_quotes_everything_and_leaves_an_exit_code() {
         let launch = Launch {
-            attempt: AttemptRef { job_id: 1, index: 2, attempt: 1 },
-            command: vec!["echo".into(), "it's".into(), "$HOME".into()],
-            script: None,
             env: [("A".to_string(), "x'y".to_string()), ("SLURM_JOB_ID".into(), "9".into()), ("BAD-NAME".into(), "z".into())].into(),
             workdir: "/tmp/a b".into(),
-            stdout_path: "/dev/null".into(),
-            stderr_path: "/dev/null".into(),
-            time_limit_s: None,
-            cpu_millis: 1000,
-            mem_bytes: 0,
-            discard_empty_output: false,
-            append_output: false,
-            run_as: None,
-            gpus: vec![],
-            container: None,
+            ..crate::executor::double::launch(2, &["echo", "it's", "$HOME"])
         };
         let s = batch_script(&launch, Path::new("/run/x"));
         assert!(s.contains("export A='x'\\''y'\n"), "{s}");
