@@ -196,11 +196,16 @@ impl ImageStore {
     }
 }
 
+/// The OCI runtime this node runs bundles with (runc), where it is installed.
+pub fn runtime_path() -> Option<&'static Path> {
+    ["/usr/local/sbin/runc", "/usr/local/bin/runc", "/usr/sbin/runc", "/usr/bin/runc"].into_iter().map(Path::new).find(|p| p.exists())
+}
+
 /// True when this node can run OCI bundles: runc is installed and the agent is root.
 pub fn runtime_available() -> bool {
     // SAFETY: geteuid only reads this process's credentials.
     let root = unsafe { libc::geteuid() } == 0;
-    root && ["/usr/sbin/runc", "/usr/bin/runc", "/usr/local/sbin/runc", "/usr/local/bin/runc"].iter().any(|p| Path::new(p).exists())
+    root && runtime_path().is_some()
 }
 
 /// How recently an image must have been handed to a task to be kept whatever the cache's size:

@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
-use tidepool_api::SubmitRequest;
+use tidepool_api::{SubmitRequest, CONTAINER_FEATURE};
 use tidepool_core::resources::{parse_mem_size, parse_time_limit};
 use tidepool_core::{ArraySpec, GangSpec, JobId, JobSpec, Resources, Tier};
 
@@ -28,8 +28,6 @@ const MAX_ARG_BYTES: usize = 128 * 1024;
 /// Most bytes of command and environment together: exec's limit is 2 MiB with a default
 /// stack, and Tidepool adds variables of its own.
 const MAX_EXEC_BYTES: usize = 1 << 20;
-
-use tidepool_api::CONTAINER_FEATURE;
 
 /// The container fields of a submission: an image reference, `SRC:DST[:ro]` mounts of absolute
 /// paths, an absolute working directory, a /dev/shm size.

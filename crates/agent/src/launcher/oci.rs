@@ -2,7 +2,7 @@
 //! root filesystem shared read-only by every task of that image.
 
 use super::sys::{spawn_task, with_fs_identity};
-use super::{resolve, with_umask, Launcher, TASK_UMASK};
+use super::{with_umask, Launcher, TASK_UMASK};
 use crate::rundir::{self, LaunchSpec};
 use std::ffi::CString;
 use std::fs::File;
@@ -206,7 +206,7 @@ impl Launcher {
         let text = serde_json::to_vec(&config).map_err(|e| e.to_string())?;
         std::fs::write(dir.join("config.json"), text).map_err(|e| format!("cannot write the container's config.json: {e}"))?;
         let state = self.run_dir.join(RUNTIME_STATE_DIR);
-        let runtime = resolve("runc", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "/");
+        let runtime = crate::images::runtime_path().ok_or("cannot start a container: runc is not installed on this node")?.display().to_string();
         let argv: Vec<CString> = [runtime.as_str(), "--root", &state.display().to_string(), "run", "--bundle", &dir.display().to_string(), &container_id(launch)]
             .iter()
             .map(|s| CString::new(*s).map_err(|_| "a path holds a NUL byte".to_string()))
@@ -224,7 +224,8 @@ impl Launcher {
         let id = container_id(launch);
         let state = self.run_dir.join(RUNTIME_STATE_DIR);
         if state.join(&id).exists() {
-            let _ = std::process::Command::new("runc")
+            let Some(runtime) = crate::images::runtime_path() else { return };
+            let _ = std::process::Command::new(runtime)
                 .arg("--root")
                 .arg(&state)
                 .args(["delete", "--force", &id])
@@ -262,12 +263,12 @@ mod tests {
 
     #[test]
     fn the_image_path_wins_and_the_task_env_is_kept() {
-        let mut launch: Launch = serde_json::from_value(serde_json::json!({
-            "attempt": {"job_id": 7, "index": 3, "attempt": 2}, "command": ["true"], "env": {"PATH": "/home/me/bin", "X": "1"},
-            "workdir": "/work", "stdout_path": "/dev/null", "stderr_path": "/dev/null", "time_limit_s": null,
-            "cpu_millis": 1000, "mem_bytes": 0, "discard_empty_output": false
-        }))
-        .unwrap();
+        let mut launch = Launch {
+            attempt: tidepool_api::AttemptRef { job_id: 7, index: 3, attempt: 2 },
+            env: [("PATH".to_string(), "/home/me/bin".to_string()), ("X".into(), "1".into())].into(),
+            workdir: "/work".into(),
+            ..crate::executor::double::launch(3, &["true"])
+        };
         let container = ContainerLaunch {
             image: "x".into(),
             mounts: vec!["/data:/data:ro".into()],
