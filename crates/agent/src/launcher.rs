@@ -118,6 +118,8 @@ struct Launcher {
     /// Told to stop (SIGTERM, SIGINT, SIGHUP): what it ends from then on was stopped with the
     /// node, not cancelled by its owner, and runs again elsewhere or later.
     stopping: bool,
+    /// The OCI runtime containers start with, where one is installed.
+    runtime: Option<crate::images::Runtime>,
 }
 
 /// Runs the launcher for `run_dir` until its stdin closes and its last attempt has ended.
@@ -152,6 +154,7 @@ impl Launcher {
             named: None,
             resolved: HashMap::new(),
             stopping: false,
+            runtime: oci::choose_runtime(),
         })
     }
 

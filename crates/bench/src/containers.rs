@@ -161,6 +161,11 @@ fn podman(image: &str, n: u32) -> Result<f64, String> {
     Ok(f64::from(n) / started.elapsed().as_secs_f64())
 }
 
+/// The runtime the node's launcher picks (crun or runc).
+fn runtime_name() -> &'static str {
+    tidepool_agent::images::runtime().map_or("no runtime", |r| r.name)
+}
+
 fn first_line(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).lines().find(|l| !l.trim().is_empty()).unwrap_or("failed").trim().chars().take(200).collect()
 }
@@ -196,6 +201,7 @@ pub async fn run(json_out: bool, tasks: u32) -> Result<u8, String> {
     let mut image_ms = task_run_ms(&tp, &image_job)?;
     let bare_p50 = percentile(&mut bare_ms, 0.5);
     report.insert("tasks".into(), json!(tasks));
+    report.insert("runtime".into(), json!(runtime_name()));
     report.insert("bare_tasks_per_s".into(), json!(bare_rate));
     report.insert("container_tasks_per_s".into(), json!(image_rate));
     report.insert("container_vs_bare".into(), json!(image_rate / bare_rate.max(1e-9)));
@@ -231,7 +237,7 @@ pub async fn run(json_out: bool, tasks: u32) -> Result<u8, String> {
     }
     let get = |k: &str| report.get(k).and_then(Value::as_f64);
     let cell = |k: &str| get(k).map_or("-".to_string(), |v| if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") });
-    line(&format!("{tasks} tasks of `true`, one node, tasks as uid 5001; runc per task"));
+    line(&format!("{tasks} tasks of `true`, one node, tasks as uid 5001; {} per task", runtime_name()));
     line(&format!("{:<44} {:>12} {:>12} {:>12}", "", "in an image", "bare", "podman run"));
     line(&format!("{:<44} {:>12} {:>12} {:>12}", "tasks finished per second", cell("container_tasks_per_s"), cell("bare_tasks_per_s"), cell("podman_tasks_per_s")));
     line(&format!("{:<44} {:>12}", "warm start overhead per task, p50 (ms)", cell("warm_start_overhead_p50_ms")));

@@ -1,6 +1,7 @@
 //! Tasks in an OCI image: a local registry (Debian's docker-registry) on loopback, a small
 //! image built here from busybox-static with umoci and pushed with skopeo (the helpers of
-//! `tidepool-bench containers`), and a 1,000-task array run in it with runc across two agents.
+//! `tidepool-bench containers`), and a 1,000-task array run in it across two agents, one starting containers with crun
+//! (where installed) and the other with runc.
 //! `.ci/run` installs the tools and sets TIDEPOOL_TEST_CONTAINERS=1; elsewhere the tests say
 //! they are skipped.
 // Helpers of tests: a step that fails is the test's failure.
@@ -32,7 +33,12 @@ fn a_thousand_tasks_run_in_an_image_pulled_once_per_node_as_their_project() {
     let mut env = Env::new("containers");
     let registry = start_registry(&env.dir).unwrap();
     let image = push_image(&env.dir, &registry.address, "busybox", 0).unwrap();
-    env.add_agent("second", &["--cpus", "2"]);
+    // The first node starts containers with its default runtime (crun where installed), the
+    // second with runc.
+    let token = std::fs::read_to_string(env.dir.join("data/join.token")).unwrap();
+    let mut runc_agent = std::process::Command::new(common::BIN);
+    runc_agent.args(["agent", "--server", &env.url]).env("TIDEPOOL_OCI_RUNTIME", "runc");
+    env.add_agent_by("second", runc_agent, token.trim(), &["--cpus", "2"]);
     let (chem, chem_area) = env.project_with_uid("chem", 5001);
     let (bio, bio_area) = env.project_with_uid("bio", 6001);
     std::fs::write(format!("{chem_area}/chem-only.txt"), "CHEM").unwrap();
@@ -42,7 +48,9 @@ fn a_thousand_tasks_run_in_an_image_pulled_once_per_node_as_their_project() {
     let job = env.submit_as(&chem, &chem_area, &["--image", &image, "--shm-size", "256M", "--array", "0-999", "-o", "out-%a.txt", "--", "sh", "-c", script]);
     let waited = env.cmd(common::BIN, &["wait", &job]).env("TIDEPOOL_TOKEN", &chem).output().unwrap();
     let shown: serde_json::Value = serde_json::from_str(&env.ok(&["show", &job, "--json", "--tasks"])).unwrap();
-    assert!(waited.status.success(), "{}\n{}", String::from_utf8_lossy(&waited.stderr), serde_json::to_string(&shown["tasks"][0]).unwrap());
+    let failed = shown["tasks"].as_array().unwrap().iter().find(|t| t["state"] != "succeeded").cloned().unwrap_or_default();
+    let failed_output = std::fs::read_to_string(format!("{chem_area}/out-{}.txt", failed["index"])).unwrap_or_default();
+    assert!(waited.status.success(), "{}\n{failed}\n{failed_output}", String::from_utf8_lossy(&waited.stderr));
     assert_eq!(shown["counts"]["succeeded"], 1000);
     let nodes: std::collections::BTreeSet<String> = shown["tasks"].as_array().unwrap().iter().map(|t| t["node"].as_str().unwrap().to_string()).collect();
     assert_eq!(nodes.len(), 2, "the array ran across both agents: {nodes:?}");

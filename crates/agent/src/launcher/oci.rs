@@ -1,7 +1,9 @@
 //! A task's OCI bundle: the `config.json` a runtime (runc, crun) runs it from, over the image's
 //! root filesystem shared read-only by every task of that image.
 
-use super::sys::{spawn_task, with_fs_identity};
+use super::sys::{hide_unified_tree, hybrid_with_empty_unified_tree, spawn_task, with_fs_identity};
+use crate::images::Runtime;
+use std::io::Write;
 use super::{with_umask, Launcher, TASK_UMASK};
 use crate::rundir::{self, LaunchSpec};
 use std::ffi::CString;
@@ -148,6 +150,25 @@ pub(super) fn config(
     })
 }
 
+/// The runtime this launcher starts containers with. On a hybrid node crun runs in a mount
+/// namespace of the launcher's own without the empty v2 tree it refuses; runc where that
+/// namespace cannot be made.
+pub(super) fn choose_runtime() -> Option<Runtime> {
+    let chosen = crate::images::runtime()?;
+    // SAFETY: geteuid only reads this process's credentials.
+    let root = unsafe { libc::geteuid() } == 0;
+    if chosen.name != "crun" || !root || !hybrid_with_empty_unified_tree() {
+        return Some(chosen);
+    }
+    match hide_unified_tree() {
+        Ok(()) => Some(chosen),
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "tidepool-launcher: crun cannot run on this hybrid cgroup layout ({e}); containers use runc");
+            crate::images::runc().or(Some(chosen))
+        }
+    }
+}
+
 impl Launcher {
     /// Starts a task in its image: its bundle's config.json written beside it, then the OCI
     /// runtime, as the launcher (it makes the container; the task inside runs as its identity),
@@ -206,7 +227,7 @@ impl Launcher {
         let text = serde_json::to_vec(&config).map_err(|e| e.to_string())?;
         std::fs::write(dir.join("config.json"), text).map_err(|e| format!("cannot write the container's config.json: {e}"))?;
         let state = self.run_dir.join(RUNTIME_STATE_DIR);
-        let runtime = crate::images::runtime_path().ok_or("cannot start a container: runc is not installed on this node")?.display().to_string();
+        let runtime = self.runtime.as_ref().ok_or("cannot start a container: no OCI runtime (crun, runc) is installed on this node")?.path.display().to_string();
         let argv: Vec<CString> = [runtime.as_str(), "--root", &state.display().to_string(), "run", "--bundle", &dir.display().to_string(), &container_id(launch)]
             .iter()
             .map(|s| CString::new(*s).map_err(|_| "a path holds a NUL byte".to_string()))
@@ -224,8 +245,8 @@ impl Launcher {
         let id = container_id(launch);
         let state = self.run_dir.join(RUNTIME_STATE_DIR);
         if state.join(&id).exists() {
-            let Some(runtime) = crate::images::runtime_path() else { return };
-            let _ = std::process::Command::new(runtime)
+            let Some(runtime) = &self.runtime else { return };
+            let _ = std::process::Command::new(&runtime.path)
                 .arg("--root")
                 .arg(&state)
                 .args(["delete", "--force", &id])

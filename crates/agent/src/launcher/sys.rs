@@ -338,3 +338,41 @@ pub(super) fn raise_fd_limit() {
         }
     }
 }
+
+/// Where a hybrid node mounts its (unused) cgroup v2 tree beside the v1 controllers.
+const UNIFIED_TREE: &str = "/sys/fs/cgroup/unified";
+
+/// True when the node mixes layouts as crun refuses to: v1 controllers under a tmpfs
+/// `/sys/fs/cgroup` and a cgroup v2 tree at `unified` that holds none of the controllers
+/// tasks are limited and counted with (so nothing of Tidepool's is there to lose by hiding it).
+pub(super) fn hybrid_with_empty_unified_tree() -> bool {
+    let magic = |path: &str| {
+        let c = CString::new(path).ok()?;
+        // SAFETY: statfs fills a struct we own from a NUL-terminated path.
+        let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+        (unsafe { libc::statfs(c.as_ptr(), &mut fs) } == 0).then_some(fs.f_type)
+    };
+    let controllers = std::fs::read_to_string(Path::new(UNIFIED_TREE).join("cgroup.controllers")).unwrap_or_default();
+    magic("/sys/fs/cgroup") == Some(libc::TMPFS_MAGIC) && magic(UNIFIED_TREE) == Some(libc::CGROUP2_SUPER_MAGIC) && !controllers.split_whitespace().any(|c| ["memory", "cpu", "pids"].contains(&c))
+}
+
+/// Gives the launcher (and what it starts) a mount namespace of its own, a slave of the
+/// node's (mounts made later on the node still appear in it), without the empty v2 tree.
+pub(super) fn hide_unified_tree() -> Result<(), String> {
+    let root = CString::new("/").map_err(|e| e.to_string())?;
+    let unified = CString::new(UNIFIED_TREE).map_err(|e| e.to_string())?;
+    // SAFETY: unshare, mount and umount2 act on this process's own namespace with
+    // NUL-terminated paths we own.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(format!("unshare(CLONE_NEWNS): {}", std::io::Error::last_os_error()));
+        }
+        if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_SLAVE, std::ptr::null()) != 0 {
+            return Err(format!("making / a slave mount: {}", std::io::Error::last_os_error()));
+        }
+        if libc::umount2(unified.as_ptr(), libc::MNT_DETACH) != 0 {
+            return Err(format!("unmounting {UNIFIED_TREE}: {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
