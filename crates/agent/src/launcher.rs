@@ -234,7 +234,7 @@ impl Launcher {
     }
 
     /// Moves the launcher into the cgroup whose `cgroup.procs` files are `procs`.
-    fn join(&self, procs: &[File]) -> std::io::Result<()> {
+    pub(super) fn join(&self, procs: &[File]) -> std::io::Result<()> {
         let me = own_pid().to_string();
         for mut f in procs {
             f.write_all(me.as_bytes())?;
@@ -244,7 +244,7 @@ impl Launcher {
 
     /// Steps back into the launcher's own cgroup; failing that, the next tasks are born in the
     /// last task's cgroup until a later step back works, which the log says.
-    fn go_home(&self) {
+    pub(super) fn go_home(&self) {
         if let Err(e) = self.join(&self.home_procs) {
             let _ = writeln!(std::io::stderr(), "tidepool-launcher: cannot step back into its own cgroup: {e}");
         }
@@ -506,7 +506,7 @@ impl Launcher {
         let (mut program, args) = program_of(spec, dir)?;
         if let Some(container) = &launch.container {
             return self
-                .spawn_container(spec, dir, container, cgroup.map(|c| c.name.as_str()), (program, args), &stdout, stderr.as_ref().unwrap_or(&stdout))
+                .spawn_container(spec, dir, container, cgroup, (program, args), &stdout, stderr.as_ref().unwrap_or(&stdout))
                 .map(|pid| (pid, note));
         }
         // A batch script lies in the attempt's directory, which only the launcher may enter: a

@@ -171,16 +171,18 @@ pub(super) fn choose_runtime() -> Option<Runtime> {
 
 impl Launcher {
     /// Starts a task in its image: its bundle's config.json written beside it, then the OCI
-    /// runtime, as the launcher (it makes the container; the task inside runs as its identity),
-    /// its container in a child of the task's cgroup. The runtime stays in the launcher's own
-    /// cgroup, so the task's holds nothing but the container.
+    /// runtime, as the launcher (it makes the container; the task inside runs as its identity).
+    /// crun is started inside the task's cgroup and told to make none (the container is born in
+    /// the task's, and crun skips making a child in every v1 hierarchy); runc, and crun
+    /// when the task has device nodes to allow, make the container a child of the task's cgroup
+    /// from the launcher's own.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn spawn_container(
         &mut self,
         spec: &LaunchSpec,
         dir: &Path,
         container: &tidepool_api::ContainerLaunch,
-        cgroup_name: Option<&str>,
+        cgroup: Option<&crate::cgroup::TaskCgroup>,
         (program, args): (String, Vec<String>),
         stdout: &File,
         stderr: &File,
@@ -222,21 +224,37 @@ impl Launcher {
             container.mounts.push(format!("{}:{}:ro", script.display(), SCRIPT_INSIDE));
             inside = vec![SCRIPT_INSIDE.to_string()];
         }
-        let cgroups_path = cgroup_name.and_then(|name| spec.cgroup.container_path(name));
+        let runtime = self.runtime.clone().ok_or("cannot start a container: no OCI runtime (crun, runc) is installed on this node")?;
+        let born_in_task_cgroup = runtime.name == "crun" && gpu_devices(Path::new("/dev"), &launch.gpus).is_empty();
+        let cgroups_path = if born_in_task_cgroup { None } else { cgroup.and_then(|c| spec.cgroup.container_path(&c.name)) };
         let config = config(launch, &container, &inside, user, cgroups_path.as_deref());
         let text = serde_json::to_vec(&config).map_err(|e| e.to_string())?;
         std::fs::write(dir.join("config.json"), text).map_err(|e| format!("cannot write the container's config.json: {e}"))?;
-        let state = self.run_dir.join(RUNTIME_STATE_DIR);
-        let runtime = self.runtime.as_ref().ok_or("cannot start a container: no OCI runtime (crun, runc) is installed on this node")?.path.display().to_string();
-        let argv: Vec<CString> = [runtime.as_str(), "--root", &state.display().to_string(), "run", "--bundle", &dir.display().to_string(), &container_id(launch)]
-            .iter()
-            .map(|s| CString::new(*s).map_err(|_| "a path holds a NUL byte".to_string()))
-            .collect::<Result<_, _>>()?;
+        let state = self.run_dir.join(RUNTIME_STATE_DIR).display().to_string();
+        let path = runtime.path.display().to_string();
+        let bundle = dir.display().to_string();
+        let id = container_id(launch);
+        let mut words = vec![path.as_str(), "--root", &state];
+        if born_in_task_cgroup {
+            words.push("--cgroup-manager=disabled");
+        }
+        words.extend(["run", "--bundle", &bundle, &id]);
+        let argv: Vec<CString> = words.iter().map(|s| CString::new(*s).map_err(|_| "a path holds a NUL byte".to_string())).collect::<Result<_, _>>()?;
         let envp = vec![CString::new("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").map_err(|e| e.to_string())?];
-        let file = CString::new(runtime.clone()).map_err(|e| e.to_string())?;
-        let workdir = CString::new(dir.display().to_string()).map_err(|e| e.to_string())?;
-        with_umask(TASK_UMASK, || spawn_task(&file, &argv, &envp, &workdir, stdout, stderr))
-            .map_err(|e| format!("cannot start {runtime} for image {}: {e}", container.image))
+        let file = CString::new(path.clone()).map_err(|e| e.to_string())?;
+        let workdir = CString::new(bundle.clone()).map_err(|e| e.to_string())?;
+        let task_procs = match cgroup {
+            Some(c) if born_in_task_cgroup => c.join_files(),
+            _ => &[],
+        };
+        // Born outside the task's cgroup, the container would escape its limits: it does not start.
+        if let Err(e) = self.join(task_procs) {
+            self.go_home();
+            return Err(format!("cannot start image {}: cannot enter its cgroup, so its limits would not hold: {e}", container.image));
+        }
+        let spawned = with_umask(TASK_UMASK, || spawn_task(&file, &argv, &envp, &workdir, stdout, stderr));
+        self.go_home();
+        spawned.map_err(|e| format!("cannot start {path} for image {}: {e}", container.image))
     }
 
     /// Removes what the OCI runtime left of a container it could not clean up itself (it was
