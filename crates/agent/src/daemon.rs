@@ -63,8 +63,8 @@ pub struct AgentConfig {
     pub identities: crate::identity::IdentityPolicy,
     /// How its GPUs are checked, if they are.
     pub gpu_health: Option<crate::gpus::GpuHealth>,
-    /// The most bytes its image cache keeps (least recently used images go first).
-    pub image_cache_bytes: Option<u64>,
+    /// How far its image cache may grow (least recently used images go first).
+    pub image_cache: crate::images::CacheLimits,
 }
 
 /// How long a connection to the server may take to open.
@@ -353,14 +353,17 @@ impl Agent {
         });
     }
 
-    /// After a pull: the cache kept under its size, and the server told what the node holds.
+    /// After a pull: the cache kept under its size and its disk under its watermark, and the server told what the node holds.
     async fn after_pull(self: &Arc<Self>) {
-        if let Some(max) = self.config.image_cache_bytes {
-            let evicting = self.clone();
-            let removed = tokio::task::spawn_blocking(move || evicting.images.evict(max, &evicting.config.run_dir)).await.unwrap_or_default();
-            if !removed.is_empty() {
-                tracing::info!(images = ?removed, "image cache over its size: least recently used images removed");
-            }
+        let evicting = self.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            let (images, limits) = (&evicting.images, evicting.config.image_cache);
+            images.evict(limits, &evicting.config.run_dir, || crate::images::disk_use(images.dir()))
+        })
+        .await
+        .unwrap_or_default();
+        if !removed.is_empty() {
+            tracing::info!(images = ?removed, "image cache over its size or its disk over its high watermark: least recently used images removed");
         }
         self.report_images().await;
     }
@@ -618,7 +621,7 @@ mod tests {
             keep_tasks: false,
             identities: crate::identity::IdentityPolicy::for_invoking_user(),
             gpu_health: None,
-            image_cache_bytes: None,
+            image_cache: crate::images::CacheLimits::default(),
         };
         let (tx, results) = mpsc::unbounded_channel();
         let executor = Arc::new(Recorder::new(tx.clone()));

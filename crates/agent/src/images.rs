@@ -70,7 +70,12 @@ impl ImageStore {
         Ok(unpacked)
     }
 
-    /// Each image this node holds unpacked.
+    /// The cache's directory: one subdirectory per unpacked image.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The images this node holds, as the server is told.
     pub fn cached(&self) -> Vec<tidepool_api::ImageView> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
         let mut images: Vec<tidepool_api::ImageView> = entries
@@ -244,11 +249,45 @@ pub fn runtime_available() -> bool {
 /// a task given it may not have written its bundle yet.
 const RECENT: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// How far the image cache may grow: a size of its own, and watermarks of its disk's use (as
+/// the kubelet's image garbage collection: above `high_percent` used, images go until use is
+/// at most `low_percent`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheLimits {
+    /// The most bytes of unpacked images kept, if bounded.
+    pub max_bytes: Option<u64>,
+    /// Percent of the disk used above which images are removed.
+    pub high_percent: u8,
+    /// Percent of the disk used that removal stops at.
+    pub low_percent: u8,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        CacheLimits { max_bytes: None, high_percent: 85, low_percent: 80 }
+    }
+}
+
+/// (bytes used, bytes in all) of the file system holding `path`, counting what only root may
+/// still write as used.
+pub fn disk_use(path: &Path) -> Option<(u64, u64)> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs fills a struct we own from a NUL-terminated path.
+    let mut fs: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut fs) } != 0 {
+        return None;
+    }
+    let block = fs.f_frsize;
+    let total = fs.f_blocks * block;
+    Some((total.saturating_sub(fs.f_bavail * block), total))
+}
+
 impl ImageStore {
-    /// Shrinks the cache below `max_bytes`, least recently used first, never removing an image
-    /// a task's bundle names (`run_dir`'s attempts without a result) or one handed out within
-    /// `RECENT`; the digests removed.
-    pub fn evict(&self, max_bytes: u64, run_dir: &Path) -> Vec<String> {
+    /// Shrinks the cache to `limits`, least recently used first, never removing an image a
+    /// task's bundle names (`run_dir`'s attempts without a result) or one handed out within
+    /// `RECENT`; `disk` says the cache disk's (used, total) bytes now. The digests removed.
+    pub fn evict(&self, limits: CacheLimits, run_dir: &Path, disk: impl Fn() -> Option<(u64, u64)>) -> Vec<String> {
+        let percent_used = || disk().filter(|(_, total)| *total > 0).map_or(0, |(used, total)| used.saturating_mul(100) / total);
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
         let mut images: Vec<(std::time::SystemTime, PathBuf, u64)> = entries
             .flatten()
@@ -258,16 +297,19 @@ impl ImageStore {
                 (used, e.path(), du(&e.path()))
             })
             .collect();
+        let max_bytes = limits.max_bytes.unwrap_or(u64::MAX);
         let mut total: u64 = images.iter().map(|(_, _, bytes)| bytes).sum();
-        if total <= max_bytes {
+        let disk_full = percent_used() > u64::from(limits.high_percent);
+        if total <= max_bytes && !disk_full {
             return Vec::new();
         }
+        let satisfied = |total: u64| total <= max_bytes && (!disk_full || percent_used() <= u64::from(limits.low_percent));
         let in_use = roots_in_use(run_dir);
         images.sort();
         let now = std::time::SystemTime::now();
         let mut removed = Vec::new();
         for (used, dir, bytes) in images {
-            if total <= max_bytes {
+            if satisfied(total) {
                 break;
             }
             let recent = now.duration_since(used).is_ok_and(|age| age < RECENT) || used > now;
@@ -415,11 +457,28 @@ mod tests {
         let root = cache.join("sha256-a/rootfs");
         std::fs::write(run.join("1.0.1/config.json"), serde_json::json!({"root": {"path": root}}).to_string()).unwrap();
         let store = ImageStore::new(cache.clone(), reqwest::Client::new());
-        assert!(store.evict(1_000_000, &run).is_empty(), "under its size, nothing goes");
-        let removed = store.evict(2500, &run);
+        let sized = |max_bytes| CacheLimits { max_bytes: Some(max_bytes), ..CacheLimits::default() };
+        let roomy = || Some((10, 100));
+        assert!(store.evict(sized(1_000_000), &run, roomy).is_empty(), "under its size, nothing goes");
+        let removed = store.evict(sized(2500), &run, roomy);
         assert_eq!(removed, ["sha256:b"], "the least recently used one not in use");
         assert!(cache.join("sha256-a").exists() && cache.join("sha256-c").exists());
         assert_eq!(store.cached().len(), 2);
+        // Under no size limit, a disk above its high watermark sheds images until it is at its
+        // low one; the one in use stays whatever the disk.
+        let home = cache.join("sha256-d");
+        std::fs::create_dir_all(home.join("rootfs")).unwrap();
+        std::fs::write(home.join("ready"), "img-d").unwrap();
+        let filling = |used: u64| move || Some((used, 100));
+        assert!(store.evict(CacheLimits::default(), &run, filling(85)).is_empty(), "at the high watermark, nothing goes");
+        let disk = std::cell::Cell::new(90u64);
+        let removed = store.evict(CacheLimits::default(), &run, || {
+            let used = disk.get();
+            disk.set(used - 5);
+            Some((used, 100))
+        });
+        assert_eq!(removed.len(), 1, "one image freed the disk to its low watermark: {removed:?}");
+        assert!(store.evict(CacheLimits::default(), &run, filling(99)).len() == 1 && cache.join("sha256-a").exists(), "the image in use stays");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

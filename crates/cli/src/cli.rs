@@ -294,6 +294,13 @@ pub struct AgentArgs {
     /// one a task runs in (default: no limit).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub image_cache_gb: Option<u64>,
+    /// Percent of the image cache's disk in use above which images are removed, least
+    /// recently used first (as the kubelet's image garbage collection).
+    #[arg(long, default_value_t = 85, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub image_gc_high_percent: u8,
+    /// Percent of that disk in use that removal brings it down to.
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_low_percent: u8,
 }
 
 /// Parses `args` (program name first) and runs the command.

@@ -132,7 +132,7 @@ pub async fn up(args: UpArgs) -> Result<u8, String> {
         keep_tasks: args.keep_tasks,
         identities: tidepool_agent::identity::IdentityPolicy::for_invoking_user(),
         gpu_health: None,
-        image_cache_bytes: None,
+        image_cache: tidepool_agent::images::CacheLimits::default(),
     };
     tracing::info!(
         "tidepool is up: API {}/api/v1, admin token in {}",
@@ -329,6 +329,12 @@ pub async fn agent(args: AgentArgs) -> Result<u8, String> {
     if join_token.is_empty() {
         return Err("the join token is empty".into());
     }
+    if args.image_gc_low_percent >= args.image_gc_high_percent {
+        return Err(format!(
+            "--image-gc-low-percent ({}) must be below --image-gc-high-percent ({})",
+            args.image_gc_low_percent, args.image_gc_high_percent
+        ));
+    }
     let (found_gpus, gpu_models) = if args.gpus.is_none() { tidepool_agent::gpus::discover() } else { (0, Vec::new()) };
     let config = AgentConfig {
         server_url: args.server,
@@ -359,7 +365,11 @@ pub async fn agent(args: AgentArgs) -> Result<u8, String> {
             command,
             every: std::time::Duration::from_secs(args.gpu_health_every.max(1)),
         }),
-        image_cache_bytes: args.image_cache_gb.map(|gb| gb << 30),
+        image_cache: tidepool_agent::images::CacheLimits {
+            max_bytes: args.image_cache_gb.map(|gb| gb << 30),
+            high_percent: args.image_gc_high_percent,
+            low_percent: args.image_gc_low_percent,
+        },
     };
     tidepool_agent::run_until(config, shutdown_signal()).await.map_err(|e| e.to_string())?;
     tracing::info!("stopped");
