@@ -336,7 +336,9 @@ impl Agent {
         let agent = self.clone();
         tokio::spawn(async move {
             let mut launch = launch;
-            match agent.images.ensure(&image).await {
+            // The login serves the pull alone: it is not written into the attempt's directory.
+            let login = launch.container.as_mut().and_then(|c| c.registry_auth.take());
+            match agent.images.ensure(&image, login.as_ref()).await {
                 Ok(unpacked) => {
                     if unpacked.fresh {
                         agent.after_pull().await;
@@ -490,7 +492,7 @@ async fn main_loop(agent: Arc<Agent>) -> Result<()> {
                     for image in work.pull {
                         let agent = agent.clone();
                         tokio::spawn(async move {
-                            match agent.images.ensure(&image).await {
+                            match agent.images.ensure(&image, None).await {
                                 Ok(unpacked) if unpacked.fresh => agent.after_pull().await,
                                 Ok(_) => {}
                                 Err(e) => tracing::warn!(image = %image, error = %e, "pulling ahead failed; a task of it will try again"),

@@ -3,7 +3,7 @@
 //! image shares (read-only). Concurrent starts of one image wait on one pull.
 
 use sha2::Digest;
-use tidepool_api::ImageRef;
+use tidepool_api::{ImageRef, RegistryCredentials};
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,39 @@ fn base_url(image: &ImageRef) -> String {
     format!("{}://{registry}", if loopback { "http" } else { "https" })
 }
 
+
+/// What a pull presents to its registry once asked.
+#[derive(Clone)]
+enum Answer {
+    /// The login itself, on every request.
+    Basic(RegistryCredentials),
+    /// A token the registry's token service gave.
+    Bearer(String),
+}
+
+/// One pull's dealings with its registry: the login it may present, and the answer found to
+/// the registry's first 401, kept for the pull's later requests.
+struct PullSession<'a> {
+    login: Option<&'a RegistryCredentials>,
+    answer: std::sync::Mutex<Option<Answer>>,
+}
+
+/// The `key="value"` parameters of a `WWW-Authenticate` challenge.
+fn challenge_params(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = text.trim();
+    while let Some((key, after)) = rest.split_once('=') {
+        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, next) = match after.strip_prefix('"') {
+            Some(quoted) => quoted.split_once('"').unwrap_or((quoted, "")),
+            None => after.split_once(',').unwrap_or((after, "")),
+        };
+        out.push((key, value.to_string()));
+        rest = next.trim_start().trim_start_matches(',');
+    }
+    out
+}
 
 /// An unpacked image: its root filesystem and what its configuration asks of a process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +70,9 @@ pub struct Unpacked {
 pub struct ImageStore {
     dir: PathBuf,
     client: reqwest::Client,
-    /// One lock per reference: a second start of an image waits for the first's pull.
+    /// One lock per reference and login: a second start of an image waits for the first's
+    /// pull, and a project that presents another login (or none) asks the registry itself
+    /// rather than being handed what a login it lacks was allowed to pull.
     pulls: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Unpacked>>>>>,
 }
 
@@ -52,11 +87,16 @@ impl ImageStore {
         ImageStore { dir, client, pulls: std::sync::Mutex::default() }
     }
 
-    /// The image of `reference`, pulled and unpacked if this node does not have it yet.
-    pub async fn ensure(&self, reference: &str) -> Result<Unpacked, String> {
+    /// The image of `reference`, pulled (presenting `login` where the registry asks for one)
+    /// and unpacked if this node does not have it yet.
+    pub async fn ensure(&self, reference: &str, login: Option<&RegistryCredentials>) -> Result<Unpacked, String> {
+        let key = match login {
+            Some(l) => format!("{reference}\0{}", sha256_of(format!("{}\0{}", l.username, l.password).as_bytes())),
+            None => reference.to_string(),
+        };
         let slot = {
             let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
-            pulls.entry(reference.to_string()).or_default().clone()
+            pulls.entry(key).or_default().clone()
         };
         let mut held = slot.lock().await;
         if let Some(done) = held.as_ref() {
@@ -65,7 +105,8 @@ impl ImageStore {
                 return Ok(Unpacked { fresh: false, ..done.clone() });
             }
         }
-        let unpacked = self.pull(reference).await?;
+        let session = PullSession { login, answer: std::sync::Mutex::new(None) };
+        let unpacked = self.pull(reference, &session).await?;
         *held = Some(unpacked.clone());
         Ok(unpacked)
     }
@@ -94,9 +135,60 @@ impl ImageStore {
         images
     }
 
-    async fn get(&self, image: &ImageRef, what: &str, accept: &str) -> Result<reqwest::Response, String> {
+    async fn send(&self, url: &str, accept: &str, answer: Option<&Answer>) -> Result<reqwest::Response, String> {
+        let mut request = self.client.get(url).header("Accept", accept);
+        request = match answer {
+            Some(Answer::Basic(login)) => request.basic_auth(&login.username, Some(&login.password)),
+            Some(Answer::Bearer(token)) => request.bearer_auth(token),
+            None => request,
+        };
+        request.send().await.map_err(|e| format!("pulling {url}: {e}"))
+    }
+
+    /// What to present to a registry that answered 401 with `challenge`: the login itself
+    /// (Basic), or a token fetched from the realm it names with the login, if any (Bearer).
+    async fn answer(&self, image: &ImageRef, challenge: &str, login: Option<&RegistryCredentials>) -> Result<Answer, String> {
+        let registry = &image.registry;
+        let (scheme, params) = challenge.trim().split_once(' ').unwrap_or((challenge.trim(), ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            return login
+                .map(|l| Answer::Basic(l.clone()))
+                .ok_or_else(|| format!("registry {registry} asks for a login: save one with `tidepool registry login {registry} -u USER --password-stdin`"));
+        }
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(format!("registry {registry} asks for an authentication Tidepool does not speak ({scheme})"));
+        }
+        let params = challenge_params(params);
+        let realm = params.iter().find(|(k, _)| k == "realm").map(|(_, v)| v).ok_or_else(|| format!("registry {registry}: its Bearer challenge names no realm"))?;
+        let realm_url = reqwest::Url::parse(realm).map_err(|e| format!("registry {registry}: realm {realm}: {e}"))?;
+        let realm_loopback = matches!(realm_url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+        // A login is sent only over TLS, or to the node itself.
+        if realm_url.scheme() != "https" && !realm_loopback {
+            return Err(format!("registry {registry}: its token service {realm} is not https"));
+        }
+        let mut request = self.client.get(realm_url).query(&params.iter().filter(|(k, _)| *k != "realm").collect::<Vec<_>>());
+        if let Some(l) = login {
+            request = request.basic_auth(&l.username, Some(&l.password));
+        }
+        let resp = request.send().await.map_err(|e| format!("registry {registry}: token service {realm}: {e}"))?;
+        if !resp.status().is_success() {
+            let hint = if login.is_none() { " (save a login with `tidepool registry login`)" } else { "" };
+            return Err(format!("registry {registry}: token service {realm} answered {}{hint}", resp.status()));
+        }
+        let body: serde_json::Value = resp.json().await.map_err(|e| format!("registry {registry}: token service {realm}: {e}"))?;
+        body["token"].as_str().or(body["access_token"].as_str()).map(|t| Answer::Bearer(t.to_string())).ok_or_else(|| format!("registry {registry}: token service {realm} gave no token"))
+    }
+
+    async fn get(&self, session: &PullSession<'_>, image: &ImageRef, what: &str, accept: &str) -> Result<reqwest::Response, String> {
         let url = format!("{}/v2/{}/{what}", base_url(image), image.repository);
-        let resp = self.client.get(&url).header("Accept", accept).send().await.map_err(|e| format!("pulling {url}: {e}"))?;
+        let known = session.answer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut resp = self.send(&url, accept, known.as_ref()).await?;
+        if resp.status() == reqwest::StatusCode::UNAUTHORIZED && known.is_none() {
+            let challenge = resp.headers().get(reqwest::header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+            let answer = self.answer(image, &challenge, session.login).await?;
+            resp = self.send(&url, accept, Some(&answer)).await?;
+            *session.answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(answer);
+        }
         if !resp.status().is_success() {
             let status = resp.status();
             let body = resp.text().await.unwrap_or_default();
@@ -106,8 +198,8 @@ impl ImageStore {
         Ok(resp)
     }
 
-    async fn document(&self, image: &ImageRef, what: &str, accept: &str) -> Result<(Vec<u8>, String), String> {
-        let resp = self.get(image, what, accept).await?;
+    async fn document(&self, session: &PullSession<'_>, image: &ImageRef, what: &str, accept: &str) -> Result<(Vec<u8>, String), String> {
+        let resp = self.get(session, image, what, accept).await?;
         let media = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         let bytes = resp.bytes().await.map_err(|e| format!("pulling {what}: {e}"))?;
         if bytes.len() > MAX_DOCUMENT_BYTES {
@@ -116,9 +208,9 @@ impl ImageStore {
         Ok((bytes.to_vec(), media))
     }
 
-    async fn pull(&self, reference: &str) -> Result<Unpacked, String> {
+    async fn pull(&self, reference: &str, session: &PullSession<'_>) -> Result<Unpacked, String> {
         let image = ImageRef::parse(reference)?;
-        let (mut manifest, mut media) = self.document(&image, &format!("manifests/{}", image.reference), MANIFEST_TYPES).await?;
+        let (mut manifest, mut media) = self.document(session, &image, &format!("manifests/{}", image.reference), MANIFEST_TYPES).await?;
         let mut digest = sha256_of(&manifest);
         if image.reference.starts_with("sha256:") && digest != image.reference {
             return Err(format!("image {reference}: the registry's manifest has digest {digest}"));
@@ -137,7 +229,7 @@ impl ImageStore {
                 .and_then(|m| m["digest"].as_str())
                 .ok_or_else(|| format!("image {reference}: no linux/{arch} image in its index"))?
                 .to_string();
-            (manifest, media) = self.document(&image, &format!("manifests/{chosen}"), MANIFEST_TYPES).await?;
+            (manifest, media) = self.document(session, &image, &format!("manifests/{chosen}"), MANIFEST_TYPES).await?;
             digest = sha256_of(&manifest);
             if digest != chosen {
                 return Err(format!("image {reference}: manifest {chosen} arrived with digest {digest}"));
@@ -150,7 +242,7 @@ impl ImageStore {
         let fresh = !ready.exists();
         if fresh {
             let config_digest = doc["config"]["digest"].as_str().ok_or_else(|| format!("image {reference}: its manifest names no config"))?;
-            let (config, _) = self.document(&image, &format!("blobs/{config_digest}"), "*/*").await?;
+            let (config, _) = self.document(session, &image, &format!("blobs/{config_digest}"), "*/*").await?;
             if sha256_of(&config) != config_digest {
                 return Err(format!("image {reference}: config {config_digest} arrived altered"));
             }
@@ -167,7 +259,7 @@ impl ImageStore {
             for layer in &layers {
                 let layer_digest = layer["digest"].as_str().ok_or_else(|| format!("image {reference}: a layer without a digest"))?;
                 let media = layer["mediaType"].as_str().unwrap_or_default();
-                let resp = self.get(&image, &format!("blobs/{layer_digest}"), "*/*").await?;
+                let resp = self.get(session, &image, &format!("blobs/{layer_digest}"), "*/*").await?;
                 let bytes = resp.bytes().await.map_err(|e| format!("image {reference}: layer {layer_digest}: {e}"))?;
                 if sha256_of(&bytes) != layer_digest {
                     return Err(format!("image {reference}: layer {layer_digest} arrived altered"));
@@ -429,6 +521,21 @@ fn remove_any(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bearer_challenge_is_read_as_registries_write_it() {
+        let params = challenge_params(r#"realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull,push""#);
+        assert_eq!(
+            params,
+            [
+                ("realm".to_string(), "https://auth.docker.io/token".to_string()),
+                ("service".into(), "registry.docker.io".into()),
+                ("scope".into(), "repository:library/busybox:pull,push".into())
+            ]
+        );
+        assert_eq!(challenge_params("realm=plain, service=x"), [("realm".to_string(), "plain".to_string()), ("service".into(), "x".into())]);
+        assert!(challenge_params("").is_empty());
+    }
 
     #[test]
     fn only_loopback_registries_are_spoken_to_in_plain_http() {

@@ -191,6 +191,10 @@ pub struct ContainerLaunch {
     /// Filled in by the agent: the image's manifest digest.
     #[serde(default)]
     pub digest: String,
+    /// The project's login to the image's registry, if it has one: used by the agent to pull,
+    /// never written into the attempt's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<crate::RegistryCredentials>,
 }
 
 /// The identities an agent can run tasks as.

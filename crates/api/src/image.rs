@@ -3,6 +3,83 @@
 /// The node feature of agents that run tasks in OCI images; a job with an image requires it.
 pub const CONTAINER_FEATURE: &str = "oci";
 
+/// A registry login: what a node presents to pull a project's private images.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryCredentials {
+    /// The registry's user name.
+    pub username: String,
+    /// Its password or access token.
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Logs and panics name the user, never the password.
+        f.debug_struct("RegistryCredentials").field("username", &self.username).field("password", &"<hidden>").finish()
+    }
+}
+
+/// `POST /registries`: a project's login to one registry, kept like a secret.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryLoginRequest {
+    /// `host[:port]` as image references name it (`docker.io` is Docker Hub's).
+    pub host: String,
+    /// The registry's user name.
+    pub username: String,
+    /// Its password or access token.
+    pub password: String,
+    /// The project it is for (the admin's choice; a project token acts for its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryLoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryLoginRequest").field("host", &self.host).field("username", &self.username).field("project", &self.project).finish_non_exhaustive()
+    }
+}
+
+/// `POST /registries/logout`: forget a project's login to one registry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryLogoutRequest {
+    /// `host[:port]`.
+    pub host: String,
+    /// The project (the admin's choice; a project token acts for its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+}
+
+/// A registry login as listed: never its password.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RegistryLoginView {
+    /// The project it is for.
+    pub project: String,
+    /// `host[:port]`.
+    pub host: String,
+    /// The user name.
+    pub username: String,
+}
+
+/// The registry host an image reference or a login names, as pulls compare them: Docker
+/// Hub's aliases are one host, and case does not matter.
+pub fn registry_host(host: &str) -> Result<String, String> {
+    let lower = host.trim().to_ascii_lowercase();
+    let valid = !lower.is_empty()
+        && lower.len() <= 255
+        && lower.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        && !lower.starts_with(['.', '-', ':']);
+    if !valid {
+        return Err(format!("'{host}' is not a registry host (HOST[:PORT])"));
+    }
+    Ok(match lower.as_str() {
+        "docker.io" | "index.docker.io" | "registry.hub.docker.com" => "registry-1.docker.io".to_string(),
+        _ => lower,
+    })
+}
+
 /// An image reference: `[HOST[:PORT]/]NAME[:TAG][@sha256:HEX]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRef {
@@ -66,6 +143,11 @@ mod tests {
         let digest = format!("sha256:{}", "a".repeat(64));
         let pinned = ImageRef::parse(&format!("ghcr.io/org/img:v1@{digest}")).unwrap();
         assert_eq!(pinned.reference, digest);
+        assert_eq!(registry_host("Docker.IO").unwrap(), hub.registry, "a login to docker.io serves Docker Hub's images");
+        assert_eq!(registry_host("127.0.0.1:5000").unwrap(), "127.0.0.1:5000");
+        for bad in ["", "a/b", "-x", "host name", "a@b"] {
+            assert!(registry_host(bad).is_err(), "{bad}");
+        }
         for bad in ["", "UPPER/case", "img:bad tag", "img@sha256:abc", "img@md5:00", "a//b"] {
             assert!(ImageRef::parse(bad).is_err(), "{bad}");
         }

@@ -11,7 +11,7 @@ pub mod jobs;
 pub mod openapi;
 
 pub use agent::*;
-pub use image::{ImageRef, CONTAINER_FEATURE};
+pub use image::{registry_host, ImageRef, RegistryCredentials, RegistryLoginRequest, RegistryLoginView, RegistryLogoutRequest, CONTAINER_FEATURE};
 pub use jobs::*;
 
 /// Every REST path starts with this.

@@ -55,6 +55,11 @@ pub fn document() -> String {
                 "post": op("Create a project token or an agents' join token; the token is shown once (admin)", Some("TokenRequest"), "TokenCreated"),
             },
             "/tokens/{id}/revoke": {"post": op("Revoke a token: refused from now on; an agent that joined with it stops (admin)", None, "TokenRevoked")},
+            "/registries": {
+                "get": op("List registry logins, never their passwords: a project token its own, the admin every project's (?project=)", None, "RegistryLoginList"),
+                "post": op("Save a project's login to a registry; its nodes pull that project's images from it with it", Some("RegistryLoginRequest"), "RegistryLoginView"),
+            },
+            "/registries/logout": {"post": op("Forget a project's login to a registry", Some("RegistryLogoutRequest"), "RegistryLoggedOut")},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -86,6 +91,11 @@ pub fn document() -> String {
                 "TokenCreated": {"type": "object", "required": ["id", "token"], "properties": {"id": string, "token": string, "project": string}},
                 "TokenView": {"type": "object", "properties": {"id": string, "kind": {"type": "string", "enum": ["project", "join"]}, "project": string, "revoked": {"type": "boolean"}}},
                 "TokenList": {"type": "array", "items": {"$ref": "#/components/schemas/TokenView"}},
+                "RegistryLoginRequest": {"type": "object", "required": ["host", "username", "password"], "additionalProperties": false, "properties": {"host": string, "username": string, "password": string, "project": string}},
+                "RegistryLogoutRequest": {"type": "object", "required": ["host"], "additionalProperties": false, "properties": {"host": string, "project": string}},
+                "RegistryLoginView": {"type": "object", "properties": {"project": string, "host": string, "username": string}},
+                "RegistryLoginList": {"type": "array", "items": {"$ref": "#/components/schemas/RegistryLoginView"}},
+                "RegistryLoggedOut": {"type": "object", "properties": {"host": string, "project": string}},
                 "TokenRevoked": {"type": "object", "properties": {"id": string, "revoked": {"type": "boolean"}}},
             }
         }
@@ -99,7 +109,7 @@ mod tests {
     fn the_document_is_json_with_every_route() {
         let doc: serde_json::Value = serde_json::from_str(&super::document()).unwrap();
         assert_eq!(doc["openapi"], "3.0.3");
-        for path in ["/jobs", "/jobs/{id}", "/jobs/{id}/cancel", "/jobs/{id}/tasks/{index}/log", "/nodes", "/nodes/{name}/drain", "/projects", "/tokens", "/tokens/{id}/revoke"] {
+        for path in ["/jobs", "/jobs/{id}", "/jobs/{id}/cancel", "/jobs/{id}/tasks/{index}/log", "/nodes", "/nodes/{name}/drain", "/projects", "/tokens", "/tokens/{id}/revoke", "/registries", "/registries/logout"] {
             assert!(doc["paths"][path].is_object(), "{path}");
         }
     }

@@ -56,10 +56,25 @@ impl Drop for Registry {
 
 /// Starts Debian's docker-registry under `dir`.
 pub fn start_registry(dir: &Path) -> Result<Registry, String> {
+    start_registry_with(dir, None)
+}
+
+/// Starts Debian's docker-registry under `dir`, asking for `login` (user, password) by HTTP
+/// Basic authentication when one is given (its htpasswd made with Apache's `htpasswd -B`).
+pub fn start_registry_with(dir: &Path, login: Option<(&str, &str)>) -> Result<Registry, String> {
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
     let address = format!("127.0.0.1:{port}");
     let config = dir.join("registry.yml");
-    let text = format!("version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n", dir.join("blobs").display());
+    let mut text = format!("version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n", dir.join("blobs").display());
+    if let Some((user, password)) = login {
+        let htpasswd = dir.join("htpasswd");
+        let out = Command::new("htpasswd").args(["-Bbn", user, password]).output().map_err(|e| format!("htpasswd (apache2-utils): {e}"))?;
+        if !out.status.success() {
+            return Err(format!("htpasswd: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        std::fs::write(&htpasswd, &out.stdout).map_err(|e| e.to_string())?;
+        text.push_str(&format!("auth:\n  htpasswd:\n    realm: tidepool-test\n    path: {}\n", htpasswd.display()));
+    }
     std::fs::write(&config, text).map_err(|e| e.to_string())?;
     let log = dir.join("registry.log");
     let out = std::fs::File::create(&log).map_err(|e| e.to_string())?;
@@ -79,6 +94,11 @@ pub fn start_registry(dir: &Path) -> Result<Registry, String> {
 /// Builds an image of busybox (and, when `ballast_mb` > 0, a file of that many MB of random
 /// bytes, which no compression shrinks), pushes it as `tidepool-bench/NAME:1`; its reference.
 pub fn push_image(dir: &Path, registry: &str, name: &str, ballast_mb: usize) -> Result<String, String> {
+    push_image_as(dir, registry, name, ballast_mb, None)
+}
+
+/// [`push_image`] to a registry that asks for `login` (`USER:PASSWORD`).
+pub fn push_image_as(dir: &Path, registry: &str, name: &str, ballast_mb: usize, login: Option<&str>) -> Result<String, String> {
     let layout = dir.join(format!("layout-{name}"));
     let bundle = dir.join(format!("bundle-{name}"));
     let image = format!("{}:1", layout.display());
@@ -106,7 +126,14 @@ pub fn push_image(dir: &Path, registry: &str, name: &str, ballast_mb: usize) -> 
     run_tool("umoci", &["repack", "--image", &image, &bundle.display().to_string()])?;
     run_tool("umoci", &["config", "--image", &image, "--config.env", "PATH=/bin"])?;
     let reference = format!("{registry}/tidepool-bench/{name}:1");
-    run_tool("skopeo", &["copy", "--dest-tls-verify=false", &format!("oci:{image}"), &format!("docker://{reference}")])?;
+    let source = format!("oci:{image}");
+    let destination = format!("docker://{reference}");
+    let mut args = vec!["copy", "--dest-tls-verify=false"];
+    if let Some(login) = login {
+        args.extend(["--dest-creds", login]);
+    }
+    args.extend([source.as_str(), destination.as_str()]);
+    run_tool("skopeo", &args)?;
     Ok(reference)
 }
 

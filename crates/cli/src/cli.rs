@@ -57,6 +57,11 @@ enum Command {
         #[command(subcommand)]
         action: ProjectAction,
     },
+    /// A project's logins to private image registries.
+    Registry {
+        #[command(subcommand)]
+        action: crate::registry::RegistryAction,
+    },
     /// Project-scoped API tokens (admin).
     Token {
         #[command(subcommand)]
@@ -334,6 +339,7 @@ pub async fn run(args: Vec<String>) -> Result<u8, String> {
         Command::Sim(a) => crate::sim::run(a),
         Command::Project { action } => commands::project(action).await,
         Command::Token { action } => commands::token(action).await,
+        Command::Registry { action } => crate::registry::registry(action).await,
         Command::Gateway(a) => up::gateway(a).await,
         Command::ReplicaEmulator(a) => up::replica_emulator(a).await,
     }

@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod commands;
 mod output;
+mod registry;
 mod sim;
 mod slurm;
 mod up;

@@ -10,7 +10,7 @@
 mod common;
 
 use common::Env;
-use tidepool_bench::containers::{missing_tools, push_image, start_registry};
+use tidepool_bench::containers::{missing_tools, push_image, push_image_as, start_registry, start_registry_with};
 
 /// Whether this machine is to run the container tests: an error when CI asked for them and a
 /// tool is missing, a skip elsewhere.
@@ -138,6 +138,82 @@ fn a_thousand_tasks_run_in_an_image_pulled_once_per_node_as_their_project() {
     let why: serde_json::Value = serde_json::from_str(&env.ok(&["show", &failed, "--json", "--tasks"])).unwrap();
     let message = why["tasks"][0]["message"].as_str().unwrap_or_default().to_string();
     assert!(message.contains("404") || message.contains("MANIFEST_UNKNOWN") || message.contains("NAME_UNKNOWN"), "{why}");
+}
+
+/// The message of a job's first task, as `show --tasks` gives it.
+fn first_task_message(env: &Env, job: &str) -> String {
+    let shown: serde_json::Value = serde_json::from_str(&env.ok(&["show", job, "--json", "--tasks"])).unwrap();
+    shown["tasks"][0]["message"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_private_image_is_pulled_with_its_projects_login_and_by_no_other_project() {
+    if !containers_here() {
+        return;
+    }
+    let htpasswd = std::process::Command::new("htpasswd").arg("-h").output().is_ok();
+    assert!(htpasswd, "the private registry's password file is made with htpasswd: apt-get install apache2-utils");
+    let env = Env::new("private-registry");
+    let password = "chem-registry-pw-7f3a";
+    let private_dir = env.dir.join("private");
+    std::fs::create_dir_all(&private_dir).unwrap();
+    let registry = start_registry_with(&private_dir, Some(("chem-bot", password))).unwrap();
+    let image = push_image_as(&private_dir, &registry.address, "secret-tool", 0, Some(&format!("chem-bot:{password}"))).unwrap();
+    let (chem, chem_area) = env.project_with_uid("chem", 5001);
+    let (bio, bio_area) = env.project_with_uid("bio", 6001);
+    let as_project = |token: &str, args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = env.cmd(common::BIN, args).env("TIDEPOOL_TOKEN", token).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+
+    // Without a login the registry's 401 fails the task, and says what to do.
+    let refused = env.submit_as(&chem, &chem_area, &["--image", &image, "--", "true"]);
+    assert!(!env.cmd(common::BIN, &["wait", &refused]).env("TIDEPOOL_TOKEN", &chem).status().unwrap().success());
+    assert!(first_task_message(&env, &refused).contains("tidepool registry login"), "{}", first_task_message(&env, &refused));
+
+    // chem saves its login; its task pulls with it.
+    let saved = as_project(&chem, &["registry", "login", &registry.address, "-u", "chem-bot", "--password-stdin"], &format!("{password}\n"));
+    assert!(saved.status.success(), "{}", String::from_utf8_lossy(&saved.stderr));
+    let job = env.submit_as(&chem, &chem_area, &["--image", &image, "-o", "whoami.txt", "--", "id", "-u"]);
+    assert!(env.cmd(common::BIN, &["wait", &job]).env("TIDEPOOL_TOKEN", &chem).status().unwrap().success(), "{}", first_task_message(&env, &job));
+    assert_eq!(std::fs::read_to_string(format!("{chem_area}/whoami.txt")).unwrap().trim(), "5001");
+
+    // bio, on the same node that now holds the image, is not handed it: the registry is asked
+    // again, without chem's login, and says no.
+    let borrowed = env.submit_as(&bio, &bio_area, &["--image", &image, "--", "true"]);
+    assert!(!env.cmd(common::BIN, &["wait", &borrowed]).env("TIDEPOOL_TOKEN", &bio).status().unwrap().success());
+    assert!(first_task_message(&env, &borrowed).contains("asks for a login"), "{}", first_task_message(&env, &borrowed));
+
+    // bio sees no login of chem's, cannot remove it, cannot save one for chem; the admin sees
+    // chem's user name; nobody is ever shown the password.
+    let listed = as_project(&bio, &["registry", "list"], "");
+    assert!(listed.status.success() && !String::from_utf8_lossy(&listed.stdout).contains("chem"), "{listed:?}");
+    assert!(!as_project(&bio, &["registry", "list", "--project", "chem"], "").status.success());
+    let logout = as_project(&bio, &["registry", "logout", &registry.address], "");
+    assert!(!logout.status.success() && String::from_utf8_lossy(&logout.stderr).contains("no login"), "{logout:?}");
+    assert!(!as_project(&bio, &["registry", "login", &registry.address, "-u", "x", "--project", "chem", "--password-stdin"], "guess\n").status.success());
+    let admin = env.ok(&["registry", "list"]);
+    assert!(admin.contains("chem") && admin.contains("chem-bot") && !admin.contains(password), "{admin}");
+    // The password is kept in the server's owner-only logins file alone: not in the journal,
+    // not in any attempt's directory or the agent's files.
+    let mut holders = Vec::new();
+    let mut stack = vec![env.dir.join("data")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path).is_ok_and(|b| b.windows(password.len()).any(|w| w == password.as_bytes())) {
+                holders.push(path);
+            }
+        }
+    }
+    assert_eq!(holders, [env.dir.join("data/registries/chem.json")], "where the password is written");
+    // Logged out, chem's next pull is refused again.
+    assert!(as_project(&chem, &["registry", "logout", &registry.address], "").status.success());
+    assert!(!env.ok(&["registry", "list"]).contains("chem-bot"));
 }
 
 #[test]

@@ -33,6 +33,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/projects", get(list_projects).post(create_project))
         .route("/api/v1/tokens", post(create_token).get(list_tokens))
         .route("/api/v1/tokens/{id}/revoke", post(revoke_token))
+        .route("/api/v1/registries", get(list_registry_logins).post(registry_login))
+        .route("/api/v1/registries/logout", post(registry_logout))
         .route("/api/v1/agent/register", post(agent_register))
         .route("/api/v1/agent/poll", post(agent_poll))
         .route("/api/v1/agent/report", post(agent_report))
@@ -266,6 +268,24 @@ async fn revoke_token(State(s): State<AppState>, headers: HeaderMap, Path(id): P
     require_admin(&s, &headers)?;
     s.on_revoke_token(&id)?;
     Ok(Json(serde_json::json!({"id": id, "revoked": true})).into_response())
+}
+
+async fn registry_login(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response> {
+    let who = authorize(&s, &headers)?;
+    let req: tidepool_api::RegistryLoginRequest = parse(&body)?;
+    Ok(Json(s.on_registry_login(&who, req)?).into_response())
+}
+
+async fn registry_logout(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response> {
+    let who = authorize(&s, &headers)?;
+    let req: tidepool_api::RegistryLogoutRequest = parse(&body)?;
+    s.on_registry_logout(&who, &req)?;
+    Ok(Json(serde_json::json!({"host": req.host, "project": req.project})).into_response())
+}
+
+async fn list_registry_logins(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Result<Response> {
+    let who = authorize(&s, &headers)?;
+    Ok(Json(s.registry_login_views(&who, q.get("project").map(String::as_str))?).into_response())
 }
 
 async fn openapi() -> Response {

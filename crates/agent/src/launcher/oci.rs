@@ -318,6 +318,7 @@ mod tests {
             digest: String::new(),
             isolated_network: false,
             task_env_wins: vec![],
+            registry_auth: None,
         };
         launch.container = Some(container.clone());
         let c = config(&launch, &container, &["sh".into()], (5001, 5002, &[7]), Some("/tidepool/t1/ctr"));

@@ -143,6 +143,7 @@ impl Inner {
                 rootfs: String::new(),
                 image_env: Vec::new(),
                 digest: String::new(),
+                registry_auth: self.registry_logins.for_image(&spec.project, image),
             }),
         })
     }

@@ -28,6 +28,7 @@ use tokio::sync::Notify;
 
 mod auth;
 mod launch;
+mod registries;
 mod sessions;
 mod snapshot;
 mod views;
@@ -77,7 +78,13 @@ impl Inner {
     /// Asks the connected nodes that could run a job naming an image, and do not hold it, to
     /// pull it now: a task then finds it there, however long it waited for room.
     fn pull_ahead(&mut self, job_id: JobId) {
-        let Some(image) = self.cluster.job(job_id).and_then(|j| j.spec().warm_key.clone()) else { return };
+        let Some(job) = self.cluster.job(job_id) else { return };
+        let Some(image) = job.spec().warm_key.clone() else { return };
+        // A private image is pulled with its project's login, which goes with a task's launch
+        // alone: it is pulled when the first task starts.
+        if self.registry_logins.for_image(&job.spec().project, &image).is_some() {
+            return;
+        }
         for node_id in self.cluster.nodes_that_could_run(job_id) {
             if let Some(session) = self.sessions.get_mut(&node_id) {
                 if !session.images.iter().any(|i| i.reference == image) && !session.pulls.contains(&image) {
@@ -108,6 +115,8 @@ pub struct Inner {
     identities: HashMap<String, tidepool_api::RunAs>,
     /// Attempts told to stop for higher-priority work: their end puts them back in the queue.
     preempt_pending: HashSet<AttemptRef>,
+    /// Each project's registry logins.
+    registry_logins: registries::RegistryLogins,
 }
 
 /// The server's state, shared by handlers and the reactor.

@@ -41,6 +41,7 @@ impl Inner {
             secrets: load_secrets(&config.data_dir.join("secrets")),
             secrets_dir: config.data_dir.join("secrets"),
             identities: HashMap::new(),
+            registry_logins: super::registries::RegistryLogins::load(config.data_dir.join("registries")),
         };
         // Only the admin submits to a project the catalog does not hold: its tasks are the
         // operator's, run as the user each agent was given for them.
