@@ -232,6 +232,9 @@ pub struct TaskView {
     /// The image its last attempt ran in (the variant its node chose).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Its own job id (Slurm's JobIDRaw): an array task's, else the job's; 0 where unknown.
+    #[serde(default)]
+    pub job_id: u64,
 }
 
 /// One node, as `GET /api/v1/nodes` shows it.

@@ -246,7 +246,7 @@ fn sacct_field(field: &str, j: &JobView, t: &TaskView) -> Result<String, String>
     };
     Ok(match field.to_ascii_lowercase().as_str() {
         "jobid" => if j.array.is_some() { format!("{}_{}", j.id, t.index) } else { j.id.to_string() },
-        "jobidraw" => j.id.to_string(),
+        "jobidraw" => if t.job_id > 0 { t.job_id } else { j.id }.to_string(),
         "jobname" => j.name.clone(),
         "partition" => j.pool.clone().unwrap_or_else(|| "local".into()),
         "account" => j.project.clone(),
@@ -343,7 +343,7 @@ async fn sacct(args: Vec<String>) -> Result<u8, String> {
         submitted_ms: 0, ended_ms: None, pending_code: None, pending_reason: None, pending_indices: String::new(),
         command: vec![], workdir: String::new(), image: None, tasks: vec![],
     };
-    let probe_task = TaskView { index: 0, state: String::new(), attempt: 0, node: None, started_ms: None, ended_ms: None, exit_code: None, signal: None, cpu_ms: None, peak_mem_bytes: None, message: None, image: None };
+    let probe_task = TaskView { index: 0, state: String::new(), attempt: 0, node: None, started_ms: None, ended_ms: None, exit_code: None, signal: None, cpu_ms: None, peak_mem_bytes: None, message: None, image: None, job_id: 0 };
     for (f, _) in &fields {
         sacct_field(f, &probe_job, &probe_task)?;
     }
@@ -355,7 +355,9 @@ async fn sacct(args: Vec<String>) -> Result<u8, String> {
     }
     for id in ids {
         let j: JobView = client.get(&format!("/jobs/{id}?tasks=true")).await?;
-        for t in j.tasks.iter().filter(|t| states.as_ref().is_none_or(|s| s.contains(&slurm_state(&t.state)))) {
+        // An array task's own job id names that task alone.
+        let own = |t: &&TaskView| j.id == id || t.job_id == id;
+        for t in j.tasks.iter().filter(own).filter(|t| states.as_ref().is_none_or(|s| s.contains(&slurm_state(&t.state)))) {
             let cells = fields.iter().map(|(f, _)| sacct_field(f, &j, t)).collect::<Result<Vec<_>, _>>()?;
             line(&render(cells));
         }

@@ -377,6 +377,40 @@ fn tasks_see_the_slurm_variables_scripts_read() {
 }
 
 #[test]
+fn each_array_task_has_a_job_id_of_its_own_as_in_slurm() {
+    let env = Env::new("array-ids");
+    // Slurm's own example: `--array=1-3` submitted as job 36 runs tasks 36, 37 and 38, each
+    // with SLURM_ARRAY_JOB_ID=36; `%j` names a task's own id, `%A` the array's.
+    std::fs::write(env.dir.join("ids.sh"), "#!/bin/sh\n#SBATCH --array=1,3,5 -o ids_%A_%a_%j.out\necho $SLURM_JOB_ID $SLURM_ARRAY_JOB_ID $SLURM_ARRAY_TASK_ID\n").unwrap();
+    let first: u64 = env.ok(&["sbatch", "--parsable", "ids.sh"]).trim().parse().unwrap();
+    assert!(env.run(&["wait", &first.to_string()]).status.success());
+    for (pos, index) in [1u64, 3, 5].iter().enumerate() {
+        let own = first + pos as u64;
+        let out = std::fs::read_to_string(env.dir.join(format!("ids_{first}_{index}_{own}.out"))).unwrap();
+        assert_eq!(out.trim(), format!("{own} {first} {index}"));
+    }
+    // The next job's id follows the array's last task's; a plain job keeps one id.
+    let next: u64 = env.ok(&["submit", "--", "true"]).trim().parse().unwrap();
+    assert_eq!(next, first + 3);
+    // sacct of a task's own id shows that task alone; JobIDRaw is the task's own id.
+    let one = env.ok(&["sacct", "-j", &(first + 1).to_string(), "-o", "JobID,JobIDRaw", "-n", "-P"]);
+    assert_eq!(one.trim(), format!("{first}_3|{}", first + 1));
+    // scancel of a pending task's own id cancels that task and no other.
+    let blocker = env.ok(&["submit", "--", "sleep", "60"]);
+    let held = env.ok(&["submit", "--array", "0-3", "--dependency", &format!("afterok:{}", blocker.trim()), "--", "true"]);
+    let held: u64 = held.trim().parse().unwrap();
+    env.ok(&["scancel", &(held + 2).to_string()]);
+    let shown: serde_json::Value = serde_json::from_str(&env.ok(&["show", &held.to_string(), "--json", "--tasks"])).unwrap();
+    let states: Vec<&str> = shown["tasks"].as_array().unwrap().iter().map(|t| t["state"].as_str().unwrap()).collect();
+    assert_eq!(states.iter().filter(|s| **s == "cancelled").count(), 1, "{states:?}");
+    assert_eq!(shown["tasks"][2]["state"], "cancelled", "{states:?}");
+    assert_eq!(shown["tasks"][2]["job_id"], held + 2);
+    // An id past an array's last task is no job's.
+    assert!(!env.run(&["show", &(held + 4 + 1000).to_string()]).status.success());
+    env.ok(&["scancel", &held.to_string(), blocker.trim()]);
+}
+
+#[test]
 fn open_mode_append_adds_to_the_output_and_truncate_starts_it_anew() {
     let env = Env::new("open-mode");
     let run = |args: &[&str]| {

@@ -412,9 +412,24 @@ impl Cluster {
         self.jobs.values()
     }
 
-    /// The largest job id seen.
-    pub fn max_job_id(&self) -> Option<JobId> {
-        self.jobs.keys().next_back().copied()
+    /// The first job id no job holds (an array holds one per task).
+    pub fn next_free_job_id(&self) -> u64 {
+        self.jobs.last_key_value().map_or(1, |(id, job)| id.0 + job.spec().ids_held())
+    }
+
+    /// The job whose ids include `id`, and which of its tasks has it as its own, if it is not
+    /// the job's own id (an array task's).
+    pub fn job_holding_id(&self, id: u64) -> Option<(JobId, Option<u32>)> {
+        let (job_id, job) = self.jobs.range(..=JobId(id)).next_back()?;
+        let offset = id - job_id.0;
+        if offset == 0 {
+            return Some((*job_id, None));
+        }
+        if offset >= job.spec().ids_held() {
+            return None;
+        }
+        let pos = u32::try_from(offset).ok()?;
+        Some((*job_id, Some(job.spec().array.index_at(pos)?)))
     }
 
     /// Every node.

@@ -111,6 +111,26 @@ impl JobSpec {
             warm_key: None,
         }
     }
+
+    /// How many job ids the job holds: an array's tasks have one each, its own plus their
+    /// position (as Slurm gives each array task a job id of its own, `%j`, beside the array's,
+    /// `%A`); a multi-node job's tasks share its one.
+    pub fn ids_held(&self) -> u64 {
+        if self.gang.is_some() {
+            1
+        } else {
+            u64::from(self.array.n_tasks().max(1))
+        }
+    }
+
+    /// The job id of the task at `pos` of a job whose own id is `job_id`.
+    pub fn task_job_id(&self, job_id: u64, pos: u32) -> u64 {
+        if self.gang.is_some() {
+            job_id
+        } else {
+            job_id + u64::from(pos)
+        }
+    }
 }
 
 /// A multi-node (MPI-style) job: `n_nodes` distinct nodes, `tasks_per_node` tasks on each.

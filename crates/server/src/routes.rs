@@ -144,7 +144,7 @@ async fn show_job(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response> {
     let who = authorize(&s, &headers)?;
-    let id = parse_id(&id, "job")?;
+    let (id, _) = s.job_holding_id(parse_id(&id, "job")?);
     visible_job(&s, &who, id)?;
     let with_tasks = q.get("tasks").is_some_and(|v| v == "true" || v == "1");
     let shared = s.clone();
@@ -161,10 +161,15 @@ async fn cancel(
     body: Bytes,
 ) -> Result<Response> {
     let who = authorize(&s, &headers)?;
-    let id = parse_id(&id, "job")?;
+    // An array task's own job id (Slurm's `scancel 37` for task 2 of array 35) cancels that task.
+    let (id, task) = s.job_holding_id(parse_id(&id, "job")?);
     visible_job(&s, &who, id)?;
     let req: CancelRequest = if body.is_empty() { CancelRequest::default() } else { parse(&body)? };
-    Ok(Json(s.on_cancel(id, req.index).await?).into_response())
+    let index = match (task, req.index) {
+        (Some(own), Some(asked)) if own != asked => return Err(Error::field("index", format!("that id is task {own} of job {id}"))),
+        (task, asked) => asked.or(task),
+    };
+    Ok(Json(s.on_cancel(id, index).await?).into_response())
 }
 
 async fn task_log(

@@ -391,8 +391,10 @@ fn default_name(req: &SubmitRequest) -> String {
 
 /// What Slurm's filename patterns are filled with for one task.
 pub struct PatternValues<'a> {
-    /// The job id.
+    /// The job id (an array's: `%A`).
     pub job_id: u64,
+    /// The task's own job id (`%j`): an array task's, else the job's.
+    pub own_job_id: u64,
     /// The task's array index.
     pub index: u32,
     /// The job name.
@@ -420,7 +422,8 @@ pub fn expand_pattern(pattern: &str, v: &PatternValues<'_>) -> String {
         let width: usize = width.parse().unwrap_or(0).min(10);
         let pad = |n: u64| format!("{n:0width$}");
         match chars.next() {
-            Some('A') | Some('j') | Some('J') => out.push_str(&pad(v.job_id)),
+            Some('A') => out.push_str(&pad(v.job_id)),
+            Some('j') | Some('J') => out.push_str(&pad(v.own_job_id)),
             Some('a') => out.push_str(&pad(u64::from(v.index))),
             Some('x') => out.push_str(v.name),
             Some('N') => out.push_str(v.node),
@@ -435,6 +438,12 @@ pub fn expand_pattern(pattern: &str, v: &PatternValues<'_>) -> String {
         }
     }
     out
+}
+
+/// The job id of task `index` of job `job_id`: an array task's own (Slurm gives each one),
+/// else the job's.
+pub fn own_job_id(spec: &JobSpec, job_id: u64, index: u32) -> u64 {
+    spec.array.position_of(index).map_or(job_id, |pos| spec.task_job_id(job_id, pos))
 }
 
 /// Joins a path to the working directory unless it is absolute.
@@ -463,8 +472,9 @@ pub fn task_env(
         env.insert(k.to_string(), v);
     };
     let cpus = (spec.per_task.cpu_millis / 1000).max(1);
-    set("SLURM_JOB_ID", job_id.to_string());
-    set("SLURM_JOBID", job_id.to_string());
+    let own_job_id = own_job_id(spec, job_id, index);
+    set("SLURM_JOB_ID", own_job_id.to_string());
+    set("SLURM_JOBID", own_job_id.to_string());
     set("SLURM_JOB_NAME", spec.name.clone());
     set("SLURM_CPUS_PER_TASK", cpus.to_string());
     set("SLURM_CPUS_ON_NODE", cpus.to_string());
@@ -574,9 +584,9 @@ mod tests {
 
     #[test]
     fn patterns_expand_like_sbatch() {
-        let v = PatternValues { job_id: 42, index: 7, name: "sim", node: "n1", user: "ana" };
+        let v = PatternValues { job_id: 42, own_job_id: 49, index: 7, name: "sim", node: "n1", user: "ana" };
         assert_eq!(expand_pattern("out_%A_%a.txt", &v), "out_42_7.txt");
-        assert_eq!(expand_pattern("%x-%j-%3a-%%.log", &v), "sim-42-007-%.log");
+        assert_eq!(expand_pattern("%x-%j-%3a-%%.log", &v), "sim-49-007-%.log", "an array task's own job id");
         assert_eq!(expand_pattern("%N/%u", &v), "n1/ana");
     }
 }

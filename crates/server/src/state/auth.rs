@@ -70,6 +70,12 @@ impl Shared {
         dropped
     }
 
+    /// The job a client's job id names, and the task when it is an array task's own id; an
+    /// id no job holds is given back as it is (and then found to be no job's).
+    pub fn job_holding_id(&self, id: u64) -> (u64, Option<u32>) {
+        self.lock().cluster.job_holding_id(id).map_or((id, None), |(job, task)| (job.0, task))
+    }
+
     /// The project of a job, if the job exists.
     pub fn job_project(&self, job_id: u64) -> Option<String> {
         self.lock().cluster.job(JobId(job_id)).map(|j| j.spec().project.clone())

@@ -193,7 +193,7 @@ impl Shared {
         let (join_token, _) = tokens::load_or_create(&config.data_dir.join("join.token"), "tpj_")?;
         let started = Instant::now();
         let (mut inner, n_events) = Inner::replayed(&config, store.as_ref())?;
-        inner.next_job_id = inner.cluster.max_job_id().map_or(1, |id| id.0 + 1);
+        inner.next_job_id = inner.cluster.next_free_job_id();
         tracing::info!(
             n_events,
             n_jobs = inner.requests.len(),
@@ -256,7 +256,7 @@ impl Shared {
             let mut inner = self.lock();
             inner.cluster.validate(&spec, &self.config.known_pools)?;
             let id = inner.next_job_id;
-            inner.next_job_id += 1;
+            inner.next_job_id += spec.ids_held();
             id
         };
         if !secrets.is_empty() {

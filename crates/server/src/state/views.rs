@@ -87,7 +87,7 @@ impl Shared {
             let view = inner
                 .job_view(JobId(job_id))
                 .ok_or_else(|| Error::NotFound(format!("job {job_id} does not exist")))?;
-            let states: Vec<(u32, TaskState, Option<RunOf>)> = if with_tasks {
+            let states: Vec<(u32, TaskState, Option<RunOf>, u64)> = if with_tasks {
                 let job = inner.cluster.job(JobId(job_id));
                 job.map(|job| {
                     (0..job.counts().total())
@@ -100,6 +100,7 @@ impl Shared {
                                 job.spec().array.index_at(pos).unwrap_or(pos),
                                 job.task_state(pos).unwrap_or(TaskState::Pending),
                                 run,
+                                job.spec().task_job_id(job_id, pos),
                             )
                         })
                         .collect()
@@ -129,7 +130,7 @@ impl Shared {
                 records.iter().map(|r| (r.index, r)).collect();
             view.tasks = states
                 .into_iter()
-                .map(|(index, state, run)| {
+                .map(|(index, state, run, own_job_id)| {
                     let rec = by_index.get(&index);
                     let mut t = TaskView {
                         index,
@@ -144,6 +145,7 @@ impl Shared {
                         peak_mem_bytes: None,
                         message: None,
                         image: None,
+                        job_id: own_job_id,
                     };
                     if let Some((node, attempt, started)) = run {
                         t.node = Some(node);
@@ -228,6 +230,7 @@ impl Inner {
         let tasks = job
             .running_tasks()
             .map(|(pos, r)| TaskView {
+                job_id: spec.task_job_id(job_id.0, pos),
                 index: spec.array.index_at(pos).unwrap_or(pos),
                 state: "running".into(),
                 attempt: r.attempt,
