@@ -241,7 +241,7 @@ async fn stop_in_order(agent: &Arc<Agent>) {
 fn make_command_links(config: &AgentConfig) -> Option<String> {
     let dir = config.run_dir.parent()?.join("bin");
     std::fs::create_dir_all(&dir).ok()?;
-    for name in ["sbatch", "squeue", "scancel", "sacct", "sinfo"] {
+    for name in ["sbatch", "squeue", "scancel", "sacct", "sinfo", "srun", "scontrol"] {
         let link = dir.join(name);
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&config.tidepool_program, &link).ok()?;

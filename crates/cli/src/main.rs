@@ -1,5 +1,6 @@
 //! The `tidepool` binary: parses the command line and calls into the crates. Called through a
-//! link named `sbatch`, `squeue`, `scancel`, `sacct` or `sinfo`, it behaves as that command.
+//! link named `sbatch`, `squeue`, `scancel`, `sacct`, `sinfo`, `srun` or `scontrol`, it behaves
+//! as that command.
 
 mod cli;
 mod client;
@@ -25,9 +26,9 @@ fn main() -> ExitCode {
         .unwrap_or("tidepool")
         .to_string();
     let (command, rest): (String, Vec<String>) = match program.as_str() {
-        "sbatch" | "squeue" | "scancel" | "sacct" | "sinfo" => (program.clone(), args[1..].to_vec()),
+        "sbatch" | "squeue" | "scancel" | "sacct" | "sinfo" | "srun" | "scontrol" => (program.clone(), args[1..].to_vec()),
         _ => match args.get(1).map(String::as_str) {
-            Some(c @ ("sbatch" | "squeue" | "scancel" | "sacct" | "sinfo")) => (c.to_string(), args[2..].to_vec()),
+            Some(c @ ("sbatch" | "squeue" | "scancel" | "sacct" | "sinfo" | "srun" | "scontrol")) => (c.to_string(), args[2..].to_vec()),
             _ => (String::new(), args),
         },
     };

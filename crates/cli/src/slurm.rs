@@ -10,6 +10,7 @@ use tidepool_core::resources::{format_elapsed, parse_mem_size};
 
 mod sbatch;
 mod squeue;
+mod srun;
 use sbatch::{Takes, NO_MEANING_HERE, SBATCH_OPTIONS};
 
 /// Runs one of the Slurm commands with its arguments.
@@ -23,6 +24,8 @@ pub async fn run(command: &str, args: Vec<String>) -> Result<u8, String> {
         "squeue" => squeue::squeue(args).await,
         "scancel" => scancel(args).await,
         "sacct" => sacct(args).await,
+        "srun" => srun::srun(args),
+        "scontrol" => srun::scontrol(args),
         _ => sinfo(args).await,
     }
 }
@@ -30,7 +33,12 @@ pub async fn run(command: &str, args: Vec<String>) -> Result<u8, String> {
 /// True when `--help` or `--usage` comes among the command's own options (for `sbatch`, before
 /// the script, whose own arguments may be anything).
 fn asks_for_help(command: &str, args: &[String]) -> bool {
-    let own = args.iter().take_while(|a| command != "sbatch" || a.starts_with('-') || !std::path::Path::new(a.as_str()).is_file());
+    // srun's command and sbatch's script have arguments of their own.
+    let own = args.iter().take_while(|a| match command {
+        "sbatch" => a.starts_with('-') || !std::path::Path::new(a.as_str()).is_file(),
+        "srun" => a.starts_with('-'),
+        _ => true,
+    });
     own.take_while(|a| a.as_str() != "--").any(|a| a == "--help" || a == "--usage")
 }
 
@@ -41,6 +49,8 @@ fn usage(command: &str) -> String {
         "squeue" => String::from("Usage: squeue [OPTIONS]\n\nOptions:\n"),
         "scancel" => String::from("Usage: scancel [OPTIONS] [job_id[_array_id]...]\n\nJobs are named JOB or JOB_INDEX (JOB.INDEX also works).\n"),
         "sacct" => String::from("Usage: sacct [OPTIONS]\n\nOptions:\n"),
+        "srun" => String::from("Usage: srun [OPTIONS] executable [args...]\n\nInside a job's allocation: a step of N copies on the task's node.\nOptions:\n"),
+        "scontrol" => String::from("Usage: scontrol show hostnames [HOSTLIST]\n"),
         _ => String::from("Usage: sinfo [OPTIONS]\n\nOptions:\n"),
     };
     let lines: Vec<String> = match command {
@@ -66,7 +76,11 @@ fn usage(command: &str) -> String {
             .iter()
             .map(|l| format!("  {l}"))
             .collect(),
-        "scancel" => Vec::new(),
+        "scancel" | "scontrol" => Vec::new(),
+        "srun" => ["-n, --ntasks=N", "-N, --nodes=1", "-c, --cpus-per-task=N", "--ntasks-per-node=N", "-l, --label", "-K, --kill-on-bad-exit", "-O, --overcommit", "-o, --output=PATTERN (%t %j %J %s %N)", "-e, --error=PATTERN", "-D, --chdir=DIR", "--export=ALL|NONE|VAR[=VAL],...", "--mpi, --cpu-bind, -m, --hint, -u, --exclusive, --exact, --overlap, --mem, --gres, --gpus, -t, -J, -Q, -v (accepted)"]
+            .iter()
+            .map(|l| format!("  {l}"))
+            .collect(),
         _ => ["-h, --noheader", "-N, --Node, -l, --long, -a, --all (accepted)"].iter().map(|l| format!("  {l}")).collect(),
     };
     for l in lines {

@@ -377,6 +377,32 @@ fn tasks_see_the_slurm_variables_scripts_read() {
 }
 
 #[test]
+fn srun_runs_steps_of_the_allocations_tasks_and_scontrol_expands_host_lists() {
+    let env = Env::new("srun");
+    let script = "#!/bin/sh\n#SBATCH --ntasks=4 --cpus-per-task=1 -o steps.out\n\
+        srun -l sh -c 'echo rank $SLURM_PROCID of $SLURM_NTASKS local $SLURM_LOCALID step $SLURM_STEP_ID' | sort\n\
+        srun -n 2 sh -c 'echo two $SLURM_PROCID step $SLURM_STEP_ID' | sort\n\
+        srun -n 8 true || echo refused $?\n\
+        srun -n 2 -o 'rank-%t.txt' sh -c 'echo file $SLURM_PROCID'\n\
+        srun -n 3 sh -c 'exit $SLURM_PROCID'; echo worst $?\n\
+        scontrol show hostnames 'n[01-02],gpu7'\n";
+    std::fs::write(env.dir.join("steps.sh"), script).unwrap();
+    let job = env.ok(&["sbatch", "--parsable", "steps.sh"]);
+    assert!(env.run(&["wait", job.trim()]).status.success());
+    let out = std::fs::read_to_string(env.dir.join("steps.out")).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..4], ["0: rank 0 of 4 local 0 step 0", "1: rank 1 of 4 local 1 step 0", "2: rank 2 of 4 local 2 step 0", "3: rank 3 of 4 local 3 step 0"], "{out}");
+    assert_eq!(&lines[4..6], ["two 0 step 1", "two 1 step 1"], "{out}");
+    assert!(out.contains("More processors requested than permitted") && out.contains("refused 1"), "{out}");
+    assert_eq!(std::fs::read_to_string(env.dir.join("rank-1.txt")).unwrap().trim(), "file 1");
+    assert!(out.contains("task 2: Exited with exit code 2") && out.contains("worst 2"), "{out}");
+    assert!(out.contains("n01\nn02\ngpu7"), "{out}");
+    // Outside an allocation srun says what to do instead, and runs nothing.
+    let outside = env.run(&["srun", "true"]);
+    assert!(!outside.status.success() && String::from_utf8_lossy(&outside.stderr).contains("inside a job's allocation"));
+}
+
+#[test]
 fn each_array_task_has_a_job_id_of_its_own_as_in_slurm() {
     let env = Env::new("array-ids");
     // Slurm's own example: `--array=1-3` submitted as job 36 runs tasks 36, 37 and 38, each
