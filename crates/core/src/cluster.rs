@@ -258,6 +258,9 @@ impl Default for Policy {
 #[derive(Debug, Clone, Default)]
 pub struct Cluster {
     jobs: BTreeMap<JobId, Job>,
+    /// Jobs not yet finished (and some that finished since the last pass): what a pass looks
+    /// at, so its cost follows queued and running work, never history.
+    live: BTreeSet<JobId>,
     /// Jobs with pending tasks.
     queue: BTreeSet<(Tier, JobId)>,
     nodes: Vec<Node>,
@@ -399,12 +402,18 @@ impl Cluster {
             spec,
         };
         self.queue.insert((job.spec.tier, job_id));
+        self.live.insert(job_id);
         self.jobs.insert(job_id, job);
     }
 
     /// The job with this id.
     pub fn job(&self, job_id: JobId) -> Option<&Job> {
         self.jobs.get(&job_id)
+    }
+
+    /// The jobs not finished, oldest first.
+    pub fn live_jobs(&self) -> impl DoubleEndedIterator<Item = &Job> {
+        self.live.iter().filter_map(|id| self.jobs.get(id)).filter(|j| !j.is_finished())
     }
 
     /// Every job, oldest first.

@@ -75,7 +75,7 @@ impl Cluster {
             return from_list;
         }
         // singleton: no earlier job of the same name and project may still be active.
-        let earlier = self.jobs.range(..job.id).map(|(_, j)| j).find(|j| {
+        let earlier = self.live.range(..job.id).filter_map(|id| self.jobs.get(id)).find(|j| {
             j.spec.name == job.spec.name && j.spec.project == job.spec.project && !j.is_finished()
         });
         match earlier {

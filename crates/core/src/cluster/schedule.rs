@@ -38,9 +38,11 @@ impl Cluster {
             .collect();
         order.sort_unstable();
         self.reservations.clear();
+        // A finished job never has work again: it leaves the live set for good.
+        let jobs = &self.jobs;
+        self.live.retain(|id| jobs.get(id).is_some_and(|j| !j.is_finished()));
         let lowest_running_tier = self
-            .jobs
-            .values()
+            .live_jobs()
             .filter(|j| j.counts.running > 0)
             .map(|j| j.spec.tier)
             .max();
