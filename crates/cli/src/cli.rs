@@ -184,6 +184,10 @@ pub struct ServerArgs {
     /// Take a snapshot of the state every this many journaled events (restarts replay less).
     #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_every: u64,
+    /// Seconds a finished job stays in memory (Slurm's MinJobAge); after that the journal alone
+    /// answers for it (show, sacct -j, logs), and passes and memory follow live work only.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=31_536_000))]
+    pub keep_finished: u64,
     /// Seconds an agent may stay silent before its node is lost and its tasks run elsewhere.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub agent_lease: u64,

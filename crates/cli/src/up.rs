@@ -52,6 +52,7 @@ async fn bind(args: &ServerArgs) -> Result<(tokio::net::TcpListener, Config), St
     config.known_pools = vec!["local".into()];
     config.agent_lease_ms = args.agent_lease * 1000;
     config.snapshot_every = args.snapshot_every;
+    config.keep_finished_ms = args.keep_finished * 1000;
     config.limits = tidepool_server::http::Limits {
         header_read_timeout: Duration::from_secs(args.header_timeout),
         idle_timeout: Duration::from_secs(args.idle_timeout),

@@ -403,6 +403,52 @@ fn srun_runs_steps_of_the_allocations_tasks_and_scontrol_expands_host_lists() {
 }
 
 #[test]
+fn finished_jobs_leave_memory_and_the_journal_answers_for_them_across_a_kill_9() {
+    // No retention, and a snapshot every few events: jobs are forgotten at the first pass
+    // after they end, and a restart goes through a snapshot that remembers it.
+    let mut env = Env::with_args("forget", &["--keep-finished", "0", "--snapshot-every", "5"]);
+    let ok = env.ok(&["submit", "--array", "0-2", "-o", "ok-%a.txt", "--", "sh", "-c", "echo hello $TIDEPOOL_TASK_INDEX"]);
+    let bad = env.ok(&["submit", "--", "false"]);
+    let (ok, bad) = (ok.trim().to_string(), bad.trim().to_string());
+    assert!(env.run(&["wait", &ok]).status.success());
+    assert!(!env.run(&["wait", &bad]).status.success());
+    // Another pass forgets them (any submission wakes one).
+    let _ = env.ok(&["submit", "--", "true"]);
+    env.eventually(10, "the finished jobs to leave memory", |e| !e.ok(&["jobs", "--all"]).lines().any(|l| l.split_whitespace().next() == Some(ok.as_str())));
+    let answered = |env: &Env| {
+        let shown: serde_json::Value = serde_json::from_str(&env.ok(&["show", &ok, "--json", "--tasks"])).unwrap();
+        assert_eq!(shown["state"], "succeeded", "{shown}");
+        assert_eq!(shown["counts"]["succeeded"], 3, "{shown}");
+        assert_eq!(shown["tasks"][1]["exit_code"], 0, "{shown}");
+        assert_eq!(env.ok(&["logs", &format!("{ok}.1")]).trim(), "hello 1", "its output, read from the node");
+        let sacct = env.ok(&["sacct", "-j", &bad, "-o", "JobID,State,ExitCode", "-n", "-P"]);
+        assert_eq!(sacct.trim(), format!("{bad}|FAILED|1:0"));
+        let cancelled = env.run(&["cancel", &ok]);
+        assert!(cancelled.status.success(), "{}", String::from_utf8_lossy(&cancelled.stderr));
+    };
+    answered(&env);
+    // Dependencies on forgotten jobs are settled from the journal.
+    let after_ok = env.ok(&["submit", "--dependency", &format!("afterok:{ok}"), "--", "true"]);
+    assert!(env.run(&["wait", after_ok.trim()]).status.success());
+    let never = env.run(&["submit", "--dependency", &format!("afterok:{bad}"), "--", "true"]);
+    assert!(!never.status.success() && String::from_utf8_lossy(&never.stderr).contains("can never be met"), "{never:?}");
+    let either = env.ok(&["submit", "--dependency", &format!("afterok:{bad}?afterany:{ok}"), "--", "true"]);
+    assert!(env.run(&["wait", either.trim()]).status.success());
+    // kill -9 and back: nothing forgotten runs again, the journal still answers, and new ids
+    // follow the last one ever given.
+    let last: u64 = either.trim().parse().unwrap();
+    env.kill9();
+    let url = env.url.trim_start_matches("http://").to_string();
+    env.start(&url);
+    answered(&env);
+    assert_eq!(std::fs::read_to_string(env.dir.join("ok-1.txt")).unwrap().trim(), "hello 1", "ran once, not again");
+    let next: u64 = env.ok(&["submit", "--", "true"]).trim().parse().unwrap();
+    assert_eq!(next, last + 1);
+    let shown: serde_json::Value = serde_json::from_str(&env.ok(&["show", &ok, "--json"])).unwrap();
+    assert_eq!(shown["counts"]["succeeded"], 3, "{shown}");
+}
+
+#[test]
 fn each_array_task_has_a_job_id_of_its_own_as_in_slurm() {
     let env = Env::new("array-ids");
     // Slurm's own example: `--array=1-3` submitted as job 36 runs tasks 36, 37 and 38, each

@@ -261,6 +261,8 @@ pub struct Cluster {
     /// Jobs not yet finished (and some that finished since the last pass): what a pass looks
     /// at, so its cost follows queued and running work, never history.
     live: BTreeSet<JobId>,
+    /// Jobs that left `live`, in the order passes saw them finish: what may be forgotten.
+    ended: VecDeque<JobId>,
     /// Jobs with pending tasks.
     queue: BTreeSet<(Tier, JobId)>,
     nodes: Vec<Node>,
@@ -409,6 +411,42 @@ impl Cluster {
     /// The job with this id.
     pub fn job(&self, job_id: JobId) -> Option<&Job> {
         self.jobs.get(&job_id)
+    }
+
+    /// Forgets the jobs that finished at or before `ended_by_ms`, except those an unfinished job
+    /// still depends on: from then on the journal alone answers for them, and neither a pass
+    /// nor memory grows with history. The ids forgotten.
+    pub fn forget_finished(&mut self, ended_by_ms: u64) -> Vec<JobId> {
+        let needed: std::collections::HashSet<JobId> = self.live_jobs().flat_map(|j| j.spec.dependencies.on.iter().map(|d| d.job)).collect();
+        let mut forgotten = Vec::new();
+        let mut kept = Vec::new();
+        while let Some(&id) = self.ended.front() {
+            let Some(job) = self.jobs.get(&id) else {
+                self.ended.pop_front();
+                continue;
+            };
+            if job.ended_ms.unwrap_or(0) > ended_by_ms {
+                break;
+            }
+            self.ended.pop_front();
+            if needed.contains(&id) {
+                kept.push(id);
+                continue;
+            }
+            if let Some(job) = self.jobs.remove(&id) {
+                self.queue.remove(&(job.spec.tier, id));
+                forgotten.push(id);
+            }
+        }
+        for id in kept.into_iter().rev() {
+            self.ended.push_front(id);
+        }
+        forgotten
+    }
+
+    /// How many jobs the core holds (live ones and those finished but not yet forgotten).
+    pub fn n_jobs(&self) -> usize {
+        self.jobs.len()
     }
 
     /// The jobs not finished, oldest first.

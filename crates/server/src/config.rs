@@ -27,6 +27,9 @@ pub struct Config {
     pub limits: crate::http::Limits,
     /// Where time is read: the system's clock, or a virtual one in tests.
     pub clock: crate::clock::Clock,
+    /// How long a finished job stays in memory before the journal alone answers for it
+    /// (Slurm's `MinJobAge`).
+    pub keep_finished_ms: u64,
 }
 
 impl Config {
@@ -44,6 +47,7 @@ impl Config {
             tls: None,
             limits: crate::http::Limits::default(),
             clock: crate::clock::Clock::System,
+            keep_finished_ms: 300_000,
         }
     }
 }

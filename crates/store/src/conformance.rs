@@ -83,6 +83,8 @@ fn replays_jobs_before_their_events(mut store: Box<dyn Store>) -> std::result::R
     ensure!(jobs == [1, 2, 3], "jobs {jobs:?}");
     ensure!(ok(store.job_spec(2))?.as_deref() == Some("{\"job\":2}"), "job 2's spec");
     ensure!(ok(store.job_spec(9))?.is_none(), "a job never submitted has a spec");
+    ensure!(ok(store.last_job())?.map(|(id, _)| id) == Some(3), "the last job");
+    ensure!(ok(store.job_submission(2))?.is_some_and(|(at, _)| at > 0), "job 2's submission time");
     Ok(())
 }
 
@@ -179,6 +181,7 @@ fn snapshots_keep_the_newest(mut store: Box<dyn Store>) -> std::result::Result<(
         draining: vec![draining.into()],
         cancel_pending: vec![(1, 0, 1)],
         preempt_pending: vec![],
+        forgotten: vec![(2, 9)],
     };
     ok(store.save_snapshot(3, 1, &snap("a")))?;
     ok(store.save_snapshot(5, 2, &snap("b")))?;

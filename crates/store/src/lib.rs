@@ -179,7 +179,16 @@ pub trait Journal: Send {
     fn latest_snapshot(&self) -> Result<Option<(u64, Snapshot)>>;
 
     /// The spec of one job.
-    fn job_spec(&self, job_id: u64) -> Result<Option<String>>;
+    fn job_spec(&self, job_id: u64) -> Result<Option<String>> {
+        Ok(self.job_submission(job_id)?.map(|(_, spec)| spec))
+    }
+
+    /// When one job was submitted, and its spec.
+    fn job_submission(&self, job_id: u64) -> Result<Option<(u64, String)>>;
+
+    /// The job of the highest id ever submitted, with its spec: where new ids start, whatever
+    /// the server still holds in memory.
+    fn last_job(&self) -> Result<Option<(u64, String)>>;
 
     /// The last attempt of every task of a job that was ever dispatched or cancelled, by index.
     fn task_records(&self, job_id: u64) -> Result<Vec<TaskRecord>>;

@@ -106,9 +106,16 @@ impl Journal for MemoryStore {
         self.lock().snapshot.as_ref().map(|(seq, text)| Ok((*seq, Snapshot::decode(*seq, text)?))).transpose()
     }
 
-    fn job_spec(&self, job_id: u64) -> Result<Option<String>> {
+    fn job_submission(&self, job_id: u64) -> Result<Option<(u64, String)>> {
         Ok(match self.lock().jobs.get(&job_id) {
-            Some(Event::JobSubmitted { spec, .. }) => Some(spec.clone()),
+            Some(Event::JobSubmitted { spec, at_ms, .. }) => Some((*at_ms, spec.clone())),
+            _ => None,
+        })
+    }
+
+    fn last_job(&self) -> Result<Option<(u64, String)>> {
+        Ok(match self.lock().jobs.last_key_value() {
+            Some((id, Event::JobSubmitted { spec, .. })) => Some((*id, spec.clone())),
             _ => None,
         })
     }

@@ -21,6 +21,9 @@ pub struct Snapshot {
     pub cancel_pending: Vec<(u64, u32, u32)>,
     /// Attempts told to stop for a preemption, whose end is still awaited.
     pub preempt_pending: Vec<(u64, u32, u32)>,
+    /// Jobs finished and no longer held in memory, as inclusive id ranges: the journal alone
+    /// answers for them, and a restart does not rebuild them.
+    pub forgotten: Vec<(u64, u64)>,
 }
 
 /// One job's tasks, run-length coded.
@@ -68,6 +71,8 @@ struct Document {
     draining: Vec<String>,
     cancel_pending: Vec<(u64, u32, u32)>,
     preempt_pending: Vec<(u64, u32, u32)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    forgotten: Vec<(u64, u64)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -111,6 +116,7 @@ impl Snapshot {
             draining: self.draining.clone(),
             cancel_pending: self.cancel_pending.clone(),
             preempt_pending: self.preempt_pending.clone(),
+            forgotten: self.forgotten.clone(),
         };
         // Plain numbers and strings always serialise; an empty text would be refused on read.
         serde_json::to_string(&doc).unwrap_or_default()
@@ -160,7 +166,7 @@ impl Snapshot {
                 ended_ms: job.ended_ms,
             });
         }
-        Ok(Snapshot { jobs, draining: doc.draining, cancel_pending: doc.cancel_pending, preempt_pending: doc.preempt_pending })
+        Ok(Snapshot { jobs, draining: doc.draining, cancel_pending: doc.cancel_pending, preempt_pending: doc.preempt_pending, forgotten: doc.forgotten })
     }
 }
 
@@ -182,6 +188,7 @@ mod tests {
             draining: vec!["n2".into()],
             cancel_pending: vec![(4, 3, 2)],
             preempt_pending: vec![],
+            forgotten: vec![(1, 3), (7, 7)],
         }
     }
 
@@ -195,7 +202,7 @@ mod tests {
     fn a_snapshot_as_earlier_servers_wrote_it_reads_the_same() {
         // Keys in the order `serde_json::json!` wrote them: alphabetical.
         let stored = r#"{"cancel_pending":[[4,3,2]],"draining":["n2"],"jobs":[{"attempts":[[3,2]],"ended_ms":null,"id":4,"next_fresh":4,"requeued":[],"running":[[3,"n1",2,10,0]],"runs":[[2,3],[1,1],[0,6]]}],"preempt_pending":[],"version":1}"#;
-        assert_eq!(Snapshot::decode(1, stored).unwrap(), sample());
+        assert_eq!(Snapshot::decode(1, stored).unwrap(), Snapshot { forgotten: vec![], ..sample() }, "no forgotten jobs before they were written");
     }
 
     #[test]

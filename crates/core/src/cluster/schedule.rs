@@ -39,8 +39,14 @@ impl Cluster {
         order.sort_unstable();
         self.reservations.clear();
         // A finished job never has work again: it leaves the live set for good.
-        let jobs = &self.jobs;
-        self.live.retain(|id| jobs.get(id).is_some_and(|j| !j.is_finished()));
+        let (jobs, ended) = (&self.jobs, &mut self.ended);
+        self.live.retain(|id| {
+            let live = jobs.get(id).is_some_and(|j| !j.is_finished());
+            if !live {
+                ended.push_back(*id);
+            }
+            live
+        });
         let lowest_running_tier = self
             .live_jobs()
             .filter(|j| j.counts.running > 0)

@@ -294,6 +294,35 @@ fn cancel_ends_pending_and_orders_kills() {
 }
 
 #[test]
+fn finished_jobs_are_forgotten_after_their_retention_unless_a_waiting_job_needs_them() {
+    let mut c = cluster_with_nodes(&[4]);
+    c.submit(JobId(1), spec("0-1", 1), 0);
+    c.submit(JobId(3), spec("0", 1), 0);
+    let running = placed(&mut c, 1);
+    for p in &running {
+        c.finish(p.job_id, p.pos, p.attempt, TaskOutcome::Succeeded, 10);
+    }
+    // Job 5 waits for job 3 to succeed... after job 1 is gone it still can.
+    c.submit(JobId(5), JobSpec { dependencies: Dependencies::after_ok([JobId(3)]), ..spec("0", 1) }, 11);
+    c.submit(JobId(6), JobSpec { dependencies: Dependencies::after_ok([JobId(5)]), ..spec("0", 8) }, 11);
+    let _ = c.schedule(12);
+    assert!(c.forget_finished(9).is_empty(), "within the retention nothing goes");
+    assert_eq!(c.forget_finished(10), [JobId(1)], "job 3 stays while job 5 needs it");
+    assert!(c.job(JobId(1)).is_none() && c.job(JobId(3)).is_some());
+    assert_eq!(c.n_jobs(), 3);
+    c.sanity_check().unwrap();
+    // Job 5 ran: job 3 is no longer needed, and goes at the next sweep.
+    let five = c.job(JobId(5)).unwrap().running_tasks().next().map(|(pos, r)| (pos, r.attempt)).unwrap();
+    c.finish(JobId(5), five.0, five.1, TaskOutcome::Succeeded, 20);
+    let _ = c.cancel(JobId(6), None, 20);
+    let _ = c.schedule(21);
+    assert_eq!(c.forget_finished(30), [JobId(3), JobId(5), JobId(6)]);
+    assert_eq!(c.n_jobs(), 0);
+    assert_eq!(c.live_jobs().count(), 0);
+    c.sanity_check().unwrap();
+}
+
+#[test]
 fn higher_tier_goes_first_and_preempts_lower() {
     let mut c = cluster_with_nodes(&[2]);
     c.submit(JobId(1), JobSpec { tier: Tier::Preemptible, ..spec("0-1", 1) }, 0);

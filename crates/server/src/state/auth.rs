@@ -78,7 +78,10 @@ impl Shared {
 
     /// The project of a job, if the job exists.
     pub fn job_project(&self, job_id: u64) -> Option<String> {
-        self.lock().cluster.job(JobId(job_id)).map(|j| j.spec().project.clone())
+        if let Some(project) = self.lock().cluster.job(JobId(job_id)).map(|j| j.spec().project.clone()) {
+            return Some(project);
+        }
+        self.archived(job_id).ok().flatten().map(|a| a.spec.project)
     }
 
     /// Creates a project (with a quota when given).

@@ -26,6 +26,7 @@ use tidepool_core::{Cluster, JobId, JobSpec, NodeId, Resources, TaskCounts, Task
 use tidepool_store::{Ending, Event, SqliteStore, Store};
 use tokio::sync::Notify;
 
+mod archive;
 mod auth;
 mod launch;
 mod registries;
@@ -117,6 +118,8 @@ pub struct Inner {
     preempt_pending: HashSet<AttemptRef>,
     /// Each project's registry logins.
     registry_logins: registries::RegistryLogins,
+    /// Jobs finished long enough ago to have left memory.
+    forgotten: archive::ForgottenIds,
 }
 
 /// The server's state, shared by handlers and the reactor.
@@ -193,7 +196,15 @@ impl Shared {
         let (join_token, _) = tokens::load_or_create(&config.data_dir.join("join.token"), "tpj_")?;
         let started = Instant::now();
         let (mut inner, n_events) = Inner::replayed(&config, store.as_ref())?;
-        inner.next_job_id = inner.cluster.next_free_job_id();
+        // Ids start after the last job journaled, whether or not memory still holds it.
+        let after_journal = match store.last_job()? {
+            Some((id, text)) => serde_json::from_str::<SubmitRequest>(&text)
+                .ok()
+                .and_then(|req| spec::validate(&req, u32::MAX).ok())
+                .map_or(id + 1, |spec| id + spec.ids_held()),
+            None => 1,
+        };
+        inner.next_job_id = inner.cluster.next_free_job_id().max(after_journal);
         tracing::info!(
             n_events,
             n_jobs = inner.requests.len(),
@@ -238,7 +249,8 @@ impl Shared {
 
     /// Validates, journals and accepts a job; returns its id once the commit is done.
     pub async fn on_submit(&self, mut req: SubmitRequest) -> Result<u64> {
-        let spec = spec::validate(&req, self.config.max_array_size)?;
+        let mut spec = spec::validate(&req, self.config.max_array_size)?;
+        self.settle_forgotten_dependencies(&mut spec)?;
         let secrets = std::mem::take(&mut req.secret_env);
         for key in secrets.keys() {
             if req.env.contains_key(key) {
@@ -284,6 +296,12 @@ impl Shared {
 
     /// Cancels a job or one task: pending tasks end now, running ones are told to stop.
     pub async fn on_cancel(&self, job_id: u64, index: Option<u32>) -> Result<CancelResponse> {
+        if let Some(archived) = self.archived(job_id)? {
+            if index.is_some_and(|i| archived.spec.array.position_of(i).is_none()) {
+                return Err(Error::NotFound(format!("job {job_id} has no task {}", index.unwrap_or_default())));
+            }
+            return Ok(CancelResponse { n_cancelled: 0, n_signalled: 0, already_ended: true });
+        }
         {
             let inner = self.lock();
             let job = inner
@@ -396,6 +414,14 @@ impl Shared {
             let mut inner = self.lock();
             let now = self.config.clock.now_ms();
             let decisions = inner.cluster.schedule(now);
+            let forgotten = inner.cluster.forget_finished(now.saturating_sub(self.config.keep_finished_ms));
+            if !forgotten.is_empty() {
+                tracing::debug!(n = forgotten.len(), first = forgotten[0].0, "finished jobs left memory; the journal answers for them");
+            }
+            for id in forgotten {
+                inner.requests.remove(&id);
+                inner.forgotten.insert(id.0);
+            }
             for pre in decisions.preemptions {
                 let v = pre.victim;
                 let attempt = AttemptRef { job_id: v.job_id.0, index: v.index, attempt: v.attempt };
@@ -513,7 +539,11 @@ impl Inner {
                         spec::validate(&req, u32::MAX).map(|s| (req, s)).map_err(|e| e.to_string())
                     });
                 match parsed {
-                    Ok((req, spec)) => {
+                    Ok((req, mut spec)) => {
+                        // A dependency on a job forgotten before this one was submitted was
+                        // settled then (met, or the job was refused).
+                        let forgotten = &self.forgotten;
+                        spec.dependencies.on.retain(|d| !forgotten.contains(d.job.0));
                         self.cluster.submit(JobId(job_id), spec, at_ms);
                         self.requests.insert(JobId(job_id), Arc::new(req));
                     }

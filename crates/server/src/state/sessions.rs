@@ -229,6 +229,10 @@ impl Shared {
     /// The node that holds a task's output (where it runs, or where it last ran), and whether
     /// the task has ended for good.
     pub fn log_node(&self, job_id: u64, index: u32) -> Result<(String, bool)> {
+        if let Some(archived) = self.archived(job_id)? {
+            let node = archived.records.into_iter().find(|r| r.index == index).and_then(|r| r.node);
+            return node.map(|n| (n, true)).ok_or_else(|| Error::NotFound(format!("task {job_id}.{index} never ran")));
+        }
         let inner = self.lock();
         let job = inner.cluster.job(JobId(job_id)).ok_or_else(|| Error::NotFound(format!("job {job_id} does not exist")))?;
         let pos = pos_of(&inner.cluster, JobId(job_id), index)

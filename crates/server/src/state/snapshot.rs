@@ -42,6 +42,7 @@ impl Inner {
             secrets_dir: config.data_dir.join("secrets"),
             identities: HashMap::new(),
             registry_logins: super::registries::RegistryLogins::load(config.data_dir.join("registries")),
+            forgotten: super::archive::ForgottenIds::default(),
         };
         // Only the admin submits to a project the catalog does not hold: its tasks are the
         // operator's, run as the user each agent was given for them.
@@ -59,12 +60,20 @@ impl Inner {
         match store.latest_snapshot() {
             Ok(Some((seq, snapshot))) => {
                 let mut inner = Inner::new(config);
-                store.replay_jobs(&mut |event| inner.replay(event))?;
+                // Jobs forgotten before the snapshot stay forgotten: they are not rebuilt.
+                inner.forgotten = super::archive::ForgottenIds::from_ranges(&snapshot.forgotten);
+                store.replay_jobs(&mut |event| {
+                    if !inner.forgotten.contains(event.job_id()) {
+                        inner.replay(event);
+                    }
+                })?;
                 match inner.restore(&snapshot) {
                     Ok(()) => {
                         store.replay_events_after(seq, &mut |event| {
                             n_events += 1;
-                            inner.replay(event);
+                            if !inner.forgotten.contains(event.job_id()) {
+                                inner.replay(event);
+                            }
                         })?;
                         inner.forget_ended_secrets();
                         return Ok((inner, n_events));
@@ -130,6 +139,7 @@ impl Inner {
             draining: self.cluster.nodes().filter(|(_, n)| n.is_draining()).map(|(_, n)| n.name().to_string()).collect(),
             cancel_pending: refs(&self.cancel_pending),
             preempt_pending: refs(&self.preempt_pending),
+            forgotten: self.forgotten.ranges(),
         }
     }
 

@@ -82,6 +82,9 @@ impl Shared {
 
     /// One job; with `with_tasks`, every task's detail from the journal.
     pub fn job_view(&self, job_id: u64, with_tasks: bool) -> Result<JobView> {
+        if let Some(archived) = self.archived(job_id)? {
+            return Ok(archived.view(job_id, with_tasks));
+        }
         let (mut view, states, variants) = {
             let inner = self.lock();
             let view = inner

@@ -201,8 +201,20 @@ impl Journal for SqliteStore {
         row.map(|(seq, text)| Ok((seq, Snapshot::decode(seq, &text)?))).transpose()
     }
 
-    fn job_spec(&self, job_id: u64) -> Result<Option<String>> {
-        Ok(self.conn.query_row("SELECT spec FROM jobs WHERE id = ?1", params![job_id as i64], |r| r.get(0)).optional()?)
+    fn job_submission(&self, job_id: u64) -> Result<Option<(u64, String)>> {
+        let row = self
+            .conn
+            .query_row("SELECT submitted_ms, spec FROM jobs WHERE id = ?1", params![job_id as i64], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .optional()?;
+        Ok(row.map(|(at, spec)| (at as u64, spec)))
+    }
+
+    fn last_job(&self) -> Result<Option<(u64, String)>> {
+        let row = self
+            .conn
+            .query_row("SELECT id, spec FROM jobs ORDER BY id DESC LIMIT 1", [], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .optional()?;
+        Ok(row.map(|(id, spec)| (id as u64, spec)))
     }
 
     fn task_records(&self, job_id: u64) -> Result<Vec<TaskRecord>> {
