@@ -178,6 +178,7 @@ fn llm_day(a: &SimArgs) -> Result<u8, String> {
 
 /// Runs the command.
 pub fn run(a: SimArgs) -> Result<u8, String> {
+    let started = std::time::Instant::now();
     if a.scenario == "llm-day" || a.llm_trace.is_some() {
         return llm_day(&a);
     }
@@ -213,6 +214,10 @@ pub fn run(a: SimArgs) -> Result<u8, String> {
     let mut report = BTreeMap::new();
     insert(&mut report, "", &r);
     insert(&mut report, "baseline_", &b);
+    // What the replay itself cost: both policies' runs, and this process's peak memory.
+    report.insert("jobs_read".into(), json!(jobs.len()));
+    report.insert("sim_wall_s".into(), json!((started.elapsed().as_secs_f64() * 100.0).round() / 100.0));
+    report.insert("sim_peak_rss_mb".into(), json!(peak_rss_mb()));
     if let Some(dir) = &a.out {
         std::fs::create_dir_all(dir).map_err(|e| format!("--out {}: {e}", dir.display()))?;
         let slug = a.scenario.clone();
@@ -257,5 +262,16 @@ pub fn run(a: SimArgs) -> Result<u8, String> {
     if let Some(dir) = &a.out {
         line(&format!("plots: {}/{}-nodes.svg, {}-busy.svg", dir.display(), a.scenario, a.scenario));
     }
+    line(&format!("simulated {} jobs twice in {:.1} s, peak memory {} MB", jobs.len(), started.elapsed().as_secs_f64(), peak_rss_mb()));
     Ok(0)
+}
+
+/// This process's peak resident memory, MB.
+fn peak_rss_mb() -> u64 {
+    // SAFETY: getrusage fills a struct we own.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0;
+    }
+    u64::try_from(usage.ru_maxrss).unwrap_or(0) / 1024
 }

@@ -254,6 +254,8 @@ impl Sim<'_> {
 
     fn tick(&mut self, now: u64) {
         let decisions = self.cluster.schedule(now);
+        // Nothing reads a finished job back: memory follows live work, as the server's does.
+        self.cluster.forget_finished(now);
         for p in decisions.placements {
             let job_idx = p.job_id.0 as usize - 1;
             let job = &self.jobs[job_idx];
