@@ -46,6 +46,41 @@ pub fn utc(secs: u64) -> UtcTime {
     }
 }
 
+/// Seconds since the epoch of a UTC civil date and time (the inverse of [`utc`]).
+pub fn from_civil(year: i64, month: u32, day: u32, hour: u32, minute: u32, second: u32) -> Option<u64> {
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let year_of_era = y.rem_euclid(400);
+    let shifted_month = i64::from(if month > 2 { month - 3 } else { month + 9 });
+    let day_of_year = (153 * shifted_month + 2) / 5 + i64::from(day) - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    let secs = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second);
+    let back = utc(u64::try_from(secs).ok()?);
+    (back.day == day && back.month == month).then_some(secs as u64)
+}
+
+/// Reads a time as Slurm's `-S`/`-E` take it: `YYYY-MM-DD[THH:MM[:SS]]` (UTC), `now`,
+/// `today` or `midnight` (this day's start); seconds since the epoch.
+pub fn parse_time(text: &str, now_secs: u64) -> Option<u64> {
+    match text {
+        "now" => return Some(now_secs),
+        "today" | "midnight" => return Some(now_secs - now_secs % 86_400),
+        _ => {}
+    }
+    let (date, time) = text.split_once('T').unwrap_or((text, "00:00:00"));
+    let d: Vec<&str> = date.split('-').collect();
+    let t: Vec<&str> = time.split(':').collect();
+    if d.len() != 3 || !(2..=3).contains(&t.len()) {
+        return None;
+    }
+    let number = |s: &str| s.parse::<u32>().ok();
+    from_civil(d[0].parse().ok()?, number(d[1])?, number(d[2])?, number(t[0])?, number(t[1])?, t.get(2).map_or(Some(0), |s| number(s))?)
+}
+
 /// `secs` since the epoch as `2026-11-25T12:00:00` (UTC, no zone written).
 pub fn iso_time(secs: u64) -> String {
     let t = utc(secs);
@@ -76,6 +111,20 @@ pub fn now_ms() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn times_read_as_slurm_takes_them_and_round_trip() {
+        let t = parse_time("2026-11-25T12:00:00", 0).unwrap();
+        assert_eq!(iso_time(t), "2026-11-25T12:00:00");
+        assert_eq!(parse_time("2026-11-25T12:00", 0), Some(t));
+        assert_eq!(parse_time("2026-11-25", 0), Some(t - 12 * 3600));
+        assert_eq!(parse_time("2024-02-29", 0).map(iso_time).as_deref(), Some("2024-02-29T00:00:00"));
+        assert_eq!(parse_time("midnight", t + 5), Some(t - 12 * 3600));
+        for bad in ["2026-02-30", "2026-13-01", "yesterday", "2026-11-25T25:00", "12:00"] {
+            assert_eq!(parse_time(bad, t), None, "{bad}");
+        }
+    }
     use super::*;
 
     #[test]

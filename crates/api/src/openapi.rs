@@ -24,7 +24,7 @@ pub fn document() -> String {
         "servers": [{"url": "/api/v1"}],
         "paths": {
             "/jobs": {
-                "get": op("List jobs", None, "JobList"),
+                "get": op("List jobs in memory (?active=true: unfinished only); ?history=true&after=ID&since_ms=T&limit=N pages by id through jobs that left memory, the next page's `after` in the x-next-after header", None, "JobList"),
                 "post": op("Submit a job (acknowledged once journaled)", Some("SubmitRequest"), "SubmitResponse"),
             },
             "/jobs/{id}": {"get": op("Show a job; ?tasks=true lists every task", None, "JobView")},

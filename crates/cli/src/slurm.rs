@@ -72,7 +72,7 @@ fn usage(command: &str) -> String {
             .iter()
             .map(|l| format!("  {l}"))
             .collect(),
-        "sacct" => ["-j, --jobs=LIST", "-o, --format=FIELDS", "-n, --noheader", "-P, --parsable2", "-p, --parsable", "-X, -a, -b, -l (accepted)", "-S, -E, -u, -A, -s VALUE (accepted)"]
+        "sacct" => ["-j, --jobs=LIST", "-o, --format=FIELDS", "-n, --noheader", "-P, --parsable2", "-p, --parsable", "-S, --starttime, -E, --endtime=TIME (default: since midnight; YYYY-MM-DD[THH:MM[:SS]], now, midnight)", "-s, --state=LIST", "-X, -a, -b, -l, -u, -A (accepted)"]
             .iter()
             .map(|l| format!("  {l}"))
             .collect(),
@@ -288,6 +288,9 @@ async fn sacct(args: Vec<String>) -> Result<u8, String> {
     let mut header = true;
     let mut delimiter: Option<(&str, bool)> = None;
     let mut states: Option<Vec<&'static str>> = None;
+    let now_s = now_ms() / 1000;
+    // Slurm's default window: jobs of today (UTC here).
+    let (mut since_s, mut until_s) = (now_s - now_s % 86_400, u64::MAX);
     let mut reader = OptionReader { args: &args, i: 0 };
     while let Some((name, inline)) = reader.next_option() {
         let mut value = || reader.value(&name, inline.clone());
@@ -304,7 +307,16 @@ async fn sacct(args: Vec<String>) -> Result<u8, String> {
                 let listed = value()?;
                 states = Some(listed.split(',').map(sacct_state).collect::<Result<_, _>>()?);
             }
-            "-S" | "--starttime" | "-E" | "--endtime" | "-u" | "--user" | "-A" | "--accounts" => {
+            "-S" | "--starttime" | "-E" | "--endtime" => {
+                let text = value()?;
+                let at = tidepool_api::dates::parse_time(&text, now_s).ok_or_else(|| format!("{name}: '{text}' is not a time (YYYY-MM-DD[THH:MM[:SS]], now, midnight)"))?;
+                if name == "-S" || name == "--starttime" {
+                    since_s = at;
+                } else {
+                    until_s = at;
+                }
+            }
+            "-u" | "--user" | "-A" | "--accounts" => {
                 value()?;
             }
             other if !other.starts_with('-') && jobs_filter.is_none() => {
@@ -324,7 +336,26 @@ async fn sacct(args: Vec<String>) -> Result<u8, String> {
     let client = Client::from_env()?;
     let ids: Vec<u64> = match jobs_filter {
         Some(ids) => ids,
-        None => client.get::<Vec<JobView>>("/jobs").await?.into_iter().map(|j| j.id).collect(),
+        None => {
+            // Jobs that left the server's memory come from its journal, a page at a time.
+            let mut ids = Vec::new();
+            let mut after = 0u64;
+            loop {
+                let resp = client.get_streamed(&format!("/jobs?history=true&after={after}&since_ms={}&limit=1000", since_s.saturating_mul(1000))).await?;
+                let next = resp.headers().get("x-next-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+                let page: Vec<JobView> = resp.json().await.map_err(|e| format!("unreadable answer: {e}"))?;
+                ids.extend(page.iter().filter(|j| j.submitted_ms / 1000 <= until_s).map(|j| j.id));
+                match next {
+                    Some(n) if n > after => after = n,
+                    _ => break,
+                }
+            }
+            let in_memory = client.get::<Vec<JobView>>("/jobs").await?;
+            ids.extend(in_memory.iter().filter(|j| j.submitted_ms / 1000 <= until_s && (j.ended_ms.is_none() || j.submitted_ms / 1000 >= since_s || j.ended_ms.is_some_and(|e| e / 1000 >= since_s))).map(|j| j.id));
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        }
     };
     let render = |cells: Vec<String>| -> String {
         match delimiter {

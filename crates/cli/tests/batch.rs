@@ -425,6 +425,15 @@ fn finished_jobs_leave_memory_and_the_journal_answers_for_them_across_a_kill_9()
         assert_eq!(sacct.trim(), format!("{bad}|FAILED|1:0"));
         let cancelled = env.run(&["cancel", &ok]);
         assert!(cancelled.status.success(), "{}", String::from_utf8_lossy(&cancelled.stderr));
+        // sacct with no job named lists today's jobs, those that left memory among them.
+        let today = env.ok(&["sacct", "-X", "-n", "-P", "-o", "JobIDRaw,State"]);
+        assert!(today.lines().any(|l| l == format!("{bad}|FAILED")), "{today}");
+        let first: u64 = ok.parse().unwrap();
+        for raw in first..first + 3 {
+            assert!(today.lines().any(|l| l == format!("{raw}|COMPLETED")), "array task {raw}: {today}");
+        }
+        let later = env.ok(&["sacct", "-n", "-P", "-o", "JobID", "-S", "2999-01-01"]);
+        assert!(!later.lines().any(|l| l == bad), "{later}");
     };
     answered(&env);
     // Dependencies on forgotten jobs are settled from the journal.

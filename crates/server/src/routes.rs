@@ -133,6 +133,20 @@ async fn list_jobs(
         Principal::Admin => None,
         Principal::Project(p) => Some(p.as_str()),
     };
+    if q.get("history").is_some_and(|v| v == "true" || v == "1") {
+        // Jobs that left memory, from the journal, a page at a time by id.
+        let number = |name: &str, default: u64| -> Result<u64> {
+            q.get(name).map_or(Ok(default), |v| v.parse::<u64>().map_err(|_| Error::field(name, "must be a whole number")))
+        };
+        let (after, since_ms, limit) = (number("after", 0)?, number("since_ms", 0)?, number("limit", 500)?);
+        let shared = s.clone();
+        let project = project.map(str::to_string);
+        let (views, next) = tokio::task::spawn_blocking(move || shared.history_views(project.as_deref(), after, since_ms, limit as usize))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+        let next = next.map_or(String::new(), |n| n.to_string());
+        return Ok(([(header::HeaderName::from_static("x-next-after"), next)], Json(views)).into_response());
+    }
     let (views, hidden) = s.job_views(active, project);
     Ok(([(header::HeaderName::from_static("x-finished-not-shown"), hidden.to_string())], Json(views)).into_response())
 }

@@ -84,6 +84,10 @@ fn replays_jobs_before_their_events(mut store: Box<dyn Store>) -> std::result::R
     ensure!(ok(store.job_spec(2))?.as_deref() == Some("{\"job\":2}"), "job 2's spec");
     ensure!(ok(store.job_spec(9))?.is_none(), "a job never submitted has a spec");
     ensure!(ok(store.last_job())?.map(|(id, _)| id) == Some(3), "the last job");
+    let page: Vec<u64> = ok(store.jobs_page(1, 0, 10))?.into_iter().map(|(id, _, _)| id).collect();
+    ensure!(page == [2, 3], "the page after job 1: {page:?}");
+    let page: Vec<u64> = ok(store.jobs_page(0, 13, 1))?.into_iter().map(|(id, _, _)| id).collect();
+    ensure!(page == [3], "one job submitted at 13 or later: {page:?}");
     ensure!(ok(store.job_submission(2))?.is_some_and(|(at, _)| at > 0), "job 2's submission time");
     Ok(())
 }

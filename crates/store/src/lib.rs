@@ -186,6 +186,10 @@ pub trait Journal: Send {
     /// When one job was submitted, and its spec.
     fn job_submission(&self, job_id: u64) -> Result<Option<(u64, String)>>;
 
+    /// Up to `limit` jobs of id above `after_id` submitted at or after `since_ms`, by id:
+    /// (id, submitted ms, spec). Pages of history, read by key.
+    fn jobs_page(&self, after_id: u64, since_ms: u64, limit: usize) -> Result<Vec<(u64, u64, String)>>;
+
     /// The job of the highest id ever submitted, with its spec: where new ids start, whatever
     /// the server still holds in memory.
     fn last_job(&self) -> Result<Option<(u64, String)>>;

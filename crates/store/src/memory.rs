@@ -113,6 +113,19 @@ impl Journal for MemoryStore {
         })
     }
 
+    fn jobs_page(&self, after_id: u64, since_ms: u64, limit: usize) -> Result<Vec<(u64, u64, String)>> {
+        Ok(self
+            .lock()
+            .jobs
+            .range(after_id.saturating_add(1)..)
+            .filter_map(|(id, e)| match e {
+                Event::JobSubmitted { at_ms, spec, .. } if *at_ms >= since_ms => Some((*id, *at_ms, spec.clone())),
+                _ => None,
+            })
+            .take(limit)
+            .collect())
+    }
+
     fn last_job(&self) -> Result<Option<(u64, String)>> {
         Ok(match self.lock().jobs.last_key_value() {
             Some((id, Event::JobSubmitted { spec, .. })) => Some((*id, spec.clone())),

@@ -158,12 +158,19 @@ fn parse(args: &[String]) -> Result<Step, String> {
     Ok(step)
 }
 
-/// The next step id of this job attempt on this node: a counter kept, under a lock, beside
-/// the job's own temporary files.
+/// The next step id of this job attempt: a counter kept, under a lock, in a file named by the
+/// attempt and by its task's session (the task leads one of its own), with the session
+/// leader's start time, so no other task, here or on another server, shares it.
 fn next_step_id(job: &str) -> u32 {
     let attempt = std::env::var("TIDEPOOL_ATTEMPT").unwrap_or_default();
     let index = std::env::var("TIDEPOOL_TASK_INDEX").unwrap_or_default();
-    let path = std::env::temp_dir().join(format!(".tidepool-steps-{job}.{index}.{attempt}-{}", unsafe_uid()));
+    // SAFETY: getsid(0) only reads this process's session id.
+    let session = unsafe { libc::getsid(0) };
+    let started = std::fs::read_to_string(format!("/proc/{session}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19).map(str::to_string)))
+        .unwrap_or_default();
+    let path = std::env::temp_dir().join(format!(".tidepool-steps-{job}.{index}.{attempt}-{}-{session}-{started}", unsafe_uid()));
     let Ok(mut file) = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path) else { return 0 };
     use std::os::fd::AsRawFd;
     // SAFETY: flock on a descriptor we own; released when it closes.

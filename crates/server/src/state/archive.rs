@@ -164,7 +164,43 @@ impl Archived {
     }
 }
 
+/// The most jobs of history one request shows, and how many rows it reads looking for them.
+pub(crate) const HISTORY_PAGE_MAX: usize = 1000;
+const HISTORY_SCAN_MAX: usize = 20_000;
+
 impl Shared {
+    /// Forgotten jobs of id above `after` submitted at or after `since_ms`, visible to
+    /// `project` (all for `None`), up to `limit`, by id; and the id to ask after for the next
+    /// page, when there may be more.
+    pub fn history_views(&self, project: Option<&str>, after: u64, since_ms: u64, limit: usize) -> Result<(Vec<JobView>, Option<u64>)> {
+        let limit = limit.clamp(1, HISTORY_PAGE_MAX);
+        let mut views = Vec::new();
+        let mut cursor = after;
+        let mut scanned = 0;
+        loop {
+            let page = self.reader.lock().unwrap_or_else(|p| p.into_inner()).jobs_page(cursor, since_ms, limit)?;
+            let exhausted = page.len() < limit;
+            for (id, _, _) in page {
+                cursor = id;
+                scanned += 1;
+                let Some(job) = self.archived(id)? else { continue };
+                if project.is_some_and(|p| p != job.spec.project) {
+                    continue;
+                }
+                views.push(job.view(id, false));
+                if views.len() == limit {
+                    return Ok((views, Some(id)));
+                }
+            }
+            if exhausted {
+                return Ok((views, None));
+            }
+            if scanned >= HISTORY_SCAN_MAX {
+                return Ok((views, Some(cursor)));
+            }
+        }
+    }
+
     /// A job the core has forgotten, read back from the journal; None when the core still
     /// holds it or it never existed.
     pub(crate) fn archived(&self, job_id: u64) -> Result<Option<Archived>> {

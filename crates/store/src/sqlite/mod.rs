@@ -209,6 +209,14 @@ impl Journal for SqliteStore {
         Ok(row.map(|(at, spec)| (at as u64, spec)))
     }
 
+    fn jobs_page(&self, after_id: u64, since_ms: u64, limit: usize) -> Result<Vec<(u64, u64, String)>> {
+        let mut statement = self.conn.prepare_cached("SELECT id, submitted_ms, spec FROM jobs WHERE id > ?1 AND submitted_ms >= ?2 ORDER BY id LIMIT ?3")?;
+        let rows = statement.query_map(params![after_id.min(i64::MAX as u64) as i64, since_ms.min(i64::MAX as u64) as i64, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, String>(2)?))
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
     fn last_job(&self) -> Result<Option<(u64, String)>> {
         let row = self
             .conn
