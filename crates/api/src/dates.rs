@@ -125,7 +125,6 @@ mod tests {
             assert_eq!(parse_time(bad, t), None, "{bad}");
         }
     }
-    use super::*;
 
     #[test]
     fn iso_times_are_utc() {
