@@ -458,6 +458,37 @@ fn finished_jobs_leave_memory_and_the_journal_answers_for_them_across_a_kill_9()
 }
 
 #[test]
+fn another_projects_token_reaches_no_forgotten_job_nor_array_task_id() {
+    let env = Env::with_args("forget-isolation", &["--keep-finished", "0"]);
+    let token = |name: &str| {
+        env.ok(&["project", "create", name]);
+        env.ok(&["token", "create", "--project", name]).trim().lines().last().unwrap().to_string()
+    };
+    let (chem, bio) = (token("chem"), token("bio"));
+    let as_token = |t: &str, args: &[&str]| env.cmd(common::BIN, args).env("TIDEPOOL_TOKEN", t).output().unwrap();
+    // chem's array, held by a dependency, then cancelled: it ends without running, and leaves memory.
+    let blocker = String::from_utf8(as_token(&chem, &["submit", "--", "sleep", "60"]).stdout).unwrap();
+    let array = String::from_utf8(as_token(&chem, &["submit", "--array", "0-3", "--dependency", &format!("afterok:{}", blocker.trim()), "--", "true"]).stdout).unwrap();
+    let array: u64 = array.trim().parse().unwrap();
+    assert!(as_token(&chem, &["cancel", &array.to_string()]).status.success());
+    let _ = as_token(&chem, &["submit", "--", "true"]);
+    env.eventually(10, "chem's array to leave memory", |e| !e.ok(&["jobs", "--all"]).lines().any(|l| l.split_whitespace().next() == Some(array.to_string().as_str())));
+    // chem still sees it; bio sees nothing of it by its id, its tasks' ids, nor in sacct.
+    assert!(as_token(&chem, &["show", &array.to_string()]).status.success());
+    for id in [array, array + 2] {
+        for args in [vec!["show", &*id.to_string()], vec!["cancel", &*id.to_string()], vec!["logs", &*format!("{id}.0")]] {
+            let out = as_token(&bio, &args.iter().map(|s| &**s).collect::<Vec<_>>());
+            assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("does not exist"), "{args:?}: {out:?}");
+        }
+    }
+    let listed = as_token(&bio, &["sacct", "-n", "-P", "-o", "JobIDRaw"]);
+    assert!(listed.status.success() && String::from_utf8_lossy(&listed.stdout).trim().is_empty(), "{listed:?}");
+    let mine = as_token(&chem, &["sacct", "-n", "-P", "-o", "JobIDRaw,State"]);
+    assert!(String::from_utf8_lossy(&mine.stdout).lines().any(|l| l == format!("{array}|CANCELLED")), "{mine:?}");
+    env.ok(&["cancel", blocker.trim()]);
+}
+
+#[test]
 fn each_array_task_has_a_job_id_of_its_own_as_in_slurm() {
     let env = Env::new("array-ids");
     // Slurm's own example: `--array=1-3` submitted as job 36 runs tasks 36, 37 and 38, each
