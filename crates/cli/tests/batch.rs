@@ -489,6 +489,24 @@ fn another_projects_token_reaches_no_forgotten_job_nor_array_task_id() {
 }
 
 #[test]
+fn a_partition_list_runs_in_whichever_partition_can_start_it() {
+    let mut env = Env::new("partitions");
+    env.add_agent("gpu-node", &["--pool", "gpu", "--cpus", "2"]);
+    env.eventually(20, "the gpu node to join", |e| e.ok(&["nodes"]).contains("gpu-node"));
+    // The local node is full: a job that may run in either goes to the gpu partition.
+    let fill = env.ok(&["submit", "-p", "local", "--array", "0-3", "--", "sleep", "30"]);
+    env.eventually(20, "the local node to fill", |e| e.ok(&["squeue", "-h", "-j", fill.trim(), "-t", "R"]).lines().count() == 4);
+    std::fs::write(env.dir.join("either.sh"), "#!/bin/sh\n#SBATCH -p local,gpu -o either.out\necho $SLURM_JOB_PARTITION $SLURMD_NODENAME\n").unwrap();
+    let job = env.ok(&["sbatch", "--parsable", "either.sh"]);
+    assert!(env.run(&["wait", job.trim()]).status.success());
+    assert_eq!(std::fs::read_to_string(env.dir.join("either.out")).unwrap().trim(), "gpu gpu-node");
+    // Every name of the list must exist, as Slurm refuses an invalid partition.
+    let bad = env.run(&["submit", "-p", "local,nope", "--", "true"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("pool 'nope' does not exist"), "{bad:?}");
+    env.ok(&["cancel", fill.trim()]);
+}
+
+#[test]
 fn each_array_task_has_a_job_id_of_its_own_as_in_slurm() {
     let env = Env::new("array-ids");
     // Slurm's own example: `--array=1-3` submitted as job 36 runs tasks 36, 37 and 38, each

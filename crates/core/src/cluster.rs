@@ -355,8 +355,8 @@ impl Cluster {
         if self.feature_bits.len() + new_features > 64 {
             return Err(SpecError::new("constraint", "at most 64 distinct node features per cluster"));
         }
-        if let Some(pool) = &spec.pool {
-            let exists = known_pools.iter().any(|p| p == pool) || self.nodes.iter().any(|n| &n.pool == pool);
+        for pool in spec.pool.iter().flat_map(|list| list.split(',')) {
+            let exists = known_pools.iter().any(|p| p == pool) || self.nodes.iter().any(|n| n.pool == pool);
             if !exists {
                 let mut pools: Vec<&str> = self.nodes.iter().map(|n| n.pool.as_str()).collect();
                 pools.extend(known_pools.iter().map(String::as_str));
@@ -716,7 +716,7 @@ impl Cluster {
     /// True when `node` may ever run a task of `job` (pool and features), ignoring load.
     pub(crate) fn node_suits(&self, node: &Node, job: &Job) -> bool {
         !node.draining
-            && job.spec.pool.as_ref().is_none_or(|p| &node.pool == p)
+            && job.spec.allows_pool(&node.pool)
             && node.features & job.feature_mask == job.feature_mask
             && node.capacity.fits(&job.demand)
             && node.identities.serves(self.projects[job.project_idx].identity)

@@ -123,6 +123,12 @@ impl JobSpec {
         }
     }
 
+    /// Whether a node of `pool` may run it: any pool when none is named, else one of the
+    /// comma-separated list (Slurm's `-p a,b,c`: whichever can start it first).
+    pub fn allows_pool(&self, pool: &str) -> bool {
+        self.pool.as_deref().is_none_or(|list| list.split(',').any(|p| p == pool))
+    }
+
     /// The job id of the task at `pos` of a job whose own id is `job_id`.
     pub fn task_job_id(&self, job_id: u64, pos: u32) -> u64 {
         if self.gang.is_some() {

@@ -55,11 +55,11 @@ impl Cluster {
         let eligible: Vec<&Node> = self
             .nodes
             .iter()
-            .filter(|n| job.spec.pool.as_ref().is_none_or(|p| &n.pool == p) && n.features & job.feature_mask == job.feature_mask)
+            .filter(|n| job.spec.allows_pool(&n.pool) && n.features & job.feature_mask == job.feature_mask)
             .collect();
         if eligible.is_empty() {
             let text = match &job.spec.pool {
-                Some(pool) => format!("no node of pool '{pool}' with the required features has joined"),
+                Some(pool) => format!("no node of pool(s) '{pool}' with the required features has joined"),
                 None => "no node with the required features has joined".to_string(),
             };
             return reason("Nodes_required", text);

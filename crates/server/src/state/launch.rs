@@ -113,7 +113,12 @@ impl Inner {
             script: req.script.clone(),
             env: {
                 let mut env = spec::task_env(req, spec, job_id.0, index, attempt, node, &nodelist, &config.public_url);
-                let node_has_gpus = self.cluster.node_id(node).and_then(|id| self.cluster.node(id)).is_some_and(|n| n.capacity().n_gpus > 0);
+                let the_node = self.cluster.node_id(node).and_then(|id| self.cluster.node(id));
+                let node_has_gpus = the_node.is_some_and(|n| n.capacity().n_gpus > 0);
+                // Of a partition list, the one it runs in.
+                if let (Some(_), Some(n)) = (&spec.pool, the_node) {
+                    env.insert("SLURM_JOB_PARTITION".into(), n.pool().to_string());
+                }
                 set_gpu_env(&mut env, &gpus, node_has_gpus);
                 if let Some(secrets) = self.secrets.get(&job_id) {
                     env.extend(secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
