@@ -34,6 +34,32 @@ struct PullSession<'a> {
     answer: std::sync::Mutex<Option<Answer>>,
 }
 
+/// What a registry's error document says (`{"errors":[{"code","message"}]}`, as the
+/// distribution API writes them), for the task's message; anything else a server answered is
+/// not repeated, so a task cannot read through a node's pull what some other service on it says.
+fn registry_errors(body: &str) -> String {
+    let doc: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let said: Vec<String> = doc["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .take(3)
+                .map(|e| {
+                    let code: String = e["code"].as_str().unwrap_or_default().chars().filter(|c| c.is_ascii_uppercase() || *c == '_').take(40).collect();
+                    let message: String = e["message"].as_str().unwrap_or_default().chars().filter(|c| !c.is_control()).take(120).collect();
+                    format!("{code} {message}").trim().to_string()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if said.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", said.join("; "))
+    }
+}
+
 /// The `key="value"` parameters of a `WWW-Authenticate` challenge.
 fn challenge_params(text: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -192,8 +218,7 @@ impl ImageStore {
         if !resp.status().is_success() {
             let status = resp.status();
             let body = resp.text().await.unwrap_or_default();
-            let said: String = body.chars().take(300).collect();
-            return Err(format!("pulling {url}: the registry answered {status}: {}", said.trim()));
+            return Err(format!("pulling {url}: the registry answered {status}{}", registry_errors(&body)));
         }
         Ok(resp)
     }
@@ -521,6 +546,14 @@ fn remove_any(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_registry_error_document_is_repeated_to_the_task() {
+        let registry = r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{"Tag":"1"}}]}"#;
+        assert_eq!(registry_errors(registry), ": MANIFEST_UNKNOWN manifest unknown");
+        assert_eq!(registry_errors("root:x:0:0:root:/root:/bin/bash"), "", "another service's answer is not repeated");
+        assert_eq!(registry_errors(r#"{"secret":"value"}"#), "");
+    }
 
     #[test]
     fn a_bearer_challenge_is_read_as_registries_write_it() {
