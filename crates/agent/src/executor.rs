@@ -86,6 +86,7 @@ pub(crate) mod double {
             mem_bytes: 0,
             discard_empty_output: false,
             append_output: false,
+            warn_signal: None,
             run_as: None,
             gpus: vec![],
             container: None,

@@ -69,6 +69,8 @@ struct Attempt {
     leftovers_until: Option<Instant>,
     /// The task's error output, kept for the line Slurm writes there at a time limit.
     time_limit_note: Option<File>,
+    /// When its `--signal` is due, until it is sent.
+    warn_at: Option<Instant>,
 }
 
 impl Attempt {
@@ -373,7 +375,7 @@ impl Launcher {
             .flat_map(|a| {
                 let deadline = a.deadline.filter(|_| !a.timed_out && !a.cancelled);
                 let leftovers = a.leftovers_until.map(|_| Instant::now() + Duration::from_millis(20));
-                [deadline, a.kill_at, leftovers]
+                [deadline, a.kill_at, leftovers, a.warn_at.filter(|_| !a.timed_out && !a.cancelled)]
             })
             .flatten()
             .min()
@@ -414,6 +416,7 @@ impl Launcher {
                 result.started_ms = now_ms();
                 let started = Instant::now();
                 let deadline = spec.launch.time_limit_s.map(|s| started + Duration::from_secs(s));
+                let warn_at = spec.launch.warn_signal.and_then(|w| deadline.map(|d| d.checked_sub(Duration::from_secs(w.before_s)).unwrap_or(started).max(started)));
                 self.cpu_in_use += spec.launch.cpu_millis;
                 self.mem_in_use += spec.launch.mem_bytes;
                 self.running.insert(
@@ -433,6 +436,7 @@ impl Launcher {
                         ended: None,
                         leftovers_until: None,
                         time_limit_note,
+                        warn_at,
                     },
                 );
             }
@@ -623,6 +627,12 @@ impl Launcher {
             if a.kill_at.is_some_and(|t| now >= t) {
                 signal_tree(a.pid, &a.cgroup_pids(), libc::SIGKILL);
                 a.kill_at = Some(now + Duration::from_secs(1));
+            }
+            if a.warn_at.is_some_and(|t| now >= t) && !a.timed_out && !a.cancelled {
+                a.warn_at = None;
+                if let Some(warn) = a.spec.launch.warn_signal {
+                    warn_ahead_of_limit(a.pid, &a.cgroup_pids(), warn, a.spec.launch.script.is_some());
+                }
             }
             if a.deadline.is_some_and(|d| now >= d) && !a.timed_out && !a.cancelled {
                 a.timed_out = true;

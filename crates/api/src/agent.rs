@@ -151,6 +151,9 @@ pub struct Launch {
     /// Add to output files that exist rather than truncate them (`--open-mode=append`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub append_output: bool,
+    /// A signal sent ahead of the time limit (Slurm's `--signal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warn_signal: Option<WarnSignal>,
     /// The identity the task runs as, and opens its files as; none: the agent's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as: Option<RunAs>,
@@ -195,6 +198,54 @@ pub struct ContainerLaunch {
     /// never written into the attempt's directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_auth: Option<crate::RegistryCredentials>,
+}
+
+/// A signal a task is sent ahead of its time limit, so it can save its work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarnSignal {
+    /// The signal's number.
+    pub signal: i32,
+    /// How long before the limit.
+    pub before_s: u64,
+    /// To the batch shell alone (`B:`), rather than to what it started.
+    pub batch_only: bool,
+}
+
+/// Reads Slurm's `--signal=[{R|B}:]SIG[@SECONDS]`: a signal name (`USR1`, `SIGUSR1`) or number,
+/// 60 s before the limit unless said; `R:` (reservations) has no meaning here and is accepted.
+pub fn parse_warn_signal(text: &str) -> Result<WarnSignal, String> {
+    let bad = || format!("'{text}' is not [B:]SIG[@SECONDS] (e.g. B:USR1@120)");
+    let (flags, rest) = match text.split_once(':') {
+        Some((flags, rest)) if flags.chars().all(|c| c == 'B' || c == 'R') && !flags.is_empty() => (flags, rest),
+        Some(_) => return Err(bad()),
+        None => ("", text),
+    };
+    let (name, before) = rest.split_once('@').unwrap_or((rest, "60"));
+    let before_s: u64 = before.parse().ok().filter(|s| *s <= 65_535).ok_or_else(bad)?;
+    let bare = name.trim_start_matches("SIG");
+    const NAMES: [(&str, i32); 9] = [("HUP", 1), ("INT", 2), ("QUIT", 3), ("KILL", 9), ("USR1", 10), ("USR2", 12), ("ALRM", 14), ("TERM", 15), ("URG", 23)];
+    let signal = match name.parse::<i32>() {
+        Ok(n) if (1..=64).contains(&n) => n,
+        Ok(_) => return Err(bad()),
+        Err(_) => NAMES.iter().find(|(n, _)| *n == bare).map(|(_, s)| *s).ok_or_else(bad)?,
+    };
+    Ok(WarnSignal { signal, before_s, batch_only: flags.contains('B') })
+}
+
+#[cfg(test)]
+mod warn_signal_tests {
+    use super::*;
+
+    #[test]
+    fn slurm_signal_options_read_as_sbatch_reads_them() {
+        assert_eq!(parse_warn_signal("B:USR1@120"), Ok(WarnSignal { signal: 10, before_s: 120, batch_only: true }));
+        assert_eq!(parse_warn_signal("SIGTERM"), Ok(WarnSignal { signal: 15, before_s: 60, batch_only: false }));
+        assert_eq!(parse_warn_signal("R:12@5"), Ok(WarnSignal { signal: 12, before_s: 5, batch_only: false }));
+        for bad in ["", "X:USR1", "USR9", "USR1@soon", "0", "B:"] {
+            assert!(parse_warn_signal(bad).is_err(), "{bad}");
+        }
+    }
 }
 
 /// The identities an agent can run tasks as.

@@ -97,6 +97,10 @@ pub struct SubmitRequest {
     /// `append` to add to output files that exist, `truncate` (the default) to start them anew.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_mode: Option<String>,
+    /// Slurm's `--signal=[B:]SIG[@SECONDS]`: SIG (default time 60 s) before the time limit, to
+    /// the batch shell alone with `B:`, else to what the script started (all of a command).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
     /// Slurm's `--dependency`: `afterok:12:13,afterany:14+10`, `after:12?afternotok:13`,
     /// `singleton` (not with `after`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -74,7 +74,7 @@ pub fn document() -> String {
                     "pool": string, "image": string, "container_mounts": {"type": "array", "items": string},
                     "container_workdir": string, "shm_size": string, "network": {"type": "string", "enum": ["host", "none"]},
                     "container_env": {"type": "array", "items": string}, "open_mode": {"type": "string", "enum": ["append", "truncate"]},
-                    "dependency": string, "kill_on_invalid_dep": {"type": "boolean"}, "ntasks": int}},
+                    "dependency": string, "kill_on_invalid_dep": {"type": "boolean"}, "ntasks": int, "signal": string}},
                 "SubmitResponse": {"type": "object", "required": ["job_id"], "properties": {"job_id": int}},
                 "CancelRequest": {"type": "object", "properties": {"index": int}},
                 "CancelResponse": {"type": "object", "properties": {"n_cancelled": int, "n_signalled": int, "already_ended": {"type": "boolean"}}},

@@ -48,6 +48,10 @@ pub struct SubmitArgs {
     /// `append` to add to output files that exist, `truncate` (the default) to start them anew.
     #[arg(long, value_parser = ["append", "truncate"])]
     open_mode: Option<String>,
+    /// `[B:]SIG[@SECONDS]`: send SIG that long (default 60 s) before the time limit (`B:`: to
+    /// a script's shell alone), as Slurm's --signal.
+    #[arg(long)]
+    signal: Option<String>,
     /// Job name.
     #[arg(long, short = 'J')]
     name: Option<String>,
@@ -197,6 +201,7 @@ pub async fn submit(a: SubmitArgs) -> Result<u8, String> {
         network: a.network,
         container_env: a.container_env,
         open_mode: a.open_mode,
+        signal: a.signal,
         dependency: a.dependency,
         kill_on_invalid_dep: a.kill_on_invalid_dep,
     };

@@ -507,6 +507,23 @@ fn a_partition_list_runs_in_whichever_partition_can_start_it() {
 }
 
 #[test]
+fn signal_reaches_the_batch_shell_or_its_children_ahead_of_the_time_limit() {
+    let env = Env::new("warn-signal");
+    // B: the shell itself traps it and ends cleanly before the limit.
+    std::fs::write(env.dir.join("shell.sh"), "#!/bin/bash\n#SBATCH --time=0:06 --signal=B:USR1@4 -o shell.out\ntrap 'echo shell caught USR1; exit 0' USR1\nsleep 30 & wait\n").unwrap();
+    // Without B: what the script started gets it, the shell does not (it would die of it).
+    std::fs::write(env.dir.join("child.sh"), "#!/bin/bash\n#SBATCH --time=0:06 --signal=USR1@4 -o child.out\nsh -c \"trap 'echo child caught USR1; exit 0' USR1; sleep 30 & wait\"\necho shell goes on\n").unwrap();
+    let shell = env.ok(&["sbatch", "--parsable", "shell.sh"]);
+    let child = env.ok(&["sbatch", "--parsable", "child.sh"]);
+    assert!(env.run(&["wait", shell.trim()]).status.success());
+    assert!(env.run(&["wait", child.trim()]).status.success());
+    assert_eq!(std::fs::read_to_string(env.dir.join("shell.out")).unwrap().trim(), "shell caught USR1");
+    assert_eq!(std::fs::read_to_string(env.dir.join("child.out")).unwrap().trim(), "child caught USR1\nshell goes on");
+    let bad = env.run(&["submit", "--signal", "B:NOPE@10", "--", "true"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("signal"), "{bad:?}");
+}
+
+#[test]
 fn each_array_task_has_a_job_id_of_its_own_as_in_slurm() {
     let env = Env::new("array-ids");
     // Slurm's own example: `--array=1-3` submitted as job 36 runs tasks 36, 37 and 38, each

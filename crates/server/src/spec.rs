@@ -324,6 +324,9 @@ pub fn validate(req: &SubmitRequest, max_array_size: u32) -> Result<JobSpec> {
             return Err(Error::field("ntasks", "must be 1 to 100,000"));
         }
     }
+    if let Some(signal) = &req.signal {
+        tidepool_api::parse_warn_signal(signal).map_err(|e| Error::field("signal", e))?;
+    }
     if req.open_mode.as_deref().is_some_and(|m| !matches!(m, "append" | "truncate")) {
         return Err(Error::field("open_mode", "use append or truncate"));
     }

@@ -67,6 +67,43 @@ pub(super) fn signal_tree(pgid: i32, cgroup_pids: &[i32], signal: i32) {
     }
 }
 
+/// Sends a task its `--signal` ahead of its time limit: to the batch shell alone (`B:`), or to
+/// what a script started and not the shell (whose default would be to die of it), or to the
+/// whole of a command.
+pub(super) fn warn_ahead_of_limit(leader: i32, cgroup_pids: &[i32], warn: tidepool_api::WarnSignal, script: bool) {
+    let me = own_pid() as i32;
+    // SAFETY: kill(2) sends a signal; no memory is touched.
+    let send = |pid: i32| unsafe { libc::kill(pid, warn.signal) };
+    if warn.batch_only {
+        send(leader);
+        return;
+    }
+    if !script {
+        signal_tree(leader, cgroup_pids, warn.signal);
+        return;
+    }
+    let members: Vec<i32> = if cgroup_pids.is_empty() { process_group_members(leader) } else { cgroup_pids.to_vec() };
+    for pid in members.into_iter().filter(|p| *p != leader && *p != me) {
+        send(pid);
+    }
+}
+
+/// The processes of process group `pgid`, read from /proc (where no cgroup lists them).
+fn process_group_members(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            // Field 5 of stat, after the parenthesised command name, is the process group.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(2).and_then(|g| g.parse::<i32>().ok())))
+                == Some(pgid)
+        })
+        .collect()
+}
+
 /// The pointers of `strings`, ended by a null one, as execve and posix_spawn take them.
 fn nul_ended(strings: &[CString]) -> Vec<*const libc::c_char> {
     strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()

@@ -66,7 +66,7 @@ pub(super) const SBATCH_OPTIONS: &[(&str, Option<char>, Takes)] = &[
 /// Options accepted that have no meaning on this fleet: one warning line each.
 pub(super) const NO_MEANING_HERE: &[&str] = &[
     "mail-type", "mail-user", "comment", "quiet", "verbose", "hint", "threads-per-core",
-    "distribution", "tmp", "get-user-env", "nice", "requeue", "no-requeue", "signal",
+    "distribution", "tmp", "get-user-env", "nice", "requeue", "no-requeue",
     "gpu-bind",
 ];
 
@@ -408,6 +408,7 @@ fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<St
         network: None,
         container_env: o.get("container-env").map(|m| m.split(',').map(str::to_string).collect()).unwrap_or_default(),
         open_mode,
+        signal: o.get("signal").map(|s| s.to_string()),
     };
     Ok((req, o.contains_key("parsable")))
 }

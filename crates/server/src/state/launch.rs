@@ -133,6 +133,7 @@ impl Inner {
             mem_bytes: spec.per_task.mem_bytes,
             discard_empty_output,
             append_output: req.open_mode.as_deref() == Some("append"),
+            warn_signal: req.signal.as_deref().and_then(|s| tidepool_api::parse_warn_signal(s).ok()),
             run_as: self.identities.get(&spec.project).cloned(),
             gpus,
             container: req.image.as_ref().map(|image| tidepool_api::ContainerLaunch {
