@@ -406,9 +406,13 @@ pub struct PatternValues<'a> {
     pub node: &'a str,
     /// The submitting user.
     pub user: &'a str,
+    /// The step and the task's rank in it (`%s`, `%t`, and `%J` as `JOB.STEP`), for srun's
+    /// files; none for a batch script's, whose step and rank are 0 and whose `%J` is the job.
+    pub step: Option<(u32, u32)>,
 }
 
-/// Expands `%A %a %j %J %x %N %u %n %t %s %%` with optional zero-padding (`%4a`), as sbatch does.
+/// Expands `%A %a %j %J %x %N %u %n %t %s %%` with optional zero-padding (`%4a`), as sbatch
+/// and srun do.
 pub fn expand_pattern(pattern: &str, v: &PatternValues<'_>) -> String {
     let mut out = String::with_capacity(pattern.len() + 16);
     let mut chars = pattern.chars().peekable();
@@ -426,12 +430,19 @@ pub fn expand_pattern(pattern: &str, v: &PatternValues<'_>) -> String {
         let pad = |n: u64| format!("{n:0width$}");
         match chars.next() {
             Some('A') => out.push_str(&pad(v.job_id)),
-            Some('j') | Some('J') => out.push_str(&pad(v.own_job_id)),
+            Some('j') => out.push_str(&pad(v.own_job_id)),
+            Some('J') => match v.step {
+                Some((step, _)) => out.push_str(&format!("{}.{step}", pad(v.own_job_id))),
+                None => out.push_str(&pad(v.own_job_id)),
+            },
             Some('a') => out.push_str(&pad(u64::from(v.index))),
             Some('x') => out.push_str(v.name),
             Some('N') => out.push_str(v.node),
             Some('u') => out.push_str(v.user),
-            Some('n') | Some('t') | Some('s') => out.push_str(&pad(0)),
+            Some('s') => out.push_str(&pad(v.step.map_or(0, |(step, _)| u64::from(step)))),
+            Some('t') => out.push_str(&pad(v.step.map_or(0, |(_, rank)| u64::from(rank)))),
+            // The node's index in the step: one node here.
+            Some('n') => out.push_str(&pad(0)),
             Some('%') => out.push('%'),
             Some(other) => {
                 out.push('%');
@@ -587,7 +598,7 @@ mod tests {
 
     #[test]
     fn patterns_expand_like_sbatch() {
-        let v = PatternValues { job_id: 42, own_job_id: 49, index: 7, name: "sim", node: "n1", user: "ana" };
+        let v = PatternValues { job_id: 42, own_job_id: 49, index: 7, name: "sim", node: "n1", user: "ana", step: None };
         assert_eq!(expand_pattern("out_%A_%a.txt", &v), "out_42_7.txt");
         assert_eq!(expand_pattern("%x-%j-%3a-%%.log", &v), "sim-49-007-%.log", "an array task's own job id");
         assert_eq!(expand_pattern("%N/%u", &v), "n1/ana");

@@ -189,32 +189,21 @@ fn unsafe_uid() -> u32 {
     unsafe { libc::getuid() }
 }
 
-/// Expands srun's per-task file patterns: `%t` the task's rank, `%j`/`%J` the job (and
-/// step), `%s` the step, `%n` the node's index (0), `%N` the node, `%%`.
+/// A step task's file name from srun's pattern: sbatch's patterns, with `%t` the task's rank,
+/// `%s` the step and `%J` `JOB.STEP`.
 fn expand(pattern: &str, job: &str, step: u32, rank: u32, node: &str) -> String {
-    let mut out = String::new();
-    let mut chars = pattern.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('t') => out.push_str(&rank.to_string()),
-            Some('j') => out.push_str(job),
-            Some('J') => out.push_str(&format!("{job}.{step}")),
-            Some('s') => out.push_str(&step.to_string()),
-            Some('n') => out.push('0'),
-            Some('N') => out.push_str(node),
-            Some('%') => out.push('%'),
-            Some(other) => {
-                out.push('%');
-                out.push(other);
-            }
-            None => out.push('%'),
-        }
-    }
-    out
+    let env = |k: &str| std::env::var(k).unwrap_or_default();
+    let own_job_id: u64 = job.parse().unwrap_or(0);
+    let values = tidepool_server::spec::PatternValues {
+        job_id: env("SLURM_ARRAY_JOB_ID").parse().unwrap_or(own_job_id),
+        own_job_id,
+        index: env("SLURM_ARRAY_TASK_ID").parse().unwrap_or(0),
+        name: &env("SLURM_JOB_NAME"),
+        node,
+        user: &env("SLURM_JOB_USER"),
+        step: Some((step, rank)),
+    };
+    tidepool_server::spec::expand_pattern(pattern, &values)
 }
 
 /// Runs a step inside the calling job's allocation; srun's exit status.

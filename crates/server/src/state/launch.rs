@@ -13,7 +13,7 @@ pub(super) fn output_paths(
 ) -> (String, String, bool) {
     let workdir = req.workdir.clone().unwrap_or_else(|| "/".into());
     let user = req.env.get("USER").map(String::as_str).unwrap_or("");
-    let values = PatternValues { job_id, own_job_id: spec::own_job_id(spec, job_id, index), index, name: &spec.name, node, user };
+    let values = PatternValues { job_id, own_job_id: spec::own_job_id(spec, job_id, index), index, name: &spec.name, node, user, step: None };
     let expand = |p: &str| spec::under_workdir(&workdir, &spec::expand_pattern(p, &values));
     let slurm_default = if req.array.is_some() { "slurm-%A_%a.out" } else { "slurm-%j.out" };
     match (&req.output, &req.error) {
