@@ -392,6 +392,14 @@ fn default_name(req: &SubmitRequest) -> String {
     program.rsplit('/').next().unwrap_or(program).chars().take(MAX_NAME_LEN).collect()
 }
 
+/// A job as the journal holds it (its request's JSON), read back with its spec; accepted
+/// once, so no bound of today refuses it.
+pub fn journaled(text: &str) -> std::result::Result<(SubmitRequest, JobSpec), String> {
+    let req: SubmitRequest = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let spec = validate(&req, u32::MAX).map_err(|e| e.to_string())?;
+    Ok((req, spec))
+}
+
 /// What Slurm's filename patterns are filled with for one task.
 pub struct PatternValues<'a> {
     /// The job id (an array's: `%A`).

@@ -180,14 +180,19 @@ impl Shared {
         loop {
             let page = self.reader.lock().unwrap_or_else(|p| p.into_inner()).jobs_page(cursor, since_ms, limit)?;
             let exhausted = page.len() < limit;
-            for (id, _, _) in page {
+            for (id, submitted_ms, text) in page {
                 cursor = id;
                 scanned += 1;
-                let Some(job) = self.archived(id)? else { continue };
-                if project.is_some_and(|p| p != job.spec.project) {
+                if !self.lock().forgotten.contains(id) {
                     continue;
                 }
-                views.push(job.view(id, false));
+                let (req, spec) = Self::read_journaled(id, &text)?;
+                // Another project's jobs are passed over before their tasks are read.
+                if project.is_some_and(|p| p != spec.project) {
+                    continue;
+                }
+                let records = self.reader.lock().unwrap_or_else(|p| p.into_inner()).task_records(id)?;
+                views.push(Archived { req, spec, submitted_ms, records }.view(id, false));
                 if views.len() == limit {
                     return Ok((views, Some(id)));
                 }
@@ -201,17 +206,31 @@ impl Shared {
         }
     }
 
-    /// A job the core has forgotten, read back from the journal; None when the core still
-    /// holds it or it never existed.
-    pub(crate) fn archived(&self, job_id: u64) -> Result<Option<Archived>> {
+    fn read_journaled(job_id: u64, text: &str) -> Result<(SubmitRequest, JobSpec)> {
+        spec::journaled(text).map_err(|e| Error::Internal(format!("job {job_id} in the journal: {e}")))
+    }
+
+    /// A forgotten job's submission (time, request, spec) from the journal, without its tasks;
+    /// None when the core still holds it or it never existed.
+    fn archived_submission(&self, job_id: u64) -> Result<Option<(u64, SubmitRequest, JobSpec)>> {
         if !self.lock().forgotten.contains(job_id) {
             return Ok(None);
         }
-        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((submitted_ms, text)) = reader.job_submission(job_id)? else { return Ok(None) };
-        let req: SubmitRequest = serde_json::from_str(&text).map_err(|e| Error::Internal(format!("job {job_id} in the journal: {e}")))?;
-        let spec = spec::validate(&req, u32::MAX).map_err(|e| Error::Internal(format!("job {job_id} in the journal: {e}")))?;
-        let records = reader.task_records(job_id)?;
+        let Some((submitted_ms, text)) = self.reader.lock().unwrap_or_else(|p| p.into_inner()).job_submission(job_id)? else { return Ok(None) };
+        let (req, spec) = Self::read_journaled(job_id, &text)?;
+        Ok(Some((submitted_ms, req, spec)))
+    }
+
+    /// The project of a forgotten job, read from its submission alone.
+    pub(crate) fn archived_project(&self, job_id: u64) -> Result<Option<String>> {
+        Ok(self.archived_submission(job_id)?.map(|(_, _, spec)| spec.project))
+    }
+
+    /// A job the core has forgotten, read back from the journal with its tasks; None when the
+    /// core still holds it or it never existed.
+    pub(crate) fn archived(&self, job_id: u64) -> Result<Option<Archived>> {
+        let Some((submitted_ms, req, spec)) = self.archived_submission(job_id)? else { return Ok(None) };
+        let records = self.reader.lock().unwrap_or_else(|p| p.into_inner()).task_records(job_id)?;
         Ok(Some(Archived { req, spec, submitted_ms, records }))
     }
 

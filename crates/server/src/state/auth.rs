@@ -81,7 +81,7 @@ impl Shared {
         if let Some(project) = self.lock().cluster.job(JobId(job_id)).map(|j| j.spec().project.clone()) {
             return Some(project);
         }
-        self.archived(job_id).ok().flatten().map(|a| a.spec.project)
+        self.archived_project(job_id).ok().flatten()
     }
 
     /// Creates a project (with a quota when given).

@@ -198,10 +198,7 @@ impl Shared {
         let (mut inner, n_events) = Inner::replayed(&config, store.as_ref())?;
         // Ids start after the last job journaled, whether or not memory still holds it.
         let after_journal = match store.last_job()? {
-            Some((id, text)) => serde_json::from_str::<SubmitRequest>(&text)
-                .ok()
-                .and_then(|req| spec::validate(&req, u32::MAX).ok())
-                .map_or(id + 1, |spec| id + spec.ids_held()),
+            Some((id, text)) => spec::journaled(&text).map_or(id + 1, |(_, spec)| id + spec.ids_held()),
             None => 1,
         };
         inner.next_job_id = inner.cluster.next_free_job_id().max(after_journal);
@@ -533,12 +530,7 @@ impl Inner {
     fn replay(&mut self, event: Event) {
         match event {
             Event::JobSubmitted { job_id, at_ms, spec } => {
-                let parsed = serde_json::from_str::<SubmitRequest>(&spec)
-                    .map_err(|e| e.to_string())
-                    .and_then(|req| {
-                        spec::validate(&req, u32::MAX).map(|s| (req, s)).map_err(|e| e.to_string())
-                    });
-                match parsed {
+                match spec::journaled(&spec) {
                     Ok((req, mut spec)) => {
                         // A dependency on a job forgotten before this one was submitted was
                         // settled then (met, or the job was refused).
