@@ -183,7 +183,7 @@ pub async fn run_until(config: AgentConfig, shutdown: impl std::future::Future<O
     let executor = executor_of(&config, tx.clone());
     tracing::info!(node = %config.name, "{}", config.identities.describe(executor.switches_users()));
     let mut config = config;
-    if let Some(runtime) = crate::images::runtime().filter(|_| executor.switches_users() && crate::images::runtime_available()) {
+    if let Some(runtime) = crate::images::offered_runtime().filter(|_| executor.switches_users()) {
         config.features.push(tidepool_api::CONTAINER_FEATURE.to_string());
         tracing::info!(node = %config.name, runtime = %runtime.path.display(), "tasks may run in OCI images");
     }

@@ -355,11 +355,11 @@ pub fn runc() -> Option<Runtime> {
     installed("runc").map(Runtime::at)
 }
 
-/// True when this node can run OCI bundles: a runtime is installed and the agent is root.
-pub fn runtime_available() -> bool {
+/// The runtime this node runs OCI bundles with, when one is installed and the agent is root.
+pub fn offered_runtime() -> Option<Runtime> {
     // SAFETY: geteuid only reads this process's credentials.
     let root = unsafe { libc::geteuid() } == 0;
-    root && runtime().is_some()
+    runtime().filter(|_| root)
 }
 
 /// How recently an image must have been handed to a task to be kept whatever the cache's size:

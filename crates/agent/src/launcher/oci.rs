@@ -76,12 +76,14 @@ fn bind(source: &str, destination: &str, read_only: bool) -> serde_json::Value {
 /// The bundle's `config.json`: the task's command as `uid`/`gid` (and groups), no new
 /// privileges and no capabilities, the host's network, its own PID, IPC, UTS and mount
 /// namespaces, the job's working directory bound at the same path, the asked mounts, a
-/// /dev/shm of the asked size, and its cgroup a child of the task's (`cgroups_path`).
+/// /dev/shm of the asked size, exactly the `devices` given (the task's GPUs, from
+/// [`gpu_devices`]), and its cgroup a child of the task's (`cgroups_path`).
 pub(super) fn config(
     launch: &Launch,
     container: &ContainerLaunch,
     args: &[String],
     user: (u32, u32, &[u32]),
+    devices: &[(String, u64, u64)],
     cgroups_path: Option<&str>,
 ) -> serde_json::Value {
     let (uid, gid, groups) = user;
@@ -122,7 +124,6 @@ pub(super) fn config(
         linux["cgroupsPath"] = serde_json::json!(path);
     }
     // Exactly the task's GPUs, and the driver's shared nodes, and no other device.
-    let devices = gpu_devices(Path::new("/dev"), &launch.gpus);
     if !devices.is_empty() {
         linux["devices"] = devices
             .iter()
@@ -225,9 +226,10 @@ impl Launcher {
             inside = vec![SCRIPT_INSIDE.to_string()];
         }
         let runtime = self.runtime.clone().ok_or("cannot start a container: no OCI runtime (crun, runc) is installed on this node")?;
-        let born_in_task_cgroup = runtime.name == "crun" && gpu_devices(Path::new("/dev"), &launch.gpus).is_empty();
+        let devices = gpu_devices(Path::new("/dev"), &launch.gpus);
+        let born_in_task_cgroup = runtime.name == "crun" && devices.is_empty();
         let cgroups_path = if born_in_task_cgroup { None } else { cgroup.and_then(|c| spec.cgroup.container_path(&c.name)) };
-        let config = config(launch, &container, &inside, user, cgroups_path.as_deref());
+        let config = config(launch, &container, &inside, user, &devices, cgroups_path.as_deref());
         let text = serde_json::to_vec(&config).map_err(|e| e.to_string())?;
         std::fs::write(dir.join("config.json"), text).map_err(|e| format!("cannot write the container's config.json: {e}"))?;
         let state = self.run_dir.join(RUNTIME_STATE_DIR).display().to_string();
@@ -321,7 +323,7 @@ mod tests {
             registry_auth: None,
         };
         launch.container = Some(container.clone());
-        let c = config(&launch, &container, &["sh".into()], (5001, 5002, &[7]), Some("/tidepool/t1/ctr"));
+        let c = config(&launch, &container, &["sh".into()], (5001, 5002, &[7]), &[], Some("/tidepool/t1/ctr"));
         assert_eq!(c["process"]["env"], serde_json::json!(["PATH=/opt/bin:/bin", "X=1"]));
         assert_eq!(c["process"]["user"], serde_json::json!({"uid": 5001, "gid": 5002, "additionalGids": [7]}));
         assert_eq!(c["process"]["cwd"], "/work");
