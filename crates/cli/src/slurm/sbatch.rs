@@ -63,6 +63,10 @@ pub(super) const SBATCH_OPTIONS: &[(&str, Option<char>, Takes)] = &[
     ("get-user-env", None, Takes::OptionalValue),
 ];
 
+/// What `--export=NONE` keeps of the submitter's environment, as Slurm does: who they are and
+/// where home is.
+pub(super) const LOGIN_IDENTITY: [&str; 4] = ["HOME", "USER", "LOGNAME", "SHELL"];
+
 /// Options accepted that have no meaning on this fleet: one warning line each.
 pub(super) const NO_MEANING_HERE: &[&str] = &[
     "mail-type", "mail-user", "comment", "quiet", "verbose", "hint", "threads-per-core",
@@ -352,7 +356,7 @@ fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<St
     if items.iter().any(|i| i.eq_ignore_ascii_case("NONE")) {
         // Slurm then gives the script the user's login environment: who they are and where home is.
         let here = current_env();
-        for key in ["HOME", "USER", "LOGNAME", "SHELL"] {
+        for key in LOGIN_IDENTITY {
             if let Some(v) = here.get(key) {
                 env.insert(key.to_string(), v.clone());
             }

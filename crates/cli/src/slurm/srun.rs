@@ -5,7 +5,7 @@
 //! The step runs inside the task that calls it, so it is held by that task's cgroup, limits and
 //! cancel, and needs no port on the node.
 
-use super::sbatch::edit_distance;
+use super::sbatch::{edit_distance, LOGIN_IDENTITY};
 use std::io::{BufRead, Write};
 use std::process::{Command, Stdio};
 
@@ -170,7 +170,7 @@ fn next_step_id(job: &str) -> u32 {
         .ok()
         .and_then(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19).map(str::to_string)))
         .unwrap_or_default();
-    let path = std::env::temp_dir().join(format!(".tidepool-steps-{job}.{index}.{attempt}-{}-{session}-{started}", unsafe_uid()));
+    let path = std::env::temp_dir().join(format!(".tidepool-steps-{job}.{index}.{attempt}-{}-{session}-{started}", own_uid()));
     let Ok(mut file) = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path) else { return 0 };
     use std::os::fd::AsRawFd;
     // SAFETY: flock on a descriptor we own; released when it closes.
@@ -184,7 +184,7 @@ fn next_step_id(job: &str) -> u32 {
     id
 }
 
-fn unsafe_uid() -> u32 {
+fn own_uid() -> u32 {
     // SAFETY: getuid only reads this process's credentials.
     unsafe { libc::getuid() }
 }
@@ -236,23 +236,23 @@ pub fn srun(args: Vec<String>) -> Result<u8, String> {
     }
     let node = env("SLURMD_NODENAME").unwrap_or_else(|| "localhost".into());
     let step_id = next_step_id(&job);
+    let gtids = (0..ntasks).map(|r| r.to_string()).collect::<Vec<_>>().join(",");
     let mut children = Vec::new();
     for rank in 0..ntasks {
         let mut command = Command::new(&step.command[0]);
         command.args(&step.command[1..]);
         if step.export_none {
-            let keep: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("SLURM_") || ["HOME", "USER", "LOGNAME", "SHELL", "PATH"].contains(&k.as_str())).collect();
+            let keep: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("SLURM_") || k == "PATH" || LOGIN_IDENTITY.contains(&k.as_str())).collect();
             command.env_clear().envs(keep);
         }
         command.envs(step.export.iter().cloned());
-        let gtids = (0..ntasks).map(|r| r.to_string()).collect::<Vec<_>>().join(",");
         for (k, v) in [
             ("SLURM_STEP_ID", step_id.to_string()),
             ("SLURM_STEPID", step_id.to_string()),
             ("SLURM_PROCID", rank.to_string()),
             ("SLURM_LOCALID", rank.to_string()),
             ("SLURM_NODEID", "0".into()),
-            ("SLURM_GTIDS", gtids),
+            ("SLURM_GTIDS", gtids.clone()),
             ("SLURM_NTASKS", ntasks.to_string()),
             ("SLURM_NPROCS", ntasks.to_string()),
             ("SLURM_STEP_NUM_TASKS", ntasks.to_string()),
@@ -279,11 +279,11 @@ pub fn srun(args: Vec<String>) -> Result<u8, String> {
             None if step.label => command.stdout(Stdio::piped()),
             None => command.stdout(Stdio::inherit()),
         };
-        match (&step.error, &step.output) {
-            (Some(p), _) if p != "none" => command.stderr(open(p)?),
-            (Some(_), _) => command.stderr(Stdio::null()),
-            (None, _) if step.label => command.stderr(Stdio::piped()),
-            (None, _) => command.stderr(Stdio::inherit()),
+        match &step.error {
+            Some(p) if p != "none" => command.stderr(open(p)?),
+            Some(_) => command.stderr(Stdio::null()),
+            None if step.label => command.stderr(Stdio::piped()),
+            None => command.stderr(Stdio::inherit()),
         };
         let mut child = command.spawn().map_err(|e| format!("task {rank}: cannot run {}: {e}", step.command[0]))?;
         let mut pumps = Vec::new();
