@@ -171,7 +171,7 @@ fn next_step_id(job: &str) -> u32 {
         .and_then(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19).map(str::to_string)))
         .unwrap_or_default();
     let path = std::env::temp_dir().join(format!(".tidepool-steps-{job}.{index}.{attempt}-{}-{session}-{started}", own_uid()));
-    let Ok(mut file) = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path) else { return 0 };
+    let Some(mut file) = open_counter(&path) else { return 0 };
     use std::os::fd::AsRawFd;
     // SAFETY: flock on a descriptor we own; released when it closes.
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
@@ -182,6 +182,15 @@ fn next_step_id(job: &str) -> u32 {
     let _ = std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0));
     let _ = write!(file, "{}", id + 1);
     id
+}
+
+/// Opens (or makes) a step counter in the shared temporary directory: never through a symbolic
+/// link, and only a file of our own, so another user's task cannot aim it at a file we may write.
+fn open_counter(path: &std::path::Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path).ok()?;
+    let meta = file.metadata().ok()?;
+    (meta.is_file() && meta.uid() == own_uid()).then_some(file)
 }
 
 fn own_uid() -> u32 {
@@ -441,6 +450,21 @@ mod tests {
         assert_eq!(expand_hostlist("a,b").unwrap(), ["a", "b"]);
         assert!(expand_hostlist("n[3-1]").is_err());
         assert!(expand_hostlist("n[1-2").is_err());
+    }
+
+    #[test]
+    fn a_step_counter_is_never_opened_through_a_link() {
+        let dir = std::env::temp_dir().join(format!("tidepool-srun-counter-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("precious");
+        std::fs::write(&target, "keep").unwrap();
+        let planted = dir.join("counter");
+        std::os::unix::fs::symlink(&target, &planted).unwrap();
+        assert!(open_counter(&planted).is_none(), "a planted link is refused");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        assert!(open_counter(&dir.join("own")).is_some(), "a counter of its own is made");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
