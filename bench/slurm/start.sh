@@ -8,7 +8,7 @@
 #
 # Settings chosen for throughput: SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,
 # MaxArraySize=1000001 and MaxJobCount=5000000 (Slurm counts every task of arrays not yet
-# purged, cancelled ones too), proctrack/linuxproc and task/none (no cgroup plugins needed).
+# purged, cancelled ones too), FirstJobId=100000 (ids no script's small numbers are mistaken for), proctrack/linuxproc and task/none (no cgroup plugins needed).
 set -euo pipefail
 dir=${1:-$(mktemp -d /tmp/tidepool-slurm.XXXXXX)}
 mkdir -p "$dir/state" "$dir/spool"
@@ -68,6 +68,7 @@ SelectTypeParameters=CR_Core
 SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
 MaxArraySize=1000001
 MaxJobCount=5000000
+FirstJobId=100000
 ReturnToService=2
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none

@@ -81,8 +81,15 @@ impl IdentityPolicy {
         format!("projects' tasks run {projects}; the operator's tasks run {operator}")
     }
 
-    /// Fills in whose identity `launch` runs as, or says why it may not run here.
+    /// Fills in whose identity `launch` runs as, or says why it may not run here; the task is
+    /// told who it is (see [`tell_identity`]).
     pub fn settle(&self, launch: &mut Launch) -> Result<(), String> {
+        self.choose_identity(launch)?;
+        tell_identity(launch);
+        Ok(())
+    }
+
+    fn choose_identity(&self, launch: &mut Launch) -> Result<(), String> {
         match &launch.run_as {
             Some(id) if id.uid == 0 && !self.allow_root_tasks => {
                 Err("this node runs no task as root (its agent was not started with --allow-root-tasks)".into())
@@ -102,6 +109,52 @@ impl IdentityPolicy {
             },
         }
     }
+}
+
+/// Slurm's `SLURM_JOB_UID`, `SLURM_JOB_GID` and `SLURM_JOB_USER` for the identity the task runs
+/// as, and, where the job did not carry them (`--export=NONE`), the login variables `HOME`,
+/// `USER`, `LOGNAME` and `SHELL` from this node's user database, as slurmd gives them.
+fn tell_identity(launch: &mut Launch) {
+    let (uid, gid) = launch.run_as.as_ref().map_or_else(|| (effective_uid(), effective_gid()), |r| (r.uid, r.gid));
+    let login = login_of(uid);
+    let env = &mut launch.env;
+    env.insert("SLURM_JOB_UID".into(), uid.to_string());
+    env.insert("SLURM_JOB_GID".into(), gid.to_string());
+    let name = login.as_ref().map_or_else(|| uid.to_string(), |l| l.name.clone());
+    env.insert("SLURM_JOB_USER".into(), name);
+    if let Some(login) = login {
+        for (key, value) in [("HOME", &login.home), ("USER", &login.name), ("LOGNAME", &login.name), ("SHELL", &login.shell)] {
+            env.entry(key.to_string()).or_insert_with(|| value.clone());
+        }
+    }
+}
+
+/// A user's entry in this node's user database.
+struct Login {
+    name: String,
+    home: String,
+    shell: String,
+}
+
+fn login_of(uid: u32) -> Option<Login> {
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: a zeroed passwd is a valid value for getpwuid_r to fill.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is to a live buffer of the length given.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc != 0 || found.is_null() {
+        return None;
+    }
+    let text = |p: *const libc::c_char| {
+        if p.is_null() {
+            String::new()
+        } else {
+            // SAFETY: getpwuid_r filled these with NUL-terminated strings inside `buf`.
+            unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        }
+    };
+    Some(Login { name: text(pwd.pw_name), home: text(pwd.pw_dir), shell: text(pwd.pw_shell) })
 }
 
 /// `NAME` (from the user database, with its groups) or `UID[:GID]`.
@@ -153,6 +206,22 @@ mod tests {
         assert_eq!(resolve_user("root").unwrap().uid, 0);
         assert!(resolve_user("5001:x").unwrap_err().contains("UID[:GID]"));
         assert!(resolve_user("no-such-user-here").unwrap_err().contains("no user"));
+    }
+
+    #[test]
+    fn a_task_is_told_who_it_is_and_keeps_the_login_variables_it_carried() {
+        let mut launch = Launch { run_as: Some(RunAs { uid: 0, gid: 0, groups: vec![] }), ..crate::executor::double::launch(0, &["true"]) };
+        launch.env.insert("HOME".into(), "/carried".into());
+        launch.env.insert("SLURM_JOB_USER".into(), "someone-else".into());
+        tell_identity(&mut launch);
+        assert_eq!(launch.env["SLURM_JOB_UID"], "0");
+        assert_eq!(launch.env["SLURM_JOB_USER"], "root", "the identity it runs as, whatever the job said");
+        assert_eq!(launch.env["USER"], "root");
+        assert_eq!(launch.env["HOME"], "/carried", "what the job carried is kept");
+        let mut nobody = Launch { run_as: Some(RunAs { uid: 4_000_000, gid: 4_000_000, groups: vec![] }), ..crate::executor::double::launch(0, &["true"]) };
+        tell_identity(&mut nobody);
+        assert_eq!(nobody.env["SLURM_JOB_USER"], "4000000", "a uid without an entry is told as its number");
+        assert!(!nobody.env.contains_key("HOME"));
     }
 
     #[test]

@@ -67,13 +67,26 @@ struct Attempt {
     ended: Option<(i32, libc::rusage)>,
     /// Until when leftovers of an ended leader are waited for.
     leftovers_until: Option<Instant>,
-    /// The task's error output, kept for the line Slurm writes there at a time limit.
-    time_limit_note: Option<File>,
+    /// The task's error output, kept for the line Slurm writes there when the job is cancelled
+    /// or reaches its time limit.
+    end_note: Option<File>,
     /// When its `--signal` is due, until it is sent.
     warn_at: Option<Instant>,
 }
 
 impl Attempt {
+    /// Slurm's line in a batch script's error output when the job is ended for it (a cancel,
+    /// or `reason` such as " DUE TO TIME LIMIT"), in Slurm's words, which scripts and people
+    /// grep for.
+    fn note_slurm_end(&mut self, reason: &str) {
+        let Some(note) = self.end_note.as_mut() else { return };
+        let env = &self.spec.launch.env;
+        let job = env.get("SLURM_JOB_ID").map_or("", String::as_str);
+        let node = env.get("SLURMD_NODENAME").map_or("", String::as_str);
+        let at = tidepool_api::dates::iso_time(now_ms() / 1000);
+        let _ = writeln!(note, "slurmstepd-{node}: error: *** JOB {job} ON {node} CANCELLED AT {at}{reason} ***");
+    }
+
     /// Every process in the attempt's cgroup (none without one).
     fn cgroup_pids(&self) -> Vec<i32> {
         self.cgroup.as_ref().map(TaskCgroup::pids).unwrap_or_default()
@@ -410,7 +423,7 @@ impl Launcher {
         result.message = None;
         let cgroup = self.take_cgroup(&spec.cgroup, spec.launch.mem_bytes);
         match self.spawn(&spec, &dir, cgroup.as_ref()) {
-            Ok((pid, time_limit_note)) => {
+            Ok((pid, end_note)) => {
                 let cgroup_procs = cgroup.as_ref().and_then(|c| spec.cgroup.task_dirs(&c.name).into_iter().next()).map(|d| d.join("cgroup.procs"));
                 self.emit_line(&rundir::Started { started: a, pgid: pid, cgroup_procs });
                 result.started_ms = now_ms();
@@ -435,7 +448,7 @@ impl Launcher {
                         timed_out: false,
                         ended: None,
                         leftovers_until: None,
-                        time_limit_note,
+                        end_note,
                         warn_at,
                     },
                 );
@@ -506,7 +519,7 @@ impl Launcher {
         let files = [("stdout", launch.stdout_path.as_str(), &stdout), ("stderr", launch.stderr_path.as_str(), stderr.as_ref().unwrap_or(&stdout))];
         // Unrecorded, the output is still written; only reading it back through Tidepool fails.
         let _ = crate::outputs::record(&self.outputs_dir, launch.attempt, &files);
-        let note = launch.time_limit_s.and_then(|_| stderr.as_ref().unwrap_or(&stdout).try_clone().ok());
+        let note = (launch.time_limit_s.is_some() || launch.script.is_some()).then(|| stderr.as_ref().unwrap_or(&stdout).try_clone().ok()).flatten();
         let (mut program, args) = program_of(spec, dir)?;
         if let Some(container) = &launch.container {
             return self
@@ -607,6 +620,10 @@ impl Launcher {
             return;
         }
         a.cancelled = true;
+        // A node that stops is no cancel of the job's: it runs again elsewhere.
+        if !self.stopping {
+            a.note_slurm_end("");
+        }
         signal_tree(a.pid, &a.cgroup_pids(), libc::SIGTERM);
         a.kill_at = Some(Instant::now() + Duration::from_secs(a.spec.kill_grace_s));
     }
@@ -636,14 +653,7 @@ impl Launcher {
             }
             if a.deadline.is_some_and(|d| now >= d) && !a.timed_out && !a.cancelled {
                 a.timed_out = true;
-                if let Some(note) = a.time_limit_note.as_mut() {
-                    // Slurm's words, which scripts and people grep for.
-                    let env = &a.spec.launch.env;
-                    let job = env.get("SLURM_JOB_ID").map_or(String::new(), Clone::clone);
-                    let node = env.get("SLURMD_NODENAME").map_or(String::new(), Clone::clone);
-                    let at = tidepool_api::dates::iso_time(now_ms() / 1000);
-                    let _ = writeln!(note, "slurmstepd: error: *** JOB {job} ON {node} CANCELLED AT {at} DUE TO TIME LIMIT ***");
-                }
+                a.note_slurm_end(" DUE TO TIME LIMIT");
                 signal_tree(a.pid, &a.cgroup_pids(), libc::SIGTERM);
                 a.kill_at = Some(now + Duration::from_secs(a.spec.kill_grace_s));
             }

@@ -9,10 +9,12 @@ pub mod gateway;
 pub mod image;
 pub mod jobs;
 pub mod openapi;
+pub mod steps;
 
 pub use agent::*;
 pub use image::{registry_host, ImageRef, RegistryCredentials, RegistryLoginRequest, RegistryLoginView, RegistryLogoutRequest, CONTAINER_FEATURE};
 pub use jobs::*;
+pub use steps::*;
 
 /// Every REST path starts with this.
 pub const API_PREFIX: &str = "/api/v1";

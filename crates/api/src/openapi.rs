@@ -18,7 +18,7 @@ pub fn document() -> String {
     };
     let string = serde_json::json!({"type": "string"});
     let int = serde_json::json!({"type": "integer", "minimum": 0});
-    let doc = serde_json::json!({
+    let mut doc = serde_json::json!({
         "openapi": "3.0.3",
         "info": {"title": "Tidepool", "version": env!("CARGO_PKG_VERSION")},
         "servers": [{"url": "/api/v1"}],
@@ -60,6 +60,14 @@ pub fn document() -> String {
                 "post": op("Save a project's login to a registry; its nodes pull that project's images from it with it", Some("RegistryLoginRequest"), "RegistryLoginView"),
             },
             "/registries/logout": {"post": op("Forget a project's login to a registry", Some("RegistryLogoutRequest"), "RegistryLoggedOut")},
+            "/jobs/{id}/steps": {
+                "get": op("A node's ranks of the steps of a multi-node batch allocation (?node=K&after=S; waits up to 20 s); the job's step key (TIDEPOOL_STEP_KEY) only", None, "StepsForNode"),
+                "post": op("Start a step (srun) across the allocation's nodes; the job's step key only", Some("StepLaunch"), "StepPosted"),
+            },
+            "/jobs/{id}/steps/{step}": {
+                "get": op("What a step's ranks on other nodes printed from line ?after=N on, their exits and the nodes done (waits up to ?wait_ms=, at most 5000, for news)", None, "StepProgress"),
+                "post": op("A node's report of a step: lines its ranks printed, ranks that ended, done", Some("StepReport"), "Empty"),
+            },
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -100,6 +108,27 @@ pub fn document() -> String {
             }
         }
     });
+    // Job steps' shapes, apart so that one literal stays within the macro's recursion limit.
+    let step_schemas = serde_json::json!({
+                "NodeRanks": {"type": "object", "required": ["node", "first", "count"], "additionalProperties": false, "properties": {"node": int, "first": int, "count": int}},
+                "StepLaunch": {"type": "object", "required": ["step_id", "command", "ntasks", "ranks"], "additionalProperties": false, "properties": {
+                    "step_id": int, "ntasks": int, "command": {"type": "array", "items": string}, "env": {"type": "object", "additionalProperties": string},
+                    "ranks": {"type": "array", "items": {"$ref": "#/components/schemas/NodeRanks"}}, "nodelist": {"type": "array", "items": string},
+                    "cpus_per_task": int, "output": string, "error": string, "chdir": string}},
+                "StepPosted": {"type": "object", "properties": {"step_id": int}},
+                "StepsForNode": {"type": "object", "properties": {"steps": {"type": "array", "items": {"$ref": "#/components/schemas/StepLaunch"}}, "ended": {"type": "boolean"}}},
+                "StepLine": {"type": "object", "required": ["rank", "text"], "additionalProperties": false, "properties": {"rank": int, "stderr": {"type": "boolean"}, "text": string}},
+                "RankExit": {"type": "object", "required": ["rank", "code"], "additionalProperties": false, "properties": {"rank": int, "code": {"type": "integer"}, "signal": {"type": "integer"}}},
+                "StepReport": {"type": "object", "required": ["node"], "additionalProperties": false, "properties": {
+                    "node": int, "lines": {"type": "array", "items": {"$ref": "#/components/schemas/StepLine"}},
+                    "exits": {"type": "array", "items": {"$ref": "#/components/schemas/RankExit"}}, "done": {"type": "boolean"}}},
+                "StepProgress": {"type": "object", "properties": {"lines": {"type": "array", "items": {"$ref": "#/components/schemas/StepLine"}}, "next": int,
+                    "exits": {"type": "array", "items": {"$ref": "#/components/schemas/RankExit"}}, "done_nodes": {"type": "array", "items": int}, "dropped": int}},
+                "Empty": {"type": "object"},
+    });
+    if let (Some(all), Some(steps)) = (doc["components"]["schemas"].as_object_mut(), step_schemas.as_object()) {
+        all.extend(steps.clone());
+    }
     doc.to_string()
 }
 
@@ -109,7 +138,7 @@ mod tests {
     fn the_document_is_json_with_every_route() {
         let doc: serde_json::Value = serde_json::from_str(&super::document()).unwrap();
         assert_eq!(doc["openapi"], "3.0.3");
-        for path in ["/jobs", "/jobs/{id}", "/jobs/{id}/cancel", "/jobs/{id}/tasks/{index}/log", "/nodes", "/nodes/{name}/drain", "/projects", "/tokens", "/tokens/{id}/revoke", "/registries", "/registries/logout"] {
+        for path in ["/jobs", "/jobs/{id}", "/jobs/{id}/cancel", "/jobs/{id}/tasks/{index}/log", "/nodes", "/nodes/{name}/drain", "/projects", "/tokens", "/tokens/{id}/revoke", "/registries", "/registries/logout", "/jobs/{id}/steps", "/jobs/{id}/steps/{step}"] {
             assert!(doc["paths"][path].is_object(), "{path}");
         }
     }

@@ -219,6 +219,9 @@ pub struct UpArgs {
     /// Cores the local agent offers (default: all).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub cpus: Option<u32>,
+    /// The local node's pool (Slurm's partition), as jobs name it with `-p`.
+    #[arg(long, default_value = "local")]
+    pub pool: String,
     /// Address of the inference gateway.
     #[arg(long, default_value = "127.0.0.1:7879")]
     pub gateway_listen: String,

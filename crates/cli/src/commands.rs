@@ -158,7 +158,7 @@ pub async fn submit(a: SubmitArgs) -> Result<u8, String> {
         script: None,
         array: a.array,
         cpus: match a.ntasks {
-            Some(n) => Some(a.cpus.unwrap_or(1).saturating_mul(n)),
+            Some(n) => a.cpus.map(|c| c.saturating_mul(n)),
             None => a.cpus,
         },
         mem: a.mem,

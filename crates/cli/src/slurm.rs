@@ -11,6 +11,7 @@ use tidepool_core::resources::{format_elapsed, parse_mem_size};
 mod sbatch;
 mod squeue;
 mod srun;
+mod steps;
 use sbatch::{Takes, NO_MEANING_HERE, SBATCH_OPTIONS};
 
 /// Runs one of the Slurm commands with its arguments.
@@ -24,7 +25,7 @@ pub async fn run(command: &str, args: Vec<String>) -> Result<u8, String> {
         "squeue" => squeue::squeue(args).await,
         "scancel" => scancel(args).await,
         "sacct" => sacct(args).await,
-        "srun" => srun::srun(args),
+        "srun" => srun::srun(args).await,
         "scontrol" => srun::scontrol(args),
         _ => sinfo(args).await,
     }
@@ -49,7 +50,7 @@ fn usage(command: &str) -> String {
         "squeue" => String::from("Usage: squeue [OPTIONS]\n\nOptions:\n"),
         "scancel" => String::from("Usage: scancel [OPTIONS] [job_id[_array_id]...]\n\nJobs are named JOB or JOB_INDEX (JOB.INDEX also works).\n"),
         "sacct" => String::from("Usage: sacct [OPTIONS]\n\nOptions:\n"),
-        "srun" => String::from("Usage: srun [OPTIONS] executable [args...]\n\nInside a job's allocation: a step of N copies on the task's node.\nOptions:\n"),
+        "srun" => String::from("Usage: srun [OPTIONS] executable [args...]\n\nInside a job's allocation: a step of N copies over its nodes (all of them unless -N says fewer).\nOptions:\n"),
         "scontrol" => String::from("Usage: scontrol show hostnames [HOSTLIST]\n"),
         _ => String::from("Usage: sinfo [OPTIONS]\n\nOptions:\n"),
     };
@@ -77,7 +78,7 @@ fn usage(command: &str) -> String {
             .map(|l| format!("  {l}"))
             .collect(),
         "scancel" | "scontrol" => Vec::new(),
-        "srun" => ["-n, --ntasks=N", "-N, --nodes=1", "-c, --cpus-per-task=N", "--ntasks-per-node=N", "-l, --label", "-K, --kill-on-bad-exit", "-O, --overcommit", "-o, --output=PATTERN (%t %j %J %s %N)", "-e, --error=PATTERN", "-D, --chdir=DIR", "--export=ALL|NONE|VAR[=VAL],...", "--mpi, --cpu-bind, -m, --hint, -u, --exclusive, --exact, --overlap, --mem, --gres, --gpus, -t, -J, -Q, -v (accepted)"]
+        "srun" => ["-n, --ntasks=N", "-N, --nodes=N", "-c, --cpus-per-task=N", "--ntasks-per-node=N", "-l, --label", "-K, --kill-on-bad-exit", "-O, --overcommit", "-o, --output=PATTERN (%t %j %J %s %N)", "-e, --error=PATTERN", "-D, --chdir=DIR", "--export=ALL|NONE|VAR[=VAL],...", "--mpi, --cpu-bind, -m, --hint, -u, --exclusive, --exact, --overlap, --mem, --gres, --gpus, -t, -J, -Q, -v (accepted)"]
             .iter()
             .map(|l| format!("  {l}"))
             .collect(),

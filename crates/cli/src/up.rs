@@ -107,7 +107,8 @@ fn prepare_tokens(data_dir: &Path) -> Result<String, String> {
 /// Control plane and local agent in one process.
 pub async fn up(args: UpArgs) -> Result<u8, String> {
     init_logging();
-    let (listener, config) = bind(&args.server).await?;
+    let (listener, mut config) = bind(&args.server).await?;
+    config.known_pools = vec![args.pool.clone()];
     let join_token = prepare_tokens(&config.data_dir)?;
     let (mut cpu_millis, mem_bytes) = AgentConfig::local_capacity();
     if let Some(cpus) = args.cpus {
@@ -119,7 +120,7 @@ pub async fn up(args: UpArgs) -> Result<u8, String> {
         join_token,
         run_dir: config.data_dir.join("agent").join("run"),
         name: host_name(),
-        pool: "local".into(),
+        pool: args.pool.clone(),
         cpu_millis,
         mem_bytes,
         gpus: 0,

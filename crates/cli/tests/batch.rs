@@ -229,7 +229,7 @@ fn bad_input_gets_one_line_and_writes_nothing() {
         &["submit", "--mem", "4Q", "--", "true"],
         &["submit", "--tier", "gold", "--", "true"],
         &["sbatch", "--cpus-per-tsk=2", "--wrap", "true"],
-        &["sbatch", "--nodes=2", "--wrap", "true"],
+        &["sbatch", "--nodes=3", "--ntasks=2", "--wrap", "true"],
         &["cancel", "999"],
         &["show", "abc"],
     ];
@@ -363,7 +363,9 @@ fn tasks_see_the_slurm_variables_scripts_read() {
     let job = String::from_utf8(job.stdout).unwrap().trim().to_string();
     assert!(env.run(&["wait", &job]).status.success());
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
-    assert_eq!(env.ok(&["logs", &job]).trim(), format!("tidepool 0 0 0 1 2 2 alice {host}"));
+    // The user the task runs as (here the test's own), not what the submitter's USER said.
+    let me = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap().trim().to_string();
+    assert_eq!(env.ok(&["logs", &job]).trim(), format!("tidepool 0 0 0 1 2 2 {me} {host}"));
 
     // --ntasks=2 --cpus-per-task=1: one allocation of two tasks, as Slurm counts them.
     let script = env.dir.join("ranks.sh");
@@ -589,7 +591,7 @@ fn time_limit_ends_in_timeout_after_a_polite_signal() {
     assert_eq!(env.ok(&["logs", job]).trim(), "got TERM");
     // Slurm's line, which scripts and people grep for, in the task's error output.
     let err = env.ok(&["logs", job, "--stderr"]);
-    assert!(err.starts_with(&format!("slurmstepd: error: *** JOB {job} ON ")) && err.trim_end().ends_with("DUE TO TIME LIMIT ***"), "{err}");
+    assert!(err.starts_with("slurmstepd-") && err.contains(&format!(": error: *** JOB {job} ON ")) && err.trim_end().ends_with("DUE TO TIME LIMIT ***"), "{err}");
 }
 
 #[test]

@@ -26,6 +26,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/jobs/{id}", get(show_job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/jobs/{id}/tasks/{index}/log", get(task_log))
+        .route("/api/v1/jobs/{id}/steps", get(steps_for_node).post(post_step))
+        .route("/api/v1/jobs/{id}/steps/{step}", get(step_progress).post(step_report))
         .route("/api/v1/nodes", get(list_nodes))
         .route("/api/v1/nodes/{name}/drain", post(drain_node))
         .route("/api/v1/nodes/{name}/resume", post(resume_node))
@@ -105,6 +107,47 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
 fn parse_id(text: &str, what: &str) -> Result<u64> {
     text.parse::<u64>()
         .map_err(|_| Error::NotFound(format!("{what} '{text}' does not exist")))
+}
+
+/// A job's steps open only to its step key (held by its tasks) and the admin; to anyone else
+/// the job does not exist.
+fn open_steps(shared: &Shared, headers: &HeaderMap, id: &str) -> Result<u64> {
+    let job_id = parse_id(id, "job")?;
+    let presented = bearer(headers).ok_or(Error::Unauthorized)?;
+    if shared.opens_steps(job_id, presented) {
+        Ok(job_id)
+    } else {
+        Err(Error::NotFound(format!("job {job_id} does not exist")))
+    }
+}
+
+fn query_number<T: std::str::FromStr>(q: &HashMap<String, String>, name: &str) -> Result<Option<T>> {
+    q.get(name).map(|v| v.parse::<T>().map_err(|_| Error::field(name, "must be a whole number"))).transpose()
+}
+
+async fn post_step(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Result<Json<tidepool_api::StepPosted>> {
+    let job_id = open_steps(&s, &headers, &id)?;
+    Ok(Json(s.on_step_post(job_id, parse(&body)?)?))
+}
+
+async fn steps_for_node(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Result<Json<tidepool_api::StepsForNode>> {
+    let job_id = open_steps(&s, &headers, &id)?;
+    let node = query_number::<u32>(&q, "node")?.ok_or_else(|| Error::field("node", "is required"))?;
+    Ok(Json(s.on_steps_for_node(job_id, node, query_number(&q, "after")?).await?))
+}
+
+async fn step_report(State(s): State<AppState>, headers: HeaderMap, Path((id, step)): Path<(String, String)>, body: Bytes) -> Result<StatusCode> {
+    let job_id = open_steps(&s, &headers, &id)?;
+    let step = step.parse::<u32>().map_err(|_| Error::NotFound(format!("step '{step}' does not exist")))?;
+    s.on_step_report(job_id, step, parse(&body)?)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn step_progress(State(s): State<AppState>, headers: HeaderMap, Path((id, step)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>) -> Result<Json<tidepool_api::StepProgress>> {
+    let job_id = open_steps(&s, &headers, &id)?;
+    let step = step.parse::<u32>().map_err(|_| Error::NotFound(format!("step '{step}' does not exist")))?;
+    let (after, wait_ms) = (query_number(&q, "after")?.unwrap_or(0), query_number(&q, "wait_ms")?.unwrap_or(5000));
+    Ok(Json(s.on_step_progress(job_id, step, after, wait_ms).await?))
 }
 
 async fn submit(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Json<SubmitResponse>> {

@@ -212,7 +212,8 @@ pub fn validate(req: &SubmitRequest, max_array_size: u32) -> Result<JobSpec> {
         Some(n) => n.clone(),
         None => default_name(req),
     };
-    let cpus = req.cpus.unwrap_or(1);
+    // Slurm's default: one core per task of the allocation (on each node of a multi-node one).
+    let cpus = req.cpus.unwrap_or_else(|| if is_batch_allocation(req) { req.tasks_per_node.unwrap_or(1) } else { req.ntasks.unwrap_or(1) });
     if cpus == 0 {
         return Err(Error::field("cpus", "must be at least 1"));
     }
@@ -233,6 +234,16 @@ pub fn validate(req: &SubmitRequest, max_array_size: u32) -> Result<JobSpec> {
         return Err(Error::field("nodes", format!("{nodes} is more than the {MAX_NODES} nodes a job may span")));
     }
     let gang = match (req.nodes, req.tasks_per_node) {
+        // The script once, on the first node; one share of the allocation on each node.
+        (Some(n), _) if is_batch_allocation(req) => {
+            if req.array.is_some() {
+                return Err(Error::field("array", "a multi-node job cannot also be an array"));
+            }
+            if req.image.is_some() {
+                return Err(Error::field("image", "a multi-node batch script cannot run in an image yet; submit its ranks as a gang with a command"));
+            }
+            Some(GangSpec { n_nodes: n, tasks_per_node: 1 })
+        }
         (None, None) => None,
         (Some(0), _) => return Err(Error::field("nodes", "must be at least 1")),
         (_, Some(0)) => return Err(Error::field("tasks_per_node", "must be at least 1")),
@@ -317,7 +328,7 @@ pub fn validate(req: &SubmitRequest, max_array_size: u32) -> Result<JobSpec> {
         }
     }
     if let Some(n) = req.ntasks {
-        if req.nodes.is_some() {
+        if req.nodes.is_some() && !is_batch_allocation(req) {
             return Err(Error::field("ntasks", "with nodes, give tasks_per_node"));
         }
         if n == 0 || n > 100_000 {
@@ -477,6 +488,32 @@ pub fn under_workdir(workdir: &str, path: &str) -> String {
     }
 }
 
+/// A batch script over several nodes (Slurm's `sbatch --nodes N`, N > 1): the script runs once,
+/// on the first node; each other node holds its share of the allocation for the script's
+/// `srun` steps (`srun --step-host`).
+pub fn is_batch_allocation(req: &SubmitRequest) -> bool {
+    req.script.is_some() && req.nodes.is_some_and(|n| n > 1)
+}
+
+/// How `ntasks` ranks spread over `nodes` nodes, block by block as Slurm's default: the first
+/// `ntasks % nodes` nodes take one more.
+pub fn ranks_per_node(ntasks: u32, nodes: u32) -> Vec<u32> {
+    let nodes = nodes.max(1);
+    (0..nodes).map(|k| ntasks / nodes + u32::from(k < ntasks % nodes)).collect()
+}
+
+/// Slurm's compressed per-node counts: `4(x2)` for 4 on each of 2 nodes, `3,2` otherwise.
+pub fn compressed_counts(counts: &[u64]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < counts.len() {
+        let run = counts[i..].iter().take_while(|c| **c == counts[i]).count();
+        parts.push(if run > 1 { format!("{}(x{run})", counts[i]) } else { counts[i].to_string() });
+        i += run;
+    }
+    parts.join(",")
+}
+
 /// The environment a task sees: the job's, then the Slurm and Tidepool variables.
 #[allow(clippy::too_many_arguments)]
 pub fn task_env(
@@ -498,10 +535,7 @@ pub fn task_env(
     set("SLURM_JOB_ID", own_job_id.to_string());
     set("SLURM_JOBID", own_job_id.to_string());
     set("SLURM_JOB_NAME", spec.name.clone());
-    set("SLURM_CPUS_PER_TASK", cpus.to_string());
     set("SLURM_CPUS_ON_NODE", cpus.to_string());
-    set("SLURM_NTASKS", "1".into());
-    set("SLURM_NPROCS", "1".into());
     set("SLURM_JOB_NUM_NODES", "1".into());
     set("SLURM_NNODES", "1".into());
     set("SLURM_JOB_NODELIST", nodelist.to_string());
@@ -514,24 +548,28 @@ pub fn task_env(
     set("SLURM_NODEID", "0".into());
     set("SLURM_TASKS_PER_NODE", "1".into());
     set("SLURM_JOB_CPUS_PER_NODE", cpus.to_string());
-    if let Some(n) = req.ntasks.filter(|n| *n > 1) {
-        // One allocation of n tasks on one node: its cores are theirs together.
-        set("SLURM_NTASKS", n.to_string());
-        set("SLURM_NPROCS", n.to_string());
-        set("SLURM_TASKS_PER_NODE", n.to_string());
-        set("SLURM_CPUS_PER_TASK", (cpus / u64::from(n)).max(1).to_string());
+    // As Slurm: the task count and cores per task are told only when the job gave them.
+    let ntasks = req.ntasks.unwrap_or(1);
+    if req.ntasks.is_some() {
+        set("SLURM_NTASKS", ntasks.to_string());
+        set("SLURM_NPROCS", ntasks.to_string());
+        set("SLURM_TASKS_PER_NODE", ntasks.to_string());
     }
-    if let Some(user) = req.env.get("USER").cloned() {
-        set("SLURM_JOB_USER", user);
+    if req.cpus.is_some() {
+        set("SLURM_CPUS_PER_TASK", (cpus / u64::from(ntasks)).max(1).to_string());
     }
-    set("SLURM_RESTART_COUNT", attempt.saturating_sub(1).to_string());
+    // Set only once a task has run again, as Slurm's requeue count.
+    if attempt > 1 {
+        set("SLURM_RESTART_COUNT", (attempt - 1).to_string());
+    }
     if let Some(pool) = &spec.pool {
         set("SLURM_JOB_PARTITION", pool.clone());
     }
     if let Some(dir) = &req.workdir {
         set("SLURM_SUBMIT_DIR", dir.clone());
     }
-    if spec.per_task.mem_bytes > 0 {
+    // Memory asked per core is told as that instead (sbatch --mem-per-cpu sets it).
+    if spec.per_task.mem_bytes > 0 && !req.env.contains_key("SLURM_MEM_PER_CPU") {
         set("SLURM_MEM_PER_NODE", (spec.per_task.mem_bytes >> 20).to_string());
     }
     if req.array.is_some() {
@@ -544,7 +582,24 @@ pub fn task_env(
         set("SLURM_ARRAY_TASK_MAX", spec.array.max_index().to_string());
         set("SLURM_ARRAY_TASK_STEP", step.to_string());
     }
-    if let Some(g) = spec.gang {
+    if let (Some(g), true) = (spec.gang, is_batch_allocation(req)) {
+        // One batch script over the allocation: its node numbers, and its ranks for srun.
+        let per_node = req.tasks_per_node.unwrap_or(1);
+        let ntasks = req.ntasks.unwrap_or(g.n_nodes);
+        let counts: Vec<u64> = ranks_per_node(ntasks, g.n_nodes).into_iter().map(u64::from).collect();
+        if req.ntasks.is_some() {
+            set("SLURM_NTASKS", ntasks.to_string());
+            set("SLURM_NPROCS", ntasks.to_string());
+        }
+        set("SLURM_NODEID", index.to_string());
+        set("SLURM_JOB_NUM_NODES", g.n_nodes.to_string());
+        set("SLURM_NNODES", g.n_nodes.to_string());
+        set("SLURM_TASKS_PER_NODE", compressed_counts(&counts));
+        set("SLURM_JOB_CPUS_PER_NODE", compressed_counts(&vec![cpus; g.n_nodes as usize]));
+        if req.cpus.is_some() {
+            set("SLURM_CPUS_PER_TASK", (cpus / u64::from(per_node.max(1))).max(1).to_string());
+        }
+    } else if let Some(g) = spec.gang {
         set("SLURM_NTASKS", (g.n_nodes * g.tasks_per_node).to_string());
         set("SLURM_NPROCS", (g.n_nodes * g.tasks_per_node).to_string());
         set("SLURM_PROCID", index.to_string());

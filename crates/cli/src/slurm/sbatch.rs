@@ -63,9 +63,6 @@ pub(super) const SBATCH_OPTIONS: &[(&str, Option<char>, Takes)] = &[
     ("get-user-env", None, Takes::OptionalValue),
 ];
 
-/// What `--export=NONE` keeps of the submitter's environment, as Slurm does: who they are and
-/// where home is.
-pub(super) const LOGIN_IDENTITY: [&str; 4] = ["HOME", "USER", "LOGNAME", "SHELL"];
 
 /// Options accepted that have no meaning on this fleet: one warning line each.
 pub(super) const NO_MEANING_HERE: &[&str] = &[
@@ -269,15 +266,22 @@ fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<St
         }
         None => 1,
     };
-    if nodes > 1 {
-        return Err(format!(
-            "--nodes={nodes}: a multi-node batch script needs srun inside its allocation, which Tidepool does not provide; start the ranks as a gang instead: tidepool submit --nodes {nodes} --tasks-per-node M -- PROGRAM"
-        ));
+    if nodes == 0 {
+        return Err("--nodes: must be at least 1".into());
     }
+    // The allocation's tasks: -n, else --ntasks-per-node on each node, else one per node.
     let ntasks = match (o.get("ntasks"), o.get("ntasks-per-node")) {
         (Some(n), _) => number("ntasks", n)?,
-        (None, Some(n)) => number("ntasks-per-node", n)?,
-        (None, None) => 1,
+        (None, Some(n)) => number("ntasks-per-node", n)?.saturating_mul(nodes),
+        (None, None) => nodes,
+    };
+    if ntasks != 0 && ntasks < nodes {
+        return Err(format!("--ntasks={ntasks} is fewer than --nodes={nodes}: each node of an allocation runs at least one task"));
+    }
+    // Each node's share holds the most tasks any node runs.
+    let tasks_per_node = match o.get("ntasks-per-node") {
+        Some(n) => number("ntasks-per-node", n)?,
+        None => ntasks.div_ceil(nodes.max(1)),
     };
     if ntasks == 0 {
         return Err("--ntasks: must be at least 1".into());
@@ -289,7 +293,10 @@ fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<St
     if cpus_per_task == 0 {
         return Err("--cpus-per-task: must be at least 1".into());
     }
-    let cpus = cpus_per_task * ntasks;
+    // What one node's share holds (memory, GPUs and cores are per node in Slurm).
+    let tasks_here = if nodes > 1 { tasks_per_node } else { ntasks };
+    let cpus = cpus_per_task * tasks_here;
+    let ntasks_given = o.contains_key("ntasks") || o.contains_key("ntasks-per-node");
     let mem = match (o.get("mem"), o.get("mem-per-cpu")) {
         (Some(m), _) => Some(m.to_string()),
         (None, Some(m)) => {
@@ -306,7 +313,7 @@ fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<St
         gpus = number("gpus", g.rsplit(':').next().unwrap_or(g))?;
     }
     if let Some(g) = o.get("gpus-per-task") {
-        gpus = number("gpus-per-task", g.rsplit(':').next().unwrap_or(g))? * ntasks;
+        gpus = number("gpus-per-task", g.rsplit(':').next().unwrap_or(g))? * tasks_here;
     }
     let constraint: Vec<String> = match o.get("constraint") {
         Some(c) if c.contains(['|', '[', '*']) => {
@@ -353,14 +360,13 @@ fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<St
     if items.iter().any(|i| i.eq_ignore_ascii_case("ALL")) {
         env = current_env();
     }
-    if items.iter().any(|i| i.eq_ignore_ascii_case("NONE")) {
-        // Slurm then gives the script the user's login environment: who they are and where home is.
-        let here = current_env();
-        for key in LOGIN_IDENTITY {
-            if let Some(v) = here.get(key) {
-                env.insert(key.to_string(), v.clone());
-            }
-        }
+    if let Some(typed) = o.get("export") {
+        env.insert("SLURM_EXPORT_ENV".into(), typed.to_string());
+    }
+    if !items.iter().any(|i| i.eq_ignore_ascii_case("ALL")) {
+        // As Slurm's: the node gives the script its user's login variables (HOME, USER, LOGNAME,
+        // SHELL) from the user database of the identity it runs as.
+        env.insert("SLURM_GET_USER_ENV".into(), "1".into());
     }
     if !items.iter().any(|i| i.eq_ignore_ascii_case("NONE")) {
         let here = current_env();
@@ -378,13 +384,22 @@ fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<St
         }
     }
     env.insert("SLURM_SUBMIT_HOST".into(), crate::up::host_name());
+    // What Slurm's sbatch itself passes on of the options it was given.
+    if let Some(n) = o.get("ntasks-per-node") {
+        env.insert("SLURM_NTASKS_PER_NODE".into(), n.to_string());
+    }
+    if let Some(m) = o.get("mem-per-cpu") {
+        let bytes = parse_mem_size(m).map_err(|e| format!("--mem-per-cpu: {e}"))?;
+        env.insert("SLURM_MEM_PER_CPU".into(), (bytes >> 20).to_string());
+    }
 
     let req = SubmitRequest {
         name: o.get("job-name").map(|s| s.to_string()),
         command: vec![],
         script: Some(script),
         array: o.get("array").map(|s| s.to_string()),
-        cpus: Some(cpus),
+        // Without -c, the server gives one core per task, and the script is not told a count.
+        cpus: o.contains_key("cpus-per-task").then_some(cpus),
         mem,
         gpus: (gpus > 0).then_some(gpus),
         project: o.get("account").map(|s| s.to_string()),
@@ -400,9 +415,9 @@ fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<St
         pool: o.get("partition").map(|s| s.to_string()),
         constraint,
         resources: BTreeMap::new(),
-        nodes: None,
-        tasks_per_node: None,
-        ntasks: (ntasks > 1).then_some(ntasks),
+        nodes: (nodes > 1).then_some(nodes),
+        tasks_per_node: (nodes > 1).then_some(tasks_per_node),
+        ntasks: ntasks_given.then_some(ntasks),
         secret_env: BTreeMap::new(),
         // pyxis's options: the batch script runs in the image.
         image: o.get("container-image").map(|s| s.to_string()),
@@ -520,8 +535,16 @@ mod tests {
         assert_eq!(req.gpus, Some(2));
         assert_eq!(req.dependency.as_deref(), Some("afterok:7:8"));
         assert_eq!(req.pool.as_deref(), Some("local"));
-        let gang = vec![("nodes".to_string(), "2".to_string())];
-        assert!(build_request(&gang, "#!/bin/sh\n".into(), &mut warn).unwrap_err().contains("multi-node"));
+        assert_eq!(req.env.get("SLURM_MEM_PER_CPU").map(String::as_str), Some("1024"), "told per core, as asked");
+        // Two nodes of 4 tasks: one share per node holding 4 tasks' cores and memory.
+        let two = [("nodes", "2"), ("ntasks-per-node", "4"), ("cpus-per-task", "2"), ("mem", "1G")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        let (req, _) = build_request(&two, "#!/bin/sh\n".into(), &mut warn).unwrap();
+        assert_eq!((req.nodes, req.tasks_per_node, req.ntasks, req.cpus), (Some(2), Some(4), Some(8), Some(8)));
+        let odd = [("nodes", "2"), ("ntasks", "5")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        let (req, _) = build_request(&odd, "#!/bin/sh\n".into(), &mut warn).unwrap();
+        assert_eq!((req.tasks_per_node, req.ntasks, req.cpus), (Some(3), Some(5), None), "the busier node's share; one core per task by default");
+        let thin = [("nodes", "3"), ("ntasks", "2")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        assert!(build_request(&thin, "#!/bin/sh\n".into(), &mut warn).unwrap_err().contains("fewer than --nodes"));
         let mail = vec![("mail-type".to_string(), "ALL".to_string())];
         let mut warn = vec![];
         build_request(&mail, "#!/bin/sh\n".into(), &mut warn).unwrap();
@@ -538,10 +561,10 @@ mod tests {
         assert!(warn.iter().any(|w| w.contains("--gpu-bind")), "{warn:?}");
         let none = vec![("export".to_string(), "NONE".to_string())];
         let (req, _) = build_request(&none, "#!/bin/sh\n".into(), &mut warn).unwrap();
-        if let Ok(home) = std::env::var("HOME") {
-            assert_eq!(req.env.get("HOME"), Some(&home), "--export=NONE keeps who the user is and where home is");
-        }
-        assert!(!req.env.contains_key("PWD") || std::env::var("PWD").is_err(), "nothing else of the submitter's");
+        // The node gives the login variables of the identity the task runs as (SLURM_GET_USER_ENV).
+        assert_eq!(req.env.get("SLURM_GET_USER_ENV").map(String::as_str), Some("1"));
+        assert_eq!(req.env.get("SLURM_EXPORT_ENV").map(String::as_str), Some("NONE"));
+        assert!(!req.env.contains_key("HOME") && !req.env.contains_key("PWD"), "nothing of the submitter's");
     }
 
     #[test]

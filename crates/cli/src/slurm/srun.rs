@@ -5,9 +5,13 @@
 //! The step runs inside the task that calls it, so it is held by that task's cgroup, limits and
 //! cancel, and needs no port on the node.
 
-use super::sbatch::{edit_distance, LOGIN_IDENTITY};
+use super::sbatch::edit_distance;
 use std::io::{BufRead, Write};
 use std::process::{Command, Stdio};
+
+/// What a step's `--export=NONE` keeps of the task's environment, as Slurm does: who the user
+/// is and where home is.
+const LOGIN_IDENTITY: [&str; 4] = ["HOME", "USER", "LOGNAME", "SHELL"];
 
 /// srun's options Tidepool reads, and those it accepts with no effect here (binding, MPI
 /// plugin, verbosity), by long name, with their short letter and whether they take a value.
@@ -200,7 +204,7 @@ fn own_uid() -> u32 {
 
 /// A step task's file name from srun's pattern: sbatch's patterns, with `%t` the task's rank,
 /// `%s` the step and `%J` `JOB.STEP`.
-fn expand(pattern: &str, job: &str, step: u32, rank: u32, node: &str) -> String {
+pub(super) fn expand(pattern: &str, job: &str, step: u32, rank: u32, node: &str) -> String {
     let env = |k: &str| std::env::var(k).unwrap_or_default();
     let own_job_id: u64 = job.parse().unwrap_or(0);
     let values = tidepool_server::spec::PatternValues {
@@ -215,8 +219,12 @@ fn expand(pattern: &str, job: &str, step: u32, rank: u32, node: &str) -> String 
     tidepool_server::spec::expand_pattern(pattern, &values)
 }
 
-/// Runs a step inside the calling job's allocation; srun's exit status.
-pub fn srun(args: Vec<String>) -> Result<u8, String> {
+/// Runs a step inside the calling job's allocation; srun's exit status. On a multi-node
+/// allocation the ranks of the first node run here, the others' through their step hosts.
+pub async fn srun(args: Vec<String>) -> Result<u8, String> {
+    if args.first().map(String::as_str) == Some("--step-host") {
+        return super::steps::serve_as_step_host().await;
+    }
     let step = parse(&args)?;
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let Some(job) = env("SLURM_JOB_ID") else {
@@ -228,53 +236,65 @@ pub fn srun(args: Vec<String>) -> Result<u8, String> {
         }
     }
     let allocated_nodes: u32 = env("SLURM_JOB_NUM_NODES").and_then(|v| v.parse().ok()).unwrap_or(1);
-    let nodes = step.nodes.unwrap_or(1);
-    if nodes > allocated_nodes || nodes > 1 {
-        return Err(format!(
-            "Unable to create step for job {job}: {nodes} nodes asked; a step runs on the node of the task that starts it (this allocation has {allocated_nodes})"
-        ));
+    let allocated_tasks: u32 = env("SLURM_NTASKS").and_then(|v| v.parse().ok()).unwrap_or(allocated_nodes);
+    let multi_node = allocated_nodes > 1 && env("TIDEPOOL_STEP_KEY").is_some();
+    let reachable_nodes = if multi_node { allocated_nodes } else { 1 };
+    let ntasks = step.ntasks.or(step.ntasks_per_node.map(|n| n * step.nodes.unwrap_or(reachable_nodes))).unwrap_or(allocated_tasks);
+    // As Slurm's: every node of the allocation unless -N says fewer, never more nodes than ranks.
+    let nodes = step.nodes.unwrap_or(reachable_nodes).min(ntasks);
+    if nodes > reachable_nodes {
+        return Err(format!("Unable to create step for job {job}: {nodes} nodes asked of an allocation of {reachable_nodes}"));
     }
-    let allocated_tasks: u32 = env("SLURM_NTASKS").and_then(|v| v.parse().ok()).unwrap_or(1);
-    let ntasks = step.ntasks.or(step.ntasks_per_node.map(|n| n * nodes)).unwrap_or(allocated_tasks);
-    let allocated_cpus: u32 = env("SLURM_JOB_CPUS_PER_NODE").or(env("SLURM_CPUS_ON_NODE")).and_then(|v| v.split('(').next().and_then(|n| n.parse().ok())).unwrap_or(1);
-    let cpus_per_task = step.cpus_per_task.unwrap_or_else(|| (allocated_cpus / allocated_tasks.max(1)).max(1));
-    if !step.overcommit && u64::from(ntasks) * u64::from(cpus_per_task) > u64::from(allocated_cpus) {
+    let counts = tidepool_server::spec::ranks_per_node(ntasks, nodes);
+    let node_cpus: u32 = env("SLURM_JOB_CPUS_PER_NODE").or(env("SLURM_CPUS_ON_NODE")).and_then(|v| v.split(['(', ',']).next().and_then(|n| n.parse().ok())).unwrap_or(1);
+    let tasks_per_node = allocated_tasks.div_ceil(allocated_nodes.max(1)).max(1);
+    let cpus_per_task = step.cpus_per_task.or(env("SLURM_CPUS_PER_TASK").and_then(|v| v.parse().ok())).unwrap_or_else(|| (node_cpus / tasks_per_node).max(1));
+    let busiest = counts.iter().copied().max().unwrap_or(0);
+    if !step.overcommit && u64::from(busiest) * u64::from(cpus_per_task) > u64::from(node_cpus) {
         return Err(format!(
-            "Unable to create step for job {job}: More processors requested than permitted ({ntasks} tasks of {cpus_per_task} cores in an allocation of {allocated_cpus}; --overcommit shares them)"
+            "Unable to create step for job {job}: More processors requested than permitted ({busiest} tasks of {cpus_per_task} cores on a node of {node_cpus} in this allocation; --overcommit shares them)"
         ));
     }
     let node = env("SLURMD_NODENAME").unwrap_or_else(|| "localhost".into());
+    let all_nodes = env("SLURM_JOB_NODELIST").map(|l| expand_hostlist(&l).unwrap_or_default()).unwrap_or_default();
+    let step_nodes: Vec<String> = if multi_node { all_nodes.into_iter().take(nodes as usize).collect() } else { vec![node.clone()] };
     let step_id = next_step_id(&job);
-    let gtids = (0..ntasks).map(|r| r.to_string()).collect::<Vec<_>>().join(",");
+    let shape = super::steps::StepShape {
+        step_id,
+        ntasks,
+        nodelist: step_nodes.join(","),
+        n_nodes: nodes,
+        tasks_per_node: tidepool_server::spec::compressed_counts(&counts.iter().map(|c| u64::from(*c)).collect::<Vec<_>>()),
+        cpus_per_task,
+    };
+    // The other nodes' ranks go first, so they start while this node's start.
+    let mut remote = if nodes > 1 {
+        let launch = tidepool_api::StepLaunch {
+            step_id,
+            ntasks,
+            command: step.command.clone(),
+            env: step_environment(&step).into_iter().collect(),
+            ranks: counts.iter().enumerate().skip(1).map(|(k, count)| tidepool_api::NodeRanks { node: k as u32, first: counts[..k].iter().sum(), count: *count }).collect(),
+            nodelist: step_nodes.clone(),
+            cpus_per_task,
+            output: step.output.clone(),
+            error: step.error.clone(),
+            chdir: step.chdir.clone(),
+        };
+        Some(super::steps::RemoteStep::start(&job, launch).await?)
+    } else {
+        None
+    };
+    let width = (ntasks - 1).to_string().len();
     let mut children = Vec::new();
-    for rank in 0..ntasks {
+    for rank in 0..counts[0] {
         let mut command = Command::new(&step.command[0]);
         command.args(&step.command[1..]);
         if step.export_none {
-            let keep: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("SLURM_") || k == "PATH" || LOGIN_IDENTITY.contains(&k.as_str())).collect();
-            command.env_clear().envs(keep);
+            command.env_clear();
         }
-        command.envs(step.export.iter().cloned());
-        for (k, v) in [
-            ("SLURM_STEP_ID", step_id.to_string()),
-            ("SLURM_STEPID", step_id.to_string()),
-            ("SLURM_PROCID", rank.to_string()),
-            ("SLURM_LOCALID", rank.to_string()),
-            ("SLURM_NODEID", "0".into()),
-            ("SLURM_GTIDS", gtids.clone()),
-            ("SLURM_NTASKS", ntasks.to_string()),
-            ("SLURM_NPROCS", ntasks.to_string()),
-            ("SLURM_STEP_NUM_TASKS", ntasks.to_string()),
-            ("SLURM_STEP_NUM_NODES", "1".into()),
-            ("SLURM_STEP_NODELIST", node.clone()),
-            ("SLURM_STEP_TASKS_PER_NODE", ntasks.to_string()),
-            ("SLURM_TASKS_PER_NODE", ntasks.to_string()),
-            ("SLURM_CPUS_PER_TASK", cpus_per_task.to_string()),
-            ("PMI_RANK", rank.to_string()),
-            ("PMI_SIZE", ntasks.to_string()),
-        ] {
-            command.env(k, v);
-        }
+        command.envs(step_environment(&step));
+        command.envs(shape.rank_vars(rank, 0, rank, &(0..counts[0]).map(|r| r.to_string()).collect::<Vec<_>>().join(",")));
         if let Some(dir) = &step.chdir {
             command.current_dir(dir);
         }
@@ -297,7 +317,6 @@ pub fn srun(args: Vec<String>) -> Result<u8, String> {
         let mut child = command.spawn().map_err(|e| format!("task {rank}: cannot run {}: {e}", step.command[0]))?;
         let mut pumps = Vec::new();
         if step.label {
-            let width = (ntasks - 1).to_string().len();
             let prefix = format!("{rank:>width$}: ");
             if let Some(out) = child.stdout.take() {
                 let prefix = prefix.clone();
@@ -312,7 +331,7 @@ pub fn srun(args: Vec<String>) -> Result<u8, String> {
     let mut worst = 0u8;
     let mut remaining: Vec<(u32, std::process::Child, Vec<std::thread::JoinHandle<()>>)> = children;
     let mut bad_exit = false;
-    while !remaining.is_empty() {
+    loop {
         let mut still = Vec::new();
         for (rank, mut child, pumps) in remaining {
             match child.try_wait() {
@@ -327,11 +346,7 @@ pub fn srun(args: Vec<String>) -> Result<u8, String> {
                         _ => 1,
                     };
                     if code != 0 {
-                        let what = match status.signal() {
-                            Some(sig) => format!("Killed by signal {sig}"),
-                            None => format!("Exited with exit code {code}"),
-                        };
-                        eprintln!("srun: error: {node}: task {rank}: {what}");
+                        report_bad_exit(&node, rank, code, status.signal());
                         bad_exit = true;
                     }
                     worst = worst.max(u8::try_from(code.clamp(0, 255)).unwrap_or(255));
@@ -341,17 +356,58 @@ pub fn srun(args: Vec<String>) -> Result<u8, String> {
             }
         }
         remaining = still;
-        // --kill-on-bad-exit: one task's failure ends the step.
+        let remote_done = match &mut remote {
+            Some(r) => {
+                let news = r.follow(step.label.then_some(width), remaining.is_empty()).await?;
+                for exit in news.bad_exits {
+                    let name = step_nodes.get(exit.node as usize).cloned().unwrap_or_default();
+                    report_bad_exit(&name, exit.rank, exit.code, exit.signal);
+                    bad_exit = true;
+                    worst = worst.max(u8::try_from(exit.code.clamp(0, 255)).unwrap_or(255));
+                }
+                r.done()
+            }
+            None => true,
+        };
+        // --kill-on-bad-exit: one task's failure ends the step (here; the other nodes' ranks
+        // end with the allocation's next step or its end).
         if bad_exit && step.kill_on_bad_exit {
             for (_, other, _) in &mut remaining {
                 let _ = other.kill();
             }
+            if remaining.is_empty() {
+                break;
+            }
         }
-        if !remaining.is_empty() {
-            std::thread::sleep(std::time::Duration::from_millis(5));
+        if remaining.is_empty() && remote_done {
+            break;
+        }
+        if remote.is_none() || remote_done {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
     Ok(worst)
+}
+
+/// Says on srun's standard error that a rank failed, as Slurm does.
+fn report_bad_exit(node: &str, rank: u32, code: i32, signal: Option<i32>) {
+    let what = match signal {
+        Some(sig) => format!("Killed by signal {sig}"),
+        None => format!("Exited with exit code {code}"),
+    };
+    eprintln!("srun: error: {node}: task {rank}: {what}");
+}
+
+/// What every rank of the step gets on top of (or, with `--export=NONE`, instead of) the
+/// caller's environment.
+fn step_environment(step: &Step) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = if step.export_none {
+        std::env::vars().filter(|(k, _)| k.starts_with("SLURM_") || k == "PATH" || LOGIN_IDENTITY.contains(&k.as_str())).collect()
+    } else {
+        std::env::vars().collect()
+    };
+    env.extend(step.export.iter().cloned());
+    env
 }
 
 /// Copies a task's lines to srun's own output, each after its rank (`--label`).

@@ -31,6 +31,8 @@ pub struct Env {
     server: Option<Child>,
     extra_args: Vec<String>,
     agents: Vec<(String, Child)>,
+    /// Cores of the local agent.
+    pub cpus: u32,
     /// Environment given to every command run against the server (e.g. its CA).
     pub client_env: Vec<(String, String)>,
 }
@@ -55,8 +57,17 @@ impl Env {
         let dir = Scratch::new(name);
         let extra_args = extra.iter().map(|s| s.to_string()).collect();
         let client_env = client_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut env = Env { dir, url: String::new(), gateway_url: String::new(), server: None, extra_args, agents: Vec::new(), client_env };
+        let mut env = Env { dir, url: String::new(), gateway_url: String::new(), server: None, extra_args, agents: Vec::new(), cpus: 4, client_env };
         env.start(listen);
+        env
+    }
+
+    /// A server whose local agent offers `cpus` cores, started with extra flags.
+    pub fn shaped(name: &str, cpus: u32, extra: &[&str]) -> Env {
+        let dir = Scratch::new(name);
+        let extra_args = extra.iter().map(|s| s.to_string()).collect();
+        let mut env = Env { dir, url: String::new(), gateway_url: String::new(), server: None, extra_args, agents: Vec::new(), cpus, client_env: Vec::new() };
+        env.start("127.0.0.1:0");
         env
     }
 
@@ -182,8 +193,9 @@ impl Env {
     }
 
     pub fn start(&mut self, listen: &str) {
+        let cpus = self.cpus.to_string();
         let mut child = Command::new(BIN)
-            .args(["up", "--data-dir", "data", "--listen", listen, "--cpus", "4", "--gateway-listen", "127.0.0.1:0"])
+            .args(["up", "--data-dir", "data", "--listen", listen, "--cpus", &cpus, "--gateway-listen", "127.0.0.1:0"])
             .args(&self.extra_args)
             .current_dir(&self.dir)
             .stdout(Stdio::null())

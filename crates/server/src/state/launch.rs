@@ -3,6 +3,10 @@
 use super::*;
 
 /// Where a task's output goes: (stdout, stderr, discard when empty).
+/// What each node of a multi-node batch allocation but the first runs: srun's step host, from
+/// the task's PATH as the script would find it.
+const STEP_HOST_SCRIPT: &str = "#!/bin/sh\nexec srun --step-host\n";
+
 pub(super) fn output_paths(
     config: &Config,
     req: &SubmitRequest,
@@ -93,15 +97,30 @@ impl Inner {
         let spec = job.spec();
         let pos = spec.array.position_of(index)?;
         let gpus = tidepool_core::cluster::gpu_indexes(job.running_task(pos).map_or(0, |r| r.gpus));
-        let (stdout_path, stderr_path, discard_empty_output) =
-            output_paths(config, req, spec, job_id.0, index, node);
+        let allocation = spec::is_batch_allocation(req);
+        // The script runs on the allocation's first node; the others hold their share for its
+        // steps, writing their own log, never the script's output files.
+        let step_host = allocation && index > 0;
+        let (stdout_path, stderr_path, discard_empty_output) = if step_host {
+            let base = config.data_dir.join("logs").join(job_id.0.to_string()).join(index.to_string());
+            (format!("{}.out", base.display()), format!("{}.err", base.display()), true)
+        } else {
+            output_paths(config, req, spec, job_id.0, index, node)
+        };
         let nodelist = if spec.gang.is_some() {
             let job = self.cluster.job(job_id)?;
-            let mut names: Vec<&str> = job
+            let mut placed: Vec<(u32, &str)> = job
                 .running_tasks()
-                .filter_map(|(_, r)| self.cluster.node(r.node_id).map(|n| n.name()))
+                .filter_map(|(pos, r)| self.cluster.node(r.node_id).map(|n| (pos, n.name())))
                 .collect();
-            names.sort_unstable();
+            // An allocation's nodes in node-number order (the batch script's first, as in
+            // Slurm, where it runs on the first of the list); a gang's sorted by name.
+            if spec::is_batch_allocation(req) {
+                placed.sort_unstable();
+            } else {
+                placed.sort_unstable_by_key(|(_, name)| *name);
+            }
+            let mut names: Vec<&str> = placed.into_iter().map(|(_, name)| name).collect();
             names.dedup();
             names.join(",")
         } else {
@@ -110,16 +129,19 @@ impl Inner {
         Some(Launch {
             attempt: AttemptRef { job_id: job_id.0, index, attempt },
             command: req.command.clone(),
-            script: req.script.clone(),
+            script: if step_host { Some(STEP_HOST_SCRIPT.to_string()) } else { req.script.clone() },
             env: {
                 let mut env = spec::task_env(req, spec, job_id.0, index, attempt, node, &nodelist, &config.public_url);
                 let the_node = self.cluster.node_id(node).and_then(|id| self.cluster.node(id));
                 let node_has_gpus = the_node.is_some_and(|n| n.capacity().n_gpus > 0);
-                // Of a partition list, the one it runs in.
-                if let (Some(_), Some(n)) = (&spec.pool, the_node) {
+                // The partition it runs in: the node's pool (of a list, the one that took it).
+                if let Some(n) = the_node {
                     env.insert("SLURM_JOB_PARTITION".into(), n.pool().to_string());
                 }
                 set_gpu_env(&mut env, &gpus, node_has_gpus);
+                if allocation {
+                    env.insert("TIDEPOOL_STEP_KEY".into(), self.step_key_of(job_id.0));
+                }
                 if let Some(secrets) = self.secrets.get(&job_id) {
                     env.extend(secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
                 }

@@ -32,6 +32,7 @@ mod launch;
 mod registries;
 mod sessions;
 mod snapshot;
+mod steps;
 mod views;
 
 pub use views::job_state;
@@ -120,6 +121,8 @@ pub struct Inner {
     registry_logins: registries::RegistryLogins,
     /// Jobs finished long enough ago to have left memory.
     forgotten: archive::ForgottenIds,
+    /// The secret each job's step key is derived from (`steps.key` in the data directory).
+    step_secret: String,
 }
 
 /// The server's state, shared by handlers and the reactor.
@@ -143,6 +146,8 @@ pub struct Shared {
     events_at_snapshot: std::sync::atomic::AtomicU64,
     /// Log reads handed to agents, awaiting their answers.
     pub log_relay: crate::logs::Relay,
+    /// Steps of the running multi-node allocations.
+    steps: steps::StepBoard,
 }
 
 /// Variables that carry Tidepool's own tokens: never journaled, never handed to a task.
@@ -194,6 +199,7 @@ impl Shared {
             tracing::info!(path = %admin_path.display(), "created the admin API token");
         }
         let (join_token, _) = tokens::load_or_create(&config.data_dir.join("join.token"), "tpj_")?;
+        let (step_secret, _) = tokens::load_or_create(&config.data_dir.join("steps.key"), "")?;
         let started = Instant::now();
         let (mut inner, n_events) = Inner::replayed(&config, store.as_ref())?;
         // Ids start after the last job journaled, whether or not memory still holds it.
@@ -202,6 +208,7 @@ impl Shared {
             None => 1,
         };
         inner.next_job_id = inner.cluster.next_free_job_id().max(after_journal);
+        inner.step_secret = step_secret;
         tracing::info!(
             n_events,
             n_jobs = inner.requests.len(),
@@ -229,6 +236,7 @@ impl Shared {
             apply_gate: tokio::sync::RwLock::new(()),
             events_at_snapshot: std::sync::atomic::AtomicU64::new(if n_events > config.snapshot_every { u64::MAX } else { 0 }),
             log_relay: crate::logs::Relay::default(),
+            steps: steps::StepBoard::default(),
             config,
             inner: Mutex::new(inner),
             writer,

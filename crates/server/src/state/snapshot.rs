@@ -43,6 +43,7 @@ impl Inner {
             identities: HashMap::new(),
             registry_logins: super::registries::RegistryLogins::load(config.data_dir.join("registries")),
             forgotten: super::archive::ForgottenIds::default(),
+            step_secret: String::new(),
         };
         // Only the admin submits to a project the catalog does not hold: its tasks are the
         // operator's, run as the user each agent was given for them.

@@ -1,0 +1,3 @@
+#!/bin/bash
+# The smallest job: no options at all; prints what Slurm tells it.
+env | grep '^SLURM' | sort

@@ -1,0 +1,3 @@
+#!/bin/bash
+#SBATCH --no-such-option=1
+echo "never"

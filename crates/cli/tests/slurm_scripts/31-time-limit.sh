@@ -1,0 +1,4 @@
+#!/bin/bash
+#SBATCH --time=00:10:00
+#SBATCH -o time.out
+echo "limited"

@@ -1,0 +1,3 @@
+#!/bin/bash
+#SBATCH --dependency=afterok:999999
+echo "never"

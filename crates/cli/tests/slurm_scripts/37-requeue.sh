@@ -1,0 +1,4 @@
+#!/bin/bash
+#SBATCH --requeue
+#SBATCH -o requeue.out
+echo "requeueable"

@@ -1,0 +1,4 @@
+#!/bin/bash
+#SBATCH --gpu-bind=closest
+#SBATCH -o gpubind.out
+echo "bound"
