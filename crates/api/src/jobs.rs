@@ -111,6 +111,27 @@ pub struct SubmitRequest {
     pub kill_on_invalid_dep: bool,
 }
 
+/// The answer to `POST /api/v1/jobs/test` (Slurm's `sbatch --test-only`): where and when the job
+/// would start if submitted now. Nothing is submitted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrialAnswer {
+    /// The id it would get.
+    pub job_id: u64,
+    /// Expected start, ms since the epoch: now when a pass would start it, else when room is
+    /// expected to free up (from running tasks' time limits); unset when that is unknown.
+    pub start_ms: Option<u64>,
+    /// The nodes it would start on now (empty when it would wait).
+    pub nodes: Vec<String>,
+    /// Cores it would hold in all.
+    pub cpus: u64,
+    /// The partition (pool) it would run in, when known.
+    pub pool: Option<String>,
+    /// Why it would wait: Slurm's short code.
+    pub pending_code: Option<String>,
+    /// Why it would wait, for a person.
+    pub pending_reason: Option<String>,
+}
+
 /// The answer to a submission, sent only once it is journaled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubmitResponse {

@@ -27,6 +27,7 @@ pub fn document() -> String {
                 "get": op("List jobs in memory (?active=true: unfinished only); ?history=true&after=ID&since_ms=T&limit=N pages by id through jobs that left memory, the next page's `after` in the x-next-after header", None, "JobList"),
                 "post": op("Submit a job (acknowledged once journaled)", Some("SubmitRequest"), "SubmitResponse"),
             },
+            "/jobs/test": {"post": op("Check a job as a submission would and say where and when it would start, submitting nothing (sbatch --test-only)", Some("SubmitRequest"), "TrialAnswer")},
             "/jobs/{id}": {"get": op("Show a job; ?tasks=true lists every task", None, "JobView")},
             "/jobs/{id}/cancel": {"post": op("Cancel a job or one task", Some("CancelRequest"), "CancelResponse")},
             "/jobs/{id}/tasks/{index}/log": {"get": {
@@ -125,6 +126,8 @@ pub fn document() -> String {
                 "StepProgress": {"type": "object", "properties": {"lines": {"type": "array", "items": {"$ref": "#/components/schemas/StepLine"}}, "next": int,
                     "exits": {"type": "array", "items": {"$ref": "#/components/schemas/RankExit"}}, "done_nodes": {"type": "array", "items": int}, "dropped": int}},
                 "Empty": {"type": "object"},
+                "TrialAnswer": {"type": "object", "properties": {"job_id": int, "start_ms": {"type": ["integer", "null"]}, "nodes": {"type": "array", "items": string},
+                    "cpus": int, "pool": {"type": ["string", "null"]}, "pending_code": {"type": ["string", "null"]}, "pending_reason": {"type": ["string", "null"]}}},
     });
     if let (Some(all), Some(steps)) = (doc["components"]["schemas"].as_object_mut(), step_schemas.as_object()) {
         all.extend(steps.clone());
@@ -138,7 +141,7 @@ mod tests {
     fn the_document_is_json_with_every_route() {
         let doc: serde_json::Value = serde_json::from_str(&super::document()).unwrap();
         assert_eq!(doc["openapi"], "3.0.3");
-        for path in ["/jobs", "/jobs/{id}", "/jobs/{id}/cancel", "/jobs/{id}/tasks/{index}/log", "/nodes", "/nodes/{name}/drain", "/projects", "/tokens", "/tokens/{id}/revoke", "/registries", "/registries/logout", "/jobs/{id}/steps", "/jobs/{id}/steps/{step}"] {
+        for path in ["/jobs", "/jobs/{id}", "/jobs/{id}/cancel", "/jobs/{id}/tasks/{index}/log", "/nodes", "/nodes/{name}/drain", "/projects", "/tokens", "/tokens/{id}/revoke", "/registries", "/registries/logout", "/jobs/{id}/steps", "/jobs/{id}/steps/{step}", "/jobs/test"] {
             assert!(doc["paths"][path].is_object(), "{path}");
         }
     }

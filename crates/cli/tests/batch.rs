@@ -698,3 +698,29 @@ fn bench_batch_prints_ours_beside_the_floor() {
     assert!((v["floor_tasks_per_s"].as_f64().unwrap() - (before + after) / 2.0).abs() < 1e-6);
     assert_eq!(v["tasks"], 2000);
 }
+
+#[test]
+fn sbatch_test_only_says_where_and_when_and_submits_nothing() {
+    let env = Env::new("test-only");
+    let before = env.ok(&["jobs", "--all"]);
+    let out = env.run(&["sbatch", "--test-only", "-n", "2", "--wrap", "true"]);
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    // Slurm's words: "sbatch: Job N to start at TIME using 2 processors on nodes NODE in partition P".
+    let words: Vec<&str> = said.split_whitespace().collect();
+    assert_eq!(&words[..2], ["sbatch:", "Job"], "{said}");
+    assert!(words[3..6] == ["to", "start", "at"] && words[6].len() == 19 && words[7..10] == ["using", "2", "processors"], "{said}");
+    assert!(said.trim_end().ends_with("in partition local"), "{said}");
+    assert_eq!(env.ok(&["jobs", "--all"]), before, "nothing was submitted");
+    // What could never run is refused as a submission would be.
+    let out = env.run(&["sbatch", "--test-only", "-c", "64", "--wrap", "true"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).lines().count() == 1);
+    // Behind a job holding every core until its limit, it would start when that limit is up.
+    let busy = env.ok(&["submit", "-c", "4", "-t", "10", "--", "sleep", "600"]);
+    env.eventually(20, "the job to start", |e| e.ok(&["squeue", "-h", "-j", busy.trim()]).contains(" R "));
+    let out = env.run(&["sbatch", "--test-only", "-c", "2", "--wrap", "true"]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(said.contains("(it would wait:") && !said.contains("an unknown time"), "{said}");
+    env.ok(&["cancel", busy.trim()]);
+}
+

@@ -752,10 +752,12 @@ pub mod scale;
 pub mod schedule;
 mod snapshot;
 mod task;
+mod trial;
 
 pub use gpus::{gpu_indexes, gpu_mask};
 pub use snapshot::{task_state_from_u8, TaskSnapshot};
 pub use task::{TaskCounts, TaskOutcome, TaskState};
+pub use trial::Trial;
 
 pub use crate::decisions::{Decisions, KillOrder, Placement};
 #[cfg(test)]

@@ -23,6 +23,7 @@ type AppState = Arc<Shared>;
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/api/v1/jobs", get(list_jobs).post(submit))
+        .route("/api/v1/jobs/test", post(trial_submit))
         .route("/api/v1/jobs/{id}", get(show_job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/jobs/{id}/tasks/{index}/log", get(task_log))
@@ -150,10 +151,10 @@ async fn step_progress(State(s): State<AppState>, headers: HeaderMap, Path((id, 
     Ok(Json(s.on_step_progress(job_id, step, after, wait_ms).await?))
 }
 
-async fn submit(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Json<SubmitResponse>> {
-    let who = authorize(&s, &headers)?;
-    let mut req: SubmitRequest = parse(&body)?;
-    if let Principal::Project(p) = &who {
+/// A submission's body, the project set to the token's own (another project's is refused).
+fn submission(who: &Principal, body: &[u8]) -> Result<SubmitRequest> {
+    let mut req: SubmitRequest = parse(body)?;
+    if let Principal::Project(p) = who {
         match &req.project {
             Some(asked) if asked != p => {
                 return Err(Error::field("project", format!("this token acts for project {p}, not {asked}")))
@@ -161,8 +162,18 @@ async fn submit(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> R
             _ => req.project = Some(p.clone()),
         }
     }
-    let job_id = s.on_submit(req).await?;
+    Ok(req)
+}
+
+async fn submit(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Json<SubmitResponse>> {
+    let who = authorize(&s, &headers)?;
+    let job_id = s.on_submit(submission(&who, &body)?).await?;
     Ok(Json(SubmitResponse { job_id }))
+}
+
+async fn trial_submit(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Json<tidepool_api::TrialAnswer>> {
+    let who = authorize(&s, &headers)?;
+    Ok(Json(s.on_trial(&submission(&who, &body)?)?))
 }
 
 async fn list_jobs(

@@ -36,6 +36,7 @@ pub(super) const SBATCH_OPTIONS: &[(&str, Option<char>, Takes)] = &[
     ("wrap", None, Takes::Value),
     ("export", None, Takes::Value),
     ("parsable", None, Takes::Flag),
+    ("test-only", None, Takes::Flag),
     ("nodes", Some('N'), Takes::Value),
     ("ntasks", Some('n'), Takes::Value),
     ("ntasks-per-node", None, Takes::Value),
@@ -472,6 +473,16 @@ pub(super) async fn sbatch(args: Vec<String>) -> Result<u8, String> {
         eprintln!("{w}");
     }
     let client = Client::from_env()?;
+    if options.iter().any(|(k, _)| k == "test-only") {
+        // As Slurm's: where and when it would start, on standard error; nothing submitted.
+        let trial: tidepool_api::TrialAnswer = client.post("/jobs/test", &req).await?;
+        let when = trial.start_ms.map_or_else(|| "an unknown time".to_string(), |ms| tidepool_api::dates::iso_time(ms / 1000));
+        let nodes = if trial.nodes.is_empty() { String::new() } else { format!(" on nodes {}", trial.nodes.join(",")) };
+        let pool = trial.pool.map_or_else(String::new, |p| format!(" in partition {p}"));
+        let wait = trial.pending_reason.map_or_else(String::new, |r| format!(" (it would wait: {r})"));
+        eprintln!("sbatch: Job {} to start at {when} using {} processors{nodes}{pool}{wait}", trial.job_id, trial.cpus);
+        return Ok(0);
+    }
     let resp: SubmitResponse = client.post("/jobs", &req).await?;
     if parsable {
         line(&resp.job_id.to_string());

@@ -263,7 +263,7 @@ impl Cluster {
     }
 
     /// When `need` will fit on `node`, from its running tasks' time limits (MAX if unknown).
-    fn expected_free_at(&self, node: &Node, need: &Resources, now_ms: u64) -> u64 {
+    pub(crate) fn expected_free_at(&self, node: &Node, need: &Resources, now_ms: u64) -> u64 {
         if node.free().fits(need) {
             return now_ms;
         }

@@ -299,6 +299,28 @@ impl Shared {
         Ok(job_id)
     }
 
+    /// Checks a job as [`Shared::on_submit`] would and says where and when it would start;
+    /// submits nothing (Slurm's `sbatch --test-only`).
+    pub fn on_trial(&self, req: &SubmitRequest) -> Result<tidepool_api::TrialAnswer> {
+        let mut spec = spec::validate(req, self.config.max_array_size)?;
+        self.settle_forgotten_dependencies(&mut spec)?;
+        let cpus = spec.per_task.cpu_millis.div_ceil(1000) * u64::from(spec.gang.map_or(1, |g| g.n_nodes * g.tasks_per_node));
+        let asked_pool = spec.pool.clone();
+        let inner = self.lock();
+        inner.cluster.validate(&spec, &self.config.known_pools)?;
+        let trial = inner.cluster.trial(spec, self.config.clock.now_ms());
+        let nodes: Vec<&tidepool_core::cluster::Node> = trial.nodes.iter().filter_map(|id| inner.cluster.node(*id)).collect();
+        Ok(tidepool_api::TrialAnswer {
+            job_id: trial.job_id.0.max(inner.next_job_id),
+            start_ms: trial.start_ms,
+            nodes: nodes.iter().map(|n| n.name().to_string()).collect(),
+            cpus,
+            pool: nodes.first().map(|n| n.pool().to_string()).or(asked_pool.map(|p| p.split(',').next().unwrap_or_default().to_string())),
+            pending_code: trial.waits_for.as_ref().map(|r| r.code.to_string()),
+            pending_reason: trial.waits_for.map(|r| r.text),
+        })
+    }
+
     /// Cancels a job or one task: pending tasks end now, running ones are told to stop.
     pub async fn on_cancel(&self, job_id: u64, index: Option<u32>) -> Result<CancelResponse> {
         if let Some(archived) = self.archived(job_id)? {
