@@ -51,6 +51,10 @@ pub struct SimArgs {
     /// Replay: cores per node.
     #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=4096))]
     cores_per_node: u64,
+    /// Replay: the log's processor fields count whole nodes (as machines that allocate whole
+    /// nodes write them), not cores.
+    #[arg(long)]
+    processors_are_nodes: bool,
 }
 
 fn insert(report: &mut BTreeMap<String, Value>, prefix: &str, r: &Report) {
@@ -190,7 +194,8 @@ pub fn run(a: SimArgs) -> Result<u8, String> {
         _ => {
             let path = a.swf.as_ref().ok_or("replay needs --swf FILE (a batch log) or --llm-trace FILE (LLM requests)")?;
             let text = std::fs::read_to_string(path).map_err(|e| format!("--swf {}: {e}", path.display()))?;
-            let jobs = tidepool_sim::swf::read(&text, a.cores_per_node).map_err(|e| format!("--swf {}: {e}", path.display()))?;
+            let unit = if a.processors_are_nodes { tidepool_sim::swf::ProcessorUnit::Nodes } else { tidepool_sim::swf::ProcessorUnit::Cores };
+            let jobs = tidepool_sim::swf::read(&text, a.cores_per_node, unit).map_err(|e| format!("--swf {}: {e}", path.display()))?;
             if jobs.is_empty() {
                 return Err(format!("--swf {}: no job that ran", path.display()));
             }

@@ -42,6 +42,19 @@ fn a_swf_log_replays_the_same_twice_and_bad_input_is_named() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--swf /nonexistent.swf"));
     let huge = Command::new(BIN).args(["sim", "replay", "--swf", &log, "--nodes", "1"]).output().unwrap();
     assert_eq!(huge.status.code(), Some(1), "a gang larger than the fleet is refused");
+    // A broken number is refused with its line and field, in one line.
+    let broken = dir.join("broken.swf");
+    std::fs::write(&broken, "; header\n1 0 -1 NaN 4 -1 -1 4 60 -1 1 1 1 -1 1 -1 -1 -1\n").unwrap();
+    let bad = Command::new(BIN).args(["sim", "replay", "--swf"]).arg(&broken).output().unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr).to_string();
+    assert!(bad.status.code() == Some(1) && err.contains("line 2, field 4") && err.trim().lines().count() == 1, "{err}");
+    // Whole-node logs: 2 processors are 2 nodes, so 8 such jobs hold the 8 nodes in turn.
+    let nodes_log = dir.join("nodes.swf");
+    let text: String = (0..8).map(|i| format!("{} 0 -1 100 2 -1 -1 2 200 -1 1 1 1 -1 1 -1 -1 -1\n", i + 1)).collect();
+    std::fs::write(&nodes_log, text).unwrap();
+    let nodes_log = nodes_log.display().to_string();
+    let v: serde_json::Value = serde_json::from_str(&sim(&["replay", "--swf", &nodes_log, "--nodes", "8", "--cores-per-node", "24", "--processors-are-nodes", "--json"])).unwrap();
+    assert_eq!(v["tasks"], 16, "each job a gang of 2 whole nodes: {v}");
 }
 
 #[test]

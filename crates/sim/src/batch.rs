@@ -31,6 +31,8 @@ pub struct SimJob {
     pub run_s: Vec<f64>,
     /// All tasks start together on this many distinct nodes (one task per node).
     pub gang_nodes: Option<u32>,
+    /// The time limit the user asked for, seconds (backfilling plans with it).
+    pub limit_s: Option<f64>,
 }
 
 /// A pool of nodes of one shape.
@@ -500,6 +502,7 @@ pub fn run(jobs: &[SimJob], pool: &Pool, policy: &SimPolicy) -> Report {
                 let n = job.run_s.len().max(1) as u32;
                 let mut spec = JobSpec::new(&format!("job{i}"), "sim", Resources::cores(job.cores), ArraySpec::first(n));
                 spec.gang = job.gang_nodes.map(|n_nodes| GangSpec { n_nodes, tasks_per_node: 1 });
+                spec.time_limit_s = job.limit_s.map(|s| s.ceil() as u64);
                 sim.cluster.submit(JobId(i as u64 + 1), spec, now);
                 sim.submitted += 1;
                 sim.pending_tasks += u64::from(n);
@@ -564,7 +567,7 @@ mod tests {
 
     #[test]
     fn a_small_burst_runs_whole_and_the_pool_goes_back_to_zero() {
-        let jobs = vec![SimJob { submit_s: 0.0, cores: 1, run_s: vec![600.0; 40], gang_nodes: None }];
+        let jobs = vec![SimJob { submit_s: 0.0, cores: 1, run_s: vec![600.0; 40], gang_nodes: None, limit_s: None }];
         let r = run(&jobs, &pool(), &SimPolicy { first_fit: false, idle_release_s: 60.0, compaction: None });
         assert_eq!(r.tasks, 40);
         assert_eq!(r.peak_nodes, 10, "forty one-core tasks on four-core nodes");
@@ -581,7 +584,7 @@ mod tests {
         let mut run_s = vec![600.0; 8];
         run_s[0] = 36_000.0;
         run_s[4] = 36_000.0;
-        let jobs = vec![SimJob { submit_s: 0.0, cores: 1, run_s, gang_nodes: None }];
+        let jobs = vec![SimJob { submit_s: 0.0, cores: 1, run_s, gang_nodes: None, limit_s: None }];
         let pool = Pool { node_cores: 4, min_nodes: 0, max_nodes: 2, provision_s: 60.0, faults: None };
         let plain = SimPolicy { first_fit: false, idle_release_s: 60.0, compaction: None };
         let compacting = SimPolicy {
@@ -600,7 +603,7 @@ mod tests {
 
     #[test]
     fn lost_nodes_lose_no_task_and_checkpoints_save_most_of_the_work() {
-        let jobs = vec![SimJob { submit_s: 0.0, cores: 1, run_s: vec![4.0 * 3600.0; 20], gang_nodes: None }];
+        let jobs = vec![SimJob { submit_s: 0.0, cores: 1, run_s: vec![4.0 * 3600.0; 20], gang_nodes: None, limit_s: None }];
         let faults = Faults { seed: 7, spot_share: 0.5, spot_price: 0.3, spot_reclaims_per_node_h: 0.3, failures_per_node_h: 0.1 };
         let pool = Pool { node_cores: 4, min_nodes: 0, max_nodes: 5, provision_s: 60.0, faults: Some(faults) };
         let plain = SimPolicy { first_fit: false, idle_release_s: 60.0, compaction: None };
@@ -623,8 +626,8 @@ mod tests {
     #[test]
     fn the_same_inputs_give_the_same_report() {
         let jobs = vec![
-            SimJob { submit_s: 0.0, cores: 2, run_s: (0..30).map(|i| 100.0 + f64::from(i) * 37.0).collect(), gang_nodes: None },
-            SimJob { submit_s: 50.0, cores: 4, run_s: vec![300.0; 2], gang_nodes: Some(2) },
+            SimJob { submit_s: 0.0, cores: 2, run_s: (0..30).map(|i| 100.0 + f64::from(i) * 37.0).collect(), gang_nodes: None, limit_s: None },
+            SimJob { submit_s: 50.0, cores: 4, run_s: vec![300.0; 2], gang_nodes: Some(2), limit_s: None },
         ];
         let policy = SimPolicy { first_fit: true, idle_release_s: 600.0, compaction: None };
         assert_eq!(run(&jobs, &pool(), &policy), run(&jobs, &pool(), &policy));

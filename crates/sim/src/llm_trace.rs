@@ -7,6 +7,11 @@
 //! prompt token) and then one token time (`itl_ms`) per output token, as in the replica
 //! emulator; the curve is the number in flight at each second.
 
+/// The longest span of a trace read, seconds.
+const MAX_SPAN_S: f64 = 31.0 * 86_400.0;
+/// The most tokens one request may carry either way.
+const MAX_TOKENS: u64 = 10_000_000;
+
 /// One request of a trace.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TraceRequest {
@@ -23,8 +28,15 @@ pub fn read(text: &str) -> Result<Vec<TraceRequest>, String> {
     let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
     let mut requests = if first.trim_start().starts_with('{') { read_jsonl(text)? } else { read_csv(text)? };
     let start = requests.iter().map(|r| r.at_s).fold(f64::INFINITY, f64::min);
-    for r in &mut requests {
+    for (i, r) in requests.iter_mut().enumerate() {
         r.at_s -= start;
+        // The curve holds a point per second of the trace: a far timestamp would ask for years.
+        if r.at_s > MAX_SPAN_S {
+            return Err(format!("request {}: its timestamp is {:.0} days after the first request; a trace may span {} days", i + 1, r.at_s / 86_400.0, MAX_SPAN_S / 86_400.0));
+        }
+        if r.input_tokens > MAX_TOKENS || r.output_tokens > MAX_TOKENS {
+            return Err(format!("request {}: more than {MAX_TOKENS} tokens", i + 1));
+        }
     }
     requests.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
     Ok(requests)
@@ -34,7 +46,13 @@ fn read_jsonl(text: &str) -> Result<Vec<TraceRequest>, String> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("line {}: {e}", n + 1))?;
-        let field = |k: &str| v.get(k).and_then(serde_json::Value::as_f64).ok_or_else(|| format!("line {}: no number '{k}'", n + 1));
+        let field = |k: &str| {
+            let value = v.get(k).and_then(serde_json::Value::as_f64).ok_or_else(|| format!("line {}: no number '{k}'", n + 1))?;
+            if !value.is_finite() || value < 0.0 {
+                return Err(format!("line {}: '{k}' is {value}, not a count or time", n + 1));
+            }
+            Ok(value)
+        };
         out.push(TraceRequest {
             at_s: field("timestamp")? / 1000.0,
             input_tokens: field("input_length")?.max(0.0) as u64,
@@ -125,5 +143,9 @@ mod tests {
         assert!(read("TIMESTAMP,ContextTokens\nx,1\n").unwrap_err().contains("GeneratedTokens"));
         assert!(read("{\"timestamp\": 1}\n").unwrap_err().starts_with("line 1"));
         assert_eq!(seconds_of("1970-01-02 00:00:01"), Some(86_401.0));
+        // A far timestamp is refused before any curve is made of it.
+        let far = "{\"timestamp\": 0, \"input_length\": 1, \"output_length\": 1}\n{\"timestamp\": 1e15, \"input_length\": 1, \"output_length\": 1}\n";
+        assert!(read(far).unwrap_err().starts_with("request 2:"));
+        assert!(read("{\"timestamp\": 0, \"input_length\": -5, \"output_length\": 1}\n").unwrap_err().starts_with("line 1"));
     }
 }

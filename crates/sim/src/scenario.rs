@@ -34,7 +34,7 @@ pub fn science_burst(seed: u64) -> (Vec<SimJob>, Pool, SimPolicy, SimPolicy) {
         .iter()
         .zip(runs)
         .rev()
-        .map(|(cores, run_s)| SimJob { submit_s: 0.0, cores: *cores, run_s, gang_nodes: None })
+        .map(|(cores, run_s)| SimJob { submit_s: 0.0, cores: *cores, run_s, gang_nodes: None, limit_s: None })
         .collect();
     let faults = Faults {
         seed: seed ^ 0x5eed_f417,
