@@ -109,6 +109,10 @@ pub struct SubmitRequest {
     /// DependencyNeverSatisfied, as Slurm does).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub kill_on_invalid_dep: bool,
+    /// `false` (Slurm's `--no-requeue`): a task whose node is lost, or that is stopped for other
+    /// work, fails instead of running again (default: it runs again as a new attempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requeue: Option<bool>,
 }
 
 /// The answer to `POST /api/v1/jobs/test` (Slurm's `sbatch --test-only`): where and when the job

@@ -132,6 +132,14 @@ pub fn document() -> String {
     if let (Some(all), Some(steps)) = (doc["components"]["schemas"].as_object_mut(), step_schemas.as_object()) {
         all.extend(steps.clone());
     }
+    let more_fields = serde_json::json!({
+        "nodes": int, "tasks_per_node": int, "requeue": {"type": "boolean"},
+        "secret_env": {"type": "object", "additionalProperties": string}, "constraint": {"type": "array", "items": string},
+        "resources": {"type": "object", "additionalProperties": int},
+    });
+    if let (Some(fields), Some(more)) = (doc["components"]["schemas"]["SubmitRequest"]["properties"].as_object_mut(), more_fields.as_object()) {
+        fields.extend(more.clone());
+    }
     doc.to_string()
 }
 

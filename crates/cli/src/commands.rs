@@ -73,6 +73,10 @@ pub struct SubmitArgs {
     /// Cancel the job when a dependency can no longer be met (default: it waits).
     #[arg(long)]
     kill_on_invalid_dep: bool,
+    /// A task whose node is lost, or that is stopped for other work, fails instead of running
+    /// again (Slurm's --no-requeue).
+    #[arg(long)]
+    no_requeue: bool,
     /// Output path pattern (%A %a %j %x), relative to the working directory.
     #[arg(long, short = 'o')]
     output: Option<String>,
@@ -204,6 +208,7 @@ pub async fn submit(a: SubmitArgs) -> Result<u8, String> {
         signal: a.signal,
         dependency: a.dependency,
         kill_on_invalid_dep: a.kill_on_invalid_dep,
+        requeue: a.no_requeue.then_some(false),
     };
     let client = Client::from_env()?;
     let resp: SubmitResponse = client.post("/jobs", &req).await?;

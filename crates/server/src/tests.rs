@@ -105,6 +105,22 @@ fn succeeded(launch: &Launch, at_ms: u64) -> TaskResult {
 }
 
 #[tokio::test]
+async fn a_no_requeue_job_fails_with_its_lost_node_and_does_not_run_again() {
+    let h = Harness::new("no-requeue");
+    let quiet = h.join("quiet", 2).await;
+    let job = h.shared.on_submit(SubmitRequest { requeue: Some(false), ..array("0-1") }).await.unwrap();
+    h.shared.schedule_pass().await.unwrap();
+    assert_eq!(h.shared.on_poll(quiet).await.unwrap().launch.len(), 2);
+    h.clock.advance(LEASE_MS + 1);
+    h.shared.expire_leases().await.unwrap();
+    let v = h.view(job);
+    assert_eq!((v.counts.pending, v.counts.running, v.counts.failed), (0, 0, 2), "failed, not requeued");
+    assert_eq!(v.state, "failed");
+    let _ = h.join("busy", 2).await;
+    assert_eq!(h.shared.schedule_pass().await.unwrap(), 0, "nothing runs again");
+}
+
+#[tokio::test]
 async fn a_failed_journal_append_takes_the_dispatches_back() {
     let mut h = Harness::new("undo");
     let session = h.join("n1", 2).await;

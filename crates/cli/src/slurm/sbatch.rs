@@ -68,7 +68,7 @@ pub(super) const SBATCH_OPTIONS: &[(&str, Option<char>, Takes)] = &[
 /// Options accepted that have no meaning on this fleet: one warning line each.
 pub(super) const NO_MEANING_HERE: &[&str] = &[
     "mail-type", "mail-user", "comment", "quiet", "verbose", "hint", "threads-per-core",
-    "distribution", "tmp", "get-user-env", "nice", "requeue", "no-requeue",
+    "distribution", "tmp", "get-user-env", "nice",
     "gpu-bind",
 ];
 
@@ -429,6 +429,12 @@ fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<St
         container_env: o.get("container-env").map(|m| m.split(',').map(str::to_string).collect()).unwrap_or_default(),
         open_mode,
         signal: o.get("signal").map(|s| s.to_string()),
+        // The later of the two wins, as Slurm reads its options.
+        requeue: options.iter().rev().find_map(|(k, _)| match k.as_str() {
+            "requeue" => Some(true),
+            "no-requeue" => Some(false),
+            _ => None,
+        }),
     };
     Ok((req, o.contains_key("parsable")))
 }
@@ -556,6 +562,8 @@ mod tests {
         assert_eq!((req.tasks_per_node, req.ntasks, req.cpus), (Some(3), Some(5), None), "the busier node's share; one core per task by default");
         let thin = [("nodes", "3"), ("ntasks", "2")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
         assert!(build_request(&thin, "#!/bin/sh\n".into(), &mut warn).unwrap_err().contains("fewer than --nodes"));
+        let both = [("requeue", ""), ("no-requeue", "")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        assert_eq!(build_request(&both, "#!/bin/sh\n".into(), &mut warn).unwrap().0.requeue, Some(false), "the later wins");
         let mail = vec![("mail-type".to_string(), "ALL".to_string())];
         let mut warn = vec![];
         build_request(&mail, "#!/bin/sh\n".into(), &mut warn).unwrap();

@@ -390,12 +390,8 @@ impl Shared {
                     // new attempt, neither failed nor cancelled.
                     let stopped = r.outcome == AttemptOutcome::Stopped && !inner.cancel_pending.contains(&r.attempt);
                     if (stopped || inner.preempt_pending.contains(&r.attempt)) && r.outcome != AttemptOutcome::Succeeded {
-                        return Event::TaskRequeued {
-                            job_id: r.attempt.job_id,
-                            index: r.attempt.index,
-                            attempt: r.attempt.attempt,
-                            at_ms: now,
-                        };
+                        let why = if stopped { "its node stopped it" } else { "it was stopped for higher-priority work" };
+                        return inner.lost_attempt(r.attempt, now, why);
                     }
                     Event::TaskEnded {
                     job_id: r.attempt.job_id,
@@ -544,6 +540,27 @@ impl Shared {
 }
 
 impl Inner {
+    /// The event for an attempt that ended through no fault of its own: back in the queue as a
+    /// new attempt, or, for a job submitted with `--no-requeue`, failed saying `why`.
+    pub(super) fn lost_attempt(&self, a: AttemptRef, at_ms: u64, why: &str) -> Event {
+        let job_id = JobId(a.job_id);
+        if self.requests.get(&job_id).is_none_or(|r| r.requeue != Some(false)) {
+            return Event::TaskRequeued { job_id: a.job_id, index: a.index, attempt: a.attempt, at_ms };
+        }
+        let started_ms = pos_of(&self.cluster, job_id, a.index)
+            .and_then(|pos| self.cluster.job(job_id)?.running_task(pos).map(|r| r.started_ms))
+            .unwrap_or(at_ms);
+        Event::TaskEnded {
+            job_id: a.job_id,
+            index: a.index,
+            attempt: a.attempt,
+            outcome: tidepool_core::TaskOutcome::Failed,
+            ending: Ending { exit_code: None, signal: None, started_ms, cpu_ms: 0, peak_mem_bytes: 0 },
+            at_ms,
+            message: Some(format!("{why}, and the job was submitted not to run again (--no-requeue)")),
+        }
+    }
+
     fn index_of(&self, job_id: JobId, pos: u32) -> u32 {
         self.cluster.job(job_id).and_then(|j| j.spec().array.index_at(pos)).unwrap_or(pos)
     }

@@ -65,7 +65,7 @@ impl Shared {
                 let a = AttemptRef { job_id: job_id.0, index, attempt };
                 wanted.insert(a);
                 if !known.contains(&a) {
-                    requeues.push(Event::TaskRequeued { job_id: job_id.0, index, attempt, at_ms: self.config.clock.now_ms() });
+                    requeues.push(inner.lost_attempt(a, self.config.clock.now_ms(), "its node came back without it"));
                 }
             }
             let kills: Vec<AttemptRef> = req
@@ -218,7 +218,7 @@ impl Shared {
                 tracing::warn!(node = %name, n_requeued = running.len(), "agent lease expired; node lost");
                 for (job_id, pos, attempt) in running {
                     let index = inner.index_of(job_id, pos);
-                    events.push(Event::TaskRequeued { job_id: job_id.0, index, attempt, at_ms: self.config.clock.now_ms() });
+                    events.push(inner.lost_attempt(AttemptRef { job_id: job_id.0, index, attempt }, self.config.clock.now_ms(), "its node was lost"));
                 }
             }
             events
