@@ -402,33 +402,25 @@ pub struct LogsArgs {
     follow: bool,
 }
 
-/// Prints a task's output.
-pub async fn logs(a: LogsArgs) -> Result<u8, String> {
-    let (job_id, index) = parse_target(&a.task)?;
-    let client = Client::from_env()?;
-    let index = match index {
-        Some(i) => i,
-        None => {
-            let j: JobView = client.get(&format!("/jobs/{job_id}")).await?;
-            if j.n_tasks != 1 {
-                return Err(format!("job {job_id} has {} tasks: name one, e.g. {job_id}.0", j.n_tasks));
-            }
-            j.array.as_deref().and_then(|a| a.split(['-', ',', '%', ':']).next()?.parse().ok()).unwrap_or(0)
-        }
-    };
-    let stream = if a.stderr { "stderr" } else { "stdout" };
-    let mut out = std::io::stdout().lock();
+/// Writes a task's `stream` (stdout or stderr) to `out`: its last `tail` lines or all of it,
+/// and with `follow` what it writes until it ends; the bytes written.
+pub(crate) async fn print_log(client: &Client, job_id: u64, index: u32, stream: &str, tail: Option<u64>, follow: bool, out: &mut impl Write) -> Result<u64, String> {
     let (mut offset, mut printed) = (0u64, 0u64);
-    let mut range = match a.tail {
+    let mut range = match tail {
         Some(n) => format!("tail={n}"),
         None => "offset=0".to_string(),
     };
     loop {
         let path = format!("/jobs/{job_id}/tasks/{index}/log?stream={stream}&{range}");
         let mut resp = match client.get_streamed(&path).await {
-            // Following a task that has not started: wait for it.
-            Err(e) if a.follow && e.contains("has not run yet") => {
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            // Following a task that has not started, or not yet opened its output: wait for it,
+            // unless the job has ended meanwhile (a task that wrote nothing leaves no file).
+            Err(e) if follow && (e.contains("has not run yet") || e.contains("no output of this task")) => {
+                let view: JobView = client.get(&format!("/jobs/{job_id}")).await?;
+                if !matches!(view.state.as_str(), "pending" | "running") {
+                    return Ok(printed);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
                 continue;
             }
             answered => answered?,
@@ -445,13 +437,31 @@ pub async fn logs(a: LogsArgs) -> Result<u8, String> {
         offset = start + read;
         printed += read;
         range = format!("offset={offset}");
-        if !a.follow || (ended && read == 0) {
-            break;
+        if !follow || (ended && read == 0) {
+            return Ok(printed);
         }
         if read == 0 {
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
     }
+}
+
+/// Prints a task's output.
+pub async fn logs(a: LogsArgs) -> Result<u8, String> {
+    let (job_id, index) = parse_target(&a.task)?;
+    let client = Client::from_env()?;
+    let index = match index {
+        Some(i) => i,
+        None => {
+            let j: JobView = client.get(&format!("/jobs/{job_id}")).await?;
+            if j.n_tasks != 1 {
+                return Err(format!("job {job_id} has {} tasks: name one, e.g. {job_id}.0", j.n_tasks));
+            }
+            j.array.as_deref().and_then(|a| a.split(['-', ',', '%', ':']).next()?.parse().ok()).unwrap_or(0)
+        }
+    };
+    let stream = if a.stderr { "stderr" } else { "stdout" };
+    let printed = print_log(&client, job_id, index, stream, a.tail, a.follow, &mut std::io::stdout().lock()).await?;
     if printed == 0 {
         eprintln!("tidepool: the {stream} log of {job_id}.{index} is empty");
     }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use tidepool_api::{CancelRequest, CancelResponse, JobView, NodeView, SubmitRequest, SubmitResponse, TaskView};
 use tidepool_core::resources::{format_elapsed, parse_mem_size};
 
+mod allocation;
 mod sbatch;
 mod squeue;
 mod srun;
@@ -50,7 +51,7 @@ fn usage(command: &str) -> String {
         "squeue" => String::from("Usage: squeue [OPTIONS]\n\nOptions:\n"),
         "scancel" => String::from("Usage: scancel [OPTIONS] [job_id[_array_id]...]\n\nJobs are named JOB or JOB_INDEX (JOB.INDEX also works).\n"),
         "sacct" => String::from("Usage: sacct [OPTIONS]\n\nOptions:\n"),
-        "srun" => String::from("Usage: srun [OPTIONS] executable [args...]\n\nInside a job's allocation: a step of N copies over its nodes (all of them unless -N says fewer).\nOptions:\n"),
+        "srun" => String::from("Usage: srun [OPTIONS] executable [args...]\n\nInside a job's allocation: a step of N copies over its nodes (all of them unless -N says fewer).\nOutside one: a job is made for the step on one node, its output printed as it comes (Ctrl-C cancels it).\nOptions:\n"),
         "scontrol" => String::from("Usage: scontrol show hostnames [HOSTLIST]\n"),
         _ => String::from("Usage: sinfo [OPTIONS]\n\nOptions:\n"),
     };
@@ -78,7 +79,7 @@ fn usage(command: &str) -> String {
             .map(|l| format!("  {l}"))
             .collect(),
         "scancel" | "scontrol" => Vec::new(),
-        "srun" => ["-n, --ntasks=N", "-N, --nodes=N", "-c, --cpus-per-task=N", "--ntasks-per-node=N", "-l, --label", "-K, --kill-on-bad-exit", "-O, --overcommit", "-o, --output=PATTERN (%t %j %J %s %N)", "-e, --error=PATTERN", "-D, --chdir=DIR", "--export=ALL|NONE|VAR[=VAL],...", "--mpi, --cpu-bind, -m, --hint, -u, --exclusive, --exact, --overlap, --mem, --gres, --gpus, -t, -J, -Q, -v (accepted)"]
+        "srun" => ["-n, --ntasks=N", "-N, --nodes=N", "-c, --cpus-per-task=N", "--ntasks-per-node=N", "-l, --label", "-K, --kill-on-bad-exit", "-O, --overcommit", "-o, --output=PATTERN (%t %j %J %s %N)", "-e, --error=PATTERN", "-D, --chdir=DIR", "--export=ALL|NONE|VAR[=VAL],...", "-J, --job-name, -t, --time, --mem, -p, --partition, -A, --account (outside an allocation: the job's)", "--mpi, --cpu-bind, -m, --hint, -u, --exclusive, --exact, --overlap, --gres, --gpus, -Q, -v (accepted)"]
             .iter()
             .map(|l| format!("  {l}"))
             .collect(),

@@ -399,9 +399,17 @@ fn srun_runs_steps_of_the_allocations_tasks_and_scontrol_expands_host_lists() {
     assert_eq!(std::fs::read_to_string(env.dir.join("rank-1.txt")).unwrap().trim(), "file 1");
     assert!(out.contains("task 2: Exited with exit code 2") && out.contains("worst 2"), "{out}");
     assert!(out.contains("n01\nn02\ngpu7"), "{out}");
-    // Outside an allocation srun says what to do instead, and runs nothing.
-    let outside = env.run(&["srun", "true"]);
-    assert!(!outside.status.success() && String::from_utf8_lossy(&outside.stderr).contains("inside a job's allocation"));
+    // Outside an allocation srun makes a job for its step, prints what it prints as it comes,
+    // and exits as it did.
+    let outside = env.run(&["srun", "-n", "2", "-J", "interactive", "sh", "-c", "echo rank $SLURM_PROCID of $SLURM_NTASKS $SLURM_JOB_NAME"]);
+    let printed = String::from_utf8_lossy(&outside.stdout).to_string();
+    assert!(outside.status.success(), "{}", String::from_utf8_lossy(&outside.stderr));
+    let mut lines: Vec<&str> = printed.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["rank 0 of 2 interactive", "rank 1 of 2 interactive"], "{printed}");
+    assert_eq!(env.run(&["srun", "sh", "-c", "exit 3"]).status.code(), Some(3));
+    let pty = env.run(&["srun", "--pty", "bash"]);
+    assert!(!pty.status.success() && String::from_utf8_lossy(&pty.stderr).trim().lines().count() == 1);
 }
 
 #[test]

@@ -50,25 +50,35 @@ const SRUN_OPTIONS: &[(&str, Option<char>, bool)] = &[
     ("propagate", None, false),
     ("wait", Some('W'), true),
     ("jobid", None, true),
+    ("partition", Some('p'), true),
+    ("account", Some('A'), true),
+    ("pty", None, false),
 ];
 
 /// A step as asked.
 #[derive(Debug, Default, PartialEq)]
-struct Step {
-    ntasks: Option<u32>,
-    nodes: Option<u32>,
-    cpus_per_task: Option<u32>,
-    ntasks_per_node: Option<u32>,
+pub(super) struct Step {
+    pub(super) ntasks: Option<u32>,
+    pub(super) nodes: Option<u32>,
+    pub(super) cpus_per_task: Option<u32>,
+    pub(super) ntasks_per_node: Option<u32>,
     label: bool,
     kill_on_bad_exit: bool,
     overcommit: bool,
     output: Option<String>,
     error: Option<String>,
-    chdir: Option<String>,
+    pub(super) chdir: Option<String>,
     export_none: bool,
     export: Vec<(String, String)>,
     jobid: Option<String>,
-    command: Vec<String>,
+    /// Outside an allocation, what the job it makes asks for.
+    pub(super) job_name: Option<String>,
+    pub(super) time: Option<String>,
+    pub(super) mem: Option<String>,
+    pub(super) partition: Option<String>,
+    pub(super) account: Option<String>,
+    pub(super) pty: bool,
+    pub(super) command: Vec<String>,
 }
 
 fn unknown(name: &str) -> String {
@@ -138,6 +148,12 @@ fn parse(args: &[String]) -> Result<Step, String> {
             "error" => step.error = Some(value),
             "chdir" => step.chdir = Some(value),
             "jobid" => step.jobid = Some(value),
+            "job-name" => step.job_name = Some(value),
+            "time" => step.time = Some(value),
+            "mem" => step.mem = Some(value),
+            "partition" => step.partition = Some(value),
+            "account" => step.account = Some(value),
+            "pty" => step.pty = true,
             "export" => {
                 for item in value.split(',') {
                     match item {
@@ -228,7 +244,8 @@ pub async fn srun(args: Vec<String>) -> Result<u8, String> {
     let step = parse(&args)?;
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let Some(job) = env("SLURM_JOB_ID") else {
-        return Err("srun runs a step inside a job's allocation (a batch script or a task); outside one, submit with sbatch or `tidepool submit`".into());
+        // Outside an allocation: one is made for the step, as Slurm's srun does.
+        return super::allocation::run_in_new_job(&args, &step).await;
     };
     if let Some(asked) = &step.jobid {
         if asked != &job && env("SLURM_ARRAY_JOB_ID").as_deref() != Some(asked.as_str()) {
