@@ -10,6 +10,7 @@ use tidepool_core::resources::{format_elapsed, parse_mem_size};
 
 mod allocation;
 mod sbatch;
+mod scontrol;
 mod squeue;
 mod srun;
 mod steps;
@@ -27,7 +28,7 @@ pub async fn run(command: &str, args: Vec<String>) -> Result<u8, String> {
         "scancel" => scancel(args).await,
         "sacct" => sacct(args).await,
         "srun" => srun::srun(args).await,
-        "scontrol" => srun::scontrol(args),
+        "scontrol" => scontrol::scontrol(args).await,
         _ => sinfo(args).await,
     }
 }
@@ -52,7 +53,7 @@ fn usage(command: &str) -> String {
         "scancel" => String::from("Usage: scancel [OPTIONS] [job_id[_array_id]...]\n\nJobs are named JOB or JOB_INDEX (JOB.INDEX also works).\n"),
         "sacct" => String::from("Usage: sacct [OPTIONS]\n\nOptions:\n"),
         "srun" => String::from("Usage: srun [OPTIONS] executable [args...]\n\nInside a job's allocation: a step of N copies over its nodes (all of them unless -N says fewer).\nOutside one: a job is made for the step on one node, its output printed as it comes (Ctrl-C cancels it).\nOptions:\n"),
-        "scontrol" => String::from("Usage: scontrol show hostnames [HOSTLIST]\n"),
+        "scontrol" => String::from("Usage: scontrol [-o] show job [ID]\n       scontrol show hostnames [HOSTLIST]\n"),
         _ => String::from("Usage: sinfo [OPTIONS]\n\nOptions:\n"),
     };
     let lines: Vec<String> = match command {

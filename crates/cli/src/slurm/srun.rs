@@ -479,24 +479,6 @@ pub fn expand_hostlist(list: &str) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
-/// `scontrol show hostnames [LIST]` (the job's node list by default), one name per line.
-pub fn scontrol(args: Vec<String>) -> Result<u8, String> {
-    let words: Vec<&str> = args.iter().map(String::as_str).collect();
-    match words.as_slice() {
-        ["show", "hostnames" | "hostname", rest @ ..] => {
-            let list = match rest.first() {
-                Some(list) => list.to_string(),
-                None => std::env::var("SLURM_JOB_NODELIST").map_err(|_| "no host list given and SLURM_JOB_NODELIST is not set".to_string())?,
-            };
-            for name in expand_hostlist(&list)? {
-                crate::output::line(&name);
-            }
-            Ok(0)
-        }
-        _ => Err(format!("'{}' is not supported here: Tidepool's scontrol knows `scontrol show hostnames [LIST]`", words.join(" "))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
