@@ -71,7 +71,7 @@ fn usage(command: &str) -> String {
             })
             .chain(["      --wrap=COMMAND runs COMMAND as a one-line script".to_string()])
             .collect(),
-        "squeue" => ["-j, --jobs=LIST", "-t, --states=LIST", "-h, --noheader", "-u, --user, -A, --account, -p, --partition=NAME (accepted)", "--me, -a, --all, -l, --long, -r, --array (accepted)"]
+        "squeue" => ["-j, --jobs=LIST", "-t, --states=LIST", "-h, --noheader", "-o, --format=FORMAT (%i %j %T %t %P %u %a %M %l %C %D %N %r %R %A %K)", "-O, --Format=FIELD[:[.]WIDTH],... (JobID, Name, State, StateCompact, Partition, UserName, Account, TimeUsed, TimeLimit, NumCPUs, NumNodes, NodeList, Reason, ReasonList, ArrayJobID, ArrayTaskID)", "-u, --user, -A, --account, -p, --partition=NAME (accepted)", "--me, -a, --all, -l, --long, -r, --array (accepted)"]
             .iter()
             .map(|l| format!("  {l}"))
             .collect(),

@@ -1,5 +1,6 @@
 //! `squeue`: one row per running task and one per job's pending tasks, in Slurm's default
-//! columns or in the fields `-o/--format` names (`%.18i %.9P %.8j %.8u %.2t %.10M %.6D %R`).
+//! columns or in the fields `-o/--format` names (`%.18i %.9P %.8j %.8u %.2t %.10M %.6D %R`) or
+//! `-O/--Format` lists (`JobID:10,Name,State`).
 
 use super::{fit, parse_target, slurm_state, squeue_time, OptionReader};
 use crate::client::Client;
@@ -80,6 +81,36 @@ enum Piece {
     Field { code: char, width: Option<usize>, right: bool },
 }
 
+/// `-O/--Format`'s field names and the `-o` letters they stand for.
+const LONG_FIELDS: &[(&str, char)] = &[
+    ("jobid", 'i'), ("arrayjobid", 'A'), ("arraytaskid", 'K'), ("partition", 'P'), ("name", 'j'), ("username", 'u'),
+    ("account", 'a'), ("statecompact", 't'), ("state", 'T'), ("timeused", 'M'), ("timelimit", 'l'), ("numcpus", 'C'),
+    ("numnodes", 'D'), ("nodelist", 'N'), ("reason", 'r'), ("reasonlist", 'R'),
+];
+
+/// Reads `-O/--Format` (`JobID:10,Name,State:.8`): each field padded to its width (20 unless
+/// given after `:`, right-justified after `:.`), as Slurm prints them, one after the other.
+fn parse_long_format(format: &str) -> Result<Vec<Piece>, String> {
+    format
+        .split(',')
+        .filter(|f| !f.is_empty())
+        .map(|item| {
+            let (name, size) = item.split_once(':').unwrap_or((item, ""));
+            let code = LONG_FIELDS
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, c)| *c)
+                .ok_or_else(|| format!("squeue: error: Invalid job format specification: {name}"))?;
+            let right = size.starts_with('.');
+            let width = match size.trim_start_matches('.') {
+                "" => 20,
+                w => w.parse::<usize>().ok().filter(|w| *w <= 1000).ok_or_else(|| format!("squeue: error: '{item}': the width is not a number"))?,
+            };
+            Ok(Piece::Field { code, width: Some(width), right })
+        })
+        .collect()
+}
+
 fn parse_format(format: &str) -> Result<Vec<Piece>, String> {
     let mut pieces = Vec::new();
     let mut chars = format.chars().peekable();
@@ -141,11 +172,13 @@ fn render(pieces: &[Piece], field: impl Fn(char) -> Result<String, String>) -> R
     Ok(out)
 }
 
-fn rows(jobs: &[JobView], user: &str) -> Vec<Row> {
+/// The rows of `jobs`; `pool_of` names a node's pool (a running task's partition), `fleet_pool`
+/// the one pool of the fleet if it has only one (where a job that named none will run).
+fn rows(jobs: &[JobView], user: &str, pool_of: &dyn Fn(&str) -> Option<String>, fleet_pool: Option<&str>) -> Vec<Row> {
     let now = now_ms();
     let mut rows = Vec::new();
     for j in jobs {
-        let partition = j.pool.clone().unwrap_or_else(|| "local".into());
+        let partition = j.pool.clone().or_else(|| fleet_pool.map(str::to_string)).unwrap_or_else(|| "(any)".into());
         let time_limit = j.time_limit_s.map_or_else(|| "UNLIMITED".to_string(), squeue_time);
         let base = |id: String, array_task: String, st: &'static str, state: &'static str| Row {
             id,
@@ -169,6 +202,9 @@ fn rows(jobs: &[JobView], user: &str) -> Vec<Row> {
             let mut row = base(id, task, "R", slurm_state("running"));
             row.time = squeue_time(t.started_ms.map_or(0, |s| now.saturating_sub(s) / 1000));
             row.nodelist = t.node.clone().unwrap_or_default();
+            if let Some(pool) = t.node.as_deref().and_then(pool_of) {
+                row.partition = pool;
+            }
             rows.push(row);
         }
         if j.counts.pending > 0 {
@@ -194,6 +230,7 @@ pub(super) async fn squeue(args: Vec<String>) -> Result<u8, String> {
     let mut states: Option<Vec<String>> = None;
     let mut names: Option<Vec<String>> = None;
     let mut format = DEFAULT_FORMAT.to_string();
+    let mut long_format: Option<String> = None;
     let mut reader = OptionReader { args: &args, i: 0 };
     while let Some((name, inline)) = reader.next_option() {
         let mut value = || reader.value(&name, inline.clone());
@@ -206,6 +243,7 @@ pub(super) async fn squeue(args: Vec<String>) -> Result<u8, String> {
             "-t" | "--states" => states = Some(value()?.split(',').map(|s| s.to_uppercase()).collect()),
             "-n" | "--name" => names = Some(value()?.split(',').map(str::to_string).collect()),
             "-o" | "--format" => format = value()?,
+            "-O" | "--Format" => long_format = Some(value()?),
             "-u" | "--user" | "-A" | "--account" | "-p" | "--partition" => {
                 value()?;
             }
@@ -213,10 +251,17 @@ pub(super) async fn squeue(args: Vec<String>) -> Result<u8, String> {
             other => return Err(format!("unrecognized option '{other}'")),
         }
     }
-    let pieces = parse_format(&format)?;
+    let pieces = match &long_format {
+        Some(f) => parse_long_format(f)?,
+        None => parse_format(&format)?,
+    };
     let client = Client::from_env()?;
     let jobs: Vec<JobView> = client.get("/jobs?active=true").await?;
     let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    let nodes: Vec<tidepool_api::NodeView> = client.get("/nodes").await.unwrap_or_default();
+    let pools: std::collections::BTreeSet<&str> = nodes.iter().map(|n| n.pool.as_str()).collect();
+    let fleet_pool = if pools.len() == 1 { pools.first().copied() } else { None };
+    let pool_of = |node: &str| nodes.iter().find(|n| n.name == node).map(|n| n.pool.clone());
     let jobs: Vec<JobView> = jobs
         .into_iter()
         .filter(|j| jobs_filter.as_ref().is_none_or(|f| f.contains(&j.id)))
@@ -226,7 +271,7 @@ pub(super) async fn squeue(args: Vec<String>) -> Result<u8, String> {
     if header {
         line(&render(&pieces, |code| Ok(Row::header(code).to_string()))?);
     }
-    for row in rows(&jobs, &user).iter().filter(|r| wanted(r)) {
+    for row in rows(&jobs, &user, &pool_of, fleet_pool).iter().filter(|r| wanted(r)) {
         line(&render(&pieces, |code| row.field(code))?);
     }
     Ok(0)
@@ -244,6 +289,10 @@ mod tests {
         let pieces = parse_format("%4j.").unwrap();
         assert_eq!(render(&pieces, |_| Ok("ab".into())).unwrap(), "ab  .");
         assert!(parse_format("%.10").is_err());
+        let long = parse_long_format("JobID:6,name:.5,State").unwrap();
+        let line = render(&long, |c| Ok(match c { 'i' => "42".into(), 'j' => "sim".into(), 'T' => "RUNNING".into(), _ => String::new() })).unwrap();
+        assert_eq!(line, format!("42      sim{:<20}", "RUNNING"));
+        assert!(parse_long_format("JobID,Bogus").err().unwrap_or_default().contains("Bogus"));
     }
 
     #[test]
@@ -257,7 +306,7 @@ mod tests {
                        "exit_code": null, "signal": null, "cpu_ms": null, "peak_mem_bytes": null}]
         }))
         .unwrap();
-        let rows = rows(&[job], "alice");
+        let rows = rows(&[job], "alice", &|_| None, None);
         let pieces = parse_format("%i %t %R %a %l %K").unwrap();
         let lines: Vec<String> = rows.iter().map(|r| render(&pieces, |c| r.field(c)).unwrap()).collect();
         assert_eq!(lines, ["7_0 R n1 chem 1:00:00 0", "7_[1-3] PD (Resources) chem 1:00:00 [1-3]"]);
