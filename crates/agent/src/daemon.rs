@@ -489,6 +489,12 @@ async fn main_loop(agent: Arc<Agent>) -> Result<()> {
                     for a in work.kill {
                         agent.kill(a);
                     }
+                    for order in work.signal {
+                        let dir = rundir::attempt_dir(&agent.config.run_dir, &order.attempt);
+                        if !agent.executor.signal(&order, &dir) {
+                            tracing::info!(job = order.attempt.job_id, index = order.attempt.index, "a signal for an attempt not running here was dropped");
+                        }
+                    }
                     for image in work.pull {
                         let agent = agent.clone();
                         tokio::spawn(async move {

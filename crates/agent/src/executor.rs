@@ -30,6 +30,11 @@ pub trait Executor: Send + Sync {
     /// yet, and the daemon then refuses it if it comes.
     fn cancel(&self, a: AttemptRef, dir: &Path) -> bool;
 
+    /// Sends a running attempt a signal (`scancel --signal`); false when it is not running here.
+    fn signal(&self, _order: &tidepool_api::SignalOrder, _dir: &Path) -> bool {
+        false
+    }
+
     /// After a restart: what the directory of an attempt with no result holds.
     fn recover(&self, a: AttemptRef, dir: &Path) -> Recovered;
 

@@ -419,6 +419,8 @@ impl Launcher {
         if dir.join(rundir::CANCEL_FILE).exists() {
             return self.end_unstarted(&dir, a);
         }
+        // A signal meant for what ran before it started is not this start's.
+        let _ = std::fs::remove_file(dir.join(rundir::SIGNAL_FILE));
         let mut result = rundir::failed_at(a, now_ms(), "");
         result.message = None;
         let cgroup = self.take_cgroup(&spec.cgroup, spec.launch.mem_bytes);
@@ -611,6 +613,20 @@ impl Launcher {
             .collect();
         for pid in asked {
             self.cancel(pid);
+        }
+        // Signals asked for running attempts (scancel --signal), each sent once.
+        for a in self.running.values().filter(|a| a.ended.is_none()) {
+            let path = a.dir.join(rundir::SIGNAL_FILE);
+            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            let _ = std::fs::remove_file(&path);
+            let mut words = text.split_whitespace();
+            let (Some(signal), scope) = (words.next().and_then(|s| s.parse::<i32>().ok()).filter(|s| (1..=64).contains(s)), words.next()) else { continue };
+            let pids = a.cgroup_pids();
+            match scope {
+                Some("full") => signal_tree(a.pid, &pids, signal),
+                Some("batch") => warn_ahead_of_limit(a.pid, &pids, tidepool_api::WarnSignal { signal, before_s: 0, batch_only: true }, true),
+                _ => warn_ahead_of_limit(a.pid, &pids, tidepool_api::WarnSignal { signal, before_s: 0, batch_only: false }, a.spec.launch.script.is_some()),
+            }
         }
     }
 

@@ -174,6 +174,32 @@ impl State {
     }
 }
 
+impl ProcessExecutor {
+    /// Sends SIGUSR1 to the launcher that runs `a` (or, after a restart, to every live one),
+    /// which then reads the attempt's cancel and signal files; false when none is alive.
+    fn nudge_launchers(&self, a: AttemptRef, dir: &Path) -> bool {
+        let tracked = lock(&self.state.tracked).get(&a).copied();
+        let own = lock(&self.state.launcher).as_ref().map(|h| h.pid);
+        // Only a launcher known to be alive is signalled: a stale pid may belong to anyone.
+        let pids: Vec<u32> = match tracked {
+            Some(pid) if pid != 0 && Some(pid) == own => vec![pid],
+            _ if rundir::launcher_alive(dir) => rundir::live_launchers(&self.state.settings.run_dir),
+            Some(_) => own.into_iter().collect(),
+            None => Vec::new(),
+        };
+        if pids.is_empty() {
+            return false;
+        }
+        for pid in pids {
+            // SAFETY: kill(2) on a launcher alive in this run directory; no memory is touched.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGUSR1);
+            }
+        }
+        true
+    }
+}
+
 impl Executor for ProcessExecutor {
     fn start(&self, launch: Launch, _dir: &Path) -> Result<(), String> {
         let a = launch.attempt;
@@ -202,20 +228,28 @@ impl Executor for ProcessExecutor {
         }
     }
 
+    fn signal(&self, order: &tidepool_api::SignalOrder, dir: &Path) -> bool {
+        if rundir::read_result(dir).is_some() {
+            return false;
+        }
+        let scope = match order.scope {
+            tidepool_api::SignalScope::Steps => "steps",
+            tidepool_api::SignalScope::Batch => "batch",
+            tidepool_api::SignalScope::Full => "full",
+        };
+        // Written whole under another name, then renamed: the launcher never reads half a line.
+        let staged = dir.join(format!("{}.new", rundir::SIGNAL_FILE));
+        if std::fs::write(&staged, format!("{} {scope}\n", order.signal)).and_then(|_| std::fs::rename(&staged, dir.join(rundir::SIGNAL_FILE))).is_err() {
+            return false;
+        }
+        self.nudge_launchers(order.attempt, dir)
+    }
+
     fn cancel(&self, a: AttemptRef, dir: &Path) -> bool {
         if rundir::read_result(dir).is_some() {
             return true;
         }
-        let tracked = lock(&self.state.tracked).get(&a).copied();
-        let own = lock(&self.state.launcher).as_ref().map(|h| h.pid);
-        // Only a launcher known to be alive is signalled: a stale pid may belong to anyone.
-        let pids: Vec<u32> = match tracked {
-            Some(pid) if pid != 0 && Some(pid) == own => vec![pid],
-            _ if rundir::launcher_alive(dir) => rundir::live_launchers(&self.state.settings.run_dir),
-            Some(_) => own.into_iter().collect(),
-            None => Vec::new(),
-        };
-        if pids.is_empty() {
+        if !rundir::launcher_alive(dir) && !lock(&self.state.tracked).contains_key(&a) {
             return false;
         }
         // The mark is read at the start of the attempt and on SIGUSR1, so it stops the
@@ -224,14 +258,9 @@ impl Executor for ProcessExecutor {
             // The signal still stops it if it runs; one its launcher has yet to start would start.
             tracing::warn!(job = a.job_id, index = a.index, error = %e, "the cancel mark could not be written");
         }
-        for pid in pids {
-            // SAFETY: kill(2) on a launcher alive in this run directory; no memory is touched.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGUSR1);
-            }
-        }
-        true
+        self.nudge_launchers(a, dir)
     }
+
 
     fn recover(&self, a: AttemptRef, dir: &Path) -> Recovered {
         if lock(&self.state.tracked).contains_key(&a) {

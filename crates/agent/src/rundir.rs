@@ -125,6 +125,9 @@ pub fn parse_attempt_dir(name: &str) -> Option<AttemptRef> {
 pub const LAUNCHER_FILE_PREFIX: &str = "launcher.";
 /// Present when the agent asked for the attempt to stop.
 pub const CANCEL_FILE: &str = "cancel";
+/// A signal to send to an attempt that runs (`scancel --signal`): its number and scope, one
+/// line `SIGNAL SCOPE`, read and removed by the launcher on SIGUSR1.
+pub const SIGNAL_FILE: &str = "signal";
 /// Written when the attempt has ended, over the last attempt's in a spare directory: it is
 /// the attempt's result only when it parses whole and names that attempt.
 pub const RESULT_FILE: &str = "result.json";

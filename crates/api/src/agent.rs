@@ -82,6 +82,60 @@ pub struct PollResponse {
     /// Images to pull ahead: a job waiting for room may run here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pull: Vec<String>,
+    /// Signals to send to running attempts (`scancel --signal`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signal: Vec<SignalOrder>,
+}
+
+/// A signal for a running attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalOrder {
+    /// The attempt.
+    pub attempt: AttemptRef,
+    /// The signal's number.
+    pub signal: i32,
+    /// Who in the attempt gets it.
+    pub scope: SignalScope,
+}
+
+/// Who in a task a signal is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignalScope {
+    /// What a batch script started, not its shell (whose default would be to die of it); the
+    /// whole of a command.
+    Steps,
+    /// The batch shell alone.
+    Batch,
+    /// Every process of the task.
+    Full,
+}
+
+impl SignalScope {
+    /// Reads `batch` or `full`; none is `Steps`.
+    pub fn parse(text: Option<&str>) -> Result<SignalScope, String> {
+        match text {
+            None | Some("steps") => Ok(SignalScope::Steps),
+            Some("batch") => Ok(SignalScope::Batch),
+            Some("full") => Ok(SignalScope::Full),
+            Some(other) => Err(format!("'{other}' is not batch, full or steps")),
+        }
+    }
+}
+
+/// A signal's number from its name (`USR1`, `SIGUSR1`) or number (1 to 64).
+pub fn signal_number(name: &str) -> Option<i32> {
+    const NAMES: [(&str, i32); 12] = [
+        ("HUP", 1), ("INT", 2), ("QUIT", 3), ("KILL", 9), ("USR1", 10), ("USR2", 12), ("ALRM", 14), ("TERM", 15), ("CONT", 18), ("STOP", 19), ("TSTP", 20), ("URG", 23),
+    ];
+    match name.parse::<i32>() {
+        Ok(n) => (1..=64).contains(&n).then_some(n),
+        Err(_) => {
+            let bare = name.trim_start_matches("SIG").to_ascii_uppercase();
+            NAMES.iter().find(|(n, _)| *n == bare).map(|(_, s)| *s)
+        }
+    }
 }
 
 /// A piece of a task's log the server wants from the node that ran it. The agent reads it only
@@ -223,13 +277,7 @@ pub fn parse_warn_signal(text: &str) -> Result<WarnSignal, String> {
     };
     let (name, before) = rest.split_once('@').unwrap_or((rest, "60"));
     let before_s: u64 = before.parse().ok().filter(|s| *s <= 65_535).ok_or_else(bad)?;
-    let bare = name.trim_start_matches("SIG");
-    const NAMES: [(&str, i32); 9] = [("HUP", 1), ("INT", 2), ("QUIT", 3), ("KILL", 9), ("USR1", 10), ("USR2", 12), ("ALRM", 14), ("TERM", 15), ("URG", 23)];
-    let signal = match name.parse::<i32>() {
-        Ok(n) if (1..=64).contains(&n) => n,
-        Ok(_) => return Err(bad()),
-        Err(_) => NAMES.iter().find(|(n, _)| *n == bare).map(|(_, s)| *s).ok_or_else(bad)?,
-    };
+    let signal = signal_number(name).ok_or_else(bad)?;
     Ok(WarnSignal { signal, before_s, batch_only: flags.contains('B') })
 }
 

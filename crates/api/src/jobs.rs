@@ -143,13 +143,21 @@ pub struct SubmitResponse {
     pub job_id: u64,
 }
 
-/// `POST /api/v1/jobs/{id}/cancel`: the whole job, or one task when `index` is set.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `POST /api/v1/jobs/{id}/cancel`: the whole job, or one task when `index` is set. With a
+/// `signal` (Slurm's `scancel --signal`), the running tasks are sent it and nothing ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CancelRequest {
     /// One task's array index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<u32>,
+    /// A signal name (`USR1`, `SIGUSR1`) or number to send instead of cancelling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// With `signal`: `batch` the batch shell alone, `full` everything of the task; otherwise
+    /// what a batch script started (the whole of a command), as Slurm's scancel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 /// The answer to a cancel.

@@ -29,7 +29,7 @@ pub fn document() -> String {
             },
             "/jobs/test": {"post": op("Check a job as a submission would and say where and when it would start, submitting nothing (sbatch --test-only)", Some("SubmitRequest"), "TrialAnswer")},
             "/jobs/{id}": {"get": op("Show a job; ?tasks=true lists every task", None, "JobView")},
-            "/jobs/{id}/cancel": {"post": op("Cancel a job or one task", Some("CancelRequest"), "CancelResponse")},
+            "/jobs/{id}/cancel": {"post": op("Cancel a job or one task; with a signal, send it to the running tasks instead (scancel --signal)", Some("CancelRequest"), "CancelResponse")},
             "/jobs/{id}/tasks/{index}/log": {"get": {
                 "summary": "A task's output, read by the agent of its node from the file the task wrote, streamed",
                 "security": [{"bearer": []}],
@@ -85,7 +85,7 @@ pub fn document() -> String {
                     "container_env": {"type": "array", "items": string}, "open_mode": {"type": "string", "enum": ["append", "truncate"]},
                     "dependency": string, "kill_on_invalid_dep": {"type": "boolean"}, "ntasks": int, "signal": string}},
                 "SubmitResponse": {"type": "object", "required": ["job_id"], "properties": {"job_id": int}},
-                "CancelRequest": {"type": "object", "properties": {"index": int}},
+                "CancelRequest": {"type": "object", "properties": {"index": int, "signal": string, "scope": {"type": "string", "enum": ["steps", "batch", "full"]}}},
                 "CancelResponse": {"type": "object", "properties": {"n_cancelled": int, "n_signalled": int, "already_ended": {"type": "boolean"}}},
                 "JobView": {"type": "object", "properties": {"id": int, "name": string, "state": string, "n_tasks": int}},
                 "JobList": {"type": "array", "items": {"$ref": "#/components/schemas/JobView"}},

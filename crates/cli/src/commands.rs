@@ -375,7 +375,7 @@ pub async fn cancel(a: CancelArgs) -> Result<u8, String> {
     let client = Client::from_env()?;
     let targets: Vec<(u64, Option<u32>)> = a.targets.iter().map(|t| parse_target(t)).collect::<Result<_, _>>()?;
     for (job_id, index) in targets {
-        let answer: CancelResponse = client.post(&format!("/jobs/{job_id}/cancel"), &CancelRequest { index }).await?;
+        let answer: CancelResponse = client.post(&format!("/jobs/{job_id}/cancel"), &CancelRequest { index, ..CancelRequest::default() }).await?;
         if answer.already_ended {
             match index {
                 Some(i) => eprintln!("tidepool: task {job_id}.{i} had already ended"),

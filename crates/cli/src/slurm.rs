@@ -50,7 +50,7 @@ fn usage(command: &str) -> String {
     let mut text = match command {
         "sbatch" => String::from("Usage: sbatch [OPTIONS(0)...] [ : [OPTIONS(N)...]] script(0) [args(0)...]\n\nOptions:\n"),
         "squeue" => String::from("Usage: squeue [OPTIONS]\n\nOptions:\n"),
-        "scancel" => String::from("Usage: scancel [OPTIONS] [job_id[_array_id]...]\n\nJobs are named JOB or JOB_INDEX (JOB.INDEX also works).\n"),
+        "scancel" => String::from("Usage: scancel [OPTIONS] [job_id[_array_id]...]\n\nJobs are named JOB or JOB_INDEX (JOB.INDEX also works).\nOptions:\n  -s, --signal=SIG  send SIG to running tasks (what a batch script started) instead of cancelling\n  -b, --batch       with -s: the batch shell alone\n  -f, --full        with -s: every process of the task\n  -n, --name, -t, --state, -p, --partition, -A, --account, -u, --user: pick jobs\n"),
         "sacct" => String::from("Usage: sacct [OPTIONS]\n\nOptions:\n"),
         "srun" => String::from("Usage: srun [OPTIONS] executable [args...]\n\nInside a job's allocation: a step of N copies over its nodes (all of them unless -N says fewer).\nOutside one: a job is made for the step on one node, its output printed as it comes (Ctrl-C cancels it).\nOptions:\n"),
         "scontrol" => String::from("Usage: scontrol [-o] show job [ID]\n       scontrol show hostnames [HOSTLIST]\n"),
@@ -152,6 +152,7 @@ async fn scancel(args: Vec<String>) -> Result<u8, String> {
     let mut targets = Vec::new();
     let (mut name, mut state, mut partition, mut account) = (None, None, None, None);
     let mut by_user = false;
+    let (mut signal, mut scope): (Option<String>, Option<&str>) = (None, None);
     let mut reader = OptionReader { args: &args, i: 0 };
     while let Some((option, inline)) = reader.next_option() {
         if !option.starts_with('-') {
@@ -172,7 +173,16 @@ async fn scancel(args: Vec<String>) -> Result<u8, String> {
                 }
                 by_user = true;
             }
-            "-Q" | "--quiet" | "-v" | "--verbose" | "-f" | "--full" | "-b" | "--batch" => {}
+            "-s" | "--signal" => {
+                let v = value()?;
+                if tidepool_api::signal_number(&v).is_none() {
+                    return Err(format!("Invalid job signal: {v}"));
+                }
+                signal = Some(v);
+            }
+            "-b" | "--batch" => scope = Some("batch"),
+            "-f" | "--full" => scope = Some("full"),
+            "-Q" | "--quiet" | "-v" | "--verbose" => {}
             other => return Err(format!("unrecognized option '{other}'")),
         }
     }
@@ -211,8 +221,11 @@ async fn scancel(args: Vec<String>) -> Result<u8, String> {
             }
         }
     }
+    // With a signal, only running tasks are sent it (-b: their batch shell, -f: everything).
+    let scope = signal.as_ref().and(scope).map(str::to_string);
     for (job_id, index) in targets {
-        let r: Result<CancelResponse, String> = client.post(&format!("/jobs/{job_id}/cancel"), &CancelRequest { index }).await;
+        let req = CancelRequest { index, signal: signal.clone(), scope: scope.clone() };
+        let r: Result<CancelResponse, String> = client.post(&format!("/jobs/{job_id}/cancel"), &req).await;
         if let Err(e) = r {
             eprintln!("scancel: error: Kill job error on job id {job_id}: {e}");
             code = 1;

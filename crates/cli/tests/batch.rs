@@ -732,3 +732,28 @@ fn sbatch_test_only_says_where_and_when_and_submits_nothing() {
     env.ok(&["cancel", busy.trim()]);
 }
 
+#[test]
+fn scancel_signal_reaches_what_a_script_started_or_its_shell_and_ends_nothing() {
+    let env = Env::new("scancel-signal");
+    // The child traps USR1 and ends; the shell (which would die of an untrapped USR1) waits.
+    let script = "#!/bin/sh\n#SBATCH -o sig.out\n\
+        trap 'echo shell got USR2' USR2\n\
+        sh -c 'trap \"echo child got USR1; exit 0\" USR1; echo ready > ready.txt; while true; do sleep 0.1; done' &\n\
+        while [ ! -e done.txt ]; do wait; sleep 0.1; done\n\
+        echo shell ends\n";
+    std::fs::write(env.dir.join("sig.sh"), script).unwrap();
+    let job = env.ok(&["sbatch", "--parsable", "sig.sh"]);
+    let job = job.trim();
+    env.eventually(20, "the child to start", |e| e.dir.join("ready.txt").exists());
+    assert!(env.run(&["scancel", "--signal=USR1", job]).status.success());
+    env.eventually(20, "the child to get USR1", |e| std::fs::read_to_string(e.dir.join("sig.out")).unwrap_or_default().contains("child got USR1"));
+    assert!(env.run(&["scancel", "-b", "-s", "SIGUSR2", job]).status.success());
+    env.eventually(20, "the shell to get USR2", |e| std::fs::read_to_string(e.dir.join("sig.out")).unwrap_or_default().contains("shell got USR2"));
+    std::fs::write(env.dir.join("done.txt"), "").unwrap();
+    assert!(env.run(&["wait", job]).status.success(), "a signal cancels nothing");
+    let out = std::fs::read_to_string(env.dir.join("sig.out")).unwrap();
+    assert!(out.contains("shell ends"), "{out}");
+    let bad = env.run(&["scancel", "--signal=NOPE", job]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("Invalid job signal"));
+}
+

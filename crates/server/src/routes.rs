@@ -237,6 +237,14 @@ async fn cancel(
         (Some(own), Some(asked)) if own != asked => return Err(Error::field("index", format!("that id is task {own} of job {id}"))),
         (task, asked) => asked.or(task),
     };
+    let scope = tidepool_api::SignalScope::parse(req.scope.as_deref()).map_err(|e| Error::field("scope", e))?;
+    if let Some(name) = &req.signal {
+        let signal = tidepool_api::signal_number(name).ok_or_else(|| Error::field("signal", format!("'{name}' is not a signal name or number")))?;
+        return Ok(Json(s.on_signal(id, index, signal, scope)?).into_response());
+    }
+    if req.scope.is_some() {
+        return Err(Error::field("scope", "is for a signal"));
+    }
     Ok(Json(s.on_cancel(id, index).await?).into_response())
 }
 

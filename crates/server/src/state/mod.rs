@@ -61,6 +61,8 @@ struct Session {
     images: Vec<tidepool_api::ImageView>,
     /// Images it is to pull ahead of a job that may run there.
     pulls: Vec<String>,
+    /// Signals for its running attempts.
+    signals: Vec<tidepool_api::SignalOrder>,
 }
 
 impl Session {
@@ -72,6 +74,7 @@ impl Session {
             reregister: false,
             log_reads: std::mem::take(&mut self.log_reads),
             pull: std::mem::take(&mut self.pulls),
+            signal: std::mem::take(&mut self.signals),
         }
     }
 }
@@ -319,6 +322,31 @@ impl Shared {
             pending_code: trial.waits_for.as_ref().map(|r| r.code.to_string()),
             pending_reason: trial.waits_for.map(|r| r.text),
         })
+    }
+
+    /// Sends `signal` to a job's running tasks (or one task's), as Slurm's `scancel --signal`:
+    /// nothing ends and nothing is journaled; pending tasks are not touched.
+    pub fn on_signal(&self, job_id: u64, index: Option<u32>, signal: i32, scope: tidepool_api::SignalScope) -> Result<CancelResponse> {
+        let mut inner = self.lock();
+        let Some(job) = inner.cluster.job(JobId(job_id)) else {
+            return Ok(CancelResponse { n_cancelled: 0, n_signalled: 0, already_ended: true });
+        };
+        let index_of = |pos: u32| job.spec().array.index_at(pos);
+        let targets: Vec<(NodeId, AttemptRef)> = job
+            .running_tasks()
+            .filter_map(|(pos, run)| {
+                let i = index_of(pos)?;
+                index.is_none_or(|want| want == i).then_some((run.node_id, AttemptRef { job_id, index: i, attempt: run.attempt }))
+            })
+            .collect();
+        let already_ended = job.is_finished();
+        for (node_id, attempt) in &targets {
+            if let Some(session) = inner.sessions.get_mut(node_id) {
+                session.signals.push(tidepool_api::SignalOrder { attempt: *attempt, signal, scope });
+                session.wake.notify_one();
+            }
+        }
+        Ok(CancelResponse { n_cancelled: 0, n_signalled: targets.len() as u32, already_ended })
     }
 
     /// Cancels a job or one task: pending tasks end now, running ones are told to stop.

@@ -54,6 +54,7 @@ impl Shared {
                     gpus_failed,
                     images: Vec::new(),
                     pulls: Vec::new(),
+                    signals: Vec::new(),
                 },
             ) {
                 old.wake.notify_one();
