@@ -55,6 +55,40 @@ pub struct SimArgs {
     /// nodes write them), not cores.
     #[arg(long)]
     processors_are_nodes: bool,
+    /// Replay: also run the classic baselines on the fleet's processors (FCFS, EASY and
+    /// conservative backfilling, with the users' requested times and with exact run times) and
+    /// report per job: wait, response time, bounded slowdown (tau = 10 s), utilisation.
+    #[arg(long)]
+    baselines: bool,
+}
+
+/// The bound of the bounded slowdown, seconds, as the literature takes it.
+const SLOWDOWN_TAU_S: f64 = 10.0;
+
+/// Per-job metrics of Tidepool's replay and of each classic baseline, by name.
+fn per_job(jobs: &[SimJob], tidepool_starts: &[f64], machine: u64) -> Vec<(&'static str, tidepool_sim::baselines::Metrics)> {
+    use tidepool_sim::baselines::{metrics, schedule, Discipline, RigidJob};
+    let rigid = |exact: bool| -> Vec<RigidJob> {
+        jobs.iter()
+            .map(|j| {
+                let run_s = j.run_s.iter().copied().fold(0.0, f64::max);
+                RigidJob { submit_s: j.submit_s, run_s, procs: j.cores * u64::from(j.gang_nodes.unwrap_or(1)), estimate_s: if exact { run_s } else { j.limit_s.unwrap_or(run_s).max(run_s.min(1.0)) } }
+            })
+            .collect()
+    };
+    let (estimated, exact) = (rigid(false), rigid(true));
+    let mut rows = vec![("tidepool", metrics(&exact, tidepool_starts, machine, SLOWDOWN_TAU_S))];
+    for (name, discipline, with) in [
+        ("fcfs", Discipline::Fcfs, &exact),
+        ("easy", Discipline::Easy, &estimated),
+        ("easy_exact", Discipline::Easy, &exact),
+        ("conservative", Discipline::Conservative, &estimated),
+        ("conservative_exact", Discipline::Conservative, &exact),
+    ] {
+        let starts = schedule(with, machine, discipline);
+        rows.push((name, metrics(&exact, &starts, machine, SLOWDOWN_TAU_S)));
+    }
+    rows
 }
 
 fn insert(report: &mut BTreeMap<String, Value>, prefix: &str, r: &Report) {
@@ -220,6 +254,17 @@ pub fn run(a: SimArgs) -> Result<u8, String> {
     insert(&mut report, "", &r);
     insert(&mut report, "baseline_", &b);
     report.insert("jobs_read".into(), json!(jobs.len()));
+    let per_job_rows = if a.baselines { per_job(&jobs, &r.job_starts_s, pool.node_cores * u64::from(pool.max_nodes)) } else { Vec::new() };
+    if !per_job_rows.is_empty() {
+        let rows: serde_json::Map<String, Value> = per_job_rows
+            .iter()
+            .map(|(name, m)| {
+                let row = json!({"jobs": m.jobs, "mean_wait_s": m.mean_wait_s, "p95_wait_s": m.p95_wait_s, "mean_response_s": m.mean_response_s, "mean_bounded_slowdown": m.mean_bounded_slowdown, "utilisation": m.utilisation});
+                (name.to_string(), row)
+            })
+            .collect();
+        report.insert("per_job".into(), Value::Object(rows));
+    }
     if let Some(dir) = &a.out {
         std::fs::create_dir_all(dir).map_err(|e| format!("--out {}: {e}", dir.display()))?;
         let slug = a.scenario.clone();
@@ -263,6 +308,21 @@ pub fn run(a: SimArgs) -> Result<u8, String> {
         ("cost (on-demand node-h)", "cost_node_hours"),
     ]);
     line(other_says);
+    if !per_job_rows.is_empty() {
+        line(&format!("per job on {} processors (bounded slowdown with tau = {SLOWDOWN_TAU_S} s):", pool.node_cores * u64::from(pool.max_nodes)));
+        line(&format!("{:<32}{:>14}{:>14}{:>18}{:>12}{:>13}", "", "mean wait (s)", "p95 wait (s)", "mean response (s)", "mean bsld", "utilisation"));
+        for (name, m) in &per_job_rows {
+            let label = match *name {
+                "tidepool" => "tidepool (its fleet, 5 s passes)",
+                "fcfs" => "FCFS",
+                "easy" => "EASY, requested times",
+                "easy_exact" => "EASY, exact run times",
+                "conservative" => "conservative, requested times",
+                _ => "conservative, exact run times",
+            };
+            line(&format!("{label:<32}{:>14.1}{:>14.1}{:>18.1}{:>12.2}{:>13.3}", m.mean_wait_s, m.p95_wait_s, m.mean_response_s, m.mean_bounded_slowdown, m.utilisation));
+        }
+    }
     if let Some(dir) = &a.out {
         line(&format!("plots: {}/{}-nodes.svg, {}-busy.svg", dir.display(), a.scenario, a.scenario));
     }

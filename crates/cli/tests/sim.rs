@@ -55,6 +55,24 @@ fn a_swf_log_replays_the_same_twice_and_bad_input_is_named() {
     let nodes_log = nodes_log.display().to_string();
     let v: serde_json::Value = serde_json::from_str(&sim(&["replay", "--swf", &nodes_log, "--nodes", "8", "--cores-per-node", "24", "--processors-are-nodes", "--json"])).unwrap();
     assert_eq!(v["tasks"], 16, "each job a gang of 2 whole nodes: {v}");
+
+    // The classic baselines beside Tidepool, per job. A wide job waits behind a long one;
+    // narrow short jobs behind it can only be backfilled.
+    let mut text = String::from("; head-of-line blocking\n1 0 -1 1000 12 -1 -1 12 1000 -1 1 1 1 -1 1 -1 -1 -1\n2 1 -1 100 48 -1 -1 48 100 -1 1 1 1 -1 1 -1 -1 -1\n");
+    for i in 0..20 {
+        text.push_str(&format!("{} {} -1 50 4 -1 -1 4 60 -1 1 1 1 -1 1 -1 -1 -1\n", i + 3, 2 + i));
+    }
+    let blocked = dir.join("blocked.swf");
+    std::fs::write(&blocked, text).unwrap();
+    let blocked = blocked.display().to_string();
+    let v: serde_json::Value = serde_json::from_str(&sim(&["replay", "--swf", &blocked, "--nodes", "2", "--cores-per-node", "24", "--baselines", "--json"])).unwrap();
+    let wait = |name: &str| v["per_job"][name]["mean_wait_s"].as_f64().unwrap_or_else(|| panic!("{name} in {v}"));
+    assert!(wait("easy") < wait("fcfs") && wait("conservative") < wait("fcfs"), "backfilling helps here: {v}");
+    for name in ["tidepool", "fcfs", "easy", "easy_exact", "conservative", "conservative_exact"] {
+        let row = &v["per_job"][name];
+        assert_eq!(row["jobs"], 22, "{name}: {row}");
+        assert!(row["mean_bounded_slowdown"].as_f64().unwrap() >= 1.0 && row["utilisation"].as_f64().unwrap() <= 1.0, "{name}: {row}");
+    }
 }
 
 #[test]

@@ -140,6 +140,8 @@ pub struct Report {
     pub node_failures: u64,
     /// Tasks whose node was lost under them.
     pub tasks_lost_with_nodes: u64,
+    /// When each job's first task started, seconds (infinite if it never did), in job order.
+    pub job_starts_s: Vec<f64>,
     /// What the node-hours cost, in on-demand node-hours (spot hours at their price).
     pub cost_node_hours: f64,
 }
@@ -183,6 +185,7 @@ struct Sim<'a> {
     queued_alloc: f64,
     queued_online: f64,
     waits: Vec<f64>,
+    job_starts_s: Vec<f64>,
     peak_nodes: u32,
     nodes_over_time: Series,
     busy_over_time: Series,
@@ -272,6 +275,8 @@ impl Sim<'_> {
             self.allocated_cores += job.cores;
             if p.attempt == 1 {
                 self.waits.push((now as f64 / 1000.0 - job.submit_s).max(0.0));
+                let first = &mut self.job_starts_s[job_idx];
+                *first = first.min(now as f64 / 1000.0);
             }
             self.last_start_ms = now;
             if let Some(slot) = self.by_id.get(p.node_id.0 as usize).and_then(|i| self.nodes.get_mut(*i)) {
@@ -468,6 +473,7 @@ pub fn run(jobs: &[SimJob], pool: &Pool, policy: &SimPolicy) -> Report {
         queued_alloc: 0.0,
         queued_online: 0.0,
         waits: Vec::new(),
+        job_starts_s: vec![f64::INFINITY; jobs.len()],
         peak_nodes: 0,
         nodes_over_time: Series { name: "nodes paid".into(), points: Vec::new() },
         busy_over_time: Series { name: "busy share".into(), points: Vec::new() },
@@ -553,6 +559,7 @@ pub fn run(jobs: &[SimJob], pool: &Pool, policy: &SimPolicy) -> Report {
         spot_reclaims: sim.spot_reclaims,
         node_failures: sim.node_failures,
         tasks_lost_with_nodes: sim.tasks_lost_with_nodes,
+        job_starts_s: sim.job_starts_s.clone(),
         cost_node_hours: (sim.node_ms - sim.spot_node_ms * (1.0 - pool.faults.as_ref().map_or(1.0, |f| f.spot_price))) / 3_600_000.0,
     }
 }

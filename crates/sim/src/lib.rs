@@ -3,6 +3,8 @@
 //! a fleet no one has at hand.
 //!
 //! Layout:
+//! - [`baselines`]: FCFS, EASY and conservative backfilling on P processors, and the per-job
+//!   metrics the literature reports (wait, response, bounded slowdown, utilisation).
 //! - [`rng`]: a seeded generator and the distributions workloads draw from.
 //! - [`batch`]: the batch engine (jobs arrive, a pool of nodes grows and shrinks, tasks run)
 //!   and its report.
@@ -15,6 +17,7 @@
 //! **Invariant**: no clock, no threads, no I/O: the same inputs and seed give the same report,
 //! byte for byte.
 
+pub mod baselines;
 pub mod batch;
 pub mod llm;
 pub mod llm_trace;
