@@ -13,8 +13,10 @@ use tidepool_sim::batch::{self, Pool, Report, SimJob, SimPolicy};
 #[derive(Args, Debug)]
 pub struct SimArgs {
     /// `llm-day` (a day of a 1,000-GPU LLM fleet), `science-burst` (100,000 tasks on a pool
-    /// growing from 0 to 2,000 nodes) or `replay` (a batch log given with --swf).
-    #[arg(value_parser = ["llm-day", "science-burst", "replay"])]
+    /// growing from 0 to 2,000 nodes), `replay` (a batch log given with --swf) or `serve` (an
+    /// LLM trace given with --llm-trace, request by request on --gpus replicas, and on half
+    /// and twice as many).
+    #[arg(value_parser = ["llm-day", "science-burst", "replay", "serve"])]
     scenario: String,
     /// llm-day: settings file (`key = value` lines) instead of the shipped one.
     #[arg(long)]
@@ -60,6 +62,42 @@ pub struct SimArgs {
     /// report per job: wait, response time, bounded slowdown (tau = 10 s), utilisation.
     #[arg(long)]
     baselines: bool,
+}
+
+/// `sim serve`: a trace's requests as discrete events on replicas of one GPU each, at --gpus
+/// (default 8), half and twice as many.
+fn serve(a: &SimArgs) -> Result<u8, String> {
+    use tidepool_sim::serving::{ideal_prefix_hit_rate, serve, ServingModel};
+    let path = a.llm_trace.as_ref().ok_or("serve needs --llm-trace FILE (Mooncake JSON lines or Azure CSV)")?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("--llm-trace {}: {e}", path.display()))?;
+    let requests = tidepool_sim::llm_trace::read(&text).map_err(|e| format!("--llm-trace {}: {e}", path.display()))?;
+    if requests.is_empty() {
+        return Err(format!("--llm-trace {}: no request", path.display()));
+    }
+    let gpus = a.gpus.unwrap_or(8) as usize;
+    let model = ServingModel::default();
+    let counts = [(gpus / 2).max(1), gpus, gpus * 2];
+    let rows: Vec<(usize, tidepool_sim::serving::ServingReport)> = counts.iter().map(|g| (*g, serve(&requests, *g, &model))).collect();
+    let ideal = ideal_prefix_hit_rate(&requests);
+    if a.json {
+        let by_gpus: serde_json::Map<String, Value> = rows
+            .iter()
+            .map(|(g, r)| {
+                (g.to_string(), json!({"served": r.served, "refused": r.refused, "ttft_p50_ms": r.ttft_p50_ms, "ttft_p99_ms": r.ttft_p99_ms,
+                    "tpot_p50_ms": r.tpot_p50_ms, "tpot_p99_ms": r.tpot_p99_ms, "slo_attainment": r.slo_attainment,
+                    "prefix_hit_rate": r.prefix_hit_rate, "mean_queue_ms": r.mean_queue_ms}))
+            })
+            .collect();
+        line(&json!({"requests": requests.len(), "ideal_prefix_hit_rate": ideal, "by_gpus": by_gpus}).to_string());
+        return Ok(0);
+    }
+    line(&format!("{} requests of {}; SLOs: first token within {} ms, then {} ms a token", requests.len(), path.display(), model.ttft_slo_ms, model.tpot_slo_ms));
+    line(&format!("{:>6}{:>12}{:>12}{:>12}{:>12}{:>10}{:>12}{:>12}", "GPUs", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99", "SLO met", "prefix hit", "queue (ms)"));
+    for (g, r) in &rows {
+        line(&format!("{g:>6}{:>12.0}{:>12.0}{:>12.1}{:>12.1}{:>10.3}{:>12.3}{:>12.0}", r.ttft_p50_ms, r.ttft_p99_ms, r.tpot_p50_ms, r.tpot_p99_ms, r.slo_attainment, r.prefix_hit_rate, r.mean_queue_ms));
+    }
+    line(&format!("ideal prefix hit rate (one replica, unbounded cache): {ideal:.3}"));
+    Ok(0)
 }
 
 /// The bound of the bounded slowdown, seconds, as the literature takes it.
@@ -217,6 +255,9 @@ fn llm_day(a: &SimArgs) -> Result<u8, String> {
 /// Runs the command.
 pub fn run(a: SimArgs) -> Result<u8, String> {
     let started = std::time::Instant::now();
+    if a.scenario == "serve" {
+        return serve(&a);
+    }
     if a.scenario == "llm-day" || a.llm_trace.is_some() {
         return llm_day(&a);
     }

@@ -146,3 +146,27 @@ fn compare_runs_the_chosen_policy_beside_tidepools() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("--compare no-compaction"), "{err}");
 }
+
+#[test]
+fn a_mooncake_trace_served_request_by_request_meets_fewer_slos_on_fewer_gpus() {
+    let dir = common::Scratch::new("serve");
+    // Three shared system prompts and each request's own blocks, a request every 10 ms.
+    let mut text = String::new();
+    for i in 0..1500u64 {
+        let shared: &[u64] = match i % 3 { 0 => &[1, 2, 3, 4, 5, 6], 1 => &[10, 11, 12], _ => &[20, 21, 22, 23] };
+        let own: Vec<u64> = (0..i % 4).map(|k| 100_000 + i * 10 + k).collect();
+        let ids: Vec<u64> = shared.iter().copied().chain(own).collect();
+        text.push_str(&format!("{{\"timestamp\": {}, \"input_length\": {}, \"output_length\": {}, \"hash_ids\": {:?}}}\n", i * 10, ids.len() * 512 + 100, 50 + i % 400, ids));
+    }
+    let trace = dir.join("trace.jsonl");
+    std::fs::write(&trace, text).unwrap();
+    let trace = trace.display().to_string();
+    let v: serde_json::Value = serde_json::from_str(&sim(&["serve", "--llm-trace", &trace, "--gpus", "4", "--json"])).unwrap();
+    let met = |g: &str| v["by_gpus"][g]["slo_attainment"].as_f64().unwrap_or_else(|| panic!("{g} in {v}"));
+    assert!(met("2") < met("4") && met("4") <= met("8"), "{v}");
+    assert!(met("8") > 0.5, "{v}");
+    let ideal = v["ideal_prefix_hit_rate"].as_f64().unwrap();
+    assert!(ideal > 0.5 && v["by_gpus"]["2"]["prefix_hit_rate"].as_f64().unwrap() <= ideal, "{v}");
+    let bad = Command::new(BIN).args(["sim", "serve"]).output().unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("--llm-trace"));
+}

@@ -10,6 +10,8 @@
 //!   and its report.
 //! - [`llm`]: the LLM fleet over a day (replicas, forecaster, training lent the rest).
 //! - [`llm_trace`]: LLM request traces (Mooncake JSONL, Azure CSV) as demand curves.
+//! - [`serving`]: LLM serving as discrete events (continuous batching, KV cache, prefix cache
+//!   from `hash_ids`), with TTFT and TPOT SLO attainment.
 //! - [`scenario`]: the shipped scenarios (`science-burst`, `llm-day`).
 //! - [`swf`]: the Standard Workload Format reader, for replaying real batch logs.
 //! - [`svg`]: plots as SVG.
@@ -23,5 +25,6 @@ pub mod llm;
 pub mod llm_trace;
 pub mod rng;
 pub mod scenario;
+pub mod serving;
 pub mod svg;
 pub mod swf;

@@ -13,7 +13,7 @@ const MAX_SPAN_S: f64 = 31.0 * 86_400.0;
 const MAX_TOKENS: u64 = 10_000_000;
 
 /// One request of a trace.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TraceRequest {
     /// Seconds from the trace's first request.
     pub at_s: f64,
@@ -21,6 +21,9 @@ pub struct TraceRequest {
     pub input_tokens: u64,
     /// Generated tokens.
     pub output_tokens: u64,
+    /// The prompt's 512-token blocks by content (Mooncake's `hash_ids`): equal ids are equal
+    /// prefixes, which a replica's prefix cache may hold. Empty when the trace has none.
+    pub hash_ids: Vec<u64>,
 }
 
 /// Reads either format (told apart by the first line); errors name the line.
@@ -53,10 +56,19 @@ fn read_jsonl(text: &str) -> Result<Vec<TraceRequest>, String> {
             }
             Ok(value)
         };
+        let hash_ids = match v.get("hash_ids") {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::Array(ids)) => ids
+                .iter()
+                .map(|id| id.as_u64().ok_or_else(|| format!("line {}: 'hash_ids' holds {id}, not a block id", n + 1)))
+                .collect::<Result<_, _>>()?,
+            Some(other) => return Err(format!("line {}: 'hash_ids' is {other}, not a list", n + 1)),
+        };
         out.push(TraceRequest {
             at_s: field("timestamp")? / 1000.0,
             input_tokens: field("input_length")?.max(0.0) as u64,
             output_tokens: field("output_length")?.max(0.0) as u64,
+            hash_ids,
         });
     }
     Ok(out)
@@ -77,6 +89,7 @@ fn read_csv(text: &str) -> Result<Vec<TraceRequest>, String> {
             at_s: seconds_of(cell(ts)?).ok_or_else(|| format!("line {}: '{}' is not YYYY-MM-DD HH:MM:SS", n + 1, cells[ts]))?,
             input_tokens: number(ctx)?,
             output_tokens: number(gen)?,
+            hash_ids: Vec::new(),
         });
     }
     Ok(out)
