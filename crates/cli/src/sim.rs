@@ -275,7 +275,7 @@ pub fn run(a: SimArgs) -> Result<u8, String> {
                 return Err(format!("--swf {}: no job that ran", path.display()));
             }
             let pool = Pool { node_cores: a.cores_per_node, min_nodes: a.nodes, max_nodes: a.nodes, provision_s: 0.0, faults: None };
-            let policy = |first_fit| SimPolicy { first_fit, idle_release_s: f64::INFINITY, compaction: None };
+            let policy = |first_fit| SimPolicy { first_fit, idle_release_s: f64::INFINITY, compaction: None, event_driven: true };
             (jobs, pool, policy(false), policy(true), format!("replay of {}", path.display()))
         }
     };
@@ -354,7 +354,7 @@ pub fn run(a: SimArgs) -> Result<u8, String> {
         line(&format!("{:<32}{:>14}{:>14}{:>18}{:>12}{:>13}", "", "mean wait (s)", "p95 wait (s)", "mean response (s)", "mean bsld", "utilisation"));
         for (name, m) in &per_job_rows {
             let label = match *name {
-                "tidepool" => "tidepool (its fleet, 5 s passes)",
+                "tidepool" => "tidepool (its fleet)",
                 "fcfs" => "FCFS",
                 "easy" => "EASY, requested times",
                 "easy_exact" => "EASY, exact run times",

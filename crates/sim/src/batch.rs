@@ -74,6 +74,9 @@ pub struct SimPolicy {
     pub idle_release_s: f64,
     /// Long-tail compaction; None: tasks stay where they started.
     pub compaction: Option<Compaction>,
+    /// A pass the moment a job arrives or a task ends, as the server runs one, instead of every
+    /// [`TICK_MS`] (replays of logs, where waits are measured to the second).
+    pub event_driven: bool,
 }
 
 /// How tasks checkpoint and how often the tail is compacted.
@@ -500,8 +503,14 @@ pub fn run(jobs: &[SimJob], pool: &Pool, policy: &SimPolicy) -> Report {
     }
     sim.push(0, Event::Tick);
     let mut end_ms = 0;
+    // Something a pass should see happened since the last one.
+    let mut changed = false;
+    // Room was freed or added since the last pass.
+    let mut room_came = false;
     while let Some(Reverse((now, _, event))) = sim.events.pop() {
         sim.advance(now);
+        changed |= matches!(event, Event::Submit(_) | Event::End { .. } | Event::NodeUp(_));
+        room_came |= matches!(event, Event::End { .. } | Event::NodeUp(_));
         match event {
             Event::Submit(i) => {
                 let job = &jobs[i];
@@ -531,12 +540,30 @@ pub fn run(jobs: &[SimJob], pool: &Pool, policy: &SimPolicy) -> Report {
             }
             Event::Tick => {
                 sim.tick(now);
-                if sim.work_left() {
+                changed = false;
+                if policy.event_driven {
+                    // Passes follow arrivals and ends; the pool does not change in a replay.
+                } else if sim.work_left() {
                     sim.push(now + TICK_MS, Event::Tick);
                 } else if sim.paid_nodes() > pool.min_nodes {
                     // Keep ticking until the idle nodes are released, so their cost counts.
                     sim.push(now + TICK_MS, Event::Tick);
                 }
+            }
+        }
+        // Once every event of this instant is in, one pass, as the server's reactor runs.
+        if policy.event_driven && changed && sim.events.peek().is_none_or(|Reverse((next, _, _))| *next > now) {
+            // Arrivals alone start nothing on a fleet without a free core: every job needs one,
+            // and a replay has one tier, so nothing is preempted for them.
+            // Nor does freed room start anything when nothing waits.
+            let full = sim.allocated_cores >= u64::from(sim.up_nodes()) * pool.node_cores;
+            if sim.pending_tasks == 0 {
+                changed = false;
+                room_came = false;
+            } else if room_came || !full {
+                sim.tick(now);
+                changed = false;
+                room_came = false;
             }
         }
     }
@@ -575,7 +602,7 @@ mod tests {
     #[test]
     fn a_small_burst_runs_whole_and_the_pool_goes_back_to_zero() {
         let jobs = vec![SimJob { submit_s: 0.0, cores: 1, run_s: vec![600.0; 40], gang_nodes: None, limit_s: None }];
-        let r = run(&jobs, &pool(), &SimPolicy { first_fit: false, idle_release_s: 60.0, compaction: None });
+        let r = run(&jobs, &pool(), &SimPolicy { first_fit: false, idle_release_s: 60.0, compaction: None, event_driven: false });
         assert_eq!(r.tasks, 40);
         assert_eq!(r.peak_nodes, 10, "forty one-core tasks on four-core nodes");
         // 60 s provisioning, then one round of 600 s: about 0.19 h, and 10 nodes for it.
@@ -593,7 +620,7 @@ mod tests {
         run_s[4] = 36_000.0;
         let jobs = vec![SimJob { submit_s: 0.0, cores: 1, run_s, gang_nodes: None, limit_s: None }];
         let pool = Pool { node_cores: 4, min_nodes: 0, max_nodes: 2, provision_s: 60.0, faults: None };
-        let plain = SimPolicy { first_fit: false, idle_release_s: 60.0, compaction: None };
+        let plain = SimPolicy { first_fit: false, idle_release_s: 60.0, compaction: None, event_driven: false };
         let compacting = SimPolicy {
             compaction: Some(Compaction { checkpoint_s: 600.0, restore_s: 60.0, every_s: 300.0, max_candidates: 64 }),
             ..plain.clone()
@@ -613,7 +640,7 @@ mod tests {
         let jobs = vec![SimJob { submit_s: 0.0, cores: 1, run_s: vec![4.0 * 3600.0; 20], gang_nodes: None, limit_s: None }];
         let faults = Faults { seed: 7, spot_share: 0.5, spot_price: 0.3, spot_reclaims_per_node_h: 0.3, failures_per_node_h: 0.1 };
         let pool = Pool { node_cores: 4, min_nodes: 0, max_nodes: 5, provision_s: 60.0, faults: Some(faults) };
-        let plain = SimPolicy { first_fit: false, idle_release_s: 60.0, compaction: None };
+        let plain = SimPolicy { first_fit: false, idle_release_s: 60.0, compaction: None, event_driven: false };
         let checkpointing = SimPolicy {
             compaction: Some(Compaction { checkpoint_s: 600.0, restore_s: 60.0, every_s: 300.0, max_candidates: 64 }),
             ..plain.clone()
@@ -636,7 +663,7 @@ mod tests {
             SimJob { submit_s: 0.0, cores: 2, run_s: (0..30).map(|i| 100.0 + f64::from(i) * 37.0).collect(), gang_nodes: None, limit_s: None },
             SimJob { submit_s: 50.0, cores: 4, run_s: vec![300.0; 2], gang_nodes: Some(2), limit_s: None },
         ];
-        let policy = SimPolicy { first_fit: true, idle_release_s: 600.0, compaction: None };
+        let policy = SimPolicy { first_fit: true, idle_release_s: 600.0, compaction: None, event_driven: false };
         assert_eq!(run(&jobs, &pool(), &policy), run(&jobs, &pool(), &policy));
     }
 }

@@ -45,6 +45,6 @@ pub fn science_burst(seed: u64) -> (Vec<SimJob>, Pool, SimPolicy, SimPolicy) {
     };
     let pool = Pool { node_cores: 24, min_nodes: 0, max_nodes: 2_000, provision_s: 120.0, faults: Some(faults) };
     let compaction = Compaction { checkpoint_s: 600.0, restore_s: 60.0, every_s: 300.0, max_candidates: 64 };
-    let ours = SimPolicy { first_fit: false, idle_release_s: 60.0, compaction: Some(compaction) };
-    (jobs, pool, ours, SimPolicy { first_fit: true, idle_release_s: 600.0, compaction: None })
+    let ours = SimPolicy { first_fit: false, idle_release_s: 60.0, compaction: Some(compaction), event_driven: false };
+    (jobs, pool, ours, SimPolicy { first_fit: true, idle_release_s: 600.0, compaction: None, event_driven: false })
 }
