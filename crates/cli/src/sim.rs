@@ -103,8 +103,22 @@ fn serve(a: &SimArgs) -> Result<u8, String> {
 /// The bound of the bounded slowdown, seconds, as the literature takes it.
 const SLOWDOWN_TAU_S: f64 = 10.0;
 
-/// Per-job metrics of Tidepool's replay and of each classic baseline, by name.
-fn per_job(jobs: &[SimJob], tidepool_starts: &[f64], machine: u64) -> Vec<(&'static str, tidepool_sim::baselines::Metrics)> {
+/// The share of jobs that waited at most each wait, hours, at every percent: a distribution to plot.
+fn wait_distribution(name: &str, jobs: &[SimJob], starts: &[f64]) -> tidepool_sim::svg::Series {
+    let mut waits: Vec<f64> = jobs.iter().zip(starts).filter(|(_, s)| s.is_finite()).map(|(j, s)| (s - j.submit_s).max(0.0) / 3600.0).collect();
+    waits.sort_by(f64::total_cmp);
+    let points = (0..=100)
+        .filter_map(|p| {
+            let at = ((waits.len() as f64 - 1.0) * f64::from(p) / 100.0).round();
+            waits.get(at.max(0.0) as usize).map(|w| (*w, f64::from(p) / 100.0))
+        })
+        .collect();
+    tidepool_sim::svg::Series { name: name.to_string(), points }
+}
+
+/// Per-job metrics of Tidepool's replay and of each classic baseline, by name, with each one's
+/// distribution of waits.
+fn per_job(jobs: &[SimJob], tidepool_starts: &[f64], machine: u64) -> Vec<(&'static str, tidepool_sim::baselines::Metrics, tidepool_sim::svg::Series)> {
     use tidepool_sim::baselines::{metrics, schedule, Discipline, RigidJob};
     let rigid = |exact: bool| -> Vec<RigidJob> {
         jobs.iter()
@@ -115,7 +129,7 @@ fn per_job(jobs: &[SimJob], tidepool_starts: &[f64], machine: u64) -> Vec<(&'sta
             .collect()
     };
     let (estimated, exact) = (rigid(false), rigid(true));
-    let mut rows = vec![("tidepool", metrics(&exact, tidepool_starts, machine, SLOWDOWN_TAU_S))];
+    let mut rows = vec![("tidepool", metrics(&exact, tidepool_starts, machine, SLOWDOWN_TAU_S), wait_distribution("tidepool", jobs, tidepool_starts))];
     for (name, discipline, with) in [
         ("fcfs", Discipline::Fcfs, &exact),
         ("easy", Discipline::Easy, &estimated),
@@ -124,7 +138,7 @@ fn per_job(jobs: &[SimJob], tidepool_starts: &[f64], machine: u64) -> Vec<(&'sta
         ("conservative_exact", Discipline::Conservative, &exact),
     ] {
         let starts = schedule(with, machine, discipline);
-        rows.push((name, metrics(&exact, &starts, machine, SLOWDOWN_TAU_S)));
+        rows.push((name, metrics(&exact, &starts, machine, SLOWDOWN_TAU_S), wait_distribution(name, jobs, &starts)));
     }
     rows
 }
@@ -261,6 +275,7 @@ pub fn run(a: SimArgs) -> Result<u8, String> {
     if a.scenario == "llm-day" || a.llm_trace.is_some() {
         return llm_day(&a);
     }
+    let mut skipped = tidepool_sim::swf::Skipped::new();
     let (jobs, pool, ours, baseline, name): (Vec<SimJob>, Pool, SimPolicy, SimPolicy, String) = match a.scenario.as_str() {
         "science-burst" => {
             let (jobs, pool, ours, baseline) = tidepool_sim::scenario::science_burst(a.seed);
@@ -270,10 +285,11 @@ pub fn run(a: SimArgs) -> Result<u8, String> {
             let path = a.swf.as_ref().ok_or("replay needs --swf FILE (a batch log) or --llm-trace FILE (LLM requests)")?;
             let text = std::fs::read_to_string(path).map_err(|e| format!("--swf {}: {e}", path.display()))?;
             let unit = if a.processors_are_nodes { tidepool_sim::swf::ProcessorUnit::Nodes } else { tidepool_sim::swf::ProcessorUnit::Cores };
-            let jobs = tidepool_sim::swf::read(&text, a.cores_per_node, unit).map_err(|e| format!("--swf {}: {e}", path.display()))?;
+            let (jobs, left_out) = tidepool_sim::swf::read(&text, a.cores_per_node, unit).map_err(|e| format!("--swf {}: {e}", path.display()))?;
             if jobs.is_empty() {
                 return Err(format!("--swf {}: no job that ran", path.display()));
             }
+            skipped = left_out;
             let pool = Pool { node_cores: a.cores_per_node, min_nodes: a.nodes, max_nodes: a.nodes, provision_s: 0.0, faults: None };
             let policy = |first_fit| SimPolicy { first_fit, idle_release_s: f64::INFINITY, compaction: None, event_driven: true };
             (jobs, pool, policy(false), policy(true), format!("replay of {}", path.display()))
@@ -295,11 +311,12 @@ pub fn run(a: SimArgs) -> Result<u8, String> {
     insert(&mut report, "", &r);
     insert(&mut report, "baseline_", &b);
     report.insert("jobs_read".into(), json!(jobs.len()));
+    report.insert("jobs_skipped".into(), json!(skipped));
     let per_job_rows = if a.baselines { per_job(&jobs, &r.job_starts_s, pool.node_cores * u64::from(pool.max_nodes)) } else { Vec::new() };
     if !per_job_rows.is_empty() {
         let rows: serde_json::Map<String, Value> = per_job_rows
             .iter()
-            .map(|(name, m)| {
+            .map(|(name, m, _)| {
                 let row = json!({"jobs": m.jobs, "mean_wait_s": m.mean_wait_s, "p95_wait_s": m.p95_wait_s, "mean_response_s": m.mean_response_s, "mean_bounded_slowdown": m.mean_bounded_slowdown, "utilisation": m.utilisation});
                 (name.to_string(), row)
             })
@@ -321,6 +338,12 @@ pub fn run(a: SimArgs) -> Result<u8, String> {
             (format!("{slug}-nodes.svg"), tidepool_sim::svg::line_chart(&format!("{name}: nodes paid for"), "hours", "nodes", &[&ours_nodes, &base_nodes])),
             (format!("{slug}-busy.svg"), tidepool_sim::svg::line_chart(&format!("{name}: busy share of online cores"), "hours", "share", &[&ours_busy, &base_busy])),
         ];
+        let waits: Vec<&tidepool_sim::svg::Series> = per_job_rows.iter().map(|(_, _, s)| s).collect();
+        let plots: Vec<(String, String)> = if waits.is_empty() {
+            plots.into_iter().collect()
+        } else {
+            plots.into_iter().chain([(format!("{slug}-waits.svg"), tidepool_sim::svg::line_chart(&format!("{name}: share of jobs that waited at most"), "wait (hours)", "share of jobs", &waits))]).collect()
+        };
         for (file, svg) in plots {
             let path = dir.join(file);
             std::fs::write(&path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -333,6 +356,10 @@ pub fn run(a: SimArgs) -> Result<u8, String> {
         return Ok(0);
     }
     line(&format!("{name}, seed {}: {} tasks", a.seed, r.tasks));
+    if a.swf.is_some() {
+        let reasons: Vec<String> = skipped.iter().map(|(why, n)| format!("{n} {why}")).collect();
+        line(&format!("jobs read: {}; left out: {}", jobs.len(), if reasons.is_empty() { "none".to_string() } else { reasons.join(", ") }));
+    }
     side_by_side(&report, other_name, &[
         ("busy share while queued", "busy_share_while_queued"),
         ("node-hours", "node_hours"),
@@ -352,7 +379,7 @@ pub fn run(a: SimArgs) -> Result<u8, String> {
     if !per_job_rows.is_empty() {
         line(&format!("per job on {} processors (bounded slowdown with tau = {SLOWDOWN_TAU_S} s):", pool.node_cores * u64::from(pool.max_nodes)));
         line(&format!("{:<32}{:>14}{:>14}{:>18}{:>12}{:>13}", "", "mean wait (s)", "p95 wait (s)", "mean response (s)", "mean bsld", "utilisation"));
-        for (name, m) in &per_job_rows {
+        for (name, m, _) in &per_job_rows {
             let label = match *name {
                 "tidepool" => "tidepool (its fleet)",
                 "fcfs" => "FCFS",

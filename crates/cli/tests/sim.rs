@@ -62,10 +62,12 @@ fn a_swf_log_replays_the_same_twice_and_bad_input_is_named() {
     for i in 0..20 {
         text.push_str(&format!("{} {} -1 50 4 -1 -1 4 60 -1 1 1 1 -1 1 -1 -1 -1\n", i + 3, 2 + i));
     }
+    text.push_str("99 30 -1 0 4 -1 -1 4 60 -1 0 1 1 -1 1 -1 -1 -1\n");
     let blocked = dir.join("blocked.swf");
     std::fs::write(&blocked, text).unwrap();
     let blocked = blocked.display().to_string();
     let v: serde_json::Value = serde_json::from_str(&sim(&["replay", "--swf", &blocked, "--nodes", "2", "--cores-per-node", "24", "--baselines", "--json"])).unwrap();
+    assert_eq!(v["jobs_skipped"]["never ran (run time 0 or unknown)"], 1, "{v}");
     let wait = |name: &str| v["per_job"][name]["mean_wait_s"].as_f64().unwrap_or_else(|| panic!("{name} in {v}"));
     assert!(wait("easy") < wait("fcfs") && wait("conservative") < wait("fcfs"), "backfilling helps here: {v}");
     for name in ["tidepool", "fcfs", "easy", "easy_exact", "conservative", "conservative_exact"] {

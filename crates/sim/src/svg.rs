@@ -12,7 +12,7 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-const COLOURS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+const COLOURS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
 
 /// A chart of `series` titled `title`, with axis labels.
 pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[&Series]) -> String {

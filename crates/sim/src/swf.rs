@@ -23,10 +23,15 @@ pub enum ProcessorUnit {
     Nodes,
 }
 
-/// Reads an SWF text into jobs for a fleet of `node_cores`-core nodes. Jobs that never ran
-/// (run time 0 or unknown) are left out. Errors name the line and the field.
-pub fn read(text: &str, node_cores: u64, unit: ProcessorUnit) -> Result<Vec<SimJob>, String> {
+/// Jobs of a log left out, by reason.
+pub type Skipped = std::collections::BTreeMap<&'static str, usize>;
+
+/// Reads an SWF text into jobs for a fleet of `node_cores`-core nodes, and counts the jobs left
+/// out by reason (never ran, no processor count, submitted before the log began). Errors name
+/// the line and the field.
+pub fn read(text: &str, node_cores: u64, unit: ProcessorUnit) -> Result<(Vec<SimJob>, Skipped), String> {
     let mut jobs = Vec::new();
+    let mut skipped = Skipped::new();
     let mut first_submit: Option<f64> = None;
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -61,7 +66,17 @@ pub fn read(text: &str, node_cores: u64, unit: ProcessorUnit) -> Result<Vec<SimJ
             }
         }
         let procs = if requested > 0.0 { requested } else { allocated };
-        if run <= 0.0 || procs < 1.0 || submit < 0.0 {
+        let left_out = if run <= 0.0 {
+            Some("never ran (run time 0 or unknown)")
+        } else if procs < 1.0 {
+            Some("no processor count")
+        } else if submit < 0.0 {
+            Some("no submit time")
+        } else {
+            None
+        };
+        if let Some(reason) = left_out {
+            *skipped.entry(reason).or_default() += 1;
             continue;
         }
         let start = *first_submit.get_or_insert(submit);
@@ -78,7 +93,7 @@ pub fn read(text: &str, node_cores: u64, unit: ProcessorUnit) -> Result<Vec<SimJ
         jobs.push(SimJob { submit_s: (submit - start).max(0.0), cores, run_s: vec![run; n_tasks], gang_nodes: gang, limit_s });
     }
     jobs.sort_by(|a, b| a.submit_s.total_cmp(&b.submit_s));
-    Ok(jobs)
+    Ok((jobs, skipped))
 }
 
 #[cfg(test)]
@@ -88,14 +103,15 @@ mod tests {
     #[test]
     fn reads_jobs_skips_comments_and_unrun_jobs_and_names_bad_lines() {
         let text = "; Version: 2.2\n;\n1 100 5 3600 4 -1 -1 4 7200 -1 1 1 1 -1 1 -1 -1 -1\n2 160 0 0 8 -1 -1 8 7200 -1 0 1 1 -1 1 -1 -1 -1\n3 200 0 60 -1 -1 -1 64 100 -1 1 1 1 -1 1 -1 -1 -1\n";
-        let jobs = read(text, 24, ProcessorUnit::Cores).unwrap();
+        let (jobs, skipped) = read(text, 24, ProcessorUnit::Cores).unwrap();
         assert_eq!(jobs.len(), 2, "the job that never ran is left out");
+        assert_eq!(skipped.values().sum::<usize>(), 1, "{skipped:?}");
         assert_eq!(jobs[0], SimJob { submit_s: 0.0, cores: 4, run_s: vec![3600.0], gang_nodes: None, limit_s: Some(7200.0) });
         assert_eq!(jobs[1].gang_nodes, Some(3), "64 processors on 24-core nodes");
         assert_eq!(jobs[1].submit_s, 100.0);
         let err = read("1 x 3\n", 24, ProcessorUnit::Cores).unwrap_err();
         assert!(err.starts_with("line 1, field 2:"), "{err}");
-        let nodes = read(text, 24, ProcessorUnit::Nodes).unwrap();
+        let (nodes, _) = read(text, 24, ProcessorUnit::Nodes).unwrap();
         assert_eq!((nodes[0].gang_nodes, nodes[0].cores), (Some(4), 24), "4 whole nodes");
     }
 
