@@ -65,6 +65,8 @@ pub struct AgentConfig {
     pub gpu_health: Option<crate::gpus::GpuHealth>,
     /// How far its image cache may grow (least recently used images go first).
     pub image_cache: crate::images::CacheLimits,
+    /// The only registries images may come from (`HOST[:PORT]`); empty: any.
+    pub allowed_registries: Vec<String>,
 }
 
 /// How long a connection to the server may take to open.
@@ -254,7 +256,9 @@ impl Agent {
         let spares = Arc::new(SpareDirs::adopt(&config.run_dir));
         let remover = start_remover(config.run_dir.clone(), executor.reuses_dirs().then(|| spares.clone()));
         let images_dir = config.run_dir.parent().unwrap_or(&config.run_dir).join("images");
-        let images = crate::images::ImageStore::new(images_dir, reqwest::Client::new());
+        let images = crate::images::ImageStore::new(images_dir.clone(), reqwest::Client::new());
+        // The list was checked when the agent's flags were read.
+        let images = images.allowing_only(&config.allowed_registries).unwrap_or_else(|_| crate::images::ImageStore::new(images_dir, reqwest::Client::new()));
         Agent { config, client, executor, remover, spares, prekilled: Mutex::default(), results, session: AtomicU64::new(0), images }
     }
 
@@ -630,6 +634,7 @@ mod tests {
             identities: crate::identity::IdentityPolicy::for_invoking_user(),
             gpu_health: None,
             image_cache: crate::images::CacheLimits::default(),
+            allowed_registries: Vec::new(),
         };
         let (tx, results) = mpsc::unbounded_channel();
         let executor = Arc::new(Recorder::new(tx.clone()));

@@ -100,6 +100,8 @@ pub struct ImageStore {
     /// pull, and a project that presents another login (or none) asks the registry itself
     /// rather than being handed what a login it lacks was allowed to pull.
     pulls: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Unpacked>>>>>,
+    /// The only registries this node pulls from, when its operator named them.
+    allowed: Option<Vec<String>>,
 }
 
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json";
@@ -110,12 +112,26 @@ const MAX_DOCUMENT_BYTES: usize = 4 << 20;
 impl ImageStore {
     /// A cache under `dir` (made owner-only).
     pub fn new(dir: PathBuf, client: reqwest::Client) -> ImageStore {
-        ImageStore { dir, client, pulls: std::sync::Mutex::default() }
+        ImageStore { dir, client, pulls: std::sync::Mutex::default(), allowed: None }
+    }
+
+    /// Pulls only from these registries (`HOST[:PORT]`, as `--allowed-registry` names them):
+    /// an image elsewhere fails its task saying so, and nothing is fetched.
+    pub fn allowing_only(mut self, registries: &[String]) -> Result<ImageStore, String> {
+        let hosts = registries.iter().map(|r| tidepool_api::registry_host(r)).collect::<Result<Vec<_>, _>>()?;
+        self.allowed = (!hosts.is_empty()).then_some(hosts);
+        Ok(self)
     }
 
     /// The image of `reference`, pulled (presenting `login` where the registry asks for one)
     /// and unpacked if this node does not have it yet.
     pub async fn ensure(&self, reference: &str, login: Option<&RegistryCredentials>) -> Result<Unpacked, String> {
+        if let Some(allowed) = &self.allowed {
+            let host = tidepool_api::registry_host(&ImageRef::parse(reference)?.registry)?;
+            if !allowed.contains(&host) {
+                return Err(format!("image {reference}: this node pulls only from {} (its operator's --allowed-registry), not from {host}", allowed.join(", ")));
+            }
+        }
         let key = match login {
             Some(l) => format!("{reference}\0{}", sha256_of(format!("{}\0{}", l.username, l.password).as_bytes())),
             None => reference.to_string(),
@@ -597,6 +613,9 @@ mod tests {
         let root = cache.join("sha256-a/rootfs");
         std::fs::write(run.join("1.0.1/config.json"), serde_json::json!({"root": {"path": root}}).to_string()).unwrap();
         let store = ImageStore::new(cache.clone(), reqwest::Client::new());
+        let guarded = ImageStore::new(cache.clone(), reqwest::Client::new()).allowing_only(&["127.0.0.1:5000".into()]).unwrap();
+        let refused = tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(guarded.ensure("evil.example:443/tools:1", None));
+        assert!(refused.unwrap_err().contains("pulls only from 127.0.0.1:5000"), "refused before any request");
         let sized = |max_bytes| CacheLimits { max_bytes: Some(max_bytes), ..CacheLimits::default() };
         let roomy = || Some((10, 100));
         assert!(store.evict(sized(1_000_000), &run, roomy).is_empty(), "under its size, nothing goes");

@@ -313,6 +313,9 @@ pub struct AgentArgs {
     /// Percent of that disk in use that removal brings it down to.
     #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub image_gc_low_percent: u8,
+    /// A registry (`HOST[:PORT]`) images may be pulled from (repeatable); when given, no other.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub allowed_registry: Vec<String>,
 }
 
 /// Parses `args` (program name first) and runs the command.

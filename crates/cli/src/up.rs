@@ -135,6 +135,7 @@ pub async fn up(args: UpArgs) -> Result<u8, String> {
         identities: tidepool_agent::identity::IdentityPolicy::for_invoking_user(),
         gpu_health: None,
         image_cache: tidepool_agent::images::CacheLimits::default(),
+        allowed_registries: Vec::new(),
     };
     tracing::info!(
         "tidepool is up: API {}/api/v1, admin token in {}",
@@ -371,6 +372,12 @@ pub async fn agent(args: AgentArgs) -> Result<u8, String> {
             max_bytes: args.image_cache_gb.map(|gb| gb << 30),
             high_percent: args.image_gc_high_percent,
             low_percent: args.image_gc_low_percent,
+        },
+        allowed_registries: {
+            for r in &args.allowed_registry {
+                tidepool_api::registry_host(r).map_err(|e| format!("--allowed-registry: {e}"))?;
+            }
+            args.allowed_registry
         },
     };
     tidepool_agent::run_until(config, shutdown_signal()).await.map_err(|e| e.to_string())?;
