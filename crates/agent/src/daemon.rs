@@ -499,10 +499,12 @@ async fn main_loop(agent: Arc<Agent>) -> Result<()> {
                             tracing::info!(job = order.attempt.job_id, index = order.attempt.index, "a signal for an attempt not running here was dropped");
                         }
                     }
-                    for image in work.pull {
+                    let public = work.pull.into_iter().map(|image| (image, None));
+                    let private = work.pull_with_login.into_iter().map(|p| (p.image, Some(p.login)));
+                    for (image, login) in public.chain(private) {
                         let agent = agent.clone();
                         tokio::spawn(async move {
-                            match agent.images.ensure(&image, None).await {
+                            match agent.images.ensure(&image, login.as_ref()).await {
                                 Ok(unpacked) if unpacked.fresh => agent.after_pull().await,
                                 Ok(_) => {}
                                 Err(e) => tracing::warn!(image = %image, error = %e, "pulling ahead failed; a task of it will try again"),

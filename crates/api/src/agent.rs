@@ -82,9 +82,23 @@ pub struct PollResponse {
     /// Images to pull ahead: a job waiting for room may run here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pull: Vec<String>,
+    /// Private images to pull ahead with their project's login (the nodes that may run the
+    /// job alone are sent it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pull_with_login: Vec<PullWithLogin>,
     /// Signals to send to running attempts (`scancel --signal`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signal: Vec<SignalOrder>,
+}
+
+/// An image to pull ahead with a login.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullWithLogin {
+    /// The image.
+    pub image: String,
+    /// The login of the project whose job waits for it.
+    pub login: crate::RegistryCredentials,
 }
 
 /// A signal for a running attempt.

@@ -121,6 +121,28 @@ async fn a_no_requeue_job_fails_with_its_lost_node_and_does_not_run_again() {
 }
 
 #[tokio::test]
+async fn a_private_image_is_pulled_ahead_with_its_projects_login_and_no_other() {
+    let h = Harness::new("pull-login");
+    let mut features = node("n1", 4);
+    features.features = vec![tidepool_api::CONTAINER_FEATURE.to_string()];
+    let session = h.shared.on_register(features).await.unwrap().session;
+    for (project, uid) in [("chem", 5001), ("bio", 5002)] {
+        let req = tidepool_api::ProjectRequest { name: project.into(), quota: None, borrow: None, share: None, uid: Some(uid), gid: Some(uid), groups: vec![] };
+        h.shared.on_create_project(&req).unwrap();
+    }
+    let chem = crate::state::Principal::Project("chem".into());
+    let login = tidepool_api::RegistryLoginRequest { host: "reg.example:5000".into(), username: "chem-bot".into(), password: "s3cret".into(), project: None };
+    h.shared.on_registry_login(&chem, login).unwrap();
+    let image = |project: &str| SubmitRequest { image: Some("reg.example:5000/sim:1".into()), project: Some(project.into()), ..array("0-1") };
+    h.shared.on_submit(image("chem")).await.unwrap();
+    h.shared.on_submit(image("bio")).await.unwrap();
+    let work = h.shared.on_poll(session).await.unwrap();
+    assert_eq!(work.pull_with_login.len(), 1, "chem's, with its login");
+    assert_eq!((work.pull_with_login[0].login.username.as_str(), work.pull_with_login[0].login.password.as_str()), ("chem-bot", "s3cret"));
+    assert_eq!(work.pull, ["reg.example:5000/sim:1"], "bio has no login: pulled as anyone would");
+}
+
+#[tokio::test]
 async fn a_failed_journal_append_takes_the_dispatches_back() {
     let mut h = Harness::new("undo");
     let session = h.join("n1", 2).await;

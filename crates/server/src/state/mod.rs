@@ -61,6 +61,8 @@ struct Session {
     images: Vec<tidepool_api::ImageView>,
     /// Images it is to pull ahead of a job that may run there.
     pulls: Vec<String>,
+    /// Private images it is to pull ahead, with the login of the job's project.
+    pulls_with_login: Vec<tidepool_api::PullWithLogin>,
     /// Signals for its running attempts.
     signals: Vec<tidepool_api::SignalOrder>,
 }
@@ -74,6 +76,7 @@ impl Session {
             reregister: false,
             log_reads: std::mem::take(&mut self.log_reads),
             pull: std::mem::take(&mut self.pulls),
+            pull_with_login: std::mem::take(&mut self.pulls_with_login),
             signal: std::mem::take(&mut self.signals),
         }
     }
@@ -85,17 +88,20 @@ impl Inner {
     fn pull_ahead(&mut self, job_id: JobId) {
         let Some(job) = self.cluster.job(job_id) else { return };
         let Some(image) = job.spec().warm_key.clone() else { return };
-        // A private image is pulled with its project's login, which goes with a task's launch
-        // alone: it is pulled when the first task starts.
-        if self.registry_logins.for_image(&job.spec().project, &image).is_some() {
-            return;
-        }
+        // A private image goes with its project's login, to the nodes that may run the job
+        // alone (the agent keys its pull by the login, so no other project is handed it).
+        let login = self.registry_logins.for_image(&job.spec().project, &image);
         for node_id in self.cluster.nodes_that_could_run(job_id) {
             if let Some(session) = self.sessions.get_mut(&node_id) {
-                if !session.images.iter().any(|i| i.reference == image) && !session.pulls.contains(&image) {
-                    session.pulls.push(image.clone());
-                    session.wake.notify_one();
+                let held = session.images.iter().any(|i| i.reference == image);
+                match &login {
+                    None if !held && !session.pulls.contains(&image) => session.pulls.push(image.clone()),
+                    Some(login) if !session.pulls_with_login.iter().any(|p| p.image == image && p.login == *login) => {
+                        session.pulls_with_login.push(tidepool_api::PullWithLogin { image: image.clone(), login: login.clone() });
+                    }
+                    _ => continue,
                 }
+                session.wake.notify_one();
             }
         }
     }

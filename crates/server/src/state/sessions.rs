@@ -54,6 +54,7 @@ impl Shared {
                     gpus_failed,
                     images: Vec::new(),
                     pulls: Vec::new(),
+                    pulls_with_login: Vec::new(),
                     signals: Vec::new(),
                 },
             ) {
