@@ -234,9 +234,14 @@ pub fn parse_target(text: &str) -> Result<(u64, Option<u32>), String> {
 /// Flags of `jobs`.
 #[derive(Args, Debug)]
 pub struct JobsArgs {
-    /// Also list jobs that have ended.
+    /// Also list jobs that have ended: those still in memory, and those that left it (after
+    /// the server's --keep-finished) since --since.
     #[arg(long)]
     all: bool,
+    /// With --all, how far back jobs that left memory are listed: YYYY-MM-DD[THH:MM[:SS]], now
+    /// or midnight (default: midnight, as sacct).
+    #[arg(long, default_value = "midnight", requires = "all")]
+    since: String,
     /// JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -248,7 +253,29 @@ pub async fn jobs(a: JobsArgs) -> Result<u8, String> {
     let path = if a.all { "/jobs" } else { "/jobs?active=true" };
     let resp = client.get_streamed(path).await?;
     let hidden: u64 = resp.headers().get("x-finished-not-shown").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
-    let jobs: Vec<JobView> = resp.json().await.map_err(|e| format!("unreadable answer: {e}"))?;
+    let mut jobs: Vec<JobView> = resp.json().await.map_err(|e| format!("unreadable answer: {e}"))?;
+    if a.all {
+        // Jobs that left memory come from the journal, a page at a time, oldest first.
+        let now_s = tidepool_api::dates::now_ms() / 1000;
+        let since_s = tidepool_api::dates::parse_time(&a.since, now_s).ok_or_else(|| format!("--since: '{}' is not a time (YYYY-MM-DD[THH:MM[:SS]], now, midnight)", a.since))?;
+        let mut older: Vec<JobView> = Vec::new();
+        let mut after = 0u64;
+        loop {
+            let resp = client.get_streamed(&format!("/jobs?history=true&after={after}&since_ms={}&limit=500", since_s * 1000)).await?;
+            let next: Option<u64> = resp.headers().get("x-next-after").and_then(|v| v.to_str().ok()?.parse().ok());
+            let page: Vec<JobView> = resp.json().await.map_err(|e| format!("unreadable answer: {e}"))?;
+            older.extend(page);
+            match next {
+                Some(n) if n > after => after = n,
+                _ => break,
+            }
+        }
+        let in_memory: std::collections::HashSet<u64> = jobs.iter().map(|j| j.id).collect();
+        older.retain(|j| !in_memory.contains(&j.id));
+        older.append(&mut jobs);
+        jobs = older;
+        jobs.sort_by_key(|j| j.id);
+    }
     if a.json {
         line(&serde_json::to_string_pretty(&jobs).map_err(|e| e.to_string())?);
         return Ok(0);

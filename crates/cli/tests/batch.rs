@@ -424,7 +424,10 @@ fn finished_jobs_leave_memory_and_the_journal_answers_for_them_across_a_kill_9()
     assert!(!env.run(&["wait", &bad]).status.success());
     // Another pass forgets them (any submission wakes one).
     let _ = env.ok(&["submit", "--", "true"]);
-    env.eventually(10, "the finished jobs to leave memory", |e| !e.ok(&["jobs", "--all"]).lines().any(|l| l.split_whitespace().next() == Some(ok.as_str())));
+    // In memory alone (nothing that left it was submitted after now).
+    let listed = |e: &Env, since: &str, id: &str| e.ok(&["jobs", "--all", "--since", since]).lines().any(|l| l.split_whitespace().next() == Some(id));
+    env.eventually(10, "the finished jobs to leave memory", |e| !listed(e, "now", &ok));
+    assert!(listed(&env, "midnight", &ok) && listed(&env, "midnight", &bad), "jobs --all lists today's jobs that left memory too");
     let answered = |env: &Env| {
         let shown: serde_json::Value = serde_json::from_str(&env.ok(&["show", &ok, "--json", "--tasks"])).unwrap();
         assert_eq!(shown["state"], "succeeded", "{shown}");
@@ -482,7 +485,11 @@ fn another_projects_token_reaches_no_forgotten_job_nor_array_task_id() {
     let array: u64 = array.trim().parse().unwrap();
     assert!(as_token(&chem, &["cancel", &array.to_string()]).status.success());
     let _ = as_token(&chem, &["submit", "--", "true"]);
-    env.eventually(10, "chem's array to leave memory", |e| !e.ok(&["jobs", "--all"]).lines().any(|l| l.split_whitespace().next() == Some(array.to_string().as_str())));
+    env.eventually(10, "chem's array to leave memory", |e| !e.ok(&["jobs", "--all", "--since", "now"]).lines().any(|l| l.split_whitespace().next() == Some(array.to_string().as_str())));
+    // chem's listing of the day has it; bio's does not.
+    let listing = |token: &str| String::from_utf8(as_token(token, &["jobs", "--all"]).stdout).unwrap();
+    assert!(listing(&chem).lines().any(|l| l.split_whitespace().next() == Some(array.to_string().as_str())));
+    assert!(!listing(&bio).lines().any(|l| l.split_whitespace().next() == Some(array.to_string().as_str())));
     // chem still sees it; bio sees nothing of it by its id, its tasks' ids, nor in sacct.
     assert!(as_token(&chem, &["show", &array.to_string()]).status.success());
     for id in [array, array + 2] {
