@@ -392,7 +392,8 @@ pub fn run(a: SimArgs) -> Result<u8, String> {
         }
     }
     if let Some(dir) = &a.out {
-        line(&format!("plots: {}/{}-nodes.svg, {}-busy.svg", dir.display(), a.scenario, a.scenario));
+        let waits = if per_job_rows.is_empty() { String::new() } else { format!(", {}-waits.svg", a.scenario) };
+        line(&format!("plots: {}/{}-nodes.svg, {}-busy.svg{waits}", dir.display(), a.scenario, a.scenario));
     }
     line(&format!("simulated {} jobs twice in {:.1} s, peak memory {} MB", jobs.len(), started.elapsed().as_secs_f64(), peak_rss_mb()));
     Ok(0)
