@@ -70,6 +70,30 @@ impl ProcessExecutor {
             }),
         }
     }
+
+    /// Sends SIGUSR1 to the launcher that runs `a` (or, after a restart, to every live one),
+    /// which then reads the attempt's cancel and signal files; false when none is alive.
+    fn nudge_launchers(&self, a: AttemptRef, dir: &Path) -> bool {
+        let tracked = lock(&self.state.tracked).get(&a).copied();
+        let own = lock(&self.state.launcher).as_ref().map(|h| h.pid);
+        // Only a launcher known to be alive is signalled: a stale pid may belong to anyone.
+        let pids: Vec<u32> = match tracked {
+            Some(pid) if pid != 0 && Some(pid) == own => vec![pid],
+            _ if rundir::launcher_alive(dir) => rundir::live_launchers(&self.state.settings.run_dir),
+            Some(_) => own.into_iter().collect(),
+            None => Vec::new(),
+        };
+        if pids.is_empty() {
+            return false;
+        }
+        for pid in pids {
+            // SAFETY: kill(2) on a launcher alive in this run directory; no memory is touched.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGUSR1);
+            }
+        }
+        true
+    }
 }
 
 impl State {
@@ -171,32 +195,6 @@ impl State {
             let result = rundir::read_result(&dir).unwrap_or_else(|| rundir::failed_at(a, now_ms(), "the launcher ended without a result"));
             let _ = results.send(result);
         });
-    }
-}
-
-impl ProcessExecutor {
-    /// Sends SIGUSR1 to the launcher that runs `a` (or, after a restart, to every live one),
-    /// which then reads the attempt's cancel and signal files; false when none is alive.
-    fn nudge_launchers(&self, a: AttemptRef, dir: &Path) -> bool {
-        let tracked = lock(&self.state.tracked).get(&a).copied();
-        let own = lock(&self.state.launcher).as_ref().map(|h| h.pid);
-        // Only a launcher known to be alive is signalled: a stale pid may belong to anyone.
-        let pids: Vec<u32> = match tracked {
-            Some(pid) if pid != 0 && Some(pid) == own => vec![pid],
-            _ if rundir::launcher_alive(dir) => rundir::live_launchers(&self.state.settings.run_dir),
-            Some(_) => own.into_iter().collect(),
-            None => Vec::new(),
-        };
-        if pids.is_empty() {
-            return false;
-        }
-        for pid in pids {
-            // SAFETY: kill(2) on a launcher alive in this run directory; no memory is touched.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGUSR1);
-            }
-        }
-        true
     }
 }
 

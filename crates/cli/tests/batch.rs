@@ -752,6 +752,14 @@ fn scancel_signal_reaches_what_a_script_started_or_its_shell_and_ends_nothing() 
     let job = env.ok(&["sbatch", "--parsable", "sig.sh"]);
     let job = job.trim();
     env.eventually(20, "the child to start", |e| e.dir.join("ready.txt").exists());
+    // Another project's token finds no such job to signal, and nothing is sent.
+    env.ok(&["project", "create", "bio"]);
+    let bio = env.ok(&["token", "create", "--project", "bio"]).trim().lines().last().unwrap().to_string();
+    let bio_auth = format!("Bearer {bio}");
+    let (status, _, _) = common::http(&env.url, "POST", &format!("/api/v1/jobs/{job}/cancel"), &[("authorization", &bio_auth), ("content-type", "application/json")], r#"{"signal":"USR1"}"#);
+    assert_eq!(status, 404);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!std::fs::read_to_string(env.dir.join("sig.out")).unwrap_or_default().contains("child got USR1"), "bio's signal reached chem's task");
     assert!(env.run(&["scancel", "--signal=USR1", job]).status.success());
     env.eventually(20, "the child to get USR1", |e| std::fs::read_to_string(e.dir.join("sig.out")).unwrap_or_default().contains("child got USR1"));
     assert!(env.run(&["scancel", "-b", "-s", "SIGUSR2", job]).status.success());

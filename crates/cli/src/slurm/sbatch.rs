@@ -298,12 +298,10 @@ fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<St
     let tasks_here = if nodes > 1 { tasks_per_node } else { ntasks };
     let cpus = cpus_per_task * tasks_here;
     let ntasks_given = o.contains_key("ntasks") || o.contains_key("ntasks-per-node");
-    let mem = match (o.get("mem"), o.get("mem-per-cpu")) {
+    let mem_per_cpu = o.get("mem-per-cpu").map(|m| parse_mem_size(m).map_err(|e| format!("--mem-per-cpu: {e}"))).transpose()?;
+    let mem = match (o.get("mem"), mem_per_cpu) {
         (Some(m), _) => Some(m.to_string()),
-        (None, Some(m)) => {
-            let bytes = parse_mem_size(m).map_err(|e| format!("--mem-per-cpu: {e}"))?;
-            Some(format!("{}K", bytes * u64::from(cpus) / 1024))
-        }
+        (None, Some(bytes)) => Some(format!("{}K", bytes * u64::from(cpus) / 1024)),
         (None, None) => None,
     };
     let mut gpus = 0;
@@ -389,8 +387,7 @@ fn build_request(options: &[(String, String)], script: String, warn: &mut Vec<St
     if let Some(n) = o.get("ntasks-per-node") {
         env.insert("SLURM_NTASKS_PER_NODE".into(), n.to_string());
     }
-    if let Some(m) = o.get("mem-per-cpu") {
-        let bytes = parse_mem_size(m).map_err(|e| format!("--mem-per-cpu: {e}"))?;
+    if let Some(bytes) = mem_per_cpu {
         env.insert("SLURM_MEM_PER_CPU".into(), (bytes >> 20).to_string());
     }
 

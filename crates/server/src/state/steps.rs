@@ -185,7 +185,7 @@ impl Shared {
         let deadline = Instant::now() + Duration::from_millis(wait_ms.min(PROGRESS_WAIT_MS));
         loop {
             let bell = self.steps.changed.notified();
-            let progress = {
+            let (progress, all_done) = {
                 let mut jobs = self.steps.jobs.lock().unwrap_or_else(|p| p.into_inner());
                 let step = jobs
                     .get_mut(&job_id)
@@ -198,17 +198,15 @@ impl Shared {
                 let skip = after.saturating_sub(step.first_line) as usize;
                 let lines: Vec<StepLine> = step.lines.iter().skip(skip).cloned().collect();
                 let next = step.first_line + step.lines.len() as u64;
-                StepProgress {
+                let all_done = step.launch.ranks.iter().all(|r| step.done_nodes.contains(&r.node));
+                let progress = StepProgress {
                     lines,
                     next,
                     exits: step.exits.clone(),
                     done_nodes: step.done_nodes.iter().copied().collect(),
                     dropped: step.first_line.saturating_sub(after),
-                }
-            };
-            let all_done = {
-                let jobs = self.steps.jobs.lock().unwrap_or_else(|p| p.into_inner());
-                jobs.get(&job_id).and_then(|j| j.steps.get(&step_id)).is_none_or(|s| s.launch.ranks.iter().all(|r| s.done_nodes.contains(&r.node)))
+                };
+                (progress, all_done)
             };
             let ended = !self.allocation(job_id).is_some_and(|(_, running)| running);
             if !progress.lines.is_empty() || all_done || ended || Instant::now() >= deadline {
