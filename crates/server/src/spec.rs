@@ -609,7 +609,7 @@ pub fn task_env(
         set("SLURM_NNODES", g.n_nodes.to_string());
         set("SLURM_NTASKS_PER_NODE", g.tasks_per_node.to_string());
         // Slurm's compressed per-node lists: "4(x2)" is 4 on each of 2 nodes.
-        let per_node = |n: u64| if g.n_nodes > 1 { format!("{n}(x{})", g.n_nodes) } else { n.to_string() };
+        let per_node = |n: u64| compressed_counts(&vec![n; g.n_nodes as usize]);
         set("SLURM_TASKS_PER_NODE", per_node(u64::from(g.tasks_per_node)));
         set("SLURM_JOB_CPUS_PER_NODE", per_node(cpus * u64::from(g.tasks_per_node)));
     }
