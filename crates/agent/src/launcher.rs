@@ -35,6 +35,15 @@ use tidepool_api::{AttemptOutcome, TaskResult};
 
 pub(crate) use tidepool_api::dates::now_ms;
 
+/// The signals a launcher reads from a descriptor rather than taking their default action.
+const SIGNALS_READ: [i32; 5] = [libc::SIGCHLD, libc::SIGUSR1, libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// Makes the launcher `command` starts hold the signals it reads until it reads them, so that
+/// an agent's nudge sent while it is still starting is not its end.
+pub(crate) fn hold_signals_until_read(command: &mut std::process::Command) {
+    start_with_blocked(command, &SIGNALS_READ);
+}
+
 mod files;
 mod oci;
 mod sys;
@@ -270,7 +279,7 @@ impl Launcher {
         unsafe {
             libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
         }
-        let signals = signal_fd(&[libc::SIGCHLD, libc::SIGUSR1, libc::SIGTERM, libc::SIGINT, libc::SIGHUP])?;
+        let signals = signal_fd(&SIGNALS_READ)?;
         raise_fd_limit();
         self.name_itself()?;
         let mut stdin_open = true;

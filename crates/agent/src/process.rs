@@ -124,13 +124,16 @@ impl State {
             .append(true)
             .open(settings.run_dir.with_file_name("launcher.log"))
             .map_err(|e| format!("launcher log: {e}"))?;
-        let mut child = std::process::Command::new(&settings.launcher_program)
+        let mut command = std::process::Command::new(&settings.launcher_program);
+        command
             .arg("__launch")
             .arg(&settings.run_dir)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(log)
-            .process_group(0)
+            .process_group(0);
+        crate::launcher::hold_signals_until_read(&mut command);
+        let mut child = command
             .spawn()
             .map_err(|e| format!("cannot start the launcher {}: {e}", settings.launcher_program.display()))?;
         let pid = child.id();

@@ -1,6 +1,7 @@
 //! An orderly stop, and no over-commit whatever happened before a start: Ctrl-C stops `up` and
 //! its tasks, which run again at the next start; `--keep-tasks` leaves them for the next agent;
-//! a launcher killed outright takes its task trees with it and they run again.
+//! a launcher killed outright takes its task trees with it and they run again; a cancel sent
+//! while the launcher still starts ends that task alone.
 // Helpers of tests: a step that fails is the test's failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -115,4 +116,68 @@ fn a_task_leads_a_session_of_its_own_with_no_controlling_terminal() {
         assert_eq!((pgrp, session), (pid.as_str(), pid.as_str()), "its own process group and session: {stat}");
         assert_eq!(tty, "0", "no controlling terminal: {stat}");
     }
+}
+
+/// One attempt of job 1 that runs `script` in `workdir`.
+fn launch_of(index: u32, script: &str, workdir: &std::path::Path) -> tidepool_api::Launch {
+    tidepool_api::Launch {
+        attempt: tidepool_api::AttemptRef { job_id: 1, index, attempt: 1 },
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        script: None,
+        env: Default::default(),
+        workdir: workdir.display().to_string(),
+        stdout_path: "/dev/null".into(),
+        stderr_path: "/dev/null".into(),
+        time_limit_s: None,
+        cpu_millis: 1000,
+        mem_bytes: 0,
+        discard_empty_output: false,
+        append_output: false,
+        warn_signal: None,
+        run_as: None,
+        gpus: vec![],
+        container: None,
+    }
+}
+
+#[test]
+fn a_cancel_sent_while_the_launcher_still_starts_ends_only_its_task() {
+    use tidepool_agent::executor::Executor;
+    use tidepool_agent::process::{ProcessExecutor, ProcessSettings};
+    use tidepool_api::AttemptOutcome;
+    let dir = std::env::temp_dir().join(format!("tidepool-it-{}-early-cancel", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run_dir = dir.join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let (tx, mut results) = tokio::sync::mpsc::unbounded_channel();
+    let settings = ProcessSettings {
+        run_dir: run_dir.clone(),
+        launcher_program: common::BIN.into(),
+        plan: tidepool_agent::cgroup::CgroupPlan::None,
+        bin_dir: None,
+        kill_grace_s: 1,
+        node_cpu_millis: 2000,
+        node_mem_bytes: 1 << 30,
+    };
+    let executor = ProcessExecutor::new(settings, tx);
+    let marker = format!("sleep 303.{}", std::process::id());
+    let long = launch_of(0, &format!("exec {marker}"), &dir);
+    let short = launch_of(1, "exit 0", &dir);
+    let (long_ref, short_ref) = (long.attempt, short.attempt);
+    for launch in [long, short] {
+        let attempt_dir = tidepool_agent::rundir::attempt_dir(&run_dir, &launch.attempt);
+        std::fs::create_dir_all(&attempt_dir).unwrap();
+        executor.start(launch, &attempt_dir).unwrap();
+    }
+    // The launcher was spawned a moment ago: the cancel's nudge reaches it while it starts.
+    assert!(executor.cancel(long_ref, &tidepool_agent::rundir::attempt_dir(&run_dir, &long_ref)));
+    let mut outcomes = std::collections::HashMap::new();
+    while outcomes.len() < 2 {
+        let r = results.blocking_recv().expect("the executor ended before both results");
+        outcomes.insert(r.attempt, (r.outcome, r.message));
+    }
+    assert_eq!(outcomes[&long_ref].0, AttemptOutcome::Cancelled, "{outcomes:?}");
+    assert_eq!(outcomes[&short_ref].0, AttemptOutcome::Succeeded, "the launcher died with the cancel: {outcomes:?}");
+    assert!(pids_of(&marker).is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
 }

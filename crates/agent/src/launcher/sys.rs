@@ -14,13 +14,9 @@ use std::path::Path;
 /// caught: no handler runs, and no byte goes through a pipe, per ended task. Tasks start with
 /// none blocked (`spawn_task` sets their mask).
 pub(super) fn signal_fd(signals: &[i32]) -> Result<i32, String> {
-    // SAFETY: the set is initialised before use; sigprocmask and signalfd only read it.
+    let set = signal_set(signals);
+    // SAFETY: sigprocmask and signalfd only read the initialised set.
     unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in signals {
-            libc::sigaddset(&mut set, *s);
-        }
         if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
             return Err(format!("sigprocmask: {}", std::io::Error::last_os_error()));
         }
@@ -29,6 +25,37 @@ pub(super) fn signal_fd(signals: &[i32]) -> Result<i32, String> {
             return Err(format!("signalfd: {}", std::io::Error::last_os_error()));
         }
         Ok(fd)
+    }
+}
+
+/// The set holding `signals`.
+pub(super) fn signal_set(signals: &[i32]) -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the zeroed set before sigaddset reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in signals {
+            libc::sigaddset(&mut set, *s);
+        }
+        set
+    }
+}
+
+/// Makes `command`'s process start with `signals` blocked: one sent before it reads them from
+/// its descriptor waits for it there, instead of ending it by their default action.
+pub(super) fn start_with_blocked(command: &mut std::process::Command, signals: &[i32]) {
+    use std::os::unix::process::CommandExt;
+    let set = signal_set(signals);
+    // SAFETY: between fork and exec the closure makes one async-signal-safe call with a set
+    // built before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
     }
 }
 
