@@ -136,6 +136,16 @@ impl CgroupPlan {
         Some((usec / 1000, peak))
     }
 
+    /// Sets the memory limit of `cgroup` to `bytes` (none when 0).
+    pub fn limit_memory(&self, cgroup: &TaskCgroup, bytes: u64) -> std::io::Result<()> {
+        let (file, unlimited) = match self {
+            CgroupPlan::V1 { memory, .. } => (memory.join(&cgroup.name).join("memory.limit_in_bytes"), "-1"),
+            CgroupPlan::V2 { root } => (root.join(&cgroup.name).join("memory.max"), "max"),
+            CgroupPlan::None => return Ok(()),
+        };
+        std::fs::write(file, if bytes > 0 { bytes.to_string() } else { unlimited.to_string() })
+    }
+
     /// Closes a task cgroup's files and removes it (it must be empty).
     pub fn discard(&self, cgroup: TaskCgroup) {
         let name = cgroup.name.clone();

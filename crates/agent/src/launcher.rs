@@ -31,7 +31,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tidepool_api::{AttemptOutcome, TaskResult};
 
 pub(crate) use tidepool_api::dates::now_ms;
 
@@ -44,11 +43,17 @@ pub(crate) fn hold_signals_until_read(command: &mut std::process::Command) {
     start_with_blocked(command, &SIGNALS_READ);
 }
 
+mod attempt;
 mod files;
+mod inside;
 mod oci;
+mod shared;
 mod sys;
+pub use inside::serve_inside;
 use files::*;
 use sys::*;
+use attempt::Attempt;
+use shared::Signal;
 
 /// How long a program found on a PATH is taken to stay there (one installed earlier on the
 /// PATH is seen after this).
@@ -57,50 +62,9 @@ const RESOLVED_FOR: Duration = Duration::from_secs(1);
 /// How long the leftovers of an ended task may take to die before the result is written anyway.
 const LEFTOVER_WAIT: Duration = Duration::from_secs(1);
 
-/// One attempt between its start and its result.
-struct Attempt {
-    dir: PathBuf,
-    /// Held while the attempt runs: tells a restarted agent that someone still watches it.
-    _lock: File,
-    spec: LaunchSpec,
-    /// The task's leader, also its process group.
-    pid: i32,
-    cgroup: Option<TaskCgroup>,
-    result: TaskResult,
-    started: Instant,
-    deadline: Option<Instant>,
-    kill_at: Option<Instant>,
-    cancelled: bool,
-    timed_out: bool,
-    /// The leader's wait status and its usage, once it has ended.
-    ended: Option<(i32, libc::rusage)>,
-    /// Until when leftovers of an ended leader are waited for.
-    leftovers_until: Option<Instant>,
-    /// The task's error output, kept for the line Slurm writes there when the job is cancelled
-    /// or reaches its time limit.
-    end_note: Option<File>,
-    /// When its `--signal` is due, until it is sent.
-    warn_at: Option<Instant>,
-}
-
-impl Attempt {
-    /// Slurm's line in a batch script's error output when the job is ended for it (a cancel,
-    /// or `reason` such as " DUE TO TIME LIMIT"), in Slurm's words, which scripts and people
-    /// grep for.
-    fn note_slurm_end(&mut self, reason: &str) {
-        let Some(note) = self.end_note.as_mut() else { return };
-        let env = &self.spec.launch.env;
-        let job = env.get("SLURM_JOB_ID").map_or("", String::as_str);
-        let node = env.get("SLURMD_NODENAME").map_or("", String::as_str);
-        let at = tidepool_api::dates::iso_time(now_ms() / 1000);
-        let _ = writeln!(note, "slurmstepd-{node}: error: *** JOB {job} ON {node} CANCELLED AT {at}{reason} ***");
-    }
-
-    /// Every process in the attempt's cgroup (none without one).
-    fn cgroup_pids(&self) -> Vec<i32> {
-        self.cgroup.as_ref().map(TaskCgroup::pids).unwrap_or_default()
-    }
-}
+/// A started attempt: its key in the launcher's `running`, its end note (see
+/// [`Attempt::note_slurm_end`]), and its shared container and task when it runs in one.
+type Spawned = (i32, Option<File>, Option<(u64, u64)>);
 
 /// An attempt waiting for room. Its directory is not taken (opened and locked) until it
 /// starts: a launcher's descriptors are copied into every task it spawns and closed there one
@@ -144,6 +108,8 @@ struct Launcher {
     stopping: bool,
     /// The OCI runtime containers start with, where one is installed.
     runtime: Option<crate::images::Runtime>,
+    /// Containers shared by the tasks of a job.
+    shared: shared::Shared,
 }
 
 /// Runs the launcher for `run_dir` until its stdin closes and its last attempt has ended.
@@ -179,6 +145,7 @@ impl Launcher {
             resolved: HashMap::new(),
             stopping: false,
             runtime: oci::choose_runtime(),
+            shared: shared::Shared::default(),
         })
     }
 
@@ -291,6 +258,10 @@ impl Launcher {
         let stdin_fd = stdin.as_raw_fd();
         loop {
             if !stdin_open && self.running.is_empty() && self.waiting.is_empty() {
+                // Its shared containers end first: their helpers see their sockets shut.
+                self.close_idle(true);
+            }
+            if !stdin_open && self.running.is_empty() && self.waiting.is_empty() && self.shared.containers.is_empty() {
                 for (plan, cgroup) in self.idle_cgroups.drain(..) {
                     plan.discard(cgroup);
                 }
@@ -301,12 +272,27 @@ impl Launcher {
                 let d = t.saturating_duration_since(Instant::now());
                 d.as_millis().clamp(1, 60_000) as i32
             });
-            let mut fds = [
+            let mut fds = vec![
                 libc::pollfd { fd: if stdin_open { stdin_fd } else { -1 }, events: libc::POLLIN, revents: 0 },
                 libc::pollfd { fd: signals, events: libc::POLLIN, revents: 0 },
             ];
-            // SAFETY: poll over two pollfd structs we own.
-            unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+            let numbers: Vec<u64> = self.shared.containers.keys().copied().collect();
+            for number in &numbers {
+                let (fd, events) = self.shared.containers[number].poll_events();
+                fds.push(libc::pollfd { fd, events, revents: 0 });
+            }
+            // SAFETY: poll over the pollfd structs we own.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+            for (number, fd) in numbers.iter().zip(&fds[2..]) {
+                if fd.revents & libc::POLLOUT != 0 {
+                    if let Some(c) = self.shared.containers.get_mut(number) {
+                        c.flush();
+                    }
+                }
+                if fd.revents & (libc::POLLIN | libc::POLLHUP) != 0 {
+                    self.read_inside(*number);
+                }
+            }
             // Ends first: a core that freed waits for its next task while the lines that
             // came meanwhile are read.
             if fds[1].revents != 0 {
@@ -364,6 +350,7 @@ impl Launcher {
                 }
             }
             self.on_timers();
+            self.close_idle(false);
             self.start_waiting();
         }
     }
@@ -400,6 +387,7 @@ impl Launcher {
                 [deadline, a.kill_at, leftovers, a.warn_at.filter(|_| !a.timed_out && !a.cancelled)]
             })
             .flatten()
+            .chain(self.shared.containers.values().filter_map(|c| c.closes_at()))
             .min()
     }
 
@@ -432,11 +420,20 @@ impl Launcher {
         let _ = std::fs::remove_file(dir.join(rundir::SIGNAL_FILE));
         let mut result = rundir::failed_at(a, now_ms(), "");
         result.message = None;
-        let cgroup = self.take_cgroup(&spec.cgroup, spec.launch.mem_bytes);
-        match self.spawn(&spec, &dir, cgroup.as_ref()) {
-            Ok((pid, end_note)) => {
-                let cgroup_procs = cgroup.as_ref().and_then(|c| spec.cgroup.task_dirs(&c.name).into_iter().next()).map(|d| d.join("cgroup.procs"));
-                self.emit_line(&rundir::Started { started: a, pgid: pid, cgroup_procs });
+        let shareable = shared::shareable(&spec.launch);
+        let cgroup = if shareable { None } else { self.take_cgroup(&spec.cgroup, spec.launch.mem_bytes) };
+        let spawned = if shareable {
+            self.spawn_inside(&spec)
+        } else {
+            self.spawn(&spec, &dir, cgroup.as_ref()).map(|(pid, note)| (pid, note, None))
+        };
+        match spawned {
+            Ok((pid, end_note, inside)) => {
+                let (pgid, cgroup_procs) = match inside {
+                    Some((number, _)) => self.leader_of(number),
+                    None => (pid, cgroup.as_ref().and_then(|c| spec.cgroup.task_dirs(&c.name).into_iter().next()).map(|d| d.join("cgroup.procs"))),
+                };
+                self.emit_line(&rundir::Started { started: a, pgid, cgroup_procs });
                 result.started_ms = now_ms();
                 let started = Instant::now();
                 let deadline = spec.launch.time_limit_s.map(|s| started + Duration::from_secs(s));
@@ -461,6 +458,7 @@ impl Launcher {
                         leftovers_until: None,
                         end_note,
                         warn_at,
+                        inside,
                     },
                 );
             }
@@ -510,10 +508,9 @@ impl Launcher {
         found
     }
 
-    /// Spawns the task inside its cgroup; its pid.
-    fn spawn(&mut self, spec: &LaunchSpec, dir: &Path, cgroup: Option<&TaskCgroup>) -> Result<(i32, Option<File>), String> {
-        let task_procs = cgroup.map_or(&[][..], TaskCgroup::join_files);
-        let launch = &spec.launch;
+    /// Opens the task's stdout and stderr (one file when both are the same path), recorded
+    /// for reading back, and a copy of its stderr for Slurm's end line when it may get one.
+    fn open_outputs(&self, launch: &tidepool_api::Launch) -> Result<(File, Option<File>, Option<File>), String> {
         let private = launch.discard_empty_output;
         let run_as = launch.run_as.as_ref();
         // A path the user chose is opened as the task's identity, so the task writes only where
@@ -531,6 +528,22 @@ impl Launcher {
         // Unrecorded, the output is still written; only reading it back through Tidepool fails.
         let _ = crate::outputs::record(&self.outputs_dir, launch.attempt, &files);
         let note = (launch.time_limit_s.is_some() || launch.script.is_some()).then(|| stderr.as_ref().unwrap_or(&stdout).try_clone().ok()).flatten();
+        Ok((stdout, stderr, note))
+    }
+
+    /// Starts the task in its job's shared container: its key, end note and (container, task).
+    fn spawn_inside(&mut self, spec: &LaunchSpec) -> Result<Spawned, String> {
+        let (stdout, stderr, note) = self.open_outputs(&spec.launch)?;
+        let (key, number, task) = self.start_inside(spec, stdout, stderr)?;
+        Ok((key, note, Some((number, task))))
+    }
+
+    /// Spawns the task inside its cgroup; its pid.
+    fn spawn(&mut self, spec: &LaunchSpec, dir: &Path, cgroup: Option<&TaskCgroup>) -> Result<(i32, Option<File>), String> {
+        let task_procs = cgroup.map_or(&[][..], TaskCgroup::join_files);
+        let launch = &spec.launch;
+        let run_as = launch.run_as.as_ref();
+        let (stdout, stderr, note) = self.open_outputs(launch)?;
         let (mut program, args) = program_of(spec, dir)?;
         if let Some(container) = &launch.container {
             return self
@@ -592,7 +605,11 @@ impl Launcher {
             if pid <= 0 {
                 return;
             }
-            if let Some(a) = self.running.get_mut(&pid) {
+            let Some(a) = self.running.get_mut(&pid) else {
+                self.shared_runtime_ended(pid);
+                continue;
+            };
+            {
                 a.ended = Some((status, usage));
                 // Its room is free once its leader has exited (what it left is killed now):
                 // the next attempt starts before this one's result is written.
@@ -624,18 +641,22 @@ impl Launcher {
             self.cancel(pid);
         }
         // Signals asked for running attempts (scancel --signal), each sent once.
+        let mut orders = Vec::new();
         for a in self.running.values().filter(|a| a.ended.is_none()) {
             let path = a.dir.join(rundir::SIGNAL_FILE);
             let Ok(text) = std::fs::read_to_string(&path) else { continue };
             let _ = std::fs::remove_file(&path);
             let mut words = text.split_whitespace();
             let (Some(signal), scope) = (words.next().and_then(|s| s.parse::<i32>().ok()).filter(|s| (1..=64).contains(s)), words.next()) else { continue };
-            let pids = a.cgroup_pids();
-            match scope {
-                Some("full") => signal_tree(a.pid, &pids, signal),
-                Some("batch") => warn_ahead_of_limit(a.pid, &pids, tidepool_api::WarnSignal { signal, before_s: 0, batch_only: true }, true),
-                _ => warn_ahead_of_limit(a.pid, &pids, tidepool_api::WarnSignal { signal, before_s: 0, batch_only: false }, a.spec.launch.script.is_some()),
-            }
+            let order = match scope {
+                Some("full") => Signal::Tree(signal),
+                Some("batch") => Signal::Warn(tidepool_api::WarnSignal { signal, before_s: 0, batch_only: true }, true),
+                _ => Signal::Warn(tidepool_api::WarnSignal { signal, before_s: 0, batch_only: false }, a.spec.launch.script.is_some()),
+            };
+            orders.push((a.pid, order));
+        }
+        for (key, order) in orders {
+            self.deliver(key, order);
         }
     }
 
@@ -649,13 +670,14 @@ impl Launcher {
         if !self.stopping {
             a.note_slurm_end("");
         }
-        signal_tree(a.pid, &a.cgroup_pids(), libc::SIGTERM);
         a.kill_at = Some(Instant::now() + Duration::from_secs(a.spec.kill_grace_s));
+        self.deliver(pid, Signal::Tree(libc::SIGTERM));
     }
 
     fn on_timers(&mut self) {
         let now = Instant::now();
         let mut done = Vec::new();
+        let mut orders = Vec::new();
         for a in self.running.values_mut() {
             if a.ended.is_some() {
                 let left = a.cgroup_pids();
@@ -667,21 +689,24 @@ impl Launcher {
                 continue;
             }
             if a.kill_at.is_some_and(|t| now >= t) {
-                signal_tree(a.pid, &a.cgroup_pids(), libc::SIGKILL);
+                orders.push((a.pid, Signal::Tree(libc::SIGKILL)));
                 a.kill_at = Some(now + Duration::from_secs(1));
             }
             if a.warn_at.is_some_and(|t| now >= t) && !a.timed_out && !a.cancelled {
                 a.warn_at = None;
                 if let Some(warn) = a.spec.launch.warn_signal {
-                    warn_ahead_of_limit(a.pid, &a.cgroup_pids(), warn, a.spec.launch.script.is_some());
+                    orders.push((a.pid, Signal::Warn(warn, a.spec.launch.script.is_some())));
                 }
             }
             if a.deadline.is_some_and(|d| now >= d) && !a.timed_out && !a.cancelled {
                 a.timed_out = true;
                 a.note_slurm_end(" DUE TO TIME LIMIT");
-                signal_tree(a.pid, &a.cgroup_pids(), libc::SIGTERM);
+                orders.push((a.pid, Signal::Tree(libc::SIGTERM)));
                 a.kill_at = Some(now + Duration::from_secs(a.spec.kill_grace_s));
             }
+        }
+        for (key, order) in orders {
+            self.deliver(key, order);
         }
         for (pid, emptied) in done {
             if let Some(a) = self.running.remove(&pid) {
@@ -690,69 +715,6 @@ impl Launcher {
         }
     }
 
-    /// Writes and sends an ended attempt's result; `emptied` when its cgroup has no process left.
-    fn finish(&mut self, a: Attempt, emptied: bool) {
-        let Attempt { dir, _lock, spec, cgroup, mut result, started, cancelled, timed_out, ended, .. } = a;
-        let (status, usage) = ended.unwrap_or((0, zeroed_rusage()));
-        let tv_ms = |tv: libc::timeval| tv.tv_sec as u64 * 1000 + tv.tv_usec as u64 / 1000;
-        let measured = cgroup.as_ref().and_then(|c| c.usage(&spec.cgroup));
-        let (cpu_ms, peak) = measured.unwrap_or((tv_ms(usage.ru_utime) + tv_ms(usage.ru_stime), usage.ru_maxrss as u64 * 1024));
-        if spec.launch.container.is_some() {
-            self.forget_container(&spec.launch);
-        }
-        if let Some(c) = cgroup {
-            self.release_cgroup(&spec.cgroup, c, emptied);
-        }
-        result.cpu_ms = cpu_ms;
-        result.peak_mem_bytes = peak;
-        result.ended_ms = result.started_ms + started.elapsed().as_millis() as u64;
-        if libc::WIFEXITED(status) {
-            result.exit_code = Some(libc::WEXITSTATUS(status));
-        } else if libc::WIFSIGNALED(status) {
-            result.signal = Some(libc::WTERMSIG(status));
-        }
-        result.outcome = if cancelled && self.stopping && !dir.join(rundir::CANCEL_FILE).exists() {
-            result.message = Some("stopped with its node".into());
-            AttemptOutcome::Stopped
-        } else if cancelled {
-            AttemptOutcome::Cancelled
-        } else if timed_out {
-            AttemptOutcome::Timeout
-        } else if result.exit_code == Some(0) {
-            AttemptOutcome::Succeeded
-        } else {
-            AttemptOutcome::Failed
-        };
-        let launch = &spec.launch;
-        if launch.discard_empty_output {
-            for p in [&launch.stdout_path, &launch.stderr_path] {
-                if std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() == 0) {
-                    let _ = std::fs::remove_file(p);
-                }
-            }
-        }
-        self.write_and_emit(&dir, &result);
-        // The lock is dropped here, after the result is on disk.
-    }
-
-    fn write_and_emit(&mut self, dir: &Path, result: &TaskResult) {
-        if rundir::write_result(dir, result).is_ok() {
-            self.emit(result);
-        }
-    }
-
-    /// Tells the agent, if it still listens; a restarted agent reads `result.json` instead.
-    fn emit(&mut self, result: &TaskResult) {
-        self.emit_line(result);
-    }
-
-    /// One line of JSON to the agent, if it still listens.
-    fn emit_line(&mut self, what: &impl serde::Serialize) {
-        if let Ok(mut line) = serde_json::to_vec(what) {
-            line.push(b'\n');
-            let _ = self.stdout.write_all(&line);
-        }
-    }
 }
 
 #[cfg(test)]

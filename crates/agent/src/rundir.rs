@@ -29,6 +29,33 @@ pub struct LaunchSpec {
     pub node_mem_bytes: u64,
 }
 
+/// An order from a launcher to the helper that runs the tasks of one job inside its shared
+/// container (one message each on a socket; a start brings the task's stdout and stderr along).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum InsideOrder {
+    /// Start task `task`: `program` found on the PATH of `env`, in `cwd`.
+    Start { task: u64, program: String, argv: Vec<String>, env: Vec<String>, cwd: String },
+    /// Send `signal` to the task's whole process group.
+    Signal { task: u64, signal: i32 },
+    /// Send a `--signal` the way a bare task gets it (`script` as for a batch script).
+    Warn { task: u64, warn: tidepool_api::WarnSignal, script: bool },
+}
+
+/// What the helper inside a shared container reports of a task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InsideEnded {
+    /// The task, as its start order named it.
+    pub task: u64,
+    /// Its wait status (exit 127 when it could not start).
+    pub status: i32,
+    /// CPU time of the task's leader and what it waited for, milliseconds.
+    pub cpu_ms: u64,
+    /// Its leader's peak resident memory, bytes.
+    pub peak_mem_bytes: u64,
+    /// Why it could not start, when it could not.
+    pub message: Option<String>,
+}
+
 /// What the launcher tells the agent as an attempt starts, so that a launcher that dies leaves
 /// no task running unsupervised: the agent ends the task's process group and cgroup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,6 +16,10 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     // The launcher runs before anything else starts: no runtime, no threads.
+    // The helper inside a job's shared container, started by the launcher.
+    if args.get(1).map(String::as_str) == Some("__inside") {
+        return ExitCode::from(tidepool_agent::launcher::serve_inside() as u8);
+    }
     if args.get(1).map(String::as_str) == Some("__launch") {
         let Some(dir) = args.get(2) else { return ExitCode::from(2) };
         return ExitCode::from(tidepool_agent::launcher::run(std::path::Path::new(dir)) as u8);

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::Env;
+use common::{pids_of, Env};
 use tidepool_bench::containers::{missing_tools, push_image, push_image_as, start_registry, start_registry_with};
 
 /// Whether this machine is to run the container tests: an error when CI asked for them and a
@@ -229,4 +229,44 @@ fn bench_containers_prints_ours_beside_bare_tasks() {
     }
     assert!(v["container_tasks_per_s"].as_f64().unwrap() > 0.0);
     assert_eq!(v["cold_pull_blob_gets"], 2, "the 100 MB image's config and layer, pulled once: {v}");
+}
+
+#[test]
+fn a_jobs_tasks_share_one_container_that_no_other_job_enters_and_a_cancel_ends_them() {
+    if !containers_here() {
+        return;
+    }
+    let env = Env::new("shared-containers");
+    let registry = start_registry(&env.dir).unwrap();
+    let image = push_image(&env.dir, &registry.address, "busybox", 0).unwrap();
+    let (chem, chem_area) = env.project_with_uid("chem", 5001);
+    let (bio, bio_area) = env.project_with_uid("bio", 6001);
+    // Task 0 marks the container's own /tmp and stays; the others wait for its mark.
+    let marker = format!("sleep 304.{}", std::process::id());
+    let script = format!(
+        "touch /tmp/mark.$SLURM_ARRAY_TASK_ID; if [ $SLURM_ARRAY_TASK_ID = 0 ]; then exec {marker}; fi; \
+         i=0; while [ ! -e /tmp/mark.0 ] && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done; ls /tmp; ls -l /proc/$$/fd/"
+    );
+    let job = env.submit_as(&chem, &chem_area, &["--image", &image, "--array", "0-2", "-o", "shared-%a.txt", "--", "sh", "-c", &script]);
+    let json = |job: &str| -> serde_json::Value { serde_json::from_str(&env.ok(&["show", job, "--json", "--tasks"])).unwrap() };
+    env.eventually(60, "tasks 1 and 2 to end", |_| json(&job)["counts"]["succeeded"] == 2);
+    for i in [1, 2] {
+        let seen = std::fs::read_to_string(format!("{chem_area}/shared-{i}.txt")).unwrap();
+        assert!(seen.contains("mark.0") && seen.contains(&format!("mark.{i}")), "task {i} ran in task 0's container: {seen}");
+        assert!(seen.contains("/dev/null") && !seen.contains("socket:"), "a task holds nothing of the helper's: {seen}");
+    }
+    assert_eq!(pids_of(&marker).len(), 1, "task 0 still runs");
+
+    // Another project's job, in the same image on the same node meanwhile, gets a container
+    // of its own: none of chem's marks.
+    let other = env.submit_as(&bio, &bio_area, &["--image", &image, "-o", "peek.txt", "--", "ls", "/tmp"]);
+    assert!(env.cmd(common::BIN, &["wait", &other]).env("TIDEPOOL_TOKEN", &bio).status().unwrap().success());
+    let peeked = std::fs::read_to_string(format!("{bio_area}/peek.txt")).unwrap();
+    assert!(!peeked.contains("mark"), "{peeked}");
+
+    // A cancel reaches the task inside, and only its job's.
+    env.ok(&["cancel", &job]);
+    env.eventually(20, "the cancelled task to end", |_| json(&job)["counts"]["cancelled"] == 1);
+    assert!(pids_of(&marker).is_empty());
+    assert_eq!(json(&job)["counts"]["succeeded"], 2);
 }

@@ -1,7 +1,7 @@
 //! A task's OCI bundle: the `config.json` a runtime (runc, crun) runs it from, over the image's
 //! root filesystem shared read-only by every task of that image.
 
-use super::sys::{hide_unified_tree, hybrid_with_empty_unified_tree, spawn_task, with_fs_identity};
+use super::sys::{hide_unified_tree, hybrid_with_empty_unified_tree, spawn_passing, with_fs_identity};
 use crate::images::Runtime;
 use std::io::Write;
 use super::{with_umask, Launcher, TASK_UMASK};
@@ -25,7 +25,7 @@ pub(super) fn container_id(launch: &Launch) -> String {
 
 /// The environment inside: the image's, then the task's, except that the image's PATH wins
 /// (the submitter's PATH names directories of its own machine, not of the image).
-fn environment(launch: &Launch, container: &ContainerLaunch) -> Vec<String> {
+pub(super) fn environment(launch: &Launch, container: &ContainerLaunch) -> Vec<String> {
     let mut env: Vec<(String, String)> = container
         .image_env
         .iter()
@@ -65,7 +65,7 @@ pub(super) fn gpu_devices(dev: &Path, gpus: &[u32]) -> Vec<(String, u64, u64)> {
         .collect()
 }
 
-fn bind(source: &str, destination: &str, read_only: bool) -> serde_json::Value {
+pub(super) fn bind(source: &str, destination: &str, read_only: bool) -> serde_json::Value {
     let mut options = vec!["rbind", "nosuid", "nodev"];
     if read_only {
         options.push("ro");
@@ -151,6 +151,51 @@ pub(super) fn config(
     })
 }
 
+/// One start of the OCI runtime: the bundle, the container's id, the image it runs (for
+/// messages), the runtime's stdio and what it hands on.
+pub(super) struct RuntimeRun<'a> {
+    pub(super) bundle: &'a Path,
+    pub(super) id: &'a str,
+    pub(super) image: &'a str,
+    /// Handed to the container's process as descriptor 3.
+    pub(super) passed: Option<std::os::fd::RawFd>,
+    pub(super) stdout: &'a File,
+    pub(super) stderr: &'a File,
+}
+
+/// The uid, gid and groups a task's container process runs as: its identity's, else the
+/// launcher's own.
+pub(super) fn user_of(launch: &Launch) -> (u32, u32, &[u32]) {
+    // SAFETY: geteuid and getegid only read this process's credentials.
+    let own = unsafe { (libc::geteuid(), libc::getegid()) };
+    launch.run_as.as_ref().map_or((own.0, own.1, &[][..]), |id| (id.uid, id.gid, id.groups.as_slice()))
+}
+
+/// The container with each bind source resolved and reached as the task's identity: the
+/// runtime binds as root, which may pass directories the identity may not, so each source
+/// is bound by the path it resolved to.
+pub(super) fn reachable(launch: &Launch, container: &ContainerLaunch) -> Result<ContainerLaunch, String> {
+    let mut container = container.clone();
+    let Some(identity) = &launch.run_as else { return Ok(container) };
+    let reach = |path: &str| -> Result<String, String> {
+        let resolved = with_fs_identity(identity, || std::fs::canonicalize(path))?
+            .map_err(|e| format!("cannot bind {path} into the container as uid {}: {e}", identity.uid))?;
+        Ok(resolved.display().to_string())
+    };
+    for mount in &mut container.mounts {
+        let mut parts: Vec<String> = mount.split(':').map(str::to_string).collect();
+        parts[0] = reach(&parts[0])?;
+        *mount = parts.join(":");
+    }
+    if container.workdir.is_none() && launch.workdir != "/" {
+        let resolved = reach(&launch.workdir)?;
+        if resolved != launch.workdir {
+            return Err(format!("cannot bind {} into the container: it is reached through a symbolic link ({resolved})", launch.workdir));
+        }
+    }
+    Ok(container)
+}
+
 /// The runtime this launcher starts containers with. On a hybrid node crun runs in a mount
 /// namespace of the launcher's own without the empty v2 tree it refuses; runc where that
 /// namespace cannot be made.
@@ -173,10 +218,6 @@ pub(super) fn choose_runtime() -> Option<Runtime> {
 impl Launcher {
     /// Starts a task in its image: its bundle's config.json written beside it, then the OCI
     /// runtime, as the launcher (it makes the container; the task inside runs as its identity).
-    /// crun is started inside the task's cgroup and told to make none (the container is born in
-    /// the task's, and crun skips making a child in every v1 hierarchy); runc, and crun
-    /// when the task has device nodes to allow, make the container a child of the task's cgroup
-    /// from the launcher's own.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn spawn_container(
         &mut self,
@@ -189,33 +230,10 @@ impl Launcher {
         stderr: &File,
     ) -> Result<i32, String> {
         let launch = &spec.launch;
-        // SAFETY: geteuid and getegid only read this process's credentials.
-        let own = unsafe { (libc::geteuid(), libc::getegid()) };
-        let user = launch.run_as.as_ref().map_or((own.0, own.1, &[][..]), |id| (id.uid, id.gid, id.groups.as_slice()));
+        let user = user_of(launch);
         let mut inside = vec![program];
         inside.extend(args);
-        let mut container = container.clone();
-        // The runtime binds as root, which may pass directories the task's identity may not:
-        // each source is resolved and reached as that identity first, and bound by the path
-        // it resolved to.
-        if let Some(identity) = &launch.run_as {
-            let reach = |path: &str| -> Result<String, String> {
-                let resolved = with_fs_identity(identity, || std::fs::canonicalize(path))?
-                    .map_err(|e| format!("cannot bind {path} into the container as uid {}: {e}", identity.uid))?;
-                Ok(resolved.display().to_string())
-            };
-            for mount in &mut container.mounts {
-                let mut parts: Vec<String> = mount.split(':').map(str::to_string).collect();
-                parts[0] = reach(&parts[0])?;
-                *mount = parts.join(":");
-            }
-            if container.workdir.is_none() && launch.workdir != "/" {
-                let resolved = reach(&launch.workdir)?;
-                if resolved != launch.workdir {
-                    return Err(format!("cannot bind {} into the container: it is reached through a symbolic link ({resolved})", launch.workdir));
-                }
-            }
-        }
+        let mut container = reachable(launch, container)?;
         if launch.script.is_some() {
             // The script is bound in on the container's own /tmp, readable by its identity.
             use std::os::unix::fs::PermissionsExt;
@@ -225,22 +243,43 @@ impl Launcher {
             container.mounts.push(format!("{}:{}:ro", script.display(), SCRIPT_INSIDE));
             inside = vec![SCRIPT_INSIDE.to_string()];
         }
-        let runtime = self.runtime.clone().ok_or("cannot start a container: no OCI runtime (crun, runc) is installed on this node")?;
         let devices = gpu_devices(Path::new("/dev"), &launch.gpus);
+        let run = RuntimeRun { bundle: dir, id: &container_id(launch), image: &container.image, passed: None, stdout, stderr };
+        self.run_runtime(spec, cgroup, &devices, run, |cgroups_path| config(launch, &container, &inside, (user.0, user.1, user.2), &devices, cgroups_path))
+    }
+
+    /// Writes a bundle's config.json (made by `config_of` from the cgroup path the runtime is
+    /// to make, if any) and starts the runtime on it; the runtime's pid. crun is started
+    /// inside the task's cgroup and told to make none (the container is born in the task's,
+    /// and crun skips making a child in every v1 hierarchy); runc, and crun when the task
+    /// has device nodes to allow, make the container a child of the task's cgroup from the
+    /// launcher's own.
+    pub(super) fn run_runtime(
+        &mut self,
+        spec: &LaunchSpec,
+        cgroup: Option<&crate::cgroup::TaskCgroup>,
+        devices: &[(String, u64, u64)],
+        run: RuntimeRun<'_>,
+        config_of: impl FnOnce(Option<&str>) -> serde_json::Value,
+    ) -> Result<i32, String> {
+        let runtime = self.runtime.clone().ok_or("cannot start a container: no OCI runtime (crun, runc) is installed on this node")?;
         let born_in_task_cgroup = runtime.name == "crun" && devices.is_empty();
         let cgroups_path = if born_in_task_cgroup { None } else { cgroup.and_then(|c| spec.cgroup.container_path(&c.name)) };
-        let config = config(launch, &container, &inside, user, &devices, cgroups_path.as_deref());
+        let config = config_of(cgroups_path.as_deref());
         let text = serde_json::to_vec(&config).map_err(|e| e.to_string())?;
-        std::fs::write(dir.join("config.json"), text).map_err(|e| format!("cannot write the container's config.json: {e}"))?;
+        std::fs::write(run.bundle.join("config.json"), text).map_err(|e| format!("cannot write the container's config.json: {e}"))?;
         let state = self.run_dir.join(RUNTIME_STATE_DIR).display().to_string();
         let path = runtime.path.display().to_string();
-        let bundle = dir.display().to_string();
-        let id = container_id(launch);
+        let bundle = run.bundle.display().to_string();
         let mut words = vec![path.as_str(), "--root", &state];
         if born_in_task_cgroup {
             words.push("--cgroup-manager=disabled");
         }
-        words.extend(["run", "--bundle", &bundle, &id]);
+        words.push("run");
+        if run.passed.is_some() {
+            words.extend(["--preserve-fds", "1"]);
+        }
+        words.extend(["--bundle", &bundle, run.id]);
         let argv: Vec<CString> = words.iter().map(|s| CString::new(*s).map_err(|_| "a path holds a NUL byte".to_string())).collect::<Result<_, _>>()?;
         let envp = vec![CString::new("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").map_err(|e| e.to_string())?];
         let file = CString::new(path.clone()).map_err(|e| e.to_string())?;
@@ -252,24 +291,23 @@ impl Launcher {
         // Born outside the task's cgroup, the container would escape its limits: it does not start.
         if let Err(e) = self.join(task_procs) {
             self.go_home();
-            return Err(format!("cannot start image {}: cannot enter its cgroup, so its limits would not hold: {e}", container.image));
+            return Err(format!("cannot start image {}: cannot enter its cgroup, so its limits would not hold: {e}", run.image));
         }
-        let spawned = with_umask(TASK_UMASK, || spawn_task(&file, &argv, &envp, &workdir, stdout, stderr));
+        let spawned = with_umask(TASK_UMASK, || spawn_passing(&file, &argv, &envp, &workdir, run.passed, run.stdout, run.stderr));
         self.go_home();
-        spawned.map_err(|e| format!("cannot start {path} for image {}: {e}", container.image))
+        spawned.map_err(|e| format!("cannot start {path} for image {}: {e}", run.image))
     }
 
     /// Removes what the OCI runtime left of a container it could not clean up itself (it was
     /// killed): its state, so the id could serve again.
-    pub(super) fn forget_container(&self, launch: &tidepool_api::Launch) {
-        let id = container_id(launch);
+    pub(super) fn forget_container(&self, id: &str) {
         let state = self.run_dir.join(RUNTIME_STATE_DIR);
-        if state.join(&id).exists() {
+        if state.join(id).exists() {
             let Some(runtime) = &self.runtime else { return };
             let _ = std::process::Command::new(&runtime.path)
                 .arg("--root")
                 .arg(&state)
-                .args(["delete", "--force", &id])
+                .args(["delete", "--force", id])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .status();

@@ -6,7 +6,7 @@ use crate::rundir;
 use std::ffi::{CStr, CString};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -87,7 +87,10 @@ pub(super) fn signal_tree(pgid: i32, cgroup_pids: &[i32], signal: i32) {
     let me = own_pid() as i32;
     // SAFETY: kill(2) with a negative pid signals a process group; no memory is touched.
     unsafe {
-        libc::kill(-pgid, signal);
+        // Never a group of 0 or 1 (the caller's own, or every process).
+        if pgid > 1 {
+            libc::kill(-pgid, signal);
+        }
         for pid in cgroup_pids.iter().filter(|p| **p != me) {
             libc::kill(*pid, signal);
         }
@@ -142,6 +145,23 @@ fn nul_ended(strings: &[CString]) -> Vec<*const libc::c_char> {
 /// its cost does not grow with this process (a fork would), and the argument and environment
 /// arrays are built once here rather than by `Command`'s maps on every launch.
 pub(super) fn spawn_task(file: &CStr, argv: &[CString], envp: &[CString], workdir: &CStr, stdout: &File, stderr: &File) -> std::io::Result<i32> {
+    spawn_passing(file, argv, envp, workdir, None, stdout, stderr)
+}
+
+/// The descriptor a process started by [`spawn_passing`] finds what it was handed on (the
+/// first after stdio, which OCI runtimes pass on with `--preserve-fds 1`).
+pub(super) const PASSED_FD: RawFd = 3;
+
+/// [`spawn_task`], handing over `passed` as descriptor 3 where given.
+pub(super) fn spawn_passing(
+    file: &CStr,
+    argv: &[CString],
+    envp: &[CString],
+    workdir: &CStr,
+    passed: Option<RawFd>,
+    stdout: &File,
+    stderr: &File,
+) -> std::io::Result<i32> {
     let (argv, envp) = (nul_ended(argv), nul_ended(envp));
     let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::from_raw_os_error(rc)) };
     // SAFETY: the attribute and file-action objects are initialised before use and destroyed
@@ -158,6 +178,9 @@ pub(super) fn spawn_task(file: &CStr, argv: &[CString], envp: &[CString], workdi
             check(libc::posix_spawn_file_actions_addopen(&mut actions, 0, c"/dev/null".as_ptr(), libc::O_RDONLY, 0))?;
             check(libc::posix_spawn_file_actions_adddup2(&mut actions, stdout.as_raw_fd(), 1))?;
             check(libc::posix_spawn_file_actions_adddup2(&mut actions, stderr.as_raw_fd(), 2))?;
+            if let Some(fd) = passed {
+                check(libc::posix_spawn_file_actions_adddup2(&mut actions, fd, PASSED_FD))?;
+            }
             check(libc::posix_spawn_file_actions_addchdir_np(&mut actions, workdir.as_ptr()))?;
             let mut all: libc::sigset_t = std::mem::zeroed();
             let mut none: libc::sigset_t = std::mem::zeroed();
