@@ -68,6 +68,29 @@ pub fn keep_result(dir: &Path, result: &TaskResult) {
     }
 }
 
+/// Attempt 1 of task `index` of job 1 running `command` in `/` with one core, its output
+/// discarded: what tests of executors change the rest of.
+pub fn plain_launch(index: u32, command: &[&str]) -> Launch {
+    Launch {
+        attempt: AttemptRef { job_id: 1, index, attempt: 1 },
+        command: command.iter().map(|c| c.to_string()).collect(),
+        script: None,
+        env: Default::default(),
+        workdir: "/".into(),
+        stdout_path: "/dev/null".into(),
+        stderr_path: "/dev/null".into(),
+        time_limit_s: None,
+        cpu_millis: 1000,
+        mem_bytes: 0,
+        discard_empty_output: false,
+        append_output: false,
+        warn_signal: None,
+        run_as: None,
+        gpus: vec![],
+        container: None,
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod double {
     //! A test double: attempts are recorded, not run, and the test ends them.
@@ -75,28 +98,7 @@ pub(crate) mod double {
     use super::*;
     use std::sync::Mutex;
 
-    /// Attempt 1 of task `index` of job 1 running `command` in `/`, its output discarded: what
-    /// a test changes the rest of.
-    pub fn launch(index: u32, command: &[&str]) -> Launch {
-        Launch {
-            attempt: AttemptRef { job_id: 1, index, attempt: 1 },
-            command: command.iter().map(|c| c.to_string()).collect(),
-            script: None,
-            env: Default::default(),
-            workdir: "/".into(),
-            stdout_path: "/dev/null".into(),
-            stderr_path: "/dev/null".into(),
-            time_limit_s: None,
-            cpu_millis: 1000,
-            mem_bytes: 0,
-            discard_empty_output: false,
-            append_output: false,
-            warn_signal: None,
-            run_as: None,
-            gpus: vec![],
-            container: None,
-        }
-    }
+    pub use super::plain_launch as launch;
 
     /// An executor that runs nothing: it records what it is asked and refuses to start
     /// commands named `refuse`.

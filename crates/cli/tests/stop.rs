@@ -120,24 +120,7 @@ fn a_task_leads_a_session_of_its_own_with_no_controlling_terminal() {
 
 /// One attempt of job 1 that runs `script` in `workdir`.
 fn launch_of(index: u32, script: &str, workdir: &std::path::Path) -> tidepool_api::Launch {
-    tidepool_api::Launch {
-        attempt: tidepool_api::AttemptRef { job_id: 1, index, attempt: 1 },
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        script: None,
-        env: Default::default(),
-        workdir: workdir.display().to_string(),
-        stdout_path: "/dev/null".into(),
-        stderr_path: "/dev/null".into(),
-        time_limit_s: None,
-        cpu_millis: 1000,
-        mem_bytes: 0,
-        discard_empty_output: false,
-        append_output: false,
-        warn_signal: None,
-        run_as: None,
-        gpus: vec![],
-        container: None,
-    }
+    tidepool_api::Launch { workdir: workdir.display().to_string(), ..tidepool_agent::executor::plain_launch(index, &["sh", "-c", script]) }
 }
 
 #[test]

@@ -26,6 +26,10 @@ pub(super) const IDLE_FOR: Duration = Duration::from_secs(2);
 /// so that nothing is made in the image's shared root filesystem.
 const HELPER_DIR: &str = "/dev/.tidepool";
 
+/// Where shared containers' bundles are made, under the run directory (beside the
+/// runtime's own state, never in it).
+const BUNDLES_DIR: &str = "shared-bundles";
+
 /// Shared containers by number.
 #[derive(Default)]
 pub(super) struct Shared {
@@ -54,6 +58,8 @@ pub(super) struct SharedContainer {
     id: String,
     /// Orders the socket has not taken yet, with the descriptors they bring.
     outbox: VecDeque<(Vec<u8>, Vec<File>)>,
+    /// The longest order its socket takes.
+    max_order: usize,
 }
 
 /// A signal for an attempt: to its whole tree, or its `--signal` (and whether it runs a
@@ -117,12 +123,23 @@ fn helper() -> Result<Helper, String> {
     Ok(Helper { args, binds })
 }
 
+/// The longest message `socket` takes in one send: half its send buffer (the kernel counts
+/// its own bookkeeping in it), at most [`MAX_MESSAGE`].
+fn max_message(socket: &OwnedFd) -> usize {
+    let mut size: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes one int into memory we own.
+    let rc = unsafe { libc::getsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, (&mut size as *mut libc::c_int).cast(), &mut len) };
+    if rc != 0 {
+        return 64 << 10;
+    }
+    (size.max(0) as usize / 2).min(MAX_MESSAGE)
+}
+
 impl SharedContainer {
     /// Queues `order` (with `files`) and sends what the socket takes.
-    fn order(&mut self, order: &InsideOrder, files: Vec<File>) {
-        if let Ok(bytes) = serde_json::to_vec(order) {
-            self.outbox.push_back((bytes, files));
-        }
+    fn order(&mut self, bytes: Vec<u8>, files: Vec<File>) {
+        self.outbox.push_back((bytes, files));
         self.flush();
     }
 
@@ -184,10 +201,14 @@ impl Launcher {
         let order = InsideOrder::Start { task, program, argv, env: environment(launch, container), cwd };
         let files: Vec<File> = std::iter::once(stdout).chain(stderr).collect();
         let Some(c) = self.shared.containers.get_mut(&number) else { return Err("the container is gone".into()) };
+        let bytes = serde_json::to_vec(&order).map_err(|e| e.to_string())?;
+        if bytes.len() > c.max_order {
+            return Err(format!("its command and environment take {} bytes, more than the {} a task in a shared container may have", bytes.len(), c.max_order));
+        }
         c.tasks.insert(task, (attempt_key, launch.mem_bytes));
         c.idle_since = None;
         c.fit_memory();
-        c.order(&order, files);
+        c.order(bytes, files);
         Ok((attempt_key, number, task))
     }
 
@@ -200,7 +221,7 @@ impl Launcher {
         self.shared.made += 1;
         let number = self.shared.made;
         let id = format!("tidepool-{}.shared{}.{}", launch.attempt.job_id, number, super::own_pid());
-        let bundle = self.run_dir.join(super::oci::RUNTIME_STATE_DIR).join("bundles").join(&id);
+        let bundle = self.run_dir.join(BUNDLES_DIR).join(&id);
         std::fs::create_dir_all(&bundle).map_err(|e| format!("cannot make {}: {e}", bundle.display()))?;
         let log = File::create(bundle.join("runtime.log")).map_err(|e| format!("cannot make the container's log: {e}"))?;
         let (ours, theirs) = socket_pair().map_err(|e| format!("cannot make the container's socket: {e}"))?;
@@ -225,6 +246,7 @@ impl Launcher {
                 return Err(e);
             }
         };
+        let max_order = max_message(&ours);
         let shared = SharedContainer {
             key,
             socket: ours,
@@ -237,6 +259,7 @@ impl Launcher {
             bundle,
             id,
             outbox: VecDeque::new(),
+            max_order,
         };
         self.shared.containers.insert(number, shared);
         Ok(number)
@@ -321,7 +344,9 @@ impl Launcher {
     /// Sends an order about a task to its container's helper.
     pub(super) fn order_inside(&mut self, number: u64, order: &InsideOrder) {
         if let Some(c) = self.shared.containers.get_mut(&number) {
-            c.order(order, Vec::new());
+            if let Ok(bytes) = serde_json::to_vec(order) {
+                c.order(bytes, Vec::new());
+            }
         }
     }
 
