@@ -264,6 +264,18 @@ fn a_jobs_tasks_share_one_container_that_no_other_job_enters_and_a_cancel_ends_t
     let peeked = std::fs::read_to_string(format!("{bio_area}/peek.txt")).unwrap();
     assert!(!peeked.contains("mark"), "{peeked}");
 
+    // A batch script array in an image, as pyxis users write it: the script runs in the
+    // job's container as the project.
+    let script = format!("#!/bin/sh\n#SBATCH --container-image={image}\n#SBATCH --array=0-3\n#SBATCH -o script-%a.txt\necho task $SLURM_ARRAY_TASK_ID as $(id -u)\n");
+    std::fs::write(format!("{chem_area}/array.sh"), script).unwrap();
+    let submitted = env.cmd(common::BIN, &["sbatch", "--parsable", "array.sh"]).env("TIDEPOOL_TOKEN", &chem).current_dir(&chem_area).output().unwrap();
+    assert!(submitted.status.success(), "{}", String::from_utf8_lossy(&submitted.stderr));
+    let array = String::from_utf8(submitted.stdout).unwrap().trim().to_string();
+    assert!(env.cmd(common::BIN, &["wait", &array]).env("TIDEPOOL_TOKEN", &chem).status().unwrap().success());
+    for i in 0..4 {
+        assert_eq!(std::fs::read_to_string(format!("{chem_area}/script-{i}.txt")).unwrap(), format!("task {i} as 5001\n"));
+    }
+
     // A cancel reaches the task inside, and only its job's.
     env.ok(&["cancel", &job]);
     env.eventually(20, "the cancelled task to end", |_| json(&job)["counts"]["cancelled"] == 1);

@@ -2,12 +2,12 @@
 //! with the same mounts, share one container per node, made once by the OCI runtime, as
 //! Slurm's pyxis makes one per job step. Its first process is the helper (`inside.rs`),
 //! which starts each task with one posix_spawn, so a stream of short tasks costs a spawn each
-//! rather than a runtime start each. Tasks with GPUs (each its own device nodes) or a batch
-//! script keep a container of their own. The container's cgroup holds the memory of the
+//! rather than a runtime start each. Tasks with GPUs (each its own device nodes) keep a
+//! container of their own. The container's cgroup holds the memory of the
 //! tasks running in it, as Slurm's job cgroup does; it closes once idle for [`IDLE_FOR`].
 
 use super::inside::{recv_message, send_message, socket_pair, MAX_MESSAGE};
-use super::oci::{bind, config, environment, reachable, user_of, RuntimeRun};
+use super::oci::{bind, config, environment, reachable, user_of, RuntimeRun, SCRIPT_INSIDE};
 use super::sys::{signal_tree, warn_ahead_of_limit};
 use super::Launcher;
 use crate::cgroup::{CgroupPlan, TaskCgroup};
@@ -71,16 +71,22 @@ pub(super) enum Signal {
 
 /// True when `launch` runs in a container it may share with other tasks of its job.
 pub(super) fn shareable(launch: &Launch) -> bool {
-    launch.container.is_some() && launch.gpus.is_empty() && launch.script.is_none()
+    launch.container.is_some() && launch.gpus.is_empty()
 }
 
 /// What tasks sharing a container have in common: job, identity, image and mounts, working
-/// directory.
+/// directory, batch script.
 fn key_of(launch: &Launch) -> String {
+    use std::hash::{Hash, Hasher};
     let identity = launch.run_as.as_ref().map(|r| (r.uid, r.gid, r.groups.clone()));
     let c = launch.container.as_ref();
     let image = c.map(|c| (&c.rootfs, &c.digest, &c.mounts, &c.workdir, c.shm_bytes, c.isolated_network));
-    serde_json::json!([launch.attempt.job_id, identity, image, launch.workdir]).to_string()
+    let script = launch.script.as_ref().map(|text| {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut hasher);
+        (text.len(), hasher.finish())
+    });
+    serde_json::json!([launch.attempt.job_id, identity, image, launch.workdir, script]).to_string()
 }
 
 /// How the helper is started inside a container.
@@ -194,7 +200,11 @@ impl Launcher {
         self.shared.tasks_started += 1;
         let task = self.shared.tasks_started;
         let attempt_key = -((task % i32::MAX as u64) as i32).max(1);
-        let (program, args) = super::files::program_of(spec, Path::new("/"))?;
+        // A batch script is the container's, bound in when it was made.
+        let (program, args) = match launch.script {
+            Some(_) => (SCRIPT_INSIDE.to_string(), Vec::new()),
+            None => super::files::program_of(spec, Path::new("/"))?,
+        };
         let mut argv = vec![program.clone()];
         argv.extend(args);
         let cwd = container.workdir.clone().unwrap_or_else(|| launch.workdir.clone());
@@ -216,7 +226,7 @@ impl Launcher {
     fn make_shared(&mut self, spec: &LaunchSpec, key: String) -> Result<u64, String> {
         let launch = &spec.launch;
         let Some(container) = &launch.container else { return Err("no image".into()) };
-        let container = reachable(launch, container)?;
+        let mut container = reachable(launch, container)?;
         let Helper { args, binds } = helper()?;
         self.shared.made += 1;
         let number = self.shared.made;
@@ -224,9 +234,22 @@ impl Launcher {
         let bundle = self.run_dir.join(BUNDLES_DIR).join(&id);
         std::fs::create_dir_all(&bundle).map_err(|e| format!("cannot make {}: {e}", bundle.display()))?;
         let log = File::create(bundle.join("runtime.log")).map_err(|e| format!("cannot make the container's log: {e}"))?;
+        let user = user_of(launch);
+        if let Some(script) = &launch.script {
+            // The job's script, its identity's to read and run, on the container's own /tmp.
+            use std::os::unix::fs::PermissionsExt;
+            let path = bundle.join("batch-script");
+            let given = std::fs::write(&path, script)
+                .and_then(|()| std::os::unix::fs::chown(&path, Some(user.0), Some(user.1)))
+                .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o500)));
+            if let Err(e) = given {
+                let _ = std::fs::remove_dir_all(&bundle);
+                return Err(format!("script: {e}"));
+            }
+            container.mounts.push(format!("{}:{SCRIPT_INSIDE}:ro", path.display()));
+        }
         let (ours, theirs) = socket_pair().map_err(|e| format!("cannot make the container's socket: {e}"))?;
         let cgroup = self.take_cgroup(&spec.cgroup, launch.mem_bytes);
-        let user = user_of(launch);
         let run = RuntimeRun { bundle: &bundle, id: &id, image: &container.image, passed: Some(theirs.as_raw_fd()), stdout: &log, stderr: &log };
         let started = self.run_runtime(spec, cgroup.as_ref(), &[], run, |cgroups_path| {
             let mut config = config(launch, &container, &args, user, &[], cgroups_path);
