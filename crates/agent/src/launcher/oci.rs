@@ -196,6 +196,82 @@ pub(super) fn reachable(launch: &Launch, container: &ContainerLaunch) -> Result<
     Ok(container)
 }
 
+/// Where a GPU task's container finds the node's NVIDIA driver libraries and tools: the
+/// directories NVIDIA's CUDA images put on `LD_LIBRARY_PATH` and `PATH`.
+const DRIVER_LIB_DIR: &str = "/usr/local/nvidia/lib64";
+const DRIVER_BIN_DIR: &str = "/usr/local/nvidia/bin";
+
+/// The user-space halves of the NVIDIA driver a CUDA program loads, by library name: they
+/// must match the node's kernel module, so they come from the node, never from the image.
+const DRIVER_LIBRARIES: [&str; 9] = [
+    "libcuda.so",
+    "libcudadebugger.so",
+    "libnvidia-ml.so",
+    "libnvidia-ptxjitcompiler.so",
+    "libnvidia-nvvm.so",
+    "libnvidia-opencl.so",
+    "libnvidia-cfg.so",
+    "libnvidia-allocator.so",
+    "libnvidia-gpucomp.so",
+];
+
+/// The driver's tools a GPU task may call.
+const DRIVER_TOOLS: [&str; 2] = ["nvidia-smi", "nvidia-debugdump"];
+
+/// (file on the node, path inside) for each driver library in `ldconfig_cache` (the text of
+/// `ldconfig -p`: `NAME (libc6,x86-64) => PATH`) under the name programs load it by, and each
+/// driver tool found in `bin_dirs`.
+pub(super) fn driver_files(ldconfig_cache: &str, bin_dirs: &[&Path]) -> Vec<(String, String)> {
+    let arch = if cfg!(target_arch = "aarch64") { "AArch64" } else { "x86-64" };
+    let mut files: Vec<(String, String)> = Vec::new();
+    for line in ldconfig_cache.lines() {
+        let Some((name, path)) = line.trim().split_once(" => ") else { continue };
+        let (name, flags) = name.split_once(' ').unwrap_or((name, ""));
+        // Versioned names only (libcuda.so.1): the bare development link is not what loads.
+        let wanted = DRIVER_LIBRARIES.iter().any(|lib| name.strip_prefix(lib).is_some_and(|rest| rest.starts_with('.')));
+        if wanted && flags.contains(arch) && !files.iter().any(|(_, inside)| inside.ends_with(&format!("/{name}"))) {
+            files.push((path.to_string(), format!("{DRIVER_LIB_DIR}/{name}")));
+        }
+    }
+    for tool in DRIVER_TOOLS {
+        if let Some(found) = bin_dirs.iter().map(|d| d.join(tool)).find(|p| p.is_file()) {
+            files.push((found.display().to_string(), format!("{DRIVER_BIN_DIR}/{tool}")));
+        }
+    }
+    files
+}
+
+/// This node's driver files (see [`driver_files`]), read once per launcher.
+fn node_driver_files() -> &'static [(String, String)] {
+    static FILES: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+    FILES.get_or_init(|| {
+        let cache = ["/sbin/ldconfig", "/usr/sbin/ldconfig"]
+            .iter()
+            .find_map(|p| std::process::Command::new(p).arg("-p").output().ok())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        driver_files(&cache, &[Path::new("/usr/bin"), Path::new("/usr/local/bin"), Path::new("/bin")])
+    })
+}
+
+/// Puts the driver's directories on a GPU container's `LD_LIBRARY_PATH` and `PATH` (`env`:
+/// its `KEY=VALUE` strings), after what they hold, where they are not yet.
+pub(super) fn with_driver_paths(env: &mut Vec<serde_json::Value>) {
+    for (key, dir) in [("LD_LIBRARY_PATH", DRIVER_LIB_DIR), ("PATH", DRIVER_BIN_DIR)] {
+        let prefix = format!("{key}=");
+        match env.iter_mut().find(|kv| kv.as_str().is_some_and(|s| s.starts_with(&prefix))) {
+            Some(kv) => {
+                let value = kv.as_str().unwrap_or_default()[prefix.len()..].to_string();
+                if !value.split(':').any(|d| d == dir) {
+                    let joined = if value.is_empty() { dir.to_string() } else { format!("{value}:{dir}") };
+                    *kv = serde_json::Value::String(format!("{prefix}{joined}"));
+                }
+            }
+            None => env.push(serde_json::Value::String(format!("{prefix}{dir}"))),
+        }
+    }
+}
+
 /// The runtime this launcher starts containers with. On a hybrid node crun runs in a mount
 /// namespace of the launcher's own without the empty v2 tree it refuses; runc where that
 /// namespace cannot be made.
@@ -244,8 +320,18 @@ impl Launcher {
             inside = vec![SCRIPT_INSIDE.to_string()];
         }
         let devices = gpu_devices(Path::new("/dev"), &launch.gpus);
+        let driver = if devices.is_empty() { &[][..] } else { node_driver_files() };
+        container.mounts.extend(driver.iter().map(|(source, destination)| format!("{source}:{destination}:ro")));
         let run = RuntimeRun { bundle: dir, id: &container_id(launch), image: &container.image, passed: None, stdout, stderr };
-        self.run_runtime(spec, cgroup, &devices, run, |cgroups_path| config(launch, &container, &inside, (user.0, user.1, user.2), &devices, cgroups_path))
+        self.run_runtime(spec, cgroup, &devices, run, |cgroups_path| {
+            let mut config = config(launch, &container, &inside, (user.0, user.1, user.2), &devices, cgroups_path);
+            if !driver.is_empty() {
+                if let Some(env) = config["process"]["env"].as_array_mut() {
+                    with_driver_paths(env);
+                }
+            }
+            config
+        })
     }
 
     /// Writes a bundle's config.json (made by `config_of` from the cgroup path the runtime is
@@ -338,6 +424,40 @@ mod tests {
         assert_eq!(found, [("/dev/nvidia2".to_string(), 195, 2), ("/dev/nvidia0".into(), 195, 0), ("/dev/nvidiactl".into(), 195, 255)]);
         assert!(gpu_devices(&dev, &[]).is_empty(), "a task without GPUs gets no device");
         let _ = std::fs::remove_dir_all(&dev);
+    }
+
+    #[test]
+    fn a_gpu_container_gets_the_nodes_driver_under_the_names_programs_load() {
+        let bin = std::env::temp_dir().join(format!("tidepool-driver-{}", std::process::id()));
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("nvidia-smi"), "").unwrap();
+        let arch = if cfg!(target_arch = "aarch64") { "AArch64" } else { "x86-64" };
+        let cache = format!(
+            "9 libs found in cache `/etc/ld.so.cache'\n\
+             \tlibz.so.1 (libc6,{arch}) => /lib/libz.so.1\n\
+             \tlibnvidia-ml.so.1 (libc6,{arch}) => /usr/lib/nvidia/libnvidia-ml.so.1\n\
+             \tlibnvidia-ml.so (libc6,{arch}) => /usr/lib/nvidia/libnvidia-ml.so\n\
+             \tlibcuda.so.1 (libc6,{arch}) => /usr/lib/nvidia/libcuda.so.1\n\
+             \tlibcuda.so.1 (libc6) => /usr/lib32/libcuda.so.1\n\
+             \tlibcudart.so.12 (libc6,{arch}) => /usr/lib/libcudart.so.12\n\
+             \tlibnvidia-mlx.so.1 (libc6,{arch}) => /usr/lib/libnvidia-mlx.so.1\n"
+        );
+        let files = driver_files(&cache, &[Path::new("/nonexistent"), &bin]);
+        assert_eq!(
+            files,
+            [
+                ("/usr/lib/nvidia/libnvidia-ml.so.1".to_string(), "/usr/local/nvidia/lib64/libnvidia-ml.so.1".to_string()),
+                ("/usr/lib/nvidia/libcuda.so.1".into(), "/usr/local/nvidia/lib64/libcuda.so.1".into()),
+                (bin.join("nvidia-smi").display().to_string(), "/usr/local/nvidia/bin/nvidia-smi".into()),
+            ],
+            "the driver alone (not the CUDA runtime an image brings), this architecture's, versioned names"
+        );
+        assert!(driver_files("", &[]).is_empty(), "a node without the driver binds nothing");
+        let mut env = vec![serde_json::json!("PATH=/usr/bin"), serde_json::json!("LD_LIBRARY_PATH=/usr/local/cuda/lib64")];
+        with_driver_paths(&mut env);
+        with_driver_paths(&mut env);
+        assert_eq!(env, [serde_json::json!("PATH=/usr/bin:/usr/local/nvidia/bin"), serde_json::json!("LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/local/nvidia/lib64")]);
+        let _ = std::fs::remove_dir_all(&bin);
     }
 
     #[test]
