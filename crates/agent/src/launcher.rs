@@ -110,6 +110,8 @@ struct Launcher {
     runtime: Option<crate::images::Runtime>,
     /// Containers shared by the tasks of a job.
     shared: shared::Shared,
+    /// Each container's staged bind sources, by container id, held while it runs.
+    bind_sources: HashMap<String, Vec<oci::Staged>>,
 }
 
 /// Runs the launcher for `run_dir` until its stdin closes and its last attempt has ended.
@@ -146,6 +148,7 @@ impl Launcher {
             stopping: false,
             runtime: oci::choose_runtime(),
             shared: shared::Shared::default(),
+            bind_sources: HashMap::new(),
         })
     }
 

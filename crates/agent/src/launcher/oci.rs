@@ -102,7 +102,8 @@ pub(super) fn config(
             mounts.push(bind(file, file, true));
         }
     }
-    if container.workdir.is_none() && launch.workdir != "/" {
+    let workdir_bound = container.mounts.iter().any(|m| m.split(':').nth(1) == Some(launch.workdir.as_str()));
+    if container.workdir.is_none() && launch.workdir != "/" && !workdir_bound {
         mounts.push(bind(&launch.workdir, &launch.workdir, false));
     }
     for mount in &container.mounts {
@@ -171,16 +172,86 @@ pub(super) fn user_of(launch: &Launch) -> (u32, u32, &[u32]) {
     launch.run_as.as_ref().map_or((own.0, own.1, &[][..]), |id| (id.uid, id.gid, id.groups.as_slice()))
 }
 
-/// The container with each bind source resolved and reached as the task's identity: the
-/// runtime binds as root, which may pass directories the identity may not, so each source
-/// is bound by the path it resolved to.
-pub(super) fn reachable(launch: &Launch, container: &ContainerLaunch) -> Result<ContainerLaunch, String> {
+/// A container whose bind sources were each opened as the task's identity and bound, from
+/// that descriptor, onto a staging path of the launcher's own: the runtime binds as root,
+/// which may pass directories the identity may not, so what it binds is what the identity
+/// reached, whatever the user's path names by the time the runtime binds it.
+pub(super) struct Reached {
+    /// The container, its mounts' sources (and the working directory's) staging paths.
+    pub(super) container: ContainerLaunch,
+    /// The staged sources, unmounted when dropped (once the container is gone).
+    pub(super) held: Vec<Staged>,
+}
+
+/// A bind source staged under the launcher's run directory; unmounted and removed on drop.
+pub(super) struct Staged {
+    path: std::path::PathBuf,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Ok(c) = CString::new(self.path.as_os_str().as_encoded_bytes()) {
+            // SAFETY: umount2 reads a NUL-ended path we own.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = std::fs::remove_dir(&self.path).or_else(|_| std::fs::remove_file(&self.path));
+    }
+}
+
+/// Opens `path` for naming only (`O_PATH`): no read or write, but the caller's right to reach
+/// it is checked on the way.
+fn open_path(path: &str) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let c = CString::new(path).map_err(|_| std::io::Error::other("the path holds a NUL byte"))?;
+    // SAFETY: open reads a NUL-ended path we own; the descriptor is then owned here.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just opened, owned by nothing else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Binds what `fd` names (and what is mounted under it) onto `path`, made as a directory or
+/// a file to match.
+fn stage(fd: &std::os::fd::OwnedFd, path: &Path) -> std::io::Result<Staged> {
+    use std::os::fd::AsRawFd;
+    let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    if std::fs::metadata(&source)?.is_dir() {
+        std::fs::create_dir(path)?;
+    } else {
+        File::create(path)?;
+    }
+    let staged = Staged { path: path.to_path_buf() };
+    let (from, to) = (CString::new(source).map_err(std::io::Error::other)?, CString::new(path.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?);
+    // SAFETY: mount reads NUL-ended paths we own; no file system type or data is passed.
+    if unsafe { libc::mount(from.as_ptr(), to.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(staged)
+}
+
+/// Where bind sources are staged, under the run directory.
+const STAGED_DIR: &str = "staged-binds";
+
+/// The container of `launch` with its bind sources reached as its identity and staged under
+/// `run_dir` (see [`Reached`]); a task with no identity of its own (the operator's) binds its
+/// paths as they are.
+pub(super) fn reachable(run_dir: &Path, launch: &Launch, container: &ContainerLaunch) -> Result<Reached, String> {
+    static STAGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut container = container.clone();
-    let Some(identity) = &launch.run_as else { return Ok(container) };
-    let reach = |path: &str| -> Result<String, String> {
-        let resolved = with_fs_identity(identity, || std::fs::canonicalize(path))?
-            .map_err(|e| format!("cannot bind {path} into the container as uid {}: {e}", identity.uid))?;
-        Ok(resolved.display().to_string())
+    let mut held = Vec::new();
+    let Some(identity) = &launch.run_as else { return Ok(Reached { container, held }) };
+    let dir = run_dir.join(STAGED_DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+    let mut reach = |path: &str| -> Result<String, String> {
+        let fd = with_fs_identity(identity, || open_path(path))?.map_err(|e| format!("cannot bind {path} into the container as uid {}: {e}", identity.uid))?;
+        let n = STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let staged = dir.join(format!("{}.{n}", super::own_pid()));
+        let staged = stage(&fd, &staged).map_err(|e| format!("cannot bind {path} into the container: {e}"))?;
+        let source = staged.path.display().to_string();
+        held.push(staged);
+        Ok(source)
     };
     for mount in &mut container.mounts {
         let mut parts: Vec<String> = mount.split(':').map(str::to_string).collect();
@@ -188,12 +259,10 @@ pub(super) fn reachable(launch: &Launch, container: &ContainerLaunch) -> Result<
         *mount = parts.join(":");
     }
     if container.workdir.is_none() && launch.workdir != "/" {
-        let resolved = reach(&launch.workdir)?;
-        if resolved != launch.workdir {
-            return Err(format!("cannot bind {} into the container: it is reached through a symbolic link ({resolved})", launch.workdir));
-        }
+        let source = reach(&launch.workdir)?;
+        container.mounts.push(format!("{source}:{}", launch.workdir));
     }
-    Ok(container)
+    Ok(Reached { container, held })
 }
 
 /// Where a GPU task's container finds the node's NVIDIA driver libraries and tools: the
@@ -309,7 +378,7 @@ impl Launcher {
         let user = user_of(launch);
         let mut inside = vec![program];
         inside.extend(args);
-        let mut container = reachable(launch, container)?;
+        let Reached { mut container, held } = reachable(&self.run_dir, launch, container)?;
         if launch.script.is_some() {
             // The script is bound in on the container's own /tmp, readable by its identity.
             use std::os::unix::fs::PermissionsExt;
@@ -322,6 +391,7 @@ impl Launcher {
         let devices = gpu_devices(Path::new("/dev"), &launch.gpus);
         let driver = if devices.is_empty() { &[][..] } else { node_driver_files() };
         container.mounts.extend(driver.iter().map(|(source, destination)| format!("{source}:{destination}:ro")));
+        self.bind_sources.insert(container_id(launch), held);
         let run = RuntimeRun { bundle: dir, id: &container_id(launch), image: &container.image, passed: None, stdout, stderr };
         self.run_runtime(spec, cgroup, &devices, run, |cgroups_path| {
             let mut config = config(launch, &container, &inside, (user.0, user.1, user.2), &devices, cgroups_path);
@@ -386,7 +456,8 @@ impl Launcher {
 
     /// Removes what the OCI runtime left of a container it could not clean up itself (it was
     /// killed): its state, so the id could serve again.
-    pub(super) fn forget_container(&self, id: &str) {
+    pub(super) fn forget_container(&mut self, id: &str) {
+        self.bind_sources.remove(id);
         let state = self.run_dir.join(RUNTIME_STATE_DIR);
         if state.join(id).exists() {
             let Some(runtime) = &self.runtime else { return };
@@ -458,6 +529,58 @@ mod tests {
         with_driver_paths(&mut env);
         assert_eq!(env, [serde_json::json!("PATH=/usr/bin:/usr/local/nvidia/bin"), serde_json::json!("LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/local/nvidia/lib64")]);
         let _ = std::fs::remove_dir_all(&bin);
+    }
+
+    #[test]
+    fn a_bind_source_swapped_for_a_link_after_it_was_reached_still_binds_what_was_reached() {
+        // SAFETY: geteuid only reads this process's credentials.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!("tidepool-reach-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (own, other, run_dir) = (base.join("own"), base.join("other"), base.join("run"));
+        for d in [&own, &other, &run_dir] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(own.join("mine"), "").unwrap();
+        // World-readable, but inside a directory only root may enter.
+        let inner = other.join("inner");
+        std::fs::create_dir_all(&inner).unwrap();
+        std::fs::write(inner.join("secret"), "").unwrap();
+        std::os::unix::fs::chown(&own, Some(5001), Some(5001)).unwrap();
+        std::os::unix::fs::chown(&base, Some(5001), Some(5001)).unwrap();
+        std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let mut launch = crate::executor::double::launch(0, &["true"]);
+        launch.run_as = Some(tidepool_api::RunAs { uid: 5001, gid: 5001, groups: vec![] });
+        let container = |source: &Path| ContainerLaunch {
+            image: "x".into(),
+            mounts: vec![format!("{}:/data", source.display())],
+            workdir: Some("/".into()),
+            shm_bytes: 1 << 20,
+            rootfs: "/nonexistent".into(),
+            image_env: vec![],
+            digest: String::new(),
+            isolated_network: false,
+            task_env_wins: vec![],
+            registry_auth: None,
+        };
+        let refused = reachable(&run_dir, &launch, &container(&inner)).err().unwrap_or_default();
+        assert!(refused.contains("as uid 5001") && refused.contains("Permission denied"), "{refused}");
+
+        let reached = reachable(&run_dir, &launch, &container(&own)).unwrap();
+        // The owner swaps the directory for a link to what it may not reach, before the
+        // runtime binds: the staged source still holds what was reached.
+        std::fs::rename(&own, base.join("own.before")).unwrap();
+        std::os::unix::fs::symlink(&inner, &own).unwrap();
+        let source = reached.container.mounts[0].split(':').next().unwrap().to_string();
+        assert!(source.starts_with(&run_dir.display().to_string()), "{source}");
+        let names: Vec<String> = std::fs::read_dir(&source).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["mine"]);
+        drop(reached);
+        assert!(!Path::new(&source).exists(), "a staged source is unmounted and removed with its container");
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! tasks running in it, as Slurm's job cgroup does; it closes once idle for [`IDLE_FOR`].
 
 use super::inside::{recv_message, send_message, socket_pair, MAX_MESSAGE};
-use super::oci::{bind, config, environment, reachable, user_of, RuntimeRun, SCRIPT_INSIDE};
+use super::oci::{bind, config, environment, reachable, user_of, Reached, RuntimeRun, SCRIPT_INSIDE};
 use super::sys::{signal_tree, warn_ahead_of_limit};
 use super::Launcher;
 use crate::cgroup::{CgroupPlan, TaskCgroup};
@@ -226,7 +226,7 @@ impl Launcher {
     fn make_shared(&mut self, spec: &LaunchSpec, key: String) -> Result<u64, String> {
         let launch = &spec.launch;
         let Some(container) = &launch.container else { return Err("no image".into()) };
-        let mut container = reachable(launch, container)?;
+        let Reached { mut container, held } = reachable(&self.run_dir, launch, container)?;
         let Helper { args, binds } = helper()?;
         self.shared.made += 1;
         let number = self.shared.made;
@@ -270,6 +270,7 @@ impl Launcher {
             }
         };
         let max_order = max_message(&ours);
+        self.bind_sources.insert(id.clone(), held);
         let shared = SharedContainer {
             key,
             socket: ours,
