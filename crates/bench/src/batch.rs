@@ -82,7 +82,7 @@ fn floor(n: u32) -> f64 {
 }
 
 /// The middle value.
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
