@@ -131,6 +131,7 @@ impl Launcher {
         // Its own descriptor, so that writing results does not go through the standard
         // library's shared, locked handle.
         let stdout = dup_of(1).ok_or("no stdout")?;
+        oci::clear_stale(run_dir);
         Ok(Launcher {
             run_dir: run_dir.to_path_buf(),
             outputs_dir: crate::outputs::dir_of(run_dir),

@@ -281,4 +281,25 @@ fn a_jobs_tasks_share_one_container_that_no_other_job_enters_and_a_cancel_ends_t
     env.eventually(20, "the cancelled task to end", |_| json(&job)["counts"]["cancelled"] == 1);
     assert!(pids_of(&marker).is_empty());
     assert_eq!(json(&job)["counts"]["succeeded"], 2);
+
+    // A launcher killed outright takes its shared containers with it: the task inside ends and
+    // runs again as a new attempt in a new container.
+    let marker = format!("sleep 305.{}", std::process::id());
+    let job = env.submit_as(&chem, &chem_area, &["--image", &image, "-o", "/dev/null", "--", "sh", "-c", &format!("exec {marker}")]);
+    env.eventually(20, "the task to run", |_| pids_of(&marker).len() == 1);
+    let first = pids_of(&marker);
+    let launchers = tidepool_agent::rundir::live_launchers(&env.dir.join("data/agent/run"));
+    assert_eq!(launchers.len(), 1, "{launchers:?}");
+    let _ = std::process::Command::new("kill").args(["-KILL", &launchers[0].to_string()]).status();
+    env.eventually(20, "the task to run again", |_| json(&job)["tasks"][0]["attempt"] == 2 && pids_of(&marker).len() == 1);
+    assert!(!pids_of(&marker).iter().any(|p| first.contains(p)), "the first attempt still runs");
+    // What the killed launcher staged and made is cleared by the next one.
+    let dead = launchers[0].to_string();
+    for (dir, named_by_dead) in [("staged-binds", format!("{dead}.")), ("shared-bundles", format!(".{dead}"))] {
+        let left: Vec<String> = std::fs::read_dir(env.dir.join("data/agent/run").join(dir)).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(!left.iter().any(|n| n.starts_with(&named_by_dead) || n.ends_with(&named_by_dead)), "{dir}: {left:?}");
+        assert!(!left.is_empty(), "{dir} holds the running attempt's");
+    }
+    env.ok(&["cancel", &job]);
+    env.eventually(20, "the cancelled task to end", |_| pids_of(&marker).is_empty());
 }

@@ -234,6 +234,32 @@ fn stage(fd: &std::os::fd::OwnedFd, path: &Path) -> std::io::Result<Staged> {
 /// Where bind sources are staged, under the run directory.
 const STAGED_DIR: &str = "staged-binds";
 
+/// Unmounts and removes the staged bind sources and shared containers' bundles that
+/// launchers no longer alive left under `run_dir` (killed, they could not); run before this
+/// launcher leaves the node's mount namespace, where such mounts live.
+pub(super) fn clear_stale(run_dir: &Path) {
+    let alive = rundir::live_launchers(run_dir);
+    let left_by_dead = |name: &str, pid_of: fn(&str) -> Option<u32>| pid_of(name).is_some_and(|pid| !alive.contains(&pid));
+    for (dir, pid_of) in [
+        (STAGED_DIR, (|n: &str| n.split('.').next()?.parse().ok()) as fn(&str) -> Option<u32>),
+        (super::shared::BUNDLES_DIR, |n: &str| n.rsplit('.').next()?.parse().ok()),
+    ] {
+        let Ok(entries) = std::fs::read_dir(run_dir.join(dir)) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !left_by_dead(&name, pid_of) {
+                continue;
+            }
+            let path = entry.path();
+            if dir == STAGED_DIR {
+                drop(Staged { path });
+            } else {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+    }
+}
+
 /// The container of `launch` with its bind sources reached as its identity and staged under
 /// `run_dir` (see [`Reached`]); a task with no identity of its own (the operator's) binds its
 /// paths as they are.

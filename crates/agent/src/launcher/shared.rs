@@ -28,7 +28,7 @@ const HELPER_DIR: &str = "/dev/.tidepool";
 
 /// Where shared containers' bundles are made, under the run directory (beside the
 /// runtime's own state, never in it).
-const BUNDLES_DIR: &str = "shared-bundles";
+pub(super) const BUNDLES_DIR: &str = "shared-bundles";
 
 /// Shared containers by number.
 #[derive(Default)]
