@@ -65,7 +65,9 @@ pub(super) struct SharedContainer {
 /// A signal for an attempt: to its whole tree, or its `--signal` (and whether it runs a
 /// batch script, whose shell is spared).
 pub(super) enum Signal {
+    /// This signal to every process of the attempt.
     Tree(i32),
+    /// A `--signal`, the way it reaches a batch script (true) or a command.
     Warn(tidepool_api::WarnSignal, bool),
 }
 
