@@ -417,9 +417,10 @@ impl Launcher {
         let devices = gpu_devices(Path::new("/dev"), &launch.gpus);
         let driver = if devices.is_empty() { &[][..] } else { node_driver_files() };
         container.mounts.extend(driver.iter().map(|(source, destination)| format!("{source}:{destination}:ro")));
-        self.bind_sources.insert(container_id(launch), held);
-        let run = RuntimeRun { bundle: dir, id: &container_id(launch), image: &container.image, passed: None, stdout, stderr };
-        self.run_runtime(spec, cgroup, &devices, run, |cgroups_path| {
+        let id = container_id(launch);
+        self.bind_sources.insert(id.clone(), held);
+        let run = RuntimeRun { bundle: dir, id: &id, image: &container.image, passed: None, stdout, stderr };
+        let started = self.run_runtime(spec, cgroup, &devices, run, |cgroups_path| {
             let mut config = config(launch, &container, &inside, (user.0, user.1, user.2), &devices, cgroups_path);
             if !driver.is_empty() {
                 if let Some(env) = config["process"]["env"].as_array_mut() {
@@ -427,7 +428,12 @@ impl Launcher {
                 }
             }
             config
-        })
+        });
+        // A container that never started has no end to release its staged sources at.
+        if started.is_err() {
+            self.bind_sources.remove(&id);
+        }
+        started
     }
 
     /// Writes a bundle's config.json (made by `config_of` from the cgroup path the runtime is
