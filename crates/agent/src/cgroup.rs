@@ -138,12 +138,11 @@ impl CgroupPlan {
 
     /// Sets the memory limit of `cgroup` to `bytes` (none when 0).
     pub fn limit_memory(&self, cgroup: &TaskCgroup, bytes: u64) -> std::io::Result<()> {
-        let (file, unlimited) = match self {
-            CgroupPlan::V1 { memory, .. } => (memory.join(&cgroup.name).join("memory.limit_in_bytes"), "-1"),
-            CgroupPlan::V2 { root } => (root.join(&cgroup.name).join("memory.max"), "max"),
-            CgroupPlan::None => return Ok(()),
-        };
-        std::fs::write(file, if bytes > 0 { bytes.to_string() } else { unlimited.to_string() })
+        match self {
+            CgroupPlan::V1 { .. } => cgroup.write_limit(bytes),
+            CgroupPlan::V2 { root } => std::fs::write(root.join(&cgroup.name).join("memory.max"), if bytes > 0 { bytes.to_string() } else { "max".into() }),
+            CgroupPlan::None => Ok(()),
+        }
     }
 
     /// Closes a task cgroup's files and removes it (it must be empty).
@@ -249,7 +248,13 @@ impl TaskCgroup {
     /// memory counted from zero; false when that failed.
     pub fn reset(&self, mem_limit: u64) -> bool {
         let Some(c) = &self.counters else { return false };
-        let limit = if mem_limit > 0 { mem_limit.to_string() } else { "-1".into() };
-        c.limit.write_at(limit.as_bytes(), 0).is_ok() && c.peak.write_at(b"0", 0).is_ok() && c.cpu.write_at(b"0", 0).is_ok()
+        self.write_limit(mem_limit).is_ok() && c.peak.write_at(b"0", 0).is_ok() && c.cpu.write_at(b"0", 0).is_ok()
+    }
+
+    /// Sets its v1 memory limit to `bytes` (none when 0) through the file it holds open.
+    fn write_limit(&self, bytes: u64) -> std::io::Result<()> {
+        let Some(c) = &self.counters else { return Err(std::io::Error::other("no memory.limit_in_bytes held open")) };
+        let limit = if bytes > 0 { bytes.to_string() } else { "-1".into() };
+        c.limit.write_at(limit.as_bytes(), 0).map(drop)
     }
 }

@@ -18,6 +18,10 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 /// The largest order or report: a task's environment rides in its start order.
 pub(super) const MAX_MESSAGE: usize = 4 << 20;
 
+/// The largest report: a task's end, its message cut to [`MAX_REPORT_MESSAGE`] characters.
+pub(super) const MAX_REPORT: usize = 64 << 10;
+const MAX_REPORT_MESSAGE: usize = 4096;
+
 /// Descriptors a message may bring.
 const MAX_FDS: usize = 4;
 
@@ -185,6 +189,7 @@ impl Inside {
                     }
                     Err(message) => {
                         let _ = writeln!(stderr.as_ref().unwrap_or(&stdout), "tidepool: {message}");
+                        let message = message.chars().take(MAX_REPORT_MESSAGE).collect();
                         self.report(InsideEnded { task, status: 127 << 8, cpu_ms: 0, peak_mem_bytes: 0, message: Some(message) });
                     }
                 }

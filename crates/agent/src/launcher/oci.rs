@@ -239,24 +239,20 @@ const STAGED_DIR: &str = "staged-binds";
 /// launcher leaves the node's mount namespace, where such mounts live.
 pub(super) fn clear_stale(run_dir: &Path) {
     let alive = rundir::live_launchers(run_dir);
-    let left_by_dead = |name: &str, pid_of: fn(&str) -> Option<u32>| pid_of(name).is_some_and(|pid| !alive.contains(&pid));
-    for (dir, pid_of) in [
-        (STAGED_DIR, (|n: &str| n.split('.').next()?.parse().ok()) as fn(&str) -> Option<u32>),
-        (super::shared::BUNDLES_DIR, |n: &str| n.rsplit('.').next()?.parse().ok()),
-    ] {
-        let Ok(entries) = std::fs::read_dir(run_dir.join(dir)) else { continue };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !left_by_dead(&name, pid_of) {
-                continue;
-            }
-            let path = entry.path();
-            if dir == STAGED_DIR {
-                drop(Staged { path });
-            } else {
-                let _ = std::fs::remove_dir_all(&path);
-            }
-        }
+    // Staged sources are named `PID.N`, bundles `...PID`.
+    let left_by_dead = |dir: &str, pid: fn(&str) -> Option<&str>| -> Vec<std::path::PathBuf> {
+        let Ok(entries) = std::fs::read_dir(run_dir.join(dir)) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter(|e| pid(&e.file_name().to_string_lossy()).and_then(|p| p.parse().ok()).is_some_and(|p: u32| !alive.contains(&p)))
+            .map(|e| e.path())
+            .collect()
+    };
+    for path in left_by_dead(STAGED_DIR, |name| name.split('.').next()) {
+        drop(Staged { path });
+    }
+    for path in left_by_dead(super::shared::BUNDLES_DIR, |name| name.rsplit('.').next()) {
+        let _ = std::fs::remove_dir_all(path);
     }
 }
 
@@ -421,7 +417,7 @@ impl Launcher {
         self.bind_sources.insert(id.clone(), held);
         let run = RuntimeRun { bundle: dir, id: &id, image: &container.image, passed: None, stdout, stderr };
         let started = self.run_runtime(spec, cgroup, &devices, run, |cgroups_path| {
-            let mut config = config(launch, &container, &inside, (user.0, user.1, user.2), &devices, cgroups_path);
+            let mut config = config(launch, &container, &inside, user, &devices, cgroups_path);
             if !driver.is_empty() {
                 if let Some(env) = config["process"]["env"].as_array_mut() {
                     with_driver_paths(env);
@@ -508,15 +504,22 @@ impl Launcher {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_task_gets_exactly_its_gpus_device_nodes() {
+    /// An empty scratch directory named for `what`, where the test runs as root (it makes
+    /// devices or acts as another uid); none elsewhere.
+    fn root_scratch(what: &str) -> Option<std::path::PathBuf> {
         // SAFETY: geteuid only reads this process's credentials.
         if unsafe { libc::geteuid() } != 0 {
-            return;
+            return None;
         }
-        let dev = std::env::temp_dir().join(format!("tidepool-dev-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dev);
-        std::fs::create_dir_all(&dev).unwrap();
+        let dir = std::env::temp_dir().join(format!("tidepool-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Some(dir)
+    }
+
+    #[test]
+    fn a_task_gets_exactly_its_gpus_device_nodes() {
+        let Some(dev) = root_scratch("dev") else { return };
         for (name, minor) in [("nvidia0", 0), ("nvidia1", 1), ("nvidia2", 2), ("nvidiactl", 255)] {
             let path = std::ffi::CString::new(dev.join(name).display().to_string()).unwrap();
             // SAFETY: mknod on a path we own in a fresh directory.
@@ -565,13 +568,8 @@ mod tests {
 
     #[test]
     fn a_bind_source_swapped_for_a_link_after_it_was_reached_still_binds_what_was_reached() {
-        // SAFETY: geteuid only reads this process's credentials.
-        if unsafe { libc::geteuid() } != 0 {
-            return;
-        }
         use std::os::unix::fs::PermissionsExt;
-        let base = std::env::temp_dir().join(format!("tidepool-reach-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
+        let Some(base) = root_scratch("reach") else { return };
         let (own, other, run_dir) = (base.join("own"), base.join("other"), base.join("run"));
         for d in [&own, &other, &run_dir] {
             std::fs::create_dir_all(d).unwrap();

@@ -6,7 +6,7 @@
 //! container of their own. The container's cgroup holds the memory of the
 //! tasks running in it, as Slurm's job cgroup does; it closes once idle for [`IDLE_FOR`].
 
-use super::inside::{recv_message, send_message, socket_pair, MAX_MESSAGE};
+use super::inside::{recv_message, send_message, socket_pair, MAX_MESSAGE, MAX_REPORT};
 use super::oci::{bind, config, environment, reachable, user_of, Reached, RuntimeRun, SCRIPT_INSIDE};
 use super::sys::{signal_tree, warn_ahead_of_limit};
 use super::Launcher;
@@ -31,11 +31,18 @@ const HELPER_DIR: &str = "/dev/.tidepool";
 pub(super) const BUNDLES_DIR: &str = "shared-bundles";
 
 /// Shared containers by number.
-#[derive(Default)]
 pub(super) struct Shared {
     pub(super) containers: HashMap<u64, SharedContainer>,
     made: u64,
     tasks_started: u64,
+    /// Where a helper's report is read into, made once.
+    report_buf: Vec<u8>,
+}
+
+impl Default for Shared {
+    fn default() -> Shared {
+        Shared { containers: HashMap::new(), made: 0, tasks_started: 0, report_buf: vec![0; MAX_REPORT] }
+    }
 }
 
 /// One job's container on this node.
@@ -102,7 +109,13 @@ struct Helper {
 /// The helper's command line inside, and what must be bound for it: this launcher's own
 /// program and, when it is linked dynamically, its loader and the directories of the
 /// libraries it loaded (under [`HELPER_DIR`], so the image's own are untouched).
-fn helper() -> Result<Helper, String> {
+fn helper() -> Result<&'static Helper, String> {
+    static HELPER: std::sync::OnceLock<Result<Helper, String>> = std::sync::OnceLock::new();
+    HELPER.get_or_init(find_helper).as_ref().map_err(String::clone)
+}
+
+/// See [`helper`]: what this process is and loaded, read once.
+fn find_helper() -> Result<Helper, String> {
     let exe = std::fs::read_link("/proc/self/exe").map_err(|e| format!("cannot find the launcher's program: {e}"))?;
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
     let mut loader = None;
@@ -254,7 +267,7 @@ impl Launcher {
         let cgroup = self.take_cgroup(&spec.cgroup, launch.mem_bytes);
         let run = RuntimeRun { bundle: &bundle, id: &id, image: &container.image, passed: Some(theirs.as_raw_fd()), stdout: &log, stderr: &log };
         let started = self.run_runtime(spec, cgroup.as_ref(), &[], run, |cgroups_path| {
-            let mut config = config(launch, &container, &args, user, &[], cgroups_path);
+            let mut config = config(launch, &container, args, user, &[], cgroups_path);
             if let Some(mounts) = config["mounts"].as_array_mut() {
                 mounts.extend(binds.iter().map(|(source, destination)| bind(source, destination, true)));
             }
@@ -294,12 +307,11 @@ impl Launcher {
     /// Reads what the helper of container `number` reported: each ended task's attempt gets
     /// its status and usage, and frees its room.
     pub(super) fn read_inside(&mut self, number: u64) {
-        let mut buf = vec![0u8; MAX_MESSAGE];
         loop {
             let Some(c) = self.shared.containers.get_mut(&number) else { return };
-            match recv_message(c.socket.as_raw_fd(), &mut buf) {
+            match recv_message(c.socket.as_raw_fd(), &mut self.shared.report_buf) {
                 Ok(Some((n, _))) => {
-                    if let Ok(ended) = serde_json::from_slice::<InsideEnded>(&buf[..n]) {
+                    if let Ok(ended) = serde_json::from_slice::<InsideEnded>(&self.shared.report_buf[..n]) {
                         let key = c.tasks.get(&ended.task).map(|(key, _)| *key);
                         if let Some(key) = key {
                             self.inside_ended(key, ended.status, ended.cpu_ms, ended.peak_mem_bytes, ended.message);
