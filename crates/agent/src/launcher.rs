@@ -260,6 +260,9 @@ impl Launcher {
         // lines poll no longer sees).
         let mut stdin = dup_of(0).ok_or("no stdin")?;
         let stdin_fd = stdin.as_raw_fd();
+        // What each turn polls, and the shared containers behind its third and later entries:
+        // made once, refilled each turn.
+        let (mut fds, mut numbers) = (Vec::<libc::pollfd>::new(), Vec::<u64>::new());
         loop {
             if !stdin_open && self.running.is_empty() && self.waiting.is_empty() {
                 // Its shared containers end first: their helpers see their sockets shut.
@@ -276,11 +279,11 @@ impl Launcher {
                 let d = t.saturating_duration_since(Instant::now());
                 d.as_millis().clamp(1, 60_000) as i32
             });
-            let mut fds = vec![
-                libc::pollfd { fd: if stdin_open { stdin_fd } else { -1 }, events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: signals, events: libc::POLLIN, revents: 0 },
-            ];
-            let numbers: Vec<u64> = self.shared.containers.keys().copied().collect();
+            fds.clear();
+            fds.push(libc::pollfd { fd: if stdin_open { stdin_fd } else { -1 }, events: libc::POLLIN, revents: 0 });
+            fds.push(libc::pollfd { fd: signals, events: libc::POLLIN, revents: 0 });
+            numbers.clear();
+            numbers.extend(self.shared.containers.keys().copied());
             for number in &numbers {
                 let (fd, events) = self.shared.containers[number].poll_events();
                 fds.push(libc::pollfd { fd, events, revents: 0 });
